@@ -1,0 +1,18 @@
+//! gRPC handlers: thin (validate, convert, call the runtime, convert back).
+//! Only this module knows tonic and the generated types.
+
+mod admin;
+pub mod convert;
+pub mod request_context;
+pub mod status;
+mod tasks;
+mod workflows;
+
+pub use admin::AdminApi;
+pub use tasks::TaskApi;
+pub use workflows::WorkflowApi;
+
+/// Records the task or workflow a call is about on the request's span.
+fn record_span(field: &'static str, value: &str) {
+    tracing::Span::current().record(field, value);
+}

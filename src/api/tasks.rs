@@ -1,0 +1,113 @@
+//! TaskService handlers.
+
+use tonic::{Request, Response, Status};
+
+use crate::pb::task_service_server::TaskService;
+use crate::pb::{
+    CancelTaskRequest, CancelTaskResponse, CreateTaskRequest, CreateTaskResponse, GetTaskRequest,
+    GetTaskResponse, ListTasksRequest, ListTasksResponse, RetryTaskRequest, RetryTaskResponse,
+    UpdateTaskProgressRequest, UpdateTaskProgressResponse,
+};
+use crate::runtime::Runtime;
+
+use super::convert::{self, task_to_pb};
+use super::record_span;
+use super::status::invalid_argument;
+
+/// Serves TaskService over the runtime's task registry.
+#[derive(Clone)]
+pub struct TaskApi {
+    /// The runtime handle.
+    runtime: Runtime,
+}
+
+impl TaskApi {
+    /// Handlers over `runtime`.
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    async fn create_task(
+        &self,
+        request: Request<CreateTaskRequest>,
+    ) -> Result<Response<CreateTaskResponse>, Status> {
+        let new_task =
+            convert::create_task_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let task = self.runtime.tasks().create(new_task)?;
+        record_span("task_id", &task.id);
+        Ok(Response::new(CreateTaskResponse {
+            task: Some(task_to_pb(&task)),
+        }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, Status> {
+        let id =
+            convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
+        record_span("task_id", &id);
+        let task = self.runtime.tasks().get(&id)?;
+        Ok(Response::new(GetTaskResponse {
+            task: Some(task_to_pb(&task)),
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let (filter, after, limit) =
+            convert::task_listing(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let page = self.runtime.tasks().list(&filter, after, limit)?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: page.items.iter().map(task_to_pb).collect(),
+            next_page_token: page
+                .next
+                .map(convert::encode_task_token)
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn update_task_progress(
+        &self,
+        request: Request<UpdateTaskProgressRequest>,
+    ) -> Result<Response<UpdateTaskProgressResponse>, Status> {
+        let (id, update) =
+            convert::progress_update(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        record_span("task_id", &id);
+        let task = self.runtime.tasks().update_progress(&id, update)?;
+        Ok(Response::new(UpdateTaskProgressResponse {
+            task: Some(task_to_pb(&task)),
+        }))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
+        let request = request.into_inner();
+        let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
+        record_span("task_id", &id);
+        let task = self.runtime.tasks().cancel(&id, request.reason)?;
+        Ok(Response::new(CancelTaskResponse {
+            task: Some(task_to_pb(&task)),
+        }))
+    }
+
+    async fn retry_task(
+        &self,
+        request: Request<RetryTaskRequest>,
+    ) -> Result<Response<RetryTaskResponse>, Status> {
+        let id =
+            convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
+        record_span("task_id", &id);
+        let task = self.runtime.tasks().retry(&id)?;
+        Ok(Response::new(RetryTaskResponse {
+            task: Some(task_to_pb(&task)),
+        }))
+    }
+}

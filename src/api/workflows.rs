@@ -1,0 +1,94 @@
+//! WorkflowService handlers.
+
+use tonic::{Request, Response, Status};
+
+use crate::pb::workflow_service_server::WorkflowService;
+use crate::pb::{
+    DeleteWorkflowRequest, DeleteWorkflowResponse, GetWorkflowRequest, GetWorkflowResponse,
+    ListWorkflowsRequest, ListWorkflowsResponse, RegisterWorkflowRequest, RegisterWorkflowResponse,
+};
+use crate::runtime::Runtime;
+
+use super::convert::{self, workflow_to_pb};
+use super::record_span;
+use super::status::invalid_argument;
+
+/// Serves WorkflowService over the runtime's workflow registry.
+#[derive(Clone)]
+pub struct WorkflowApi {
+    /// The runtime handle.
+    runtime: Runtime,
+}
+
+impl WorkflowApi {
+    /// Handlers over `runtime`.
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowApi {
+    async fn register_workflow(
+        &self,
+        request: Request<RegisterWorkflowRequest>,
+    ) -> Result<Response<RegisterWorkflowResponse>, Status> {
+        let register = convert::register_workflow_request(request.into_inner())
+            .map_err(|e| invalid_argument(&e))?;
+        let workflow = self.runtime.workflows().register(register)?;
+        record_span("workflow_id", &workflow.id);
+        Ok(Response::new(RegisterWorkflowResponse {
+            workflow: Some(workflow_to_pb(&workflow)),
+        }))
+    }
+
+    async fn get_workflow(
+        &self,
+        request: Request<GetWorkflowRequest>,
+    ) -> Result<Response<GetWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
+        record_span("workflow_id", &id);
+        let workflow = self
+            .runtime
+            .workflows()
+            .get(&id, request.version.as_deref())?;
+        Ok(Response::new(GetWorkflowResponse {
+            workflow: Some(workflow_to_pb(&workflow)),
+        }))
+    }
+
+    async fn list_workflows(
+        &self,
+        request: Request<ListWorkflowsRequest>,
+    ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        let (filter, after, limit) =
+            convert::workflow_listing(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let page = self
+            .runtime
+            .workflows()
+            .list(&filter, after.as_ref(), limit)?;
+        Ok(Response::new(ListWorkflowsResponse {
+            workflows: page.items.iter().map(workflow_to_pb).collect(),
+            next_page_token: page
+                .next
+                .as_ref()
+                .map(convert::encode_workflow_token)
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_workflow(
+        &self,
+        request: Request<DeleteWorkflowRequest>,
+    ) -> Result<Response<DeleteWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
+        record_span("workflow_id", &id);
+        let deleted_versions = self
+            .runtime
+            .workflows()
+            .delete(&id, request.version.as_deref())?;
+        Ok(Response::new(DeleteWorkflowResponse { deleted_versions }))
+    }
+}

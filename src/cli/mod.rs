@@ -1,0 +1,167 @@
+//! The command line: `serve`, `healthcheck` and `config check|print`.
+//! Parsing and process concerns live here; the work is done by the library.
+
+mod healthcheck;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, CliOverrides, Config, ConfigSources};
+
+/// comfy-reality: a production gRPC runtime for ComfyUI workflows.
+#[derive(Debug, Parser)]
+#[command(name = "comfy-reality", version, about)]
+pub struct Cli {
+    /// TOML configuration file (layered over the defaults, under
+    /// COMFY_REALITY__SECTION__KEY environment variables and flags).
+    #[arg(long, global = true, env = "COMFY_REALITY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service.
+    Serve(ServeArgs),
+    /// Exit 0 when the service answers SERVING on gRPC health (for container HEALTHCHECKs).
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Flags for the settings people change most.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// gRPC listen address; port 0 picks a free port (the bound address is printed on stdout).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A ComfyUI backend URL; repeat for a pool. Replaces the configured servers.
+    #[arg(long = "comfyui", value_name = "URL")]
+    pub comfyui: Vec<String>,
+    /// Directory for the runtime's data.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log level: debug, info, warning, error, critical.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: json or text.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> CliOverrides {
+        CliOverrides {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            comfyui: self.comfyui.clone(),
+            data_dir: self.data_dir.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration; exit 0 when it is valid.
+    Check(ServeArgs),
+    /// Print the effective configuration as TOML, secrets redacted.
+    Print(ServeArgs),
+}
+
+fn load(config: &Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::ConfigError> {
+    config::load(&ConfigSources {
+        file: config.clone(),
+        env: true,
+        overrides: args.overrides(),
+    })
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = load(&cli.config, &args)?;
+            serve(config)
+        }
+        Command::Healthcheck(args) => healthcheck::run(&args),
+        Command::Config(ConfigCommand::Check(args)) => match load(&cli.config, &args) {
+            Ok(_) => {
+                println!("configuration is valid");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("invalid configuration: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Config(ConfigCommand::Print(args)) => {
+            let config = load(&cli.config, &args)?;
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let _log_guard = crate::telemetry::init(&config.runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.service.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.service.listen))?;
+        let addr = listener.local_addr()?;
+        // The one line on stdout: scripts and tests read the bound address here.
+        println!("comfy-reality listening on {addr}");
+        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving gRPC");
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let result = crate::run(config, listener, shutdown).await;
+        signals.abort();
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Cancels `token` on SIGINT or SIGTERM (`ctrl_c` alone misses SIGTERM,
+/// which is what Kubernetes and Docker send).
+async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}

@@ -1,0 +1,155 @@
+//! The runtime's error type: everything a caller of the runtime can be told.
+//! It knows nothing of gRPC; `api::status` maps it onto status codes.
+
+use std::time::Duration;
+
+use crate::model::{TransitionError, ValidationError};
+use crate::store::StoreError;
+
+/// The seed's error classes, sent to clients as `google.rpc.ErrorInfo.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The seed's base `RuntimeError`: something went wrong inside the runtime.
+    Runtime,
+    /// The seed's `TaskError`.
+    Task,
+    /// The seed's `WorkflowError`.
+    Workflow,
+    /// The seed's `ValidationError`.
+    Validation,
+    /// The seed's `ConfigurationError`.
+    Configuration,
+}
+
+impl ErrorClass {
+    /// The seed's class name, e.g. `TaskError`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Runtime => "RuntimeError",
+            Self::Task => "TaskError",
+            Self::Workflow => "WorkflowError",
+            Self::Validation => "ValidationError",
+            Self::Configuration => "ConfigurationError",
+        }
+    }
+}
+
+/// What kind of object an error is about; names it in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A task.
+    Task,
+    /// A registered workflow.
+    Workflow,
+}
+
+impl ObjectKind {
+    /// Lowercase name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Task => "task",
+            Self::Workflow => "workflow",
+        }
+    }
+
+    /// The error class errors about this kind of object belong to.
+    pub fn class(self) -> ErrorClass {
+        match self {
+            Self::Task => ErrorClass::Task,
+            Self::Workflow => ErrorClass::Workflow,
+        }
+    }
+}
+
+/// Every way a runtime operation can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Input broke a validation rule; carries every violated field.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// No object with that id (and version).
+    #[error("{} {id} not found", kind.as_str())]
+    NotFound {
+        /// What was looked up.
+        kind: ObjectKind,
+        /// Its id, with the version when one was asked for.
+        id: String,
+    },
+    /// An idempotency key or id/version was reused with a different body.
+    #[error("{} {id} already exists: {reason}", kind.as_str())]
+    AlreadyExists {
+        /// What already exists.
+        kind: ObjectKind,
+        /// Its id.
+        id: String,
+        /// Why the request conflicts with it.
+        reason: String,
+    },
+    /// A task status change the state machine forbids.
+    #[error("task {task_id}: {source}")]
+    IllegalTransition {
+        /// The task.
+        task_id: String,
+        /// Which transition was refused.
+        source: TransitionError,
+    },
+    /// The object is in a state that does not allow the operation.
+    #[error("{} {id}: {reason}", kind.as_str())]
+    FailedPrecondition {
+        /// What the operation was on.
+        kind: ObjectKind,
+        /// Its id.
+        id: String,
+        /// Why it cannot be done now.
+        reason: String,
+    },
+    /// Admission control refused the work; try again after `retry_after`.
+    #[error("{what} is full, retry after {retry_after:?}")]
+    ResourceExhausted {
+        /// What is full ("task queue").
+        what: String,
+        /// When trying again makes sense.
+        retry_after: Duration,
+    },
+    /// The runtime is shutting down or a dependency is unreachable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The store failed; details are logged, not sent to clients.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RuntimeError {
+    /// The seed's error class this error belongs to.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Validation(_) => ErrorClass::Validation,
+            Self::NotFound { kind, .. }
+            | Self::AlreadyExists { kind, .. }
+            | Self::FailedPrecondition { kind, .. } => kind.class(),
+            Self::IllegalTransition { .. } => ErrorClass::Task,
+            Self::ResourceExhausted { .. } | Self::Unavailable(_) | Self::Store(_) => {
+                ErrorClass::Runtime
+            }
+        }
+    }
+
+    /// Shorthand for a missing task.
+    pub fn task_not_found(id: &str) -> Self {
+        Self::NotFound {
+            kind: ObjectKind::Task,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Shorthand for a missing workflow (version).
+    pub fn workflow_not_found(id: &str, version: Option<&str>) -> Self {
+        Self::NotFound {
+            kind: ObjectKind::Workflow,
+            id: match version {
+                Some(v) => format!("{id} version {v}"),
+                None => id.to_owned(),
+            },
+        }
+    }
+}

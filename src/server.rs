@@ -1,0 +1,122 @@
+//! Assembles and serves the gRPC server: the API services, health (for
+//! Kubernetes, Envoy, Istio), reflection v1 and v1alpha (for grpcurl), the
+//! request-context layer, and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::request_context::RequestContextLayer;
+use crate::api::{AdminApi, TaskApi, WorkflowApi};
+use crate::config::Config;
+use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::task_service_server::TaskServiceServer;
+use crate::pb::workflow_service_server::WorkflowServiceServer;
+use crate::runtime::Runtime;
+use crate::store::MemoryStore;
+
+/// Health service name that stays SERVING while the process lives.
+pub const LIVENESS: &str = "liveness";
+/// Health service name that goes NOT_SERVING as soon as shutdown starts.
+pub const READINESS: &str = "readiness";
+
+/// The full names of the API services, each reported by the health service.
+pub const API_SERVICES: [&str; 3] = [
+    <TaskServiceServer<TaskApi> as NamedService>::NAME,
+    <WorkflowServiceServer<WorkflowApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+];
+
+/// HTTP/2 keepalive pings, so idle long-lived streams survive proxies.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the embedded descriptors (a build bug).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("grpc transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus, include_liveness: bool) {
+    for name in API_SERVICES.iter().copied().chain(["", READINESS]) {
+        reporter.set_service_status(name, status).await;
+    }
+    if include_liveness {
+        reporter.set_service_status(LIVENESS, status).await;
+    }
+}
+
+/// Serves the API on an already-bound `listener` until `shutdown` is
+/// cancelled; then readiness goes NOT_SERVING, no new connections are
+/// accepted, and in-flight calls get `service.shutdown_grace_seconds` to finish.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let grace = Duration::from_secs_f64(config.service.shutdown_grace_seconds);
+    let max_message = config.service.max_request_bytes;
+    let runtime = Runtime::new(config, Arc::new(MemoryStore::new()));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_all(&reporter, ServingStatus::Serving, true).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = {
+        let shutdown = shutdown.clone();
+        let reporter = reporter.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutdown requested: readiness NOT_SERVING, draining");
+            set_all(&reporter, ServingStatus::NotServing, false).await;
+        }
+    };
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .layer(RequestContextLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            TaskServiceServer::new(TaskApi::new(runtime.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            WorkflowServiceServer::new(WorkflowApi::new(runtime.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(runtime)).max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => result?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_seconds = grace.as_secs_f64(), "drain deadline passed; closing remaining calls");
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}

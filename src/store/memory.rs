@@ -1,0 +1,220 @@
+//! `MemoryStore`: the in-process store for tests and throwaway runs. State is
+//! lost when the process exits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{
+    CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter, WorkflowCursor,
+    WorkflowFilter, version_key,
+};
+use crate::model::{Task, WorkflowDefinition};
+
+type VersionKey = (u64, u64, u64);
+
+/// Everything the memory store holds, behind one lock.
+#[derive(Default)]
+struct Inner {
+    /// Tasks by creation sequence number: the listing order.
+    tasks: BTreeMap<u64, Task>,
+    /// Task id -> creation sequence number.
+    task_index: HashMap<String, u64>,
+    /// The next creation sequence number.
+    next_seq: u64,
+    /// Idempotency key -> (fingerprint, task id).
+    idempotency: HashMap<String, (String, String)>,
+    /// Workflows by (id, numeric version).
+    workflows: BTreeMap<(String, VersionKey), WorkflowDefinition>,
+}
+
+/// An in-memory `Store`.
+#[derive(Default)]
+pub struct MemoryStore {
+    /// All state; every method holds the lock briefly and never across an await.
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+    }
+}
+
+impl Store for MemoryStore {
+    fn create_task(
+        &self,
+        task: Task,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut inner = self.lock()?;
+        if let Some(key) = &idempotency {
+            if let Some((fingerprint, task_id)) = inner.idempotency.get(&key.key) {
+                let same_body = *fingerprint == key.fingerprint;
+                let existing = inner
+                    .task_index
+                    .get(task_id)
+                    .and_then(|seq| inner.tasks.get(seq))
+                    .cloned();
+                if let Some(existing) = existing {
+                    return Ok(CreateOutcome::Existing {
+                        task: existing,
+                        same_body,
+                    });
+                }
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.task_index.insert(task.id.clone(), seq);
+        if let Some(key) = idempotency {
+            inner
+                .idempotency
+                .insert(key.key, (key.fingerprint, task.id.clone()));
+        }
+        inner.tasks.insert(seq, task.clone());
+        Ok(CreateOutcome::Created(task))
+    }
+
+    fn put_task(&self, task: &Task) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let Some(seq) = inner.task_index.get(&task.id).copied() else {
+            return Ok(false);
+        };
+        inner.tasks.insert(seq, task.clone());
+        Ok(true)
+    }
+
+    fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .task_index
+            .get(id)
+            .and_then(|seq| inner.tasks.get(seq))
+            .cloned())
+    }
+
+    fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<Task, u64>, StoreError> {
+        let inner = self.lock()?;
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut last = None;
+        let mut more = false;
+        for (seq, task) in inner.tasks.range(start..) {
+            if !filter.matches(task) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(task.clone());
+            last = Some(*seq);
+        }
+        Ok(Page {
+            items,
+            next: if more { last } else { None },
+        })
+    }
+
+    fn insert_workflow(
+        &self,
+        workflow: WorkflowDefinition,
+    ) -> Result<Result<WorkflowDefinition, WorkflowDefinition>, StoreError> {
+        let mut inner = self.lock()?;
+        let key = (workflow.id.clone(), version_key(&workflow.version));
+        if let Some(existing) = inner.workflows.get(&key) {
+            return Ok(Err(existing.clone()));
+        }
+        inner.workflows.insert(key, workflow.clone());
+        Ok(Ok(workflow))
+    }
+
+    fn get_workflow(
+        &self,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Option<WorkflowDefinition>, StoreError> {
+        let inner = self.lock()?;
+        Ok(match version {
+            Some(v) => inner
+                .workflows
+                .get(&(id.to_owned(), version_key(v)))
+                .cloned(),
+            None => inner
+                .workflows
+                .range((id.to_owned(), (0, 0, 0))..=(id.to_owned(), (u64::MAX, u64::MAX, u64::MAX)))
+                .next_back()
+                .map(|(_, w)| w.clone()),
+        })
+    }
+
+    fn list_workflows(
+        &self,
+        filter: &WorkflowFilter,
+        after: Option<&WorkflowCursor>,
+        limit: usize,
+    ) -> Result<Page<WorkflowDefinition, WorkflowCursor>, StoreError> {
+        let inner = self.lock()?;
+        let start = after.map(|c| (c.id.clone(), version_key(&c.version)));
+        let mut items: Vec<WorkflowDefinition> = Vec::new();
+        let mut more = false;
+        let mut iter = inner
+            .workflows
+            .iter()
+            .filter(|(key, _)| start.as_ref().is_none_or(|s| *key > s))
+            .peekable();
+        while let Some((key, workflow)) = iter.next() {
+            if !filter.all_versions {
+                // Only the highest version: skip when the next entry has the same id.
+                if iter.peek().is_some_and(|(next, _)| next.0 == key.0) {
+                    continue;
+                }
+            }
+            if !filter.tags.iter().all(|t| workflow.tags.contains(t)) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(workflow.clone());
+        }
+        let next = if more {
+            items.last().map(|w| WorkflowCursor {
+                id: w.id.clone(),
+                version: w.version.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    fn delete_workflow(&self, id: &str, version: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.lock()?;
+        let keys: Vec<(String, VersionKey)> = match version {
+            Some(v) => vec![(id.to_owned(), version_key(v))],
+            None => inner
+                .workflows
+                .range((id.to_owned(), (0, 0, 0))..=(id.to_owned(), (u64::MAX, u64::MAX, u64::MAX)))
+                .map(|(k, _)| k.clone())
+                .collect(),
+        };
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| inner.workflows.remove(&key).map(|w| w.version))
+            .collect())
+    }
+}

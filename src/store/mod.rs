@@ -1,0 +1,152 @@
+//! The `Store` trait: where tasks, idempotency keys and registered workflows
+//! live. Implementations keep data; they never drive execution or decide
+//! state changes (that is the runtime's job).
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::model::{Task, TaskStatus, TaskType, WorkflowDefinition};
+
+/// Errors a store can raise.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's internal state is unusable (e.g. a poisoned lock after a
+    /// panic elsewhere); the message is for logs.
+    #[error("store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Which tasks a listing returns. Empty lists mean "no filter".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    /// Only tasks in one of these states.
+    pub statuses: Vec<TaskStatus>,
+    /// Only tasks of one of these types.
+    pub types: Vec<TaskType>,
+    /// Only tasks that carry every one of these tags.
+    pub tags: Vec<String>,
+    /// Only children of this task.
+    pub parent_id: Option<String>,
+}
+
+impl TaskFilter {
+    /// Whether `task` passes the filter.
+    pub fn matches(&self, task: &Task) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&task.status()))
+            && (self.types.is_empty() || self.types.contains(&task.task_type))
+            && self.tags.iter().all(|tag| task.tags.contains(tag))
+            && self
+                .parent_id
+                .as_ref()
+                .is_none_or(|parent| task.parent_id.as_ref() == Some(parent))
+    }
+}
+
+/// Which workflows a listing returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkflowFilter {
+    /// Only workflows that carry every one of these tags.
+    pub tags: Vec<String>,
+    /// Every version, instead of only the highest of each workflow id.
+    pub all_versions: bool,
+}
+
+/// Position in the workflow listing: the last (id, version) returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowCursor {
+    /// Workflow id.
+    pub id: String,
+    /// Semver version.
+    pub version: String,
+}
+
+/// One page of a listing and where the next one starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T, C> {
+    /// The items, in listing order.
+    pub items: Vec<T>,
+    /// Cursor of the last item when more items follow.
+    pub next: Option<C>,
+}
+
+/// What an idempotent create found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// The task was stored.
+    Created(Task),
+    /// The idempotency key was already used; `same_body` tells whether the
+    /// earlier request had the same fingerprint.
+    Existing {
+        /// The task the key points to.
+        task: Task,
+        /// Whether the fingerprints match.
+        same_body: bool,
+    },
+}
+
+/// An idempotency key and the fingerprint of the request body it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The caller's key.
+    pub key: String,
+    /// A digest of the request body.
+    pub fingerprint: String,
+}
+
+/// Storage for the runtime's state. Methods are synchronous and short; each
+/// is atomic on its own.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new task, unless `idempotency` names a key already used, in
+    /// which case the earlier task is returned. Listing order is creation order.
+    fn create_task(
+        &self,
+        task: Task,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError>;
+    /// Replaces a stored task (matched by id); returns false when unknown.
+    fn put_task(&self, task: &Task) -> Result<bool, StoreError>;
+    /// One task by id.
+    fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// Tasks in creation order after the cursor (a creation sequence number).
+    fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<Task, u64>, StoreError>;
+
+    /// Stores a workflow version; returns the existing one instead when that
+    /// id and version are taken.
+    fn insert_workflow(
+        &self,
+        workflow: WorkflowDefinition,
+    ) -> Result<Result<WorkflowDefinition, WorkflowDefinition>, StoreError>;
+    /// One version of a workflow, or its highest version when `version` is None.
+    fn get_workflow(
+        &self,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Option<WorkflowDefinition>, StoreError>;
+    /// Workflows ordered by id then version, after the cursor.
+    fn list_workflows(
+        &self,
+        filter: &WorkflowFilter,
+        after: Option<&WorkflowCursor>,
+        limit: usize,
+    ) -> Result<Page<WorkflowDefinition, WorkflowCursor>, StoreError>;
+    /// Deletes one version, or every version when `version` is None; returns
+    /// the versions deleted (empty when nothing matched).
+    fn delete_workflow(&self, id: &str, version: Option<&str>) -> Result<Vec<String>, StoreError>;
+}
+
+/// Orders semver strings numerically ("1.10.0" after "1.9.0"); versions are
+/// validated as x.y.z before they reach a store, anything else sorts first.
+pub fn version_key(version: &str) -> (u64, u64, u64) {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
