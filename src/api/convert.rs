@@ -274,10 +274,10 @@ pub fn progress_update(
 ) -> Result<(String, ProgressUpdate), ValidationError> {
     let mut v = ValidationError::default();
     let id = v.absorb(require_id("id", &req.id));
-    if let Some(p) = req.progress {
-        if !(0.0..=1.0).contains(&p) {
-            v.push("progress", format!("must be within [0, 1], got {p}"));
-        }
+    if let Some(p) = req.progress
+        && !(0.0..=1.0).contains(&p)
+    {
+        v.push("progress", format!("must be within [0, 1], got {p}"));
     }
     let status = match req.status {
         None => None,
@@ -355,7 +355,7 @@ fn hex_encode(text: &str) -> String {
 }
 
 fn hex_decode(token: &str) -> Option<String> {
-    if token.len() % 2 != 0 || !token.is_ascii() {
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..token.len())

@@ -118,10 +118,10 @@ impl TaskRegistry {
         let fingerprint = request.fingerprint();
         let mut violations = ValidationError::default();
         let _gate = self.gate()?;
-        if let Some(parent) = &request.parent_id {
-            if self.store.get_task(parent)?.is_none() {
-                violations.push("parent_id", format!("task {parent} not found"));
-            }
+        if let Some(parent) = &request.parent_id
+            && self.store.get_task(parent)?.is_none()
+        {
+            violations.push("parent_id", format!("task {parent} not found"));
         }
         for (i, dep) in request.dependencies.iter().enumerate() {
             if dep.trim().is_empty() {

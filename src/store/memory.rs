@@ -54,20 +54,20 @@ impl Store for MemoryStore {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<CreateOutcome, StoreError> {
         let mut inner = self.lock()?;
-        if let Some(key) = &idempotency {
-            if let Some((fingerprint, task_id)) = inner.idempotency.get(&key.key) {
-                let same_body = *fingerprint == key.fingerprint;
-                let existing = inner
-                    .task_index
-                    .get(task_id)
-                    .and_then(|seq| inner.tasks.get(seq))
-                    .cloned();
-                if let Some(existing) = existing {
-                    return Ok(CreateOutcome::Existing {
-                        task: existing,
-                        same_body,
-                    });
-                }
+        if let Some(key) = &idempotency
+            && let Some((fingerprint, task_id)) = inner.idempotency.get(&key.key)
+        {
+            let same_body = *fingerprint == key.fingerprint;
+            let existing = inner
+                .task_index
+                .get(task_id)
+                .and_then(|seq| inner.tasks.get(seq))
+                .cloned();
+            if let Some(existing) = existing {
+                return Ok(CreateOutcome::Existing {
+                    task: existing,
+                    same_body,
+                });
             }
         }
         let seq = inner.next_seq;
