@@ -573,3 +573,161 @@ pub fn config_to_pb(config: &Config) -> pb::RuntimeConfig {
         data_dir: config.service.data_dir.display().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::model::NewTask;
+
+    #[test]
+    fn every_enum_round_trips_and_unspecified_is_rejected() {
+        for s in TaskStatus::ALL {
+            let raw = task_status_to_pb(s) as i32;
+            assert_eq!(task_status_from_pb("status", raw).ok(), Some(s));
+        }
+        for t in TaskType::ALL {
+            let raw = task_type_to_pb(t) as i32;
+            assert_eq!(task_type_from_pb("type", raw).ok(), Some(t));
+        }
+        for p in TaskPriority::ALL {
+            let raw = priority_to_pb(p) as i32;
+            assert_eq!(priority_from_pb("priority", raw).ok(), Some(p));
+        }
+        for (field, result) in [
+            ("status", task_status_from_pb("status", 0).err()),
+            ("type", task_type_from_pb("type", 0).err()),
+            ("priority", priority_from_pb("priority", 0).err()),
+            ("priority", priority_from_pb("priority", 99).err()),
+        ] {
+            assert!(result.is_some_and(|e| e.has_field(field)), "{field}");
+        }
+    }
+
+    #[test]
+    fn priority_keeps_the_seed_order_on_the_wire() {
+        let wire: Vec<i32> = [
+            TaskPriority::Low,
+            TaskPriority::Normal,
+            TaskPriority::High,
+            TaskPriority::Critical,
+        ]
+        .into_iter()
+        .map(|p| priority_to_pb(p) as i32)
+        .collect();
+        assert!(wire.windows(2).all(|w| w[0] < w[1]), "{wire:?}");
+    }
+
+    #[test]
+    fn create_request_defaults_follow_the_seed() {
+        let req = create_task_request(pb::CreateTaskRequest {
+            name: "t".into(),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(req.task_type, TaskType::Node);
+        assert_eq!(req.priority, TaskPriority::Normal);
+        assert_eq!(req.max_retries, 3);
+        assert!(req.metadata.is_empty());
+    }
+
+    #[test]
+    fn create_request_collects_every_violation() {
+        let err = create_task_request(pb::CreateTaskRequest {
+            name: "t".into(),
+            r#type: Some(0),
+            priority: Some(0),
+            metadata: "[1]".into(),
+            tags: vec![" ".into()],
+            request_id: Some(" ".into()),
+            ..Default::default()
+        })
+        .expect_err("invalid");
+        for field in ["type", "priority", "metadata", "tags[0]", "request_id"] {
+            assert!(err.has_field(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn task_to_pb_fills_computed_fields_and_keeps_numbers_exact() {
+        let mut new = NewTask::new("t", TaskType::Node);
+        new.metadata = parse_json_object("metadata", r#"{"seed": 18446744073709551615}"#)
+            .expect("valid object");
+        let mut task = Task::new(new).expect("valid task");
+        let wire = task_to_pb(&task);
+        assert_eq!(wire.status, pb::TaskStatus::Pending as i32);
+        assert!(!wire.is_terminal && !wire.is_active && !wire.is_complete && !wire.can_retry);
+        assert!(
+            wire.metadata.contains("18446744073709551615"),
+            "{}",
+            wire.metadata
+        );
+
+        task.transition(TaskStatus::Running)
+            .expect("pending -> running");
+        assert!(task_to_pb(&task).is_active);
+        task.transition(TaskStatus::Failed)
+            .expect("running -> failed");
+        let wire = task_to_pb(&task);
+        assert!(wire.is_terminal && wire.is_complete && wire.can_retry && !wire.is_active);
+        let metrics = wire.metrics.expect("metrics always sent");
+        assert!(metrics.start_time.is_some() && metrics.end_time.is_some());
+        assert!(metrics.duration_seconds.is_some_and(|d| d >= 0.0));
+    }
+
+    #[test]
+    fn progress_outside_range_names_progress() {
+        let err = progress_update(pb::UpdateTaskProgressRequest {
+            id: "t".into(),
+            progress: Some(1.5),
+            ..Default::default()
+        })
+        .expect_err("1.5 is out of range");
+        assert!(err.has_field("progress"));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_tokens_are_rejected() {
+        assert_eq!(
+            decode_task_token(&encode_task_token(42)).ok(),
+            Some(Some(42))
+        );
+        let cursor = WorkflowCursor {
+            id: "w-1".into(),
+            version: "1.10.0".into(),
+        };
+        assert_eq!(
+            decode_workflow_token(&encode_workflow_token(&cursor)).ok(),
+            Some(Some(cursor))
+        );
+        for bad in [
+            "zz",
+            "abc",
+            "7431",
+            &encode_workflow_token(&WorkflowCursor {
+                id: "x".into(),
+                version: "1.0.0".into(),
+            }),
+        ] {
+            assert!(decode_task_token(bad).is_err(), "{bad}");
+        }
+        assert!(page_size("page_size", 1001).is_err());
+        assert_eq!(page_size("page_size", 0).ok(), Some(DEFAULT_PAGE_SIZE));
+    }
+
+    #[test]
+    fn config_to_pb_redacts_secrets_and_url_credentials() {
+        let mut config = Config::default();
+        config.servers[0].api_key = Some(Secret::new("s3cr3t-key"));
+        config.servers[0].auth_header = Some(Secret::new("Bearer s3cr3t-header"));
+        config.servers[0].url = "http://user:s3cr3t-pw@comfy.local:8188".into();
+        let wire = config_to_pb(&config);
+        let shown = format!("{wire:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(wire.servers[0].api_key.as_deref(), Some(REDACTED));
+        assert_eq!(wire.servers[0].auth_header.as_deref(), Some(REDACTED));
+        assert_eq!(wire.max_concurrent_tasks, 10);
+        assert_eq!(wire.metrics_port, 9090);
+        assert_eq!(wire.listen, "127.0.0.1:50051");
+    }
+}

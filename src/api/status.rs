@@ -105,7 +105,10 @@ pub fn to_status(err: RuntimeError) -> Status {
                     ErrorDetail::RetryInfo(RetryInfo::new(Some(*retry_after))),
                 ],
             );
-            let secs = retry_after.as_secs().max(1).to_string();
+            // Whole seconds, rounded up: retrying early only earns another refusal.
+            let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+                .max(1)
+                .to_string();
             if let Ok(value) = secs.parse() {
                 status.metadata_mut().insert("retry-after", value);
             }
@@ -132,5 +135,149 @@ pub fn to_status(err: RuntimeError) -> Status {
 impl From<RuntimeError> for Status {
     fn from(err: RuntimeError) -> Self {
         to_status(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::to_status;
+    use crate::model::{TaskStatus, TransitionError, ValidationError};
+    use crate::runtime::{ObjectKind, RuntimeError};
+    use crate::store::StoreError;
+
+    /// The error -> status table: every runtime error variant, its code and
+    /// the seed error class sent as ErrorInfo.reason.
+    #[test]
+    fn error_to_status_table() {
+        let cases: Vec<(RuntimeError, Code, &str)> = vec![
+            (
+                ValidationError::single("progress", "must be within [0, 1]").into(),
+                Code::InvalidArgument,
+                "ValidationError",
+            ),
+            (
+                RuntimeError::task_not_found("t1"),
+                Code::NotFound,
+                "TaskError",
+            ),
+            (
+                RuntimeError::workflow_not_found("w1", Some("1.0.0")),
+                Code::NotFound,
+                "WorkflowError",
+            ),
+            (
+                RuntimeError::AlreadyExists {
+                    kind: ObjectKind::Task,
+                    id: "t1".into(),
+                    reason: "other body".into(),
+                },
+                Code::AlreadyExists,
+                "TaskError",
+            ),
+            (
+                RuntimeError::IllegalTransition {
+                    task_id: "t1".into(),
+                    source: TransitionError {
+                        from: TaskStatus::Pending,
+                        to: TaskStatus::Retrying,
+                    },
+                },
+                Code::FailedPrecondition,
+                "TaskError",
+            ),
+            (
+                RuntimeError::FailedPrecondition {
+                    kind: ObjectKind::Workflow,
+                    id: "w1".into(),
+                    reason: "busy".into(),
+                },
+                Code::FailedPrecondition,
+                "WorkflowError",
+            ),
+            (
+                RuntimeError::ResourceExhausted {
+                    what: "task queue".into(),
+                    retry_after: Duration::from_secs(2),
+                },
+                Code::ResourceExhausted,
+                "RuntimeError",
+            ),
+            (
+                RuntimeError::Unavailable("shutting down".into()),
+                Code::Unavailable,
+                "RuntimeError",
+            ),
+            (
+                StoreError::Unavailable("disk on fire at /secret/path".into()).into(),
+                Code::Internal,
+                "RuntimeError",
+            ),
+        ];
+        for (err, code, reason) in cases {
+            let shown = err.to_string();
+            let status = to_status(err);
+            assert_eq!(status.code(), code, "{shown}");
+            let info = status
+                .get_details_error_info()
+                .unwrap_or_else(|| panic!("{shown}: no ErrorInfo"));
+            assert_eq!(info.reason, reason, "{shown}");
+            assert_eq!(info.domain, super::ERROR_DOMAIN);
+        }
+    }
+
+    #[test]
+    fn invalid_argument_lists_every_field() {
+        let mut err = ValidationError::single("name", "must not be empty");
+        err.push("progress", "must be within [0, 1]");
+        let status = to_status(err.into());
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .expect("BadRequest attached")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["name", "progress"]);
+    }
+
+    #[test]
+    fn transition_error_names_both_states() {
+        let status = to_status(RuntimeError::IllegalTransition {
+            task_id: "t1".into(),
+            source: TransitionError {
+                from: TaskStatus::Completed,
+                to: TaskStatus::Running,
+            },
+        });
+        assert!(
+            status.message().contains("completed"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains("running"), "{}", status.message());
+    }
+
+    #[test]
+    fn internal_errors_hide_details_and_exhaustion_says_when_to_retry() {
+        let status =
+            to_status(StoreError::Unavailable("disk on fire at /secret/path".into()).into());
+        assert!(!status.message().contains("/secret/path"));
+        let status = to_status(RuntimeError::ResourceExhausted {
+            what: "task queue".into(),
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+        assert!(status.get_details_retry_info().is_some());
     }
 }
