@@ -30,7 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(&files, [PROTO_ROOT])?;
     let reflected = protox::compile(
-        files.iter().map(PathBuf::as_path).chain(ERROR_PROTOS.iter().map(Path::new)),
+        files
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(ERROR_PROTOS.iter().map(Path::new)),
         [PROTO_ROOT],
     )?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

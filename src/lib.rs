@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod model;
 pub mod pb;
 pub mod runtime;

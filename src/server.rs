@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -16,6 +17,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::request_context::RequestContextLayer;
 use crate::api::{AdminApi, TaskApi, WorkflowApi};
 use crate::config::Config;
+use crate::drain::CuttableStream;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::pb::workflow_service_server::WorkflowServiceServer;
@@ -81,7 +83,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Cancelled when the drain deadline passes: cuts connections still open.
+    let cut = CancellationToken::new();
+    let incoming = {
+        let cut = cut.clone();
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |accepted| accepted.map(|stream| CuttableStream::new(stream, &cut)))
+    };
     let signal = {
         let shutdown = shutdown.clone();
         let reporter = reporter.clone();
@@ -114,7 +123,10 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => result?,
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_seconds = grace.as_secs_f64(), "drain deadline passed; closing remaining calls");
+            tracing::warn!(grace_seconds = grace.as_secs_f64(), "drain deadline passed; cutting remaining connections");
+            cut.cancel();
+            // With every connection cut, the server finishes promptly.
+            (&mut server).await?;
         }
     }
     tracing::info!("server stopped");

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{Config, LogFormat, LogLevel, OptimizationLevel, QueueType};
 use crate::model::{
     JsonObject, TaskMetrics, TaskPriority, TaskStatus, TaskType, ValidationError,
-    WorkflowDefinition,
+    WorkflowDefinition, validate_name,
 };
 use crate::model::{Task, TaskDependency};
 use crate::pb;
@@ -235,6 +235,8 @@ pub fn task_to_pb(task: &Task) -> pb::Task {
 /// CreateTaskRequest to its domain form; every violation is collected.
 pub fn create_task_request(req: pb::CreateTaskRequest) -> Result<NewTaskRequest, ValidationError> {
     let mut v = ValidationError::default();
+    // Checked here too (Task::new checks it again) so one answer lists every bad field.
+    v.absorb(validate_name("name", &req.name));
     let task_type = match req.r#type {
         None => Some(TaskType::Node),
         Some(raw) => v.absorb(task_type_from_pb("type", raw)),

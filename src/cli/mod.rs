@@ -129,11 +129,14 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.service.listen))?;
         let addr = listener.local_addr()?;
+        // Handlers first: a signal that arrives right after the address is
+        // printed must shut down cleanly, not kill the process.
+        let signals = ShutdownSignals::install()?;
         // The one line on stdout: scripts and tests read the bound address here.
         println!("comfy-reality listening on {addr}");
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving gRPC");
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let signals = tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         let result = crate::run(config, listener, shutdown).await;
         signals.abort();
         result?;
@@ -141,27 +144,46 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Cancels `token` on SIGINT or SIGTERM (`ctrl_c` alone misses SIGTERM,
-/// which is what Kubernetes and Docker send).
-async fn cancel_on_signal(token: CancellationToken) {
+/// SIGINT and SIGTERM listeners (`ctrl_c` alone misses SIGTERM, which is
+/// what Kubernetes and Docker send).
+struct ShutdownSignals {
+    /// SIGTERM.
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+    term: tokio::signal::unix::Signal,
+    /// SIGINT.
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers now, replacing the default (fatal) actions.
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Cancels `token` when the first of the signals arrives.
+    async fn cancel_on_signal(mut self, token: CancellationToken) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
     }
-    token.cancel();
 }

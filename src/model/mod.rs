@@ -294,21 +294,34 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), ValidationError> {
 
 /// The seed's "simple semver" rule: exactly three dot-separated parts, each a
 /// non-empty run of ASCII digits (`1.0.0`; not `1.0`, `1.a.0` or `1..0`).
-/// Like the seed, it does not strip whitespace or limit part sizes.
+/// Stricter than the seed, as semver itself is: no leading zeros (`1.01.0`
+/// would otherwise be a second spelling of `1.1.0`) and each part fits a u64,
+/// so every valid version has exactly one numeric identity.
 pub fn validate_semver(field: &str, version: &str) -> Result<(), ValidationError> {
     let parts: Vec<&str> = version.split('.').collect();
-    let ok = parts.len() == 3
-        && parts
+    if parts.len() != 3
+        || !parts
             .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::single(
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ValidationError::single(
             field,
             "version must be in semver format (x.y.z)",
-        ))
+        ));
     }
+    if parts.iter().any(|p| p.len() > 1 && p.starts_with('0')) {
+        return Err(ValidationError::single(
+            field,
+            "version parts must not have leading zeros",
+        ));
+    }
+    if parts.iter().any(|p| p.parse::<u64>().is_err()) {
+        return Err(ValidationError::single(
+            field,
+            format!("version parts must be at most {}", u64::MAX),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a free-form JSON object: keys non-empty and nesting at most
@@ -580,7 +593,11 @@ mod tests {
             ("1.0.0", true),
             ("0.0.0", true),
             ("10.200.3000", true),
-            ("01.2.3", true),
+            ("01.2.3", false),
+            ("1.01.0", false),
+            ("0.0.0", true),
+            ("18446744073709551615.0.0", true),
+            ("18446744073709551616.0.0", false),
             ("1.0", false),
             ("1", false),
             ("", false),
@@ -598,7 +615,7 @@ mod tests {
             assert_eq!(got.is_ok(), *ok, "{v:?}");
             if let Err(e) = got {
                 assert!(e.has_field("version"));
-                assert!(e.to_string().contains("semver"));
+                assert!(e.to_string().contains("version"));
             }
         }
     }

@@ -1,0 +1,178 @@
+//! Shared harness of the integration tests: a real server on `127.0.0.1:0`
+//! (bound before the server task starts, so no test ever waits or sleeps for
+//! readiness), typed clients over one lazily connected channel, and helpers
+//! that read the `google.rpc` details out of a `tonic::Status`.
+//!
+//! Each test binary uses a different subset of this module.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use comfy_reality::config::Config;
+use comfy_reality::pb::admin_service_client::AdminServiceClient;
+use comfy_reality::pb::task_service_client::TaskServiceClient;
+use comfy_reality::pb::workflow_service_client::WorkflowServiceClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as ReflectionV1Client;
+use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as ReflectionV1AlphaClient;
+use tonic_types::StatusExt;
+
+/// The `google.rpc.ErrorInfo.domain` the service puts on every error.
+pub const ERROR_DOMAIN: &str = "comfyreality.runtime.v1";
+
+/// A server running inside the test's tokio runtime.
+pub struct TestServer {
+    /// The address the server's listener is bound to.
+    pub addr: SocketAddr,
+    /// One channel shared by every client the test asks for.
+    channel: Channel,
+    /// Cancelling it starts the server's graceful shutdown.
+    token: CancellationToken,
+    /// The server task; `None` once `shutdown` awaited it.
+    handle: Option<JoinHandle<Result<(), comfy_reality::ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration.
+    pub async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    /// Starts a server with `config`. The listener is bound before the
+    /// server task is spawned, so calls can be made at once: the kernel
+    /// queues the connection until the server accepts it.
+    pub async fn start_with(mut config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        config.service.listen = addr;
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(comfy_reality::run(config, listener, token.clone()));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid endpoint")
+            .connect_lazy();
+        Self {
+            addr,
+            channel,
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// A clone of the shared channel.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// TaskService client.
+    pub fn tasks(&self) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(self.channel())
+    }
+
+    /// WorkflowService client.
+    pub fn workflows(&self) -> WorkflowServiceClient<Channel> {
+        WorkflowServiceClient::new(self.channel())
+    }
+
+    /// AdminService client.
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel())
+    }
+
+    /// grpc.health.v1.Health client.
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel())
+    }
+
+    /// grpc.reflection.v1 client.
+    pub fn reflection_v1(&self) -> ReflectionV1Client<Channel> {
+        ReflectionV1Client::new(self.channel())
+    }
+
+    /// grpc.reflection.v1alpha client.
+    pub fn reflection_v1alpha(&self) -> ReflectionV1AlphaClient<Channel> {
+        ReflectionV1AlphaClient::new(self.channel())
+    }
+
+    /// Requests shutdown without waiting for it (streams stay readable).
+    pub fn request_shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Cancels the shutdown token and awaits the server task; panics if the
+    /// server returned an error or panicked.
+    pub async fn shutdown(mut self) {
+        self.token.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task panicked")
+                .expect("server returned an error");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // A test that ends without `shutdown` must not leave a server behind.
+        self.token.cancel();
+    }
+}
+
+/// The `ErrorInfo.reason` of a status, if it has an ErrorInfo.
+pub fn error_reason(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// The fields named by the status's BadRequest violations, in order.
+pub fn bad_request_fields(status: &Status) -> Vec<String> {
+    bad_request_violations(status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect()
+}
+
+/// `(field, description)` of every BadRequest violation, in order.
+pub fn bad_request_violations(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts the status is INVALID_ARGUMENT with reason `ValidationError`, the
+/// service's domain, and a BadRequest violation on `field`.
+#[track_caller]
+pub fn assert_invalid_argument(status: &Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, "ValidationError", "{status:?}");
+    assert_eq!(info.domain, ERROR_DOMAIN, "{status:?}");
+    let fields = bad_request_fields(status);
+    assert!(
+        fields.iter().any(|f| f == field),
+        "expected a BadRequest violation on `{field}`, got {fields:?} in {status:?}"
+    );
+}
+
+/// Asserts the status has `code` and ErrorInfo reason `reason`.
+#[track_caller]
+pub fn assert_status(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(error_reason(status).as_deref(), Some(reason), "{status:?}");
+}
