@@ -36,7 +36,11 @@ RUN apt-get update \
 
 COPY --from=builder /app/target/release/comfy-reality /usr/local/bin/comfy-reality
 
-ENV COMFY_REALITY__SERVICE__DATA_DIR=/var/lib/comfy-reality
+# Settings come from the environment, so `docker run -e COMFY_REALITY__SERVICE__LISTEN=...`
+# moves the port and the HEALTHCHECK (which reads the same configuration) follows it.
+ENV COMFY_REALITY__SERVICE__DATA_DIR=/var/lib/comfy-reality \
+    COMFY_REALITY__SERVICE__LISTEN=0.0.0.0:50051 \
+    COMFY_REALITY__SERVICE__METRICS_LISTEN=0.0.0.0:9090
 WORKDIR /var/lib/comfy-reality
 USER 10001:10001
 
@@ -44,7 +48,7 @@ USER 10001:10001
 EXPOSE 50051 9090
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/comfy-reality", "healthcheck", "--addr", "127.0.0.1:50051"]
+    CMD ["/usr/local/bin/comfy-reality", "healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/comfy-reality"]
-CMD ["serve", "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9090"]
+CMD ["serve"]

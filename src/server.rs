@@ -67,7 +67,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let grace = Duration::from_secs_f64(config.service.shutdown_grace_seconds);
+    let grace = config.service.shutdown_grace();
     let max_message = config.service.max_request_bytes;
     let runtime = Runtime::new(config, Arc::new(MemoryStore::new()));
 

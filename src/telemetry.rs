@@ -2,6 +2,7 @@
 //! or text, to stderr or to `log_file`, filtered by `log_level`.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal as _;
 use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
@@ -36,7 +37,7 @@ pub fn init(runtime: &RuntimeConfig) -> Result<WorkerGuard, TelemetryError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(runtime.log_file.is_none());
+        .with_ansi(runtime.log_file.is_none() && std::io::stderr().is_terminal());
     let result = match runtime.log_format {
         LogFormat::Json => builder
             .json()

@@ -441,3 +441,35 @@ fn json_logs_carry_the_callers_request_id() {
         "the request's log lines do not name task {task_id}:\n{stderr}"
     );
 }
+
+#[test]
+fn healthcheck_without_addr_probes_the_configured_listen_address() {
+    let mut server = ServeProcess::start(&[]);
+    let data = tempfile::tempdir().expect("tempdir");
+    // The configured address is the unspecified one, as in the container image;
+    // healthcheck asks on loopback at the same port.
+    let listen = format!("0.0.0.0:{}", server.addr.port());
+    let ok = run_bounded(
+        command(&data)
+            .env("COMFY_REALITY__SERVICE__LISTEN", &listen)
+            .arg("healthcheck"),
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout).trim(), "SERVING");
+
+    let bad_timeout = run_bounded(command(&data).args([
+        "healthcheck",
+        "--addr",
+        &server.addr.to_string(),
+        "--timeout",
+        "inf",
+    ]));
+    assert!(!bad_timeout.status.success());
+    assert!(
+        text(&bad_timeout.stderr).contains("--timeout"),
+        "{}",
+        text(&bad_timeout.stderr)
+    );
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+}

@@ -1247,3 +1247,140 @@ async fn retry_of_non_failed_unknown_or_unretryable_tasks_is_refused() {
     assert_invalid_argument(&status, "id");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_retried_task_drops_the_error_of_the_failed_attempt() {
+    let server = TestServer::start().await;
+    let mut client = server.tasks();
+    let task = create(&mut client, named("flaky")).await;
+    set_status(&mut client, &task.id, TaskStatus::Running).await;
+    let failed = update(
+        &mut client,
+        UpdateTaskProgressRequest {
+            error: Some("out of memory".into()),
+            error_type: Some("TaskError".into()),
+            ..to_status(&task.id, TaskStatus::Failed)
+        },
+    )
+    .await;
+    assert_eq!(failed.error.as_deref(), Some("out of memory"));
+    let retrying = client
+        .retry_task(RetryTaskRequest {
+            id: task.id.clone(),
+        })
+        .await
+        .expect("retry")
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(retrying.error, None);
+    assert_eq!(retrying.error_type, None);
+    set_status(&mut client, &task.id, TaskStatus::Running).await;
+    let done = set_status(&mut client, &task.id, TaskStatus::Completed).await;
+    assert_eq!(done.error, None, "a completed task carries no error");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn reporting_retrying_without_retries_left_says_so() {
+    let server = TestServer::start().await;
+    let mut client = server.tasks();
+    let task = create(
+        &mut client,
+        CreateTaskRequest {
+            max_retries: Some(0),
+            ..named("one shot")
+        },
+    )
+    .await;
+    set_status(&mut client, &task.id, TaskStatus::Running).await;
+    let status = client
+        .update_task_progress(to_status(&task.id, TaskStatus::Retrying))
+        .await
+        .expect_err("no retries left");
+    assert_status(&status, Code::FailedPrecondition, "TaskError");
+    assert!(
+        status.message().contains("no retries left"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_and_overlong_fields_are_refused_with_small_errors() {
+    let server = TestServer::start().await;
+    let mut client = server.tasks();
+    let status = client
+        .create_task(CreateTaskRequest {
+            tags: vec![String::new(); 3000],
+            dependencies: vec!["x".repeat(300)],
+            description: Some("d".repeat(10_000)),
+            ..named("big")
+        })
+        .await
+        .expect_err("too many tags, overlong id and description");
+    assert_invalid_argument(&status, "tags");
+    let fields = bad_request_fields(&status);
+    assert!(fields.contains(&"dependencies[0]".to_owned()), "{fields:?}");
+    assert!(fields.contains(&"description".to_owned()), "{fields:?}");
+    assert!(status.message().len() <= 1024, "{}", status.message().len());
+
+    let status = client
+        .get_task(GetTaskRequest {
+            id: "i".repeat(100_000),
+        })
+        .await
+        .expect_err("overlong id");
+    assert_invalid_argument(&status, "id");
+    assert!(status.message().len() <= 1024);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_reaches_grandchildren_and_skips_finished_ones() {
+    let server = TestServer::start().await;
+    let mut client = server.tasks();
+    let root = create(&mut client, named("root")).await;
+    let child = create(
+        &mut client,
+        CreateTaskRequest {
+            parent_id: Some(root.id.clone()),
+            ..named("child")
+        },
+    )
+    .await;
+    let done = create(
+        &mut client,
+        CreateTaskRequest {
+            parent_id: Some(root.id.clone()),
+            ..named("done child")
+        },
+    )
+    .await;
+    set_status(&mut client, &done.id, TaskStatus::Completed).await;
+    let grandchild = create(
+        &mut client,
+        CreateTaskRequest {
+            parent_id: Some(child.id.clone()),
+            ..named("grandchild")
+        },
+    )
+    .await;
+    client
+        .cancel_task(CancelTaskRequest {
+            id: root.id.clone(),
+            reason: Some("stop".into()),
+        })
+        .await
+        .expect("cancel");
+    for (id, want) in [
+        (&root.id, TaskStatus::Cancelled),
+        (&child.id, TaskStatus::Cancelled),
+        (&grandchild.id, TaskStatus::Cancelled),
+        (&done.id, TaskStatus::Completed),
+    ] {
+        assert_eq!(get(&mut client, id).await.status, want as i32, "{id}");
+    }
+    server.shutdown().await;
+}

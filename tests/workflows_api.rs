@@ -513,6 +513,18 @@ async fn registering_the_same_version_again_is_idempotent_only_for_the_same_grap
     assert_status(&status, Code::AlreadyExists, "WorkflowError");
     assert_eq!(get(&mut client, &first.id, None).await, first, "unchanged");
 
+    // Same graph, other descriptive fields: a different body too.
+    let status = client
+        .register_workflow(RegisterWorkflowRequest {
+            workflow_id: Some(first.id.clone()),
+            version: Some("1.0.0".into()),
+            tags: vec!["renamed".into()],
+            ..register_request("renamed", SUCCESS_PROMPT_BODY)
+        })
+        .await
+        .expect_err("same id and version, other name and tags");
+    assert_status(&status, Code::AlreadyExists, "WorkflowError");
+
     // Without a workflow id, the same graph makes a new workflow.
     let separate = register(&mut client, register_request("same", SUCCESS_PROMPT_BODY)).await;
     assert_ne!(separate.id, first.id);

@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, LogFormat, LogLevel, OptimizationLevel, QueueType};
 use crate::model::{
-    JsonObject, TaskMetrics, TaskPriority, TaskStatus, TaskType, ValidationError,
-    WorkflowDefinition, validate_name,
+    JsonObject, Task, TaskDependency, TaskMetrics, TaskPriority, TaskStatus, TaskType,
+    ValidationError, WorkflowDefinition, validate_id, validate_name,
 };
-use crate::model::{Task, TaskDependency};
 use crate::pb;
-use crate::runtime::RegisterWorkflowRequest;
-use crate::runtime::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, NewTaskRequest, ProgressUpdate};
+use crate::runtime::{
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, NewTaskRequest, ProgressUpdate, RegisterWorkflowRequest,
+};
 use crate::store::{TaskFilter, WorkflowCursor, WorkflowFilter};
 
 /// What a redacted secret looks like on the wire.
@@ -30,13 +30,45 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// A required id: trimmed, non-empty.
+/// Most tags on one task or workflow.
+pub const MAX_TAGS: usize = 64;
+/// Most dependencies of one task.
+pub const MAX_DEPENDENCIES: usize = 256;
+/// Longest free-text field (description, progress message, reason, author), in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest error message a client may report, in bytes.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+/// Largest metadata JSON object, in bytes.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Largest task result JSON, in bytes.
+pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+
+/// A required id: non-empty, no surrounding whitespace, at most 256 characters.
 pub fn require_id(field: &str, id: &str) -> Result<String, ValidationError> {
-    let id = id.trim();
-    if id.is_empty() {
-        return Err(ValidationError::single(field, "is required"));
-    }
+    validate_id(field, id)?;
     Ok(id.to_owned())
+}
+
+fn check_len(v: &mut ValidationError, field: &str, value: Option<&str>, max: usize) {
+    if let Some(value) = value
+        && value.len() > max
+    {
+        v.push(
+            field,
+            format!("must be at most {max} bytes, got {}", value.len()),
+        );
+    }
+}
+
+fn check_count(v: &mut ValidationError, field: &str, count: usize, max: usize) -> bool {
+    if count > max {
+        v.push(
+            field,
+            format!("must have at most {max} entries, got {count}"),
+        );
+        return false;
+    }
+    true
 }
 
 /// A JSON object sent as text; empty text means `{}`. Numbers stay exact.
@@ -66,6 +98,9 @@ fn json_object_text(map: &JsonObject) -> String {
 
 fn tag_set(field: &str, tags: Vec<String>, violations: &mut ValidationError) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
+    if !check_count(violations, field, tags.len(), MAX_TAGS) {
+        return set;
+    }
     for (i, tag) in tags.into_iter().enumerate() {
         let tag = tag.trim();
         if tag.is_empty() {
@@ -245,8 +280,31 @@ pub fn create_task_request(req: pb::CreateTaskRequest) -> Result<NewTaskRequest,
         None => Some(TaskPriority::Normal),
         Some(raw) => v.absorb(priority_from_pb("priority", raw)),
     };
+    check_len(&mut v, "metadata", Some(&req.metadata), MAX_METADATA_BYTES);
     let metadata = v.absorb(parse_json_object("metadata", &req.metadata));
     let tags = tag_set("tags", req.tags, &mut v);
+    check_len(
+        &mut v,
+        "description",
+        req.description.as_deref(),
+        MAX_TEXT_BYTES,
+    );
+    if check_count(
+        &mut v,
+        "dependencies",
+        req.dependencies.len(),
+        MAX_DEPENDENCIES,
+    ) {
+        for (i, dep) in req.dependencies.iter().enumerate() {
+            v.absorb(validate_id(&format!("dependencies[{i}]"), dep));
+        }
+    }
+    if let Some(parent) = &req.parent_id {
+        v.absorb(validate_id("parent_id", parent));
+    }
+    if let Some(key) = &req.request_id {
+        check_len(&mut v, "request_id", Some(key), 256);
+    }
     let request_id = match req.request_id {
         Some(key) if key.trim().is_empty() => {
             v.push("request_id", "must not be empty when set");
@@ -270,6 +328,15 @@ pub fn create_task_request(req: pb::CreateTaskRequest) -> Result<NewTaskRequest,
     })
 }
 
+/// CancelTaskRequest's task id, with the reason's length checked.
+pub fn cancel_request(req: &pb::CancelTaskRequest) -> Result<String, ValidationError> {
+    let mut v = ValidationError::default();
+    let id = v.absorb(require_id("id", &req.id));
+    check_len(&mut v, "reason", req.reason.as_deref(), MAX_TEXT_BYTES);
+    v.into_result()?;
+    Ok(id.unwrap_or_default())
+}
+
 /// UpdateTaskProgressRequest to (task id, update).
 pub fn progress_update(
     req: pb::UpdateTaskProgressRequest,
@@ -285,6 +352,20 @@ pub fn progress_update(
         None => None,
         Some(raw) => v.absorb(task_status_from_pb("status", raw)),
     };
+    check_len(
+        &mut v,
+        "progress_message",
+        req.progress_message.as_deref(),
+        MAX_TEXT_BYTES,
+    );
+    check_len(&mut v, "error", req.error.as_deref(), MAX_ERROR_BYTES);
+    check_len(
+        &mut v,
+        "error_type",
+        req.error_type.as_deref(),
+        MAX_TEXT_BYTES,
+    );
+    check_len(&mut v, "result", req.result.as_deref(), MAX_RESULT_BYTES);
     let result = match req.result.as_deref() {
         None => None,
         Some(text) => v.absorb(parse_json_value("result", text)),
@@ -418,6 +499,13 @@ pub fn register_workflow_request(
 ) -> Result<RegisterWorkflowRequest, ValidationError> {
     let mut v = ValidationError::default();
     let tags = tag_set("tags", req.tags, &mut v);
+    check_len(
+        &mut v,
+        "description",
+        req.description.as_deref(),
+        MAX_TEXT_BYTES,
+    );
+    check_len(&mut v, "author", req.author.as_deref(), MAX_TEXT_BYTES);
     v.into_result()?;
     Ok(RegisterWorkflowRequest {
         name: req.name,

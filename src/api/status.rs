@@ -17,22 +17,65 @@ fn error_info(class: ErrorClass, metadata: HashMap<String, String>) -> ErrorDeta
     ErrorInfo::new(class.as_str(), ERROR_DOMAIN, metadata).into()
 }
 
-/// INVALID_ARGUMENT with one BadRequest field violation per violated rule.
+/// Most field violations sent in one error. Status, message and details
+/// travel in HTTP/2 headers, which many clients cap at 8 KiB.
+pub const MAX_VIOLATIONS_SENT: usize = 20;
+/// Longest error message or violation description sent, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Longest description of one violation sent, in bytes.
+const MAX_DESCRIPTION_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// INVALID_ARGUMENT with one BadRequest field violation per violated rule
+/// (the first [`MAX_VIOLATIONS_SENT`]; the message says how many more).
 pub fn invalid_argument(err: &ValidationError) -> Status {
-    let violations: Vec<FieldViolation> = err
-        .violations
+    let sent = &err.violations[..err.violations.len().min(MAX_VIOLATIONS_SENT)];
+    let violations: Vec<FieldViolation> = sent
         .iter()
-        .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+        .map(|v| {
+            FieldViolation::new(
+                truncate(&v.field, MAX_DESCRIPTION_BYTES),
+                truncate(&v.description, MAX_DESCRIPTION_BYTES),
+            )
+        })
         .collect();
-    let fields = err
-        .violations
+    let fields = truncate(
+        &sent
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        MAX_MESSAGE_BYTES,
+    );
+    let listed = violations
         .iter()
-        .map(|v| v.field.as_str())
+        .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join(",");
+        .join("; ");
+    let more = err.violations.len() - sent.len();
+    let suffix = if more > 0 {
+        format!(" (and {more} more)")
+    } else {
+        String::new()
+    };
+    let message = format!(
+        "invalid argument: {}{suffix}",
+        truncate(&listed, MAX_MESSAGE_BYTES - 64)
+    );
     Status::with_error_details_vec(
         Code::InvalidArgument,
-        err.to_string(),
+        message,
         [
             error_info(
                 ErrorClass::Validation,
@@ -48,17 +91,20 @@ pub fn to_status(err: RuntimeError) -> Status {
     let class = err.class();
     match &err {
         RuntimeError::Validation(validation) => invalid_argument(validation),
-        RuntimeError::NotFound { kind, id } => Status::with_error_details_vec(
-            Code::NotFound,
-            err.to_string(),
-            [error_info(
-                class,
-                HashMap::from([
-                    ("kind".to_owned(), kind.as_str().to_owned()),
-                    ("id".to_owned(), id.clone()),
-                ]),
-            )],
-        ),
+        RuntimeError::NotFound { kind, id, version } => {
+            let mut metadata = HashMap::from([
+                ("kind".to_owned(), kind.as_str().to_owned()),
+                ("id".to_owned(), id.clone()),
+            ]);
+            if let Some(version) = version {
+                metadata.insert("version".to_owned(), version.clone());
+            }
+            Status::with_error_details_vec(
+                Code::NotFound,
+                err.to_string(),
+                [error_info(class, metadata)],
+            )
+        }
         RuntimeError::AlreadyExists { kind, id, .. } => Status::with_error_details_vec(
             Code::AlreadyExists,
             err.to_string(),
@@ -228,6 +274,34 @@ mod tests {
             assert_eq!(info.reason, reason, "{shown}");
             assert_eq!(info.domain, super::ERROR_DOMAIN);
         }
+    }
+
+    #[test]
+    fn many_violations_stay_small_enough_for_headers() {
+        let mut err = ValidationError::default();
+        for i in 0..3000 {
+            err.push(format!("tags[{i}]"), "x".repeat(10_000));
+        }
+        let status = to_status(err.into());
+        assert!(
+            status.message().len() <= super::MAX_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().contains("and 2980 more"),
+            "{}",
+            status.message()
+        );
+        let bad = status
+            .get_details_bad_request()
+            .expect("BadRequest attached");
+        assert_eq!(bad.field_violations.len(), super::MAX_VIOLATIONS_SENT);
+        assert!(
+            status.details().len() < 8 * 1024,
+            "{}",
+            status.details().len()
+        );
     }
 
     #[test]

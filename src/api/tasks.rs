@@ -90,7 +90,7 @@ impl TaskService for TaskApi {
         request: Request<CancelTaskRequest>,
     ) -> Result<Response<CancelTaskResponse>, Status> {
         let request = request.into_inner();
-        let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
+        let id = convert::cancel_request(&request).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
         let task = self.runtime.tasks().cancel(&id, request.reason)?;
         Ok(Response::new(CancelTaskResponse {

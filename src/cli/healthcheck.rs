@@ -1,7 +1,7 @@
 //! `comfy-reality healthcheck`: asks a running server's gRPC health service
 //! and exits 0 only when the answer is SERVING.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,9 +14,10 @@ use tonic_health::pb::health_client::HealthClient;
 /// Flags of `healthcheck`.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// The server's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
-    pub addr: SocketAddr,
+    /// The server's gRPC address; default: the configured `service.listen`
+    /// (an unspecified address such as 0.0.0.0 is asked on loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
     /// The health service name to ask about ("" is the whole server;
     /// also `liveness`, `readiness`, or a service's full name).
     #[arg(long, default_value = "", value_name = "NAME")]
@@ -26,16 +27,36 @@ pub struct HealthcheckArgs {
     pub timeout: f64,
 }
 
-/// Runs the check.
-pub fn run(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
+/// The address to probe for a configured listen address.
+pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
+}
+
+/// Runs the check against `addr`.
+pub fn run(args: &HealthcheckArgs, addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    let Some(timeout) = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+    else {
+        anyhow::bail!(
+            "--timeout must be a positive number of seconds, got {}",
+            args.timeout
+        );
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
-    let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, check(args.addr, args.service.clone())).await
-    });
+    let outcome = runtime
+        .block_on(async { tokio::time::timeout(timeout, check(addr, args.service.clone())).await });
     match outcome {
         Ok(Ok(ServingStatus::Serving)) => {
             println!("SERVING");
@@ -46,11 +67,11 @@ pub fn run(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         Ok(Err(e)) => {
-            eprintln!("health check of {} failed: {e:#}", args.addr);
+            eprintln!("health check of {} failed: {e:#}", addr);
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {
-            eprintln!("health check of {} timed out after {timeout:?}", args.addr);
+            eprintln!("health check of {} timed out after {timeout:?}", addr);
             Ok(ExitCode::FAILURE)
         }
     }

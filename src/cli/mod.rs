@@ -99,7 +99,15 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(&cli.config, &args)?;
             serve(config)
         }
-        Command::Healthcheck(args) => healthcheck::run(&args),
+        Command::Healthcheck(args) => {
+            let addr = match args.addr {
+                Some(addr) => addr,
+                None => healthcheck::probe_addr(
+                    load(&cli.config, &ServeArgs::default())?.service.listen,
+                ),
+            };
+            healthcheck::run(&args, addr)
+        }
         Command::Config(ConfigCommand::Check(args)) => match load(&cli.config, &args) {
             Ok(_) => {
                 println!("configuration is valid");

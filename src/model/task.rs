@@ -599,6 +599,9 @@ impl Task {
         self.status = to;
         if to == TaskStatus::Retrying {
             self.retry_count += 1;
+            // The error described the failed attempt; the new one starts clean.
+            self.error = None;
+            self.error_type = None;
         }
         if to == TaskStatus::Running && self.metrics.start_time.is_none() {
             self.metrics.start_time = Some(now);

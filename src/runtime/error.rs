@@ -68,12 +68,14 @@ pub enum RuntimeError {
     #[error(transparent)]
     Validation(#[from] ValidationError),
     /// No object with that id (and version).
-    #[error("{} {id} not found", kind.as_str())]
+    #[error("{} {id}{} not found", kind.as_str(), version.as_deref().map(|v| format!(" version {v}")).unwrap_or_default())]
     NotFound {
         /// What was looked up.
         kind: ObjectKind,
-        /// Its id, with the version when one was asked for.
+        /// Its id.
         id: String,
+        /// The version asked for, if any.
+        version: Option<String>,
     },
     /// An idempotency key or id/version was reused with a different body.
     #[error("{} {id} already exists: {reason}", kind.as_str())]
@@ -139,6 +141,7 @@ impl RuntimeError {
         Self::NotFound {
             kind: ObjectKind::Task,
             id: id.to_owned(),
+            version: None,
         }
     }
 
@@ -146,10 +149,8 @@ impl RuntimeError {
     pub fn workflow_not_found(id: &str, version: Option<&str>) -> Self {
         Self::NotFound {
             kind: ObjectKind::Workflow,
-            id: match version {
-                Some(v) => format!("{id} version {v}"),
-                None => id.to_owned(),
-            },
+            id: id.to_owned(),
+            version: version.map(str::to_owned),
         }
     }
 }

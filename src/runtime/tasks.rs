@@ -166,7 +166,7 @@ impl TaskRegistry {
             .map(|key| IdempotencyKey { key, fingerprint });
         match self.store.create_task(task, key)? {
             CreateOutcome::Created(task) => {
-                tracing::info!(task_id = %task.id, name = %task.name, "task created");
+                tracing::info!(task_id = %task.id, name = ?task.name, "task created");
                 Ok(task)
             }
             CreateOutcome::Existing {
@@ -232,6 +232,19 @@ impl TaskRegistry {
         if let Some(progress) = update.progress {
             task.set_progress(progress)?;
         }
+        if update.status == Some(TaskStatus::Retrying)
+            && task.status() != TaskStatus::Retrying
+            && !task.retries_left()
+        {
+            return Err(RuntimeError::FailedPrecondition {
+                kind: ObjectKind::Task,
+                id: id.to_owned(),
+                reason: format!(
+                    "no retries left ({} of {} used)",
+                    task.retry_count, task.max_retries
+                ),
+            });
+        }
         if let Some(status) = update.status.filter(|s| *s != task.status()) {
             task.transition(status)
                 .map_err(|source| RuntimeError::IllegalTransition {
@@ -255,41 +268,37 @@ impl TaskRegistry {
     }
 
     /// Cancels a task and its unfinished descendants. A finished task is
-    /// returned unchanged.
+    /// returned unchanged. All or nothing: a tree larger than
+    /// [`MAX_CANCEL_CASCADE`] is refused before anything is cancelled.
     pub fn cancel(&self, id: &str, reason: Option<String>) -> Result<Task, RuntimeError> {
         let _gate = self.gate()?;
         let mut task = self.get(id)?;
         if task.status().is_terminal() {
             return Ok(task);
         }
-        self.cancel_one(&mut task, reason.clone())?;
-        let mut pending = vec![task.id.clone()];
-        let mut cancelled = 1usize;
-        while let Some(parent) = pending.pop() {
-            let filter = TaskFilter {
-                parent_id: Some(parent),
-                ..TaskFilter::default()
-            };
-            let mut after = None;
-            loop {
-                let page = self
-                    .store
-                    .list_tasks(&filter, after, super::MAX_PAGE_SIZE)?;
-                for mut child in page.items {
-                    pending.push(child.id.clone());
-                    if !child.status().is_terminal() && cancelled < MAX_CANCEL_CASCADE {
-                        self.cancel_one(&mut child, Some(format!("parent task {id} cancelled")))?;
-                        cancelled += 1;
-                    }
+        let mut descendants = Vec::new();
+        let mut frontier = vec![task.id.clone()];
+        while let Some(parent) = frontier.pop() {
+            for child in self.store.child_ids(&parent)? {
+                if descendants.len() == MAX_CANCEL_CASCADE {
+                    return Err(RuntimeError::FailedPrecondition {
+                        kind: ObjectKind::Task,
+                        id: id.to_owned(),
+                        reason: format!(
+                            "task has more than {MAX_CANCEL_CASCADE} descendants; cancel its subtrees first"
+                        ),
+                    });
                 }
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
+                frontier.push(child.clone());
+                descendants.push(child);
             }
-            if cancelled >= MAX_CANCEL_CASCADE {
-                tracing::warn!(task_id = %id, "cancel cascade limit reached");
-                break;
+        }
+        self.cancel_one(&mut task, reason)?;
+        for child_id in descendants {
+            if let Some(mut child) = self.store.get_task(&child_id)?
+                && !child.status().is_terminal()
+            {
+                self.cancel_one(&mut child, Some(format!("parent task {id} cancelled")))?;
             }
         }
         Ok(task)

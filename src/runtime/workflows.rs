@@ -72,17 +72,24 @@ impl WorkflowRegistry {
             return Err(violations.into());
         }
         workflow.id = id;
-        match self.store.insert_workflow(workflow)? {
+        let same_registration = |other: &WorkflowDefinition| {
+            other.name == workflow.name
+                && other.description == workflow.description
+                && other.tags == workflow.tags
+                && other.author == workflow.author
+                && other.workflow_json == workflow.workflow_json
+        };
+        match self.store.insert_workflow(workflow.clone())? {
             Ok(stored) => {
                 tracing::info!(workflow_id = %stored.id, version = %stored.version, nodes = stored.nodes.len(), "workflow registered");
                 Ok(stored)
             }
-            Err(existing) if existing.workflow_json == request.workflow_json => Ok(existing),
+            Err(existing) if same_registration(&existing) => Ok(existing),
             Err(existing) => Err(RuntimeError::AlreadyExists {
                 kind: ObjectKind::Workflow,
                 id: existing.id,
                 reason: format!(
-                    "version {} is registered with a different graph; register a new version",
+                    "version {} is registered with a different body; register a new version",
                     existing.version
                 ),
             }),
@@ -124,7 +131,6 @@ impl WorkflowRegistry {
 }
 
 fn validate_workflow_id(id: &str) -> Result<String, ValidationError> {
-    let id = id.trim();
     let ok = !id.is_empty()
         && id.len() <= MAX_WORKFLOW_ID_LEN
         && id

@@ -19,6 +19,9 @@ struct Inner {
     tasks: BTreeMap<u64, Task>,
     /// Task id -> creation sequence number.
     task_index: HashMap<String, u64>,
+    /// Parent task id -> its children's ids in creation order (parent_id
+    /// never changes, so the index is written once per task).
+    children: HashMap<String, Vec<String>>,
     /// The next creation sequence number.
     next_seq: u64,
     /// Idempotency key -> (fingerprint, task id).
@@ -73,6 +76,13 @@ impl Store for MemoryStore {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.task_index.insert(task.id.clone(), seq);
+        if let Some(parent) = &task.parent_id {
+            inner
+                .children
+                .entry(parent.clone())
+                .or_default()
+                .push(task.id.clone());
+        }
         if let Some(key) = idempotency {
             inner
                 .idempotency
@@ -98,6 +108,15 @@ impl Store for MemoryStore {
             .get(id)
             .and_then(|seq| inner.tasks.get(seq))
             .cloned())
+    }
+
+    fn child_ids(&self, parent_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .lock()?
+            .children
+            .get(parent_id)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn list_tasks(

@@ -108,6 +108,8 @@ pub trait Store: Send + Sync + 'static {
     fn put_task(&self, task: &Task) -> Result<bool, StoreError>;
     /// One task by id.
     fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// The ids of the direct children of `parent_id`, in creation order.
+    fn child_ids(&self, parent_id: &str) -> Result<Vec<String>, StoreError>;
     /// Tasks in creation order after the cursor (a creation sequence number).
     fn list_tasks(
         &self,
