@@ -421,6 +421,13 @@ pub struct ServerConfig {
     /// `api_key`. Never printed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_header: Option<Secret>,
+    /// How long a submitted prompt may go without any WebSocket message before the client
+    /// checks on it over HTTP (queue, then history), in seconds. Also how long a silent socket
+    /// waits before it is pinged. Default: 30. Bound: finite, > 0.
+    pub silence_timeout_seconds: f64,
+    /// Longest wait between two WebSocket reconnect attempts (the backoff grows up to it), in
+    /// seconds. Default: 30. Bound: finite, > 0.
+    pub reconnect_max_delay_seconds: f64,
 }
 
 impl Default for ServerConfig {
@@ -433,6 +440,8 @@ impl Default for ServerConfig {
             verify_ssl: true,
             api_key: None,
             auth_header: None,
+            silence_timeout_seconds: 30.0,
+            reconnect_max_delay_seconds: 30.0,
         }
     }
 }
@@ -451,6 +460,18 @@ impl ServerConfig {
     pub fn timeout(&self) -> Duration {
         seconds(self.timeout_seconds)
     }
+
+    /// `silence_timeout_seconds` as a duration (zero when out of range, which a validated
+    /// configuration never is).
+    pub fn silence_timeout(&self) -> Duration {
+        seconds(self.silence_timeout_seconds)
+    }
+
+    /// `reconnect_max_delay_seconds` as a duration (zero when out of range, which a validated
+    /// configuration never is).
+    pub fn reconnect_max_delay(&self) -> Duration {
+        seconds(self.reconnect_max_delay_seconds)
+    }
 }
 
 // Written by hand so that a password inside `url` is never printed.
@@ -464,6 +485,11 @@ impl fmt::Debug for ServerConfig {
             .field("verify_ssl", &self.verify_ssl)
             .field("api_key", &self.api_key)
             .field("auth_header", &self.auth_header)
+            .field("silence_timeout_seconds", &self.silence_timeout_seconds)
+            .field(
+                "reconnect_max_delay_seconds",
+                &self.reconnect_max_delay_seconds,
+            )
             .finish()
     }
 }
@@ -782,12 +808,17 @@ impl Config {
                     );
                 }
             }
-            if !seconds_ok(server.timeout_seconds) {
-                out.push_blaming(
-                    key("timeout_seconds"),
-                    seconds_message(server.timeout_seconds),
-                    &["servers"],
-                );
+            for (field, value) in [
+                ("timeout_seconds", server.timeout_seconds),
+                ("silence_timeout_seconds", server.silence_timeout_seconds),
+                (
+                    "reconnect_max_delay_seconds",
+                    server.reconnect_max_delay_seconds,
+                ),
+            ] {
+                if !seconds_ok(value) {
+                    out.push_blaming(key(field), seconds_message(value), &["servers"]);
+                }
             }
             for (field, secret) in [
                 ("api_key", &server.api_key),
@@ -1532,6 +1563,8 @@ mod tests {
         assert_eq!(s.max_retries, 3);
         assert!(s.verify_ssl);
         assert!(s.api_key.is_none() && s.auth_header.is_none() && s.name.is_none());
+        assert_eq!(s.silence_timeout_seconds, 30.0);
+        assert_eq!(s.reconnect_max_delay_seconds, 30.0);
 
         assert_eq!(c.metrics_addr(), "127.0.0.1:9090".parse().unwrap());
         c.validate().unwrap();
@@ -1705,6 +1738,26 @@ mod tests {
                 |c| c.servers[0].timeout_seconds = 0.001,
             ),
             (
+                "servers[0].silence_timeout_seconds",
+                |c| c.servers[0].silence_timeout_seconds = 0.0,
+                |c| c.servers[0].silence_timeout_seconds = 0.001,
+            ),
+            (
+                "servers[0].silence_timeout_seconds",
+                |c| c.servers[0].silence_timeout_seconds = f64::NAN,
+                |c| c.servers[0].silence_timeout_seconds = 30.0,
+            ),
+            (
+                "servers[0].reconnect_max_delay_seconds",
+                |c| c.servers[0].reconnect_max_delay_seconds = -1.0,
+                |c| c.servers[0].reconnect_max_delay_seconds = 0.001,
+            ),
+            (
+                "servers[0].reconnect_max_delay_seconds",
+                |c| c.servers[0].reconnect_max_delay_seconds = f64::INFINITY,
+                |c| c.servers[0].reconnect_max_delay_seconds = 30.0,
+            ),
+            (
                 "servers[0].url",
                 |c| c.servers[0].url = "ftp://comfy.example".into(),
                 |c| c.servers[0].url = "https://comfy.example".into(),
@@ -1775,6 +1828,26 @@ mod tests {
                 panic!("{key} boundary should be accepted: {error}");
             }
         }
+    }
+
+    #[test]
+    fn server_socket_timings_load_and_are_checked() {
+        let (result, _, _dir) = load_toml(
+            "[[servers]]\nurl = \"http://a:1\"\nsilence_timeout_seconds = 0.25\n\
+             reconnect_max_delay_seconds = 5\n",
+        );
+        let c = result.unwrap();
+        assert_eq!(c.servers[0].silence_timeout(), Duration::from_millis(250));
+        assert_eq!(c.servers[0].reconnect_max_delay(), Duration::from_secs(5));
+
+        let (result, path, _dir) = load_toml("[[servers]]\nsilence_timeout_seconds = 0\n");
+        let error = result.unwrap_err();
+        let violation = only_violation(&error);
+        assert_eq!(violation.key, "servers[0].silence_timeout_seconds");
+        assert_eq!(
+            violation.source.as_deref(),
+            Some(format!("TOML file {}", path.display()).as_str())
+        );
     }
 
     #[test]
@@ -2161,6 +2234,8 @@ mod tests {
         assert_eq!(c.runtime.task_timeout(), Duration::from_secs(300));
         assert_eq!(c.runtime.ui_update_interval(), Duration::from_millis(500));
         assert_eq!(c.servers[0].timeout(), Duration::from_secs(30));
+        assert_eq!(c.servers[0].silence_timeout(), Duration::from_secs(30));
+        assert_eq!(c.servers[0].reconnect_max_delay(), Duration::from_secs(30));
         assert_eq!(c.service.shutdown_grace(), Duration::from_secs(10));
         assert_eq!(c.executor.cache_ttl(), Duration::from_secs(3600));
         let c = load_env(&[("COMFY_REALITY__RUNTIME__METRICS_PORT", "9100")]).unwrap();

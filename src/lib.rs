@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod comfy;
 pub mod config;
 pub mod drain;
 pub mod model;

@@ -1,0 +1,136 @@
+//! `comfy-reality-fake-comfyui`: runs the fake ComfyUI server of
+//! `comfy_reality::comfy::fake` as a process, for manual testing, other
+//! languages' SDK tests and the quick start.
+//!
+//! Prints exactly one line on stdout once the port is bound
+//! (`comfy-reality-fake-comfyui listening on http://HOST:PORT`) and stops
+//! cleanly, exit code 0, on SIGINT or SIGTERM.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
+
+/// A fake ComfyUI 0.33 server.
+#[derive(Debug, Parser)]
+#[command(name = "comfy-reality-fake-comfyui", version)]
+struct Args {
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Where SaveImage writes; a temporary folder when omitted.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Multiplies TestDelay sleeps (0.05 makes them 20 times faster).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
+    time_scale: f64,
+}
+
+/// Accepts finite, non-negative scales.
+fn parse_time_scale(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err("must be a finite number >= 0".to_owned())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    // Handlers first, so a signal right after the address is printed is not lost.
+    let mut signals = Signals::install()?;
+    let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
+    let options = FakeOptions {
+        output_dir: args.output_dir,
+        time_scale: args.time_scale,
+        ..FakeOptions::default()
+    };
+    let fake = FakeComfy::start_on(listener, options).await?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "comfy-reality-fake-comfyui listening on {}",
+            fake.base_url()
+        )?;
+        stdout.flush()?;
+    }
+    signals.wait().await;
+    fake.shutdown().await;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM (`ctrl_c` alone misses SIGTERM).
+struct Signals {
+    /// SIGTERM on Unix.
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    /// SIGINT on Unix.
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
