@@ -13,6 +13,7 @@ pub mod model;
 pub mod pb;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 

@@ -1917,7 +1917,14 @@ fn binary_serves_and_stops_on_sigterm() {
         uuid::Uuid::new_v4().simple()
     ));
     let mut child = Command::new(env!("CARGO_BIN_EXE_comfy-reality-fake-comfyui"))
-        .args(["--port", "0", "--time-scale", "0.05", "--output-dir"])
+        .args([
+            "--port",
+            "0",
+            "--time-scale",
+            "0.05",
+            "--http-500",
+            "--output-dir",
+        ])
         .arg(&output)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1946,7 +1953,18 @@ fn binary_serves_and_stops_on_sigterm() {
         .enable_all()
         .build()
         .expect("runtime");
-    let stats = runtime.block_on(async { Http::new(&base).get("/system_stats").await });
+    // Started with the --http-500 fault: every route fails until the control
+    // route turns it off.
+    let (failing, stats) = runtime.block_on(async {
+        let http = Http::new(&base);
+        let failing = http.get("/system_stats").await;
+        let off = http
+            .post("/__fake/faults", &json!({"http_500": false}))
+            .await;
+        assert_eq!(off.status, 200);
+        (failing, http.get("/system_stats").await)
+    });
+    assert_eq!(failing.status, 500);
     assert_eq!(stats.status, 200);
     assert_eq!(stats.json()["system"]["comfyui_version"], "0.33.0");
 

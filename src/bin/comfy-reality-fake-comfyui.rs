@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
+use comfy_reality::signals::ShutdownSignals;
 
 /// A fake ComfyUI 0.33 server.
 #[derive(Debug, Parser)]
@@ -30,6 +31,21 @@ struct Args {
     /// Multiplies TestDelay sleeps (0.05 makes them 20 times faster).
     #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
     time_scale: f64,
+    /// Fault: close every WebSocket and refuse new ones (also `POST /__fake/faults`).
+    #[arg(long)]
+    drop_websockets: bool,
+    /// Fault: run prompts but send no WebSocket messages at all.
+    #[arg(long)]
+    silent: bool,
+    /// Fault: delay every HTTP answer by this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    slow_ms: Option<u64>,
+    /// Fault: answer every HTTP route with a 500 text/plain page.
+    #[arg(long)]
+    http_500: bool,
+    /// Fault: close accepted connections at once (the control routes still answer).
+    #[arg(long)]
+    refuse_connections: bool,
 }
 
 /// Accepts finite, non-negative scales.
@@ -72,7 +88,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> std::io::Result<()> {
     // Handlers first, so a signal right after the address is printed is not lost.
-    let mut signals = Signals::install()?;
+    let mut signals = ShutdownSignals::install()?;
     let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
     let options = FakeOptions {
         output_dir: args.output_dir,
@@ -80,6 +96,12 @@ async fn run(args: Args) -> std::io::Result<()> {
         ..FakeOptions::default()
     };
     let fake = FakeComfy::start_on(listener, options).await?;
+    let faults = fake.faults();
+    faults.set_drop_websockets(args.drop_websockets);
+    faults.set_silent(args.silent);
+    faults.set_slow(args.slow_ms.map(std::time::Duration::from_millis));
+    faults.set_http_500(args.http_500);
+    faults.set_refuse_connections(args.refuse_connections);
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(
@@ -89,48 +111,7 @@ async fn run(args: Args) -> std::io::Result<()> {
         )?;
         stdout.flush()?;
     }
-    signals.wait().await;
+    signals.recv().await;
     fake.shutdown().await;
     Ok(())
-}
-
-/// SIGINT and SIGTERM (`ctrl_c` alone misses SIGTERM).
-struct Signals {
-    /// SIGTERM on Unix.
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    /// SIGINT on Unix.
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
-    }
-
-    async fn wait(&mut self) {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => {}
-                _ = self.int.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, CliOverrides, Config, ConfigSources};
+use crate::signals::ShutdownSignals;
 
 /// comfy-reality: a production gRPC runtime for ComfyUI workflows.
 #[derive(Debug, Parser)]
@@ -139,12 +140,12 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         // Handlers first: a signal that arrives right after the address is
         // printed must shut down cleanly, not kill the process.
-        let signals = ShutdownSignals::install()?;
+        let signals = ShutdownSignals::install().context("cannot handle SIGINT and SIGTERM")?;
         // The one line on stdout: scripts and tests read the bound address here.
         println!("comfy-reality listening on {addr}");
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving gRPC");
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+        let signals = tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
         let result = crate::run(config, listener, shutdown).await;
         signals.abort();
         result?;
@@ -152,46 +153,9 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// SIGINT and SIGTERM listeners (`ctrl_c` alone misses SIGTERM, which is
-/// what Kubernetes and Docker send).
-struct ShutdownSignals {
-    /// SIGTERM.
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    /// SIGINT.
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    /// Installs the handlers now, replacing the default (fatal) actions.
-    fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
-    }
-
-    /// Cancels `token` when the first of the signals arrives.
-    async fn cancel_on_signal(mut self, token: CancellationToken) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM received"),
-            _ = self.int.recv() => tracing::info!("SIGINT received"),
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = &mut self;
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        token.cancel();
-    }
+/// Cancels `token` when SIGINT or SIGTERM arrives.
+async fn cancel_on_signal(mut signals: ShutdownSignals, token: CancellationToken) {
+    let name = signals.recv().await;
+    tracing::info!(signal = name, "shutdown signal received");
+    token.cancel();
 }
