@@ -8,5 +8,6 @@
 pub mod capabilities;
 pub mod client;
 pub mod fake;
+pub mod tls;
 pub mod wire;
 pub mod ws;

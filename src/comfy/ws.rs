@@ -1418,12 +1418,14 @@ async fn connect(
         message,
     };
     let url = client.ws_url(client_id);
-    if url.scheme() == "wss" && !client.verify_ssl() {
-        return Err(ComfyError::Unsupported {
-            what: "a websocket over tls without certificate verification",
-            version: "with this build (no rustls dependency to configure it)".into(),
-        });
-    }
+    // verify_ssl = false: accept any certificate, as the HTTP client does.
+    let connector = if url.scheme() == "wss" && !client.verify_ssl() {
+        let config = super::tls::unverified_client_config()
+            .map_err(|e| ws_error(format!("tls configuration: {e}")))?;
+        Some(tokio_tungstenite::Connector::Rustls(config))
+    } else {
+        None
+    };
     let mut request = url
         .as_str()
         .into_client_request()
@@ -1435,7 +1437,7 @@ async fn connect(
     }
     let (mut socket, _) = tokio::time::timeout(
         client.timeout(),
-        tokio_tungstenite::connect_async_with_config(request, None, true),
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector),
     )
     .await
     .map_err(|_| ws_error("handshake timed out".into()))?
