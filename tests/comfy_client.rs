@@ -523,7 +523,11 @@ async fn an_ambiguous_submit_is_looked_up_not_resubmitted() {
 async fn uploads_land_in_input_and_download_again() {
     let h = Harness::start().await;
     // Any bytes do: the fake stores uploads as they come.
-    let content = Bytes::from((0..4096u32).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
+    let content = Bytes::from(
+        (0..4096u32)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let first = h
         .client()
         .upload_image(content.clone(), "client_upload.png", "client_test", true)
