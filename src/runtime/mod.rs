@@ -4,6 +4,7 @@
 
 mod error;
 mod fingerprint;
+pub mod scheduler;
 mod tasks;
 mod workflows;
 
