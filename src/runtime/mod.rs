@@ -6,6 +6,7 @@ mod error;
 mod fingerprint;
 pub mod scheduler;
 mod tasks;
+pub mod workflow_checks;
 mod workflows;
 
 use std::sync::Arc;
