@@ -532,79 +532,41 @@ async fn registering_the_same_version_again_is_idempotent_only_for_the_same_grap
 }
 
 #[tokio::test]
-async fn versions_that_differ_only_beyond_u64_are_not_conflated() {
-    // 18446744073709551616 passes the x.y.z check (all digits) but does not
-    // fit a u64: it must be rejected or kept apart from 0.0.0, never treated
-    // as the same version.
+async fn versions_with_a_second_spelling_or_beyond_u64_are_rejected() {
+    // Both pass the seed's all-digits x.y.z check, but "1.01.0" would be a
+    // second spelling of "1.1.0" and 18446744073709551616 does not fit a u64
+    // (it would collide with 0.0.0): both are rejected naming `version`, and
+    // the stored version they would shadow is untouched.
     let server = TestServer::start().await;
     let mut client = server.workflows();
-    let base = register(
-        &mut client,
-        RegisterWorkflowRequest {
-            version: Some("0.0.0".into()),
-            ..register_request("big", &chain_graph("zero"))
-        },
-    )
-    .await;
-    let result = client
-        .register_workflow(RegisterWorkflowRequest {
-            workflow_id: Some(base.id.clone()),
-            version: Some("18446744073709551616.0.0".into()),
-            ..register_request("big", &chain_graph("huge"))
-        })
+    for (stored, other) in [("1.1.0", "1.01.0"), ("0.0.0", "18446744073709551616.0.0")] {
+        let base = register(
+            &mut client,
+            RegisterWorkflowRequest {
+                version: Some(stored.into()),
+                ..register_request("versions", &chain_graph(stored))
+            },
+        )
         .await;
-    match result {
-        Ok(response) => {
-            let huge = response.into_inner().workflow.unwrap();
-            assert_eq!(huge.version, "18446744073709551616.0.0");
-            assert_eq!(get(&mut client, &base.id, Some("0.0.0")).await, base);
-        }
-        Err(status) => assert_invalid_argument(&status, "version"),
-    }
-    server.shutdown().await;
-}
-
-#[tokio::test]
-async fn versions_with_leading_zeros_are_not_conflated() {
-    // Semver forbids leading zeros; "1.01.0" must be rejected or kept apart
-    // from "1.1.0", never answered with the other version.
-    let server = TestServer::start().await;
-    let mut client = server.workflows();
-    let base = register(
-        &mut client,
-        RegisterWorkflowRequest {
-            version: Some("1.1.0".into()),
-            ..register_request("zeros", &chain_graph("one-one"))
-        },
-    )
-    .await;
-    let result = client
-        .register_workflow(RegisterWorkflowRequest {
-            workflow_id: Some(base.id.clone()),
-            version: Some("1.01.0".into()),
-            ..register_request("zeros", &chain_graph("one-oh-one"))
-        })
-        .await;
-    match result {
-        Ok(response) => {
-            let other = response.into_inner().workflow.unwrap();
-            assert_eq!(other.version, "1.01.0");
-            assert_eq!(other.workflow_json, chain_graph("one-oh-one"));
-        }
-        Err(status) => assert_invalid_argument(&status, "version"),
-    }
-    match client
-        .get_workflow(GetWorkflowRequest {
-            id: base.id.clone(),
-            version: Some("1.01.0".into()),
-        })
-        .await
-    {
-        Ok(response) => assert_eq!(response.into_inner().workflow.unwrap().version, "1.01.0"),
-        Err(status) => assert!(
-            matches!(status.code(), Code::InvalidArgument | Code::NotFound),
-            "{status:?}"
-        ),
+        let status = client
+            .register_workflow(RegisterWorkflowRequest {
+                workflow_id: Some(base.id.clone()),
+                version: Some(other.into()),
+                ..register_request("versions", &chain_graph(other))
+            })
+            .await
+            .expect_err("a second spelling of a version");
+        assert_invalid_argument(&status, "version");
+        let status = client
+            .get_workflow(GetWorkflowRequest {
+                id: base.id.clone(),
+                version: Some(other.into()),
+            })
+            .await
+            .expect_err("not a version");
+        assert_invalid_argument(&status, "version");
+        assert_eq!(get(&mut client, &base.id, Some(stored)).await, base);
+        assert_eq!(get(&mut client, &base.id, None).await, base);
     }
     server.shutdown().await;
 }

@@ -547,8 +547,9 @@ fn node_id_order(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// Shortens user-supplied ids and names for messages.
-fn shown(text: &str) -> String {
+/// Shortens user-supplied ids and names for messages (64 characters and an
+/// ellipsis at most).
+pub fn shown(text: &str) -> String {
     const MAX: usize = 64;
     if text.chars().count() <= MAX {
         text.to_owned()

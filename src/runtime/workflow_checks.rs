@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Number, Value};
 
 use crate::comfy::wire::{self, InputSpec, NodeInfo, WireError};
-use crate::model::workflow::MAX_REPORTED_PROBLEMS;
+use crate::model::workflow::{MAX_REPORTED_PROBLEMS, shown};
 use crate::model::{JsonObject, ValidationError, WorkflowDefinition, join_path, key_path};
 
 /// Field path under which [`check_against_object_info`] reports problems of a
@@ -539,17 +539,6 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
-    }
-}
-
-/// Shortens user-supplied text for messages.
-fn shown(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        let cut: String = text.chars().take(MAX).collect();
-        format!("{cut}…")
     }
 }
 
