@@ -63,6 +63,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[executor]`: the seed's `TaskExecutorConfig` (resource limits, GPU, optimization, cache).
     pub executor: TaskExecutorConfig,
+    /// `[scheduling]`: how workflow executions are admitted, run and kept (not in the seed).
+    pub scheduling: SchedulingConfig,
     /// `[[servers]]`: the ComfyUI backends. Default: one server at `http://127.0.0.1:8188`.
     /// Bound: at least one; urls unique; names, where given, unique.
     pub servers: Vec<ServerConfig>,
@@ -74,6 +76,7 @@ impl Default for Config {
             service: ServiceConfig::default(),
             runtime: RuntimeConfig::default(),
             executor: TaskExecutorConfig::default(),
+            scheduling: SchedulingConfig::default(),
             servers: vec![ServerConfig::default()],
         }
     }
@@ -218,6 +221,63 @@ impl fmt::Debug for RuntimeConfig {
                 &self.ui_update_interval_seconds,
             )
             .finish()
+    }
+}
+
+/// `[scheduling]`: admission, retries, stall detection, backend probing and artifacts of
+/// workflow executions (not in the seed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingConfig {
+    /// Most executions waiting in the runtime's queue; beyond it ExecuteWorkflow answers
+    /// RESOURCE_EXHAUSTED. Default: 10000. Bound: >= 1.
+    pub max_queue_len: usize,
+    /// Longest delay between retries, in seconds (the delay doubles from
+    /// `runtime.task_retry_delay_seconds` up to this). Default: 300. Bound: finite, > 0.
+    pub retry_max_delay_seconds: f64,
+    /// A running prompt with no message from its backend for this long is checked against
+    /// history, then interrupted and retried (or failed). Default: 600. Bound: finite, > 0.
+    pub stall_timeout_seconds: f64,
+    /// How often each backend's health is probed, in seconds. Default: 5. Bound: finite, > 0.
+    pub probe_interval_seconds: f64,
+    /// Where downloaded outputs are kept, one folder per execution. Default: none, meaning
+    /// `<service.data_dir>/artifacts`. Bound: not empty when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_dir: Option<PathBuf>,
+    /// Largest workflow JSON accepted, in bytes. Default: 8 MiB. Bound: >= 1024.
+    pub max_workflow_bytes: usize,
+    /// Most nodes in one workflow. Default: 10000. Bound: >= 1.
+    pub max_workflow_nodes: usize,
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        Self {
+            max_queue_len: 10_000,
+            retry_max_delay_seconds: 300.0,
+            stall_timeout_seconds: 600.0,
+            probe_interval_seconds: 5.0,
+            artifact_dir: None,
+            max_workflow_bytes: 8 * 1024 * 1024,
+            max_workflow_nodes: 10_000,
+        }
+    }
+}
+
+impl SchedulingConfig {
+    /// `retry_max_delay_seconds` as a duration.
+    pub fn retry_max_delay(&self) -> Duration {
+        seconds(self.retry_max_delay_seconds)
+    }
+
+    /// `stall_timeout_seconds` as a duration.
+    pub fn stall_timeout(&self) -> Duration {
+        seconds(self.stall_timeout_seconds)
+    }
+
+    /// `probe_interval_seconds` as a duration.
+    pub fn probe_interval(&self) -> Duration {
+        seconds(self.probe_interval_seconds)
     }
 }
 
@@ -646,6 +706,7 @@ impl Config {
         self.check_service(&mut out);
         self.check_runtime(&mut out);
         self.check_executor(&mut out);
+        self.check_scheduling(&mut out);
         self.check_servers(&mut out);
         out.0
     }
@@ -746,6 +807,59 @@ impl Config {
             "runtime.ui_update_interval_seconds",
             runtime.ui_update_interval_seconds,
         );
+    }
+
+    fn check_scheduling(&self, out: &mut Collector) {
+        let scheduling = &self.scheduling;
+        if scheduling.max_queue_len < 1 {
+            out.push("scheduling.max_queue_len", "must be at least 1, got 0");
+        }
+        if scheduling.max_workflow_nodes < 1 {
+            out.push("scheduling.max_workflow_nodes", "must be at least 1, got 0");
+        }
+        if scheduling.max_workflow_bytes < 1024 {
+            out.push(
+                "scheduling.max_workflow_bytes",
+                format!(
+                    "must be at least 1024, got {}",
+                    scheduling.max_workflow_bytes
+                ),
+            );
+        }
+        for (key, value) in [
+            (
+                "scheduling.retry_max_delay_seconds",
+                scheduling.retry_max_delay_seconds,
+            ),
+            (
+                "scheduling.stall_timeout_seconds",
+                scheduling.stall_timeout_seconds,
+            ),
+            (
+                "scheduling.probe_interval_seconds",
+                scheduling.probe_interval_seconds,
+            ),
+        ] {
+            check_seconds(out, key, value);
+        }
+        if scheduling
+            .artifact_dir
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            out.push(
+                "scheduling.artifact_dir",
+                "must not be empty; leave it out to use <service.data_dir>/artifacts",
+            );
+        }
+    }
+
+    /// Where artifacts are kept: `scheduling.artifact_dir`, else `<service.data_dir>/artifacts`.
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.scheduling
+            .artifact_dir
+            .clone()
+            .unwrap_or_else(|| self.service.data_dir.join("artifacts"))
     }
 
     fn check_executor(&self, out: &mut Collector) {

@@ -15,10 +15,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::request_context::RequestContextLayer;
-use crate::api::{AdminApi, TaskApi, WorkflowApi};
+use crate::api::{AdminApi, ExecutionApi, TaskApi, WorkflowApi};
 use crate::config::Config;
 use crate::drain::CuttableStream;
 use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::execution_service_server::ExecutionServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::pb::workflow_service_server::WorkflowServiceServer;
 use crate::runtime::Runtime;
@@ -30,9 +31,10 @@ pub const LIVENESS: &str = "liveness";
 pub const READINESS: &str = "readiness";
 
 /// The full names of the API services, each reported by the health service.
-pub const API_SERVICES: [&str; 3] = [
+pub const API_SERVICES: [&str; 4] = [
     <TaskServiceServer<TaskApi> as NamedService>::NAME,
     <WorkflowServiceServer<WorkflowApi> as NamedService>::NAME,
+    <ExecutionServiceServer<ExecutionApi> as NamedService>::NAME,
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
 ];
 
@@ -48,6 +50,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("grpc transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
 }
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus, include_liveness: bool) {
@@ -69,7 +74,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let grace = config.service.shutdown_grace();
     let max_message = config.service.max_request_bytes;
-    let runtime = Runtime::new(config, Arc::new(MemoryStore::new()));
+    let runtime = Runtime::new(config, Arc::new(MemoryStore::new()))?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::Serving, true).await;
@@ -115,7 +120,12 @@ pub async fn serve(
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(runtime)).max_decoding_message_size(max_message),
+            ExecutionServiceServer::new(ExecutionApi::new(runtime.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(runtime.clone()))
+                .max_decoding_message_size(max_message),
         )
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
@@ -129,6 +139,7 @@ pub async fn serve(
             (&mut server).await?;
         }
     }
+    runtime.shutdown().await;
     tracing::info!("server stopped");
     Ok(())
 }

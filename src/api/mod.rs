@@ -3,12 +3,14 @@
 
 mod admin;
 pub mod convert;
+mod executions;
 pub mod request_context;
 pub mod status;
 mod tasks;
 mod workflows;
 
 pub use admin::AdminApi;
+pub use executions::ExecutionApi;
 pub use tasks::TaskApi;
 pub use workflows::WorkflowApi;
 

@@ -92,7 +92,7 @@ impl TaskService for TaskApi {
         let request = request.into_inner();
         let id = convert::cancel_request(&request).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.tasks().cancel(&id, request.reason)?;
+        let task = self.runtime.cancel_task(&id, request.reason).await?;
         Ok(Response::new(CancelTaskResponse {
             task: Some(task_to_pb(&task)),
         }))
@@ -105,7 +105,7 @@ impl TaskService for TaskApi {
         let id =
             convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.tasks().retry(&id)?;
+        let task = self.runtime.retry_task(&id).await?;
         Ok(Response::new(RetryTaskResponse {
             task: Some(task_to_pb(&task)),
         }))

@@ -6,6 +6,7 @@ use crate::pb::workflow_service_server::WorkflowService;
 use crate::pb::{
     DeleteWorkflowRequest, DeleteWorkflowResponse, GetWorkflowRequest, GetWorkflowResponse,
     ListWorkflowsRequest, ListWorkflowsResponse, RegisterWorkflowRequest, RegisterWorkflowResponse,
+    ValidateWorkflowRequest, ValidateWorkflowResponse,
 };
 use crate::runtime::Runtime;
 
@@ -90,5 +91,18 @@ impl WorkflowService for WorkflowApi {
             .workflows()
             .delete(&id, request.version.as_deref())?;
         Ok(Response::new(DeleteWorkflowResponse { deleted_versions }))
+    }
+
+    async fn validate_workflow(
+        &self,
+        request: Request<ValidateWorkflowRequest>,
+    ) -> Result<Response<ValidateWorkflowResponse>, Status> {
+        let (source, config) =
+            convert::validate_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        if let crate::runtime::WorkflowSource::Registered { id, .. } = &source {
+            record_span("workflow_id", id);
+        }
+        let report = self.runtime.validate_workflow(&source, &config)?;
+        Ok(Response::new(convert::validation_report_to_pb(&report)))
     }
 }

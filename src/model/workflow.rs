@@ -797,6 +797,8 @@ pub struct NewExecution {
     pub config: JsonObject,
     /// Environment variables for the run.
     pub environment: BTreeMap<String, String>,
+    /// The registered version that runs; `None` for an inline workflow.
+    pub workflow_version: Option<String>,
 }
 
 /// Every field of an execution in plain form: what a store persists and hands
@@ -833,6 +835,15 @@ pub struct ExecutionRecord {
     pub created_at: DateTime<Utc>,
     /// See [`WorkflowExecution::updated_at`].
     pub updated_at: Option<DateTime<Utc>>,
+    /// See [`WorkflowExecution::workflow_version`].
+    #[serde(default)]
+    pub workflow_version: Option<String>,
+    /// See [`WorkflowExecution::backend`].
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// See [`WorkflowExecution::prompt_id`].
+    #[serde(default)]
+    pub prompt_id: Option<String>,
 }
 
 /// One run of a workflow (the seed's `WorkflowExecution`). Status and
@@ -870,6 +881,12 @@ pub struct WorkflowExecution {
     pub created_at: DateTime<Utc>,
     /// When the run last changed.
     pub updated_at: Option<DateTime<Utc>>,
+    /// The registered version that runs; `None` for an inline workflow (not in the seed).
+    pub workflow_version: Option<String>,
+    /// The backend the current or last attempt went to (not in the seed).
+    pub backend: Option<String>,
+    /// The ComfyUI prompt id of the current or last attempt (not in the seed).
+    pub prompt_id: Option<String>,
 }
 
 impl WorkflowExecution {
@@ -893,6 +910,9 @@ impl WorkflowExecution {
             environment: new.environment,
             created_at: Utc::now(),
             updated_at: None,
+            workflow_version: new.workflow_version,
+            backend: None,
+            prompt_id: None,
         };
         execution.validate()?;
         Ok(execution)
@@ -916,6 +936,9 @@ impl WorkflowExecution {
             environment: record.environment,
             created_at: record.created_at,
             updated_at: record.updated_at,
+            workflow_version: record.workflow_version,
+            backend: record.backend,
+            prompt_id: record.prompt_id,
         };
         execution.validate()?;
         Ok(execution)
@@ -939,6 +962,9 @@ impl WorkflowExecution {
             environment: self.environment.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            workflow_version: self.workflow_version.clone(),
+            backend: self.backend.clone(),
+            prompt_id: self.prompt_id.clone(),
         }
     }
 

@@ -41,6 +41,8 @@ pub enum ObjectKind {
     Task,
     /// A registered workflow.
     Workflow,
+    /// A workflow execution.
+    Execution,
 }
 
 impl ObjectKind {
@@ -49,6 +51,7 @@ impl ObjectKind {
         match self {
             Self::Task => "task",
             Self::Workflow => "workflow",
+            Self::Execution => "execution",
         }
     }
 
@@ -56,7 +59,7 @@ impl ObjectKind {
     pub fn class(self) -> ErrorClass {
         match self {
             Self::Task => ErrorClass::Task,
-            Self::Workflow => ErrorClass::Workflow,
+            Self::Workflow | Self::Execution => ErrorClass::Workflow,
         }
     }
 }
@@ -140,6 +143,15 @@ impl RuntimeError {
     pub fn task_not_found(id: &str) -> Self {
         Self::NotFound {
             kind: ObjectKind::Task,
+            id: id.to_owned(),
+            version: None,
+        }
+    }
+
+    /// Shorthand for a missing execution.
+    pub fn execution_not_found(id: &str) -> Self {
+        Self::NotFound {
+            kind: ObjectKind::Execution,
             id: id.to_owned(),
             version: None,
         }

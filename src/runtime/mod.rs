@@ -2,7 +2,10 @@
 //! machine), the workflow registry, and runtime facts for operators. It knows
 //! neither tonic nor the generated protobuf types; `api/` converts.
 
+pub mod artifacts;
+pub mod bus;
 mod error;
+mod executor;
 mod fingerprint;
 pub mod scheduler;
 mod tasks;
@@ -12,13 +15,20 @@ mod workflows;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+pub use bus::EventBus;
 pub use error::{ErrorClass, ObjectKind, RuntimeError};
+pub use executor::{
+    BackendState, ExecuteRequest, ExecutionView, Executor, ValidationReport, WorkflowSource,
+};
 pub use tasks::{NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::model::{JsonObject, NewWorkflow, Task, ValidationError, WorkflowDefinition};
+use crate::store::{ExecutionFilter, Page, Store};
 
 /// Default page size of listings.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -33,8 +43,14 @@ pub struct Runtime {
 }
 
 struct Inner {
-    /// Client-reported tasks.
-    tasks: TaskRegistry,
+    /// Every task: client-reported ones and those of executions.
+    tasks: Arc<TaskRegistry>,
+    /// Runs workflow executions.
+    executor: Executor,
+    /// Stops the executor, its backends and probers.
+    cancel: CancellationToken,
+    /// The executor's tasks.
+    tracker: TaskTracker,
     /// Registered workflows.
     workflows: WorkflowRegistry,
     /// The effective configuration, as loaded and validated at startup.
@@ -44,21 +60,182 @@ struct Inner {
 }
 
 impl Runtime {
-    /// A runtime over `store` with the given (validated) configuration.
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
-        Self {
+    /// A runtime over `store` with the given (validated) configuration. Starts
+    /// the executor (backend sockets, probers, the scheduling actor), so it
+    /// must be called inside a tokio runtime; [`Runtime::shutdown`] stops them.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Self, RuntimeError> {
+        let bus = EventBus::default();
+        let tasks = Arc::new(TaskRegistry::new(Arc::clone(&store), bus));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let executor = Executor::start(
+            &config,
+            Arc::clone(&tasks),
+            Arc::clone(&store),
+            &tracker,
+            &cancel,
+        )?;
+        Ok(Self {
             inner: Arc::new(Inner {
-                tasks: TaskRegistry::new(Arc::clone(&store)),
+                tasks,
+                executor,
+                cancel,
+                tracker,
                 workflows: WorkflowRegistry::new(store),
                 config,
                 started_at: Utc::now(),
             }),
-        }
+        })
+    }
+
+    /// Stops the executor and waits for its tasks. Executions in flight stay
+    /// as they are in the store.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
     }
 
     /// The task registry.
     pub fn tasks(&self) -> &TaskRegistry {
         &self.inner.tasks
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &Executor {
+        &self.inner.executor
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &EventBus {
+        self.inner.tasks.bus()
+    }
+
+    /// Resolves a workflow source: a registered version, or inline JSON
+    /// parsed and graph-checked (problems are reported by the executor).
+    fn resolve(&self, source: &WorkflowSource) -> Result<(WorkflowDefinition, bool), RuntimeError> {
+        match source {
+            WorkflowSource::Registered { id, version } => {
+                Ok((self.inner.workflows.get(id, version.as_deref())?, true))
+            }
+            WorkflowSource::Inline(json) => {
+                let max = self.inner.config.scheduling.max_workflow_bytes;
+                if json.len() > max {
+                    return Err(ValidationError::single(
+                        "workflow_json",
+                        format!("is {} bytes; at most {max} are accepted", json.len()),
+                    )
+                    .into());
+                }
+                let mut workflow =
+                    WorkflowDefinition::from_api_json(NewWorkflow::new("inline workflow"), json)?;
+                workflow.id = format!(
+                    "inline-{}",
+                    fingerprint::Fingerprint::default()
+                        .field(json.as_bytes())
+                        .finish()
+                );
+                Ok((workflow, false))
+            }
+        }
+    }
+
+    /// ExecuteWorkflow.
+    pub async fn execute(&self, request: ExecuteRequest) -> Result<ExecutionView, RuntimeError> {
+        let (workflow, registered) = self.resolve(&request.workflow)?;
+        self.inner
+            .executor
+            .submit(request, workflow, registered)
+            .await
+    }
+
+    /// ValidateWorkflow.
+    pub fn validate_workflow(
+        &self,
+        source: &WorkflowSource,
+        config: &JsonObject,
+    ) -> Result<ValidationReport, RuntimeError> {
+        match self.resolve(source) {
+            Ok((workflow, _)) => Ok(self.inner.executor.validate(&workflow, config)),
+            Err(RuntimeError::Validation(problems)) => Ok(ValidationReport {
+                problems,
+                ..ValidationReport::default()
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// GetExecution.
+    pub async fn get_execution(&self, id: &str) -> Result<ExecutionView, RuntimeError> {
+        self.inner.executor.view_with_position(id).await
+    }
+
+    /// ListExecutions.
+    pub fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<ExecutionView, u64>, RuntimeError> {
+        self.inner.executor.list(filter, after, limit)
+    }
+
+    /// CancelExecution.
+    pub async fn cancel_execution(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<ExecutionView, RuntimeError> {
+        self.inner.executor.cancel(id, reason).await
+    }
+
+    /// CancelTask: a task of an execution (root or node) cancels the whole
+    /// execution; any other task is cancelled with its subtasks.
+    pub async fn cancel_task(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<Task, RuntimeError> {
+        match self.inner.executor.execution_of_task(id)? {
+            Some(execution_id) => {
+                let reason = reason.or_else(|| Some(format!("task {id} cancelled")));
+                self.inner.executor.cancel(&execution_id, reason).await?;
+                self.inner.tasks.get(id)
+            }
+            None => self.inner.tasks.cancel(id, reason),
+        }
+    }
+
+    /// RetryTask: an execution's root task runs the execution again; a NODE
+    /// task cannot be retried alone; any other task moves to RETRYING.
+    pub async fn retry_task(&self, id: &str) -> Result<Task, RuntimeError> {
+        match self.inner.executor.execution_of_task(id)? {
+            Some(execution_id) => {
+                let execution = self.inner.executor.view(&execution_id)?.execution;
+                if execution.root_task_id.as_deref() != Some(id) {
+                    return Err(RuntimeError::FailedPrecondition {
+                        kind: ObjectKind::Task,
+                        id: id.to_owned(),
+                        reason: format!(
+                            "a node task is retried with its execution: retry task {}",
+                            execution.root_task_id.unwrap_or_default()
+                        ),
+                    });
+                }
+                self.inner.executor.retry(&execution_id).await?;
+                self.inner.tasks.get(id)
+            }
+            None => self.inner.tasks.retry(id),
+        }
+    }
+
+    /// Opens one of an execution's artifacts.
+    pub async fn open_artifact(
+        &self,
+        execution_id: &str,
+        path: &str,
+    ) -> Result<artifacts::OpenArtifact, RuntimeError> {
+        self.inner.executor.open_artifact(execution_id, path).await
     }
 
     /// The workflow registry.

@@ -3,15 +3,18 @@
 //! Every read-modify-write of a task runs under one write gate, so two
 //! concurrent updates of one task cannot lose each other's changes.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use tokio::sync::mpsc;
 
 use crate::model::{
-    DependencyType, JsonObject, NewTask, Task, TaskDependency, TaskPriority, TaskStatus, TaskType,
-    ValidationError,
+    DependencyType, JsonObject, NewTask, Task, TaskDependency, TaskEvent, TaskEventType,
+    TaskPriority, TaskStatus, TaskType, ValidationError,
 };
 use crate::store::{CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter};
 
+use super::bus::EventBus;
 use super::fingerprint::Fingerprint;
 use super::{ObjectKind, RuntimeError};
 
@@ -96,14 +99,219 @@ pub struct TaskRegistry {
     /// Serialises read-modify-write of tasks; held only around synchronous
     /// store calls, never across an await.
     write_gate: Mutex<()>,
+    /// Where every task event goes.
+    bus: EventBus,
+    /// Told the id of every task that reaches a terminal state (the
+    /// executor resolves dependencies from it).
+    ended: OnceLock<mpsc::UnboundedSender<String>>,
+    /// Task id -> the tasks that declared they block it (BLOCKS dependencies).
+    holds: Mutex<HashMap<String, Vec<String>>>,
+    /// Task id -> the tasks waiting for it to end, with how they wait
+    /// (a hold is recorded as OPTIONAL: the held task waits for any end).
+    dependents: Mutex<HashMap<String, Vec<(String, DependencyType)>>>,
 }
 
 impl TaskRegistry {
-    /// A registry over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// A registry over `store` that publishes to `bus`.
+    pub fn new(store: Arc<dyn Store>, bus: EventBus) -> Self {
         Self {
             store,
             write_gate: Mutex::new(()),
+            bus,
+            ended: OnceLock::new(),
+            holds: Mutex::new(HashMap::new()),
+            dependents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records that `waiter` waits for `dependency` to end, as `kind`.
+    pub(crate) fn add_dependent(&self, dependency: &str, waiter: &str, kind: DependencyType) {
+        self.dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(dependency.to_owned())
+            .or_default()
+            .push((waiter.to_owned(), kind));
+    }
+
+    /// The tasks waiting for `dependency`, with how they wait.
+    pub(crate) fn dependents(&self, dependency: &str) -> Vec<(String, DependencyType)> {
+        self.dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(dependency)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The ids `task` waits for: its REQUIRES and OPTIONAL dependencies and
+    /// the tasks holding it.
+    pub(crate) fn waits_on(&self, task: &Task) -> Vec<String> {
+        let mut ids: Vec<String> = task
+            .dependencies
+            .iter()
+            .filter(|dep| dep.dependency_type != DependencyType::Blocks)
+            .map(|dep| dep.task_id.clone())
+            .collect();
+        ids.extend(self.holders(&task.id));
+        ids
+    }
+
+    /// The store the registry writes to.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
+    /// Routes "task ended" notices to `sender` (set once, by the executor).
+    pub(crate) fn set_ended_sender(&self, sender: mpsc::UnboundedSender<String>) {
+        let _ = self.ended.set(sender);
+    }
+
+    /// Records that `blocker` holds `target` until `blocker` ends.
+    pub(crate) fn add_hold(&self, target: &str, blocker: &str) {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(target.to_owned())
+            .or_default()
+            .push(blocker.to_owned());
+    }
+
+    /// The tasks that hold `target` (BLOCKS dependencies declared on it).
+    pub(crate) fn holders(&self, target: &str) -> Vec<String> {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(target)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What `task` still waits for: REQUIRES dependencies not COMPLETED,
+    /// OPTIONAL ones not ended, and tasks holding it that have not ended;
+    /// each as "<id> (<reason>)".
+    pub(crate) fn unmet_dependencies(&self, task: &Task) -> Result<Vec<String>, RuntimeError> {
+        let mut unmet = Vec::new();
+        for dep in &task.dependencies {
+            let status = self.store.get_task(&dep.task_id)?.map(|t| t.status());
+            match dep.dependency_type {
+                DependencyType::Requires if status != Some(TaskStatus::Completed) => {
+                    unmet.push(format!("{} (required, not completed)", dep.task_id));
+                }
+                DependencyType::Optional if !status.is_some_and(TaskStatus::is_terminal) => {
+                    unmet.push(format!("{} (optional, not ended)", dep.task_id));
+                }
+                _ => {}
+            }
+        }
+        for holder in self.holders(&task.id) {
+            let status = self.store.get_task(&holder)?.map(|t| t.status());
+            if !status.is_some_and(TaskStatus::is_terminal) {
+                unmet.push(format!("{holder} (blocks this task, not ended)"));
+            }
+        }
+        Ok(unmet)
+    }
+
+    /// Publishes `event` on the bus.
+    pub(crate) fn publish(&self, event: TaskEvent) {
+        self.bus.publish(event);
+    }
+
+    /// The event for `task` having entered its status, with its message.
+    fn transition_event(task: &Task) -> Option<TaskEvent> {
+        let mut event = TaskEvent::for_transition(task)?;
+        event.source = Some("runtime".into());
+        event.message = task.error.clone().or_else(|| task.progress_message.clone());
+        if let Some(error_type) = &task.error_type {
+            event.data.insert(
+                "error_type".into(),
+                serde_json::Value::from(error_type.clone()),
+            );
+        }
+        event.data.insert(
+            "status".into(),
+            serde_json::Value::from(task.status().as_str()),
+        );
+        if let Some(parent) = &task.parent_id {
+            event
+                .data
+                .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
+        }
+        Some(event)
+    }
+
+    /// Stores `task` (changed from `before`) and announces it: a transition
+    /// event when its status changed, else a progress event when its progress
+    /// or message changed; a "task ended" notice when it became terminal.
+    fn save(&self, task: &Task, before: &Task) -> Result<(), RuntimeError> {
+        self.put(task)?;
+        if task.status() != before.status() {
+            if let Some(event) = Self::transition_event(task) {
+                self.publish(event);
+            }
+            if task.status().is_terminal()
+                && let Some(ended) = self.ended.get()
+            {
+                let _ = ended.send(task.id.clone());
+            }
+        } else if task.progress() != before.progress()
+            || task.progress_message != before.progress_message
+        {
+            let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Progress);
+            event.source = Some("runtime".into());
+            event.message = task.progress_message.clone();
+            event
+                .data
+                .insert("progress".into(), serde_json::Value::from(task.progress()));
+            if let Some(parent) = &task.parent_id {
+                event
+                    .data
+                    .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
+            }
+            self.publish(event);
+        }
+        Ok(())
+    }
+
+    /// Read-modify-write of one task under the write gate: `change` edits it,
+    /// then it is stored and announced (see [`TaskRegistry::save`]). When
+    /// `change` fails nothing is stored.
+    pub(crate) fn update<F>(&self, id: &str, change: F) -> Result<Task, RuntimeError>
+    where
+        F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
+    {
+        let _gate = self.gate()?;
+        let before = self.get(id)?;
+        let mut task = before.clone();
+        change(&mut task)?;
+        if task != before {
+            self.save(&task, &before)?;
+        }
+        Ok(task)
+    }
+
+    /// Announces tasks just stored by someone else (an execution's tasks):
+    /// one CREATED event each.
+    pub(crate) fn announce_created(&self, tasks: &[Task]) {
+        for task in tasks {
+            let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Created);
+            event.source = Some("runtime".into());
+            event.data.insert(
+                "type".into(),
+                serde_json::Value::from(task.task_type.as_str()),
+            );
+            if let Some(parent) = &task.parent_id {
+                event
+                    .data
+                    .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
+            }
+            self.publish(event);
         }
     }
 
@@ -167,6 +375,10 @@ impl TaskRegistry {
         match self.store.create_task(task, key)? {
             CreateOutcome::Created(task) => {
                 tracing::info!(task_id = %task.id, name = ?task.name, "task created");
+                for dep in &task.dependencies {
+                    self.add_dependent(&dep.task_id, &task.id, dep.dependency_type);
+                }
+                self.announce_created(std::slice::from_ref(&task));
                 Ok(task)
             }
             CreateOutcome::Existing {
@@ -218,7 +430,22 @@ impl TaskRegistry {
             return Err(violations.into());
         }
         let _gate = self.gate()?;
-        let mut task = self.get(id)?;
+        let before = self.get(id)?;
+        let mut task = before.clone();
+        if matches!(
+            update.status,
+            Some(TaskStatus::Queued | TaskStatus::Running | TaskStatus::Completed)
+        ) && task.status() == TaskStatus::Pending
+        {
+            let unmet = self.unmet_dependencies(&task)?;
+            if !unmet.is_empty() {
+                return Err(RuntimeError::FailedPrecondition {
+                    kind: ObjectKind::Task,
+                    id: id.to_owned(),
+                    reason: format!("task waits for its dependencies: {}", unmet.join(", ")),
+                });
+            }
+        }
         if task.status().is_terminal() {
             return Err(RuntimeError::FailedPrecondition {
                 kind: ObjectKind::Task,
@@ -263,7 +490,7 @@ impl TaskRegistry {
             task.error_type = update.error_type.or(task.error_type);
         }
         task.touch();
-        self.put(&task)?;
+        self.save(&task, &before)?;
         Ok(task)
     }
 
@@ -276,6 +503,14 @@ impl TaskRegistry {
         if task.status().is_terminal() {
             return Ok(task);
         }
+        self.cancel_tree(&mut task, reason)?;
+        Ok(task)
+    }
+
+    /// Cancels `task` (not terminal) and its unfinished descendants, under
+    /// the gate the caller holds.
+    fn cancel_tree(&self, task: &mut Task, reason: Option<String>) -> Result<(), RuntimeError> {
+        let id = task.id.clone();
         let mut descendants = Vec::new();
         let mut frontier = vec![task.id.clone()];
         while let Some(parent) = frontier.pop() {
@@ -293,7 +528,7 @@ impl TaskRegistry {
                 descendants.push(child);
             }
         }
-        self.cancel_one(&mut task, reason)?;
+        self.cancel_one(task, reason)?;
         for child_id in descendants {
             if let Some(mut child) = self.store.get_task(&child_id)?
                 && !child.status().is_terminal()
@@ -301,10 +536,11 @@ impl TaskRegistry {
                 self.cancel_one(&mut child, Some(format!("parent task {id} cancelled")))?;
             }
         }
-        Ok(task)
+        Ok(())
     }
 
     fn cancel_one(&self, task: &mut Task, reason: Option<String>) -> Result<(), RuntimeError> {
+        let before = task.clone();
         task.transition(TaskStatus::Cancelled).map_err(|source| {
             RuntimeError::IllegalTransition {
                 task_id: task.id.clone(),
@@ -314,7 +550,7 @@ impl TaskRegistry {
         if reason.is_some() {
             task.progress_message = reason;
         }
-        self.put(task)?;
+        self.save(task, &before)?;
         tracing::info!(task_id = %task.id, "task cancelled");
         Ok(())
     }
@@ -322,13 +558,14 @@ impl TaskRegistry {
     /// Moves a failed task with retries left to RETRYING.
     pub fn retry(&self, id: &str) -> Result<Task, RuntimeError> {
         let _gate = self.gate()?;
-        let mut task = self.get(id)?;
+        let before = self.get(id)?;
+        let mut task = before.clone();
         task.retry().map_err(|e| RuntimeError::FailedPrecondition {
             kind: ObjectKind::Task,
             id: id.to_owned(),
             reason: e.to_string(),
         })?;
-        self.put(&task)?;
+        self.save(&task, &before)?;
         Ok(task)
     }
 

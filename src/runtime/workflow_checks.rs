@@ -59,6 +59,11 @@ impl ObjectInfoCatalogue {
         self.classes.get(class_type)
     }
 
+    /// Every class name, sorted.
+    pub fn class_names(&self) -> impl Iterator<Item = &str> {
+        self.classes.keys().map(String::as_str)
+    }
+
     /// Whether a backend has `class_type`.
     pub fn contains(&self, class_type: &str) -> bool {
         self.classes.contains_key(class_type)

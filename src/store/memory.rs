@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use super::{
-    CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter, WorkflowCursor,
-    WorkflowFilter, version_key,
+    CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord,
+    Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter, version_key,
 };
-use crate::model::{Task, WorkflowDefinition};
+use crate::model::{Task, WorkflowDefinition, WorkflowExecution};
 
 type VersionKey = (u64, u64, u64);
 
@@ -28,6 +30,39 @@ struct Inner {
     idempotency: HashMap<String, (String, String)>,
     /// Workflows by (id, numeric version).
     workflows: BTreeMap<(String, VersionKey), WorkflowDefinition>,
+    /// Executions by creation sequence number, with their prompt JSON.
+    executions: BTreeMap<u64, (WorkflowExecution, Bytes)>,
+    /// Execution id -> creation sequence number.
+    execution_index: HashMap<String, u64>,
+    /// Task id (root or node) -> its execution's id.
+    task_execution: HashMap<String, String>,
+    /// Execution idempotency key -> (fingerprint, execution id).
+    execution_keys: HashMap<String, (String, String)>,
+}
+
+impl Inner {
+    fn insert_task(&mut self, task: Task) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.task_index.insert(task.id.clone(), seq);
+        if let Some(parent) = &task.parent_id {
+            self.children
+                .entry(parent.clone())
+                .or_default()
+                .push(task.id.clone());
+        }
+        self.tasks.insert(seq, task);
+    }
+
+    fn task(&self, id: &str) -> Option<&Task> {
+        self.task_index.get(id).and_then(|seq| self.tasks.get(seq))
+    }
+
+    fn execution(&self, id: &str) -> Option<&(WorkflowExecution, Bytes)> {
+        self.execution_index
+            .get(id)
+            .and_then(|seq| self.executions.get(seq))
+    }
 }
 
 /// An in-memory `Store`.
@@ -73,22 +108,12 @@ impl Store for MemoryStore {
                 });
             }
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.task_index.insert(task.id.clone(), seq);
-        if let Some(parent) = &task.parent_id {
-            inner
-                .children
-                .entry(parent.clone())
-                .or_default()
-                .push(task.id.clone());
-        }
         if let Some(key) = idempotency {
             inner
                 .idempotency
                 .insert(key.key, (key.fingerprint, task.id.clone()));
         }
-        inner.tasks.insert(seq, task.clone());
+        inner.insert_task(task.clone());
         Ok(CreateOutcome::Created(task))
     }
 
@@ -139,6 +164,109 @@ impl Store for MemoryStore {
                 break;
             }
             items.push(task.clone());
+            last = Some(*seq);
+        }
+        Ok(Page {
+            items,
+            next: if more { last } else { None },
+        })
+    }
+
+    fn create_execution(
+        &self,
+        new: NewExecutionRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<ExecutionCreateOutcome, StoreError> {
+        let mut inner = self.lock()?;
+        if let Some(key) = &idempotency
+            && let Some((fingerprint, id)) = inner.execution_keys.get(&key.key)
+            && let Some((existing, _)) = inner.execution(id)
+        {
+            return Ok(ExecutionCreateOutcome::Existing {
+                execution: existing.clone(),
+                same_body: *fingerprint == key.fingerprint,
+            });
+        }
+        let NewExecutionRecord {
+            mut execution,
+            tasks,
+            prompt,
+        } = new;
+        execution.tasks = Vec::new();
+        for task in tasks {
+            inner
+                .task_execution
+                .insert(task.id.clone(), execution.id.clone());
+            inner.insert_task(task);
+        }
+        if let Some(key) = idempotency {
+            inner
+                .execution_keys
+                .insert(key.key, (key.fingerprint, execution.id.clone()));
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.execution_index.insert(execution.id.clone(), seq);
+        inner.executions.insert(seq, (execution.clone(), prompt));
+        Ok(ExecutionCreateOutcome::Created(execution))
+    }
+
+    fn put_execution(&self, execution: &WorkflowExecution) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let Some(seq) = inner.execution_index.get(&execution.id).copied() else {
+            return Ok(false);
+        };
+        if let Some((stored, _)) = inner.executions.get_mut(&seq) {
+            *stored = execution.clone();
+            stored.tasks = Vec::new();
+        }
+        Ok(true)
+    }
+
+    fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError> {
+        Ok(self.lock()?.execution(id).map(|(e, _)| e.clone()))
+    }
+
+    fn execution_prompt(&self, id: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.lock()?.execution(id).map(|(_, p)| p.clone()))
+    }
+
+    fn execution_of_task(&self, task_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.task_execution.get(task_id).cloned())
+    }
+
+    fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<WorkflowExecution, u64>, StoreError> {
+        let inner = self.lock()?;
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut last = None;
+        let mut more = false;
+        for (seq, (execution, _)) in inner.executions.range(start..) {
+            let matches = (filter.statuses.is_empty()
+                || filter.statuses.contains(&execution.status()))
+                && filter
+                    .workflow_id
+                    .as_ref()
+                    .is_none_or(|id| *id == execution.workflow_id)
+                && (filter.tags.is_empty()
+                    || execution
+                        .root_task_id
+                        .as_deref()
+                        .and_then(|root| inner.task(root))
+                        .is_some_and(|root| filter.tags.iter().all(|t| root.tags.contains(t))));
+            if !matches {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(execution.clone());
             last = Some(*seq);
         }
         Ok(Page {

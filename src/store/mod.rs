@@ -6,7 +6,9 @@ mod memory;
 
 pub use memory::MemoryStore;
 
-use crate::model::{Task, TaskStatus, TaskType, WorkflowDefinition};
+use bytes::Bytes;
+
+use crate::model::{Task, TaskStatus, TaskType, WorkflowDefinition, WorkflowExecution};
 
 /// Errors a store can raise.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,44 @@ pub enum CreateOutcome {
     },
 }
 
+/// Which executions a listing returns. Empty lists mean "no filter".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutionFilter {
+    /// Only executions in one of these states.
+    pub statuses: Vec<TaskStatus>,
+    /// Only executions of this workflow.
+    pub workflow_id: Option<String>,
+    /// Only executions whose root task carries every one of these tags.
+    pub tags: Vec<String>,
+}
+
+/// A new execution with everything created atomically beside it.
+#[derive(Debug, Clone)]
+pub struct NewExecutionRecord {
+    /// The execution (its `tasks` field is not stored: tasks live as tasks).
+    pub execution: WorkflowExecution,
+    /// Its root task first, then one task per node.
+    pub tasks: Vec<Task>,
+    /// The ComfyUI prompt to submit, as JSON bytes (overrides applied,
+    /// filename prefixes rewritten).
+    pub prompt: Bytes,
+}
+
+/// What an idempotent execution create found.
+#[derive(Debug, Clone)]
+pub enum ExecutionCreateOutcome {
+    /// The execution and its tasks were stored.
+    Created(WorkflowExecution),
+    /// The idempotency key was already used; `same_body` tells whether the
+    /// earlier request had the same fingerprint.
+    Existing {
+        /// The execution the key points to.
+        execution: WorkflowExecution,
+        /// Whether the fingerprints match.
+        same_body: bool,
+    },
+}
+
 /// An idempotency key and the fingerprint of the request body it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
@@ -117,6 +157,30 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page<Task, u64>, StoreError>;
+
+    /// Stores a new execution, its tasks and its prompt in one step, unless
+    /// `idempotency` names a key already used for an execution, in which case
+    /// the earlier execution is returned. Listing order is creation order.
+    fn create_execution(
+        &self,
+        new: NewExecutionRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<ExecutionCreateOutcome, StoreError>;
+    /// Replaces a stored execution (matched by id); returns false when unknown.
+    fn put_execution(&self, execution: &WorkflowExecution) -> Result<bool, StoreError>;
+    /// One execution by id (its `tasks` empty: read them as tasks).
+    fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError>;
+    /// The prompt JSON of an execution.
+    fn execution_prompt(&self, id: &str) -> Result<Option<Bytes>, StoreError>;
+    /// The execution a task (root or node) belongs to.
+    fn execution_of_task(&self, task_id: &str) -> Result<Option<String>, StoreError>;
+    /// Executions in creation order after the cursor.
+    fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<WorkflowExecution, u64>, StoreError>;
 
     /// Stores a workflow version; returns the existing one instead when that
     /// id and version are taken.

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use comfy_reality::config::Config;
 use comfy_reality::pb::admin_service_client::AdminServiceClient;
+use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
 use comfy_reality::pb::task_service_client::TaskServiceClient;
 use comfy_reality::pb::workflow_service_client::WorkflowServiceClient;
 use tokio::net::TcpListener;
@@ -70,6 +71,11 @@ impl TestServer {
     /// A clone of the shared channel.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// ExecutionService client.
+    pub fn executions(&self) -> ExecutionServiceClient<Channel> {
+        ExecutionServiceClient::new(self.channel())
     }
 
     /// TaskService client.

@@ -1,0 +1,1090 @@
+//! The executor's actor: the one task that owns the scheduler and decides
+//! every change of an execution's status. Inputs arrive as [`Msg`]s (from the
+//! API handle, the attempts, the probers, timers) and as "task ended" notices
+//! from the task registry (for dependencies); outputs are the scheduler's
+//! actions (dispatch, take back, interrupt) carried out by spawned tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::comfy::client::PromptLocation;
+use crate::model::{DependencyType, Task, TaskStatus, TransitionError};
+use crate::runtime::RuntimeError;
+use crate::runtime::scheduler::{
+    Action, BackendId, CancelOutcome, ExecutionId, ExecutionKey, RequiredClasses, Scheduler,
+    SchedulerConfig, SchedulerError, TakenBackOutcome,
+};
+
+use super::attempt::{self, AttemptSpec, Control, Outcome};
+use super::{Failure, FailureKind, Shared};
+
+/// Inputs of the actor.
+pub(crate) enum Msg {
+    /// A stored execution to admit.
+    Submit {
+        execution_id: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// Cancel an execution.
+    Cancel {
+        execution_id: String,
+        reason: Option<String>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Run a FAILED execution again (RetryTask).
+    Retry {
+        execution_id: String,
+        reply: oneshot::Sender<Result<(), RuntimeError>>,
+    },
+    /// Where an execution is in the queue.
+    Position {
+        execution_id: String,
+        reply: oneshot::Sender<Option<u32>>,
+    },
+    /// A backend answers, with its node classes.
+    BackendUp {
+        backend: BackendId,
+        classes: Vec<String>,
+    },
+    /// A backend stopped answering.
+    BackendDown { backend: BackendId },
+    /// An attempt's prompt was accepted.
+    Posted {
+        sched: ExecutionId,
+        attempt: u64,
+        prompt_id: String,
+        client_id: String,
+    },
+    /// An attempt's prompt started executing.
+    Started { sched: ExecutionId, attempt: u64 },
+    /// An attempt ended.
+    Finished {
+        sched: ExecutionId,
+        attempt: u64,
+        outcome: Outcome,
+    },
+    /// A take-back ended: `taken` when the prompt left the backend's queue.
+    TakeBackDone {
+        sched: ExecutionId,
+        attempt: u64,
+        taken: bool,
+    },
+    /// A retry's back-off elapsed.
+    RetryDue { sched: ExecutionId, attempt: u64 },
+}
+
+/// Where a live execution is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// PENDING: waiting for dependencies.
+    WaitingDeps,
+    /// In the scheduler (queued or on a backend).
+    Scheduled,
+    /// RETRYING: back-off running.
+    RetryWait,
+}
+
+/// The current attempt of a live execution.
+struct Run {
+    backend: BackendId,
+    /// The prompt id the server answered (set once posted).
+    prompt_id: Option<String>,
+    control: mpsc::UnboundedSender<Control>,
+    abandon: CancellationToken,
+    /// A take-back was decided before the prompt was posted.
+    take_back_pending: bool,
+}
+
+/// An execution the actor holds (not terminal).
+struct Live {
+    id: String,
+    root: String,
+    priority: crate::model::TaskPriority,
+    required: RequiredClasses,
+    node_tasks: Arc<HashMap<String, String>>,
+    timeout: Duration,
+    phase: Phase,
+    /// Dispatches so far; identifies the current attempt's reports.
+    attempt: u64,
+    run: Option<Run>,
+    /// Set when a cancel was requested, with its reason.
+    cancel_reason: Option<String>,
+}
+
+pub(crate) struct Actor {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    tracker: TaskTracker,
+    scheduler: Scheduler,
+    live: HashMap<ExecutionId, Live>,
+    by_id: HashMap<String, ExecutionId>,
+    by_root: HashMap<String, ExecutionId>,
+    next_sched: u64,
+    /// Starts reported before the prompt ahead of them on the backend was
+    /// reported finished (their messages raced); applied after it finishes.
+    deferred_starts: Vec<(ExecutionId, BackendId)>,
+}
+
+impl Actor {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tx: mpsc::UnboundedSender<Msg>,
+        tracker: TaskTracker,
+    ) -> Self {
+        let scheduler = Scheduler::new(SchedulerConfig {
+            // Admission is bounded before the store write (Shared::backlog);
+            // the scheduler never refuses a re-entry.
+            max_queue_len: usize::MAX,
+            max_concurrent_tasks: shared.settings.max_concurrent,
+        });
+        Self {
+            shared,
+            tx,
+            tracker,
+            scheduler,
+            live: HashMap::new(),
+            by_id: HashMap::new(),
+            by_root: HashMap::new(),
+            next_sched: 1,
+            deferred_starts: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut ended: mpsc::UnboundedReceiver<String>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some(task_id) = ended.recv() => self.task_ended(&task_id),
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+            }
+            self.pump();
+        }
+        for live in self.live.values() {
+            if let Some(run) = &live.run {
+                run.abandon.cancel();
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Submit {
+                execution_id,
+                reply,
+            } => {
+                self.admit(&execution_id, false);
+                let _ = reply.send(());
+            }
+            Msg::Cancel {
+                execution_id,
+                reason,
+                reply,
+            } => {
+                self.cancel(&execution_id, reason);
+                let _ = reply.send(());
+            }
+            Msg::Retry {
+                execution_id,
+                reply,
+            } => {
+                let _ = reply.send(self.manual_retry(&execution_id));
+            }
+            Msg::Position {
+                execution_id,
+                reply,
+            } => {
+                let position = self
+                    .by_id
+                    .get(&execution_id)
+                    .and_then(|sched| self.scheduler.position(*sched))
+                    .and_then(|p| u32::try_from(p).ok());
+                let _ = reply.send(position);
+            }
+            Msg::BackendUp { backend, classes } => {
+                self.scheduler.backend_up(backend, classes);
+                self.fail_unrunnable();
+            }
+            Msg::BackendDown { backend } => self.backend_down(backend),
+            Msg::Posted {
+                sched,
+                attempt,
+                prompt_id,
+                client_id,
+            } => self.posted(sched, attempt, prompt_id, client_id),
+            Msg::Started { sched, attempt } => self.started(sched, attempt),
+            Msg::Finished {
+                sched,
+                attempt,
+                outcome,
+            } => self.finished(sched, attempt, outcome),
+            Msg::TakeBackDone {
+                sched,
+                attempt,
+                taken,
+            } => self.take_back_done(sched, attempt, taken),
+            Msg::RetryDue { sched, attempt } => {
+                if let Some(live) = self.live.get(&sched)
+                    && live.phase == Phase::RetryWait
+                    && live.attempt == attempt
+                {
+                    self.enqueue(sched);
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Admission, dependencies
+    // -----------------------------------------------------------------------------------------
+
+    /// Loads a stored execution into the actor and queues it (or waits for
+    /// its dependencies). `retrying`: a manual retry of a FAILED execution.
+    fn admit(&mut self, execution_id: &str, retrying: bool) {
+        let loaded = self.load(execution_id);
+        let (execution_root, required, node_tasks, root) = match loaded {
+            Ok(Some(parts)) => parts,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(execution_id, %error, "execution could not be loaded");
+                return;
+            }
+        };
+        let sched = ExecutionId(self.next_sched);
+        self.next_sched += 1;
+        let live = Live {
+            id: execution_id.to_owned(),
+            root: execution_root.clone(),
+            priority: root.priority,
+            required,
+            node_tasks: Arc::new(node_tasks),
+            timeout: root
+                .timeout_seconds
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .unwrap_or(self.shared.settings.default_timeout),
+            phase: if retrying {
+                Phase::RetryWait
+            } else {
+                Phase::WaitingDeps
+            },
+            attempt: 0,
+            run: None,
+            cancel_reason: None,
+        };
+        self.by_id.insert(live.id.clone(), sched);
+        self.by_root.insert(live.root.clone(), sched);
+        self.live.insert(sched, live);
+        if retrying {
+            self.enqueue(sched);
+            return;
+        }
+        self.check_dependencies(sched, &root);
+    }
+
+    /// Queues `sched` when nothing holds it; cancels it when a REQUIRES
+    /// dependency can no longer complete; else records what it waits for.
+    fn check_dependencies(&mut self, sched: ExecutionId, root: &Task) {
+        for dep in &root.dependencies {
+            if dep.dependency_type != DependencyType::Requires {
+                continue;
+            }
+            if let Ok(Some(task)) = self.shared.store.get_task(&dep.task_id)
+                && matches!(task.status(), TaskStatus::Failed | TaskStatus::Cancelled)
+            {
+                let reason = format!(
+                    "required dependency {} is {}",
+                    dep.task_id,
+                    task.status().as_str()
+                );
+                self.end_cancelled(sched, reason);
+                return;
+            }
+        }
+        match self.shared.tasks.unmet_dependencies(root) {
+            Ok(unmet) if unmet.is_empty() => self.enqueue(sched),
+            Ok(unmet) => {
+                let message = format!("waiting for dependencies: {}", unmet.join(", "));
+                self.update_root(sched, |task| {
+                    task.progress_message = Some(message);
+                    Ok(())
+                });
+            }
+            Err(error) => tracing::error!(%error, "dependencies could not be read"),
+        }
+    }
+
+    /// A task ended: resolve what waits for it.
+    fn task_ended(&mut self, task_id: &str) {
+        let Ok(Some(ended)) = self.shared.store.get_task(task_id) else {
+            return;
+        };
+        let status = ended.status();
+        for (waiter, kind) in self.shared.tasks.dependents(task_id) {
+            let broken = kind == DependencyType::Requires && status != TaskStatus::Completed;
+            let reason = format!("required dependency {task_id} is {}", status.as_str());
+            if let Some(&sched) = self.by_root.get(&waiter) {
+                let Some(live) = self.live.get(&sched) else {
+                    continue;
+                };
+                if broken {
+                    self.cancel(&live.id.clone(), Some(reason));
+                } else if live.phase == Phase::WaitingDeps
+                    && let Ok(Some(root)) = self.shared.store.get_task(&waiter)
+                {
+                    self.check_dependencies(sched, &root);
+                }
+            } else if broken {
+                // A client-reported task (or an execution that is already
+                // over): cancel it if it has not ended.
+                if let Ok(Some(task)) = self.shared.store.get_task(&waiter)
+                    && !task.status().is_terminal()
+                {
+                    match self.shared.store.execution_of_task(&waiter) {
+                        Ok(Some(_)) => {}
+                        _ => {
+                            if let Err(error) = self.shared.tasks.cancel(&waiter, Some(reason)) {
+                                tracing::warn!(task_id = %waiter, %error, "dependent task not cancelled");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Scheduling
+    // -----------------------------------------------------------------------------------------
+
+    /// Puts `sched` in the scheduler's queue: QUEUED.
+    fn enqueue(&mut self, sched: ExecutionId) {
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        let key = ExecutionKey {
+            id: sched,
+            priority: live.priority,
+            required: live.required.clone(),
+        };
+        match self.scheduler.submit(key) {
+            Ok(()) | Err(SchedulerError::AlreadyScheduled(_)) => {}
+            Err(error) => {
+                tracing::error!(%error, "scheduler refused an admitted execution");
+                return;
+            }
+        }
+        live.phase = Phase::Scheduled;
+        self.set_status(sched, TaskStatus::Queued, Some("queued".into()));
+    }
+
+    /// Carries out the scheduler's actions.
+    fn pump(&mut self) {
+        for action in self.scheduler.next_actions() {
+            match action {
+                Action::Dispatch { id, backend } => self.dispatch(id, backend),
+                Action::TakeBack { id, .. } => self.take_back(id),
+                Action::Interrupt { id, .. } => {
+                    if let Some(run) = self.live.get(&id).and_then(|l| l.run.as_ref()) {
+                        let _ = run.control.send(Control::Interrupt);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, sched: ExecutionId, backend_id: BackendId) {
+        let Some(backend) = self.shared.pool.get(backend_id).cloned() else {
+            let _ = self.scheduler.prompt_finished(backend_id, sched);
+            return;
+        };
+        let Some(live) = self.live.get_mut(&sched) else {
+            let _ = self.scheduler.prompt_finished(backend_id, sched);
+            return;
+        };
+        let prompt = match self.shared.store.execution_prompt(&live.id) {
+            Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
+            Ok(None) => Ok(Value::Null),
+            Err(error) => {
+                tracing::error!(execution_id = %live.id, %error, "prompt could not be read");
+                Ok(Value::Null)
+            }
+        };
+        let prompt = match prompt {
+            Ok(prompt) if prompt.is_object() => prompt,
+            _ => {
+                let _ = self.scheduler.prompt_finished(backend_id, sched);
+                let failure = Failure::permanent(
+                    FailureKind::Rejected,
+                    "the stored prompt could not be read",
+                );
+                self.end_failed(sched, &failure);
+                return;
+            }
+        };
+        live.attempt += 1;
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let abandon = CancellationToken::new();
+        let prompt_id = Uuid::new_v4();
+        live.run = Some(Run {
+            backend: backend_id,
+            prompt_id: None,
+            control,
+            abandon: abandon.clone(),
+            take_back_pending: false,
+        });
+        let spec = AttemptSpec {
+            sched,
+            attempt: live.attempt,
+            execution_id: live.id.clone(),
+            prompt_id,
+            prompt,
+            node_tasks: Arc::clone(&live.node_tasks),
+            timeout: live.timeout,
+        };
+        let execution_id = live.id.clone();
+        let name = backend.name.clone();
+        tracing::info!(execution_id = %execution_id, backend = %name, attempt = spec.attempt, "dispatching");
+        self.tracker.spawn(attempt::run(
+            Arc::clone(&self.shared),
+            Arc::clone(&backend),
+            spec,
+            control_rx,
+            abandon,
+            self.tx.clone(),
+        ));
+        let prompt_text = prompt_id.hyphenated().to_string();
+        if let Err(error) = self.shared.update_execution(&execution_id, |execution| {
+            execution.backend = Some(name.clone());
+            execution.prompt_id = Some(prompt_text);
+            Ok(())
+        }) {
+            tracing::warn!(%execution_id, %error, "execution not updated");
+        }
+        self.set_status(
+            sched,
+            TaskStatus::Running,
+            Some(format!("handed to {name}; waiting in its queue")),
+        );
+    }
+
+    fn posted(&mut self, sched: ExecutionId, attempt: u64, prompt_id: String, client_id: String) {
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        if live.attempt != attempt {
+            return;
+        }
+        let Some(run) = live.run.as_mut() else {
+            return;
+        };
+        run.prompt_id = Some(prompt_id.clone());
+        let take_back = std::mem::take(&mut run.take_back_pending);
+        let id = live.id.clone();
+        if let Err(error) = self.shared.update_execution(&id, |execution| {
+            execution.prompt_id = Some(prompt_id);
+            execution.client_id = client_id;
+            Ok(())
+        }) {
+            tracing::warn!(execution_id = %id, %error, "execution not updated");
+        }
+        if take_back {
+            self.take_back(sched);
+        }
+    }
+
+    fn started(&mut self, sched: ExecutionId, attempt: u64) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        if live.attempt != attempt {
+            return;
+        }
+        let Some(backend) = live.run.as_ref().map(|r| r.backend) else {
+            return;
+        };
+        match self.scheduler.prompt_started(backend, sched) {
+            Ok(()) => {}
+            Err(SchedulerError::StartedOutOfOrder { .. }) => {
+                self.deferred_starts.push((sched, backend));
+            }
+            Err(error) => tracing::debug!(%error, "start not applied"),
+        }
+        let name = self
+            .shared
+            .pool
+            .get(backend)
+            .map(|b| b.name.clone())
+            .unwrap_or_default();
+        self.update_root(sched, |task| {
+            task.progress_message = Some(format!("executing on {name}"));
+            Ok(())
+        });
+    }
+
+    /// Starts deferred behind a prompt of `backend` that just finished.
+    fn apply_deferred_starts(&mut self, backend: BackendId) {
+        let deferred = std::mem::take(&mut self.deferred_starts);
+        for (sched, on) in deferred {
+            if on != backend {
+                self.deferred_starts.push((sched, on));
+                continue;
+            }
+            if let Err(SchedulerError::StartedOutOfOrder { .. }) =
+                self.scheduler.prompt_started(on, sched)
+            {
+                self.deferred_starts.push((sched, on));
+            }
+        }
+    }
+
+    fn take_back(&mut self, sched: ExecutionId) {
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        let attempt = live.attempt;
+        let Some(run) = live.run.as_mut() else {
+            return;
+        };
+        let Some(prompt_id) = run.prompt_id.clone() else {
+            run.take_back_pending = true;
+            return;
+        };
+        let Some(backend) = self.shared.pool.get(run.backend).cloned() else {
+            return;
+        };
+        let tx = self.tx.clone();
+        self.tracker.spawn(async move {
+            let client = backend.client();
+            let deleted = client
+                .delete_from_queue(std::slice::from_ref(&prompt_id))
+                .await;
+            let taken = match (deleted, client.locate(&prompt_id).await) {
+                (Ok(()), Ok(PromptLocation::Unknown)) => true,
+                (_, Ok(PromptLocation::Pending(_))) | (Err(_), _) | (_, Err(_)) => false,
+                (_, Ok(PromptLocation::Running(_) | PromptLocation::Finished(_))) => false,
+            };
+            let _ = tx.send(Msg::TakeBackDone {
+                sched,
+                attempt,
+                taken,
+            });
+        });
+    }
+
+    fn take_back_done(&mut self, sched: ExecutionId, attempt: u64, taken: bool) {
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        if live.attempt != attempt {
+            return;
+        }
+        let Some(backend) = live.run.as_ref().map(|r| r.backend) else {
+            return;
+        };
+        if !taken {
+            if let Err(error) = self.scheduler.take_back_failed(backend, sched) {
+                tracing::debug!(%error, "take-back failure not applied");
+            }
+            return;
+        }
+        if let Some(run) = live.run.take() {
+            run.abandon.cancel();
+        }
+        match self.scheduler.taken_back(backend, sched) {
+            Ok(TakenBackOutcome::Requeued) => {
+                self.apply_deferred_starts(backend);
+                self.set_status(
+                    sched,
+                    TaskStatus::Queued,
+                    Some("taken back from the backend's queue for a more urgent execution".into()),
+                );
+            }
+            Ok(TakenBackOutcome::Cancelled) => {
+                self.apply_deferred_starts(backend);
+                let reason = live_reason(self.live.get(&sched));
+                self.end_cancelled(sched, reason);
+            }
+            Err(error) => tracing::debug!(%error, "take-back not applied"),
+        }
+    }
+
+    fn backend_down(&mut self, backend: BackendId) {
+        let orphaned = self.scheduler.backend_down(backend);
+        self.deferred_starts.retain(|(_, b)| *b != backend);
+        let name = self
+            .shared
+            .pool
+            .get(backend)
+            .map(|b| b.name.clone())
+            .unwrap_or_default();
+        for orphan in orphaned {
+            let Some(live) = self.live.get_mut(&orphan.id) else {
+                continue;
+            };
+            if let Some(run) = live.run.take() {
+                run.abandon.cancel();
+            }
+            if live.cancel_reason.is_some() {
+                let reason = live_reason(Some(live));
+                self.end_cancelled(orphan.id, reason);
+            } else {
+                let failure = Failure::transient(
+                    FailureKind::BackendUnavailable,
+                    format!("backend {name} stopped answering while the execution was on it"),
+                );
+                self.failed(orphan.id, &failure);
+            }
+        }
+    }
+
+    /// Fails queued executions that no backend could ever run, once every
+    /// backend has told its classes.
+    fn fail_unrunnable(&mut self) {
+        let all_known = self
+            .shared
+            .pool
+            .backends()
+            .iter()
+            .all(|b| b.state().catalogue.is_some());
+        if !all_known {
+            return;
+        }
+        for stranded in self.scheduler.stranded() {
+            if stranded.runnable_by_down_backend || stranded.missing.is_empty() {
+                continue;
+            }
+            let missing: Vec<&str> = stranded.missing.iter().map(|c| &**c).collect();
+            let failure = Failure::permanent(
+                FailureKind::NoBackend,
+                format!("no backend has the node classes {}", missing.join(", ")),
+            );
+            for sched in stranded.ids {
+                if self.scheduler.cancel(sched) == CancelOutcome::Removed {
+                    self.end_failed(sched, &failure);
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Endings
+    // -----------------------------------------------------------------------------------------
+
+    fn finished(&mut self, sched: ExecutionId, attempt: u64, outcome: Outcome) {
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        if live.attempt != attempt {
+            return;
+        }
+        if let Some(run) = live.run.take()
+            && self.scheduler.prompt_finished(run.backend, sched).is_ok()
+        {
+            self.apply_deferred_starts(run.backend);
+        }
+        let cancelled = self
+            .live
+            .get(&sched)
+            .is_some_and(|l| l.cancel_reason.is_some());
+        match outcome {
+            Outcome::Success { outputs, artifacts } => {
+                self.end_completed(sched, outputs, artifacts)
+            }
+            Outcome::Interrupted if cancelled => {
+                let reason = live_reason(self.live.get(&sched));
+                self.end_cancelled(sched, reason);
+            }
+            Outcome::Interrupted => self.end_failed(
+                sched,
+                &Failure::permanent(
+                    FailureKind::Interrupted,
+                    "the prompt was interrupted on the backend by someone else",
+                ),
+            ),
+            Outcome::Failed(_) if cancelled => {
+                let reason = live_reason(self.live.get(&sched));
+                self.end_cancelled(sched, reason);
+            }
+            Outcome::Failed(failure) => self.failed(sched, &failure),
+        }
+    }
+
+    /// A failed attempt: retried when transient with retries left, else the end.
+    fn failed(&mut self, sched: ExecutionId, failure: &Failure) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        let root = self.shared.store.get_task(&live.root).ok().flatten();
+        let retries_left = root.as_ref().is_some_and(Task::retries_left);
+        if !failure.transient || !retries_left {
+            self.end_failed(sched, failure);
+            return;
+        }
+        let retry_count = root.map_or(0, |r| r.retry_count) + 1;
+        let delay = backoff(
+            self.shared.settings.retry_delay,
+            self.shared.settings.retry_max_delay,
+            retry_count,
+        );
+        tracing::warn!(
+            execution_id = %live.id,
+            error_type = failure.kind.as_str(),
+            error = %failure.message,
+            retry = retry_count,
+            delay_seconds = delay.as_secs_f64(),
+            "execution failed; retrying"
+        );
+        let message = format!(
+            "retry {retry_count} in {:.1}s after {}: {}",
+            delay.as_secs_f64(),
+            failure.kind.as_str(),
+            failure.message
+        );
+        self.set_status(sched, TaskStatus::Retrying, Some(message));
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        live.phase = Phase::RetryWait;
+        let attempt = live.attempt;
+        let tx = self.tx.clone();
+        self.tracker.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Msg::RetryDue { sched, attempt });
+        });
+    }
+
+    fn manual_retry(&mut self, execution_id: &str) -> Result<(), RuntimeError> {
+        if self.by_id.contains_key(execution_id) {
+            return Err(RuntimeError::FailedPrecondition {
+                kind: crate::runtime::ObjectKind::Execution,
+                id: execution_id.to_owned(),
+                reason: "the execution has not ended".into(),
+            });
+        }
+        let execution = self
+            .shared
+            .store
+            .get_execution(execution_id)?
+            .ok_or_else(|| RuntimeError::execution_not_found(execution_id))?;
+        let root_id = execution.root_task_id.clone().unwrap_or_default();
+        self.shared.tasks.retry(&root_id)?;
+        self.shared.update_execution(execution_id, |execution| {
+            execution.transition(TaskStatus::Retrying).map_err(|e| {
+                RuntimeError::FailedPrecondition {
+                    kind: crate::runtime::ObjectKind::Execution,
+                    id: execution.id.clone(),
+                    reason: e.to_string(),
+                }
+            })
+        })?;
+        self.shared.backlog.fetch_add(1, Ordering::SeqCst);
+        self.admit(execution_id, true);
+        Ok(())
+    }
+
+    fn cancel(&mut self, execution_id: &str, reason: Option<String>) {
+        let Some(&sched) = self.by_id.get(execution_id) else {
+            return;
+        };
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        if live.cancel_reason.is_none() {
+            live.cancel_reason = Some(reason.unwrap_or_else(|| "cancelled on request".into()));
+        }
+        match live.phase {
+            Phase::WaitingDeps | Phase::RetryWait => {
+                let reason = live_reason(Some(live));
+                self.end_cancelled(sched, reason);
+            }
+            Phase::Scheduled => match self.scheduler.cancel(sched) {
+                CancelOutcome::Removed | CancelOutcome::NotFound => {
+                    if let Some(run) = live.run.take() {
+                        run.abandon.cancel();
+                    }
+                    let reason = live_reason(self.live.get(&sched));
+                    self.end_cancelled(sched, reason);
+                }
+                CancelOutcome::TakingBack { .. } | CancelOutcome::Interrupting { .. } => {
+                    let message = "cancelling: waiting for the backend to confirm".to_owned();
+                    self.update_root(sched, |task| {
+                        task.progress_message = Some(message);
+                        Ok(())
+                    });
+                }
+            },
+        }
+    }
+
+    fn end_completed(
+        &mut self,
+        sched: ExecutionId,
+        outputs: crate::model::JsonObject,
+        artifacts: Vec<String>,
+    ) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        let id = live.id.clone();
+        let result = serde_json::json!({
+            "artifacts": artifacts.clone(),
+            "output_nodes": outputs.keys().cloned().collect::<Vec<_>>(),
+        });
+        if let Err(error) = self.shared.update_execution(&id, |execution| {
+            execution.outputs = outputs;
+            execution.artifacts = artifacts;
+            Ok(())
+        }) {
+            tracing::error!(execution_id = %id, %error, "outputs not recorded");
+        }
+        self.settle_nodes(sched, "not executed: no output of the prompt needed it");
+        self.update_root(sched, |task| {
+            task.progress_message = Some("completed".into());
+            if task.status() == TaskStatus::Queued || task.status() == TaskStatus::Pending {
+                task.transition(TaskStatus::Running)
+                    .map_err(|source| illegal(task, source))?;
+            }
+            task.complete(Some(result))
+                .map_err(|source| illegal(task, source))
+        });
+        self.finish(sched, TaskStatus::Completed);
+    }
+
+    fn end_failed(&mut self, sched: ExecutionId, failure: &Failure) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        tracing::warn!(
+            execution_id = %live.id,
+            error_type = failure.kind.as_str(),
+            error = %failure.message,
+            "execution failed"
+        );
+        self.settle_nodes(sched, "not run: the execution failed");
+        let message = failure.message.clone();
+        let kind = failure.kind.as_str().to_owned();
+        self.update_root(sched, |task| {
+            task.fail(message, Some(kind))
+                .map_err(|source| illegal(task, source))
+        });
+        self.finish(sched, TaskStatus::Failed);
+    }
+
+    fn end_cancelled(&mut self, sched: ExecutionId, reason: String) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        tracing::info!(execution_id = %live.id, %reason, "execution cancelled");
+        if let Err(error) = self.shared.tasks.cancel(&live.root, Some(reason)) {
+            tracing::error!(execution_id = %live.id, %error, "root task not cancelled");
+        }
+        self.finish(sched, TaskStatus::Cancelled);
+    }
+
+    /// Cancels the NODE tasks that have not ended, with `reason`.
+    fn settle_nodes(&self, sched: ExecutionId, reason: &str) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        for task_id in live.node_tasks.values() {
+            let result = self.shared.tasks.update(task_id, |task| {
+                if !task.status().is_terminal() {
+                    task.progress_message = Some(reason.to_owned());
+                    task.transition(TaskStatus::Cancelled)
+                        .map_err(|source| illegal(task, source))?;
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                tracing::debug!(task_id, %error, "node task not settled");
+            }
+        }
+    }
+
+    /// Forgets an ended execution and records its end on the record.
+    fn finish(&mut self, sched: ExecutionId, status: TaskStatus) {
+        let Some(live) = self.live.remove(&sched) else {
+            return;
+        };
+        self.by_id.remove(&live.id);
+        self.by_root.remove(&live.root);
+        self.deferred_starts.retain(|(s, _)| *s != sched);
+        if let Some(run) = live.run {
+            run.abandon.cancel();
+        }
+        self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+        let result = self.shared.update_execution(&live.id, |execution| {
+            if execution.status() != status {
+                execution
+                    .transition(status)
+                    .map_err(|e| RuntimeError::FailedPrecondition {
+                        kind: crate::runtime::ObjectKind::Execution,
+                        id: execution.id.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            let seconds = (Utc::now() - execution.created_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64();
+            execution.total_duration_seconds = Some(seconds);
+            Ok(())
+        });
+        match result {
+            Ok(execution) => {
+                if let Some(seconds) = execution.total_duration_seconds {
+                    self.shared.record_duration(seconds);
+                }
+                tracing::info!(execution_id = %live.id, status = status.as_str(), "execution ended");
+            }
+            Err(error) => {
+                tracing::error!(execution_id = %live.id, %error, "execution end not recorded")
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Helpers
+    // -----------------------------------------------------------------------------------------
+
+    fn load(&self, execution_id: &str) -> Result<Option<Loaded>, RuntimeError> {
+        let store = &self.shared.store;
+        let Some(execution) = store.get_execution(execution_id)? else {
+            return Ok(None);
+        };
+        let Some(root_id) = execution.root_task_id.clone() else {
+            return Ok(None);
+        };
+        let Some(root) = store.get_task(&root_id)? else {
+            return Ok(None);
+        };
+        let mut node_tasks = HashMap::new();
+        let mut classes = Vec::new();
+        for child in store.child_ids(&root_id)? {
+            if let Some(task) = store.get_task(&child)? {
+                if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
+                    node_tasks.insert(node.to_owned(), task.id.clone());
+                }
+                if let Some(class) = task.metadata.get("class_type").and_then(Value::as_str) {
+                    classes.push(class.to_owned());
+                }
+            }
+        }
+        Ok(Some((
+            root_id,
+            RequiredClasses::new(classes),
+            node_tasks,
+            root,
+        )))
+    }
+
+    /// Moves the root task and the execution record to `to`.
+    fn set_status(&mut self, sched: ExecutionId, to: TaskStatus, message: Option<String>) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        let id = live.id.clone();
+        self.update_root(sched, |task| {
+            if task.status() != to {
+                task.transition(to)
+                    .map_err(|source| illegal(task, source))?;
+            }
+            if message.is_some() {
+                task.progress_message = message;
+            }
+            Ok(())
+        });
+        if let Err(error) = self.shared.update_execution(&id, |execution| {
+            if execution.status() != to {
+                execution
+                    .transition(to)
+                    .map_err(|e| RuntimeError::FailedPrecondition {
+                        kind: crate::runtime::ObjectKind::Execution,
+                        id: execution.id.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            Ok(())
+        }) {
+            tracing::error!(execution_id = %id, %error, "execution status not recorded");
+        }
+    }
+
+    fn update_root<F>(&self, sched: ExecutionId, change: F)
+    where
+        F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
+    {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        if let Err(error) = self.shared.tasks.update(&live.root, change) {
+            tracing::error!(execution_id = %live.id, %error, "root task not updated");
+        }
+    }
+}
+
+/// A stored execution as the actor loads it: root task id, required classes,
+/// node id -> NODE task id, and the root task.
+type Loaded = (String, RequiredClasses, HashMap<String, String>, Task);
+
+fn live_reason(live: Option<&Live>) -> String {
+    live.and_then(|l| l.cancel_reason.clone())
+        .unwrap_or_else(|| "cancelled on request".into())
+}
+
+fn illegal(task: &Task, source: TransitionError) -> RuntimeError {
+    RuntimeError::IllegalTransition {
+        task_id: task.id.clone(),
+        source,
+    }
+}
+
+/// The delay before retry number `retry` (1-based): exponential from `base`,
+/// capped at `max`, with jitter.
+fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(base)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    delays
+        .nth(usize::try_from(retry.saturating_sub(1)).unwrap_or(usize::MAX))
+        .unwrap_or(max)
+        .min(max.max(base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        let first = backoff(base, max, 1);
+        assert!(first >= base && first <= base * 2, "{first:?}");
+        let third = backoff(base, max, 3);
+        assert!(third >= base * 4 && third <= max, "{third:?}");
+        assert!(backoff(base, max, 30) <= max);
+    }
+}

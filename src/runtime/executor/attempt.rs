@@ -1,0 +1,602 @@
+//! One attempt of one execution on one backend: post the prompt (never with
+//! `front`), follow its events, keep the NODE tasks and the execution's
+//! progress up to date, enforce the running-time limit and the stall
+//! detector, download the artifacts, and report to the actor.
+//!
+//! The actor decides everything about the execution's status; the attempt
+//! only reports facts ([`Msg::Posted`], [`Msg::PostFailed`], [`Msg::Started`],
+//! [`Msg::Finished`]). Each report carries the attempt number so that a late
+//! report of an abandoned attempt is ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::comfy::client::{ComfyError, PromptLocation};
+use crate::comfy::wire::{NodeId, NodeOutput};
+use crate::comfy::ws::{Completion, PromptEvent, PromptWatch};
+use crate::model::{JsonObject, TaskStatus};
+use crate::runtime::RuntimeError;
+use crate::runtime::artifacts;
+use crate::runtime::scheduler::ExecutionId;
+
+use super::actor::Msg;
+use super::pool::Backend;
+use super::{Failure, FailureKind, Shared};
+
+/// How long to wait for ComfyUI to confirm an interrupt before reporting anyway.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
+
+/// What the attempt needs to know.
+pub(crate) struct AttemptSpec {
+    /// The scheduler's id of the execution.
+    pub sched: ExecutionId,
+    /// The attempt number (the execution's dispatch count).
+    pub attempt: u64,
+    /// The execution's id.
+    pub execution_id: String,
+    /// The prompt id to post with.
+    pub prompt_id: Uuid,
+    /// The prompt, as POST /prompt takes it.
+    pub prompt: Value,
+    /// Node id -> its NODE task id.
+    pub node_tasks: Arc<HashMap<String, String>>,
+    /// Longest running time, from the backend's execution_start.
+    pub timeout: Duration,
+}
+
+/// Requests from the actor to a running attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Interrupt the prompt (it was cancelled).
+    Interrupt,
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The prompt succeeded and its artifacts are on disk.
+    Success {
+        /// Outputs per node.
+        outputs: JsonObject,
+        /// Artifact paths.
+        artifacts: Vec<String>,
+    },
+    /// The prompt was interrupted: by our cancel, or by someone else.
+    Interrupted,
+    /// It failed; the failure says whether to retry.
+    Failed(Failure),
+}
+
+/// Runs the attempt until it ends, `abandon` is cancelled (taken back, backend
+/// down), or the actor goes away.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    backend: Arc<Backend>,
+    spec: AttemptSpec,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    abandon: CancellationToken,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    let report = |msg: Msg| {
+        let _ = tx.send(msg);
+    };
+    let sched = spec.sched;
+    let attempt = spec.attempt;
+    let posted = tokio::select! {
+        result = backend.socket.submit(spec.prompt_id, &spec.prompt, None) => result,
+        () = abandon.cancelled() => return,
+    };
+    let mut watch = match posted {
+        Ok((watch, response)) => {
+            report(Msg::Posted {
+                sched,
+                attempt,
+                prompt_id: response.prompt_id.clone(),
+                client_id: backend.socket.client_id(),
+            });
+            watch
+        }
+        Err(error) => {
+            if matches!(
+                error,
+                ComfyError::Transport { .. } | ComfyError::Timeout { .. }
+            ) {
+                backend.suspect();
+            }
+            report(Msg::Finished {
+                sched,
+                attempt,
+                outcome: Outcome::Failed(post_failure(&error)),
+            });
+            return;
+        }
+    };
+    let mut follower = Follower::new(&shared, &spec);
+    let outcome = tokio::select! {
+        outcome = follow(&shared, &backend, &spec, &mut watch, &mut control, &mut follower, &tx) => outcome,
+        () = abandon.cancelled() => return,
+    };
+    let outcome = match outcome {
+        Some(FollowEnd::Success(completion)) => {
+            follower.finish_running(TaskStatus::Completed);
+            match download(&shared, &backend, &spec, &completion).await {
+                Ok(outcome) => outcome,
+                Err(failure) => Outcome::Failed(failure),
+            }
+        }
+        Some(FollowEnd::Outcome(outcome)) => outcome,
+        None => return,
+    };
+    report(Msg::Finished {
+        sched,
+        attempt,
+        outcome,
+    });
+}
+
+/// How following the prompt ended.
+enum FollowEnd {
+    /// It succeeded; artifacts still to download.
+    Success(Completion),
+    /// Anything else.
+    Outcome(Outcome),
+}
+
+/// Follows the prompt's events until its terminal event, with the timeout and
+/// stall detector. `None` when the actor is gone.
+async fn follow(
+    shared: &Shared,
+    backend: &Backend,
+    spec: &AttemptSpec,
+    watch: &mut PromptWatch,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    follower: &mut Follower<'_>,
+    tx: &mpsc::UnboundedSender<Msg>,
+) -> Option<FollowEnd> {
+    let stall_timeout = shared.settings.stall_timeout;
+    let mut last_event = Instant::now();
+    let mut deadline: Option<Instant> = None;
+    let mut interrupt_sent: Option<Instant> = None;
+    let mut timed_out = false;
+    let mut control_open = true;
+    loop {
+        let stall_at = last_event + stall_timeout;
+        let wake = match (deadline, interrupt_sent) {
+            (_, Some(sent)) => (sent + INTERRUPT_GRACE).min(stall_at),
+            (Some(deadline), None) => deadline.min(stall_at),
+            (None, None) => stall_at,
+        };
+        tokio::select! {
+            event = watch.next_event() => {
+                let Some(event) = event else {
+                    return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
+                        FailureKind::PromptLost,
+                        "the backend's websocket task stopped while the prompt was in flight",
+                    ))));
+                };
+                last_event = Instant::now();
+                match event {
+                    PromptEvent::Started { .. } => {
+                        deadline = Some(Instant::now() + spec.timeout);
+                        if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
+                            return None;
+                        }
+                    }
+                    PromptEvent::Cached { nodes } => follower.cached(&nodes),
+                    PromptEvent::NodeStarted { node, .. } => {
+                        if deadline.is_none() {
+                            deadline = Some(Instant::now() + spec.timeout);
+                            if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
+                                return None;
+                            }
+                        }
+                        follower.node_started(&node);
+                    }
+                    PromptEvent::Progress { node, value, max } => {
+                        follower.progress(node.as_deref(), value, max);
+                    }
+                    PromptEvent::Executed { node, .. } => follower.node_done(&node),
+                    PromptEvent::Preview { .. } | PromptEvent::Text { .. } | PromptEvent::Lagged { .. } => {}
+                    PromptEvent::Success(completion) => return Some(FollowEnd::Success(completion)),
+                    PromptEvent::Error { error, .. } => {
+                        let failure = node_failure(&error.node_id, &error.node_type, &error.exception_type, &error.exception_message);
+                        follower.node_failed(&error.node_id, &failure);
+                        follower.finish_running(TaskStatus::Failed);
+                        return Some(FollowEnd::Outcome(Outcome::Failed(failure)));
+                    }
+                    PromptEvent::Interrupted { .. } => {
+                        follower.interrupt_running();
+                        if timed_out {
+                            return Some(FollowEnd::Outcome(Outcome::Failed(timeout_failure(spec.timeout))));
+                        }
+                        return Some(FollowEnd::Outcome(Outcome::Interrupted));
+                    }
+                    PromptEvent::Lost { reason } => {
+                        follower.interrupt_running();
+                        return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
+                            FailureKind::PromptLost,
+                            format!("the prompt was lost on {}: {reason}", backend.name),
+                        ))));
+                    }
+                }
+            }
+            request = control.recv(), if control_open => {
+                match request {
+                    Some(Control::Interrupt) => {
+                        if interrupt_sent.is_none() {
+                            interrupt(backend, watch.prompt_id()).await;
+                            interrupt_sent = Some(Instant::now());
+                        }
+                    }
+                    None => control_open = false,
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if let Some(sent) = interrupt_sent
+                    && Instant::now() >= sent + INTERRUPT_GRACE
+                {
+                    follower.interrupt_running();
+                    if timed_out {
+                        return Some(FollowEnd::Outcome(Outcome::Failed(timeout_failure(spec.timeout))));
+                    }
+                    return Some(FollowEnd::Outcome(Outcome::Interrupted));
+                }
+                if let Some(at) = deadline
+                    && !timed_out
+                    && Instant::now() >= at
+                {
+                    tracing::warn!(execution_id = %spec.execution_id, prompt_id = %watch.prompt_id(), "execution timed out; interrupting its prompt");
+                    timed_out = true;
+                    interrupt(backend, watch.prompt_id()).await;
+                    interrupt_sent = Some(Instant::now());
+                    continue;
+                }
+                if Instant::now() >= stall_at {
+                    match stalled(backend, watch.prompt_id(), stall_timeout).await {
+                        Some(failure) => {
+                            follower.interrupt_running();
+                            return Some(FollowEnd::Outcome(Outcome::Failed(failure)));
+                        }
+                        None => last_event = Instant::now(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The stall detector's decision for a prompt silent for `silence`: `None`
+/// when history shows it finished (its terminal event is on the way), else the
+/// failure to report (after interrupting it when it still runs).
+async fn stalled(backend: &Backend, prompt_id: &str, silence: Duration) -> Option<Failure> {
+    let location = backend.client().locate(prompt_id).await;
+    let detail = match location {
+        Ok(PromptLocation::Finished(_)) => return None,
+        Ok(PromptLocation::Running(_)) => {
+            interrupt(backend, prompt_id).await;
+            "it is still running there; it was interrupted"
+        }
+        Ok(PromptLocation::Pending(_)) => {
+            let _ = backend
+                .client()
+                .delete_from_queue(&[prompt_id.to_owned()])
+                .await;
+            "it is still queued there; it was removed from the queue"
+        }
+        Ok(PromptLocation::Unknown) => "the backend has no record of it",
+        Err(_) => "its status could not be read",
+    };
+    Some(Failure::transient(
+        FailureKind::Stalled,
+        format!(
+            "no message from {} about the prompt for {}s; {detail}",
+            backend.name,
+            silence.as_secs_f64()
+        ),
+    ))
+}
+
+/// Interrupts `prompt_id` on `backend`; a failure is logged (the stall
+/// detector, backend probe or interrupt grace take it from there).
+async fn interrupt(backend: &Backend, prompt_id: &str) {
+    if let Err(error) = backend.client().interrupt(prompt_id).await {
+        tracing::warn!(backend = %backend.name, prompt_id, %error, "interrupt failed");
+    }
+}
+
+fn timeout_failure(timeout: Duration) -> Failure {
+    Failure::permanent(
+        FailureKind::Timeout,
+        format!(
+            "the execution ran longer than its timeout of {}s and was interrupted",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// The failure for a POST /prompt error.
+fn post_failure(error: &ComfyError) -> Failure {
+    match error {
+        ComfyError::Validation(body) => {
+            let mut message = format!("comfyui rejected the prompt: {}", body.error.message);
+            for (node, errors) in &body.node_errors {
+                for problem in &errors.errors {
+                    message.push_str(&format!(
+                        "; node {node} ({}): {}",
+                        errors.class_type.as_deref().unwrap_or("no class"),
+                        problem.message
+                    ));
+                    if !problem.details.is_empty() {
+                        message.push_str(&format!(" ({})", problem.details));
+                    }
+                }
+            }
+            Failure::permanent(FailureKind::Rejected, message)
+        }
+        ComfyError::Transport { .. }
+        | ComfyError::Timeout { .. }
+        | ComfyError::WebSocket { .. }
+        | ComfyError::SocketClosed { .. } => {
+            Failure::transient(FailureKind::BackendUnavailable, error.to_string())
+        }
+        error if error.is_retryable() => {
+            Failure::transient(FailureKind::BackendUnavailable, error.to_string())
+        }
+        error => Failure::permanent(FailureKind::Rejected, error.to_string()),
+    }
+}
+
+/// The failure for an `execution_error`: out-of-memory errors are transient,
+/// any other node exception is not.
+fn node_failure(node: &str, node_type: &str, exception_type: &str, message: &str) -> Failure {
+    let lower_type = exception_type.to_lowercase();
+    let lower_message = message.to_lowercase();
+    let text = format!(
+        "node {node} ({node_type}) raised {exception_type}: {}",
+        message.trim()
+    );
+    if lower_type.contains("outofmemory")
+        || lower_message.contains("out of memory")
+        || lower_message.contains("allocation on device")
+    {
+        Failure::transient(FailureKind::OutOfMemory, text)
+    } else {
+        Failure::permanent(FailureKind::NodeExecution, text)
+    }
+}
+
+/// Downloads the completion's artifacts and builds the success outcome.
+async fn download(
+    shared: &Shared,
+    backend: &Backend,
+    spec: &AttemptSpec,
+    completion: &Completion,
+) -> Result<Outcome, Failure> {
+    let files = artifacts::artifact_files(&spec.execution_id, &completion.outputs);
+    let written = artifacts::download(
+        backend.client(),
+        &shared.settings.artifact_dir,
+        &spec.execution_id,
+        &files,
+    )
+    .await
+    .map_err(|error| {
+        Failure::transient(
+            FailureKind::BackendUnavailable,
+            format!(
+                "downloading the outputs from {} failed: {error}",
+                backend.name
+            ),
+        )
+    })?;
+    Ok(Outcome::Success {
+        outputs: outputs_json(&completion.outputs),
+        artifacts: written,
+    })
+}
+
+/// The outputs as a JSON object: node id -> its UI dict.
+fn outputs_json(outputs: &BTreeMap<NodeId, NodeOutput>) -> JsonObject {
+    outputs
+        .iter()
+        .map(|(node, output)| (node.clone(), Value::Object(output.0.clone())))
+        .collect()
+}
+
+/// Keeps the NODE tasks and the execution's progress in step with the events.
+struct Follower<'a> {
+    shared: &'a Shared,
+    execution_id: &'a str,
+    node_tasks: &'a HashMap<String, String>,
+    /// Progress per node id in this attempt.
+    progress: HashMap<String, f64>,
+    /// The node executing now.
+    running: Option<String>,
+}
+
+impl<'a> Follower<'a> {
+    fn new(shared: &'a Shared, spec: &'a AttemptSpec) -> Self {
+        Self {
+            shared,
+            execution_id: &spec.execution_id,
+            node_tasks: &spec.node_tasks,
+            progress: HashMap::new(),
+            running: None,
+        }
+    }
+
+    /// Applies `change` to the node's task; errors are logged (a node task
+    /// that cannot move, e.g. already COMPLETED by an earlier attempt, keeps
+    /// its state).
+    fn node_task<F>(&self, node: &str, change: F)
+    where
+        F: FnOnce(&mut crate::model::Task) -> Result<(), RuntimeError>,
+    {
+        let Some(task_id) = self.node_tasks.get(node) else {
+            return;
+        };
+        if let Err(error) = self.shared.tasks.update(task_id, change) {
+            tracing::debug!(task_id, %error, "node task not updated");
+        }
+    }
+
+    fn set_progress(&mut self, node: &str, value: f64) {
+        self.progress.insert(node.to_owned(), value.clamp(0.0, 1.0));
+        let total = self.node_tasks.len().max(1) as f64;
+        let sum: f64 = self.progress.values().sum();
+        let overall = (sum / total).clamp(0.0, 1.0);
+        if let Err(error) = self
+            .shared
+            .update_execution(self.execution_id, |execution| {
+                // Progress never goes backwards within an execution's life.
+                if overall > execution.progress() {
+                    execution.set_progress(overall)?;
+                }
+                Ok(())
+            })
+        {
+            tracing::debug!(execution_id = self.execution_id, %error, "execution progress not updated");
+        }
+    }
+
+    fn cached(&mut self, nodes: &[NodeId]) {
+        for node in nodes {
+            self.node_task(node, |task| {
+                if !task.status().is_terminal() {
+                    task.progress_message = Some("cached: reused an earlier result".into());
+                    task.transition(TaskStatus::Completed)
+                        .map_err(|source| transition_error(task, source))?;
+                }
+                Ok(())
+            });
+            self.set_progress(node, 1.0);
+        }
+    }
+
+    fn node_started(&mut self, node: &str) {
+        if let Some(previous) = self.running.take()
+            && previous != node
+        {
+            self.node_done(&previous);
+        }
+        self.running = Some(node.to_owned());
+        self.node_task(node, |task| {
+            match task.status() {
+                TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Retrying => task
+                    .transition(TaskStatus::Running)
+                    .map_err(|source| transition_error(task, source))?,
+                // A retry of the execution runs the failed node again.
+                TaskStatus::Failed if task.retries_left() => {
+                    task.transition(TaskStatus::Retrying)
+                        .map_err(|source| transition_error(task, source))?;
+                    task.transition(TaskStatus::Running)
+                        .map_err(|source| transition_error(task, source))?;
+                }
+                _ => {}
+            }
+            task.progress_message = Some("executing".into());
+            Ok(())
+        });
+        self.set_progress(node, 0.0);
+    }
+
+    fn progress(&mut self, node: Option<&str>, value: f64, max: f64) {
+        let Some(node) = node.map(str::to_owned).or_else(|| self.running.clone()) else {
+            return;
+        };
+        if max.is_nan() || max <= 0.0 || !value.is_finite() {
+            return;
+        }
+        let fraction = (value / max).clamp(0.0, 1.0);
+        self.node_task(&node, |task| {
+            if task.status() == TaskStatus::Running {
+                task.set_progress(fraction)?;
+                task.progress_message = Some(format!("step {value} of {max}"));
+            }
+            Ok(())
+        });
+        self.set_progress(&node, fraction);
+    }
+
+    fn node_done(&mut self, node: &str) {
+        if self.running.as_deref() == Some(node) {
+            self.running = None;
+        }
+        self.node_task(node, |task| {
+            if task.status() == TaskStatus::Running {
+                task.progress_message = Some("executed".into());
+                task.transition(TaskStatus::Completed)
+                    .map_err(|source| transition_error(task, source))?;
+            }
+            Ok(())
+        });
+        self.set_progress(node, 1.0);
+    }
+
+    fn node_failed(&mut self, node: &str, failure: &Failure) {
+        if self.running.as_deref() == Some(node) {
+            self.running = None;
+        }
+        let message = failure.message.clone();
+        let error_type = failure.kind.as_str().to_owned();
+        self.node_task(node, |task| {
+            if matches!(task.status(), TaskStatus::Pending | TaskStatus::Queued) {
+                task.transition(TaskStatus::Running)
+                    .map_err(|source| transition_error(task, source))?;
+            }
+            if task.status() == TaskStatus::Running {
+                task.fail(message, Some(error_type))
+                    .map_err(|source| transition_error(task, source))?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Ends the running node (if any) with `status`.
+    fn finish_running(&mut self, status: TaskStatus) {
+        if let Some(node) = self.running.take() {
+            match status {
+                TaskStatus::Completed => self.node_done(&node),
+                _ => self.node_task(&node, |task| {
+                    if task.status() == TaskStatus::Running {
+                        task.transition(TaskStatus::Cancelled)
+                            .map_err(|source| transition_error(task, source))?;
+                    }
+                    Ok(())
+                }),
+            }
+        }
+    }
+
+    /// The running node was stopped (interrupt, loss): it goes back to
+    /// RETRYING when it may run again, else stays for the actor to settle.
+    fn interrupt_running(&mut self) {
+        if let Some(node) = self.running.take() {
+            self.node_task(&node, |task| {
+                if task.status() == TaskStatus::Running && task.retries_left() {
+                    task.progress_message = Some("stopped before it finished".into());
+                    task.transition(TaskStatus::Retrying)
+                        .map_err(|source| transition_error(task, source))?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+fn transition_error(
+    task: &crate::model::Task,
+    source: crate::model::TransitionError,
+) -> RuntimeError {
+    RuntimeError::IllegalTransition {
+        task_id: task.id.clone(),
+        source,
+    }
+}

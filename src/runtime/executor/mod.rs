@@ -1,0 +1,943 @@
+//! The executor: validates and admits workflow executions, runs them on the
+//! pool of ComfyUI backends by priority, and keeps their tasks, progress,
+//! outputs and artifacts.
+//!
+//! - Submission ([`Executor::submit`]) runs on the caller's task: every check
+//!   (graph, size, config, overrides, the backends' `/object_info`,
+//!   dependencies), then one atomic store write of the execution, its root
+//!   WORKFLOW task, one NODE task per node and the prompt's JSON bytes.
+//! - One actor task ([`actor`]) owns the [`Scheduler`](crate::runtime::scheduler::Scheduler)
+//!   and every decision about an execution's status: dispatch, take-back,
+//!   retries with backoff, cancellation, dependencies, backend up/down.
+//! - Each dispatch runs as an attempt task ([`attempt`]) that posts the
+//!   prompt, follows it and reports back.
+//! - Probers ([`pool`]) report backends going up and down.
+//!
+//! Status of an execution (and its root task): PENDING while its dependencies
+//! are not met; QUEUED in the runtime's queue; RUNNING once handed to a
+//! backend (waiting in the backend's own queue, then executing: the root
+//! task's progress message says which); RETRYING during a retry's back-off;
+//! then COMPLETED, FAILED or CANCELLED.
+
+mod actor;
+mod attempt;
+mod deps;
+mod pool;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::model::{
+    DependencyType, JsonObject, NewExecution, NewTask, Task, TaskDependency, TaskPriority,
+    TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution, key_path,
+};
+use crate::store::{
+    ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord, Page, Store,
+};
+
+use super::fingerprint::Fingerprint;
+use super::tasks::TaskRegistry;
+use super::workflow_checks::{
+    ObjectInfoCatalogue, WORKFLOW_FIELD, apply_overrides, check_prompt_against_object_info,
+    rewrite_filename_prefixes,
+};
+use super::{ObjectKind, RuntimeError};
+
+pub use pool::BackendState;
+
+use actor::Msg;
+use pool::Pool;
+
+/// Why an attempt failed, and whether that class of failure is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    /// The class.
+    pub kind: FailureKind,
+    /// What happened.
+    pub message: String,
+    /// Whether a retry may succeed.
+    pub transient: bool,
+}
+
+impl Failure {
+    pub(crate) fn transient(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    pub(crate) fn permanent(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+/// The error classes of failed executions (their tasks' `error_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// ComfyUI refused the prompt (400) or the request.
+    Rejected,
+    /// A node raised an exception.
+    NodeExecution,
+    /// The GPU ran out of memory (transient).
+    OutOfMemory,
+    /// The running time passed the execution's timeout.
+    Timeout,
+    /// The backend went silent about the prompt (transient).
+    Stalled,
+    /// The backend could not be reached or answered 5xx (transient).
+    BackendUnavailable,
+    /// The backend lost the prompt (transient).
+    PromptLost,
+    /// No backend can run the workflow.
+    NoBackend,
+    /// Interrupted by someone else than this runtime.
+    Interrupted,
+}
+
+impl FailureKind {
+    /// The `error_type` spelling.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "ValidationError",
+            Self::NodeExecution => "NodeExecutionError",
+            Self::OutOfMemory => "OutOfMemoryError",
+            Self::Timeout => "TimeoutError",
+            Self::Stalled => "StalledError",
+            Self::BackendUnavailable => "BackendUnavailableError",
+            Self::PromptLost => "PromptLostError",
+            Self::NoBackend => "NoBackendError",
+            Self::Interrupted => "InterruptedError",
+        }
+    }
+}
+
+/// Settings the executor reads from the configuration once.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub max_queue_len: usize,
+    pub max_concurrent: usize,
+    pub default_timeout: Duration,
+    pub retry_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub stall_timeout: Duration,
+    pub probe_interval: Duration,
+    pub artifact_dir: PathBuf,
+    pub max_workflow_bytes: usize,
+    pub max_workflow_nodes: usize,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            max_queue_len: config.scheduling.max_queue_len,
+            max_concurrent: config.runtime.max_concurrent_tasks,
+            default_timeout: config.runtime.task_timeout(),
+            retry_delay: config.runtime.task_retry_delay(),
+            retry_max_delay: config.scheduling.retry_max_delay(),
+            stall_timeout: config.scheduling.stall_timeout(),
+            probe_interval: config.scheduling.probe_interval(),
+            artifact_dir: config.artifact_dir(),
+            max_workflow_bytes: config.scheduling.max_workflow_bytes,
+            max_workflow_nodes: config.scheduling.max_workflow_nodes,
+        }
+    }
+}
+
+/// State shared by the handle, the actor and the attempts.
+pub(crate) struct Shared {
+    pub tasks: Arc<TaskRegistry>,
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    pub pool: Pool,
+    /// Serialises read-modify-write of execution records.
+    exec_gate: Mutex<()>,
+    /// Executions admitted and not yet ended (bounded by max_queue_len +
+    /// max_concurrent_tasks).
+    pub backlog: AtomicUsize,
+    /// Recent execution durations in seconds, for the retry-after hint.
+    recent: Mutex<Vec<f64>>,
+}
+
+impl Shared {
+    /// Read-modify-write of one execution record under the gate.
+    pub(crate) fn update_execution<F>(
+        &self,
+        id: &str,
+        change: F,
+    ) -> Result<WorkflowExecution, RuntimeError>
+    where
+        F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
+    {
+        let _gate = self
+            .exec_gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut execution = self
+            .store
+            .get_execution(id)?
+            .ok_or_else(|| RuntimeError::execution_not_found(id))?;
+        let before = execution.clone();
+        change(&mut execution)?;
+        if execution != before {
+            self.store.put_execution(&execution)?;
+        }
+        Ok(execution)
+    }
+
+    pub(crate) fn record_duration(&self, seconds: f64) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == 32 {
+            recent.remove(0);
+        }
+        recent.push(seconds);
+    }
+
+    fn retry_after(&self) -> Duration {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mean = if recent.is_empty() {
+            5.0
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        };
+        let up = self
+            .pool
+            .backends()
+            .iter()
+            .filter(|b| b.state().up)
+            .count()
+            .max(1) as f64;
+        Duration::from_secs_f64((mean / up).clamp(1.0, 60.0))
+    }
+}
+
+/// Where the workflow of an execution comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkflowSource {
+    /// A registered workflow (the highest version when none is given).
+    Registered {
+        /// Workflow id.
+        id: String,
+        /// Semver version.
+        version: Option<String>,
+    },
+    /// Inline ComfyUI API-format JSON.
+    Inline(String),
+}
+
+/// A validated ExecuteWorkflow request, in domain terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecuteRequest {
+    /// The workflow.
+    pub workflow: WorkflowSource,
+    /// Per-execution configuration (`overrides`, `timeout_seconds`, `max_retries`).
+    pub config: JsonObject,
+    /// Priority.
+    pub priority: TaskPriority,
+    /// Tags of the root task.
+    pub tags: BTreeSet<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Dependencies of the execution (on its root task).
+    pub dependencies: Vec<TaskDependency>,
+    /// Name of the root task.
+    pub name: Option<String>,
+}
+
+/// An execution as the API shows it: the record with its tasks, and where
+/// it waits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionView {
+    /// The execution, `tasks` filled (root first) and `node_metrics` from the
+    /// NODE tasks.
+    pub execution: WorkflowExecution,
+    /// Queued executions ahead of it, while it waits in the runtime's queue.
+    pub queue_position: Option<u32>,
+}
+
+impl ExecutionView {
+    /// The root task, if present.
+    pub fn root(&self) -> Option<&Task> {
+        let root = self.execution.root_task_id.as_deref()?;
+        self.execution.tasks.iter().find(|t| t.id == root)
+    }
+}
+
+/// What ValidateWorkflow found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValidationReport {
+    /// Every problem (empty when valid).
+    pub problems: ValidationError,
+    /// Node classes the workflow needs, sorted.
+    pub required_classes: Vec<String>,
+    /// Backends, up now, that have every required class.
+    pub backends: Vec<String>,
+    /// Whether the object_info checks ran.
+    pub object_info_checked: bool,
+}
+
+/// Per-execution settings parsed from `config`.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct ExecConfig {
+    overrides: JsonObject,
+    timeout_seconds: Option<f64>,
+    max_retries: Option<u32>,
+}
+
+/// Most retries one execution may ask for.
+const MAX_RETRIES_LIMIT: u64 = 100;
+
+fn parse_config(config: &JsonObject, errors: &mut ValidationError) -> ExecConfig {
+    let mut parsed = ExecConfig::default();
+    for (key, value) in config {
+        let field = format!("config.{key}");
+        match key.as_str() {
+            "overrides" => match value {
+                Value::Object(overrides) => parsed.overrides = overrides.clone(),
+                _ => errors.push(field, "must be an object of node id to {input: value}"),
+            },
+            "timeout_seconds" => match value.as_f64() {
+                Some(seconds) if seconds > 0.0 && Duration::try_from_secs_f64(seconds).is_ok() => {
+                    parsed.timeout_seconds = Some(seconds);
+                }
+                _ => errors.push(field, "must be a finite number of seconds greater than 0"),
+            },
+            "max_retries" => match value.as_u64() {
+                Some(n) if n <= MAX_RETRIES_LIMIT => {
+                    parsed.max_retries = u32::try_from(n).ok();
+                }
+                _ => errors.push(
+                    field,
+                    format!("must be a whole number from 0 to {MAX_RETRIES_LIMIT}"),
+                ),
+            },
+            _ => errors.push(
+                field,
+                "unknown key; known keys are overrides, timeout_seconds, max_retries",
+            ),
+        }
+    }
+    parsed
+}
+
+/// The prepared prompt and what the checks learnt.
+struct Prepared {
+    prompt: JsonObject,
+    config: ExecConfig,
+    required: Vec<String>,
+    backends: Vec<String>,
+    object_info_checked: bool,
+}
+
+/// The executor handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Executor {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Executor {
+    /// Starts the backend pool, the probers and the actor on `tracker`; they
+    /// stop when `cancel` is cancelled.
+    pub(crate) fn start(
+        config: &Config,
+        tasks: Arc<TaskRegistry>,
+        store: Arc<dyn Store>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Self, RuntimeError> {
+        let settings = Settings::from_config(config);
+        let pool = Pool::start(&config.servers, cancel)
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            tasks: Arc::clone(&tasks),
+            store,
+            settings,
+            pool,
+            exec_gate: Mutex::new(()),
+            backlog: AtomicUsize::new(0),
+            recent: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        tasks.set_ended_sender(ended_tx);
+        shared
+            .pool
+            .spawn_probers(tracker, &tx, shared.settings.probe_interval, cancel);
+        let actor = actor::Actor::new(Arc::clone(&shared), tx.clone(), tracker.clone());
+        let cancel_actor = cancel.clone();
+        let shared_for_shutdown = Arc::clone(&shared);
+        tracker.spawn(async move {
+            actor.run(rx, ended_rx, cancel_actor).await;
+            shared_for_shutdown.pool.shutdown().await;
+        });
+        Ok(Self { shared, tx })
+    }
+
+    /// The backends, by name, with their state.
+    pub fn backends(&self) -> Vec<(String, BackendState)> {
+        self.shared
+            .pool
+            .backends()
+            .iter()
+            .map(|b| (b.name.clone(), b.state()))
+            .collect()
+    }
+
+    /// Every catalogue known (from backends up or down) and the names of
+    /// the up backends with their catalogues.
+    fn catalogues(&self) -> Vec<(String, bool, Arc<ObjectInfoCatalogue>)> {
+        self.shared
+            .pool
+            .backends()
+            .iter()
+            .filter_map(|b| {
+                let state = b.state();
+                state.catalogue.map(|c| (b.name.clone(), state.up, c))
+            })
+            .collect()
+    }
+
+    /// Runs every check on `workflow` with `config`; `execution_id` names the
+    /// output folder of the rewritten filename prefixes.
+    fn prepare(
+        &self,
+        workflow: &WorkflowDefinition,
+        config: &JsonObject,
+        execution_id: &str,
+    ) -> Result<Prepared, ValidationError> {
+        let mut errors = ValidationError::new();
+        let settings = &self.shared.settings;
+        if workflow.workflow_json.len() > settings.max_workflow_bytes {
+            errors.push(
+                WORKFLOW_FIELD,
+                format!(
+                    "is {} bytes; at most {} are accepted",
+                    workflow.workflow_json.len(),
+                    settings.max_workflow_bytes
+                ),
+            );
+        }
+        if workflow.nodes.len() > settings.max_workflow_nodes {
+            errors.push(
+                WORKFLOW_FIELD,
+                format!(
+                    "has {} nodes; at most {} are accepted",
+                    workflow.nodes.len(),
+                    settings.max_workflow_nodes
+                ),
+            );
+        }
+        for problem in &workflow.validation_errors {
+            errors.push(WORKFLOW_FIELD, problem.clone());
+        }
+        let config = parse_config(config, &mut errors);
+        let mut prompt = workflow.to_api_prompt();
+        if let Err(e) = apply_overrides(&mut prompt, &config.overrides) {
+            errors.extend(e);
+        }
+        rewrite_filename_prefixes(&mut prompt, execution_id);
+        let required: Vec<String> = workflow
+            .nodes
+            .values()
+            .map(|n| n.class_type.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let catalogues = self.catalogues();
+        let backends: Vec<String> = catalogues
+            .iter()
+            .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
+            .map(|(name, _, _)| name.clone())
+            .collect();
+        let object_info_checked = !catalogues.is_empty();
+        if errors.is_empty() && object_info_checked {
+            // Valid when valid for one known backend; else report against the
+            // backend that has the most of the required classes.
+            let mut best: Option<(usize, ValidationError)> = None;
+            for (_, _, catalogue) in &catalogues {
+                match check_prompt_against_object_info(&prompt, catalogue, WORKFLOW_FIELD) {
+                    Ok(()) => {
+                        best = None;
+                        break;
+                    }
+                    Err(e) => {
+                        let known = required.iter().filter(|c| catalogue.contains(c)).count();
+                        if best.as_ref().is_none_or(|(k, _)| known > *k) {
+                            best = Some((known, e));
+                        }
+                    }
+                }
+            }
+            if let Some((_, e)) = best {
+                errors.extend(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(Prepared {
+                prompt,
+                config,
+                required,
+                backends,
+                object_info_checked,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// ValidateWorkflow: the checks of [`Executor::submit`] without queueing.
+    pub fn validate(&self, workflow: &WorkflowDefinition, config: &JsonObject) -> ValidationReport {
+        let required: Vec<String> = workflow
+            .nodes
+            .values()
+            .map(|n| n.class_type.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match self.prepare(workflow, config, "validation") {
+            Ok(prepared) => ValidationReport {
+                problems: ValidationError::new(),
+                required_classes: prepared.required,
+                backends: prepared.backends,
+                object_info_checked: prepared.object_info_checked,
+            },
+            Err(problems) => {
+                let catalogues = self.catalogues();
+                ValidationReport {
+                    problems,
+                    backends: catalogues
+                        .iter()
+                        .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
+                        .map(|(name, _, _)| name.clone())
+                        .collect(),
+                    required_classes: required,
+                    object_info_checked: !catalogues.is_empty(),
+                }
+            }
+        }
+    }
+
+    /// Validates and admits an execution of `workflow` (already resolved:
+    /// `registered` when it came from the registry).
+    pub async fn submit(
+        &self,
+        request: ExecuteRequest,
+        workflow: WorkflowDefinition,
+        registered: bool,
+    ) -> Result<ExecutionView, RuntimeError> {
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        let fingerprint = fingerprint(&request);
+        let mut errors = ValidationError::new();
+        let prepared = match self.prepare(&workflow, &request.config, &execution_id) {
+            Ok(prepared) => Some(prepared),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        };
+        if let Err(e) = deps::check(&self.shared.tasks, &request.dependencies) {
+            errors.extend(e);
+        }
+        if let Some(key) = &request.idempotency_key
+            && (key.trim().is_empty() || key.len() > 256)
+        {
+            errors.push("idempotency_key", "must be 1 to 256 characters");
+        }
+        let Some(prepared) = prepared.filter(|_| errors.is_empty()) else {
+            return Err(errors.into());
+        };
+        let capacity = self.shared.settings.max_queue_len + self.shared.settings.max_concurrent;
+        let admitted = self
+            .shared
+            .backlog
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return Err(RuntimeError::ResourceExhausted {
+                what: format!("execution queue ({capacity} executions admitted)"),
+                retry_after: self.shared.retry_after(),
+            });
+        }
+        let created = self.create(
+            request,
+            &workflow,
+            registered,
+            prepared,
+            execution_id,
+            fingerprint,
+        );
+        let outcome = match created {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        match outcome {
+            ExecutionCreateOutcome::Created(execution) => {
+                let (reply, answer) = oneshot::channel();
+                self.tx
+                    .send(Msg::Submit {
+                        execution_id: execution.id.clone(),
+                        reply,
+                    })
+                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+                answer
+                    .await
+                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+                self.view_with_position(&execution.id).await
+            }
+            ExecutionCreateOutcome::Existing {
+                execution,
+                same_body,
+            } => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                if same_body {
+                    self.view(&execution.id)
+                } else {
+                    Err(idempotency_conflict(&execution.id))
+                }
+            }
+        }
+    }
+
+    /// Builds and stores the execution and its tasks.
+    fn create(
+        &self,
+        request: ExecuteRequest,
+        workflow: &WorkflowDefinition,
+        registered: bool,
+        prepared: Prepared,
+        execution_id: String,
+        fingerprint: String,
+    ) -> Result<ExecutionCreateOutcome, RuntimeError> {
+        let max_retries = prepared
+            .config
+            .max_retries
+            .unwrap_or(crate::model::task::DEFAULT_MAX_RETRIES);
+        let timeout = prepared
+            .config
+            .timeout_seconds
+            .unwrap_or(self.shared.settings.default_timeout.as_secs_f64());
+        let name = request.name.clone().unwrap_or_else(|| {
+            if registered {
+                workflow.name.clone()
+            } else {
+                "inline workflow".to_owned()
+            }
+        });
+        let mut metadata = JsonObject::new();
+        metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
+        metadata.insert("workflow_id".into(), Value::from(workflow.id.clone()));
+        let root = Task::new(NewTask {
+            id: None,
+            task_type: TaskType::Workflow,
+            priority: request.priority,
+            name,
+            description: None,
+            tags: request.tags.iter().cloned().collect(),
+            parent_id: None,
+            dependencies: request.dependencies.clone(),
+            max_retries,
+            timeout_seconds: Some(timeout),
+            metadata,
+        })?;
+        let mut tasks = vec![root.clone()];
+        for (node_id, node) in &workflow.nodes {
+            let title = node
+                .metadata
+                .get("title")
+                .and_then(Value::as_str)
+                .filter(|t| !t.trim().is_empty())
+                .unwrap_or(&node.class_type);
+            let mut metadata = JsonObject::new();
+            metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
+            metadata.insert("node_id".into(), Value::from(node_id.clone()));
+            metadata.insert("class_type".into(), Value::from(node.class_type.clone()));
+            let name: String = format!("{title} #{node_id}").chars().take(256).collect();
+            let task = Task::new(NewTask {
+                id: None,
+                task_type: TaskType::Node,
+                priority: request.priority,
+                name,
+                description: None,
+                tags: Vec::new(),
+                parent_id: Some(root.id.clone()),
+                dependencies: Vec::new(),
+                max_retries,
+                timeout_seconds: None,
+                metadata,
+            })
+            .map_err(|e| e.prefixed(&key_path(WORKFLOW_FIELD, node_id)))?;
+            tasks.push(task);
+        }
+        let mut config = request.config.clone();
+        config.retain(|k, _| k != "overrides");
+        if !prepared.config.overrides.is_empty() {
+            config.insert(
+                "overrides".into(),
+                Value::Object(prepared.config.overrides.clone()),
+            );
+        }
+        let execution = WorkflowExecution::new(NewExecution {
+            id: Some(execution_id),
+            workflow_id: workflow.id.clone(),
+            client_id: None,
+            root_task_id: Some(root.id.clone()),
+            config,
+            environment: Default::default(),
+            workflow_version: registered.then(|| workflow.version.clone()),
+        })?;
+        let prompt = Bytes::from(Value::Object(prepared.prompt).to_string());
+        let key = request
+            .idempotency_key
+            .map(|key| IdempotencyKey { key, fingerprint });
+        let outcome = self.shared.store.create_execution(
+            NewExecutionRecord {
+                execution,
+                tasks: tasks.clone(),
+                prompt,
+            },
+            key,
+        )?;
+        if let ExecutionCreateOutcome::Created(execution) = &outcome {
+            for dep in &root.dependencies {
+                match dep.dependency_type {
+                    DependencyType::Blocks => {
+                        self.shared.tasks.add_hold(&dep.task_id, &root.id);
+                        self.shared.tasks.add_dependent(
+                            &root.id,
+                            &dep.task_id,
+                            DependencyType::Optional,
+                        );
+                    }
+                    kind => self
+                        .shared
+                        .tasks
+                        .add_dependent(&dep.task_id, &root.id, kind),
+                }
+            }
+            self.shared.tasks.announce_created(&tasks);
+            tracing::info!(
+                execution_id = %execution.id,
+                workflow_id = %execution.workflow_id,
+                task_id = %root.id,
+                nodes = tasks.len() - 1,
+                "execution created"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// One execution with its tasks and, while queued, its queue position.
+    pub async fn view_with_position(&self, id: &str) -> Result<ExecutionView, RuntimeError> {
+        let mut view = self.view(id)?;
+        if view.execution.status() == TaskStatus::Queued {
+            view.queue_position = self.queue_position(id).await;
+        }
+        Ok(view)
+    }
+
+    /// One execution with its tasks.
+    pub fn view(&self, id: &str) -> Result<ExecutionView, RuntimeError> {
+        let execution = self
+            .shared
+            .store
+            .get_execution(id)?
+            .ok_or_else(|| RuntimeError::execution_not_found(id))?;
+        self.assemble(execution)
+    }
+
+    fn assemble(&self, mut execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {
+        let store = &self.shared.store;
+        if let Some(root_id) = execution.root_task_id.clone() {
+            let mut tasks = Vec::new();
+            if let Some(root) = store.get_task(&root_id)? {
+                tasks.push(root);
+            }
+            for child in store.child_ids(&root_id)? {
+                if let Some(task) = store.get_task(&child)? {
+                    if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
+                        execution
+                            .node_metrics
+                            .insert(node.to_owned(), task.metrics.clone());
+                    }
+                    tasks.push(task);
+                }
+            }
+            execution.tasks = tasks;
+        }
+        Ok(ExecutionView {
+            execution,
+            queue_position: None,
+        })
+    }
+
+    /// A page of executions in creation order.
+    pub fn list(
+        &self,
+        filter: &ExecutionFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<ExecutionView, u64>, RuntimeError> {
+        let page = self.shared.store.list_executions(filter, after, limit)?;
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|e| self.assemble(e))
+                .collect::<Result<_, _>>()?,
+            next: page.next,
+        })
+    }
+
+    /// Cancels an execution (idempotent); see the module docs.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<ExecutionView, RuntimeError> {
+        let execution = self
+            .shared
+            .store
+            .get_execution(id)?
+            .ok_or_else(|| RuntimeError::execution_not_found(id))?;
+        if !execution.status().is_terminal() {
+            let (reply, answer) = oneshot::channel();
+            self.tx
+                .send(Msg::Cancel {
+                    execution_id: id.to_owned(),
+                    reason,
+                    reply,
+                })
+                .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+        }
+        self.view(id)
+    }
+
+    /// The execution a task belongs to, if any.
+    pub fn execution_of_task(&self, task_id: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self.shared.store.execution_of_task(task_id)?)
+    }
+
+    /// RetryTask on an execution's root task: a FAILED execution with retries
+    /// left runs again.
+    pub async fn retry(&self, id: &str) -> Result<ExecutionView, RuntimeError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Retry {
+                execution_id: id.to_owned(),
+                reply,
+            })
+            .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))??;
+        self.view(id)
+    }
+
+    /// Opens one of an execution's artifacts.
+    pub async fn open_artifact(
+        &self,
+        execution_id: &str,
+        path: &str,
+    ) -> Result<super::artifacts::OpenArtifact, RuntimeError> {
+        let execution = self
+            .shared
+            .store
+            .get_execution(execution_id)?
+            .ok_or_else(|| RuntimeError::execution_not_found(execution_id))?;
+        super::artifacts::open(
+            &self.shared.settings.artifact_dir,
+            execution_id,
+            path,
+            &execution.artifacts,
+        )
+        .await
+        .map_err(|e| artifact_error(execution_id, e))
+    }
+
+    /// Queued executions ahead of `id` while it waits in the runtime's queue.
+    pub async fn queue_position(&self, id: &str) -> Option<u32> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Position {
+                execution_id: id.to_owned(),
+                reply,
+            })
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) -> RuntimeError {
+    use super::artifacts::ArtifactError;
+    match error {
+        ArtifactError::NotAnArtifact { .. } | ArtifactError::Refused { .. } => {
+            ValidationError::single("path", error.to_string()).into()
+        }
+        ArtifactError::Missing { .. } => RuntimeError::FailedPrecondition {
+            kind: ObjectKind::Execution,
+            id: execution_id.to_owned(),
+            reason: error.to_string(),
+        },
+        other => {
+            tracing::error!(execution_id, error = %other, "artifact could not be read");
+            RuntimeError::Unavailable("the artifact could not be read".into())
+        }
+    }
+}
+
+fn idempotency_conflict(id: &str) -> RuntimeError {
+    RuntimeError::AlreadyExists {
+        kind: ObjectKind::Execution,
+        id: id.to_owned(),
+        reason: "idempotency_key was used before with a different request".into(),
+    }
+}
+
+/// The digest an idempotency key is checked against.
+fn fingerprint(request: &ExecuteRequest) -> String {
+    let mut fp = Fingerprint::default();
+    fp = match &request.workflow {
+        WorkflowSource::Registered { id, version } => fp
+            .field(b"registered")
+            .field(id.as_bytes())
+            .field(version.as_deref().unwrap_or("\0latest").as_bytes()),
+        WorkflowSource::Inline(json) => fp.field(b"inline").field(json.as_bytes()),
+    };
+    fp = fp
+        .field(Value::Object(request.config.clone()).to_string().as_bytes())
+        .field(request.priority.as_str().as_bytes());
+    for tag in &request.tags {
+        fp = fp.field(tag.as_bytes());
+    }
+    for dep in &request.dependencies {
+        fp = fp
+            .field(dep.task_id.as_bytes())
+            .field(dep.dependency_type.as_str().as_bytes());
+    }
+    fp.field(request.name.as_deref().unwrap_or("\0none").as_bytes())
+        .finish()
+}

@@ -1,0 +1,467 @@
+//! ExecutionService end to end: the real server on port 0 in front of fake
+//! ComfyUI backends (never a real GPU or ComfyUI). Deterministic: tests wait
+//! for states, never for fixed times.
+
+mod common;
+
+use std::time::Duration;
+
+use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
+use comfy_reality::config::{Config, ServerConfig};
+use comfy_reality::pb::{
+    self, CancelExecutionRequest, ExecuteWorkflowRequest, GetArtifactRequest, GetExecutionRequest,
+    TaskPriority, TaskStatus, WorkflowExecution, execute_workflow_request::Workflow,
+};
+use common::TestServer;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// A harness: fake backends, the server configured for them, an artifact dir.
+struct Harness {
+    server: TestServer,
+    fakes: Vec<FakeComfy>,
+    artifacts: TempDir,
+}
+
+async fn harness(backends: usize, tune: impl FnOnce(&mut Config)) -> Harness {
+    let mut fakes = Vec::new();
+    for _ in 0..backends {
+        fakes.push(
+            FakeComfy::start(FakeOptions {
+                time_scale: 1.0,
+                ..FakeOptions::default()
+            })
+            .await
+            .expect("fake starts"),
+        );
+    }
+    let artifacts = TempDir::new().expect("tempdir");
+    let mut config = Config {
+        servers: Vec::new(),
+        ..Config::default()
+    };
+    config.servers = fakes
+        .iter()
+        .enumerate()
+        .map(|(i, fake)| ServerConfig {
+            name: Some(format!("gpu-{i}")),
+            url: fake.base_url(),
+            ..ServerConfig::default()
+        })
+        .collect();
+    config.scheduling.probe_interval_seconds = 0.1;
+    config.scheduling.artifact_dir = Some(artifacts.path().to_path_buf());
+    config.runtime.task_retry_delay_seconds = 0.05;
+    tune(&mut config);
+    let server = TestServer::start_with(config).await;
+    let harness = Harness {
+        server,
+        fakes,
+        artifacts,
+    };
+    harness.wait_backends_up().await;
+    harness
+}
+
+impl Harness {
+    /// Waits until ValidateWorkflow reports every backend up with its classes.
+    async fn wait_backends_up(&self) {
+        let want = self.fakes.len();
+        for _ in 0..500 {
+            let report = self
+                .server
+                .workflows()
+                .validate_workflow(pb::ValidateWorkflowRequest {
+                    workflow: Some(pb::validate_workflow_request::Workflow::WorkflowJson(
+                        image_workflow("probe").to_string(),
+                    )),
+                    config: String::new(),
+                })
+                .await
+                .expect("validate")
+                .into_inner();
+            if report.backends.len() == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("backends never came up");
+    }
+
+    async fn execute(&self, workflow: &Value, priority: TaskPriority) -> WorkflowExecution {
+        self.execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
+            priority: Some(priority.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("execute")
+    }
+
+    async fn execute_with(
+        &self,
+        request: ExecuteWorkflowRequest,
+    ) -> Result<WorkflowExecution, tonic::Status> {
+        Ok(self
+            .server
+            .executions()
+            .execute_workflow(request)
+            .await?
+            .into_inner()
+            .execution
+            .expect("execution"))
+    }
+
+    async fn get(&self, id: &str) -> WorkflowExecution {
+        self.server
+            .executions()
+            .get_execution(GetExecutionRequest { id: id.to_owned() })
+            .await
+            .expect("get")
+            .into_inner()
+            .execution
+            .expect("execution")
+    }
+
+    /// Waits until the execution is terminal and returns it.
+    async fn wait_end(&self, id: &str) -> WorkflowExecution {
+        for _ in 0..1500 {
+            let execution = self.get(id).await;
+            let status = TaskStatus::try_from(execution.status).unwrap();
+            if matches!(
+                status,
+                TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+            ) {
+                return execution;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("execution {id} never ended: {:?}", self.get(id).await);
+    }
+
+    /// Waits until `check` holds for the execution.
+    async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&WorkflowExecution) -> bool) {
+        for _ in 0..1500 {
+            if check(&self.get(id).await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} never happened: {:?}", self.get(id).await);
+    }
+}
+
+fn status(execution: &WorkflowExecution) -> TaskStatus {
+    TaskStatus::try_from(execution.status).unwrap()
+}
+
+/// EmptyImage -> SaveImage; `tag` makes the color unique so ComfyUI's cache
+/// does not skip the work.
+fn image_workflow(tag: &str) -> Value {
+    let color = tag
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 16_777_215;
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "sticker"}}
+    })
+}
+
+/// One TestDelay node of `seconds`, unique by `nonce`.
+fn delay_workflow(seconds: f64, nonce: u64) -> Value {
+    json!({
+        "1": {"class_type": "TestDelay", "inputs": {"seconds": seconds, "steps": 4, "nonce": nonce}}
+    })
+}
+
+#[tokio::test]
+async fn an_execution_runs_to_completion_with_node_tasks_and_artifacts() {
+    let h = harness(1, |_| {}).await;
+    let execution = h
+        .execute(&image_workflow("complete"), TaskPriority::Normal)
+        .await;
+    assert!(!execution.id.is_empty());
+    assert_eq!(execution.tasks.len(), 3, "root + 2 node tasks");
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.progress, 1.0);
+    assert_eq!(done.backend.as_deref(), Some("gpu-0"));
+    assert!(done.total_duration_seconds.unwrap() > 0.0);
+    assert_eq!(done.artifacts.len(), 1, "{:?}", done.artifacts);
+    assert!(
+        done.artifacts[0].starts_with("sticker_"),
+        "{:?}",
+        done.artifacts
+    );
+    let outputs: Value = serde_json::from_str(&done.outputs).unwrap();
+    assert!(outputs["2"]["images"].is_array(), "{outputs}");
+    // Root first, then one NODE task per node, every one COMPLETED.
+    let root = &done.tasks[0];
+    assert_eq!(Some(&root.id), done.root_task_id.as_ref());
+    assert_eq!(root.r#type, pb::TaskType::Workflow as i32);
+    for node in &done.tasks[1..] {
+        assert_eq!(node.r#type, pb::TaskType::Node as i32);
+        assert_eq!(node.parent_id.as_ref(), Some(&root.id));
+        assert_eq!(node.status, TaskStatus::Completed as i32, "{node:?}");
+    }
+    assert_eq!(done.completed_tasks, 3);
+    assert_eq!(done.node_metrics.len(), 2);
+    // The file is on disk under the execution's folder and streams back whole.
+    let on_disk =
+        std::fs::read(h.artifacts.path().join(&done.id).join(&done.artifacts[0])).unwrap();
+    assert_eq!(&on_disk[..8], b"\x89PNG\r\n\x1a\n");
+    let mut stream = h
+        .server
+        .executions()
+        .get_artifact(GetArtifactRequest {
+            execution_id: done.id.clone(),
+            path: done.artifacts[0].clone(),
+        })
+        .await
+        .expect("artifact")
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.content_type.as_deref(), Some("image/png"));
+    assert_eq!(first.size, Some(on_disk.len() as u64));
+    let mut bytes = first.data;
+    while let Some(chunk) = stream.next().await {
+        bytes.extend(chunk.unwrap().data);
+    }
+    assert_eq!(bytes, on_disk);
+}
+
+#[tokio::test]
+async fn artifact_paths_outside_the_execution_are_refused() {
+    let h = harness(1, |_| {}).await;
+    let execution = h
+        .execute(&image_workflow("traversal"), TaskPriority::Normal)
+        .await;
+    let done = h.wait_end(&execution.id).await;
+    for path in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "sticker.png",
+        "..",
+        "a/../../b",
+    ] {
+        let status = h
+            .server
+            .executions()
+            .get_artifact(GetArtifactRequest {
+                execution_id: done.id.clone(),
+                path: path.to_owned(),
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{path} was served"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+    }
+    let missing = h
+        .server
+        .executions()
+        .get_artifact(GetArtifactRequest {
+            execution_id: "no-such-execution".into(),
+            path: "x.png".into(),
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn priority_order_with_one_busy_backend() {
+    let h = harness(1, |c| c.runtime.max_concurrent_tasks = 1).await;
+    // Occupy the backend, then queue LOW, NORMAL, CRITICAL, HIGH.
+    let blocker = h
+        .execute(&delay_workflow(0.4, 1), TaskPriority::Normal)
+        .await;
+    h.wait_for(&blocker.id, "blocker running", |e| {
+        status(e) == TaskStatus::Running
+    })
+    .await;
+    let mut queued = Vec::new();
+    for (i, priority) in [
+        TaskPriority::Low,
+        TaskPriority::Normal,
+        TaskPriority::Critical,
+        TaskPriority::High,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = h
+            .execute(&delay_workflow(0.05, 100 + i as u64), priority)
+            .await;
+        assert_eq!(status(&e), TaskStatus::Queued, "{e:?}");
+        queued.push((priority, e.id));
+    }
+    let mut ends = Vec::new();
+    for (priority, id) in &queued {
+        let done = h.wait_end(id).await;
+        assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+        let start = done.tasks[0].metrics.as_ref().unwrap().start_time.unwrap();
+        ends.push((start.seconds, start.nanos, *priority));
+    }
+    ends.sort();
+    let order: Vec<TaskPriority> = ends.into_iter().map(|(_, _, p)| p).collect();
+    assert_eq!(
+        order,
+        [
+            TaskPriority::Critical,
+            TaskPriority::High,
+            TaskPriority::Normal,
+            TaskPriority::Low
+        ]
+    );
+}
+
+#[tokio::test]
+async fn cancel_a_queued_and_a_running_execution() {
+    let h = harness(1, |c| c.runtime.max_concurrent_tasks = 1).await;
+    let running = h
+        .execute(&delay_workflow(30.0, 7), TaskPriority::Normal)
+        .await;
+    h.wait_for(&running.id, "prompt executing", |e| {
+        e.tasks[0]
+            .progress_message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("executing"))
+    })
+    .await;
+    let queued = h
+        .execute(&delay_workflow(0.1, 8), TaskPriority::Normal)
+        .await;
+    assert_eq!(status(&queued), TaskStatus::Queued);
+    let cancelled = h
+        .server
+        .executions()
+        .cancel_execution(CancelExecutionRequest {
+            id: queued.id.clone(),
+            reason: Some("not needed".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    assert_eq!(status(&cancelled), TaskStatus::Cancelled);
+    assert_eq!(
+        cancelled.tasks[0].progress_message.as_deref(),
+        Some("not needed")
+    );
+    h.server
+        .executions()
+        .cancel_execution(CancelExecutionRequest {
+            id: running.id.clone(),
+            reason: None,
+        })
+        .await
+        .unwrap();
+    let done = h.wait_end(&running.id).await;
+    assert_eq!(status(&done), TaskStatus::Cancelled, "{done:?}");
+    // Idempotent: cancelling again returns it unchanged.
+    let again = h
+        .server
+        .executions()
+        .cancel_execution(CancelExecutionRequest {
+            id: running.id.clone(),
+            reason: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    assert_eq!(status(&again), TaskStatus::Cancelled);
+    // The backend is free again: a new execution completes.
+    let next = h
+        .execute(&image_workflow("after-cancel"), TaskPriority::Normal)
+        .await;
+    assert_eq!(status(&h.wait_end(&next.id).await), TaskStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_node_exception_fails_without_retry_and_names_the_node() {
+    let h = harness(1, |_| {}).await;
+    let workflow = json!({
+        "1": {"class_type": "TestFail", "inputs": {"message": "boom"}},
+        "2": {"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": 3, "value": ["1", 0]}}
+    });
+    let execution = h.execute(&workflow, TaskPriority::Normal).await;
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Failed, "{done:?}");
+    assert_eq!(done.error_type.as_deref(), Some("NodeExecutionError"));
+    assert!(done.error.as_deref().unwrap().contains("boom"), "{done:?}");
+    assert_eq!(done.tasks[0].retry_count, 0);
+    assert_eq!(done.failed_tasks, 2, "root and the failing node: {done:?}");
+}
+
+#[tokio::test]
+async fn invalid_workflows_are_rejected_with_field_paths() {
+    let h = harness(1, |_| {}).await;
+    let unknown = json!({
+        "1": {"class_type": "NoSuchNode", "inputs": {}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+    });
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(unknown.to_string())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields = common::bad_request_violations(&status);
+    assert!(
+        fields
+            .iter()
+            .any(|(f, _)| f == "workflow_json[\"1\"].class_type"),
+        "{fields:?}"
+    );
+    // Out of range, after an override.
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(image_workflow("x").to_string())),
+            config: json!({"overrides": {"1": {"width": 0}}, "bogus": 1}).to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let fields = common::bad_request_violations(&status);
+    assert!(
+        fields.iter().any(|(f, _)| f == "config.bogus"),
+        "{fields:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_u64_seed_reaches_the_backend_exactly() {
+    let h = harness(1, |_| {}).await;
+    let workflow = json!({
+        "1": {"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": 1}}
+    });
+    let execution = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
+            config: r#"{"overrides": {"1": {"nonce": 18446744073709551615}}}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+    let prompt_id = done.prompt_id.clone().unwrap();
+    let history: Value =
+        reqwest_json(&format!("{}/history/{prompt_id}", h.fakes[0].base_url())).await;
+    let text = history.to_string();
+    assert!(text.contains("18446744073709551615"), "{text}");
+}
+
+async fn reqwest_json(url: &str) -> Value {
+    let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+    serde_json::from_str(&body).unwrap()
+}
