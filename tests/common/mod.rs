@@ -6,6 +6,8 @@
 //! Each test binary uses a different subset of this module.
 #![allow(dead_code)]
 
+pub mod exec;
+
 use std::net::SocketAddr;
 
 use comfy_reality::config::Config;
