@@ -301,3 +301,68 @@ async fn reqwest_json(url: &str) -> Value {
     let body = reqwest::get(url).await.unwrap().text().await.unwrap();
     serde_json::from_str(&body).unwrap()
 }
+
+#[tokio::test]
+async fn output_nodes_are_judged_by_the_backends_object_info() {
+    let h = harness(1, |_| {}).await;
+    // TestFail is an output node only according to object_info.
+    let workflow = json!({"1": {"class_type": "TestFail", "inputs": {"message": "alone"}}});
+    let report = h
+        .server
+        .workflows()
+        .validate_workflow(pb::ValidateWorkflowRequest {
+            workflow: Some(pb::validate_workflow_request::Workflow::WorkflowJson(
+                workflow.to_string(),
+            )),
+            config: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.valid, "{report:?}");
+    assert!(report.object_info_checked);
+    assert_eq!(report.required_classes, ["TestFail"]);
+    assert_eq!(report.backends, ["gpu-0"]);
+    // EmptyImage alone is no output node for anyone.
+    let workflow = json!({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}});
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let fields = common::bad_request_violations(&status);
+    assert!(
+        fields
+            .iter()
+            .any(|(f, d)| f == "workflow_json" && d.contains("output node")),
+        "{fields:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_cannot_report_on_an_executions_tasks() {
+    let h = harness(1, |_| {}).await;
+    let execution = h
+        .execute(&delay_workflow(0.2, 55), TaskPriority::Normal)
+        .await;
+    for task in &execution.tasks {
+        let status = h
+            .server
+            .tasks()
+            .update_task_progress(pb::UpdateTaskProgressRequest {
+                id: task.id.clone(),
+                status: Some(TaskStatus::Completed.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains(&execution.id), "{status:?}");
+    }
+    assert_eq!(
+        status(&h.wait_end(&execution.id).await),
+        TaskStatus::Completed
+    );
+}

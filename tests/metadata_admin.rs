@@ -278,7 +278,16 @@ async fn runtime_info_reports_version_and_seed_defaults() {
 
     assert_eq!(info.backends.len(), 1);
     assert_eq!(info.backends[0].url, "http://127.0.0.1:8188");
-    assert_eq!(info.backends[0].state(), BackendState::Unknown);
+    // Nothing listens there: not probed yet, or probed and down.
+    assert!(
+        matches!(
+            info.backends[0].state(),
+            BackendState::Unknown | BackendState::Down
+        ),
+        "{:?}",
+        info.backends[0]
+    );
+    assert_eq!(info.backends[0].name, "http://127.0.0.1:8188/");
     server.shutdown().await;
 }
 
@@ -316,6 +325,11 @@ async fn runtime_info_never_reveals_secrets() {
     assert_eq!(info.backends.len(), 2);
     for backend in &info.backends {
         assert!(!backend.url.contains(SECRET), "{}", backend.url);
+        assert!(!backend.name.contains(SECRET), "{}", backend.name);
+        assert!(
+            !backend.last_error.as_deref().unwrap_or("").contains(SECRET),
+            "{backend:?}"
+        );
     }
     server.shutdown().await;
 }

@@ -38,14 +38,24 @@ impl AdminService for AdminApi {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: API_VERSION.to_owned(),
             config: Some(config_to_pb(config)),
-            // Backends are not probed until the executor drives them; until
-            // then their state is honestly UNKNOWN.
             backends: config
                 .servers
                 .iter()
-                .map(|s| BackendInfo {
-                    url: super::convert::redacted_url(&s.url),
-                    state: BackendState::Unknown.into(),
+                .zip(self.runtime.executor().backends())
+                .map(|(server, (name, state))| BackendInfo {
+                    url: super::convert::redacted_url(&server.url),
+                    state: match (state.probed, state.up) {
+                        (false, _) => BackendState::Unknown,
+                        (true, true) => BackendState::Up,
+                        (true, false) => BackendState::Down,
+                    }
+                    .into(),
+                    name,
+                    node_classes: state
+                        .catalogue
+                        .as_ref()
+                        .map_or(0, |c| u32::try_from(c.len()).unwrap_or(u32::MAX)),
+                    last_error: state.last_error,
                 })
                 .collect(),
             started_at: Some(timestamp(started_at)),

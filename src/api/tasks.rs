@@ -79,7 +79,7 @@ impl TaskService for TaskApi {
         let (id, update) =
             convert::progress_update(request.into_inner()).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.tasks().update_progress(&id, update)?;
+        let task = self.runtime.update_task_progress(&id, update)?;
         Ok(Response::new(UpdateTaskProgressResponse {
             task: Some(task_to_pb(&task)),
         }))

@@ -49,6 +49,11 @@ pub const OUTPUT_NODE_CLASSES: &[&str] = &[
     "TestWriteBlob",
 ];
 
+/// The graph problem reported when no node's class is an output node by
+/// name; a backend's `/object_info` (`output_node`) has the last word.
+pub const NO_OUTPUT_NODE: &str =
+    "workflow has no output node (a node such as SaveImage or PreviewImage)";
+
 /// Whether `class_type` is an output node, by name: one of
 /// [`OUTPUT_NODE_CLASSES`] or any class starting with `Save` or `Preview`.
 ///
@@ -609,9 +614,7 @@ fn analyze(nodes: &BTreeMap<String, ComfyNode>) -> GraphAnalysis {
     errors.extend(cycle_errors(&ordered, &edges));
 
     if !nodes.values().any(ComfyNode::is_output_node) {
-        errors.push(
-            "workflow has no output node (a node such as SaveImage or PreviewImage)".to_owned(),
-        );
+        errors.push(NO_OUTPUT_NODE.to_owned());
     }
     GraphAnalysis {
         edges,

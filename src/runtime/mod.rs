@@ -189,6 +189,25 @@ impl Runtime {
         self.inner.executor.cancel(id, reason).await
     }
 
+    /// UpdateTaskProgress: only for client-reported tasks; the runtime alone
+    /// reports on the tasks of executions.
+    pub fn update_task_progress(
+        &self,
+        id: &str,
+        update: ProgressUpdate,
+    ) -> Result<Task, RuntimeError> {
+        if let Some(execution_id) = self.inner.executor.execution_of_task(id)? {
+            return Err(RuntimeError::FailedPrecondition {
+                kind: ObjectKind::Task,
+                id: id.to_owned(),
+                reason: format!(
+                    "the task belongs to execution {execution_id}, whose progress the runtime reports; use CancelExecution or RetryTask on its root task"
+                ),
+            });
+        }
+        self.inner.tasks.update_progress(id, update)
+    }
+
     /// CancelTask: a task of an execution (root or node) cancels the whole
     /// execution; any other task is cancelled with its subtasks.
     pub async fn cancel_task(

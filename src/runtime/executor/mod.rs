@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::model::workflow::NO_OUTPUT_NODE;
 use crate::model::{
     DependencyType, JsonObject, NewExecution, NewTask, Task, TaskDependency, TaskPriority,
     TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution, key_path,
@@ -443,7 +444,13 @@ impl Executor {
                 ),
             );
         }
+        let catalogues = self.catalogues();
+        let object_info_checked = !catalogues.is_empty();
         for problem in &workflow.validation_errors {
+            // Output nodes are judged by the backends' object_info when known.
+            if object_info_checked && problem == NO_OUTPUT_NODE {
+                continue;
+            }
             errors.push(WORKFLOW_FIELD, problem.clone());
         }
         let config = parse_config(config, &mut errors);
@@ -459,13 +466,11 @@ impl Executor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let catalogues = self.catalogues();
         let backends: Vec<String> = catalogues
             .iter()
             .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
             .map(|(name, _, _)| name.clone())
             .collect();
-        let object_info_checked = !catalogues.is_empty();
         if errors.is_empty() && object_info_checked {
             // Valid when valid for one known backend; else report against the
             // backend that has the most of the required classes.

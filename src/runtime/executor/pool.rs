@@ -39,6 +39,8 @@ pub(crate) struct Backend {
 /// What is known of a backend's health.
 #[derive(Clone, Default)]
 pub struct BackendState {
+    /// Whether it was probed at least once.
+    pub probed: bool,
     /// Whether the last probe succeeded.
     pub up: bool,
     /// Its node classes, from the last `/object_info` read (kept while down).
@@ -157,6 +159,7 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
             Ok(Some(catalogue)) => {
                 let classes: Vec<String> = catalogue.class_names().map(str::to_owned).collect();
                 backend.set_state(|state| {
+                    state.probed = true;
                     state.up = true;
                     state.catalogue = Some(Arc::new(catalogue));
                     state.last_error = None;
@@ -176,6 +179,7 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
             Err(error) => {
                 let message = error.to_string();
                 backend.set_state(|state| {
+                    state.probed = true;
                     state.up = false;
                     state.last_error = Some(message.clone());
                 });
