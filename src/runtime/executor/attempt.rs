@@ -167,12 +167,17 @@ async fn follow(
     let mut timed_out = false;
     let mut control_open = true;
     loop {
-        let stall_at = last_event + stall_timeout;
-        let wake = match (deadline, interrupt_sent) {
-            (_, Some(sent)) => (sent + INTERRUPT_GRACE).min(stall_at),
-            (Some(deadline), None) => deadline.min(stall_at),
-            (None, None) => stall_at,
-        };
+        // Only a running prompt can stall: one waiting in the backend's own
+        // queue may legitimately wait as long as the prompt ahead of it runs.
+        let stall_at = deadline.map(|_| last_event + stall_timeout);
+        let wake = [
+            interrupt_sent.map(|sent| sent + INTERRUPT_GRACE),
+            deadline.filter(|_| interrupt_sent.is_none()),
+            stall_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             event = watch.next_event() => {
                 let Some(event) = event else {
@@ -238,7 +243,7 @@ async fn follow(
                     None => control_open = false,
                 }
             }
-            () = tokio::time::sleep_until(wake) => {
+            () = sleep_until_or_forever(wake) => {
                 if let Some(sent) = interrupt_sent
                     && Instant::now() >= sent + INTERRUPT_GRACE
                 {
@@ -258,7 +263,9 @@ async fn follow(
                     interrupt_sent = Some(Instant::now());
                     continue;
                 }
-                if Instant::now() >= stall_at {
+                if let Some(stall_at) = stall_at
+                    && Instant::now() >= stall_at
+                {
                     match stalled(backend, watch.prompt_id(), stall_timeout).await {
                         Some(failure) => {
                             follower.interrupt_running();
@@ -269,6 +276,14 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wake for.
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
