@@ -379,6 +379,26 @@ impl TaskRegistry {
                     self.add_dependent(&dep.task_id, &task.id, dep.dependency_type);
                 }
                 self.announce_created(std::slice::from_ref(&task));
+                // A dependency that already failed or was cancelled can never
+                // complete: the new task is cancelled at once, as it would
+                // have been had it existed when the dependency ended.
+                for dep in &task.dependencies {
+                    if let Some(ended) = self.store.get_task(&dep.task_id)?
+                        && matches!(
+                            ended.status(),
+                            TaskStatus::Failed | TaskStatus::Cancelled
+                        )
+                    {
+                        let mut task = task.clone();
+                        let reason = format!(
+                            "required dependency {} is {}",
+                            dep.task_id,
+                            ended.status().as_str()
+                        );
+                        self.cancel_tree(&mut task, Some(reason))?;
+                        return Ok(task);
+                    }
+                }
                 Ok(task)
             }
             CreateOutcome::Existing {

@@ -211,6 +211,10 @@ impl Store for MemoryStore {
         Ok(ExecutionCreateOutcome::Created(execution))
     }
 
+    fn execution_for_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self.lock()?.execution_keys.get(key).cloned())
+    }
+
     fn put_execution(&self, execution: &WorkflowExecution) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let Some(seq) = inner.execution_index.get(&execution.id).copied() else {

@@ -166,6 +166,8 @@ pub trait Store: Send + Sync + 'static {
         new: NewExecutionRecord,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<ExecutionCreateOutcome, StoreError>;
+    /// The (fingerprint, execution id) an execution idempotency key was used with.
+    fn execution_for_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError>;
     /// Replaces a stored execution (matched by id); returns false when unknown.
     fn put_execution(&self, execution: &WorkflowExecution) -> Result<bool, StoreError>;
     /// One execution by id (its `tasks` empty: read them as tasks).

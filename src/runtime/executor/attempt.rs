@@ -30,6 +30,9 @@ use super::actor::Msg;
 use super::pool::Backend;
 use super::{Failure, FailureKind, Shared};
 
+/// How long an attempt waits for the backend's WebSocket before posting anyway.
+const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
 /// How long to wait for ComfyUI to confirm an interrupt before reporting anyway.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
 
@@ -90,7 +93,12 @@ pub(crate) async fn run(
     let sched = spec.sched;
     let attempt = spec.attempt;
     let posted = tokio::select! {
-        result = backend.socket.submit(spec.prompt_id, &spec.prompt, None) => result,
+        result = async {
+            // Messages for a clientId without a socket are dropped by ComfyUI:
+            // wait (briefly) for the socket; reconciliation covers the rest.
+            let _ = tokio::time::timeout(SOCKET_WAIT, backend.socket.wait_connected()).await;
+            backend.socket.submit(spec.prompt_id, &spec.prompt, None).await
+        } => result,
         () = abandon.cancelled() => return,
     };
     let mut watch = match posted {

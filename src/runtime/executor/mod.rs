@@ -567,6 +567,17 @@ impl Executor {
         let Some(prepared) = prepared.filter(|_| errors.is_empty()) else {
             return Err(errors.into());
         };
+        // A replay creates nothing: it is answered even while the queue is full.
+        // (Two first submissions racing with one key are settled by the store.)
+        if let Some(key) = &request.idempotency_key
+            && let Some((stored, id)) = self.shared.store.execution_for_key(key)?
+        {
+            return if stored == fingerprint {
+                self.view_with_position(&id).await
+            } else {
+                Err(idempotency_conflict(&id))
+            };
+        }
         let capacity = self.shared.settings.max_queue_len + self.shared.settings.max_concurrent;
         let admitted = self
             .shared

@@ -210,6 +210,23 @@ async fn probe(backend: &Backend, was_up: bool) -> Result<Option<ObjectInfoCatal
     if was_up {
         return Ok(None);
     }
+    // Up means able to follow prompts too: ComfyUI drops the messages of a
+    // clientId with no socket, so work waits until the socket is connected.
+    if tokio::time::timeout(SOCKET_WAIT, backend.socket.wait_connected())
+        .await
+        .is_err()
+    {
+        return Err(ComfyError::WebSocket {
+            server: backend.client().server().to_owned(),
+            message: format!(
+                "answers http but its websocket is not connected after {}s",
+                SOCKET_WAIT.as_secs()
+            ),
+        });
+    }
     let classes = backend.client().object_info().await?;
     Ok(Some(ObjectInfoCatalogue::new(classes)))
 }
+
+/// How long a probe waits for a backend's WebSocket before calling it down.
+const SOCKET_WAIT: Duration = Duration::from_secs(5);
