@@ -384,10 +384,7 @@ impl TaskRegistry {
                 // have been had it existed when the dependency ended.
                 for dep in &task.dependencies {
                     if let Some(ended) = self.store.get_task(&dep.task_id)?
-                        && matches!(
-                            ended.status(),
-                            TaskStatus::Failed | TaskStatus::Cancelled
-                        )
+                        && matches!(ended.status(), TaskStatus::Failed | TaskStatus::Cancelled)
                     {
                         let mut task = task.clone();
                         let reason = format!(
