@@ -112,10 +112,7 @@ pub(crate) async fn run(
             watch
         }
         Err(error) => {
-            if matches!(
-                error,
-                ComfyError::Transport { .. } | ComfyError::Timeout { .. }
-            ) {
+            if error.is_retryable() {
                 backend.suspect();
             }
             report(Msg::Finished {
@@ -175,9 +172,11 @@ async fn follow(
     let mut timed_out = false;
     let mut control_open = true;
     loop {
-        // Only a running prompt can stall: one waiting in the backend's own
-        // queue may legitimately wait as long as the prompt ahead of it runs.
-        let stall_at = deadline.map(|_| last_event + stall_timeout);
+        // Silence is checked whether or not the prompt was seen to start: a
+        // backend silent from the first message on never reports the start.
+        // `stalled` tells a prompt waiting in the backend's queue (no stall)
+        // from one running there unheard.
+        let stall_at = Some(last_event + stall_timeout);
         let wake = [
             interrupt_sent.map(|sent| sent + INTERRUPT_GRACE),
             deadline.filter(|_| interrupt_sent.is_none()),
@@ -274,7 +273,7 @@ async fn follow(
                 if let Some(stall_at) = stall_at
                     && Instant::now() >= stall_at
                 {
-                    match stalled(backend, watch.prompt_id(), stall_timeout).await {
+                    match stalled(backend, watch.prompt_id(), stall_timeout, deadline.is_some()).await {
                         Some(failure) => {
                             follower.interrupt_running();
                             return Some(FollowEnd::Outcome(Outcome::Failed(failure)));
@@ -298,10 +297,17 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
 /// The stall detector's decision for a prompt silent for `silence`: `None`
 /// when history shows it finished (its terminal event is on the way), else the
 /// failure to report (after interrupting it when it still runs).
-async fn stalled(backend: &Backend, prompt_id: &str, silence: Duration) -> Option<Failure> {
+async fn stalled(
+    backend: &Backend,
+    prompt_id: &str,
+    silence: Duration,
+    started: bool,
+) -> Option<Failure> {
     let location = backend.client().locate(prompt_id).await;
     let detail = match location {
         Ok(PromptLocation::Finished(_)) => return None,
+        // Waiting behind another prompt: as long as that one runs, no stall.
+        Ok(PromptLocation::Pending(_)) if !started => return None,
         Ok(PromptLocation::Running(_)) => {
             interrupt(backend, prompt_id).await;
             "it is still running there; it was interrupted"
@@ -388,6 +394,9 @@ fn node_failure(node: &str, node_type: &str, exception_type: &str, message: &str
     if lower_type.contains("outofmemory")
         || lower_message.contains("out of memory")
         || lower_message.contains("allocation on device")
+        // torch's CPU allocator: "DefaultCPUAllocator: not enough memory: you
+        // tried to allocate N bytes."
+        || lower_message.contains("not enough memory")
     {
         Failure::transient(FailureKind::OutOfMemory, text)
     } else {
