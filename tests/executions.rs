@@ -366,3 +366,51 @@ async fn clients_cannot_report_on_an_executions_tasks() {
         TaskStatus::Completed
     );
 }
+
+#[tokio::test]
+async fn client_input_that_could_wedge_an_execution_is_refused() {
+    let h = harness(1, |_| {}).await;
+    // A timeout beyond what a clock can add.
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(delay_workflow(0.0, 61).to_string())),
+            config: r#"{"timeout_seconds": 1e19}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    common::assert_invalid_argument(&status, "config.timeout_seconds");
+    let running = h
+        .execute(&delay_workflow(0.3, 62), TaskPriority::Normal)
+        .await;
+    // A client task cannot be made a child of an execution's task.
+    let status = h
+        .server
+        .tasks()
+        .create_task(pb::CreateTaskRequest {
+            name: "sneaky".into(),
+            parent_id: running.root_task_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    common::assert_invalid_argument(&status, "parent_id");
+    // A node task cannot be blocked: only whole executions are scheduled.
+    let node = running.tasks[1].id.clone();
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(delay_workflow(0.0, 63).to_string())),
+            dependencies: vec![pb::TaskDependency {
+                task_id: node,
+                dependency_type: pb::DependencyType::Blocks.into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    common::assert_invalid_argument(&status, "dependencies[0].task_id");
+    assert_eq!(
+        status(&h.wait_end(&running.id).await),
+        TaskStatus::Completed
+    );
+}

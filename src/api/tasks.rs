@@ -36,7 +36,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<CreateTaskResponse>, Status> {
         let new_task =
             convert::create_task_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
-        let task = self.runtime.tasks().create(new_task)?;
+        let task = self.runtime.create_task(new_task)?;
         record_span("task_id", &task.id);
         Ok(Response::new(CreateTaskResponse {
             task: Some(task_to_pb(&task)),

@@ -189,6 +189,23 @@ impl Runtime {
         self.inner.executor.cancel(id, reason).await
     }
 
+    /// CreateTask: a client-reported task. Its parent may not be a task of an
+    /// execution (an execution's tasks are its root and its nodes).
+    pub fn create_task(&self, request: NewTaskRequest) -> Result<Task, RuntimeError> {
+        if let Some(parent) = &request.parent_id
+            && let Some(execution_id) = self.inner.executor.execution_of_task(parent)?
+        {
+            return Err(ValidationError::single(
+                "parent_id",
+                format!(
+                    "task {parent} belongs to execution {execution_id}; use dependencies to order work around an execution"
+                ),
+            )
+            .into());
+        }
+        self.inner.tasks.create(request)
+    }
+
     /// UpdateTaskProgress: only for client-reported tasks; the runtime alone
     /// reports on the tasks of executions.
     pub fn update_task_progress(

@@ -262,9 +262,14 @@ impl Actor {
         let loaded = self.load(execution_id);
         let (execution_root, required, node_tasks, root) = match loaded {
             Ok(Some(parts)) => parts,
-            Ok(None) => return,
+            Ok(None) => {
+                tracing::error!(execution_id, "admitted execution not found in the store");
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
             Err(error) => {
                 tracing::error!(execution_id, %error, "execution could not be loaded");
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
         };
@@ -608,6 +613,7 @@ impl Actor {
         if let Some(run) = live.run.take() {
             run.abandon.cancel();
         }
+        live.attempt += 1;
         match self.scheduler.taken_back(backend, sched) {
             Ok(TakenBackOutcome::Requeued) => {
                 self.apply_deferred_starts(backend);
@@ -642,6 +648,8 @@ impl Actor {
             if let Some(run) = live.run.take() {
                 run.abandon.cancel();
             }
+            // Reports of the abandoned attempt are stale from now on.
+            live.attempt += 1;
             if live.cancel_reason.is_some() {
                 let reason = live_reason(Some(live));
                 self.end_cancelled(orphan.id, reason);
@@ -695,9 +703,12 @@ impl Actor {
         if live.attempt != attempt {
             return;
         }
-        if let Some(run) = live.run.take()
-            && self.scheduler.prompt_finished(run.backend, sched).is_ok()
-        {
+        // No run: it was taken away (taken back, backend down) and this is a
+        // late report of an abandoned attempt.
+        let Some(run) = live.run.take() else {
+            return;
+        };
+        if self.scheduler.prompt_finished(run.backend, sched).is_ok() {
             self.apply_deferred_starts(run.backend);
         }
         let cancelled = self
@@ -785,23 +796,46 @@ impl Actor {
             .get_execution(execution_id)?
             .ok_or_else(|| RuntimeError::execution_not_found(execution_id))?;
         let root_id = execution.root_task_id.clone().unwrap_or_default();
-        self.shared.tasks.retry(&root_id)?;
-        self.shared.update_execution(execution_id, |execution| {
-            execution.transition(TaskStatus::Retrying).map_err(|e| {
-                RuntimeError::FailedPrecondition {
-                    kind: crate::runtime::ObjectKind::Execution,
-                    id: execution.id.clone(),
-                    reason: e.to_string(),
-                }
+        if execution.status() != TaskStatus::Failed {
+            return Err(RuntimeError::FailedPrecondition {
+                kind: crate::runtime::ObjectKind::Execution,
+                id: execution_id.to_owned(),
+                reason: format!(
+                    "only a failed execution can be retried; it is {}",
+                    execution.status().as_str()
+                ),
+            });
+        }
+        let capacity = self.shared.settings.max_queue_len + self.shared.settings.max_concurrent;
+        if self
+            .shared
+            .backlog
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < capacity).then_some(n + 1)
             })
+            .is_err()
+        {
+            return Err(RuntimeError::ResourceExhausted {
+                what: format!("execution queue ({capacity} executions admitted)"),
+                retry_after: Duration::from_secs(5),
+            });
+        }
+        if let Err(error) = self.shared.tasks.retry(&root_id) {
+            self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+            return Err(error);
+        }
+        self.shared.update_execution(execution_id, |execution| {
+            execution
+                .transition(TaskStatus::Retrying)
+                .map_err(|e| execution_transition(execution, &e))
         })?;
-        self.shared.backlog.fetch_add(1, Ordering::SeqCst);
         self.admit(execution_id, true);
         Ok(())
     }
 
     fn cancel(&mut self, execution_id: &str, reason: Option<String>) {
         let Some(&sched) = self.by_id.get(execution_id) else {
+            self.cancel_unheld(execution_id, reason);
             return;
         };
         let Some(live) = self.live.get_mut(&sched) else {
@@ -834,6 +868,33 @@ impl Actor {
         }
     }
 
+    /// Cancels an execution the actor does not hold but the store says has
+    /// not ended (it could not be loaded): nothing runs it, so it ends here.
+    fn cancel_unheld(&mut self, execution_id: &str, reason: Option<String>) {
+        let Ok(Some(execution)) = self.shared.store.get_execution(execution_id) else {
+            return;
+        };
+        if execution.status().is_terminal() {
+            return;
+        }
+        tracing::warn!(
+            execution_id,
+            "cancelling an execution the executor did not hold"
+        );
+        if let Some(root) = &execution.root_task_id
+            && let Err(error) = self.shared.tasks.cancel(root, reason)
+        {
+            tracing::error!(execution_id, %error, "root task not cancelled");
+        }
+        if let Err(error) = self.shared.update_execution(execution_id, |execution| {
+            execution
+                .transition(TaskStatus::Cancelled)
+                .map_err(|e| execution_transition(execution, &e))
+        }) {
+            tracing::error!(execution_id, %error, "execution not cancelled");
+        }
+    }
+
     fn end_completed(
         &mut self,
         sched: ExecutionId,
@@ -858,10 +919,6 @@ impl Actor {
         self.settle_nodes(sched, "not executed: no output of the prompt needed it");
         self.update_root(sched, |task| {
             task.progress_message = Some("completed".into());
-            if task.status() == TaskStatus::Queued || task.status() == TaskStatus::Pending {
-                task.transition(TaskStatus::Running)
-                    .map_err(|source| illegal(task, source))?;
-            }
             task.complete(Some(result))
                 .map_err(|source| illegal(task, source))
         });
@@ -979,7 +1036,9 @@ impl Actor {
         let mut node_tasks = HashMap::new();
         let mut classes = Vec::new();
         for child in store.child_ids(&root_id)? {
-            if let Some(task) = store.get_task(&child)? {
+            if let Some(task) = store.get_task(&child)?
+                && task.task_type == crate::model::TaskType::Node
+            {
                 if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
                     node_tasks.insert(node.to_owned(), task.id.clone());
                 }
@@ -1048,6 +1107,17 @@ type Loaded = (String, RequiredClasses, HashMap<String, String>, Task);
 fn live_reason(live: Option<&Live>) -> String {
     live.and_then(|l| l.cancel_reason.clone())
         .unwrap_or_else(|| "cancelled on request".into())
+}
+
+fn execution_transition(
+    execution: &crate::model::WorkflowExecution,
+    error: &crate::model::workflow::ExecutionTransitionError,
+) -> RuntimeError {
+    RuntimeError::FailedPrecondition {
+        kind: crate::runtime::ObjectKind::Execution,
+        id: execution.id.clone(),
+        reason: error.to_string(),
+    }
 }
 
 fn illegal(task: &Task, source: TransitionError) -> RuntimeError {

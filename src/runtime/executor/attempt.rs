@@ -131,7 +131,11 @@ pub(crate) async fn run(
     let outcome = match outcome {
         Some(FollowEnd::Success(completion)) => {
             follower.finish_running(TaskStatus::Completed);
-            match download(&shared, &backend, &spec, &completion).await {
+            let downloaded = tokio::select! {
+                result = download(&shared, &backend, &spec, &completion) => result,
+                () = abandon.cancelled() => return,
+            };
+            match downloaded {
                 Ok(outcome) => outcome,
                 Err(failure) => Outcome::Failed(failure),
             }
@@ -196,7 +200,7 @@ async fn follow(
                 last_event = Instant::now();
                 match event {
                     PromptEvent::Started { .. } => {
-                        deadline = Some(Instant::now() + spec.timeout);
+                        deadline = Instant::now().checked_add(spec.timeout);
                         if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
                             return None;
                         }
@@ -204,7 +208,7 @@ async fn follow(
                     PromptEvent::Cached { nodes } => follower.cached(&nodes),
                     PromptEvent::NodeStarted { node, .. } => {
                         if deadline.is_none() {
-                            deadline = Some(Instant::now() + spec.timeout);
+                            deadline = Instant::now().checked_add(spec.timeout);
                             if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
                                 return None;
                             }
@@ -254,11 +258,24 @@ async fn follow(
                 if let Some(sent) = interrupt_sent
                     && Instant::now() >= sent + INTERRUPT_GRACE
                 {
-                    follower.interrupt_running();
-                    if timed_out {
-                        return Some(FollowEnd::Outcome(Outcome::Failed(timeout_failure(spec.timeout))));
+                    // No confirmation: ask the backend where the prompt is. It
+                    // is reported stopped only once it no longer runs there.
+                    match backend.client().locate(watch.prompt_id()).await {
+                        Ok(PromptLocation::Finished(_) | PromptLocation::Unknown) => {
+                            follower.interrupt_running();
+                            if timed_out {
+                                return Some(FollowEnd::Outcome(Outcome::Failed(timeout_failure(spec.timeout))));
+                            }
+                            return Some(FollowEnd::Outcome(Outcome::Interrupted));
+                        }
+                        Ok(PromptLocation::Pending(_)) => {
+                            let _ = backend.client().delete_from_queue(&[watch.prompt_id().to_owned()]).await;
+                        }
+                        Ok(PromptLocation::Running(_)) => interrupt(backend, watch.prompt_id()).await,
+                        Err(_) => backend.suspect(),
                     }
-                    return Some(FollowEnd::Outcome(Outcome::Interrupted));
+                    interrupt_sent = Some(Instant::now());
+                    continue;
                 }
                 if let Some(at) = deadline
                     && !timed_out
@@ -519,19 +536,22 @@ impl<'a> Follower<'a> {
             self.node_done(&previous);
         }
         self.running = Some(node.to_owned());
+        // A retry of the execution runs a failed node again: RETRYING first,
+        // as its own change so that its event is published.
         self.node_task(node, |task| {
-            match task.status() {
-                TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Retrying => task
-                    .transition(TaskStatus::Running)
-                    .map_err(|source| transition_error(task, source))?,
-                // A retry of the execution runs the failed node again.
-                TaskStatus::Failed if task.retries_left() => {
-                    task.transition(TaskStatus::Retrying)
-                        .map_err(|source| transition_error(task, source))?;
-                    task.transition(TaskStatus::Running)
-                        .map_err(|source| transition_error(task, source))?;
-                }
-                _ => {}
+            if task.status() == TaskStatus::Failed && task.retries_left() {
+                task.transition(TaskStatus::Retrying)
+                    .map_err(|source| transition_error(task, source))?;
+            }
+            Ok(())
+        });
+        self.node_task(node, |task| {
+            if matches!(
+                task.status(),
+                TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Retrying
+            ) {
+                task.transition(TaskStatus::Running)
+                    .map_err(|source| transition_error(task, source))?;
             }
             task.progress_message = Some("executing".into());
             Ok(())

@@ -8,7 +8,9 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::model::{DependencyType, TaskDependency, TaskStatus, ValidationError, index_path};
+use crate::model::{
+    DependencyType, TaskDependency, TaskStatus, TaskType, ValidationError, index_path,
+};
 use crate::runtime::tasks::TaskRegistry;
 
 /// Most tasks the cycle search visits; a larger dependency graph is refused
@@ -50,7 +52,15 @@ pub(crate) fn check(
         };
         match dep.dependency_type {
             DependencyType::Blocks => {
-                if task.status() != TaskStatus::Pending {
+                if task.task_type == TaskType::Node && task.parent_id.is_some() {
+                    errors.push(
+                        field,
+                        format!(
+                            "task {} is a node of an execution; block its execution's root task instead",
+                            dep.task_id
+                        ),
+                    );
+                } else if task.status() != TaskStatus::Pending {
                     errors.push(
                         field,
                         format!(

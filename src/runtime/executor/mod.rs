@@ -300,6 +300,9 @@ struct ExecConfig {
     max_retries: Option<u32>,
 }
 
+/// Longest running time one execution may ask for: 7 days.
+const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
 /// Most retries one execution may ask for.
 const MAX_RETRIES_LIMIT: u64 = 100;
 
@@ -313,10 +316,15 @@ fn parse_config(config: &JsonObject, errors: &mut ValidationError) -> ExecConfig
                 _ => errors.push(field, "must be an object of node id to {input: value}"),
             },
             "timeout_seconds" => match value.as_f64() {
-                Some(seconds) if seconds > 0.0 && Duration::try_from_secs_f64(seconds).is_ok() => {
+                Some(seconds) if seconds > 0.0 && seconds <= MAX_TIMEOUT_SECONDS => {
                     parsed.timeout_seconds = Some(seconds);
                 }
-                _ => errors.push(field, "must be a finite number of seconds greater than 0"),
+                _ => errors.push(
+                    field,
+                    format!(
+                        "must be a number of seconds greater than 0 and at most {MAX_TIMEOUT_SECONDS}"
+                    ),
+                ),
             },
             "max_retries" => match value.as_u64() {
                 Some(n) if n <= MAX_RETRIES_LIMIT => {
@@ -548,6 +556,19 @@ impl Executor {
     ) -> Result<ExecutionView, RuntimeError> {
         let execution_id = uuid::Uuid::new_v4().to_string();
         let fingerprint = fingerprint(&request);
+        // A replay creates nothing: it is answered before any check that
+        // depends on the moment (backends' catalogues, dependency states,
+        // the queue's fill). Two first submissions racing with one key are
+        // settled by the store.
+        if let Some(key) = &request.idempotency_key
+            && let Some((stored, id)) = self.shared.store.execution_for_key(key)?
+        {
+            return if stored == fingerprint {
+                self.view_with_position(&id).await
+            } else {
+                Err(idempotency_conflict(&id))
+            };
+        }
         let mut errors = ValidationError::new();
         let prepared = match self.prepare(&workflow, &request.config, &execution_id) {
             Ok(prepared) => Some(prepared),
@@ -567,17 +588,6 @@ impl Executor {
         let Some(prepared) = prepared.filter(|_| errors.is_empty()) else {
             return Err(errors.into());
         };
-        // A replay creates nothing: it is answered even while the queue is full.
-        // (Two first submissions racing with one key are settled by the store.)
-        if let Some(key) = &request.idempotency_key
-            && let Some((stored, id)) = self.shared.store.execution_for_key(key)?
-        {
-            return if stored == fingerprint {
-                self.view_with_position(&id).await
-            } else {
-                Err(idempotency_conflict(&id))
-            };
-        }
         let capacity = self.shared.settings.max_queue_len + self.shared.settings.max_concurrent;
         let admitted = self
             .shared
@@ -790,7 +800,9 @@ impl Executor {
                 tasks.push(root);
             }
             for child in store.child_ids(&root_id)? {
-                if let Some(task) = store.get_task(&child)? {
+                if let Some(task) = store.get_task(&child)?
+                    && task.task_type == TaskType::Node
+                {
                     if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
                         execution
                             .node_metrics
