@@ -410,7 +410,7 @@ async fn client_input_that_could_wedge_an_execution_is_refused() {
         .unwrap_err();
     common::assert_invalid_argument(&status, "dependencies[0].task_id");
     assert_eq!(
-        status(&h.wait_end(&running.id).await),
+        common::exec::status(&h.wait_end(&running.id).await),
         TaskStatus::Completed
     );
 }
