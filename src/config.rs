@@ -65,6 +65,8 @@ pub struct Config {
     pub executor: TaskExecutorConfig,
     /// `[scheduling]`: how workflow executions are admitted, run and kept (not in the seed).
     pub scheduling: SchedulingConfig,
+    /// `[events]`: event history and subscriptions (not in the seed).
+    pub events: EventsConfig,
     /// `[[servers]]`: the ComfyUI backends. Default: one server at `http://127.0.0.1:8188`.
     /// Bound: at least one; urls unique; names, where given, unique.
     pub servers: Vec<ServerConfig>,
@@ -77,6 +79,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             executor: TaskExecutorConfig::default(),
             scheduling: SchedulingConfig::default(),
+            events: EventsConfig::default(),
             servers: vec![ServerConfig::default()],
         }
     }
@@ -278,6 +281,39 @@ impl SchedulingConfig {
     /// `probe_interval_seconds` as a duration.
     pub fn probe_interval(&self) -> Duration {
         seconds(self.probe_interval_seconds)
+    }
+}
+
+/// `[events]`: how many events are kept in memory for resumption, and how
+/// subscriptions behave (not in the seed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept in memory (older ones are read from the store). Default: 65536.
+    /// Bound: >= 16.
+    pub history_len: usize,
+    /// Events buffered per subscriber before it is caught up from history. Default: 256.
+    /// Bound: 1..=65536.
+    pub subscriber_buffer: usize,
+    /// An idle subscription gets a heartbeat this often, in seconds. Default: 15.
+    /// Bound: finite, > 0.
+    pub heartbeat_seconds: f64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            history_len: 65_536,
+            subscriber_buffer: 256,
+            heartbeat_seconds: 15.0,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// `heartbeat_seconds` as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        seconds(self.heartbeat_seconds)
     }
 }
 
@@ -707,6 +743,7 @@ impl Config {
         self.check_runtime(&mut out);
         self.check_executor(&mut out);
         self.check_scheduling(&mut out);
+        self.check_events(&mut out);
         self.check_servers(&mut out);
         out.0
     }
@@ -807,6 +844,26 @@ impl Config {
             "runtime.ui_update_interval_seconds",
             runtime.ui_update_interval_seconds,
         );
+    }
+
+    fn check_events(&self, out: &mut Collector) {
+        let events = &self.events;
+        if events.history_len < 16 {
+            out.push(
+                "events.history_len",
+                format!("must be at least 16, got {}", events.history_len),
+            );
+        }
+        if !(1..=65_536).contains(&events.subscriber_buffer) {
+            out.push(
+                "events.subscriber_buffer",
+                format!(
+                    "must be between 1 and 65536, got {}",
+                    events.subscriber_buffer
+                ),
+            );
+        }
+        check_seconds(out, "events.heartbeat_seconds", events.heartbeat_seconds);
     }
 
     fn check_scheduling(&self, out: &mut Collector) {

@@ -15,15 +15,17 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::request_context::RequestContextLayer;
-use crate::api::{AdminApi, ExecutionApi, TaskApi, WorkflowApi};
+use crate::api::{AdminApi, EventApi, ExecutionApi, TaskApi, WorkflowApi};
 use crate::config::Config;
 use crate::drain::CuttableStream;
 use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::execution_service_server::ExecutionServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::pb::workflow_service_server::WorkflowServiceServer;
 use crate::runtime::Runtime;
 use crate::store::MemoryStore;
+use crate::telemetry::grpc_metrics::GrpcMetricsLayer;
 
 /// Health service name that stays SERVING while the process lives.
 pub const LIVENESS: &str = "liveness";
@@ -31,10 +33,11 @@ pub const LIVENESS: &str = "liveness";
 pub const READINESS: &str = "readiness";
 
 /// The full names of the API services, each reported by the health service.
-pub const API_SERVICES: [&str; 4] = [
+pub const API_SERVICES: [&str; 5] = [
     <TaskServiceServer<TaskApi> as NamedService>::NAME,
     <WorkflowServiceServer<WorkflowApi> as NamedService>::NAME,
     <ExecutionServiceServer<ExecutionApi> as NamedService>::NAME,
+    <EventServiceServer<EventApi> as NamedService>::NAME,
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
 ];
 
@@ -108,6 +111,7 @@ pub async fn serve(
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .layer(RequestContextLayer)
+        .layer(GrpcMetricsLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -117,6 +121,10 @@ pub async fn serve(
         )
         .add_service(
             WorkflowServiceServer::new(WorkflowApi::new(runtime.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            EventServiceServer::new(EventApi::new(runtime.clone()))
                 .max_decoding_message_size(max_message),
         )
         .add_service(

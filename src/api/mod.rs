@@ -3,6 +3,8 @@
 
 mod admin;
 pub mod convert;
+mod events;
+mod events_convert;
 mod executions;
 pub mod request_context;
 pub mod status;
@@ -10,6 +12,7 @@ mod tasks;
 mod workflows;
 
 pub use admin::AdminApi;
+pub use events::EventApi;
 pub use executions::ExecutionApi;
 pub use tasks::TaskApi;
 pub use workflows::WorkflowApi;

@@ -160,6 +160,25 @@ pub fn to_status(err: RuntimeError) -> Status {
             }
             status
         }
+        RuntimeError::OutOfRange { after, oldest } => Status::with_error_details_vec(
+            Code::OutOfRange,
+            err.to_string(),
+            [error_info(
+                class,
+                HashMap::from([
+                    ("after_sequence".to_owned(), after.to_string()),
+                    ("oldest_sequence".to_owned(), oldest.to_string()),
+                ]),
+            )],
+        ),
+        RuntimeError::SubscriberBehind { last_sequence } => Status::with_error_details_vec(
+            Code::ResourceExhausted,
+            err.to_string(),
+            [error_info(
+                class,
+                HashMap::from([("last_sequence".to_owned(), last_sequence.to_string())]),
+            )],
+        ),
         RuntimeError::Unavailable(_) => Status::with_error_details_vec(
             Code::Unavailable,
             err.to_string(),
@@ -250,6 +269,19 @@ mod tests {
                     what: "task queue".into(),
                     retry_after: Duration::from_secs(2),
                 },
+                Code::ResourceExhausted,
+                "RuntimeError",
+            ),
+            (
+                RuntimeError::OutOfRange {
+                    after: 3,
+                    oldest: 10,
+                },
+                Code::OutOfRange,
+                "RuntimeError",
+            ),
+            (
+                RuntimeError::SubscriberBehind { last_sequence: 7 },
                 Code::ResourceExhausted,
                 "RuntimeError",
             ),

@@ -138,19 +138,66 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.service.listen))?;
         let addr = listener.local_addr()?;
+        let metrics = if config.runtime.enable_metrics {
+            Some(bind_metrics(&config).await?)
+        } else {
+            None
+        };
         // Handlers first: a signal that arrives right after the address is
         // printed must shut down cleanly, not kill the process.
         let signals = ShutdownSignals::install().context("cannot handle SIGINT and SIGTERM")?;
-        // The one line on stdout: scripts and tests read the bound address here.
+        // Scripts and tests read the bound addresses here: the gRPC one on the
+        // first line, the metrics one (when enabled) on the second.
         println!("comfy-reality listening on {addr}");
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving gRPC");
         let shutdown = CancellationToken::new();
+        // The endpoint outlives the gRPC drain, so scrapes see it; then it stops.
+        let metrics_shutdown = CancellationToken::new();
+        let metrics_server = match metrics {
+            Some((listener, handle)) => {
+                let metrics_addr = listener.local_addr()?;
+                println!("comfy-reality metrics on http://{metrics_addr}/metrics");
+                tracing::info!(addr = %metrics_addr, "serving Prometheus metrics");
+                Some(tokio::spawn(crate::telemetry::metrics_endpoint::serve(
+                    listener,
+                    handle,
+                    metrics_shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let signals = tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
         let result = crate::run(config, listener, shutdown).await;
         signals.abort();
+        metrics_shutdown.cancel();
+        if let Some(metrics_server) = metrics_server {
+            match metrics_server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "metrics endpoint failed"),
+                Err(error) => tracing::warn!(%error, "metrics endpoint task failed"),
+            }
+        }
         result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Binds the metrics listener and installs the process-global Prometheus
+/// recorder (here and nowhere else: `crate::run` may run many times in one
+/// process, a recorder only once).
+async fn bind_metrics(
+    config: &Config,
+) -> anyhow::Result<(
+    tokio::net::TcpListener,
+    metrics_exporter_prometheus::PrometheusHandle,
+)> {
+    let metrics_addr = config.metrics_addr();
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
+    let handle = crate::telemetry::metrics::install_recorder()
+        .map_err(crate::telemetry::TelemetryError::from)?;
+    Ok((listener, handle))
 }
 
 /// Cancels `token` when SIGINT or SIGTERM arrives.

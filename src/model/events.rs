@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::task::{TaskEvent, TaskEventType};
 use super::{
     JsonObject, ValidationError, key_path, validate_id, validate_json_object, validate_name,
 };
@@ -236,6 +237,80 @@ impl PerformanceMetric {
 fn check_finite(errors: &mut ValidationError, value: f64) {
     if !value.is_finite() {
         errors.push("value", "must be a finite number");
+    }
+}
+
+/// What an event carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventPayload {
+    /// A task's lifecycle event.
+    Task(TaskEvent),
+    /// Something operators care about (backend up or down, retries, errors).
+    Runtime(RuntimeEvent),
+    /// A measurement (node duration, queue wait, execution time).
+    Metric(PerformanceMetric),
+}
+
+/// What an event is about, for filtering.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EventContext {
+    /// The task, when about one.
+    pub task_id: Option<String>,
+    /// The execution, when about one (its root or node tasks included).
+    pub execution_id: Option<String>,
+    /// The workflow, when known.
+    pub workflow_id: Option<String>,
+    /// The tags of the task (node tasks carry their execution's tags).
+    pub tags: Vec<String>,
+    /// Whether it is about one node of an execution.
+    pub node: bool,
+}
+
+/// One numbered event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Global position, from 1, strictly increasing.
+    pub sequence: u64,
+    /// When it was published.
+    pub timestamp: DateTime<Utc>,
+    /// What happened.
+    pub payload: EventPayload,
+    /// What it is about.
+    pub context: EventContext,
+}
+
+impl Event {
+    /// The category: task events are TASK, metrics PERFORMANCE, runtime
+    /// events their own.
+    pub fn category(&self) -> EventCategory {
+        match &self.payload {
+            EventPayload::Task(_) => EventCategory::Task,
+            EventPayload::Runtime(event) => event.category,
+            EventPayload::Metric(_) => EventCategory::Performance,
+        }
+    }
+
+    /// The severity: task events are INFO, except RETRYING (WARNING) and
+    /// FAILED (ERROR); metrics DEBUG; runtime events their own.
+    pub fn level(&self) -> LogLevel {
+        match &self.payload {
+            EventPayload::Task(event) => match event.event_type {
+                TaskEventType::Failed => LogLevel::Error,
+                TaskEventType::Retrying => LogLevel::Warning,
+                _ => LogLevel::Info,
+            },
+            EventPayload::Runtime(event) => event.level,
+            EventPayload::Metric(_) => LogLevel::Debug,
+        }
+    }
+
+    /// The short kind name: `task`, `runtime` or `metric`.
+    pub fn kind(&self) -> &'static str {
+        match &self.payload {
+            EventPayload::Task(_) => "task",
+            EventPayload::Runtime(_) => "runtime",
+            EventPayload::Metric(_) => "metric",
+        }
     }
 }
 

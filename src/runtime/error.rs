@@ -116,6 +116,23 @@ pub enum RuntimeError {
         /// When trying again makes sense.
         retry_after: Duration,
     },
+    /// A resume point that is no longer retained (events before `oldest` are gone).
+    #[error("sequence {after} is no longer retained; the oldest event kept is {oldest}")]
+    OutOfRange {
+        /// The sequence asked to resume after.
+        after: u64,
+        /// The oldest sequence still kept (0 when none).
+        oldest: u64,
+    },
+    /// A subscriber fell further behind than the retained history: resume
+    /// after `last_sequence`, which every delivered event precedes or equals.
+    #[error(
+        "the subscriber fell behind the retained events; resume after sequence {last_sequence}"
+    )]
+    SubscriberBehind {
+        /// The last sequence the subscriber was given (or that its filter skipped).
+        last_sequence: u64,
+    },
     /// The runtime is shutting down or a dependency is unreachable.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -133,9 +150,11 @@ impl RuntimeError {
             | Self::AlreadyExists { kind, .. }
             | Self::FailedPrecondition { kind, .. } => kind.class(),
             Self::IllegalTransition { .. } => ErrorClass::Task,
-            Self::ResourceExhausted { .. } | Self::Unavailable(_) | Self::Store(_) => {
-                ErrorClass::Runtime
-            }
+            Self::ResourceExhausted { .. }
+            | Self::Unavailable(_)
+            | Self::Store(_)
+            | Self::OutOfRange { .. }
+            | Self::SubscriberBehind { .. } => ErrorClass::Runtime,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod artifacts;
 pub mod bus;
 mod error;
+pub mod events;
 mod executor;
 mod fingerprint;
 pub mod scheduler;
@@ -64,8 +65,19 @@ impl Runtime {
     /// the executor (backend sockets, probers, the scheduling actor), so it
     /// must be called inside a tokio runtime; [`Runtime::shutdown`] stops them.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Self, RuntimeError> {
-        let bus = EventBus::default();
-        let tasks = Arc::new(TaskRegistry::new(Arc::clone(&store), bus));
+        let bus = EventBus::new(config.events.history_len, Some(Arc::clone(&store)));
+        let tasks = Arc::new(TaskRegistry::new(Arc::clone(&store), bus.clone()));
+        if let Ok(event) = crate::model::RuntimeEvent::new(
+            crate::model::EventCategory::System,
+            "config.loaded",
+            format!(
+                "runtime started with {} backend(s), max_concurrent_tasks {}",
+                config.servers.len(),
+                config.runtime.max_concurrent_tasks
+            ),
+        ) {
+            bus.publish_runtime(event, bus::EventContext::default());
+        }
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let executor = Executor::start(
@@ -263,6 +275,96 @@ impl Runtime {
             }
             None => self.inner.tasks.retry(id),
         }
+    }
+
+    /// SubscribeEvents: see [`events::subscribe`].
+    pub fn subscribe_events(
+        &self,
+        filter: events::EventFilter,
+        after: Option<u64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<events::StreamItem, RuntimeError>>, RuntimeError>
+    {
+        let config = &self.inner.config.events;
+        events::subscribe(
+            self.bus(),
+            filter,
+            after,
+            events::SubscribeOptions {
+                buffer: config.subscriber_buffer,
+                heartbeat: config.heartbeat(),
+            },
+        )
+    }
+
+    /// ListEvents: see [`events::list`].
+    pub fn list_events(
+        &self,
+        filter: &events::EventFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<events::EventPage, RuntimeError> {
+        events::list(self.bus(), filter, after, limit)
+    }
+
+    /// WatchExecution: the execution now, then after every change, until it
+    /// ends (the channel then closes). Changes that come faster than the
+    /// reader are coalesced: the reader always gets the newest state.
+    pub async fn watch_execution(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecutionView, RuntimeError>>, RuntimeError>
+    {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        // Live first, so no change after the first read can be missed.
+        let mut live = self.bus().subscribe();
+        let first = self.inner.executor.view_with_position(id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let runtime = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let mut previous = first.clone();
+            let mut ended = first.execution.status().is_terminal();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while !ended {
+                let changed = tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(event) => event.context.execution_id.as_deref() == Some(id.as_str()),
+                        Err(RecvError::Lagged(_)) => true,
+                        Err(RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                };
+                if !changed {
+                    continue;
+                }
+                // Coalesce what is already waiting.
+                loop {
+                    match live.try_recv() {
+                        Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => return,
+                    }
+                }
+                let view = match runtime.inner.executor.view_with_position(&id).await {
+                    Ok(view) => view,
+                    Err(error) => {
+                        let _ = tx.send(Err(error)).await;
+                        return;
+                    }
+                };
+                if view == previous {
+                    continue;
+                }
+                ended = view.execution.status().is_terminal();
+                previous = view.clone();
+                if tx.send(Ok(view)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Opens one of an execution's artifacts.

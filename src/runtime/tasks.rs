@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::store::{CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter};
 
-use super::bus::EventBus;
+use super::bus::{EventBus, EventContext};
 use super::fingerprint::Fingerprint;
 use super::{ObjectKind, RuntimeError};
 
@@ -90,6 +90,24 @@ pub struct ProgressUpdate {
     pub error: Option<String>,
     /// Error class (only with FAILED).
     pub error_type: Option<String>,
+}
+
+/// What a task's events are about: the execution and workflow named in its
+/// metadata (set on an execution's tasks), its tags, whether it is a node.
+pub(crate) fn task_context(task: &Task) -> EventContext {
+    let text = |key: &str| {
+        task.metadata
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    EventContext {
+        task_id: Some(task.id.clone()),
+        execution_id: text("execution_id"),
+        workflow_id: text("workflow_id"),
+        tags: task.tags.iter().cloned().collect(),
+        node: task.task_type == TaskType::Node,
+    }
 }
 
 /// See the module docs.
@@ -218,9 +236,9 @@ impl TaskRegistry {
         Ok(unmet)
     }
 
-    /// Publishes `event` on the bus.
-    pub(crate) fn publish(&self, event: TaskEvent) {
-        self.bus.publish(event);
+    /// Publishes `event` about `task` on the bus.
+    pub(crate) fn publish(&self, event: TaskEvent, task: &Task) {
+        self.bus.publish_task(event, task_context(task));
     }
 
     /// The event for `task` having entered its status, with its message.
@@ -253,12 +271,17 @@ impl TaskRegistry {
         self.put(task)?;
         if task.status() != before.status() {
             if let Some(event) = Self::transition_event(task) {
-                self.publish(event);
+                self.publish(event, task);
             }
-            if task.status().is_terminal()
-                && let Some(ended) = self.ended.get()
-            {
-                let _ = ended.send(task.id.clone());
+            if task.status().is_terminal() {
+                crate::telemetry::metrics::task_finished(
+                    task.task_type.as_str(),
+                    task.status().as_str(),
+                    task.metrics.duration_seconds(),
+                );
+                if let Some(ended) = self.ended.get() {
+                    let _ = ended.send(task.id.clone());
+                }
             }
         } else if task.progress() != before.progress()
             || task.progress_message != before.progress_message
@@ -274,7 +297,7 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
-            self.publish(event);
+            self.publish(event, task);
         }
         Ok(())
     }
@@ -300,6 +323,7 @@ impl TaskRegistry {
     /// one CREATED event each.
     pub(crate) fn announce_created(&self, tasks: &[Task]) {
         for task in tasks {
+            crate::telemetry::metrics::task_submitted(task.task_type.as_str());
             let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Created);
             event.source = Some("runtime".into());
             event.data.insert(
@@ -311,7 +335,7 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
-            self.publish(event);
+            self.publish(event, task);
         }
     }
 

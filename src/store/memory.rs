@@ -10,7 +10,11 @@ use super::{
     CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord,
     Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter, version_key,
 };
+use crate::model::events::Event;
 use crate::model::{Task, WorkflowDefinition, WorkflowExecution};
+
+/// Most events the memory store keeps; older ones are dropped.
+const MAX_EVENTS: usize = 1_000_000;
 
 type VersionKey = (u64, u64, u64);
 
@@ -38,6 +42,8 @@ struct Inner {
     task_execution: HashMap<String, String>,
     /// Execution idempotency key -> (fingerprint, execution id).
     execution_keys: HashMap<String, (String, String)>,
+    /// The newest events, oldest first.
+    events: std::collections::VecDeque<Event>,
 }
 
 impl Inner {
@@ -277,6 +283,31 @@ impl Store for MemoryStore {
             items,
             next: if more { last } else { None },
         })
+    }
+
+    fn append_event(&self, event: &Event) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if inner.events.len() == MAX_EVENTS {
+            inner.events.pop_front();
+        }
+        inner.events.push_back(event.clone());
+        Ok(())
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let inner = self.lock()?;
+        let skip = inner.events.partition_point(|e| e.sequence <= after);
+        Ok(inner
+            .events
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn last_event_sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.events.back().map_or(0, |e| e.sequence))
     }
 
     fn insert_workflow(

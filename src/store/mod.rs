@@ -8,6 +8,7 @@ pub use memory::MemoryStore;
 
 use bytes::Bytes;
 
+use crate::model::events::Event;
 use crate::model::{Task, TaskStatus, TaskType, WorkflowDefinition, WorkflowExecution};
 
 /// Errors a store can raise.
@@ -183,6 +184,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page<WorkflowExecution, u64>, StoreError>;
+
+    /// Appends a published event (sequence numbers strictly increase). A
+    /// store may drop its oldest events to stay bounded.
+    fn append_event(&self, event: &Event) -> Result<(), StoreError>;
+    /// Stored events with a sequence above `after`, oldest first, at most `limit`.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// The sequence of the last stored event (0 when none).
+    fn last_event_sequence(&self) -> Result<u64, StoreError>;
 
     /// Stores a workflow version; returns the existing one instead when that
     /// id and version are taken.

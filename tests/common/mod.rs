@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use comfy_reality::config::Config;
 use comfy_reality::pb::admin_service_client::AdminServiceClient;
+use comfy_reality::pb::event_service_client::EventServiceClient;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
 use comfy_reality::pb::task_service_client::TaskServiceClient;
 use comfy_reality::pb::workflow_service_client::WorkflowServiceClient;
@@ -73,6 +74,11 @@ impl TestServer {
     /// A clone of the shared channel.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// EventService client.
+    pub fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel())
     }
 
     /// ExecutionService client.

@@ -18,12 +18,17 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::comfy::client::PromptLocation;
-use crate::model::{DependencyType, Task, TaskStatus, TransitionError};
+use crate::model::TaskPriority;
+use crate::model::{
+    DependencyType, EventCategory, JsonObject, LogLevel, Task, TaskStatus, TransitionError,
+};
 use crate::runtime::RuntimeError;
+use crate::runtime::bus::EventContext;
 use crate::runtime::scheduler::{
     Action, BackendId, CancelOutcome, ExecutionId, ExecutionKey, RequiredClasses, Scheduler,
     SchedulerConfig, SchedulerError, TakenBackOutcome,
 };
+use crate::telemetry::metrics;
 
 use super::attempt::{self, AttemptSpec, Control, Outcome};
 use super::{Failure, FailureKind, Shared};
@@ -119,6 +124,12 @@ struct Live {
     run: Option<Run>,
     /// Set when a cancel was requested, with its reason.
     cancel_reason: Option<String>,
+    /// When it last entered the runtime's queue.
+    queued_at: std::time::Instant,
+    /// Its workflow.
+    workflow_id: String,
+    /// Its tags.
+    tags: Vec<String>,
 }
 
 pub(crate) struct Actor {
@@ -177,6 +188,7 @@ impl Actor {
                 },
             }
             self.pump();
+            self.publish_gauges();
         }
         for live in self.live.values() {
             if let Some(run) = &live.run {
@@ -220,7 +232,9 @@ impl Actor {
                 let _ = reply.send(position);
             }
             Msg::BackendUp { backend, classes } => {
+                let count = classes.len();
                 self.scheduler.backend_up(backend, classes);
+                self.backend_event(backend, true, format!("{count} node classes"));
                 self.fail_unrunnable();
             }
             Msg::BackendDown { backend } => self.backend_down(backend),
@@ -293,6 +307,14 @@ impl Actor {
             attempt: 0,
             run: None,
             cancel_reason: None,
+            queued_at: std::time::Instant::now(),
+            workflow_id: root
+                .metadata
+                .get("workflow_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            tags: root.tags.iter().cloned().collect(),
         };
         self.by_id.insert(live.id.clone(), sched);
         self.by_root.insert(live.root.clone(), sched);
@@ -397,7 +419,21 @@ impl Actor {
             }
         }
         live.phase = Phase::Scheduled;
+        live.queued_at = std::time::Instant::now();
         self.set_status(sched, TaskStatus::Queued, Some("queued".into()));
+    }
+
+    /// Queue depth per priority and executions in flight, as gauges.
+    fn publish_gauges(&self) {
+        for priority in [
+            TaskPriority::Low,
+            TaskPriority::Normal,
+            TaskPriority::High,
+            TaskPriority::Critical,
+        ] {
+            metrics::set_queue_depth(priority.as_str(), self.scheduler.queue_depth(priority));
+        }
+        metrics::set_tasks_running(self.scheduler.in_flight());
     }
 
     /// Carries out the scheduler's actions.
@@ -445,6 +481,7 @@ impl Actor {
             }
         };
         live.attempt += 1;
+        let waited = live.queued_at.elapsed().as_secs_f64();
         let (control, control_rx) = mpsc::unbounded_channel();
         let abandon = CancellationToken::new();
         let prompt_id = Uuid::new_v4();
@@ -487,6 +524,15 @@ impl Actor {
             sched,
             TaskStatus::Running,
             Some(format!("handed to {name}; waiting in its queue")),
+        );
+        metrics::queue_wait(waited);
+        let context = self.context(sched);
+        self.shared.metric(
+            "queue_wait_seconds",
+            waited,
+            "seconds",
+            context,
+            &[("backend", &name)],
         );
     }
 
@@ -632,7 +678,45 @@ impl Actor {
         }
     }
 
+    /// Publishes a backend's change of state as a runtime event.
+    fn backend_event(&self, backend: BackendId, up: bool, detail: String) {
+        let Some(b) = self.shared.pool.get(backend) else {
+            return;
+        };
+        let (event_type, level, message) = if up {
+            (
+                "backend.up",
+                LogLevel::Info,
+                format!("backend {} is up ({detail})", b.name),
+            )
+        } else {
+            (
+                "backend.down",
+                LogLevel::Warning,
+                format!("backend {} is down: {detail}", b.name),
+            )
+        };
+        metrics::set_backend_up(&b.name, up);
+        let mut data = JsonObject::new();
+        data.insert("backend".into(), Value::from(b.name.clone()));
+        self.shared.runtime_event(
+            EventCategory::System,
+            level,
+            event_type,
+            message,
+            data,
+            EventContext::default(),
+        );
+    }
+
     fn backend_down(&mut self, backend: BackendId) {
+        let detail = self
+            .shared
+            .pool
+            .get(backend)
+            .and_then(|b| b.state().last_error)
+            .unwrap_or_else(|| "it stopped answering".into());
+        self.backend_event(backend, false, detail);
         let orphaned = self.scheduler.backend_down(backend);
         self.deferred_starts.retain(|(_, b)| *b != backend);
         let name = self
@@ -769,7 +853,21 @@ impl Actor {
             failure.kind.as_str(),
             failure.message
         );
-        self.set_status(sched, TaskStatus::Retrying, Some(message));
+        self.set_status(sched, TaskStatus::Retrying, Some(message.clone()));
+        metrics::retry(failure.kind.as_str());
+        let mut data = JsonObject::new();
+        data.insert("error_type".into(), Value::from(failure.kind.as_str()));
+        data.insert("retry".into(), Value::from(retry_count));
+        data.insert("delay_seconds".into(), Value::from(delay.as_secs_f64()));
+        let context = self.context(sched);
+        self.shared.runtime_event(
+            EventCategory::Workflow,
+            LogLevel::Warning,
+            "execution.retrying",
+            message,
+            data,
+            context,
+        );
         let Some(live) = self.live.get_mut(&sched) else {
             return;
         };
@@ -984,7 +1082,7 @@ impl Actor {
         self.by_id.remove(&live.id);
         self.by_root.remove(&live.root);
         self.deferred_starts.retain(|(s, _)| *s != sched);
-        if let Some(run) = live.run {
+        if let Some(run) = &live.run {
             run.abandon.cancel();
         }
         self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
@@ -1010,7 +1108,7 @@ impl Actor {
                 if let Some(seconds) = execution.total_duration_seconds {
                     self.shared.record_duration(seconds);
                 }
-                tracing::info!(execution_id = %live.id, status = status.as_str(), "execution ended");
+                self.ended_event(&live, &execution);
             }
             Err(error) => {
                 tracing::error!(execution_id = %live.id, %error, "execution end not recorded")
@@ -1061,6 +1159,18 @@ impl Actor {
             return;
         };
         let id = live.id.clone();
+        // The record first: the root task's event is what wakes watchers, and
+        // they must then read the new status.
+        if let Err(error) = self.shared.update_execution(&id, |execution| {
+            if execution.status() != to {
+                execution
+                    .transition(to)
+                    .map_err(|e| execution_transition(execution, &e))?;
+            }
+            Ok(())
+        }) {
+            tracing::error!(execution_id = %id, %error, "execution status not recorded");
+        }
         self.update_root(sched, |task| {
             if task.status() != to {
                 task.transition(to)
@@ -1071,19 +1181,66 @@ impl Actor {
             }
             Ok(())
         });
-        if let Err(error) = self.shared.update_execution(&id, |execution| {
-            if execution.status() != to {
-                execution
-                    .transition(to)
-                    .map_err(|e| RuntimeError::FailedPrecondition {
-                        kind: crate::runtime::ObjectKind::Execution,
-                        id: execution.id.clone(),
-                        reason: e.to_string(),
-                    })?;
-            }
-            Ok(())
-        }) {
-            tracing::error!(execution_id = %id, %error, "execution status not recorded");
+    }
+
+    /// What events about `sched` are about.
+    fn context(&self, sched: ExecutionId) -> EventContext {
+        self.live
+            .get(&sched)
+            .map_or_else(EventContext::default, live_context)
+    }
+
+    /// Publishes the end of an execution (after its record is final, so a
+    /// watcher woken by it reads the final state) and its duration.
+    fn ended_event(&self, live: &Live, execution: &crate::model::WorkflowExecution) {
+        let root = self.shared.store.get_task(&live.root).ok().flatten();
+        let status = execution.status();
+        let error_type = root.as_ref().and_then(|r| r.error_type.clone());
+        let timed_out = error_type.as_deref() == Some(FailureKind::Timeout.as_str());
+        match status {
+            TaskStatus::Cancelled => metrics::cancellation(),
+            TaskStatus::Failed if timed_out => metrics::timeout(),
+            _ => {}
+        }
+        let (event_type, level) = match status {
+            TaskStatus::Completed => ("execution.completed", LogLevel::Info),
+            TaskStatus::Cancelled => ("execution.cancelled", LogLevel::Info),
+            _ if timed_out => ("execution.timed_out", LogLevel::Error),
+            _ => ("execution.failed", LogLevel::Error),
+        };
+        let mut message = format!("execution {} {}", live.id, status.as_str());
+        if let Some(error) = root.as_ref().and_then(|r| r.error.as_deref()) {
+            message.push_str(&format!(": {error}"));
+        }
+        let mut data = JsonObject::new();
+        data.insert("status".into(), Value::from(status.as_str()));
+        if let Some(seconds) = execution.total_duration_seconds {
+            data.insert("duration_seconds".into(), Value::from(seconds));
+        }
+        let mut event_context = live_context(live);
+        event_context.task_id = Some(live.root.clone());
+        let category = if status == TaskStatus::Failed {
+            EventCategory::Error
+        } else {
+            EventCategory::Workflow
+        };
+        let event = self
+            .shared
+            .runtime_event_value(category, level, event_type, message, data, error_type);
+        if let Some(event) = event {
+            self.shared
+                .tasks
+                .bus()
+                .publish_runtime(event, event_context.clone());
+        }
+        if let Some(seconds) = execution.total_duration_seconds {
+            self.shared.metric(
+                "execution_seconds",
+                seconds,
+                "seconds",
+                event_context,
+                &[("status", status.as_str())],
+            );
         }
     }
 
@@ -1103,6 +1260,17 @@ impl Actor {
 /// A stored execution as the actor loads it: root task id, required classes,
 /// node id -> NODE task id, and the root task.
 type Loaded = (String, RequiredClasses, HashMap<String, String>, Task);
+
+/// What events about a live execution are about.
+fn live_context(live: &Live) -> EventContext {
+    EventContext {
+        task_id: Some(live.root.clone()),
+        execution_id: Some(live.id.clone()),
+        workflow_id: Some(live.workflow_id.clone()).filter(|w| !w.is_empty()),
+        tags: live.tags.clone(),
+        node: false,
+    }
+}
 
 fn live_reason(live: Option<&Live>) -> String {
     live.and_then(|l| l.cancel_reason.clone())

@@ -581,15 +581,48 @@ impl<'a> Follower<'a> {
         if self.running.as_deref() == Some(node) {
             self.running = None;
         }
+        let mut finished = false;
         self.node_task(node, |task| {
             if task.status() == TaskStatus::Running {
                 task.progress_message = Some("executed".into());
                 task.transition(TaskStatus::Completed)
                     .map_err(|source| transition_error(task, source))?;
+                finished = true;
             }
             Ok(())
         });
+        if finished {
+            self.node_metric(node);
+        }
         self.set_progress(node, 1.0);
+    }
+
+    /// Publishes the node's execution time as a performance metric.
+    fn node_metric(&self, node: &str) {
+        let Some(task_id) = self.node_tasks.get(node) else {
+            return;
+        };
+        let Ok(task) = self.shared.tasks.get(task_id) else {
+            return;
+        };
+        let Some(seconds) = task.metrics.duration_seconds() else {
+            return;
+        };
+        let class = task
+            .metadata
+            .get("class_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        crate::telemetry::metrics::node_duration(&class, seconds);
+        let context = crate::runtime::tasks::task_context(&task);
+        self.shared.metric(
+            "node_seconds",
+            seconds,
+            "seconds",
+            context,
+            &[("node_id", node), ("class_type", &class)],
+        );
     }
 
     fn node_failed(&mut self, node: &str, failure: &Failure) {

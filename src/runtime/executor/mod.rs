@@ -42,6 +42,8 @@ use crate::model::{
     DependencyType, JsonObject, NewExecution, NewTask, Task, TaskDependency, TaskPriority,
     TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution, key_path,
 };
+use crate::model::{EventCategory, LogLevel, PerformanceMetric, RuntimeEvent};
+use crate::runtime::bus::EventContext;
 use crate::store::{
     ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord, Page, Store,
 };
@@ -199,6 +201,78 @@ impl Shared {
             self.store.put_execution(&execution)?;
         }
         Ok(execution)
+    }
+
+    /// A runtime event, or `None` (logged) when its fields are invalid.
+    pub(crate) fn runtime_event_value(
+        &self,
+        category: EventCategory,
+        level: LogLevel,
+        event_type: &str,
+        message: String,
+        data: JsonObject,
+        error_type: Option<String>,
+    ) -> Option<RuntimeEvent> {
+        match RuntimeEvent::new(category, event_type, message) {
+            Ok(event) => {
+                let mut event = event.with_level(level);
+                event.data = data;
+                event.source_module = Some("executor".into());
+                if let Some(error_type) = error_type {
+                    event.error_message = Some(event.message.clone());
+                    event.error_type = Some(error_type);
+                }
+                Some(event)
+            }
+            Err(error) => {
+                tracing::error!(%error, event_type, "runtime event not built");
+                None
+            }
+        }
+    }
+
+    /// Publishes (and logs) a runtime event.
+    pub(crate) fn runtime_event(
+        &self,
+        category: EventCategory,
+        level: LogLevel,
+        event_type: &str,
+        message: String,
+        data: JsonObject,
+        context: EventContext,
+    ) {
+        if let Some(mut event) =
+            self.runtime_event_value(category, level, event_type, message, data, None)
+        {
+            event.task_id.clone_from(&context.task_id);
+            event.workflow_id.clone_from(&context.workflow_id);
+            self.tasks.bus().publish_runtime(event, context);
+        }
+    }
+
+    /// Publishes (and logs) a performance metric.
+    pub(crate) fn metric(
+        &self,
+        name: &str,
+        value: f64,
+        unit: &str,
+        context: EventContext,
+        tags: &[(&str, &str)],
+    ) {
+        match PerformanceMetric::new(name, value, unit) {
+            Ok(mut metric) => {
+                metric.task_id.clone_from(&context.task_id);
+                metric.workflow_id.clone_from(&context.workflow_id);
+                if let Some(execution) = &context.execution_id {
+                    metric.tags.insert("execution_id".into(), execution.clone());
+                }
+                for (key, value) in tags {
+                    metric.tags.insert((*key).to_owned(), (*value).to_owned());
+                }
+                self.tasks.bus().publish_metric(metric, context);
+            }
+            Err(error) => tracing::debug!(%error, name, "metric not published"),
+        }
     }
 
     pub(crate) fn record_duration(&self, seconds: f64) {
@@ -696,6 +770,7 @@ impl Executor {
                 .unwrap_or(&node.class_type);
             let mut metadata = JsonObject::new();
             metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
+            metadata.insert("workflow_id".into(), Value::from(workflow.id.clone()));
             metadata.insert("node_id".into(), Value::from(node_id.clone()));
             metadata.insert("class_type".into(), Value::from(node.class_type.clone()));
             let name: String = format!("{title} #{node_id}").chars().take(256).collect();
@@ -705,7 +780,8 @@ impl Executor {
                 priority: request.priority,
                 name,
                 description: None,
-                tags: Vec::new(),
+                // A node carries its execution's tags, so filters by tag see it.
+                tags: request.tags.iter().cloned().collect(),
                 parent_id: Some(root.id.clone()),
                 dependencies: Vec::new(),
                 max_retries,

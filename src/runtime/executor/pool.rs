@@ -21,6 +21,7 @@ use crate::runtime::scheduler::BackendId;
 use crate::runtime::workflow_checks::ObjectInfoCatalogue;
 
 use super::actor::Msg;
+use crate::telemetry::metrics;
 
 /// One backend of the pool.
 pub(crate) struct Backend {
@@ -206,7 +207,10 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
 /// One probe: `GET /queue`; when the backend was down (or never seen), also
 /// its `/object_info`, returned as the catalogue of a backend that just came up.
 async fn probe(backend: &Backend, was_up: bool) -> Result<Option<ObjectInfoCatalogue>, ComfyError> {
-    backend.client().queue().await?;
+    let queue = backend.client().queue().await?;
+    let depth = queue.queue_running.len() + queue.queue_pending.len();
+    metrics::set_backend_queue_depth(&backend.name, u64::try_from(depth).unwrap_or(u64::MAX));
+    metrics::set_websocket_reconnects(&backend.name, backend.socket.counters().reconnects);
     if was_up {
         return Ok(None);
     }

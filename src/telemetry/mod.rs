@@ -1,5 +1,18 @@
-//! Logging setup: a `tracing` subscriber writing JSON (one object per line)
-//! or text, to stderr or to `log_file`, filtered by `log_level`.
+//! Telemetry: logs and metrics.
+//!
+//! * Logs ([`init`]): a `tracing` subscriber writing JSON (one object per
+//!   line, ids at the top level: [`json_log`]) or text, to stderr or to
+//!   `log_file`, filtered by `log_level`.
+//! * Metrics: names, descriptions, the recorder and the typed API the
+//!   runtime calls ([`metrics`]); gRPC server metrics as a tower layer
+//!   ([`grpc_metrics`]); the `/metrics` scrape endpoint ([`metrics_endpoint`]).
+//!
+//! Telemetry observes; it never changes what a request or task does.
+
+pub mod grpc_metrics;
+pub mod json_log;
+pub mod metrics;
+pub mod metrics_endpoint;
 
 use std::fs::OpenOptions;
 use std::io::IsTerminal as _;
@@ -7,6 +20,7 @@ use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::JsonFields;
 
 use crate::config::{LogFormat, RuntimeConfig};
 
@@ -24,6 +38,9 @@ pub enum TelemetryError {
     /// A global subscriber is already installed.
     #[error("logging is already initialised: {0}")]
     AlreadyInitialised(String),
+    /// The Prometheus recorder cannot be built or installed (one is already installed).
+    #[error("cannot install the metrics recorder: {0}")]
+    MetricsRecorder(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 /// Installs the global subscriber. Keep the returned guard alive for the
@@ -40,10 +57,8 @@ pub fn init(runtime: &RuntimeConfig) -> Result<WorkerGuard, TelemetryError> {
         .with_ansi(runtime.log_file.is_none() && std::io::stderr().is_terminal());
     let result = match runtime.log_format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(json_log::FlatJson)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -1,0 +1,529 @@
+//! Reading the event bus: filters, resumable subscriptions, paged history and
+//! watching one execution.
+//!
+//! A subscription that resumes after sequence `n` gets every matching event
+//! after `n` exactly once and in order: it registers for live events first,
+//! then replays history (the in-memory window, then the store) and, when live,
+//! skips what it already passed. A subscriber that falls behind the live
+//! channel (because its client reads slowly and its bounded buffer is full)
+//! never makes the server buffer more: it is caught up from history, and when
+//! history no longer reaches back far enough, its stream ends with
+//! [`RuntimeError::SubscriberBehind`] naming the last sequence it passed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::model::{EventCategory, LogLevel, TaskEventType};
+
+use super::RuntimeError;
+use super::bus::{Event, EventBus, EventPayload};
+
+/// Events read from history per step of a catch-up.
+const CATCH_UP_PAGE: usize = 512;
+/// Most events one ListEvents call examines, matching or not.
+const MAX_SCANNED_PER_PAGE: usize = 100_000;
+
+/// Which events a reader wants. Empty lists mean "no filter".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// Only events about one of these tasks.
+    pub task_ids: HashSet<String>,
+    /// Only events about one of these executions.
+    pub execution_ids: HashSet<String>,
+    /// Only events about one of these workflows.
+    pub workflow_ids: HashSet<String>,
+    /// Only events whose task carries every one of these tags.
+    pub tags: Vec<String>,
+    /// Only task events of these types (other kinds are not affected).
+    pub event_types: Vec<TaskEventType>,
+    /// Only events of these categories (task events are TASK, metrics
+    /// PERFORMANCE).
+    pub categories: Vec<EventCategory>,
+    /// Only events at least this severe.
+    pub min_level: Option<LogLevel>,
+    /// Whether events about single nodes of executions are wanted.
+    pub include_node_events: bool,
+}
+
+impl EventFilter {
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        let context = &event.context;
+        if context.node && !self.include_node_events {
+            return false;
+        }
+        if !self.task_ids.is_empty()
+            && !context
+                .task_id
+                .as_ref()
+                .is_some_and(|id| self.task_ids.contains(id))
+        {
+            return false;
+        }
+        if !self.execution_ids.is_empty()
+            && !context
+                .execution_id
+                .as_ref()
+                .is_some_and(|id| self.execution_ids.contains(id))
+        {
+            return false;
+        }
+        if !self.workflow_ids.is_empty()
+            && !context
+                .workflow_id
+                .as_ref()
+                .is_some_and(|id| self.workflow_ids.contains(id))
+        {
+            return false;
+        }
+        if !self.tags.iter().all(|tag| context.tags.contains(tag)) {
+            return false;
+        }
+        if let EventPayload::Task(task_event) = &event.payload
+            && !self.event_types.is_empty()
+            && !self.event_types.contains(&task_event.event_type)
+        {
+            return false;
+        }
+        if !self.categories.is_empty() && !self.categories.contains(&event.category()) {
+            return false;
+        }
+        self.min_level.is_none_or(|min| event.level() >= min)
+    }
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// A matching event.
+    Event(Arc<Event>),
+    /// Nothing matched for a while; every event up to `last_sequence` was
+    /// passed (resume after it).
+    Heartbeat {
+        /// The last sequence passed.
+        last_sequence: u64,
+    },
+}
+
+/// How a subscription behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    /// Items buffered for the client.
+    pub buffer: usize,
+    /// Idle time before a heartbeat.
+    pub heartbeat: Duration,
+}
+
+/// Starts a subscription: events after `after` (or from now when `None`)
+/// that pass `filter`, on a bounded channel. Refused with
+/// [`RuntimeError::OutOfRange`] when `after` is older than what is kept.
+pub fn subscribe(
+    bus: &EventBus,
+    filter: EventFilter,
+    after: Option<u64>,
+    options: SubscribeOptions,
+) -> Result<mpsc::Receiver<Result<StreamItem, RuntimeError>>, RuntimeError> {
+    // Live first, so nothing published from here on can be missed.
+    let live = bus.subscribe();
+    let start = match after {
+        Some(after) => {
+            if let Err(oldest) = bus.history_after(after, 1) {
+                return Err(RuntimeError::OutOfRange { after, oldest });
+            }
+            after
+        }
+        None => bus.last_sequence(),
+    };
+    let (tx, rx) = mpsc::channel(options.buffer.max(1));
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        let mut pump = Pump {
+            bus,
+            filter,
+            tx,
+            last: start,
+            heartbeat: options.heartbeat,
+        };
+        pump.run(live).await;
+    });
+    Ok(rx)
+}
+
+/// The task behind one subscription.
+struct Pump {
+    bus: EventBus,
+    filter: EventFilter,
+    tx: mpsc::Sender<Result<StreamItem, RuntimeError>>,
+    /// The last sequence passed (delivered or filtered out).
+    last: u64,
+    heartbeat: Duration,
+}
+
+impl Pump {
+    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Event>>) {
+        if !self.catch_up().await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => {
+                        if event.sequence <= self.last {
+                            continue;
+                        }
+                        if event.sequence > self.last + 1 {
+                            // Missed some (should not happen without a lag): history has them.
+                            if !self.catch_up().await {
+                                return;
+                            }
+                            if event.sequence <= self.last {
+                                continue;
+                            }
+                        }
+                        if !self.deliver(event).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        if !self.catch_up().await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep(self.heartbeat) => {
+                    let beat = StreamItem::Heartbeat { last_sequence: self.last };
+                    if self.tx.send(Ok(beat)).await.is_err() {
+                        return;
+                    }
+                }
+                () = self.tx.closed() => return,
+            }
+        }
+    }
+
+    /// Sends `event` if it matches; false when the client is gone.
+    async fn deliver(&mut self, event: Arc<Event>) -> bool {
+        let sequence = event.sequence;
+        if self.filter.matches(&event) && self.tx.send(Ok(StreamItem::Event(event))).await.is_err()
+        {
+            return false;
+        }
+        self.last = sequence;
+        true
+    }
+
+    /// Replays history after `last` until it is exhausted; false when the
+    /// stream must end (client gone, or history no longer reaches back).
+    async fn catch_up(&mut self) -> bool {
+        loop {
+            match self.bus.history_after(self.last, CATCH_UP_PAGE) {
+                Ok(events) if events.is_empty() => return true,
+                Ok(events) => {
+                    for event in events {
+                        if !self.deliver(event).await {
+                            return false;
+                        }
+                    }
+                }
+                Err(_) => {
+                    let end = RuntimeError::SubscriberBehind {
+                        last_sequence: self.last,
+                    };
+                    let _ = self.tx.send(Err(end)).await;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// One page of history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    /// Matching events, oldest first.
+    pub events: Vec<Arc<Event>>,
+    /// Resume after this sequence for the next page; `None` when the page
+    /// reached the newest event.
+    pub next_after: Option<u64>,
+    /// The newest sequence published when the page was read.
+    pub last_sequence: u64,
+}
+
+/// Matching events after `after`, at most `limit`, examining at most
+/// [`MAX_SCANNED_PER_PAGE`] events.
+pub fn list(
+    bus: &EventBus,
+    filter: &EventFilter,
+    after: u64,
+    limit: usize,
+) -> Result<EventPage, RuntimeError> {
+    let newest = bus.last_sequence();
+    let mut events = Vec::new();
+    let mut position = after;
+    let mut scanned = 0;
+    while events.len() < limit && position < newest && scanned < MAX_SCANNED_PER_PAGE {
+        let batch = bus
+            .history_after(position, CATCH_UP_PAGE)
+            .map_err(|oldest| RuntimeError::OutOfRange {
+                after: position,
+                oldest,
+            })?;
+        if batch.is_empty() {
+            break;
+        }
+        for event in batch {
+            scanned += 1;
+            position = event.sequence;
+            if filter.matches(&event) {
+                events.push(event);
+                if events.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(EventPage {
+        events,
+        next_after: (position < newest).then_some(position),
+        last_sequence: newest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::TaskEvent;
+    use crate::runtime::bus::EventContext;
+    use crate::store::{MemoryStore, Store};
+
+    fn context(execution: &str, node: bool) -> EventContext {
+        EventContext {
+            task_id: Some(format!("task-{execution}")),
+            execution_id: Some(execution.to_owned()),
+            workflow_id: None,
+            tags: vec!["ar".into()],
+            node,
+        }
+    }
+
+    fn publish(bus: &EventBus, i: u64) -> u64 {
+        let event = TaskEvent::new(format!("t{i}"), TaskEventType::Progress);
+        bus.publish_task(
+            event,
+            context(
+                if i.is_multiple_of(2) { "even" } else { "odd" },
+                i.is_multiple_of(5),
+            ),
+        )
+    }
+
+    fn options() -> SubscribeOptions {
+        SubscribeOptions {
+            buffer: 4,
+            heartbeat: Duration::from_secs(3600),
+        }
+    }
+
+    async fn collect(
+        rx: &mut mpsc::Receiver<Result<StreamItem, RuntimeError>>,
+        until: u64,
+    ) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Some(item) = rx.recv().await {
+            if let Ok(StreamItem::Event(event)) = item {
+                seen.push(event.sequence);
+                if event.sequence >= until {
+                    break;
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn filters() {
+        let bus = EventBus::new(64, None);
+        for i in 1..=10 {
+            publish(&bus, i);
+        }
+        let all = bus.history_after(0, 100).unwrap();
+        let mut filter = EventFilter {
+            include_node_events: true,
+            ..EventFilter::default()
+        };
+        assert_eq!(all.iter().filter(|e| filter.matches(e)).count(), 10);
+        filter.include_node_events = false;
+        assert_eq!(all.iter().filter(|e| filter.matches(e)).count(), 8);
+        filter.execution_ids.insert("even".into());
+        assert_eq!(all.iter().filter(|e| filter.matches(e)).count(), 4);
+        filter.event_types = vec![TaskEventType::Completed];
+        assert_eq!(all.iter().filter(|e| filter.matches(e)).count(), 0);
+        let filter = EventFilter {
+            min_level: Some(LogLevel::Warning),
+            include_node_events: true,
+            ..EventFilter::default()
+        };
+        assert_eq!(all.iter().filter(|e| filter.matches(e)).count(), 0);
+        let filter = EventFilter {
+            tags: vec!["other".into()],
+            include_node_events: true,
+            ..EventFilter::default()
+        };
+        assert_eq!(all.iter().filter(|e| filter.matches(e)).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_that_is_gone_is_out_of_range() {
+        let bus = EventBus::new(16, None);
+        for i in 1..=40 {
+            publish(&bus, i);
+        }
+        let refused = subscribe(&bus, EventFilter::default(), Some(3), options()).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                RuntimeError::OutOfRange {
+                    after: 3,
+                    oldest: 25
+                }
+            ),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_caught_up_from_the_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let bus = EventBus::new(16, Some(store));
+        let filter = EventFilter {
+            include_node_events: true,
+            ..EventFilter::default()
+        };
+        let mut rx = subscribe(&bus, filter, Some(0), options()).unwrap();
+        // Far more than the live channel and the window hold, while the
+        // subscriber reads nothing.
+        for i in 1..=10_000 {
+            publish(&bus, i);
+        }
+        let seen = collect(&mut rx, 10_000).await;
+        assert_eq!(seen, (1..=10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn without_history_a_slow_subscriber_ends_with_its_position() {
+        let bus = EventBus::new(16, None);
+        let mut rx = subscribe(&bus, EventFilter::default(), Some(0), options()).unwrap();
+        for i in 1..=10_000 {
+            publish(&bus, i);
+        }
+        let mut last_event = 0;
+        loop {
+            match rx.recv().await {
+                Some(Ok(StreamItem::Event(event))) => last_event = event.sequence,
+                Some(Ok(StreamItem::Heartbeat { .. })) => {}
+                Some(Err(RuntimeError::SubscriberBehind { last_sequence })) => {
+                    assert!(last_sequence >= last_event);
+                    assert!(last_sequence < 10_000);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_subscription_gets_heartbeats() {
+        let bus = EventBus::new(16, None);
+        publish(&bus, 1);
+        let mut rx = subscribe(
+            &bus,
+            EventFilter::default(),
+            None,
+            SubscribeOptions {
+                buffer: 4,
+                heartbeat: Duration::from_millis(20),
+            },
+        )
+        .unwrap();
+        match rx.recv().await {
+            Some(Ok(StreamItem::Heartbeat { last_sequence })) => assert_eq!(last_sequence, 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn listing_pages_with_filters() {
+        let bus = EventBus::new(1000, None);
+        for i in 1..=100 {
+            publish(&bus, i);
+        }
+        let filter = EventFilter {
+            execution_ids: HashSet::from(["odd".to_owned()]),
+            include_node_events: true,
+            ..EventFilter::default()
+        };
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = list(&bus, &filter, after, 7).unwrap();
+            seen.extend(page.events.iter().map(|e| e.sequence));
+            match page.next_after {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=100).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Resuming from any sequence while others publish concurrently yields
+        /// every later event exactly once, in order.
+        #[test]
+        fn resume_under_concurrent_publishing_is_exact(
+            before in 0u64..300,
+            resume_frac in 0.0f64..1.0,
+            during in 1u64..2000,
+            window in 16usize..256,
+        ) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+                let bus = EventBus::new(window, Some(store));
+                for i in 1..=before {
+                    publish(&bus, i);
+                }
+                let resume = (before as f64 * resume_frac) as u64;
+                let filter = EventFilter { include_node_events: true, ..EventFilter::default() };
+                let mut rx = subscribe(&bus, filter, Some(resume), options()).unwrap();
+                let publisher = {
+                    let bus = bus.clone();
+                    tokio::spawn(async move {
+                        for i in 1..=during {
+                            publish(&bus, before + i);
+                            if i.is_multiple_of(64) {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    })
+                };
+                let total = before + during;
+                let seen = collect(&mut rx, total).await;
+                publisher.await.unwrap();
+                assert_eq!(seen, ((resume + 1)..=total).collect::<Vec<_>>());
+            });
+        }
+    }
+}
