@@ -526,6 +526,35 @@ fn a_scrape_counts_the_grpc_calls_that_were_made() {
         Some(2.0),
         "{text}"
     );
+    // The runtime's own families count the work of the run: one image
+    // execution (a root task and two node tasks) completed on an up backend.
+    let finished = |task_type: &str| {
+        sample(
+            &samples,
+            "comfy_reality_tasks_finished_total",
+            &[("type", task_type), ("status", "completed")],
+        )
+    };
+    assert_eq!(finished("workflow"), Some(1.0), "{text}");
+    assert_eq!(finished("node"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(
+            &samples,
+            "comfy_reality_tasks_submitted_total",
+            &[("type", "workflow")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(text.contains("comfy_reality_backend_up{"), "{text}");
+    assert!(
+        text.contains("comfy_reality_node_duration_seconds_bucket{class_type=\"SaveImage\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("comfy_reality_events_published_total{kind=\"task\"}"),
+        "{text}"
+    );
     // No id is ever a label.
     for series in samples.values().flatten() {
         for key in series.0.keys() {

@@ -406,14 +406,23 @@ mod tests {
             include_node_events: true,
             ..EventFilter::default()
         };
-        let mut rx = subscribe(&bus, filter, Some(0), options()).unwrap();
-        // Far more than the live channel and the window hold, while the
-        // subscriber reads nothing.
+        let mut slow = subscribe(&bus, filter.clone(), Some(0), options()).unwrap();
+        let mut fast = subscribe(&bus, filter, Some(0), options()).unwrap();
+        let reader = tokio::spawn(async move { collect(&mut fast, 10_000).await });
+        // Far more than the live channel and the window hold, while the slow
+        // subscriber reads nothing and the fast one keeps up.
         for i in 1..=10_000 {
             publish(&bus, i);
+            if i.is_multiple_of(256) {
+                tokio::task::yield_now().await;
+            }
         }
-        let seen = collect(&mut rx, 10_000).await;
-        assert_eq!(seen, (1..=10_000).collect::<Vec<_>>());
+        let everything: Vec<u64> = (1..=10_000).collect();
+        assert_eq!(reader.await.unwrap(), everything);
+        // The slow one held at most its buffer; it is caught up from the store.
+        assert!(slow.len() <= options().buffer);
+        let seen = collect(&mut slow, 10_000).await;
+        assert_eq!(seen, everything);
     }
 
     #[tokio::test]
