@@ -42,6 +42,9 @@ const URL_PASSWORD_PLACEHOLDER: &str = "REDACTED";
 /// How environment variables name themselves as a source.
 const ENV_SOURCE_NAME: &str = "environment variable";
 
+/// The store's file name inside `service.data_dir` when `store.path` is not set.
+pub const STORE_FILE_NAME: &str = "comfy-reality.db";
+
 const DEFAULT_METRICS_PORT: u16 = 9090;
 const MIN_REQUEST_BYTES: usize = 1024;
 const MIN_MEMORY_MB: u64 = 100;
@@ -67,6 +70,9 @@ pub struct Config {
     pub scheduling: SchedulingConfig,
     /// `[events]`: event history and subscriptions (not in the seed).
     pub events: EventsConfig,
+    /// `[store]`: the durable embedded store: where it lives, how long finished work is kept
+    /// (not in the seed).
+    pub store: StoreConfig,
     /// `[[servers]]`: the ComfyUI backends. Default: one server at `http://127.0.0.1:8188`.
     /// Bound: at least one; urls unique; names, where given, unique.
     pub servers: Vec<ServerConfig>,
@@ -80,6 +86,7 @@ impl Default for Config {
             executor: TaskExecutorConfig::default(),
             scheduling: SchedulingConfig::default(),
             events: EventsConfig::default(),
+            store: StoreConfig::default(),
             servers: vec![ServerConfig::default()],
         }
     }
@@ -314,6 +321,81 @@ impl EventsConfig {
     /// `heartbeat_seconds` as a duration.
     pub fn heartbeat(&self) -> Duration {
         seconds(self.heartbeat_seconds)
+    }
+}
+
+/// `[store]`: the durable embedded store (an SQLite file) that keeps tasks, executions with
+/// their prompts, workflows, events and idempotency keys across restarts (not in the seed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The database file, relative to the working directory unless absolute. Default: none,
+    /// meaning `<service.data_dir>/comfy-reality.db` (see [`Config::store_path`]). Bound: not
+    /// empty when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Finished tasks and executions (completed, failed, cancelled), and events, are deleted
+    /// this many days after they last changed. Default: 30. Bound: >= 1.
+    pub retention_days: u32,
+    /// Most events kept; the oldest beyond it are deleted. Default: 1000000. Bound: >= 1.
+    pub max_events: u64,
+    /// How far a commit waits for the disk: `normal` (survives a crash of the process; the
+    /// last commits can be lost on power loss) or `full` (survives power loss, slower).
+    /// Default: `normal`.
+    pub synchronous: StoreSynchronous,
+    /// How often old data is compacted away, in seconds. Default: 3600. Bound: finite, > 0.
+    pub compaction_interval_seconds: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            retention_days: 30,
+            max_events: 1_000_000,
+            synchronous: StoreSynchronous::Normal,
+            compaction_interval_seconds: 3600.0,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// `retention_days` as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retention_days) * 86_400)
+    }
+
+    /// `compaction_interval_seconds` as a duration (zero when out of range, which a validated
+    /// configuration never is).
+    pub fn compaction_interval(&self) -> Duration {
+        seconds(self.compaction_interval_seconds)
+    }
+}
+
+/// How far a store commit waits for the disk (`store.synchronous`), SQLite's `synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreSynchronous {
+    /// Durable across a crash of the process; on power loss the last commits may be lost.
+    #[default]
+    Normal,
+    /// Durable across power loss: every commit waits for the disk.
+    Full,
+}
+
+impl StoreSynchronous {
+    /// The configuration spelling: `normal` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for StoreSynchronous {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -744,6 +826,7 @@ impl Config {
         self.check_executor(&mut out);
         self.check_scheduling(&mut out);
         self.check_events(&mut out);
+        self.check_store(&mut out);
         self.check_servers(&mut out);
         out.0
     }
@@ -909,6 +992,39 @@ impl Config {
                 "must not be empty; leave it out to use <service.data_dir>/artifacts",
             );
         }
+    }
+
+    fn check_store(&self, out: &mut Collector) {
+        let store = &self.store;
+        if store
+            .path
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            out.push(
+                "store.path",
+                "must not be empty; leave it out to use <service.data_dir>/comfy-reality.db",
+            );
+        }
+        if store.retention_days < 1 {
+            out.push("store.retention_days", "must be at least 1, got 0");
+        }
+        if store.max_events < 1 {
+            out.push("store.max_events", "must be at least 1, got 0");
+        }
+        check_seconds(
+            out,
+            "store.compaction_interval_seconds",
+            store.compaction_interval_seconds,
+        );
+    }
+
+    /// The store's database file: `store.path`, else `<service.data_dir>/comfy-reality.db`.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.service.data_dir.join(STORE_FILE_NAME))
     }
 
     /// Where artifacts are kept: `scheduling.artifact_dir`, else `<service.data_dir>/artifacts`.
@@ -1727,6 +1843,18 @@ mod tests {
         assert_eq!(e.cache_size_mb, 1000);
         assert_eq!(e.cache_ttl_seconds, 3600);
 
+        let st = &c.store;
+        assert_eq!(st.path, None);
+        assert_eq!(
+            c.store_path(),
+            PathBuf::from("data").join("comfy-reality.db")
+        );
+        assert_eq!(st.retention_days, 30);
+        assert_eq!(st.retention(), Duration::from_secs(30 * 86_400));
+        assert_eq!(st.max_events, 1_000_000);
+        assert_eq!(st.synchronous, StoreSynchronous::Normal);
+        assert_eq!(st.compaction_interval(), Duration::from_secs(3600));
+
         assert_eq!(c.servers.len(), 1);
         let s = &c.servers[0];
         assert_eq!(s.url, "http://127.0.0.1:8188");
@@ -1899,6 +2027,26 @@ mod tests {
                 |c| c.executor.gpu_memory_fraction = 1.0,
             ),
             (
+                "store.path",
+                |c| c.store.path = Some(PathBuf::new()),
+                |c| c.store.path = Some(PathBuf::from("s.db")),
+            ),
+            (
+                "store.retention_days",
+                |c| c.store.retention_days = 0,
+                |c| c.store.retention_days = 1,
+            ),
+            (
+                "store.max_events",
+                |c| c.store.max_events = 0,
+                |c| c.store.max_events = 1,
+            ),
+            (
+                "store.compaction_interval_seconds",
+                |c| c.store.compaction_interval_seconds = 0.0,
+                |c| c.store.compaction_interval_seconds = 0.001,
+            ),
+            (
                 "servers",
                 |c| c.servers.clear(),
                 |c| c.servers = vec![ServerConfig::with_url("https://comfy.example:443")],
@@ -2040,6 +2188,42 @@ mod tests {
             ]
         );
         assert!(matches!(error, ConfigError::Invalid { .. }));
+    }
+
+    #[test]
+    fn store_section_loads_from_file_and_environment() {
+        let (result, _, _dir) = load_toml(
+            "[service]\ndata_dir = \"/srv/cr\"\n\
+             [store]\nretention_days = 7\nmax_events = 5000\nsynchronous = \"full\"\n\
+             compaction_interval_seconds = 60\n",
+        );
+        let config = result.unwrap();
+        assert_eq!(
+            config.store_path(),
+            PathBuf::from("/srv/cr/comfy-reality.db")
+        );
+        assert_eq!(config.store.retention_days, 7);
+        assert_eq!(config.store.max_events, 5000);
+        assert_eq!(config.store.synchronous, StoreSynchronous::Full);
+        assert_eq!(config.store.compaction_interval(), Duration::from_secs(60));
+
+        let config = load_env(&[
+            ("COMFY_REALITY__STORE__PATH", "/var/lib/cr/state.db"),
+            ("COMFY_REALITY__STORE__SYNCHRONOUS", "full"),
+        ])
+        .unwrap();
+        assert_eq!(config.store_path(), PathBuf::from("/var/lib/cr/state.db"));
+        assert_eq!(config.store.synchronous, StoreSynchronous::Full);
+
+        let (result, _, _dir) = load_toml("[store]\nsynchronous = \"extra\"\n");
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("store.synchronous")
+        );
+        let (result, _, _dir) = load_toml("[store]\nretention = 3\n");
+        assert!(result.unwrap_err().to_string().contains("store.retention"));
     }
 
     #[test]

@@ -31,6 +31,12 @@ use crate::config::Config;
 use crate::model::{JsonObject, NewWorkflow, Task, ValidationError, WorkflowDefinition};
 use crate::store::{ExecutionFilter, Page, Store};
 
+/// A stable 64-bit digest of `bytes` (FNV-1a), the same in every process.
+pub(crate) fn fingerprint_of(bytes: &[u8]) -> u64 {
+    let hex = fingerprint::Fingerprint::default().field(bytes).finish();
+    u64::from_str_radix(&hex, 16).unwrap_or(0)
+}
+
 /// Default page size of listings.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page size of listings.

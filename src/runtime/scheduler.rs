@@ -562,6 +562,58 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Takes in an execution that is already on `backend` (found there after
+    /// a restart of the runtime): running when `started`, else waiting in the
+    /// backend's queue. It counts as in flight (it may push the count past
+    /// `max_concurrent_tasks` once, which only delays new dispatches). Refused
+    /// when the backend is unknown or down, the id is held, or the backend's
+    /// slots are full (the caller then stops the prompt and queues it anew).
+    pub fn adopt(
+        &mut self,
+        key: ExecutionKey,
+        backend: BackendId,
+        started: bool,
+    ) -> Result<(), SchedulerError> {
+        if self.entries.contains_key(&key.id) {
+            return Err(SchedulerError::AlreadyScheduled(key.id));
+        }
+        let known = self.backend(backend)?;
+        if !known.up || known.slots.len() >= SLOTS_PER_BACKEND {
+            return Err(SchedulerError::NotOnBackend {
+                id: key.id,
+                backend,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.entries.insert(
+            key.id,
+            Entry {
+                priority: key.priority,
+                seq,
+                required: key.required,
+                place: Place::OnBackend(OnBackend {
+                    backend,
+                    started,
+                    taking_back: false,
+                    take_back_refused: started,
+                    cancel_requested: false,
+                }),
+            },
+        );
+        if let Some(known) = self.backends.get_mut(&backend) {
+            if started && known.slots.front.is_some() {
+                // The running one goes first; the one there waits behind it.
+                known.slots.back = known.slots.front.take();
+                known.slots.front = Some(key.id);
+            } else {
+                known.slots.push(key.id);
+            }
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
     /// Cancels an execution wherever it is; idempotent.
     pub fn cancel(&mut self, id: ExecutionId) -> CancelOutcome {
         let Some(entry) = self.entries.get_mut(&id) else {
@@ -1179,6 +1231,38 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn adopted_executions_hold_their_backend_slots() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_queue_len: 10,
+            max_concurrent_tasks: 4,
+        });
+        s.backend_up(BackendId(0), ["A"]);
+        let key = |id| ExecutionKey {
+            id: ExecutionId(id),
+            priority: TaskPriority::Normal,
+            required: RequiredClasses::none(),
+        };
+        s.adopt(key(1), BackendId(0), false).unwrap();
+        s.adopt(key(2), BackendId(0), true).unwrap();
+        let status = s.backend_status(BackendId(0)).unwrap();
+        assert_eq!(status.running, Some(ExecutionId(2)));
+        assert_eq!(status.waiting, [ExecutionId(1)]);
+        assert!(s.adopt(key(3), BackendId(0), false).is_err());
+        assert!(s.adopt(key(2), BackendId(0), false).is_err());
+        // A queued one waits for the slots the adopted ones free.
+        s.submit(key(3)).unwrap();
+        assert!(s.next_actions().is_empty());
+        s.prompt_finished(BackendId(0), ExecutionId(2)).unwrap();
+        assert_eq!(
+            s.next_actions(),
+            [Action::Dispatch {
+                id: ExecutionId(3),
+                backend: BackendId(0)
+            }]
+        );
     }
 
     #[test]

@@ -142,6 +142,39 @@ impl TaskRegistry {
         }
     }
 
+    /// Rebuilds the dependency indices from the store's unfinished tasks
+    /// (after a restart: only tasks still waiting need them).
+    pub(crate) fn rebuild_indices(&self) -> Result<(), RuntimeError> {
+        let filter = TaskFilter {
+            statuses: vec![
+                TaskStatus::Pending,
+                TaskStatus::Queued,
+                TaskStatus::Running,
+                TaskStatus::Retrying,
+            ],
+            ..TaskFilter::default()
+        };
+        let mut after = None;
+        loop {
+            let page = self.store.list_tasks(&filter, after, 1000)?;
+            for task in &page.items {
+                for dep in &task.dependencies {
+                    match dep.dependency_type {
+                        DependencyType::Blocks => {
+                            self.add_hold(&dep.task_id, &task.id);
+                            self.add_dependent(&task.id, &dep.task_id, DependencyType::Optional);
+                        }
+                        kind => self.add_dependent(&dep.task_id, &task.id, kind),
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Records that `waiter` waits for `dependency` to end, as `kind`.
     pub(crate) fn add_dependent(&self, dependency: &str, waiter: &str, kind: DependencyType) {
         self.dependents

@@ -44,6 +44,8 @@ struct Inner {
     execution_keys: HashMap<String, (String, String)>,
     /// The newest events, oldest first.
     events: std::collections::VecDeque<Event>,
+    /// Values the runtime keeps about itself.
+    meta: HashMap<String, String>,
 }
 
 impl Inner {
@@ -283,6 +285,15 @@ impl Store for MemoryStore {
             items,
             next: if more { last } else { None },
         })
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.meta.get(key).cloned())
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock()?.meta.insert(key.to_owned(), value.to_owned());
+        Ok(())
     }
 
     fn append_event(&self, event: &Event) -> Result<(), StoreError> {

@@ -1,10 +1,18 @@
-//! The `Store` trait: where tasks, idempotency keys and registered workflows
-//! live. Implementations keep data; they never drive execution or decide
-//! state changes (that is the runtime's job).
+//! The `Store` trait: where tasks, executions, events, idempotency keys and
+//! registered workflows live, with its two implementations: `MemoryStore`
+//! (tests, throwaway runs) and `SqliteStore` (durable, the default).
+//! Implementations keep data; they never drive execution or decide state
+//! changes (that is the runtime's job).
 
+#[cfg(test)]
+mod conformance;
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{CompactionReport, RetentionPolicy, SqliteOptions, SqliteStore};
+
+use std::path::PathBuf;
 
 use bytes::Bytes;
 
@@ -18,6 +26,18 @@ pub enum StoreError {
     /// panic elsewhere); the message is for logs.
     #[error("store is unavailable: {0}")]
     Unavailable(String),
+    /// The store could not be opened at startup: locked by another process,
+    /// not a database, unwritable, or written by a newer version.
+    #[error("cannot open the store at {}: {reason}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong, for the operator.
+        reason: String,
+    },
+    /// A stored row could not be read back into its domain type.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// Which tasks a listing returns. Empty lists mean "no filter".
@@ -184,6 +204,11 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page<WorkflowExecution, u64>, StoreError>;
+
+    /// A value the runtime keeps about itself (e.g. its instance id).
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a value the runtime keeps about itself.
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
 
     /// Appends a published event (sequence numbers strictly increase). A
     /// store may drop its oldest events to stay bounded.

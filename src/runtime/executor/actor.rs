@@ -86,6 +86,38 @@ pub(crate) enum Msg {
     },
     /// A retry's back-off elapsed.
     RetryDue { sched: ExecutionId, attempt: u64 },
+    /// Where a backend has the prompt of an execution recovered after a
+    /// restart of the runtime.
+    Reconciled {
+        sched: ExecutionId,
+        attempt: u64,
+        found: Found,
+    },
+}
+
+/// What a backend knows of a recovered execution's prompt.
+pub(crate) enum Found {
+    /// It ended; its outcome (artifacts downloaded).
+    Ended(Outcome),
+    /// It runs there now.
+    Running,
+    /// It waits in the backend's queue.
+    Pending,
+    /// The backend has no record of it (it restarted too).
+    Unknown,
+    /// The backend could not be asked.
+    Unreachable,
+}
+
+/// How an execution enters the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Just submitted: wait for dependencies, then queue.
+    Fresh,
+    /// A retry (manual, or RETRYING/QUEUED after a restart): queue now.
+    Retry,
+    /// RUNNING when the runtime stopped: hold until its backend answers.
+    Recovering,
 }
 
 /// Where a live execution is.
@@ -97,6 +129,9 @@ enum Phase {
     Scheduled,
     /// RETRYING: back-off running.
     RetryWait,
+    /// RUNNING when the runtime stopped: waiting for its backend to say
+    /// where the prompt is.
+    Recovering,
 }
 
 /// The current attempt of a live execution.
@@ -130,6 +165,8 @@ struct Live {
     workflow_id: String,
     /// Its tags.
     tags: Vec<String>,
+    /// For a recovered RUNNING execution: its backend's name and prompt id.
+    recovered: Option<(String, String)>,
 }
 
 pub(crate) struct Actor {
@@ -177,6 +214,7 @@ impl Actor {
         mut ended: mpsc::UnboundedReceiver<String>,
         cancel: CancellationToken,
     ) {
+        self.recover();
         loop {
             tokio::select! {
                 biased;
@@ -235,6 +273,7 @@ impl Actor {
                 let count = classes.len();
                 self.scheduler.backend_up(backend, classes);
                 self.backend_event(backend, true, format!("{count} node classes"));
+                self.reconcile_on(backend);
                 self.fail_unrunnable();
             }
             Msg::BackendDown { backend } => self.backend_down(backend),
@@ -255,6 +294,11 @@ impl Actor {
                 attempt,
                 taken,
             } => self.take_back_done(sched, attempt, taken),
+            Msg::Reconciled {
+                sched,
+                attempt,
+                found,
+            } => self.reconciled(sched, attempt, found),
             Msg::RetryDue { sched, attempt } => {
                 if let Some(live) = self.live.get(&sched)
                     && live.phase == Phase::RetryWait
@@ -273,6 +317,18 @@ impl Actor {
     /// Loads a stored execution into the actor and queues it (or waits for
     /// its dependencies). `retrying`: a manual retry of a FAILED execution.
     fn admit(&mut self, execution_id: &str, retrying: bool) {
+        self.admit_as(
+            execution_id,
+            if retrying {
+                Admission::Retry
+            } else {
+                Admission::Fresh
+            },
+        );
+    }
+
+    fn admit_as(&mut self, execution_id: &str, admission: Admission) {
+        let retrying = admission != Admission::Fresh;
         let loaded = self.load(execution_id);
         let (execution_root, required, node_tasks, root) = match loaded {
             Ok(Some(parts)) => parts,
@@ -315,10 +371,17 @@ impl Actor {
                 .unwrap_or_default()
                 .to_owned(),
             tags: root.tags.iter().cloned().collect(),
+            recovered: None,
         };
         self.by_id.insert(live.id.clone(), sched);
         self.by_root.insert(live.root.clone(), sched);
         self.live.insert(sched, live);
+        if admission == Admission::Recovering {
+            if let Some(live) = self.live.get_mut(&sched) {
+                live.phase = Phase::Recovering;
+            }
+            return;
+        }
         if retrying {
             self.enqueue(sched);
             return;
@@ -395,6 +458,285 @@ impl Actor {
                 }
             }
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Recovery after a restart of the runtime
+    // -----------------------------------------------------------------------------------------
+
+    /// Takes back every execution the store says has not ended: PENDING and
+    /// QUEUED ones return to the queue in their original order (priority
+    /// then creation), RETRYING ones too, and RUNNING ones wait for their
+    /// backend to say where their prompt is.
+    fn recover(&mut self) {
+        if let Err(error) = self.shared.tasks.rebuild_indices() {
+            tracing::error!(%error, "dependency indices could not be rebuilt");
+        }
+        let filter = crate::store::ExecutionFilter {
+            statuses: vec![
+                TaskStatus::Pending,
+                TaskStatus::Queued,
+                TaskStatus::Running,
+                TaskStatus::Retrying,
+            ],
+            ..Default::default()
+        };
+        let mut after = None;
+        let mut recovered = 0usize;
+        loop {
+            let page = match self.shared.store.list_executions(&filter, after, 1000) {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(%error, "executions to recover could not be read");
+                    return;
+                }
+            };
+            for execution in page.items {
+                recovered += 1;
+                self.shared.backlog.fetch_add(1, Ordering::SeqCst);
+                match execution.status() {
+                    TaskStatus::Running => self.admit_recovering(&execution),
+                    TaskStatus::Retrying => self.admit(&execution.id, true),
+                    _ => self.admit(&execution.id, false),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        if recovered > 0 {
+            let mut data = JsonObject::new();
+            data.insert("executions".into(), Value::from(recovered));
+            self.shared.runtime_event(
+                EventCategory::System,
+                LogLevel::Info,
+                "executions.recovered",
+                format!("{recovered} unfinished execution(s) taken back after a restart"),
+                data,
+                EventContext::default(),
+            );
+        }
+    }
+
+    /// A RUNNING execution after a restart: held until its backend answers.
+    fn admit_recovering(&mut self, execution: &crate::model::WorkflowExecution) {
+        let (Some(backend), Some(prompt_id)) =
+            (execution.backend.clone(), execution.prompt_id.clone())
+        else {
+            // Never handed over: run it anew.
+            self.admit(&execution.id, true);
+            return;
+        };
+        let known = self
+            .shared
+            .pool
+            .backends()
+            .iter()
+            .any(|b| b.name == backend);
+        if !known {
+            // Its backend is no longer configured: run it anew.
+            self.admit(&execution.id, true);
+            return;
+        }
+        self.admit_as(&execution.id, Admission::Recovering);
+        let Some(&sched) = self.by_id.get(&execution.id) else {
+            return;
+        };
+        if let Some(live) = self.live.get_mut(&sched) {
+            live.recovered = Some((backend, prompt_id));
+        }
+        let message =
+            "recovered after a restart; asking its backend where its prompt is".to_owned();
+        self.update_root(sched, |task| {
+            task.progress_message = Some(message);
+            Ok(())
+        });
+    }
+
+    /// Asks `backend` where the prompts of the recovered executions it had are.
+    fn reconcile_on(&mut self, backend_id: BackendId) {
+        let Some(backend) = self.shared.pool.get(backend_id).cloned() else {
+            return;
+        };
+        let waiting: Vec<(ExecutionId, u64, String, String)> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Recovering)
+            .filter_map(|(sched, l)| {
+                let (name, prompt) = l.recovered.as_ref()?;
+                (*name == backend.name).then(|| (*sched, l.attempt, prompt.clone(), l.id.clone()))
+            })
+            .collect();
+        for (sched, attempt, prompt_id, execution_id) in waiting {
+            let backend = Arc::clone(&backend);
+            let shared = Arc::clone(&self.shared);
+            let tx = self.tx.clone();
+            self.tracker.spawn(async move {
+                let found = match backend.client().locate(&prompt_id).await {
+                    Ok(PromptLocation::Finished(entry)) => Found::Ended(
+                        attempt::collect(&shared, &backend, &execution_id, *entry).await,
+                    ),
+                    Ok(PromptLocation::Running(_)) => Found::Running,
+                    Ok(PromptLocation::Pending(_)) => Found::Pending,
+                    Ok(PromptLocation::Unknown) => Found::Unknown,
+                    Err(_) => Found::Unreachable,
+                };
+                let _ = tx.send(Msg::Reconciled {
+                    sched,
+                    attempt,
+                    found,
+                });
+            });
+        }
+    }
+
+    fn reconciled(&mut self, sched: ExecutionId, attempt: u64, found: Found) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        if live.phase != Phase::Recovering || live.attempt != attempt {
+            return;
+        }
+        let Some((name, prompt_id)) = live.recovered.clone() else {
+            return;
+        };
+        let backend = self
+            .shared
+            .pool
+            .backends()
+            .iter()
+            .find(|b| b.name == name)
+            .cloned();
+        tracing::info!(execution_id = %live.id, backend = %name, %prompt_id, "recovered execution reconciled");
+        match found {
+            Found::Ended(outcome) => {
+                if let Some(live) = self.live.get_mut(&sched) {
+                    live.phase = Phase::Scheduled;
+                }
+                self.settle_recovered(sched, outcome);
+            }
+            Found::Running | Found::Pending => {
+                let started = matches!(found, Found::Running);
+                let Some(backend) = backend else { return };
+                let key = ExecutionKey {
+                    id: sched,
+                    priority: live.priority,
+                    required: live.required.clone(),
+                };
+                if self.scheduler.adopt(key, backend.id, started).is_ok() {
+                    self.attach(sched, &backend, prompt_id, started);
+                } else {
+                    // No slot for it: stop it there and run it anew here.
+                    let client = backend.client().clone();
+                    self.tracker.spawn(async move {
+                        if started {
+                            let _ = client.interrupt(&prompt_id).await;
+                        } else {
+                            let _ = client.delete_from_queue(&[prompt_id]).await;
+                        }
+                    });
+                    if let Some(live) = self.live.get_mut(&sched) {
+                        live.phase = Phase::Scheduled;
+                        live.recovered = None;
+                    }
+                    self.enqueue(sched);
+                }
+            }
+            Found::Unknown => {
+                if let Some(live) = self.live.get_mut(&sched) {
+                    live.phase = Phase::Scheduled;
+                    live.recovered = None;
+                }
+                let failure = Failure::transient(
+                    FailureKind::PromptLost,
+                    format!("after a restart, backend {name} had no record of prompt {prompt_id}"),
+                );
+                self.failed(sched, &failure);
+            }
+            // The next BackendUp asks again.
+            Found::Unreachable => {}
+        }
+    }
+
+    /// Ends a recovered execution whose prompt ended unwatched.
+    fn settle_recovered(&mut self, sched: ExecutionId, outcome: Outcome) {
+        let cancelled = self
+            .live
+            .get(&sched)
+            .is_some_and(|l| l.cancel_reason.is_some());
+        match outcome {
+            Outcome::Success { outputs, artifacts } => {
+                self.end_completed(sched, outputs, artifacts)
+            }
+            Outcome::Interrupted | Outcome::Failed(_) if cancelled => {
+                let reason = live_reason(self.live.get(&sched));
+                self.end_cancelled(sched, reason);
+            }
+            Outcome::Interrupted => self.end_failed(
+                sched,
+                &Failure::permanent(
+                    FailureKind::Interrupted,
+                    "the prompt was interrupted on the backend while the runtime was down",
+                ),
+            ),
+            Outcome::Failed(failure) => self.failed(sched, &failure),
+        }
+    }
+
+    /// Follows a recovered prompt that is still on `backend`.
+    fn attach(
+        &mut self,
+        sched: ExecutionId,
+        backend: &Arc<super::pool::Backend>,
+        prompt_id: String,
+        started: bool,
+    ) {
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
+        };
+        live.phase = Phase::Scheduled;
+        live.recovered = None;
+        live.attempt += 1;
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let abandon = CancellationToken::new();
+        live.run = Some(Run {
+            backend: backend.id,
+            prompt_id: Some(prompt_id.clone()),
+            control,
+            abandon: abandon.clone(),
+            take_back_pending: false,
+        });
+        let spec = AttemptSpec {
+            sched,
+            attempt: live.attempt,
+            execution_id: live.id.clone(),
+            prompt_id: Uuid::new_v4(),
+            attach: Some(prompt_id),
+            prompt: Value::Null,
+            node_tasks: Arc::clone(&live.node_tasks),
+            timeout: live.timeout,
+        };
+        self.tracker.spawn(attempt::run(
+            Arc::clone(&self.shared),
+            Arc::clone(backend),
+            spec,
+            control_rx,
+            abandon,
+            self.tx.clone(),
+        ));
+        let message = if started {
+            format!("recovered after a restart; executing on {}", backend.name)
+        } else {
+            format!(
+                "recovered after a restart; waiting in {}'s queue",
+                backend.name
+            )
+        };
+        self.update_root(sched, |task| {
+            task.progress_message = Some(message);
+            Ok(())
+        });
     }
 
     // -----------------------------------------------------------------------------------------
@@ -497,6 +839,7 @@ impl Actor {
             attempt: live.attempt,
             execution_id: live.id.clone(),
             prompt_id,
+            attach: None,
             prompt,
             node_tasks: Arc::clone(&live.node_tasks),
             timeout: live.timeout,
@@ -943,6 +1286,24 @@ impl Actor {
             live.cancel_reason = Some(reason.unwrap_or_else(|| "cancelled on request".into()));
         }
         match live.phase {
+            Phase::Recovering => {
+                // Its prompt may still be on its backend: stop it there, best
+                // effort (the backend may be down), and end it here.
+                if let Some((name, prompt_id)) = live.recovered.clone()
+                    && let Some(backend) =
+                        self.shared.pool.backends().iter().find(|b| b.name == name)
+                {
+                    let client = backend.client().clone();
+                    self.tracker.spawn(async move {
+                        let _ = client
+                            .delete_from_queue(std::slice::from_ref(&prompt_id))
+                            .await;
+                        let _ = client.interrupt(&prompt_id).await;
+                    });
+                }
+                let reason = live_reason(Some(live));
+                self.end_cancelled(sched, reason);
+            }
             Phase::WaitingDeps | Phase::RetryWait => {
                 let reason = live_reason(Some(live));
                 self.end_cancelled(sched, reason);

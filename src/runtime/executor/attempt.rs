@@ -46,6 +46,9 @@ pub(crate) struct AttemptSpec {
     pub execution_id: String,
     /// The prompt id to post with.
     pub prompt_id: Uuid,
+    /// Set when the prompt is already on the backend (found there after a
+    /// restart of the runtime): follow it under this id instead of posting.
+    pub attach: Option<String>,
     /// The prompt, as POST /prompt takes it.
     pub prompt: Value,
     /// Node id -> its NODE task id.
@@ -59,6 +62,23 @@ pub(crate) struct AttemptSpec {
 pub(crate) enum Control {
     /// Interrupt the prompt (it was cancelled).
     Interrupt,
+}
+
+/// Follows a prompt already on the backend. Its earlier messages went to a
+/// socket that no longer exists; the watch's reconciliation (on silence)
+/// reads its outcome from history if it ends unheard.
+async fn attach(
+    backend: &Backend,
+    prompt_id: &str,
+) -> Result<(PromptWatch, crate::comfy::wire::PromptResponse), ComfyError> {
+    let mut watch = backend.socket.watch(prompt_id).await?;
+    watch.confirm(prompt_id).await?;
+    let response = crate::comfy::wire::PromptResponse {
+        prompt_id: prompt_id.to_owned(),
+        number: serde_json::Number::from(0),
+        node_errors: Default::default(),
+    };
+    Ok((watch, response))
 }
 
 /// How an attempt ended.
@@ -97,7 +117,10 @@ pub(crate) async fn run(
             // Messages for a clientId without a socket are dropped by ComfyUI:
             // wait (briefly) for the socket; reconciliation covers the rest.
             let _ = tokio::time::timeout(SOCKET_WAIT, backend.socket.wait_connected()).await;
-            backend.socket.submit(spec.prompt_id, &spec.prompt, None).await
+            match &spec.attach {
+                Some(prompt_id) => attach(&backend, prompt_id).await,
+                None => backend.socket.submit(spec.prompt_id, &spec.prompt, None).await,
+            }
         } => result,
         () = abandon.cancelled() => return,
     };
@@ -418,6 +441,56 @@ fn node_failure(node: &str, node_type: &str, exception_type: &str, message: &str
         Failure::transient(FailureKind::OutOfMemory, text)
     } else {
         Failure::permanent(FailureKind::NodeExecution, text)
+    }
+}
+
+/// The outcome of a prompt that ended while nobody watched (found finished
+/// in history after a restart of the runtime), its artifacts downloaded.
+pub(crate) async fn collect(
+    shared: &Shared,
+    backend: &Backend,
+    execution_id: &str,
+    entry: crate::comfy::wire::HistoryEntry,
+) -> Outcome {
+    use crate::comfy::wire::HistoryOutcome;
+    match entry.outcome() {
+        HistoryOutcome::Success => {
+            let files = artifacts::artifact_files(execution_id, &entry.outputs);
+            match artifacts::download(
+                backend.client(),
+                &shared.settings.artifact_dir,
+                execution_id,
+                &files,
+            )
+            .await
+            {
+                Ok(written) => Outcome::Success {
+                    outputs: outputs_json(&entry.outputs),
+                    artifacts: written,
+                },
+                Err(error) => Outcome::Failed(Failure::transient(
+                    FailureKind::BackendUnavailable,
+                    format!(
+                        "downloading the outputs from {} failed: {error}",
+                        backend.name
+                    ),
+                )),
+            }
+        }
+        HistoryOutcome::Error(error) => Outcome::Failed(node_failure(
+            &error.node_id,
+            &error.node_type,
+            &error.exception_type,
+            &error.exception_message,
+        )),
+        HistoryOutcome::Interrupted(_) => Outcome::Interrupted,
+        HistoryOutcome::Failed => Outcome::Failed(Failure::permanent(
+            FailureKind::NodeExecution,
+            format!(
+                "the prompt failed on {} (its history gives no reason)",
+                backend.name
+            ),
+        )),
     }
 }
 

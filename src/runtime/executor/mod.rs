@@ -445,7 +445,8 @@ impl Executor {
         cancel: &CancellationToken,
     ) -> Result<Self, RuntimeError> {
         let settings = Settings::from_config(config);
-        let pool = Pool::start(&config.servers, cancel)
+        let instance = instance_id(store.as_ref())?;
+        let pool = Pool::start(&config.servers, instance, cancel)
             .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         let shared = Arc::new(Shared {
             tasks: Arc::clone(&tasks),
@@ -993,6 +994,21 @@ impl Executor {
             .ok()?;
         answer.await.ok().flatten()
     }
+}
+
+/// This runtime's instance id, kept in the store so that it survives a
+/// restart: the ComfyUI client ids derive from it, so a restarted runtime
+/// receives the messages of the prompts it posted before.
+fn instance_id(store: &dyn Store) -> Result<uuid::Uuid, RuntimeError> {
+    const KEY: &str = "instance_id";
+    if let Some(id) = store.meta(KEY)?
+        && let Ok(id) = uuid::Uuid::parse_str(&id)
+    {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4();
+    store.set_meta(KEY, &id.hyphenated().to_string())?;
+    Ok(id)
 }
 
 fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) -> RuntimeError {

@@ -87,7 +87,11 @@ pub(crate) struct Pool {
 impl Pool {
     /// Builds a client and starts a socket task per server. Fails on a server
     /// whose configuration cannot be used (validated configuration never does).
-    pub fn start(servers: &[ServerConfig], cancel: &CancellationToken) -> Result<Self, ComfyError> {
+    pub fn start(
+        servers: &[ServerConfig],
+        instance: Uuid,
+        cancel: &CancellationToken,
+    ) -> Result<Self, ComfyError> {
         let mut backends = Vec::with_capacity(servers.len());
         for (index, server) in servers.iter().enumerate() {
             let client = ComfyClient::new(server)?;
@@ -97,7 +101,7 @@ impl Pool {
                 .unwrap_or_else(|| client.server().to_owned());
             let socket = BackendSocket::spawn(
                 client,
-                Uuid::new_v4().hyphenated().to_string(),
+                client_id(instance, &server.url).hyphenated().to_string(),
                 SocketSettings::from_config(server),
                 cancel.child_token(),
             );
@@ -150,6 +154,15 @@ impl Pool {
             backend.socket.shutdown().await;
         }
     }
+}
+
+/// The ComfyUI client id of this runtime instance on the backend at `url`:
+/// stable across restarts (ComfyUI sends a prompt's messages only to the
+/// client id that posted it), different per runtime instance and backend.
+fn client_id(instance: Uuid, url: &str) -> Uuid {
+    let digest = crate::runtime::fingerprint_of(url.as_bytes());
+    let bits = instance.as_u128() ^ u128::from(digest);
+    uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid()
 }
 
 /// Probes `backend` every `interval` (or when woken) and reports changes.
