@@ -143,10 +143,12 @@ pub struct RuntimeConfig {
     pub task_timeout_seconds: f64,
     /// Wait before a failed task is retried, in seconds. Default: 5. Bound: finite, > 0.
     pub task_retry_delay_seconds: f64,
-    /// Where queued tasks are kept. Default: `memory`. One of `memory`, `redis`, `rabbitmq`.
+    /// Where tasks, executions and events are kept. Default: `sqlite` (durable, in
+    /// [`Config::store_path`]; the seed's default is `memory`). One of `sqlite`, `memory`,
+    /// `redis`, `rabbitmq`.
     pub queue_type: QueueType,
     /// Address of the queue broker. Default: none. Bound: required (not blank) when
-    /// `queue_type` is not `memory`. A password in it is redacted when printed.
+    /// `queue_type` is `redis` or `rabbitmq`. A password in it is redacted when printed.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "serialize_redacted_opt_url"
@@ -178,7 +180,7 @@ impl Default for RuntimeConfig {
             max_concurrent_tasks: 10,
             task_timeout_seconds: 300.0,
             task_retry_delay_seconds: 5.0,
-            queue_type: QueueType::Memory,
+            queue_type: QueueType::Sqlite,
             queue_url: None,
             log_level: LogLevel::Info,
             log_format: LogFormat::Json,
@@ -403,8 +405,11 @@ impl fmt::Display for StoreSynchronous {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
-    /// In-process queue; needs no `queue_url`.
+    /// The durable embedded store: an SQLite file (`[store]`); needs no `queue_url`. Not in
+    /// the seed.
     #[default]
+    Sqlite,
+    /// In-process queue, lost when the process exits; needs no `queue_url`.
     Memory,
     /// A Redis broker at `queue_url`.
     Redis,
@@ -413,9 +418,10 @@ pub enum QueueType {
 }
 
 impl QueueType {
-    /// The configuration spelling: `memory`, `redis` or `rabbitmq`.
+    /// The configuration spelling: `sqlite`, `memory`, `redis` or `rabbitmq`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Sqlite => "sqlite",
             Self::Memory => "memory",
             Self::Redis => "redis",
             Self::Rabbitmq => "rabbitmq",
@@ -896,7 +902,8 @@ impl Config {
             .queue_url
             .as_deref()
             .is_none_or(|url| url.trim().is_empty());
-        if runtime.queue_type != QueueType::Memory && queue_url_missing {
+        let needs_broker = matches!(runtime.queue_type, QueueType::Redis | QueueType::Rabbitmq);
+        if needs_broker && queue_url_missing {
             out.push_blaming(
                 "runtime.queue_url",
                 format!(
@@ -1821,7 +1828,8 @@ mod tests {
         assert_eq!(r.max_concurrent_tasks, 10);
         assert_eq!(r.task_timeout_seconds, 300.0);
         assert_eq!(r.task_retry_delay_seconds, 5.0);
-        assert_eq!(r.queue_type, QueueType::Memory);
+        // Not the seed's `memory`: durable by default.
+        assert_eq!(r.queue_type, QueueType::Sqlite);
         assert_eq!(r.queue_url, None);
         assert_eq!(r.log_level, LogLevel::Info);
         assert_eq!(r.log_format, LogFormat::Json);
@@ -1874,7 +1882,7 @@ mod tests {
     #[test]
     fn enums_use_the_seed_spelling() {
         let json = serde_json::to_value(Config::default()).unwrap();
-        assert_eq!(json["runtime"]["queue_type"], "memory");
+        assert_eq!(json["runtime"]["queue_type"], "sqlite");
         assert_eq!(json["runtime"]["log_level"], "info");
         assert_eq!(json["runtime"]["log_format"], "json");
         assert_eq!(json["executor"]["optimization_level"], "O2");
@@ -2227,6 +2235,15 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_and_memory_need_no_queue_url() {
+        for queue_type in ["sqlite", "memory"] {
+            let (result, _, _dir) =
+                load_toml(&format!("[runtime]\nqueue_type = \"{queue_type}\"\n"));
+            assert_eq!(result.unwrap().runtime.queue_type.as_str(), queue_type);
+        }
+    }
+
+    #[test]
     fn queue_url_is_required_for_redis_and_blames_the_queue_type_source() {
         let (result, path, _dir) = load_toml("[runtime]\nqueue_type = \"redis\"\n");
         let error = result.unwrap_err();
@@ -2412,7 +2429,7 @@ mod tests {
         assert!(
             violation
                 .message
-                .starts_with("unknown value `kafka`; expected one of `memory`"),
+                .starts_with("unknown value `kafka`; expected one of `sqlite`, `memory`"),
             "{error}"
         );
     }

@@ -16,7 +16,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::request_context::RequestContextLayer;
 use crate::api::{AdminApi, EventApi, ExecutionApi, TaskApi, WorkflowApi};
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::drain::CuttableStream;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
@@ -24,7 +24,7 @@ use crate::pb::execution_service_server::ExecutionServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::pb::workflow_service_server::WorkflowServiceServer;
 use crate::runtime::Runtime;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError};
 use crate::telemetry::grpc_metrics::GrpcMetricsLayer;
 
 /// Health service name that stays SERVING while the process lives.
@@ -56,6 +56,26 @@ pub enum ServeError {
     /// The runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// The store could not be opened (locked, corrupt, unwritable); the
+    /// message names its path.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The store `runtime.queue_type` names. Redis and RabbitMQ are accepted by the
+/// configuration but not implemented: they keep state in process, as `memory` does.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match config.runtime.queue_type {
+        QueueType::Sqlite => {
+            let path = config.store_path();
+            let store = SqliteStore::open_with(&path, SqliteOptions::from_config(config))?;
+            tracing::info!(path = %path.display(), "durable store opened");
+            Ok(Arc::new(store))
+        }
+        QueueType::Memory | QueueType::Redis | QueueType::Rabbitmq => {
+            Ok(Arc::new(MemoryStore::new()))
+        }
+    }
 }
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus, include_liveness: bool) {
@@ -77,7 +97,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let grace = config.service.shutdown_grace();
     let max_message = config.service.max_request_bytes;
-    let runtime = Runtime::new(config, Arc::new(MemoryStore::new()))?;
+    let store = open_store(&config)?;
+    let runtime = Runtime::new(config, store)?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::Serving, true).await;

@@ -242,7 +242,7 @@ async fn runtime_info_reports_version_and_seed_defaults() {
     assert_eq!(config.max_concurrent_tasks, 10);
     assert_eq!(config.task_timeout_seconds, 300.0);
     assert_eq!(config.task_retry_delay_seconds, 5.0);
-    assert_eq!(config.queue_type(), QueueType::Memory);
+    assert_eq!(config.queue_type(), QueueType::Sqlite);
     assert_eq!(config.queue_url, None);
     assert_eq!(config.log_level(), LogLevel::Info);
     assert_eq!(config.log_format(), LogFormat::Json);

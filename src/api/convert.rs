@@ -605,6 +605,7 @@ pub fn config_to_pb(config: &Config) -> pb::RuntimeConfig {
         task_timeout_seconds: r.task_timeout_seconds,
         task_retry_delay_seconds: r.task_retry_delay_seconds,
         queue_type: match r.queue_type {
+            QueueType::Sqlite => pb::QueueType::Sqlite,
             QueueType::Memory => pb::QueueType::Memory,
             QueueType::Redis => pb::QueueType::Redis,
             QueueType::Rabbitmq => pb::QueueType::Rabbitmq,

@@ -340,6 +340,11 @@ impl Drop for SqliteStore {
         if let Some(compactor) = self.compactor.take() {
             compactor.stop();
         }
+        // Readers close first, so that the writer's connection is the last
+        // one: closing it checkpoints the WAL into the file and removes it.
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.clear();
+        }
         // Nothing else can submit now: `drop` has the store to itself.
         let _ = self.commands.send(Command::Stop);
         if let Some(writer) = self.writer.take() {
@@ -1716,7 +1721,12 @@ mod tests {
     #[test]
     fn the_file_is_in_wal_mode_with_incremental_vacuum() {
         let (dir, store) = temp_store();
+        // A read leaves a read connection in the pool when the store closes.
+        let made = created(store.create_task(task("t"), None).unwrap());
+        assert!(store.get_task(&made.id).unwrap().is_some());
         drop(store);
+        // A clean close folds the WAL back into the file.
+        assert!(!dir.path().join("store.db-wal").exists());
         let conn = Connection::open(dir.path().join("store.db")).unwrap();
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -1730,6 +1740,23 @@ mod tests {
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn synchronous_follows_the_options() {
+        for (synchronous, expected) in [(StoreSynchronous::Normal, 1), (StoreSynchronous::Full, 2)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let options = SqliteOptions {
+                synchronous,
+                ..SqliteOptions::default()
+            };
+            let store = SqliteStore::open_with(&dir.path().join("store.db"), options).unwrap();
+            let level: i64 = store
+                .write(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(level, expected, "{synchronous}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct TestServer {
     token: CancellationToken,
     /// The server task; `None` once `shutdown` awaited it.
     handle: Option<JoinHandle<Result<(), comfy_reality::ServeError>>>,
+    /// The directory of the server's own store file, removed on drop.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -58,6 +60,13 @@ impl TestServer {
             .local_addr()
             .expect("bound listener has an address");
         config.service.listen = addr;
+        // Each server gets its own store file, so that its durable store
+        // never meets another test's (unless the test chose one itself).
+        let data = config.store.path.is_none().then(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            config.store.path = Some(dir.path().join("comfy-reality.db"));
+            dir
+        });
         let token = CancellationToken::new();
         let handle = tokio::spawn(comfy_reality::run(config, listener, token.clone()));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
@@ -68,6 +77,7 @@ impl TestServer {
             channel,
             token,
             handle: Some(handle),
+            _data: data,
         }
     }
 
