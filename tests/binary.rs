@@ -4,6 +4,8 @@
 //! `config check` / `config print` error reporting and redaction, and JSON
 //! logs that carry the caller's request id.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,8 +18,6 @@ use comfy_reality::pb::CreateTaskRequest;
 use comfy_reality::pb::task_service_client::TaskServiceClient;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_comfy-reality");
-
 /// Upper bound on how long the tests wait for the child to say something or
 /// to exit. A hang guard, not a timing assertion: healthy runs take
 /// milliseconds.
@@ -26,15 +26,7 @@ const HANG_GUARD: Duration = Duration::from_secs(20);
 /// A command for the binary with a clean configuration environment: no
 /// inherited `COMFY_REALITY*` variables, and the data directory in `data`.
 fn command(data: &TempDir) -> Command {
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_str()
-            .is_some_and(|n| n.to_ascii_uppercase().starts_with("COMFY_REALITY"))
-        {
-            command.env_remove(name);
-        }
-    }
+    let mut command = common::clean_command();
     command
         .env("COMFY_REALITY__SERVICE__DATA_DIR", data.path())
         .stdin(Stdio::null());

@@ -7,11 +7,13 @@
 //! reuse, and completed executions must have their artifacts on disk. The
 //! counts are printed (`cargo test --test crash -- --nocapture`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
@@ -25,8 +27,6 @@ use comfy_reality::pb::{
 use serde_json::json;
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_comfy-reality");
-
 /// A running server process.
 struct Server {
     child: Child,
@@ -35,15 +35,7 @@ struct Server {
 
 impl Server {
     fn start(config: &Path) -> Self {
-        let mut command = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_str()
-                .is_some_and(|n| n.to_ascii_uppercase().starts_with("COMFY_REALITY"))
-            {
-                command.env_remove(name);
-            }
-        }
+        let mut command = common::clean_command();
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)

@@ -3,6 +3,8 @@
 //! real gRPC calls, and its log lines parsed. Waits are on printed addresses
 //! and execution states, never on fixed times.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -27,8 +29,6 @@ use tokio::runtime::Runtime;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tonic::transport::Channel;
-
-const BIN: &str = env!("CARGO_BIN_EXE_comfy-reality");
 
 /// Upper bound on waiting for the child to print, exit, or finish an
 /// execution. A hang guard, not a timing assertion.
@@ -122,15 +122,7 @@ impl ServeProcess {
 
     fn launch(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_str()
-                .is_some_and(|n| n.to_ascii_uppercase().starts_with("COMFY_REALITY"))
-            {
-                command.env_remove(name);
-            }
-        }
+        let mut command = common::clean_command();
         let mut child = command
             .env("COMFY_REALITY__SERVICE__DATA_DIR", data.path())
             .env("COMFY_REALITY__SCHEDULING__PROBE_INTERVAL_SECONDS", "0.1")

@@ -136,6 +136,15 @@ async fn queued_and_running_executions_survive_a_restart_of_the_runtime() {
     // The re-attached prompt was not run twice, and kept its prompt id.
     let recovered = second.get_execution(&running.execution.id).await.unwrap();
     assert_eq!(recovered.root().unwrap().retry_count, 0, "{recovered:?}");
+    // Its node ran (it was followed again), so it completed.
+    assert_eq!(recovered.execution.completed_tasks(), 2, "{recovered:?}");
+    assert_eq!(recovered.execution.failed_tasks(), 0);
+    assert!(
+        recovered.execution.tasks[1..]
+            .iter()
+            .all(|t| t.status() == TaskStatus::Completed),
+        "{recovered:?}"
+    );
     assert_eq!(
         recovered.execution.prompt_id,
         running

@@ -200,3 +200,19 @@ pub fn assert_status(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(error_reason(status).as_deref(), Some(reason), "{status:?}");
 }
+
+/// A command for the `comfy-reality` binary that inherits no
+/// `COMFY_REALITY*` variable from the test's environment, so that only what a
+/// test sets configures the child.
+pub fn clean_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_comfy-reality"));
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.to_ascii_uppercase().starts_with("COMFY_REALITY"))
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}

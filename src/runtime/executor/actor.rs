@@ -1375,7 +1375,11 @@ impl Actor {
         }) {
             tracing::error!(execution_id = %id, %error, "outputs not recorded");
         }
-        self.settle_nodes(sched, "not executed: no output of the prompt needed it");
+        self.settle_nodes(
+            sched,
+            "not executed: no output of the prompt needed it",
+            true,
+        );
         self.update_root(sched, |task| {
             task.progress_message = Some("completed".into());
             task.complete(Some(result))
@@ -1394,7 +1398,7 @@ impl Actor {
             error = %failure.message,
             "execution failed"
         );
-        self.settle_nodes(sched, "not run: the execution failed");
+        self.settle_nodes(sched, "not run: the execution failed", false);
         let message = failure.message.clone();
         let kind = failure.kind.as_str().to_owned();
         self.update_root(sched, |task| {
@@ -1416,13 +1420,20 @@ impl Actor {
     }
 
     /// Cancels the NODE tasks that have not ended, with `reason`.
-    fn settle_nodes(&self, sched: ExecutionId, reason: &str) {
+    /// Nodes that have not ended: on success, one still RUNNING did run (its
+    /// end was not seen, e.g. it was followed again after a restart) and
+    /// completes; any other is cancelled with `reason`.
+    fn settle_nodes(&self, sched: ExecutionId, reason: &str, succeeded: bool) {
         let Some(live) = self.live.get(&sched) else {
             return;
         };
         for task_id in live.node_tasks.values() {
             let result = self.shared.tasks.update(task_id, |task| {
-                if !task.status().is_terminal() {
+                if succeeded && task.status() == TaskStatus::Running {
+                    task.progress_message = Some("executed".into());
+                    task.transition(TaskStatus::Completed)
+                        .map_err(|source| illegal(task, source))?;
+                } else if !task.status().is_terminal() {
                     task.progress_message = Some(reason.to_owned());
                     task.transition(TaskStatus::Cancelled)
                         .map_err(|source| illegal(task, source))?;
