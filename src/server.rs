@@ -64,7 +64,7 @@ pub enum ServeError {
 
 /// The store `runtime.queue_type` names. Redis and RabbitMQ are accepted by the
 /// configuration but not implemented: they keep state in process, as `memory` does.
-fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match config.runtime.queue_type {
         QueueType::Sqlite => {
             let path = config.store_path();
@@ -95,9 +95,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let store = open_store(&config)?;
+    serve_with_store(config, store, listener, shutdown).await
+}
+
+/// [`serve`] over a store the caller opened (the CLI opens it before it
+/// announces the address, so a locked or corrupt store fails first).
+pub async fn serve_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let grace = config.service.shutdown_grace();
     let max_message = config.service.max_request_bytes;
-    let store = open_store(&config)?;
     let runtime = Runtime::new(config, store)?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -278,3 +278,29 @@ silence_timeout_seconds = 2.0
     );
     assert_eq!(sequences[0], 1);
 }
+
+#[test]
+fn a_second_server_on_the_same_store_refuses_to_start_and_names_it() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[service]\ndata_dir = \"{}\"\n\n[runtime]\nenable_metrics = false\n",
+            data.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let first = Server::start(&config);
+    let second = common::clean_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("the binary runs");
+    assert!(!second.status.success());
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.is_empty(), "announced an address: {stdout}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("comfy-reality.db"), "{stderr}");
+    first.kill();
+}

@@ -134,6 +134,9 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // The store first: a locked, corrupt or unwritable one stops startup
+        // with its path before any address is announced.
+        let store = crate::server::open_store(&config)?;
         let listener = tokio::net::TcpListener::bind(config.service.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.service.listen))?;
@@ -167,7 +170,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let signals = tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
-        let result = crate::run(config, listener, shutdown).await;
+        let result = crate::server::serve_with_store(config, store, listener, shutdown).await;
         signals.abort();
         metrics_shutdown.cancel();
         if let Some(metrics_server) = metrics_server {
