@@ -42,6 +42,8 @@ ENV COMFY_REALITY__SERVICE__DATA_DIR=/var/lib/comfy-reality \
     COMFY_REALITY__SERVICE__LISTEN=0.0.0.0:50051 \
     COMFY_REALITY__SERVICE__METRICS_LISTEN=0.0.0.0:9090
 WORKDIR /var/lib/comfy-reality
+# The durable store (comfy-reality.db) and downloaded artifacts live here.
+VOLUME ["/var/lib/comfy-reality"]
 USER 10001:10001
 
 # 50051: gRPC (tasks, health, reflection); 9090: Prometheus metrics.
