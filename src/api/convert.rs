@@ -116,7 +116,7 @@ fn tag_set(field: &str, tags: Vec<String>, violations: &mut ValidationError) -> 
 // ---------- enums ----------
 
 /// A required enum value: UNSPECIFIED and unknown numbers are rejected.
-fn decode_enum<P, D>(
+pub(super) fn decode_enum<P, D>(
     field: &str,
     raw: i32,
     map: impl Fn(P) -> Option<D>,
@@ -434,11 +434,11 @@ fn page_size(field: &str, raw: u32) -> Result<usize, ValidationError> {
 const TASK_TOKEN_PREFIX: &str = "t1:";
 const WORKFLOW_TOKEN_PREFIX: &str = "w1:";
 
-fn hex_encode(text: &str) -> String {
+pub(super) fn hex_encode(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hex_decode(token: &str) -> Option<String> {
+pub(super) fn hex_decode(token: &str) -> Option<String> {
     if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return None;
     }

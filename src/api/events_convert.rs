@@ -12,24 +12,14 @@ use crate::runtime::bus::{Event, EventPayload};
 use crate::runtime::events::{EventFilter, StreamItem};
 use crate::runtime::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
-use super::convert::{require_id, timestamp};
+use super::convert::{decode_enum, hex_decode, hex_encode, require_id, timestamp};
 
 /// Most ids or tags in one filter list.
 const MAX_FILTER_ENTRIES: usize = 256;
 
-fn decode<P, D>(field: &str, raw: i32, map: impl Fn(P) -> Option<D>) -> Result<D, ValidationError>
-where
-    P: TryFrom<i32>,
-{
-    P::try_from(raw)
-        .ok()
-        .and_then(map)
-        .ok_or_else(|| ValidationError::single(field, format!("{raw} is not a valid value")))
-}
-
 fn event_type_from_pb(field: &str, raw: i32) -> Result<TaskEventType, ValidationError> {
     use pb::TaskEventType as P;
-    decode(field, raw, |p: P| match p {
+    decode_enum(field, raw, |p: P| match p {
         P::Unspecified => None,
         P::Created => Some(TaskEventType::Created),
         P::Queued => Some(TaskEventType::Queued),
@@ -57,7 +47,7 @@ fn event_type_to_pb(t: TaskEventType) -> pb::TaskEventType {
 
 fn category_from_pb(field: &str, raw: i32) -> Result<EventCategory, ValidationError> {
     use pb::EventCategory as P;
-    decode(field, raw, |p: P| match p {
+    decode_enum(field, raw, |p: P| match p {
         P::Unspecified => None,
         P::Task => Some(EventCategory::Task),
         P::Workflow => Some(EventCategory::Workflow),
@@ -81,7 +71,7 @@ fn category_to_pb(c: EventCategory) -> pb::EventCategory {
 
 fn level_from_pb(field: &str, raw: i32) -> Result<LogLevel, ValidationError> {
     use pb::LogLevel as P;
-    decode(field, raw, |p: P| match p {
+    decode_enum(field, raw, |p: P| match p {
         P::Unspecified => None,
         P::Debug => Some(LogLevel::Debug),
         P::Info => Some(LogLevel::Info),
@@ -259,10 +249,7 @@ const EVENT_TOKEN_PREFIX: &str = "v1:";
 
 /// The opaque token for resuming a listing after `sequence`.
 pub fn encode_event_token(sequence: u64) -> String {
-    format!("{EVENT_TOKEN_PREFIX}{sequence}")
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex_encode(&format!("{EVENT_TOKEN_PREFIX}{sequence}"))
 }
 
 /// ListEventsRequest to (filter, after, page size).
@@ -307,15 +294,7 @@ pub fn list_request(
 }
 
 fn decode_event_token(token: &str) -> Option<u64> {
-    if !token.len().is_multiple_of(2) || !token.is_ascii() {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16).ok())
-        .collect();
-    String::from_utf8(bytes?)
-        .ok()?
+    hex_decode(token)?
         .strip_prefix(EVENT_TOKEN_PREFIX)?
         .parse()
         .ok()
