@@ -1462,11 +1462,7 @@ impl Actor {
             if execution.status() != status {
                 execution
                     .transition(status)
-                    .map_err(|e| RuntimeError::FailedPrecondition {
-                        kind: crate::runtime::ObjectKind::Execution,
-                        id: execution.id.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| execution_transition(execution, &e))?;
             }
             let seconds = (Utc::now() - execution.created_at)
                 .to_std()
