@@ -1428,6 +1428,18 @@ impl Actor {
             return;
         };
         for task_id in live.node_tasks.values() {
+            if succeeded {
+                // A node stopped for a retry that then ran unseen (followed
+                // again after a restart) runs again first: RETRYING cannot
+                // complete directly.
+                let _ = self.shared.tasks.update(task_id, |task| {
+                    if task.status() == TaskStatus::Retrying {
+                        task.transition(TaskStatus::Running)
+                            .map_err(|source| illegal(task, source))?;
+                    }
+                    Ok(())
+                });
+            }
             let result = self.shared.tasks.update(task_id, |task| {
                 if succeeded && task.status() == TaskStatus::Running {
                     task.progress_message = Some("executed".into());

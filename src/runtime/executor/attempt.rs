@@ -257,6 +257,9 @@ async fn follow(
                         }
                         return Some(FollowEnd::Outcome(Outcome::Interrupted));
                     }
+                    // The runtime is stopping: leave every task as it is, for
+                    // the recovery of the next start to reconcile.
+                    PromptEvent::Lost { reason: crate::comfy::ws::LostReason::Shutdown } => return None,
                     PromptEvent::Lost { reason } => {
                         follower.interrupt_running();
                         return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
