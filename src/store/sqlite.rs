@@ -353,6 +353,18 @@ impl Drop for SqliteStore {
     }
 }
 
+/// The (fingerprint, body) an idempotency key points to, by `sql` (which
+/// selects those two columns for the key `?1`).
+fn keyed_body(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    key: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(sql)?
+        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+}
+
 impl Store for SqliteStore {
     fn create_task(
         &self,
@@ -362,13 +374,12 @@ impl Store for SqliteStore {
         let row = TaskRow::new(&task)?;
         self.write(move |conn| {
             if let Some(key) = &idempotency {
-                let existing: Option<(String, String)> = conn
-                    .prepare_cached(
-                        "SELECT k.fingerprint, t.body FROM task_keys k
-                         JOIN tasks t ON t.id = k.task_id WHERE k.key = ?1",
-                    )?
-                    .query_row([&key.key], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()?;
+                let existing = keyed_body(
+                    conn,
+                    "SELECT k.fingerprint, t.body FROM task_keys k
+                     JOIN tasks t ON t.id = k.task_id WHERE k.key = ?1",
+                    &key.key,
+                )?;
                 if let Some((fingerprint, body)) = existing {
                     return Ok(CreateOutcome::Existing {
                         task: decode("task with idempotency key", &key.key, &body)?,
@@ -480,13 +491,12 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         self.write(move |conn| {
             if let Some(key) = &idempotency {
-                let existing: Option<(String, String)> = conn
-                    .prepare_cached(
-                        "SELECT k.fingerprint, e.body FROM execution_keys k
-                         JOIN executions e ON e.id = k.execution_id WHERE k.key = ?1",
-                    )?
-                    .query_row([&key.key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
+                let existing = keyed_body(
+                    conn,
+                    "SELECT k.fingerprint, e.body FROM execution_keys k
+                     JOIN executions e ON e.id = k.execution_id WHERE k.key = ?1",
+                    &key.key,
+                )?;
                 if let Some((fingerprint, body)) = existing {
                     return Ok(ExecutionCreateOutcome::Existing {
                         execution: decode("execution with idempotency key", &key.key, &body)?,
