@@ -475,8 +475,37 @@ impl Backend {
 struct Group {
     /// Their order.
     queue: BTreeSet<QueueKey>,
+    /// How many of them have each priority (indexed by its value), so a
+    /// position is found without walking the queue.
+    by_priority: [usize; 4],
     /// Up backends able to run them, by id.
     eligible: Vec<BackendId>,
+}
+
+impl Group {
+    /// How many of its executions come before `key`: the more urgent ones
+    /// by their counts, and those of the same priority by walking only that
+    /// priority's part of the queue, which is skipped when `key` is the
+    /// newest of them (a new submit's case).
+    fn count_before(&self, key: QueueKey) -> usize {
+        let Reverse(priority) = key.0;
+        let more_urgent: usize = self.by_priority[usize::from(priority.value()) + 1..]
+            .iter()
+            .sum();
+        let first_of_priority = (key.0, 0, ExecutionId(0));
+        let last_of_priority = self
+            .queue
+            .range(first_of_priority..=(key.0, u64::MAX, ExecutionId(u64::MAX)))
+            .next_back();
+        let same = match last_of_priority {
+            None => 0,
+            Some(last) if *last < key => self.by_priority[usize::from(priority.value())],
+            // `key` is the newest of its priority in this group.
+            Some(last) if *last == key => self.by_priority[usize::from(priority.value())] - 1,
+            Some(_) => self.queue.range(first_of_priority..key).count(),
+        };
+        more_urgent + same
+    }
 }
 
 /// Up backends that have every class in `required`, by id.
@@ -849,7 +878,7 @@ impl Scheduler {
         Some(
             self.groups
                 .values()
-                .map(|group| group.queue.range(..key).count())
+                .map(|group| group.count_before(key))
                 .sum(),
         )
     }
@@ -993,11 +1022,13 @@ impl Scheduler {
             hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
             hash_map::Entry::Vacant(vacant) => vacant.insert(Group {
                 queue: BTreeSet::new(),
+                by_priority: [0; 4],
                 eligible: eligible_backends(&self.backends, required),
             }),
         };
         if group.queue.insert(key) {
             let Reverse(priority) = key.0;
+            group.by_priority[usize::from(priority.value())] += 1;
             self.queued[usize::from(priority.value())] += 1;
         }
     }
@@ -1008,6 +1039,8 @@ impl Scheduler {
         };
         if group.queue.remove(&key) {
             let Reverse(priority) = key.0;
+            let count = &mut group.by_priority[usize::from(priority.value())];
+            *count = count.saturating_sub(1);
             let depth = &mut self.queued[usize::from(priority.value())];
             *depth = depth.saturating_sub(1);
         }

@@ -48,6 +48,7 @@ conformance!(
     task_listing_pages_in_creation_order_with_filters,
     child_ids_in_creation_order,
     executions_are_created_with_their_tasks_and_prompt,
+    node_tasks_added_later_belong_to_their_execution,
     idempotent_execution_create,
     execution_listing_pages_in_creation_order_with_filters,
     events_after_and_last_sequence,
@@ -461,6 +462,49 @@ fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {
     assert_eq!(store.get_execution(&execution.id).unwrap(), Some(changed));
     let unknown = new_execution("wf", &[], 0).execution;
     assert!(!store.put_execution(&unknown).unwrap());
+}
+
+fn node_tasks_added_later_belong_to_their_execution(store: &dyn Store) {
+    let new = new_execution("wf", &["blue"], 0);
+    let root = new.tasks[0].clone();
+    let execution = created_execution(store.create_execution(new, None).unwrap());
+    let later = created(store.create_task(task("created after"), None).unwrap());
+    assert!(store.child_ids(&root.id).unwrap().is_empty());
+    let nodes: Vec<Task> = (0..3)
+        .map(|i| {
+            task_with(
+                &format!("node {i}"),
+                TaskType::Node,
+                &["blue"],
+                Some(&root.id),
+            )
+        })
+        .collect();
+    store.add_execution_tasks(&execution.id, &nodes).unwrap();
+    assert_eq!(
+        store.child_ids(&root.id).unwrap(),
+        nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>()
+    );
+    for node in &nodes {
+        assert_eq!(store.get_task(&node.id).unwrap().as_ref(), Some(node));
+        assert_eq!(
+            store.execution_of_task(&node.id).unwrap(),
+            Some(execution.id.clone())
+        );
+    }
+    // Listing order is the order of storing, so the nodes come after a task
+    // created before them.
+    let listed = all_tasks(store, &TaskFilter::default(), 2);
+    assert_eq!(
+        ids(&listed),
+        [
+            &root.id,
+            &later.id,
+            &nodes[0].id,
+            &nodes[1].id,
+            &nodes[2].id
+        ]
+    );
 }
 
 fn idempotent_execution_create(store: &dyn Store) {

@@ -219,6 +219,17 @@ impl Store for MemoryStore {
         Ok(ExecutionCreateOutcome::Created(execution))
     }
 
+    fn add_execution_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        for task in tasks {
+            inner
+                .task_execution
+                .insert(task.id.clone(), execution_id.to_owned());
+            inner.insert_task(task.clone());
+        }
+        Ok(())
+    }
+
     fn execution_for_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {
         Ok(self.lock()?.execution_keys.get(key).cloned())
     }

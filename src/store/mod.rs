@@ -187,6 +187,10 @@ pub trait Store: Send + Sync + 'static {
         new: NewExecutionRecord,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<ExecutionCreateOutcome, StoreError>;
+    /// Stores more tasks of an existing execution (its NODE tasks, created
+    /// when it is first dispatched), all or none; they then belong to it
+    /// like the tasks given to `create_execution`.
+    fn add_execution_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError>;
     /// The (fingerprint, execution id) an execution idempotency key was used with.
     fn execution_for_key(&self, key: &str) -> Result<Option<(String, String)>, StoreError>;
     /// Replaces a stored execution (matched by id); returns false when unknown.

@@ -127,6 +127,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Prepared statements cached per connection.
 const STATEMENT_CACHE: usize = 64;
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Creation sequence numbers scanned by one compaction step, which holds the
 /// writer: small enough that submissions barely notice it.
 const COMPACTION_WINDOW: i64 = 5_000;
@@ -226,6 +228,8 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     /// The background compaction, when asked for; stopped first on drop.
     compactor: Option<Compactor>,
+    /// The background WAL checkpoints; stopped before the writer on drop.
+    checkpointer: Option<Checkpointer>,
     /// Idle read-only connections.
     readers: Readers,
     /// Holds the advisory lock on `<path>.lock` for the store's lifetime;
@@ -280,9 +284,14 @@ impl SqliteStore {
             writer: Some(writer),
             commits,
             compactor: None,
+            checkpointer: None,
             readers,
             _lock: lock,
         };
+        store.checkpointer = Some(
+            Checkpointer::spawn(path)
+                .map_err(|error| fail(format!("cannot start checkpoints: {error}")))?,
+        );
         if let Some((interval, policy)) = options.compaction {
             // On failure the store drops here, stopping its writer.
             store.compactor = Some(
@@ -339,6 +348,9 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(compactor) = self.compactor.take() {
             compactor.stop();
+        }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
         }
         // Readers close first, so that the writer's connection is the last
         // one: closing it checkpoints the WAL into the file and removes it.
@@ -529,6 +541,20 @@ impl Store for SqliteStore {
                 prompt.as_ref()
             ])?;
             Ok(ExecutionCreateOutcome::Created(execution))
+        })
+    }
+
+    fn add_execution_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {
+        let rows = tasks
+            .iter()
+            .map(TaskRow::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let execution_id = execution_id.to_owned();
+        self.write(move |conn| {
+            for row in &rows {
+                insert_task(conn, row, Some(&execution_id))?;
+            }
+            Ok(())
         })
     }
 
@@ -1111,6 +1137,10 @@ fn open_writer(path: &Path, synchronous: StoreSynchronous) -> Result<Connection,
             },
         )?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+        // Checkpoints run on their own thread (`Checkpointer`): on the
+        // writer, the fsync of an automatic checkpoint stalled every write
+        // queued behind it for milliseconds.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(mode)
     };
@@ -1334,20 +1364,36 @@ fn run_batch(
     batch: &mut [Box<dyn WriteJob>],
     max_events: i64,
 ) -> Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| e.to_string())?;
-    let applied = batch
-        .iter_mut()
-        .try_for_each(|job| {
-            conn.execute_batch("SAVEPOINT job")?;
-            if job.run(conn) {
-                conn.execute_batch("RELEASE job")
-            } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")
-            }
-        })
-        .and_then(|()| trim_events(conn, max_events))
-        .and_then(|()| conn.execute_batch("COMMIT"));
+    // Cached statements: these run several times per commit, and parsing
+    // them each time was a visible part of a commit's cost.
+    let run = |sql: &str| -> rusqlite::Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    run("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    let applied = if let [job] = batch {
+        // Alone in its transaction, a failed write rolls the whole
+        // transaction back; no savepoint is needed.
+        if job.run(conn) {
+            trim_events(conn, max_events).and_then(|()| run("COMMIT"))
+        } else {
+            run("ROLLBACK")
+        }
+    } else {
+        batch
+            .iter_mut()
+            .try_for_each(|job| {
+                run("SAVEPOINT job")?;
+                if job.run(conn) {
+                    run("RELEASE job")
+                } else {
+                    run("ROLLBACK TO job")?;
+                    run("RELEASE job")
+                }
+            })
+            .and_then(|()| trim_events(conn, max_events))
+            .and_then(|()| run("COMMIT"))
+    };
     applied.map_err(|error| {
         // Some errors (disk full, I/O) already rolled the transaction back.
         if !conn.is_autocommit() {
@@ -1599,6 +1645,49 @@ impl Compactor {
     }
 
     /// Wakes the thread, waits for it to finish its current step and exit.
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// A thread with its own connection that checkpoints the WAL in the
+/// background (PASSIVE: it never blocks the writer or readers), so commits
+/// stay cheap and the WAL stays small.
+struct Checkpointer {
+    /// Dropping it wakes the thread, which then exits.
+    stop: SyncSender<()>,
+    /// The thread.
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> Result<Self, String> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+        let (stop, stopped) = mpsc::sync_channel(1);
+        let path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    match stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Wakes the thread and waits for it to exit.
     fn stop(self) {
         drop(self.stop);
         let _ = self.thread.join();

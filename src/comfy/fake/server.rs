@@ -233,6 +233,10 @@ impl Listener for FakeListener {
                 }
                 accepted = self.inner.accept() => match accepted {
                     Ok((stream, addr)) => {
+                        // aiohttp sets TCP_NODELAY on every connection; without
+                        // it, Nagle and delayed ACKs hold small WebSocket frames
+                        // for ~40 ms.
+                        let _ = stream.set_nodelay(true);
                         if !self.faults.refuse_connections() {
                             return (FakeIo::new(stream), addr);
                         }

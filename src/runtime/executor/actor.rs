@@ -4,7 +4,7 @@
 //! from the task registry (for dependencies); outputs are the scheduler's
 //! actions (dispatch, take back, interrupt) carried out by spawned tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -181,6 +181,8 @@ pub(crate) struct Actor {
     /// Starts reported before the prompt ahead of them on the backend was
     /// reported finished (their messages raced); applied after it finishes.
     deferred_starts: Vec<(ExecutionId, BackendId)>,
+    /// One shared copy of each required-class list (see `intern`).
+    interned: HashSet<RequiredClasses>,
 }
 
 impl Actor {
@@ -205,6 +207,7 @@ impl Actor {
             by_root: HashMap::new(),
             next_sched: 1,
             deferred_starts: Vec::new(),
+            interned: HashSet::new(),
         }
     }
 
@@ -821,6 +824,10 @@ impl Actor {
                 self.end_failed(sched, &failure);
                 return;
             }
+        };
+        self.ensure_node_tasks(sched, &prompt);
+        let Some(live) = self.live.get_mut(&sched) else {
+            return;
         };
         live.attempt += 1;
         let waited = live.queued_at.elapsed().as_secs_f64();
@@ -1500,7 +1507,9 @@ impl Actor {
     // Helpers
     // -----------------------------------------------------------------------------------------
 
-    fn load(&self, execution_id: &str) -> Result<Option<Loaded>, RuntimeError> {
+    /// An execution's root, required classes (from its stored prompt) and
+    /// the NODE tasks it has so far (none before its first dispatch).
+    fn load(&mut self, execution_id: &str) -> Result<Option<Loaded>, RuntimeError> {
         let store = &self.shared.store;
         let Some(execution) = store.get_execution(execution_id)? else {
             return Ok(None);
@@ -1512,25 +1521,71 @@ impl Actor {
             return Ok(None);
         };
         let mut node_tasks = HashMap::new();
-        let mut classes = Vec::new();
         for child in store.child_ids(&root_id)? {
             if let Some(task) = store.get_task(&child)?
                 && task.task_type == crate::model::TaskType::Node
+                && let Some(node) = task.metadata.get("node_id").and_then(Value::as_str)
             {
-                if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
-                    node_tasks.insert(node.to_owned(), task.id.clone());
-                }
-                if let Some(class) = task.metadata.get("class_type").and_then(Value::as_str) {
-                    classes.push(class.to_owned());
-                }
+                node_tasks.insert(node.to_owned(), task.id.clone());
             }
         }
-        Ok(Some((
-            root_id,
-            RequiredClasses::new(classes),
-            node_tasks,
-            root,
-        )))
+        let classes: Vec<String> = match store.execution_prompt(execution_id)? {
+            Some(prompt) => serde_json::from_slice::<HashMap<String, PromptNode>>(&prompt)
+                .map(|nodes| nodes.into_values().map(|node| node.class_type).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let required = self.intern(RequiredClasses::new(classes));
+        Ok(Some((root_id, required, node_tasks, root)))
+    }
+
+    /// The shared copy of `required`: executions of one workflow hold one
+    /// class list between them, not one each.
+    fn intern(&mut self, required: RequiredClasses) -> RequiredClasses {
+        if let Some(known) = self.interned.get(&required) {
+            return known.clone();
+        }
+        self.interned.insert(required.clone());
+        required
+    }
+
+    /// Creates the NODE tasks of an execution about to be dispatched for
+    /// the first time, from its prompt; the tasks are stored and announced
+    /// before the prompt is posted, so a restart finds them.
+    fn ensure_node_tasks(&mut self, sched: ExecutionId, prompt: &Value) {
+        let Some(live) = self.live.get(&sched) else {
+            return;
+        };
+        if !live.node_tasks.is_empty() {
+            return;
+        }
+        let Some(prompt) = prompt.as_object() else {
+            return;
+        };
+        let root = match self.shared.store.get_task(&live.root) {
+            Ok(Some(root)) => root,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(execution_id = %live.id, %error, "root task could not be read");
+                return;
+            }
+        };
+        let nodes = super::node_tasks(&root, &live.id, prompt);
+        if let Err(error) = self.shared.store.add_execution_tasks(&live.id, &nodes) {
+            tracing::error!(execution_id = %live.id, %error, "node tasks not stored");
+            return;
+        }
+        self.shared.tasks.announce_created(&nodes);
+        let map: HashMap<String, String> = nodes
+            .iter()
+            .filter_map(|task| {
+                let node = task.metadata.get("node_id").and_then(Value::as_str)?;
+                Some((node.to_owned(), task.id.clone()))
+            })
+            .collect();
+        if let Some(live) = self.live.get_mut(&sched) {
+            live.node_tasks = Arc::new(map);
+        }
     }
 
     /// Moves the root task and the execution record to `to`.
@@ -1640,6 +1695,13 @@ impl Actor {
 /// A stored execution as the actor loads it: root task id, required classes,
 /// node id -> NODE task id, and the root task.
 type Loaded = (String, RequiredClasses, HashMap<String, String>, Task);
+
+/// The part of a stored prompt's node that admission reads.
+#[derive(serde::Deserialize)]
+struct PromptNode {
+    /// The node's class.
+    class_type: String,
+}
 
 /// What events about a live execution are about.
 fn live_context(live: &Live) -> EventContext {

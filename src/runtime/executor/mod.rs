@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::model::workflow::NO_OUTPUT_NODE;
 use crate::model::{
     DependencyType, JsonObject, NewExecution, NewTask, Task, TaskDependency, TaskPriority,
-    TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution, key_path,
+    TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution,
 };
 use crate::model::{EventCategory, LogLevel, PerformanceMetric, RuntimeEvent};
 use crate::runtime::bus::EventContext;
@@ -761,37 +761,9 @@ impl Executor {
             timeout_seconds: Some(timeout),
             metadata,
         })?;
-        let mut tasks = vec![root.clone()];
-        for (node_id, node) in &workflow.nodes {
-            let title = node
-                .metadata
-                .get("title")
-                .and_then(Value::as_str)
-                .filter(|t| !t.trim().is_empty())
-                .unwrap_or(&node.class_type);
-            let mut metadata = JsonObject::new();
-            metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
-            metadata.insert("workflow_id".into(), Value::from(workflow.id.clone()));
-            metadata.insert("node_id".into(), Value::from(node_id.clone()));
-            metadata.insert("class_type".into(), Value::from(node.class_type.clone()));
-            let name: String = format!("{title} #{node_id}").chars().take(256).collect();
-            let task = Task::new(NewTask {
-                id: None,
-                task_type: TaskType::Node,
-                priority: request.priority,
-                name,
-                description: None,
-                // A node carries its execution's tags, so filters by tag see it.
-                tags: request.tags.iter().cloned().collect(),
-                parent_id: Some(root.id.clone()),
-                dependencies: Vec::new(),
-                max_retries,
-                timeout_seconds: None,
-                metadata,
-            })
-            .map_err(|e| e.prefixed(&key_path(WORKFLOW_FIELD, node_id)))?;
-            tasks.push(task);
-        }
+        // NODE tasks are created when the execution is first dispatched
+        // (`node_tasks`): a queued execution costs one task, not one per node.
+        let tasks = vec![root.clone()];
         let mut config = request.config.clone();
         config.retain(|k, _| k != "overrides");
         if !prepared.config.overrides.is_empty() {
@@ -843,7 +815,7 @@ impl Executor {
                 execution_id = %execution.id,
                 workflow_id = %execution.workflow_id,
                 task_id = %root.id,
-                nodes = tasks.len() - 1,
+                nodes = workflow.nodes.len(),
                 "execution created"
             );
         }
@@ -1027,6 +999,57 @@ fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) ->
             RuntimeError::Unavailable("the artifact could not be read".into())
         }
     }
+}
+
+/// The NODE tasks of an execution, one per node of its stored `prompt`
+/// (in the prompt's order), children of `root`: named by the node's
+/// `_meta.title` (or class) and id, with the root's priority, tags and
+/// retry limit. A node whose task cannot be built is skipped and logged.
+pub(crate) fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task> {
+    let workflow_id = root
+        .metadata
+        .get("workflow_id")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut tasks = Vec::with_capacity(prompt.len());
+    for (node_id, node) in prompt {
+        let class_type = node
+            .get("class_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let title = node
+            .get("_meta")
+            .and_then(|meta| meta.get("title"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or(class_type);
+        let mut metadata = JsonObject::new();
+        metadata.insert("execution_id".into(), Value::from(execution_id));
+        metadata.insert("workflow_id".into(), workflow_id.clone());
+        metadata.insert("node_id".into(), Value::from(node_id.clone()));
+        metadata.insert("class_type".into(), Value::from(class_type));
+        let name: String = format!("{title} #{node_id}").chars().take(256).collect();
+        match Task::new(NewTask {
+            id: None,
+            task_type: TaskType::Node,
+            priority: root.priority,
+            name,
+            description: None,
+            // A node carries its execution's tags, so filters by tag see it.
+            tags: root.tags.iter().cloned().collect(),
+            parent_id: Some(root.id.clone()),
+            dependencies: Vec::new(),
+            max_retries: root.max_retries,
+            timeout_seconds: None,
+            metadata,
+        }) {
+            Ok(task) => tasks.push(task),
+            Err(error) => {
+                tracing::error!(execution_id, node_id, %error, "node task not created");
+            }
+        }
+    }
+    tasks
 }
 
 fn idempotency_conflict(id: &str) -> RuntimeError {

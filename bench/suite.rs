@@ -1,0 +1,95 @@
+//! The benchmark suite: `cargo bench --bench suite` runs every benchmark at
+//! full size and prints one table; `cargo test --bench suite` (part of the
+//! test command through `--all-targets`) runs each at tiny sizes, so the
+//! suite keeps working. Cargo passes `--bench` only to the former.
+//!
+//! Every figure is a ratio against a baseline measured in the same run, in
+//! alternating pairs, with the server's CPU time from `/proc` as the main
+//! figure (this machine is shared and noisy; see `harness.rs`).
+//!
+//! Options after `--`: `--only NAME[,NAME]` (submit, latency, fanout,
+//! memory, footprint, peer), `--smoke` (tiny sizes under `cargo bench`),
+//! `--markdown FILE` (also write the table there).
+//!
+//! This executable is also each baseline server: with `COMFY_BENCH_ROLE`
+//! set it serves that baseline instead of running the suite.
+
+mod baseline_broadcast;
+mod baseline_hello;
+mod fanout;
+mod footprint;
+mod harness;
+mod latency;
+mod memory;
+mod peer;
+mod submit;
+
+use harness::{Mode, Report};
+
+fn main() {
+    if let Ok(role) = std::env::var(harness::ROLE_ENV) {
+        serve_role(&role);
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--smoke") {
+        Mode::Full
+    } else {
+        Mode::Smoke
+    };
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    let markdown = args
+        .iter()
+        .position(|a| a == "--markdown")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let selected = |name: &str| {
+        only.as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    };
+
+    println!("comfy-reality benchmark suite ({mode:?} run)");
+    let mut report = Report::new(mode);
+    let benchmarks: [(&str, Benchmark); 6] = [
+        ("submit", submit::run),
+        ("latency", latency::run),
+        ("fanout", fanout::run),
+        ("memory", memory::run),
+        ("footprint", footprint::run),
+        ("peer", peer::run),
+    ];
+    for (name, run) in benchmarks {
+        if selected(name) {
+            println!("\n== {name}");
+            run(mode, &mut report);
+        }
+    }
+    let table = report.markdown();
+    println!("\n{table}");
+    if let Some(path) = markdown {
+        std::fs::write(&path, &table).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+    }
+    if mode == Mode::Full {
+        println!("{} figure(s) missed their target", report.missed());
+    }
+}
+
+/// One benchmark's entry point.
+type Benchmark = fn(Mode, &mut Report);
+
+/// Serves one baseline server (this process was started by the suite).
+fn serve_role(role: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match role {
+        "hello" => runtime.block_on(baseline_hello::serve()),
+        "broadcast" => runtime.block_on(baseline_broadcast::serve()),
+        other => panic!("unknown benchmark role {other:?}"),
+    }
+}
