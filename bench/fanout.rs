@@ -5,9 +5,9 @@
 //!
 //! It owns the fan-out load generator: subscribers that read raw frames (only
 //! a sample decodes them, to time publish -> receive), spread 25 streams to
-//! an HTTP/2 connection; a closed-loop publisher (4 calls in flight, at most
-//! 16 events ahead of the slowest delivery count) for CPU and throughput,
-//! and a steady-rate one for latencies. It also owns the stalled-subscriber
+//! an HTTP/2 connection; a closed-loop publisher (4 calls in flight, never
+//! more than 16 events ahead of the deliveries) for CPU and throughput, and
+//! a steady-rate one for latencies. It also owns the stalled-subscriber
 //! and idle-subscriber experiments, and an in-process measurement of the
 //! runtime's `EventBus::publish_task` next to a bare tokio broadcast send,
 //! each with 1, 100 and 1,000 receivers parked in `recv`.
@@ -27,8 +27,8 @@ use comfy_reality::pb::{
 use comfy_reality::runtime::EventBus;
 use comfy_reality::runtime::bus::{DEFAULT_HISTORY, EventContext};
 use comfy_reality::store::{MemoryStore, Store};
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use tokio::sync::Notify;
 use tokio::sync::broadcast;
@@ -89,6 +89,10 @@ struct Sizes {
     /// Events published (closed loop) before a stall window is timed, so
     /// that the stalled stream's buffers are full.
     stall_warmup: u64,
+    /// Calls of a timed stall window (p99 needs more samples than p50).
+    stall_calls: usize,
+    /// Calls per second of a timed stall window.
+    stall_rate: f64,
     /// Idle subscriptions opened to weigh one.
     idle: usize,
     /// Pause before reading memory.
@@ -106,6 +110,8 @@ impl Sizes {
             steady_rate: mode.pick(200.0, 50.0),
             stall_subscribers: mode.pick(3, 100),
             stall_warmup: mode.pick(20, 1000),
+            stall_calls: mode.pick(10, 400),
+            stall_rate: mode.pick(200.0, 100.0),
             idle: mode.pick(10, 1000),
             settle: mode.pick(Duration::from_millis(50), Duration::from_millis(500)),
             bus_publishes: mode.pick(30, 1000),
@@ -421,8 +427,22 @@ async fn open_subscribers(endpoint: &str, n: usize, timed: usize) -> Subscribers
 struct Stalled {
     /// Its connection.
     _channel: Channel,
-    /// The stream, never polled.
-    _stream: tonic::Streaming<Frame>,
+    /// The stream, not polled until [`Stalled::buffered`].
+    stream: tonic::Streaming<Frame>,
+}
+
+impl Stalled {
+    /// Reads, without waiting, the events the client side already holds:
+    /// what the server sent before flow control stopped it.
+    fn buffered(&mut self) -> u64 {
+        let mut count = 0;
+        while let Some(Ok(Some(frame))) = self.stream.message().now_or_never() {
+            if matches!(frame, Frame::Event(_)) {
+                count += 1;
+            }
+        }
+        count
+    }
 }
 
 async fn open_stalled(endpoint: &str) -> Stalled {
@@ -438,7 +458,7 @@ async fn open_stalled(endpoint: &str) -> Stalled {
         .unwrap_or_else(|status| panic!("stalled subscription refused: {status}"));
     Stalled {
         _channel: channel,
-        _stream: stream,
+        stream,
     }
 }
 
@@ -661,34 +681,40 @@ async fn window(server: &Server, subs: &Subscribers, sizes: &Sizes) -> Vec<(&'st
     ]
 }
 
-/// One stall window: a closed-loop warm-up (which fills the stalled
-/// stream's buffers, if any), then a timed steady-rate run.
+/// One stall window on two identical servers at once, so that both see the
+/// same noise of this shared machine: `stalled` gets one more subscriber
+/// that never reads, `clean` does not. Both get a closed-loop warm-up
+/// (which fills the stalled stream's buffers), then the same steady-rate
+/// run side by side. Returns the others' p99 on (`stalled`, `clean`).
 async fn stall_window(
-    server: &Server,
-    subs: &Subscribers,
-    stalled: bool,
+    stalled: (&Server, &Subscribers),
+    clean: (&Server, &Subscribers),
     sizes: &Sizes,
-) -> Vec<(&'static str, f64)> {
-    let stuck = if stalled {
-        Some(open_stalled(&server.endpoint).await)
-    } else {
-        None
-    };
-    burst(server, subs, Until::Published(sizes.stall_warmup)).await;
-    let steady = steady(server, subs, sizes.steady_calls, sizes.steady_rate).await;
-    drop(stuck);
-    let p99 = harness::percentile(&steady.latencies, 99.0);
-    println!(
-        "    {:<8} {} stalled: p99 {} over {} deliveries",
-        server.label,
-        if stalled { "one" } else { "none" },
-        fmt_secs(p99),
-        steady.latencies.len()
+) -> (f64, f64) {
+    let mut stuck = open_stalled(&stalled.0.endpoint).await;
+    let warmup = Until::Published(sizes.stall_warmup);
+    let (warm, _) = tokio::join!(
+        burst(stalled.0, stalled.1, warmup),
+        burst(clean.0, clean.1, warmup)
     );
-    vec![
-        ("p99", p99),
-        ("p50", harness::percentile(&steady.latencies, 50.0)),
-    ]
+    let (with, without) = tokio::join!(
+        steady(stalled.0, stalled.1, sizes.stall_calls, sizes.stall_rate),
+        steady(clean.0, clean.1, sizes.stall_calls, sizes.stall_rate)
+    );
+    let held = stuck.buffered();
+    drop(stuck);
+    let p99_with = harness::percentile(&with.latencies, 99.0);
+    let p99_without = harness::percentile(&without.latencies, 99.0);
+    println!(
+        "    {:<8} p99 {} with a stalled subscriber (it got {held} of {} events), {} without, over {} and {} deliveries",
+        stalled.0.label,
+        fmt_secs(p99_with),
+        warm.published + with.rtts.len() as u64,
+        fmt_secs(p99_without),
+        with.latencies.len(),
+        without.latencies.len()
+    );
+    (p99_with, p99_without)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1087,22 +1113,50 @@ pub fn run(mode: Mode, report: &mut Report) {
         None,
     );
 
-    // One stalled subscriber, alternating without (A) and with (B) it.
+    // One stalled subscriber: two servers of a kind side by side, the
+    // stalled subscriber on one then on the other, pair after pair.
     let n = sizes.stall_subscribers;
-    println!("  {n} subscribers, one more stalled or not");
-    for (server, judged) in [(&b, true), (&a, false)] {
-        let subs = rt.block_on(open_subscribers(&server.endpoint, n, n));
-        let figures = harness::alternate(
-            mode.pairs(),
-            || rt.block_on(stall_window(server, &subs, false, &sizes)),
-            || rt.block_on(stall_window(server, &subs, true, &sizes)),
-        );
-        let p99 = figures.get("p99").cloned().unwrap_or_default();
+    println!("  {n} subscribers on each of two twins, one more stalled on either");
+    let twin_baseline = harness::start_baseline("broadcast");
+    let twin_runtime = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], QUIET);
+    let (c, d) = rt.block_on(async {
+        let c = Server::connect(
+            "baseline",
+            twin_baseline.proc.pid(),
+            twin_baseline.endpoint(),
+            false,
+        )
+        .await;
+        let d = Server::connect(
+            "runtime",
+            twin_runtime.proc.pid(),
+            twin_runtime.endpoint(),
+            true,
+        )
+        .await;
+        (c, d)
+    });
+    for (first, second, judged) in [(&b, &d, true), (&a, &c, false)] {
+        let (subs_1, subs_2) = rt.block_on(async {
+            (
+                open_subscribers(&first.endpoint, n, n).await,
+                open_subscribers(&second.endpoint, n, n).await,
+            )
+        });
+        let mut p99 = Paired::default();
+        for _ in 0..mode.pairs() {
+            let (with, without) =
+                rt.block_on(stall_window((first, &subs_1), (second, &subs_2), &sizes));
+            p99.push(without, with);
+            let (with, without) =
+                rt.block_on(stall_window((second, &subs_2), (first, &subs_1), &sizes));
+            p99.push(without, with);
+        }
         report.add(
             BENCH,
             &format!(
-                "others' publish -> receive p99 with one stalled subscriber ({}, {n} others)",
-                server.label
+                "others' publish -> receive p99 with one stalled subscriber ({}, {n} others, {} events/s)",
+                first.label, sizes.stall_rate
             ),
             format!(
                 "{} vs {} without ({:.2}x)",
@@ -1113,9 +1167,12 @@ pub fn run(mode: Mode, report: &mut Report) {
             if judged { "< 1.10x" } else { "informative" },
             judged.then(|| p99.ratio() < STALL_TARGET),
         );
-        drop(subs);
+        drop((subs_1, subs_2));
         rt.block_on(async { tokio::time::sleep(sizes.settle).await });
     }
+    drop((c, d));
+    twin_runtime.proc.stop();
+    twin_baseline.proc.stop();
     drop((a, b));
     drop(rt);
     runtime_proc.proc.stop();

@@ -49,6 +49,18 @@ impl Mode {
     }
 }
 
+static QUEUED: OnceLock<usize> = OnceLock::new();
+
+/// Sets the largest queue of benchmarks 1 and 4 (`--queued N`).
+pub fn set_queued(executions: usize) {
+    let _ = QUEUED.set(executions);
+}
+
+/// The largest queue of benchmarks 1 and 4: `--queued N`, else 1,000,000.
+pub fn queued() -> usize {
+    QUEUED.get().copied().unwrap_or(1_000_000)
+}
+
 // ---------------------------------------------------------------------------------------------
 // /proc readings
 // ---------------------------------------------------------------------------------------------

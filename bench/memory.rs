@@ -12,8 +12,8 @@ use crate::submit::{self, BIG_QUEUE, CLOSED_BACKEND};
 /// Runs benchmark 4 and the queued half of benchmark 1.
 pub fn run(mode: Mode, report: &mut Report) {
     let warm = mode.pick(20, 2_000);
-    let first = mode.pick(200, 100_000);
-    let second = mode.pick(400, 1_000_000);
+    let second = mode.pick(400, harness::queued());
+    let first = mode.pick(200, 100_000.min(second / 2));
     let calls = mode.pick(40, 10_000);
     let workflow = submit::workflow_1kib();
     let request = submit::request(&workflow);

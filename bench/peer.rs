@@ -491,19 +491,19 @@ struct Bench {
 /// (the counting twin of `Subscription::wait_end`, which panics unless the
 /// execution completed).
 async fn runtime_end(subscription: &Subscription, execution_id: String) -> (Instant, i32) {
-    let rx = {
+    let (tx, rx) = oneshot::channel();
+    {
         let mut slots = subscription.slots.lock().expect("slots");
         if let Some(Slot::Ended(at, kind)) = slots.remove(&execution_id) {
             return (at, kind);
         }
-        let (tx, rx) = oneshot::channel();
         slots.insert(execution_id.clone(), Slot::Waiting(tx));
-        rx
-    };
-    match tokio::time::timeout(JOB_TIMEOUT, rx).await {
-        Ok(Ok(end)) => end,
-        _ => panic!("execution {execution_id}: no end after {JOB_TIMEOUT:?}"),
     }
+    tokio::time::timeout(JOB_TIMEOUT, rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("execution {execution_id}: no end after {JOB_TIMEOUT:?}"))
 }
 
 impl Bench {
@@ -614,9 +614,8 @@ impl Bench {
 
 /// The sum of one CPU figure over windows, per job.
 fn cpu_per_job(windows: &[Window], figure: impl Fn(&Usage) -> f64) -> f64 {
-    let jobs: usize = windows.iter().map(|w| w.seconds.len()).sum();
     let cpu: f64 = windows.iter().map(|w| figure(&w.cpu)).sum();
-    if jobs == 0 { 0.0 } else { cpu / jobs as f64 }
+    cpu / total(windows, |w| w.seconds.len()).max(1) as f64
 }
 
 /// The sum of one count over windows.

@@ -9,6 +9,7 @@
 //!
 //! Options after `--`: `--only NAME[,NAME]` (submit, latency, fanout,
 //! memory, footprint, peer), `--smoke` (tiny sizes under `cargo bench`),
+//! `--queued N` (the largest queue of benchmarks 1 and 4; default 1,000,000),
 //! `--markdown FILE` (also write the table there).
 //!
 //! This executable is also each baseline server: with `COMFY_BENCH_ROLE`
@@ -47,6 +48,16 @@ fn main() {
         .position(|a| a == "--markdown")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    if let Some(queued) = args
+        .iter()
+        .position(|a| a == "--queued")
+        .and_then(|i| args.get(i + 1))
+    {
+        let queued = queued
+            .parse()
+            .expect("--queued takes a number of executions");
+        harness::set_queued(queued);
+    }
     let selected = |name: &str| {
         only.as_ref()
             .is_none_or(|only| only.iter().any(|o| o == name))

@@ -298,7 +298,7 @@ impl SchedulingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    /// Events kept in memory (older ones are read from the store). Default: 65536.
+    /// Events kept in memory (older ones are read from the store). Default: 8192 (about 10 MB when full; a subscriber further behind is caught up from the store).
     /// Bound: >= 16.
     pub history_len: usize,
     /// Events buffered per subscriber before it is caught up from history. Default: 256.
@@ -312,7 +312,7 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
-            history_len: 65_536,
+            history_len: 8_192,
             subscriber_buffer: 256,
             heartbeat_seconds: 15.0,
         }

@@ -20,7 +20,7 @@ use crate::model::{LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent};
 use crate::store::Store;
 
 /// Events kept in memory for resumption by default.
-pub const DEFAULT_HISTORY: usize = 65_536;
+pub const DEFAULT_HISTORY: usize = 8_192;
 /// Events a live subscriber may fall behind before it lags and catches up
 /// from history.
 const LIVE_CAPACITY: usize = 4096;

@@ -71,6 +71,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map};
 use std::fmt;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::model::TaskPriority;
@@ -484,27 +485,34 @@ struct Group {
 
 impl Group {
     /// How many of its executions come before `key`: the more urgent ones
-    /// by their counts, and those of the same priority by walking only that
-    /// priority's part of the queue, which is skipped when `key` is the
-    /// newest of them (a new submit's case).
+    /// by their counts, and those of the same priority by walking that
+    /// priority's part of the queue from both ends at once, so the walk is
+    /// as short as `key`'s distance to the nearer end (a recent submit sits
+    /// near the back).
     fn count_before(&self, key: QueueKey) -> usize {
         let Reverse(priority) = key.0;
-        let more_urgent: usize = self.by_priority[usize::from(priority.value()) + 1..]
-            .iter()
-            .sum();
-        let first_of_priority = (key.0, 0, ExecutionId(0));
-        let last_of_priority = self
+        let index = usize::from(priority.value());
+        let more_urgent: usize = self.by_priority[index + 1..].iter().sum();
+        let total = self.by_priority[index];
+        let first = (key.0, 0, ExecutionId(0));
+        let last = (key.0, u64::MAX, ExecutionId(u64::MAX));
+        let in_group = usize::from(self.queue.contains(&key));
+        let mut front = self.queue.range(first..key);
+        let mut back = self
             .queue
-            .range(first_of_priority..=(key.0, u64::MAX, ExecutionId(u64::MAX)))
-            .next_back();
-        let same = match last_of_priority {
-            None => 0,
-            Some(last) if *last < key => self.by_priority[usize::from(priority.value())],
-            // `key` is the newest of its priority in this group.
-            Some(last) if *last == key => self.by_priority[usize::from(priority.value())] - 1,
-            Some(_) => self.queue.range(first_of_priority..key).count(),
-        };
-        more_urgent + same
+            .range((Bound::Excluded(key), Bound::Included(last)))
+            .rev();
+        let (mut before, mut after) = (0, 0);
+        loop {
+            if front.next().is_none() {
+                return more_urgent + before;
+            }
+            before += 1;
+            if back.next().is_none() {
+                return more_urgent + total - in_group - after;
+            }
+            after += 1;
+        }
     }
 }
 

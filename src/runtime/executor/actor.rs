@@ -147,8 +147,10 @@ struct Run {
 
 /// An execution the actor holds (not terminal).
 struct Live {
-    id: String,
-    root: String,
+    /// The execution's id, shared with `Actor::by_id`'s key.
+    id: Arc<str>,
+    /// Its root task's id, shared with `Actor::by_root`'s key.
+    root: Arc<str>,
     priority: crate::model::TaskPriority,
     required: RequiredClasses,
     node_tasks: Arc<HashMap<String, String>>,
@@ -156,7 +158,8 @@ struct Live {
     phase: Phase,
     /// Dispatches so far; identifies the current attempt's reports.
     attempt: u64,
-    run: Option<Run>,
+    /// Boxed: most live executions are queued, with no run.
+    run: Option<Box<Run>>,
     /// Set when a cancel was requested, with its reason.
     cancel_reason: Option<String>,
     /// When it last entered the runtime's queue.
@@ -175,14 +178,16 @@ pub(crate) struct Actor {
     tracker: TaskTracker,
     scheduler: Scheduler,
     live: HashMap<ExecutionId, Live>,
-    by_id: HashMap<String, ExecutionId>,
-    by_root: HashMap<String, ExecutionId>,
+    by_id: HashMap<Arc<str>, ExecutionId>,
+    by_root: HashMap<Arc<str>, ExecutionId>,
     next_sched: u64,
     /// Starts reported before the prompt ahead of them on the backend was
     /// reported finished (their messages raced); applied after it finishes.
     deferred_starts: Vec<(ExecutionId, BackendId)>,
     /// One shared copy of each required-class list (see `intern`).
     interned: HashSet<RequiredClasses>,
+    /// The empty NODE task map every never-dispatched execution shares.
+    no_nodes: Arc<HashMap<String, String>>,
 }
 
 impl Actor {
@@ -208,6 +213,7 @@ impl Actor {
             next_sched: 1,
             deferred_starts: Vec::new(),
             interned: HashSet::new(),
+            no_nodes: Arc::new(HashMap::new()),
         }
     }
 
@@ -267,7 +273,7 @@ impl Actor {
             } => {
                 let position = self
                     .by_id
-                    .get(&execution_id)
+                    .get(execution_id.as_str())
                     .and_then(|sched| self.scheduler.position(*sched))
                     .and_then(|p| u32::try_from(p).ok());
                 let _ = reply.send(position);
@@ -349,11 +355,16 @@ impl Actor {
         let sched = ExecutionId(self.next_sched);
         self.next_sched += 1;
         let live = Live {
-            id: execution_id.to_owned(),
-            root: execution_root.clone(),
+            id: Arc::from(execution_id),
+            root: Arc::from(execution_root.as_str()),
             priority: root.priority,
             required,
-            node_tasks: Arc::new(node_tasks),
+            // Shared while empty: a queued execution has no NODE tasks yet.
+            node_tasks: if node_tasks.is_empty() {
+                Arc::clone(&self.no_nodes)
+            } else {
+                Arc::new(node_tasks)
+            },
             timeout: root
                 .timeout_seconds
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
@@ -433,7 +444,7 @@ impl Actor {
         for (waiter, kind) in self.shared.tasks.dependents(task_id) {
             let broken = kind == DependencyType::Requires && status != TaskStatus::Completed;
             let reason = format!("required dependency {task_id} is {}", status.as_str());
-            if let Some(&sched) = self.by_root.get(&waiter) {
+            if let Some(&sched) = self.by_root.get(waiter.as_str()) {
                 let Some(live) = self.live.get(&sched) else {
                     continue;
                 };
@@ -543,7 +554,7 @@ impl Actor {
             return;
         }
         self.admit_as(&execution.id, Admission::Recovering);
-        let Some(&sched) = self.by_id.get(&execution.id) else {
+        let Some(&sched) = self.by_id.get(execution.id.as_str()) else {
             return;
         };
         if let Some(live) = self.live.get_mut(&sched) {
@@ -568,7 +579,8 @@ impl Actor {
             .filter(|(_, l)| l.phase == Phase::Recovering)
             .filter_map(|(sched, l)| {
                 let (name, prompt) = l.recovered.as_ref()?;
-                (*name == backend.name).then(|| (*sched, l.attempt, prompt.clone(), l.id.clone()))
+                (*name == backend.name)
+                    .then(|| (*sched, l.attempt, prompt.clone(), l.id.to_string()))
             })
             .collect();
         for (sched, attempt, prompt_id, execution_id) in waiting {
@@ -703,17 +715,17 @@ impl Actor {
         live.attempt += 1;
         let (control, control_rx) = mpsc::unbounded_channel();
         let abandon = CancellationToken::new();
-        live.run = Some(Run {
+        live.run = Some(Box::new(Run {
             backend: backend.id,
             prompt_id: Some(prompt_id.clone()),
             control,
             abandon: abandon.clone(),
             take_back_pending: false,
-        });
+        }));
         let spec = AttemptSpec {
             sched,
             attempt: live.attempt,
-            execution_id: live.id.clone(),
+            execution_id: live.id.to_string(),
             prompt_id: Uuid::new_v4(),
             attach: Some(prompt_id),
             prompt: Value::Null,
@@ -834,17 +846,17 @@ impl Actor {
         let (control, control_rx) = mpsc::unbounded_channel();
         let abandon = CancellationToken::new();
         let prompt_id = Uuid::new_v4();
-        live.run = Some(Run {
+        live.run = Some(Box::new(Run {
             backend: backend_id,
             prompt_id: None,
             control,
             abandon: abandon.clone(),
             take_back_pending: false,
-        });
+        }));
         let spec = AttemptSpec {
             sched,
             attempt: live.attempt,
-            execution_id: live.id.clone(),
+            execution_id: live.id.to_string(),
             prompt_id,
             attach: None,
             prompt,
@@ -1653,7 +1665,7 @@ impl Actor {
             data.insert("duration_seconds".into(), Value::from(seconds));
         }
         let mut event_context = live_context(live);
-        event_context.task_id = Some(live.root.clone());
+        event_context.task_id = Some(live.root.to_string());
         let category = if status == TaskStatus::Failed {
             EventCategory::Error
         } else {
@@ -1706,8 +1718,8 @@ struct PromptNode {
 /// What events about a live execution are about.
 fn live_context(live: &Live) -> EventContext {
     EventContext {
-        task_id: Some(live.root.clone()),
-        execution_id: Some(live.id.clone()),
+        task_id: Some(live.root.to_string()),
+        execution_id: Some(live.id.to_string()),
         workflow_id: Some(live.workflow_id.clone()).filter(|w| !w.is_empty()),
         tags: live.tags.clone(),
         node: false,
