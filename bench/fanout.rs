@@ -1170,11 +1170,16 @@ pub fn run(mode: Mode, report: &mut Report) {
         drop((subs_1, subs_2));
         rt.block_on(async { tokio::time::sleep(sizes.settle).await });
     }
-    drop((c, d));
-    twin_runtime.proc.stop();
-    twin_baseline.proc.stop();
-    drop((a, b));
+    // Closing the client runtime closes every connection, so the servers
+    // stop at once rather than wait out their drain.
+    drop((a, b, c, d));
     drop(rt);
-    runtime_proc.proc.stop();
-    baseline_proc.proc.stop();
+    for proc in [
+        runtime_proc.proc,
+        baseline_proc.proc,
+        twin_runtime.proc,
+        twin_baseline.proc,
+    ] {
+        proc.stop();
+    }
 }
