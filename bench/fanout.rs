@@ -749,19 +749,10 @@ async fn parked_publishes(
     spent / publishes as f64
 }
 
-/// A one-thread tokio runtime (receivers and publisher share the thread,
-/// as a handler and the subscriptions it wakes share a server worker).
-fn one_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// CPU per `EventBus::publish_task` (in-memory store, default window) with
 /// `n` live receivers parked in `recv`, as the runtime's subscriptions are.
 fn bus_publish_cpu(n: usize, publishes: usize) -> f64 {
-    let rt = one_thread();
+    let rt = harness::client_runtime();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let bus = EventBus::new(DEFAULT_HISTORY, Some(store));
     let received = Arc::new(AtomicU64::new(0));
@@ -805,7 +796,7 @@ fn bus_publish_cpu(n: usize, publishes: usize) -> f64 {
 /// CPU per `broadcast::Sender::send` of the baseline's item with `n`
 /// `BroadcastStream`s parked, as the baseline's subscriptions are.
 fn broadcast_send_cpu(n: usize, publishes: usize) -> f64 {
-    let rt = one_thread();
+    let rt = harness::client_runtime();
     let (sender, _) = broadcast::channel::<SubscribeEventsResponse>(4096);
     let received = Arc::new(AtomicU64::new(0));
     for _ in 0..n {
@@ -905,19 +896,13 @@ async fn idle_memory(server: &Server, k: usize, settle: Duration) -> f64 {
     (after as f64 - before as f64) / k as f64
 }
 
-/// The load generator's tokio runtime: one thread, so that its CPU stays
-/// small next to the server's on this 2-core machine.
-fn client_runtime() -> tokio::runtime::Runtime {
-    one_thread()
-}
-
 /// Runs the benchmark.
 pub fn run(mode: Mode, report: &mut Report) {
     let sizes = Sizes::of(mode);
     now_us();
     in_process(mode, &sizes, report);
 
-    let rt = client_runtime();
+    let rt = harness::client_runtime();
     let baseline_proc = harness::start_baseline("broadcast");
     let runtime_proc = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], QUIET);
     let (a, b) = rt.block_on(async {

@@ -40,7 +40,7 @@ async fn wait_serving(endpoint: String) -> Instant {
 
 /// Runs benchmark 5.
 pub fn run(mode: Mode, report: &mut Report) {
-    let rt = crate::submit::client_runtime();
+    let rt = harness::client_runtime();
     let fake: Fake = harness::start_fake();
     let mut start = harness::Paired::default();
     let mut rss = harness::Paired::default();

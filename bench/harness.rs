@@ -352,6 +352,16 @@ pub fn start_baseline(role: &str) -> Baseline {
     Baseline { proc, addr }
 }
 
+/// A one-thread tokio runtime for a load generator: its own CPU stays small
+/// next to the servers' on a 2-core machine, and in-process measurements
+/// (receivers and publisher on one thread) mirror one server worker.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// A path for scratch files that lives as long as the returned guard.
 pub fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")

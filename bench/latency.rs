@@ -68,15 +68,6 @@ impl Nonces {
     }
 }
 
-/// A tokio runtime for the load generator: one thread, so that its own CPU
-/// stays small next to the servers' on this 2-core machine.
-fn client_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 // ---------------------------------------------------------------------------------------------
 // A: the direct ComfyUI client
 // ---------------------------------------------------------------------------------------------
@@ -623,7 +614,7 @@ impl Setup {
     pub(crate) fn start() -> Self {
         let fake = harness::start_fake();
         let runtime = harness::start_runtime(StoreKind::Sqlite, &[&fake.url], "");
-        let rt = client_runtime();
+        let rt = harness::client_runtime();
         let direct = rt.block_on(Direct::connect(&fake.url));
         let client = rt.block_on(RuntimeClient::connect(runtime.endpoint()));
         Self {

@@ -17,7 +17,7 @@ pub fn run(mode: Mode, report: &mut Report) {
     let calls = mode.pick(40, 10_000);
     let workflow = submit::workflow_1kib();
     let request = submit::request(&workflow);
-    let rt = submit::client_runtime();
+    let rt = harness::client_runtime();
 
     let full = harness::start_runtime(StoreKind::Sqlite, &[CLOSED_BACKEND], BIG_QUEUE);
     let client = rt.block_on(submit::connect(full.endpoint()));

@@ -73,15 +73,6 @@ pub struct Window {
     pub throughput: f64,
 }
 
-/// A tokio runtime for the load generator: one thread, so that its own CPU
-/// stays small next to the server's on this 2-core machine.
-pub fn client_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// Connects a client to `endpoint`.
 pub async fn connect(endpoint: String) -> ExecutionServiceClient<Channel> {
     let channel = Channel::from_shared(endpoint)
@@ -143,7 +134,7 @@ pub fn run(mode: Mode, report: &mut Report) {
         "workflow: {} bytes; {calls} calls per window, {IN_FLIGHT} in flight",
         workflow.len()
     );
-    let rt = client_runtime();
+    let rt = harness::client_runtime();
     let hello = harness::start_baseline("hello");
     let memory = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], BIG_QUEUE);
     let durable = harness::start_runtime(StoreKind::Sqlite, &[CLOSED_BACKEND], BIG_QUEUE);

@@ -227,9 +227,9 @@ pub struct SqliteStore {
     /// Transactions the writer committed since open.
     commits: Arc<AtomicU64>,
     /// The background compaction, when asked for; stopped first on drop.
-    compactor: Option<Compactor>,
+    compactor: Option<Periodic>,
     /// The background WAL checkpoints; stopped before the writer on drop.
-    checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Periodic>,
     /// Idle read-only connections.
     readers: Readers,
     /// Holds the advisory lock on `<path>.lock` for the store's lifetime;
@@ -289,13 +289,13 @@ impl SqliteStore {
             _lock: lock,
         };
         store.checkpointer = Some(
-            Checkpointer::spawn(path)
+            spawn_checkpointer(path)
                 .map_err(|error| fail(format!("cannot start checkpoints: {error}")))?,
         );
         if let Some((interval, policy)) = options.compaction {
             // On failure the store drops here, stopping its writer.
             store.compactor = Some(
-                Compactor::spawn(store.commands.clone(), interval, policy, path)
+                spawn_compactor(store.commands.clone(), interval, policy, path)
                     .map_err(|error| fail(format!("cannot start compaction: {error}")))?,
             );
         }
@@ -1137,7 +1137,7 @@ fn open_writer(path: &Path, synchronous: StoreSynchronous) -> Result<Connection,
             },
         )?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
-        // Checkpoints run on their own thread (`Checkpointer`): on the
+        // Checkpoints run on their own thread (`spawn_checkpointer`): on the
         // writer, the fsync of an automatic checkpoint stalled every write
         // queued behind it for milliseconds.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -1597,48 +1597,35 @@ fn compact_events(conn: &Connection, keep: i64, cutoff: Option<i64>) -> Result<u
     Ok(deleted as u64)
 }
 
-/// The background compaction thread and the channel that stops it.
-struct Compactor {
+/// A background thread that runs a step every interval until stopped
+/// (compaction, WAL checkpoints).
+struct Periodic {
     /// Dropping it wakes the thread, which then exits.
     stop: SyncSender<()>,
     /// The thread.
     thread: JoinHandle<()>,
 }
 
-impl Compactor {
+impl Periodic {
+    /// Runs `step` after `first`, then every `every`, on a thread named `name`.
     fn spawn(
-        commands: SyncSender<Command>,
-        interval: Duration,
-        policy: RetentionPolicy,
-        path: &Path,
+        name: &str,
+        first: Duration,
+        every: Duration,
+        mut step: impl FnMut() + Send + 'static,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::sync_channel(1);
-        let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
-            .name("store-compaction".into())
+            .name(name.into())
             .spawn(move || {
-                let mut wait = interval.min(FIRST_COMPACTION_DELAY);
+                let mut wait = first;
                 loop {
                     match stopped.recv_timeout(wait) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    wait = interval;
-                    match compact(&commands, &policy, Utc::now()) {
-                        Ok(report) if report.is_empty() => {}
-                        Ok(report) => tracing::info!(
-                            path = %path.display(),
-                            executions = report.executions,
-                            tasks = report.tasks,
-                            events = report.events,
-                            "store compacted"
-                        ),
-                        Err(error) => tracing::warn!(
-                            path = %path.display(),
-                            %error,
-                            "store compaction failed; trying again at the next interval"
-                        ),
-                    }
+                    wait = every;
+                    step();
                 }
             })?;
         Ok(Self { stop, thread })
@@ -1651,47 +1638,52 @@ impl Compactor {
     }
 }
 
-/// A thread with its own connection that checkpoints the WAL in the
-/// background (PASSIVE: it never blocks the writer or readers), so commits
-/// stay cheap and the WAL stays small.
-struct Checkpointer {
-    /// Dropping it wakes the thread, which then exits.
-    stop: SyncSender<()>,
-    /// The thread.
-    thread: JoinHandle<()>,
+/// Background compaction: retention in small steps through the writer.
+fn spawn_compactor(
+    commands: SyncSender<Command>,
+    interval: Duration,
+    policy: RetentionPolicy,
+    path: &Path,
+) -> std::io::Result<Periodic> {
+    let path = path.to_path_buf();
+    let first = interval.min(FIRST_COMPACTION_DELAY);
+    Periodic::spawn("store-compaction", first, interval, move || {
+        match compact(&commands, &policy, Utc::now()) {
+            Ok(report) if report.is_empty() => {}
+            Ok(report) => tracing::info!(
+                path = %path.display(),
+                executions = report.executions,
+                tasks = report.tasks,
+                events = report.events,
+                "store compacted"
+            ),
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "store compaction failed; trying again at the next interval"
+            ),
+        }
+    })
 }
 
-impl Checkpointer {
-    fn spawn(path: &Path) -> Result<Self, String> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
-        let (stop, stopped) = mpsc::sync_channel(1);
-        let path = path.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || {
-                loop {
-                    match stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                    if let Err(error) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(Self { stop, thread })
-    }
-
-    /// Wakes the thread and waits for it to exit.
-    fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
-    }
+/// Background WAL checkpoints on their own connection (PASSIVE: they never
+/// block the writer or readers), so commits stay cheap and the WAL small.
+fn spawn_checkpointer(path: &Path) -> Result<Periodic, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    let path = path.to_path_buf();
+    Periodic::spawn(
+        "store-checkpoint",
+        CHECKPOINT_INTERVAL,
+        CHECKPOINT_INTERVAL,
+        move || {
+            if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+            }
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
