@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 
 /// The runtime's binary, built by cargo for this bench target.
 pub const RUNTIME_BIN: &str = env!("CARGO_BIN_EXE_comfy-reality");
-/// The fake ComfyUI's binary.
-pub const FAKE_BIN: &str = env!("CARGO_BIN_EXE_comfy-reality-fake-comfyui");
+/// The fake ComfyUI's binary (its own crate of the workspace; built beside
+/// this one by `cargo test` at the root and by `scripts/bench.sh`).
+pub fn fake_bin() -> PathBuf {
+    comfy_reality_fake_comfyui::binary_path().unwrap_or_else(|e| panic!("{e}"))
+}
 /// The environment variable that makes this executable run a baseline
 /// server instead of the suite (see `suite.rs`).
 pub const ROLE_ENV: &str = "COMFY_BENCH_ROLE";
@@ -246,7 +249,7 @@ pub struct Fake {
 /// Starts a fake ComfyUI on a free port, writing into a temporary folder.
 pub fn start_fake() -> Fake {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut command = Command::new(FAKE_BIN);
+    let mut command = Command::new(fake_bin());
     command
         .args(["--port", "0", "--output-dir"])
         .arg(dir.path().join("output"));

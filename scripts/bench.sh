@@ -16,5 +16,8 @@ step "install the peer: comfy-api-proxy $COMFY_API_PROXY_VERSION"
 install_pip_package comfy-api-proxy "$COMFY_API_PROXY_VERSION"
 export COMFY_API_PROXY="$VENV_DIR/bin/comfy-api-proxy"
 
+step "cargo build --release --locked -p comfy-reality-fake-comfyui (the suite starts it as a process)"
+cargo build --release --locked -p comfy-reality-fake-comfyui
+
 step "cargo bench --bench suite --locked -- $*"
 cargo bench --bench suite --locked -- "$@"

@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use comfy_reality::comfy::client::{ComfyClient, ComfyError, PromptLocation};
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
 use comfy_reality::comfy::wire::{FileType, OutputFile, QueuePosition};
 use comfy_reality::comfy::ws::{
     BackendSocket, BackendSocketHandle, LostReason, PromptEvent, PromptWatch, SocketSettings,
 };
 use comfy_reality::config::ServerConfig;
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 
 /// Guards every wait against a hang; never expected to expire.
 const HANG_GUARD: Duration = Duration::from_secs(60);

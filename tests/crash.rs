@@ -16,7 +16,6 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
 use comfy_reality::pb::event::Payload;
 use comfy_reality::pb::event_service_client::EventServiceClient;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
@@ -24,6 +23,7 @@ use comfy_reality::pb::{
     ExecuteWorkflowRequest, GetExecutionRequest, ListEventsRequest, TaskPriority, TaskStatus,
     execute_workflow_request::Workflow,
 };
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use serde_json::json;
 use tonic::transport::Channel;
 

@@ -12,12 +12,12 @@
 
 mod common;
 
-use comfy_reality::comfy::fake::FakeComfy;
 use comfy_reality::config::Config;
 use comfy_reality::pb::{
     CancelExecutionRequest, ExecuteWorkflowRequest, Task, TaskPriority, TaskStatus,
     WorkflowExecution, execute_workflow_request::Workflow,
 };
+use comfy_reality_fake_comfyui::FakeComfy;
 use common::exec::{Harness, delay_workflow, harness, image_workflow, status};
 use serde_json::{Value, json};
 

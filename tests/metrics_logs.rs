@@ -14,7 +14,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
 use comfy_reality::pb::event_service_client::EventServiceClient;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
 use comfy_reality::pb::task_service_client::TaskServiceClient;
@@ -23,6 +22,7 @@ use comfy_reality::pb::{
     GetTaskRequest, SubscribeEventsRequest, TaskStatus, WorkflowExecution,
     execute_workflow_request::Workflow,
 };
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;

@@ -9,12 +9,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
 use comfy_reality::config::{Config, ServerConfig};
 use comfy_reality::model::events::EventPayload;
 use comfy_reality::model::{JsonObject, TaskPriority, TaskStatus};
 use comfy_reality::runtime::{ExecuteRequest, ExecutionView, Runtime, WorkflowSource};
 use comfy_reality::store::{MemoryStore, Store};
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 

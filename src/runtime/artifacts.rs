@@ -481,10 +481,10 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::comfy::fake::{FakeComfy, FakeOptions};
     use crate::comfy::ws::{BackendSocket, PromptEvent, SocketSettings};
     use crate::config::ServerConfig;
     use crate::runtime::workflow_checks::rewrite_filename_prefixes;
+    use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 
     /// Guards every wait on the fake against a hang; never expected to expire.
     const HANG_GUARD: Duration = Duration::from_secs(60);

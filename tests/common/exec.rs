@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
 use comfy_reality::config::{Config, ServerConfig};
 use comfy_reality::pb::{
     self, ExecuteWorkflowRequest, GetExecutionRequest, TaskPriority, TaskStatus, WorkflowExecution,
     execute_workflow_request::Workflow,
 };
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 

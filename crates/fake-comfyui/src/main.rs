@@ -1,5 +1,5 @@
 //! `comfy-reality-fake-comfyui`: runs the fake ComfyUI server of
-//! `comfy_reality::comfy::fake` as a process, for manual testing, other
+//! `comfy_reality_fake_comfyui` as a process, for manual testing, other
 //! languages' SDK tests and the quick start.
 //!
 //! Prints exactly one line on stdout once the port is bound
@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
-use comfy_reality::signals::ShutdownSignals;
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 
 /// A fake ComfyUI 0.33 server.
 #[derive(Debug, Parser)]
@@ -88,7 +87,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> std::io::Result<()> {
     // Handlers first, so a signal right after the address is printed is not lost.
-    let mut signals = ShutdownSignals::install()?;
+    let mut signals = Signals::install()?;
     let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
     let options = FakeOptions {
         output_dir: args.output_dir,
@@ -114,4 +113,43 @@ async fn run(args: Args) -> std::io::Result<()> {
     signals.recv().await;
     fake.shutdown().await;
     Ok(())
+}
+
+/// SIGINT and SIGTERM (`ctrl_c` alone misses SIGTERM, which is what test
+/// harnesses, Kubernetes and Docker send), installed before the address is
+/// printed.
+struct Signals {
+    /// SIGTERM.
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    /// SIGINT.
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

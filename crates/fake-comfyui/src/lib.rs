@@ -89,6 +89,43 @@ use files::Dirs;
 use server::{ConnHandle, FakeListener};
 use shared::{Settings, Shared};
 
+/// The name of this crate's binary.
+pub const BINARY_NAME: &str = "comfy-reality-fake-comfyui";
+
+/// The environment variable that names the fake's binary explicitly.
+pub const BINARY_ENV: &str = "COMFY_REALITY_FAKE_COMFYUI";
+
+/// Where the fake's binary is, for tests and benchmarks of other crates of the
+/// workspace that start it as a process (cargo only tells a package the paths
+/// of its own binaries): `$COMFY_REALITY_FAKE_COMFYUI` when set, else next to
+/// the running executable in cargo's target folder (`target/<profile>/`, the
+/// parent of `deps/`), where `cargo build` / `cargo test` at the workspace root
+/// put it.
+///
+/// # Errors
+/// `NotFound`, naming the command that builds it, when it is not there.
+pub fn binary_path() -> io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(BINARY_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let name = format!("{BINARY_NAME}{}", std::env::consts::EXE_SUFFIX);
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(&name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "{name} not found near {}: build it with `cargo build -p {BINARY_NAME}` \
+             (with --release for benchmarks) or set {BINARY_ENV}",
+            exe.display()
+        ),
+    ))
+}
+
 /// How long [`FakeComfy::shutdown`] waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

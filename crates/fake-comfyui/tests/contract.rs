@@ -1,4 +1,4 @@
-//! Contract tests of the fake ComfyUI (`comfy_reality::comfy::fake`) against
+//! Contract tests of the fake ComfyUI (`comfy_reality_fake_comfyui`) against
 //! the transcripts captured from a real ComfyUI 0.33 in
 //! `../shared/comfyui-protocol/`.
 //!
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use comfy_reality::comfy::fake::{FakeComfy, FakeOptions};
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
@@ -39,7 +39,7 @@ const HANG_GUARD: Duration = Duration::from_secs(15);
 /// Loads `../shared/comfyui-protocol/<name>.json`.
 fn transcript(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/comfyui-protocol")
+        .join("../../../shared/comfyui-protocol")
         .join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
