@@ -134,10 +134,14 @@ pub async fn serve_with_store(
     let signal = {
         let shutdown = shutdown.clone();
         let reporter = reporter.clone();
+        let runtime = runtime.clone();
         async move {
             shutdown.cancelled().await;
             tracing::info!("shutdown requested: readiness NOT_SERVING, draining");
             set_all(&reporter, ServingStatus::NotServing, false).await;
+            // Long-lived streams end now with UNAVAILABLE (and where to
+            // resume), so the drain waits only for unary calls.
+            runtime.close_streams();
         }
     };
     let server = Server::builder()

@@ -16,6 +16,7 @@ use common::exec::{delay_workflow, harness, image_workflow};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 /// Reads events from `stream` until `done` says so (or panics after a while).
 async fn read_until(
@@ -246,6 +247,48 @@ async fn bad_filters_and_tokens_name_the_field() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_resume_point_beyond_the_newest_event_is_out_of_range() {
+    let h = harness(1, |_| {}).await;
+    let listed = h
+        .server
+        .events()
+        .list_events(ListEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let newest = listed.last_sequence;
+    let status = h
+        .server
+        .events()
+        .subscribe_events(SubscribeEventsRequest {
+            after_sequence: Some(newest + 1_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(
+        info.metadata.get("newest_sequence"),
+        Some(&newest.to_string()),
+        "{info:?}"
+    );
+    assert!(
+        status.message().contains("has not been published"),
+        "{status:?}"
+    );
+    // The newest sequence itself is a valid resume point.
+    h.server
+        .events()
+        .subscribe_events(SubscribeEventsRequest {
+            after_sequence: Some(newest),
+            ..Default::default()
+        })
+        .await
+        .expect("resume after the newest event");
 }
 
 /// Watches `id` to its end; returns the statuses seen.

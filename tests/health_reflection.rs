@@ -169,6 +169,53 @@ async fn open_streams_are_closed_once_the_drain_deadline_passes() {
     }
 }
 
+#[tokio::test]
+async fn shutdown_ends_idle_event_streams_at_once_with_unavailable_and_where_to_resume() {
+    use comfy_reality::pb::SubscribeEventsRequest;
+    use tonic_types::StatusExt as _;
+    // A grace far longer than the hang guard: the drain must not wait for it.
+    let mut config = Config::default();
+    config.service.shutdown_grace_seconds = 600.0;
+    let server = TestServer::start_with(config).await;
+    let mut events = server.events();
+    let newest = events
+        .list_events(comfy_reality::pb::ListEventsRequest::default())
+        .await
+        .expect("list events")
+        .into_inner()
+        .last_sequence;
+    let mut stream = events
+        .subscribe_events(SubscribeEventsRequest {
+            after_sequence: Some(newest),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    server.request_shutdown();
+    let status = loop {
+        match tokio::time::timeout(HANG_GUARD, stream.next()).await {
+            Ok(Some(Ok(_heartbeat_or_event))) => continue,
+            Ok(Some(Err(status))) => break status,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(_) => panic!("the stream is still open {HANG_GUARD:?} after shutdown began"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    let last: u64 = info
+        .metadata
+        .get("last_sequence")
+        .expect("last_sequence in the details")
+        .parse()
+        .expect("a number");
+    assert!(last >= newest, "{last} < {newest}");
+    // With the only stream ended, the drain finishes long before its grace.
+    tokio::time::timeout(HANG_GUARD, server.shutdown())
+        .await
+        .expect("the drain waited for its deadline although no call was open");
+}
+
 async fn list_services_v1(server: &TestServer) -> BTreeSet<String> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;

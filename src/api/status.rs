@@ -171,6 +171,25 @@ pub fn to_status(err: RuntimeError) -> Status {
                 ]),
             )],
         ),
+        RuntimeError::SequenceAhead { after, newest } => Status::with_error_details_vec(
+            Code::OutOfRange,
+            err.to_string(),
+            [error_info(
+                class,
+                HashMap::from([
+                    ("after_sequence".to_owned(), after.to_string()),
+                    ("newest_sequence".to_owned(), newest.to_string()),
+                ]),
+            )],
+        ),
+        RuntimeError::StreamClosed { last_sequence } => Status::with_error_details_vec(
+            Code::Unavailable,
+            err.to_string(),
+            [error_info(
+                class,
+                HashMap::from([("last_sequence".to_owned(), last_sequence.to_string())]),
+            )],
+        ),
         RuntimeError::SubscriberBehind { last_sequence } => Status::with_error_details_vec(
             Code::ResourceExhausted,
             err.to_string(),
@@ -278,6 +297,19 @@ mod tests {
                     oldest: 10,
                 },
                 Code::OutOfRange,
+                "RuntimeError",
+            ),
+            (
+                RuntimeError::SequenceAhead {
+                    after: 9,
+                    newest: 4,
+                },
+                Code::OutOfRange,
+                "RuntimeError",
+            ),
+            (
+                RuntimeError::StreamClosed { last_sequence: 7 },
+                Code::Unavailable,
                 "RuntimeError",
             ),
             (

@@ -124,6 +124,24 @@ pub enum RuntimeError {
         /// The oldest sequence still kept (0 when none).
         oldest: u64,
     },
+    /// A resume point newer than the newest event: this runtime never
+    /// published it (a typo, or a sequence from a store that was replaced).
+    #[error(
+        "sequence {after} has not been published; the newest event is {newest} (resume after it, or omit after_sequence to start from now)"
+    )]
+    SequenceAhead {
+        /// The sequence asked to resume after.
+        after: u64,
+        /// The newest sequence published.
+        newest: u64,
+    },
+    /// The server is draining: an open stream ends; resume after
+    /// `last_sequence` once it (or another replica) is back.
+    #[error("the server is shutting down; resume after sequence {last_sequence}")]
+    StreamClosed {
+        /// The last sequence the stream passed (delivered or filtered out).
+        last_sequence: u64,
+    },
     /// A subscriber fell further behind than the retained history: resume
     /// after `last_sequence`, which every delivered event precedes or equals.
     #[error(
@@ -154,6 +172,8 @@ impl RuntimeError {
             | Self::Unavailable(_)
             | Self::Store(_)
             | Self::OutOfRange { .. }
+            | Self::SequenceAhead { .. }
+            | Self::StreamClosed { .. }
             | Self::SubscriberBehind { .. } => ErrorClass::Runtime,
         }
     }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::model::{EventCategory, LogLevel, TaskEventType};
 
@@ -110,27 +112,47 @@ pub enum StreamItem {
 }
 
 /// How a subscription behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     /// Items buffered for the client.
     pub buffer: usize,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
+    /// Cancelled when the server starts draining: the subscription then ends
+    /// at once with [`RuntimeError::StreamClosed`] naming the last sequence
+    /// passed, instead of holding the drain open until its deadline.
+    pub closing: CancellationToken,
 }
 
 /// Starts a subscription: events after `after` (or from now when `None`)
-/// that pass `filter`, on a bounded channel. Refused with
-/// [`RuntimeError::OutOfRange`] when `after` is older than what is kept.
+/// that pass `filter`, on a bounded channel; the pump runs on `tracker`.
+///
+/// # Errors
+/// [`RuntimeError::OutOfRange`] when `after` is older than what is kept;
+/// [`RuntimeError::SequenceAhead`] when `after` is newer than the newest event
+/// (a sequence this runtime never published: a typo, or a resume point from a
+/// store that was since replaced); [`RuntimeError::Unavailable`] once the
+/// server is draining.
 pub fn subscribe(
     bus: &EventBus,
     filter: EventFilter,
     after: Option<u64>,
     options: SubscribeOptions,
+    tracker: &TaskTracker,
 ) -> Result<mpsc::Receiver<Result<StreamItem, RuntimeError>>, RuntimeError> {
+    if options.closing.is_cancelled() {
+        return Err(RuntimeError::Unavailable(
+            "the server is shutting down".into(),
+        ));
+    }
     // Live first, so nothing published from here on can be missed.
     let live = bus.subscribe();
     let start = match after {
         Some(after) => {
+            let newest = bus.last_sequence();
+            if after > newest {
+                return Err(RuntimeError::SequenceAhead { after, newest });
+            }
             if let Err(oldest) = bus.history_after(after, 1) {
                 return Err(RuntimeError::OutOfRange { after, oldest });
             }
@@ -140,13 +162,14 @@ pub fn subscribe(
     };
     let (tx, rx) = mpsc::channel(options.buffer.max(1));
     let bus = bus.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let mut pump = Pump {
             bus,
             filter,
             tx,
             last: start,
             heartbeat: options.heartbeat,
+            closing: options.closing,
         };
         pump.run(live).await;
     });
@@ -160,7 +183,10 @@ struct Pump {
     tx: mpsc::Sender<Result<StreamItem, RuntimeError>>,
     /// The last sequence passed (delivered or filtered out).
     last: u64,
+    /// Idle time before a heartbeat.
     heartbeat: Duration,
+    /// Cancelled when the server starts draining.
+    closing: CancellationToken,
 }
 
 impl Pump {
@@ -202,6 +228,13 @@ impl Pump {
                     }
                 }
                 () = self.tx.closed() => return,
+                () = self.closing.cancelled() => {
+                    // Whatever is already in the channel still reaches the
+                    // client first: the status comes after the last event.
+                    let end = RuntimeError::StreamClosed { last_sequence: self.last };
+                    let _ = self.tx.send(Err(end)).await;
+                    return;
+                }
             }
         }
     }
@@ -328,6 +361,7 @@ mod tests {
         SubscribeOptions {
             buffer: 4,
             heartbeat: Duration::from_secs(3600),
+            closing: CancellationToken::new(),
         }
     }
 
@@ -385,7 +419,14 @@ mod tests {
         for i in 1..=40 {
             publish(&bus, i);
         }
-        let refused = subscribe(&bus, EventFilter::default(), Some(3), options()).unwrap_err();
+        let refused = subscribe(
+            &bus,
+            EventFilter::default(),
+            Some(3),
+            options(),
+            &TaskTracker::new(),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 refused,
@@ -399,6 +440,99 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resume_point_beyond_the_newest_event_is_refused() {
+        let bus = EventBus::new(16, None);
+        for i in 1..=5 {
+            publish(&bus, i);
+        }
+        let refused = subscribe(
+            &bus,
+            EventFilter::default(),
+            Some(6),
+            options(),
+            &TaskTracker::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                RuntimeError::SequenceAhead {
+                    after: 6,
+                    newest: 5
+                }
+            ),
+            "{refused}"
+        );
+        // The newest itself is a valid resume point: nothing to replay yet.
+        assert!(
+            subscribe(
+                &bus,
+                EventFilter::default(),
+                Some(5),
+                options(),
+                &TaskTracker::new()
+            )
+            .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn draining_ends_an_idle_subscription_with_its_last_sequence() {
+        let bus = EventBus::new(16, None);
+        for i in 1..=3 {
+            publish(&bus, i);
+        }
+        let closing = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut rx = subscribe(
+            &bus,
+            EventFilter {
+                include_node_events: true,
+                ..EventFilter::default()
+            },
+            Some(1),
+            SubscribeOptions {
+                closing: closing.clone(),
+                ..options()
+            },
+            &tracker,
+        )
+        .unwrap();
+        for expected in [2, 3] {
+            match rx.recv().await {
+                Some(Ok(StreamItem::Event(event))) => assert_eq!(event.sequence, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+        closing.cancel();
+        match rx.recv().await {
+            Some(Err(RuntimeError::StreamClosed { last_sequence })) => {
+                assert_eq!(last_sequence, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            rx.recv().await.is_none(),
+            "the stream ends after the status"
+        );
+        tracker.close();
+        tracker.wait().await;
+        // And no new subscription starts once draining.
+        let refused = subscribe(
+            &bus,
+            EventFilter::default(),
+            None,
+            SubscribeOptions {
+                closing,
+                ..options()
+            },
+            &tracker,
+        )
+        .unwrap_err();
+        assert!(matches!(refused, RuntimeError::Unavailable(_)), "{refused}");
+    }
+
+    #[tokio::test]
     async fn a_slow_subscriber_is_caught_up_from_the_store() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let bus = EventBus::new(16, Some(store));
@@ -406,8 +540,15 @@ mod tests {
             include_node_events: true,
             ..EventFilter::default()
         };
-        let mut slow = subscribe(&bus, filter.clone(), Some(0), options()).unwrap();
-        let mut fast = subscribe(&bus, filter, Some(0), options()).unwrap();
+        let mut slow = subscribe(
+            &bus,
+            filter.clone(),
+            Some(0),
+            options(),
+            &TaskTracker::new(),
+        )
+        .unwrap();
+        let mut fast = subscribe(&bus, filter, Some(0), options(), &TaskTracker::new()).unwrap();
         let reader = tokio::spawn(async move { collect(&mut fast, 10_000).await });
         // Far more than the live channel and the window hold, while the slow
         // subscriber reads nothing and the fast one keeps up.
@@ -428,7 +569,14 @@ mod tests {
     #[tokio::test]
     async fn without_history_a_slow_subscriber_ends_with_its_position() {
         let bus = EventBus::new(16, None);
-        let mut rx = subscribe(&bus, EventFilter::default(), Some(0), options()).unwrap();
+        let mut rx = subscribe(
+            &bus,
+            EventFilter::default(),
+            Some(0),
+            options(),
+            &TaskTracker::new(),
+        )
+        .unwrap();
         for i in 1..=10_000 {
             publish(&bus, i);
         }
@@ -458,7 +606,9 @@ mod tests {
             SubscribeOptions {
                 buffer: 4,
                 heartbeat: Duration::from_millis(20),
+                closing: CancellationToken::new(),
             },
+            &TaskTracker::new(),
         )
         .unwrap();
         match rx.recv().await {
@@ -516,7 +666,7 @@ mod tests {
                 }
                 let resume = (before as f64 * resume_frac) as u64;
                 let filter = EventFilter { include_node_events: true, ..EventFilter::default() };
-                let mut rx = subscribe(&bus, filter, Some(resume), options()).unwrap();
+                let mut rx = subscribe(&bus, filter, Some(resume), options(), &TaskTracker::new()).unwrap();
                 let publisher = {
                     let bus = bus.clone();
                     tokio::spawn(async move {

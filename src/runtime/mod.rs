@@ -56,6 +56,9 @@ struct Inner {
     executor: Executor,
     /// Stops the executor, its backends and probers.
     cancel: CancellationToken,
+    /// Cancelled when the server starts draining: open event streams end
+    /// with UNAVAILABLE and new ones are refused (see [`Runtime::close_streams`]).
+    streams_closing: CancellationToken,
     /// The executor's tasks.
     tracker: TaskTracker,
     /// Registered workflows.
@@ -98,6 +101,7 @@ impl Runtime {
                 tasks,
                 executor,
                 cancel,
+                streams_closing: CancellationToken::new(),
                 tracker,
                 workflows: WorkflowRegistry::new(store),
                 config,
@@ -106,9 +110,18 @@ impl Runtime {
         })
     }
 
+    /// Ends every open event stream (SubscribeEvents, WatchExecution) with
+    /// UNAVAILABLE naming the last sequence it passed, and refuses new ones:
+    /// the server calls it when draining starts, so long-lived streams do not
+    /// hold the drain open until its deadline. Unary calls are unaffected.
+    pub fn close_streams(&self) {
+        self.inner.streams_closing.cancel();
+    }
+
     /// Stops the executor and waits for its tasks. Executions in flight stay
     /// as they are in the store.
     pub async fn shutdown(&self) {
+        self.close_streams();
         self.inner.cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
@@ -298,7 +311,9 @@ impl Runtime {
             events::SubscribeOptions {
                 buffer: config.subscriber_buffer,
                 heartbeat: config.heartbeat(),
+                closing: self.inner.streams_closing.clone(),
             },
+            &self.inner.tracker,
         )
     }
 
@@ -321,13 +336,19 @@ impl Runtime {
     ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecutionView, RuntimeError>>, RuntimeError>
     {
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let closing = self.inner.streams_closing.clone();
+        if closing.is_cancelled() {
+            return Err(RuntimeError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        }
         // Live first, so no change after the first read can be missed.
         let mut live = self.bus().subscribe();
         let first = self.inner.executor.view_with_position(id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let runtime = self.clone();
         let id = id.to_owned();
-        tokio::spawn(async move {
+        self.inner.tracker.spawn(async move {
             let mut previous = first.clone();
             let mut ended = first.execution.status().is_terminal();
             if tx.send(Ok(first)).await.is_err() {
@@ -341,6 +362,13 @@ impl Runtime {
                         Err(RecvError::Closed) => return,
                     },
                     () = tx.closed() => return,
+                    () = closing.cancelled() => {
+                        let end = RuntimeError::StreamClosed {
+                            last_sequence: runtime.bus().last_sequence(),
+                        };
+                        let _ = tx.send(Err(end)).await;
+                        return;
+                    }
                 };
                 if !changed {
                     continue;
