@@ -574,6 +574,24 @@ fn a_long_lived_stream_is_handled_when_the_client_leaves() {
         ("grpc_code", "Canceled"),
     ];
     backend.rt.block_on(async move {
+        // Before anything happened: the table's counters read 0, not "no data".
+        let (_, before) = scrape(metrics_addr).await;
+        let before = parse_exposition(&before);
+        assert_eq!(
+            sample(&before, "comfy_reality_timeouts_total", &[]),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &before,
+                "comfy_reality_retries_total",
+                &[("error_type", "BackendUnavailableError")]
+            ),
+            Some(0.0)
+        );
+        let idle_subscribers = sample(&before, "comfy_reality_event_subscribers", &[]);
+        assert_eq!(idle_subscribers, Some(0.0), "{before:?}");
+
         let mut stream = EventServiceClient::new(channel)
             .subscribe_events(SubscribeEventsRequest {
                 after_sequence: Some(0),
@@ -598,6 +616,12 @@ fn a_long_lived_stream_is_handled_when_the_client_leaves() {
             sample(&open, "grpc_server_msg_sent_total", &subscribe) >= Some(1.0),
             "{open:?}"
         );
+        // Counted while open, with no event published since it opened.
+        assert_eq!(
+            sample(&open, "comfy_reality_event_subscribers", &[]),
+            Some(1.0),
+            "{open:?}"
+        );
         assert!(
             !open
                 .get("grpc_server_handled_total")
@@ -614,7 +638,9 @@ fn a_long_lived_stream_is_handled_when_the_client_leaves() {
         loop {
             let (_, text) = scrape(metrics_addr).await;
             let samples = parse_exposition(&text);
-            if sample(&samples, "grpc_server_handled_total", &canceled) == Some(1.0) {
+            if sample(&samples, "grpc_server_handled_total", &canceled) == Some(1.0)
+                && sample(&samples, "comfy_reality_event_subscribers", &[]) == Some(0.0)
+            {
                 assert_eq!(
                     sample(&samples, "grpc_server_handling_seconds_count", &subscribe),
                     Some(1.0),
@@ -624,7 +650,7 @@ fn a_long_lived_stream_is_handled_when_the_client_leaves() {
             }
             assert!(
                 Instant::now() < deadline,
-                "the dropped stream never counted as Canceled:\n{text}"
+                "the dropped stream never counted as Canceled and closed:\n{text}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

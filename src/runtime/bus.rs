@@ -27,6 +27,33 @@ pub const DEFAULT_HISTORY: usize = 8_192;
 /// from history.
 const LIVE_CAPACITY: usize = 4096;
 
+/// One live subscription of [`EventBus::subscribe`]: a broadcast receiver
+/// that the subscriber gauge follows from open to drop (not only when an
+/// event happens to be published).
+#[derive(Debug)]
+pub struct LiveEvents {
+    /// The receiving end of the bus's live channel.
+    rx: broadcast::Receiver<Arc<Event>>,
+}
+
+impl LiveEvents {
+    /// The next live event; see [`broadcast::Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+
+    /// The next live event if one is waiting; see [`broadcast::Receiver::try_recv`].
+    pub fn try_recv(&mut self) -> Result<Arc<Event>, broadcast::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+impl Drop for LiveEvents {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::event_subscriber_closed();
+    }
+}
+
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct EventBus {
@@ -110,7 +137,6 @@ impl EventBus {
         }
         state.window.push_back(Arc::clone(&event));
         crate::telemetry::metrics::event_published(event.kind());
-        crate::telemetry::metrics::set_event_subscribers(self.inner.live.receiver_count());
         // Sent under the lock so live subscribers see sequence order; no
         // subscriber is not an error.
         let _ = self.inner.live.send(event);
@@ -154,9 +180,14 @@ impl EventBus {
         self.publish(EventPayload::Metric(metric), context)
     }
 
-    /// A live subscription to events published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.inner.live.subscribe()
+    /// A live subscription to events published from now on. The
+    /// `comfy_reality_event_subscribers` gauge counts it from now until it is
+    /// dropped.
+    pub fn subscribe(&self) -> LiveEvents {
+        crate::telemetry::metrics::event_subscriber_opened();
+        LiveEvents {
+            rx: self.inner.live.subscribe(),
+        }
     }
 
     /// How many live subscriptions exist.

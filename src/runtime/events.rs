@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::{EventCategory, LogLevel, TaskEventType};
 
 use super::RuntimeError;
-use super::bus::{Event, EventBus, EventPayload};
+use super::bus::{Event, EventBus, EventPayload, LiveEvents};
 
 /// Events read from history per step of a catch-up.
 const CATCH_UP_PAGE: usize = 512;
@@ -190,7 +190,7 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Event>>) {
+    async fn run(&mut self, mut live: LiveEvents) {
         if !self.catch_up().await {
             return;
         }

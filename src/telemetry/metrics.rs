@@ -98,6 +98,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     let handle = prometheus_builder()?.install_recorder()?;
     describe_metrics();
     set_build_info();
+    register_zero_series();
     Ok(handle)
 }
 
@@ -299,9 +300,47 @@ pub fn set_websocket_reconnects(backend: &str, total: u64) {
     counter!(WEBSOCKET_RECONNECTS_TOTAL, "backend" => backend.to_owned()).absolute(total);
 }
 
-/// `n` event subscriptions are open.
-pub fn set_event_subscribers(n: usize) {
-    gauge!(EVENT_SUBSCRIBERS).set(usize_gauge(n));
+/// An event subscription opened (SubscribeEvents, WatchExecution, or an
+/// internal reader of the bus).
+pub fn event_subscriber_opened() {
+    gauge!(EVENT_SUBSCRIBERS).increment(1.0);
+}
+
+/// An event subscription closed.
+pub fn event_subscriber_closed() {
+    gauge!(EVENT_SUBSCRIBERS).decrement(1.0);
+}
+
+/// The error classes a retry is counted under (`error_type` of
+/// `comfy_reality_retries_total`), so each series exists from the start.
+/// (the executor's failure classes; a test there checks that each is listed).
+pub const RETRY_ERROR_TYPES: &[&str] = &[
+    "ValidationError",
+    "NodeExecutionError",
+    "OutOfMemoryError",
+    "TimeoutError",
+    "StalledError",
+    "BackendUnavailableError",
+    "PromptLostError",
+    "NoBackendError",
+    "InterruptedError",
+];
+
+/// Creates every counter and gauge the README's metric table lists at zero,
+/// so that dashboards and alerts see 0 from the first scrape instead of "no
+/// data" until the first retry or timeout. Labelled families get the label
+/// values known in advance (priorities, retry error classes).
+pub fn register_zero_series() {
+    for error_type in RETRY_ERROR_TYPES {
+        counter!(RETRIES_TOTAL, "error_type" => *error_type).absolute(0);
+    }
+    counter!(TIMEOUTS_TOTAL).absolute(0);
+    counter!(CANCELLATIONS_TOTAL).absolute(0);
+    gauge!(EVENT_SUBSCRIBERS).increment(0.0);
+    gauge!(TASKS_RUNNING).increment(0.0);
+    for priority in crate::model::TaskPriority::ALL {
+        gauge!(QUEUE_DEPTH, "priority" => priority.as_str()).increment(0.0);
+    }
 }
 
 /// An event of `kind` (`task`, `runtime` or `metric`) was published.
@@ -387,7 +426,9 @@ pub(crate) mod tests {
             set_backend_queue_depth("gpu-0", 7);
             set_websocket_reconnects("gpu-0", 3);
             set_websocket_reconnects("gpu-0", 5);
-            set_event_subscribers(9);
+            event_subscriber_opened();
+            event_subscriber_opened();
+            event_subscriber_closed();
             event_published("task");
         });
         let text = handle.render();
@@ -438,7 +479,7 @@ pub(crate) mod tests {
             (BACKEND_UP, vec![("backend", "gpu-1")], 0.0),
             (BACKEND_QUEUE_DEPTH, vec![("backend", "gpu-0")], 7.0),
             (WEBSOCKET_RECONNECTS_TOTAL, vec![("backend", "gpu-0")], 5.0),
-            (EVENT_SUBSCRIBERS, vec![], 9.0),
+            (EVENT_SUBSCRIBERS, vec![], 1.0),
             (EVENTS_PUBLISHED_TOTAL, vec![("kind", "task")], 1.0),
             (
                 BUILD_INFO,
@@ -483,6 +524,41 @@ pub(crate) mod tests {
         queue_wait(-1.0);
         node_duration("KSampler", f64::INFINITY);
         set_websocket_reconnects("gpu-0", 1);
+    }
+
+    #[test]
+    fn counters_of_the_metric_table_exist_at_zero_before_anything_happens() {
+        let recorder = recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            describe_metrics();
+            register_zero_series();
+        });
+        let samples = parse(&handle.render());
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            samples
+                .iter()
+                .find(|(n, l, _)| {
+                    n == name
+                        && l.len() == labels.len()
+                        && labels
+                            .iter()
+                            .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+                })
+                .map(|(_, _, v)| *v)
+        };
+        assert_eq!(value(TIMEOUTS_TOTAL, &[]), Some(0.0));
+        assert_eq!(value(CANCELLATIONS_TOTAL, &[]), Some(0.0));
+        assert_eq!(value(EVENT_SUBSCRIBERS, &[]), Some(0.0));
+        assert_eq!(value(TASKS_RUNNING, &[]), Some(0.0));
+        for error_type in RETRY_ERROR_TYPES {
+            assert_eq!(
+                value(RETRIES_TOTAL, &[("error_type", error_type)]),
+                Some(0.0),
+                "{error_type}"
+            );
+        }
+        assert_eq!(value(QUEUE_DEPTH, &[("priority", "critical")]), Some(0.0));
     }
 
     #[test]
