@@ -248,6 +248,11 @@ fn healthcheck_of_a_closed_port_fails() {
     let output = healthcheck(addr, None);
     assert!(!output.status.success());
     assert!(!text(&output.stdout).contains("SERVING"));
+    // One line naming the address, each cause once.
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(&addr.to_string()), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("tcp connect error").count(), 1, "{stderr}");
 }
 
 #[test]

@@ -115,19 +115,62 @@ fn tag_set(field: &str, tags: Vec<String>, violations: &mut ValidationError) -> 
 
 // ---------- enums ----------
 
-/// A required enum value: UNSPECIFIED and unknown numbers are rejected.
+/// A generated enum's proto name (`TASK_PRIORITY_HIGH`), for error messages.
+pub(super) trait ProtoEnumName: Copy {
+    /// The value's name as written in the .proto file.
+    fn proto_name(self) -> &'static str;
+}
+
+macro_rules! proto_enum_names {
+    ($($ty:ty),+ $(,)?) => {
+        $(impl ProtoEnumName for $ty {
+            fn proto_name(self) -> &'static str {
+                self.as_str_name()
+            }
+        })+
+    };
+}
+
+proto_enum_names!(
+    pb::TaskStatus,
+    pb::TaskType,
+    pb::TaskPriority,
+    pb::DependencyType,
+    pb::TaskEventType,
+    pb::EventCategory,
+    pb::LogLevel,
+);
+
+/// Largest enum number probed when listing the valid values of an enum.
+const MAX_ENUM_NUMBER: i32 = 64;
+
+/// A required enum value: UNSPECIFIED and unknown numbers are rejected with a
+/// message that names what was sent and lists the accepted values
+/// (`TASK_PRIORITY_UNSPECIFIED is not accepted; use one of TASK_PRIORITY_LOW, ...`).
 pub(super) fn decode_enum<P, D>(
     field: &str,
     raw: i32,
     map: impl Fn(P) -> Option<D>,
 ) -> Result<D, ValidationError>
 where
-    P: TryFrom<i32>,
+    P: TryFrom<i32> + ProtoEnumName,
 {
-    P::try_from(raw)
-        .ok()
-        .and_then(map)
-        .ok_or_else(|| ValidationError::single(field, format!("{raw} is not a valid value")))
+    if let Some(value) = P::try_from(raw).ok().and_then(&map) {
+        return Ok(value);
+    }
+    let valid: Vec<&str> = (0..=MAX_ENUM_NUMBER)
+        .filter_map(|n| P::try_from(n).ok())
+        .filter(|p| map(*p).is_some())
+        .map(ProtoEnumName::proto_name)
+        .collect();
+    let sent = match P::try_from(raw) {
+        Ok(p) => format!("{} is not accepted", p.proto_name()),
+        Err(_) => format!("{raw} is not a valid value"),
+    };
+    Err(ValidationError::single(
+        field,
+        format!("{sent}; use one of {}", valid.join(", ")),
+    ))
 }
 
 /// TaskStatus from the wire.
@@ -941,6 +984,23 @@ mod tests {
         ] {
             assert!(result.is_some_and(|e| e.has_field(field)), "{field}");
         }
+    }
+
+    #[test]
+    fn a_refused_enum_value_is_named_with_the_accepted_ones() {
+        let unspecified = priority_from_pb("priority", 0).unwrap_err().to_string();
+        assert!(
+            unspecified.contains(
+                "TASK_PRIORITY_UNSPECIFIED is not accepted; use one of TASK_PRIORITY_LOW, \
+                 TASK_PRIORITY_NORMAL, TASK_PRIORITY_HIGH, TASK_PRIORITY_CRITICAL"
+            ),
+            "{unspecified}"
+        );
+        let unknown = task_status_from_pb("status", 99).unwrap_err().to_string();
+        assert!(
+            unknown.contains("99 is not a valid value; use one of TASK_STATUS_PENDING"),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn run(args: &HealthcheckArgs, addr: SocketAddr) -> anyhow::Result<ExitCode>
             Ok(ExitCode::FAILURE)
         }
         Ok(Err(e)) => {
-            eprintln!("health check of {} failed: {e:#}", addr);
+            eprintln!("health check of {addr} failed: {}", super::error_chain(&e));
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {

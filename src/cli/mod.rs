@@ -209,3 +209,35 @@ async fn cancel_on_signal(mut signals: ShutdownSignals, token: CancellationToken
     tracing::info!(signal = name, "shutdown signal received");
     token.cancel();
 }
+
+/// An error and its causes on one line, `outer: cause: root`, each distinct
+/// message once: transport stacks often repeat a layer's text in its source
+/// ("tcp connect error: tcp connect error: ..."), which `{:#}` prints twice.
+pub(crate) fn error_chain(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_repeated_cause_is_printed_once() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = anyhow::Error::new(root)
+            .context("tcp connect error")
+            .context("tcp connect error")
+            .context("cannot connect to 127.0.0.1:1");
+        assert_eq!(
+            error_chain(&error),
+            "cannot connect to 127.0.0.1:1: tcp connect error: refused"
+        );
+    }
+}
