@@ -69,7 +69,12 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         QueueType::Sqlite => {
             let path = config.store_path();
             let store = SqliteStore::open_with(&path, SqliteOptions::from_config(config))?;
-            tracing::info!(path = %path.display(), "durable store opened");
+            // The default `data_dir` is relative to the working directory: log where the file
+            // really is. It exists now, so canonicalizing only fails on odd filesystems.
+            let resolved = std::fs::canonicalize(&path)
+                .or_else(|_| std::path::absolute(&path))
+                .unwrap_or_else(|_| path.clone());
+            tracing::info!(path = %resolved.display(), "durable store opened");
             Ok(Arc::new(store))
         }
         QueueType::Memory | QueueType::Redis | QueueType::Rabbitmq => {

@@ -1,8 +1,8 @@
 //! Black-box tests of the `comfy-reality` binary as a child process:
 //! `serve` on port 0 (the bound address is read from stdout, never waited for
 //! with sleeps), `healthcheck`, graceful exit on SIGTERM and SIGINT,
-//! `config check` / `config print` error reporting and redaction, and JSON
-//! logs that carry the caller's request id.
+//! `config check` / `config print` error reporting and redaction, JSON logs
+//! that carry the caller's request id, and the store's absolute path in the log.
 
 mod common;
 
@@ -49,8 +49,16 @@ impl ServeProcess {
     /// Starts `serve --listen 127.0.0.1:0 <extra>` and reads the bound address
     /// from the first stdout line.
     fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// [`ServeProcess::start`], with `configure` applied to the command last
+    /// (to change its working directory or environment).
+    fn start_with(extra: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
-        let mut child = command(&data)
+        let mut command = command(&data);
+        configure(&mut command);
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
@@ -436,6 +444,40 @@ fn json_logs_carry_the_callers_request_id() {
     assert!(
         tagged.iter().any(|v| v.to_string().contains(&task_id)),
         "the request's log lines do not name task {task_id}:\n{stderr}"
+    );
+}
+
+#[test]
+fn serve_logs_the_absolute_path_of_a_relative_store() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut server = ServeProcess::start_with(
+        &["--log-format", "json", "--log-level", "info"],
+        |command| {
+            // The default data directory: relative, so resolved against the working directory.
+            command
+                .current_dir(cwd.path())
+                .env("COMFY_REALITY__SERVICE__DATA_DIR", "data");
+        },
+    );
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    let stderr = server.stderr();
+    let expected = cwd
+        .path()
+        .canonicalize()
+        .expect("canonical working directory")
+        .join("data")
+        .join("comfy-reality.db");
+    let logged: Vec<String> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "durable store opened")
+        .filter_map(|line| line["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        logged,
+        [expected.display().to_string()],
+        "the store's path must be logged once, absolute:\n{stderr}"
     );
 }
 
