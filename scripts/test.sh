@@ -2,7 +2,7 @@
 # The project's single test command (README and .ci/run call it).
 #
 # Installs its own tools into .tools/ (ignored by git; see scripts/tools.sh), then runs, in
-# order: rustfmt, clippy, the test suite (with a smoke run of every benchmark in bench/), buf
+# order: rustfmt, clippy, rustdoc, the test suite (with a smoke run of every benchmark in bench/), buf
 # lint + build on proto/, hadolint on the Dockerfile.
 set -euo pipefail
 
@@ -26,6 +26,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo doc --no-deps --workspace --locked (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 
 step "cargo test --all-targets --locked"
 cargo test --all-targets --locked

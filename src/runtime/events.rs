@@ -27,7 +27,7 @@ use super::bus::{Event, EventBus, EventPayload, LiveEvents};
 /// Events read from history per step of a catch-up.
 const CATCH_UP_PAGE: usize = 512;
 /// Most events one ListEvents call examines, matching or not.
-const MAX_SCANNED_PER_PAGE: usize = 100_000;
+pub const MAX_SCANNED_PER_PAGE: usize = 100_000;
 
 /// Which events a reader wants. Empty lists mean "no filter".
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -24,7 +24,7 @@ pub use error::{ErrorClass, ObjectKind, RuntimeError};
 pub use executor::{
     BackendState, ExecuteRequest, ExecutionView, Executor, ValidationReport, WorkflowSource,
 };
-pub use tasks::{NewTaskRequest, ProgressUpdate, TaskRegistry};
+pub use tasks::{MAX_CANCEL_CASCADE, NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};
 
 use crate::config::Config;

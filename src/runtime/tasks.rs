@@ -20,7 +20,7 @@ use super::{ObjectKind, RuntimeError};
 
 /// Most tasks one CancelTask call cancels, its own descendants included;
 /// bounds the work of one call on a pathological tree.
-const MAX_CANCEL_CASCADE: usize = 10_000;
+pub const MAX_CANCEL_CASCADE: usize = 10_000;
 
 /// A validated CreateTask request, in domain terms.
 #[derive(Debug, Clone, PartialEq)]
