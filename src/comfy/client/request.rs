@@ -1,0 +1,277 @@
+//! How one call is sent: route URLs, retries of idempotent requests with
+//! backoff, body size limits, and mapping failures to [`ComfyError`]
+//! without credentials.
+//!
+//! The typed calls (`queue`, `submit`, `files`, `server_info`) build on
+//! these helpers; nothing here knows a route's meaning.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::{ComfyClient, ComfyError};
+use crate::comfy::wire;
+
+/// Largest JSON body read from the server (the full `/object_info` is about 1.6 MB).
+const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+/// Most bytes of an error body kept in [`ComfyError::Http`].
+pub(super) const MAX_ERROR_BODY: usize = 2048;
+/// First retry delay; the backoff doubles from here.
+const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// The error's message and its causes, joined; reqwest puts the useful part ("connection
+/// refused") in the causes.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message.to_lowercase()
+}
+
+impl ComfyClient {
+    /// The URL of a route under the base URL; each segment is percent-encoded.
+    pub(super) fn endpoint(&self, segments: &[&str]) -> Result<Url, ComfyError> {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ComfyError::Config("server url cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// The error for a request that got no answer.
+    pub(super) fn transport(&self, route: &str, error: reqwest::Error) -> ComfyError {
+        if error.is_timeout() {
+            return ComfyError::Timeout {
+                server: self.inner.display.clone(),
+                route: route.to_owned(),
+                timeout: self.inner.timeout,
+            };
+        }
+        ComfyError::Transport {
+            server: self.inner.display.clone(),
+            route: route.to_owned(),
+            message: error_chain(&error.without_url()),
+        }
+    }
+
+    /// The error for a 200 whose body is not what the protocol says.
+    pub(super) fn protocol(&self, route: &str, message: impl Into<String>) -> ComfyError {
+        ComfyError::Protocol {
+            server: self.inner.display.clone(),
+            route: route.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The retry schedule: exponential with jitter, `max_retries` times.
+    pub(super) fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(RETRY_MIN_DELAY)
+            .with_max_delay(RETRY_MAX_DELAY)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(usize::try_from(self.inner.max_retries).unwrap_or(usize::MAX))
+    }
+
+    /// Runs `op` with retries; only for idempotent requests.
+    pub(super) async fn idempotent<T, F, Fut>(&self, route: &str, op: F) -> Result<T, ComfyError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ComfyError>>,
+    {
+        op.retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(ComfyError::is_retryable)
+            .notify(|error, delay| {
+                tracing::debug!(
+                    server = %self.inner.display, route, %error, ?delay,
+                    "retrying comfyui request"
+                );
+            })
+            .await
+    }
+
+    /// Sends once and returns the response whatever its status.
+    pub(super) async fn send(
+        &self,
+        route: &str,
+        request: RequestBuilder,
+    ) -> Result<Response, ComfyError> {
+        let response = request.send().await.map_err(|e| self.transport(route, e))?;
+        tracing::trace!(server = %self.inner.display, route, status = response.status().as_u16(), "comfyui answered");
+        Ok(response)
+    }
+
+    /// Reads at most `limit` bytes of the body; `None` when it is longer.
+    pub(super) async fn read_limited(
+        &self,
+        route: &str,
+        mut response: Response,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, ComfyError> {
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport(route, e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+
+    /// The error for a non-success response, with the start of its body.
+    pub(super) async fn http_error(&self, route: &str, response: Response) -> ComfyError {
+        let status = response.status().as_u16();
+        let mut response = response;
+        let mut body = Vec::new();
+        // Best effort: the status is the error; a body that cannot be read is left out.
+        while body.len() < MAX_ERROR_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(MAX_ERROR_BODY);
+        ComfyError::Http {
+            server: self.inner.display.clone(),
+            route: route.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// The response when its status is a success, else [`ComfyError::Http`].
+    pub(super) async fn expect_success(
+        &self,
+        route: &str,
+        response: Response,
+    ) -> Result<Response, ComfyError> {
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(self.http_error(route, response).await)
+        }
+    }
+
+    /// The body parsed as `T` (at most `MAX_JSON_BODY` bytes).
+    pub(super) async fn json_body<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        response: Response,
+    ) -> Result<T, ComfyError> {
+        let body = self.bytes_body(route, response).await?;
+        wire::from_slice(&body).map_err(|e| self.protocol(route, e.to_string()))
+    }
+
+    /// The whole body (at most `MAX_JSON_BODY` bytes).
+    pub(super) async fn bytes_body(
+        &self,
+        route: &str,
+        response: Response,
+    ) -> Result<Vec<u8>, ComfyError> {
+        self.read_limited(route, response, MAX_JSON_BODY)
+            .await?
+            .ok_or_else(|| self.protocol(route, format!("body larger than {MAX_JSON_BODY} bytes")))
+    }
+
+    /// `GET` with retries, expecting 200 and a JSON body.
+    pub(super) async fn get_json<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<T, ComfyError> {
+        let url = self.endpoint(segments)?;
+        let route = segments.join("/");
+        self.idempotent(&route, || async {
+            let request = self
+                .inner
+                .http
+                .get(url.clone())
+                .query(query)
+                .timeout(self.inner.timeout);
+            let response = self.send(&route, request).await?;
+            let response = self.expect_success(&route, response).await?;
+            self.json_body(&route, response).await
+        })
+        .await
+    }
+
+    /// `GET` with retries; `None` on 404.
+    pub(super) async fn get_json_optional<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+    ) -> Result<Option<T>, ComfyError> {
+        let url = self.endpoint(segments)?;
+        let route = segments.join("/");
+        self.idempotent(&route, || async {
+            let request = self.inner.http.get(url.clone()).timeout(self.inner.timeout);
+            let response = self.send(&route, request).await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let response = self.expect_success(&route, response).await?;
+            self.json_body(&route, response).await.map(Some)
+        })
+        .await
+    }
+
+    /// An idempotent `POST` of a JSON body whose answer is 200 with an empty body.
+    pub(super) async fn post_idempotent<B: Serialize + Sync>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<(), ComfyError> {
+        let url = self.endpoint(segments)?;
+        let route = segments.join("/");
+        self.idempotent(&route, || async {
+            let request = self
+                .inner
+                .http
+                .post(url.clone())
+                .json(body)
+                .timeout(self.inner.timeout);
+            let response = self.send(&route, request).await?;
+            // The body is empty (and not JSON); it is not read.
+            self.expect_success(&route, response).await.map(drop)
+        })
+        .await
+    }
+
+    /// `GET` with retries, expecting 200; the raw body.
+    pub(super) async fn get_bytes(&self, segments: &[&str]) -> Result<Vec<u8>, ComfyError> {
+        let url = self.endpoint(segments)?;
+        let route = segments.join("/");
+        self.idempotent(&route, || async {
+            let request = self.inner.http.get(url.clone()).timeout(self.inner.timeout);
+            let response = self.send(&route, request).await?;
+            let response = self.expect_success(&route, response).await?;
+            self.bytes_body(&route, response).await
+        })
+        .await
+    }
+}
