@@ -1,0 +1,492 @@
+//! The backends as the scheduler sees them: each one's two slots (running,
+//! waiting), which queued executions it can run, and the reports about what
+//! happened on it (up, down, started, finished, taken back or not). It keeps
+//! the view consistent; deciding what to send where is the planner's job.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::admission::SchedulerError;
+use super::ids::{BackendId, ExecutionId, RequiredClasses};
+use super::outcomes::{Action, BackendStatus, Orphaned, TakenBackOutcome};
+use super::{Entry, OnBackend, Place, Scheduler};
+
+/// Slots of a backend: index 0 runs (or is about to), index 1 waits behind it.
+pub(super) const SLOTS_PER_BACKEND: usize = 2;
+
+/// A backend's two slots; `back` is set only when `front` is.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Slots {
+    /// Running, or the next to run.
+    pub(super) front: Option<ExecutionId>,
+    /// Waiting behind `front` in the backend's own queue.
+    pub(super) back: Option<ExecutionId>,
+}
+
+impl Slots {
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.front.is_some()) + usize::from(self.back.is_some())
+    }
+
+    pub(super) fn push(&mut self, id: ExecutionId) {
+        if self.front.is_none() {
+            self.front = Some(id);
+        } else {
+            self.back = Some(id);
+        }
+    }
+
+    /// Removes `id`, moving the waiting one forward; whether it was there.
+    pub(super) fn remove(&mut self, id: ExecutionId) -> bool {
+        if self.front == Some(id) {
+            self.front = self.back.take();
+            true
+        } else if self.back == Some(id) {
+            self.back = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = ExecutionId> {
+        self.front.into_iter().chain(self.back)
+    }
+}
+
+/// A backend of the pool.
+#[derive(Debug)]
+pub(super) struct Backend {
+    /// Eligible for new work.
+    pub(super) up: bool,
+    /// Node classes it has (as last reported up).
+    pub(super) classes: HashSet<Arc<str>>,
+    /// What it holds of ours.
+    pub(super) slots: Slots,
+    /// The execution a preemption take-back is in flight for.
+    pub(super) preempting: Option<ExecutionId>,
+}
+
+impl Backend {
+    pub(super) fn has_free_slot(&self) -> bool {
+        self.up && self.slots.len() < SLOTS_PER_BACKEND
+    }
+}
+
+/// Up backends that have every class in `required`, by id.
+pub(super) fn eligible_backends(
+    backends: &BTreeMap<BackendId, Backend>,
+    required: &RequiredClasses,
+) -> Vec<BackendId> {
+    backends
+        .iter()
+        .filter(|(_, backend)| backend.up && required.satisfied_by(&backend.classes))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+impl Scheduler {
+    /// A backend answers with these node classes: it is up and eligible for
+    /// the executions whose required classes it has. Reporting an up backend
+    /// again replaces its classes and keeps what it holds.
+    pub fn backend_up<I, S>(&mut self, backend: BackendId, classes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Arc<str>>,
+    {
+        let classes = classes.into_iter().map(Into::into).collect();
+        match self.backends.get_mut(&backend) {
+            Some(known) => {
+                known.up = true;
+                known.classes = classes;
+            }
+            None => {
+                self.backends.insert(
+                    backend,
+                    Backend {
+                        up: true,
+                        classes,
+                        slots: Slots::default(),
+                        preempting: None,
+                    },
+                );
+            }
+        }
+        self.refresh_eligibility();
+    }
+
+    /// A backend stopped answering: it gets nothing until
+    /// [`Scheduler::backend_up`]. Returns what it held (front first), which
+    /// the scheduler forgets. An unknown backend holds nothing.
+    pub fn backend_down(&mut self, backend: BackendId) -> Vec<Orphaned> {
+        let Some(known) = self.backends.get_mut(&backend) else {
+            return Vec::new();
+        };
+        let was_up = known.up;
+        known.up = false;
+        known.preempting = None;
+        let slots = std::mem::take(&mut known.slots);
+        let mut orphaned = Vec::with_capacity(slots.len());
+        for id in slots.iter() {
+            if let Some(entry) = self.entries.remove(&id) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.pending.retain(|action| action.id() != id);
+                if let Place::OnBackend(on) = entry.place {
+                    orphaned.push(Orphaned {
+                        id,
+                        started: on.started,
+                        cancel_requested: on.cancel_requested,
+                    });
+                }
+            }
+        }
+        if was_up {
+            self.refresh_eligibility();
+        }
+        orphaned
+    }
+
+    /// The backend began running `id`, the first of ours in its queue.
+    pub fn prompt_started(
+        &mut self,
+        backend: BackendId,
+        id: ExecutionId,
+    ) -> Result<(), SchedulerError> {
+        let front = self.backend(backend)?.slots.front;
+        let on = self.on_backend_mut(backend, id)?;
+        match front {
+            Some(front) if front != id => Err(SchedulerError::StartedOutOfOrder {
+                id,
+                backend,
+                ahead: front,
+            }),
+            _ => {
+                on.started = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// `id` ended on the backend (success, failure, interrupt, or its POST
+    /// failed); its slot is free. Retrying is the executor's decision (it
+    /// submits again).
+    pub fn prompt_finished(
+        &mut self,
+        backend: BackendId,
+        id: ExecutionId,
+    ) -> Result<(), SchedulerError> {
+        self.backend(backend)?;
+        self.on_backend_mut(backend, id)?;
+        self.remove_dispatched(backend, id);
+        Ok(())
+    }
+
+    /// The executor deleted `id` from the backend's queue: it goes back into
+    /// ours at its original place, or is forgotten if its cancel was requested.
+    pub fn taken_back(
+        &mut self,
+        backend: BackendId,
+        id: ExecutionId,
+    ) -> Result<TakenBackOutcome, SchedulerError> {
+        self.backend(backend)?;
+        let on = *self.on_backend_mut(backend, id)?;
+        if !on.taking_back {
+            return Err(SchedulerError::NoTakeBackPending { id, backend });
+        }
+        let Some(mut entry) = self.remove_dispatched(backend, id) else {
+            // on_backend_mut just found it; remove_dispatched cannot miss it.
+            return Err(SchedulerError::NotOnBackend { id, backend });
+        };
+        if on.cancel_requested {
+            return Ok(TakenBackOutcome::Cancelled);
+        }
+        entry.place = Place::Queued;
+        self.enqueue(entry.key(id), &entry.required);
+        self.entries.insert(id, entry);
+        Ok(TakenBackOutcome::Requeued)
+    }
+
+    /// The delete from the backend's queue failed because `id` had started:
+    /// it stays there (and is interrupted if its cancel was requested).
+    pub fn take_back_failed(
+        &mut self,
+        backend: BackendId,
+        id: ExecutionId,
+    ) -> Result<(), SchedulerError> {
+        self.backend(backend)?;
+        let on = self.on_backend_mut(backend, id)?;
+        if !on.taking_back {
+            return Err(SchedulerError::NoTakeBackPending { id, backend });
+        }
+        on.taking_back = false;
+        on.take_back_refused = true;
+        let cancel_requested = on.cancel_requested;
+        if cancel_requested {
+            self.pending.push(Action::Interrupt { id, backend });
+        }
+        if let Some(known) = self.backends.get_mut(&backend)
+            && known.preempting == Some(id)
+        {
+            known.preempting = None;
+        }
+        Ok(())
+    }
+
+    /// Known backends, by id.
+    pub fn backend_ids(&self) -> impl Iterator<Item = BackendId> + '_ {
+        self.backends.keys().copied()
+    }
+
+    /// A backend's state, if it was ever reported up.
+    pub fn backend_status(&self, backend: BackendId) -> Option<BackendStatus> {
+        let known = self.backends.get(&backend)?;
+        let mut status = BackendStatus {
+            up: known.up,
+            running: None,
+            waiting: Vec::new(),
+            preempting: known.preempting,
+        };
+        for id in known.slots.iter() {
+            let started = matches!(
+                self.entries.get(&id).map(|entry| &entry.place),
+                Some(Place::OnBackend(OnBackend { started: true, .. }))
+            );
+            if started {
+                status.running = Some(id);
+            } else {
+                status.waiting.push(id);
+            }
+        }
+        Some(status)
+    }
+
+    /// Whether some known backend, up or down, has every class in `required`.
+    /// `false` means no backend seen so far could ever run it.
+    pub fn runnable_by_known_backend(&self, required: &RequiredClasses) -> bool {
+        self.backends
+            .values()
+            .any(|backend| required.satisfied_by(&backend.classes))
+    }
+
+    pub(super) fn backend(&self, backend: BackendId) -> Result<&Backend, SchedulerError> {
+        self.backends
+            .get(&backend)
+            .ok_or(SchedulerError::UnknownBackend(backend))
+    }
+
+    /// `id`'s dispatch state, if it is dispatched to `backend`.
+    fn on_backend_mut(
+        &mut self,
+        backend: BackendId,
+        id: ExecutionId,
+    ) -> Result<&mut OnBackend, SchedulerError> {
+        match self.entries.get_mut(&id).map(|entry| &mut entry.place) {
+            Some(Place::OnBackend(on)) if on.backend == backend => Ok(on),
+            _ => Err(SchedulerError::NotOnBackend { id, backend }),
+        }
+    }
+
+    /// Frees `id`'s slot on `backend` and forgets it; returns its entry.
+    pub(super) fn remove_dispatched(
+        &mut self,
+        backend: BackendId,
+        id: ExecutionId,
+    ) -> Option<Entry> {
+        if let Some(known) = self.backends.get_mut(&backend) {
+            known.slots.remove(id);
+            if known.preempting == Some(id) {
+                known.preempting = None;
+            }
+        }
+        let entry = self.entries.remove(&id)?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.pending.retain(|action| action.id() != id);
+        Some(entry)
+    }
+
+    fn refresh_eligibility(&mut self) {
+        for (required, group) in &mut self.groups {
+            group.eligible = eligible_backends(&self.backends, required);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::model::TaskPriority;
+    use crate::runtime::scheduler::test_support::{
+        B0, B1, B2, dispatch, ids, key_requiring, scheduler, submit, take_back, up,
+    };
+    use crate::runtime::scheduler::{
+        ExecutionId, Location, Orphaned, RequiredClasses, SchedulerError, Stranded,
+    };
+
+    #[test]
+    fn take_back_fails_when_it_already_started() {
+        use TaskPriority::*;
+        let mut s = scheduler(100, 10);
+        up(&mut s, B0, &[]);
+        submit(&mut s, 1, Low);
+        submit(&mut s, 2, Low);
+        s.next_actions();
+        submit(&mut s, 3, Critical);
+        assert_eq!(s.next_actions(), vec![take_back(2, B0)]);
+        // 1 ended and 2 started before the delete reached the backend.
+        s.prompt_finished(B0, ExecutionId(1)).unwrap();
+        assert_eq!(s.next_actions(), vec![dispatch(3, B0)]);
+        s.prompt_started(B0, ExecutionId(2)).unwrap();
+        s.take_back_failed(B0, ExecutionId(2)).unwrap();
+        assert_eq!(s.next_actions(), vec![]);
+        let status = s.backend_status(B0).unwrap();
+        assert_eq!(status.running, Some(ExecutionId(2)));
+        assert_eq!(status.waiting, ids(&[3]));
+        assert_eq!(status.preempting, None);
+        assert_eq!(
+            s.take_back_failed(B0, ExecutionId(2)),
+            Err(SchedulerError::NoTakeBackPending {
+                id: ExecutionId(2),
+                backend: B0
+            })
+        );
+    }
+
+    #[test]
+    fn a_refused_take_back_is_not_retried() {
+        use TaskPriority::*;
+        let mut s = scheduler(100, 10);
+        up(&mut s, B0, &[]);
+        submit(&mut s, 1, Low);
+        submit(&mut s, 2, Low);
+        s.next_actions();
+        submit(&mut s, 3, Critical);
+        assert_eq!(s.next_actions(), vec![take_back(2, B0)]);
+        // Reported failed before the finish of 1 arrives.
+        s.take_back_failed(B0, ExecutionId(2)).unwrap();
+        assert_eq!(s.next_actions(), vec![]);
+    }
+
+    #[test]
+    fn backend_down_returns_its_executions_and_is_skipped() {
+        let mut s = scheduler(100, 10);
+        up(&mut s, B0, &[]);
+        up(&mut s, B1, &[]);
+        for id in 1..=4 {
+            submit(&mut s, id, TaskPriority::Normal);
+        }
+        s.next_actions();
+        s.prompt_started(B0, ExecutionId(1)).unwrap();
+        s.cancel(ExecutionId(3));
+        assert_eq!(
+            s.backend_down(B0),
+            vec![
+                Orphaned {
+                    id: ExecutionId(1),
+                    started: true,
+                    cancel_requested: false
+                },
+                Orphaned {
+                    id: ExecutionId(3),
+                    started: false,
+                    cancel_requested: true
+                },
+            ]
+        );
+        assert_eq!(
+            s.next_actions(),
+            vec![],
+            "the take-back of 3 went with its backend"
+        );
+        assert_eq!(s.in_flight(), 2);
+        assert_eq!(s.backend_down(B0), vec![]);
+        // The executor retries 1; B0 is skipped, B1 is full.
+        submit(&mut s, 5, TaskPriority::Normal);
+        submit(&mut s, 1, TaskPriority::Normal);
+        assert_eq!(s.next_actions(), vec![]);
+        assert_eq!(
+            s.prompt_finished(B0, ExecutionId(1)),
+            Err(SchedulerError::NotOnBackend {
+                id: ExecutionId(1),
+                backend: B0
+            })
+        );
+        s.prompt_finished(B1, ExecutionId(2)).unwrap();
+        assert_eq!(s.next_actions(), vec![dispatch(5, B1)]);
+        up(&mut s, B0, &[]);
+        assert_eq!(s.next_actions(), vec![dispatch(1, B0)]);
+    }
+
+    #[test]
+    fn class_requirements_route_to_a_capable_backend_or_stay_queued() {
+        let mut s = scheduler(100, 10);
+        up(&mut s, B0, &["A"]);
+        up(&mut s, B1, &["A", "B"]);
+        s.submit(key_requiring(1, TaskPriority::Normal, &["B"]))
+            .unwrap();
+        assert_eq!(s.next_actions(), vec![dispatch(1, B1)]);
+        s.submit(key_requiring(2, TaskPriority::Normal, &["A"]))
+            .unwrap();
+        assert_eq!(s.next_actions(), vec![dispatch(2, B0)], "least loaded");
+        s.submit(key_requiring(3, TaskPriority::High, &["C", "A"]))
+            .unwrap();
+        assert_eq!(s.next_actions(), vec![]);
+        let needs_c = RequiredClasses::new(["A", "C"]);
+        assert!(!s.runnable_by_known_backend(&needs_c));
+        assert_eq!(
+            s.stranded(),
+            vec![Stranded {
+                required: needs_c.clone(),
+                missing: vec![Arc::from("C")],
+                runnable_by_down_backend: false,
+                ids: ids(&[3]),
+            }]
+        );
+        s.backend_down(B1);
+        s.submit(key_requiring(4, TaskPriority::Normal, &["B"]))
+            .unwrap();
+        assert_eq!(s.next_actions(), vec![]);
+        let stranded = s.stranded();
+        assert_eq!(stranded.len(), 2);
+        assert_eq!(stranded[1].ids, ids(&[4]));
+        assert!(stranded[1].runnable_by_down_backend);
+        up(&mut s, B2, &["A", "C"]);
+        assert_eq!(s.next_actions(), vec![dispatch(3, B2)]);
+        assert_eq!(s.stranded().len(), 1);
+    }
+
+    #[test]
+    fn inconsistent_events_are_refused() {
+        let mut s = scheduler(10, 10);
+        up(&mut s, B0, &[]);
+        submit(&mut s, 1, TaskPriority::Normal);
+        submit(&mut s, 2, TaskPriority::Normal);
+        s.next_actions();
+        assert_eq!(
+            s.prompt_started(B0, ExecutionId(2)),
+            Err(SchedulerError::StartedOutOfOrder {
+                id: ExecutionId(2),
+                backend: B0,
+                ahead: ExecutionId(1)
+            })
+        );
+        assert_eq!(
+            s.prompt_started(B1, ExecutionId(1)),
+            Err(SchedulerError::UnknownBackend(B1))
+        );
+        assert_eq!(
+            s.taken_back(B0, ExecutionId(1)),
+            Err(SchedulerError::NoTakeBackPending {
+                id: ExecutionId(1),
+                backend: B0
+            })
+        );
+        assert_eq!(
+            s.location(ExecutionId(2)),
+            Some(Location::Waiting {
+                backend: B0,
+                taking_back: false
+            })
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Workflow executions in the SQLite store: their rows (kept without their
+//! tasks, which are task rows tagged with the execution id; the prompt as a
+//! blob; idempotency keys in `execution_keys`), their writes and their reads.
+//! Deleting finished executions is compaction's job, not this module's.
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteStore;
+use super::codec::{decode, encode};
+use super::query::{Query, cursor, keyed_body};
+use super::tasks::{TaskRow, insert_task};
+use crate::model::{Task, WorkflowExecution};
+#[cfg(doc)] // Only the doc links name it.
+use crate::store::Store;
+use crate::store::{
+    ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord, Page, StoreError,
+};
+
+/// An execution encoded for its row (its `tasks` already emptied).
+pub(super) struct ExecutionRow {
+    id: String,
+    status: &'static str,
+    workflow_id: String,
+    root_task_id: Option<String>,
+    updated_ms: i64,
+    body: String,
+}
+
+impl ExecutionRow {
+    fn new(execution: &WorkflowExecution) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: execution.id.clone(),
+            status: execution.status().as_str(),
+            workflow_id: execution.workflow_id.clone(),
+            root_task_id: execution.root_task_id.clone(),
+            updated_ms: execution
+                .updated_at
+                .unwrap_or(execution.created_at)
+                .timestamp_millis(),
+            body: encode("execution", &execution.id, execution)?,
+        })
+    }
+}
+
+/// [`Store::create_execution`]: inserts the execution with its tasks and prompt
+/// in one write, or returns the one its idempotency key already names.
+pub(super) fn create(
+    store: &SqliteStore,
+    new: NewExecutionRecord,
+    idempotency: Option<IdempotencyKey>,
+) -> Result<ExecutionCreateOutcome, StoreError> {
+    let NewExecutionRecord {
+        mut execution,
+        tasks,
+        prompt,
+    } = new;
+    execution.tasks = Vec::new();
+    let row = ExecutionRow::new(&execution)?;
+    let tasks = tasks
+        .iter()
+        .map(TaskRow::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    store.write(move |conn| {
+        if let Some(key) = &idempotency {
+            let existing = keyed_body(
+                conn,
+                "SELECT k.fingerprint, e.body FROM execution_keys k
+                 JOIN executions e ON e.id = k.execution_id WHERE k.key = ?1",
+                &key.key,
+            )?;
+            if let Some((fingerprint, body)) = existing {
+                return Ok(ExecutionCreateOutcome::Existing {
+                    execution: decode("execution with idempotency key", &key.key, &body)?,
+                    same_body: fingerprint == key.fingerprint,
+                });
+            }
+        }
+        for task in &tasks {
+            insert_task(conn, task, Some(&row.id))?;
+        }
+        if let Some(key) = &idempotency {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO execution_keys (key, fingerprint, execution_id)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key.key, key.fingerprint, row.id])?;
+        }
+        conn.prepare_cached(
+            "INSERT INTO executions
+             (id, status, workflow_id, root_task_id, updated_ms, body, prompt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            row.id,
+            row.status,
+            row.workflow_id,
+            row.root_task_id,
+            row.updated_ms,
+            row.body,
+            prompt.as_ref()
+        ])?;
+        Ok(ExecutionCreateOutcome::Created(execution))
+    })
+}
+
+/// [`Store::add_execution_tasks`].
+pub(super) fn add_tasks(
+    store: &SqliteStore,
+    execution_id: &str,
+    tasks: &[Task],
+) -> Result<(), StoreError> {
+    let rows = tasks
+        .iter()
+        .map(TaskRow::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let execution_id = execution_id.to_owned();
+    store.write(move |conn| {
+        for row in &rows {
+            insert_task(conn, row, Some(&execution_id))?;
+        }
+        Ok(())
+    })
+}
+
+/// [`Store::execution_for_key`]: the (fingerprint, execution id) an idempotency
+/// key names.
+pub(super) fn for_key(
+    store: &SqliteStore,
+    key: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    store.read(|conn| {
+        Ok(conn
+            .prepare_cached("SELECT fingerprint, execution_id FROM execution_keys WHERE key = ?1")?
+            .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    })
+}
+
+/// [`Store::put_execution`]: replaces a stored execution (kept without its
+/// tasks); false when there is none.
+pub(super) fn put(store: &SqliteStore, execution: &WorkflowExecution) -> Result<bool, StoreError> {
+    let row = if execution.tasks.is_empty() {
+        ExecutionRow::new(execution)?
+    } else {
+        let mut bare = execution.clone();
+        bare.tasks = Vec::new();
+        ExecutionRow::new(&bare)?
+    };
+    store.write(move |conn| {
+        let changed = conn
+            .prepare_cached(
+                "UPDATE executions SET status = ?2, workflow_id = ?3, root_task_id = ?4,
+                 updated_ms = ?5, body = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                row.id,
+                row.status,
+                row.workflow_id,
+                row.root_task_id,
+                row.updated_ms,
+                row.body
+            ])?;
+        Ok(changed > 0)
+    })
+}
+
+/// [`Store::get_execution`].
+pub(super) fn get(store: &SqliteStore, id: &str) -> Result<Option<WorkflowExecution>, StoreError> {
+    store.read(|conn| {
+        let body: Option<String> = conn
+            .prepare_cached("SELECT body FROM executions WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        body.map(|body| decode("execution", id, &body)).transpose()
+    })
+}
+
+/// [`Store::execution_prompt`]: the ComfyUI prompt JSON it was created with.
+pub(super) fn prompt(store: &SqliteStore, id: &str) -> Result<Option<Bytes>, StoreError> {
+    store.read(|conn| {
+        let prompt: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT prompt FROM executions WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        Ok(prompt.map(Bytes::from))
+    })
+}
+
+/// [`Store::execution_of_task`]: the execution a task belongs to, if any.
+pub(super) fn of_task(store: &SqliteStore, task_id: &str) -> Result<Option<String>, StoreError> {
+    store.read(|conn| {
+        let execution: Option<Option<String>> = conn
+            .prepare_cached("SELECT execution_id FROM tasks WHERE id = ?1")?
+            .query_row([task_id], |row| row.get(0))
+            .optional()?;
+        Ok(execution.flatten())
+    })
+}
+
+/// [`Store::list_executions`]: one page in creation order.
+pub(super) fn list(
+    store: &SqliteStore,
+    filter: &ExecutionFilter,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Page<WorkflowExecution, u64>, StoreError> {
+    let mut query = Query::new(
+        "SELECT e.seq, e.body FROM executions e WHERE e.seq > ?",
+        cursor(after),
+    );
+    query.any_of("e.status", filter.statuses.iter().map(|s| s.as_str()));
+    if let Some(workflow_id) = &filter.workflow_id {
+        query.and("e.workflow_id = ?", workflow_id.as_str());
+    }
+    for tag in &filter.tags {
+        query.and(
+            "EXISTS (SELECT 1 FROM tasks r JOIN task_tags g ON g.task_seq = r.seq
+             WHERE r.id = e.root_task_id AND g.tag = ?)",
+            tag.as_str(),
+        );
+    }
+    store.read(|conn| query.page(conn, "e.seq", limit, "execution"))
+}
