@@ -1,0 +1,556 @@
+//! The WebSocket text messages, `{"type": ..., "data": {...}}`: one type per message ComfyUI
+//! sends ([`WsMessage`]), and the `feature_flags` message the client sends first.
+//!
+//! Unknown message types become [`WsMessage::Unknown`] and unknown fields are ignored, so newer
+//! servers keep working. Pure parsing: routing a message to the prompt it concerns is `ws`'s job.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use super::lenient::{
+    lenient_f64, lenient_i64, lenient_map, lenient_opt_string, lenient_string, lenient_string_list,
+    required_string, value_to_u64,
+};
+use super::{Features, NodeId, NodeOutput, WireError, json_error};
+
+/// `status`: broadcast to every socket whenever the queue changes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StatusData {
+    /// Pending plus running prompts.
+    pub queue_remaining: Option<u64>,
+    /// The socket's clientId; only on the first frame after connecting.
+    pub sid: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for StatusData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let data = Map::<String, Value>::deserialize(d)?;
+        let queue_remaining = data
+            .get("status")
+            .and_then(|s| s.get("exec_info"))
+            .and_then(|e| e.get("queue_remaining"))
+            .and_then(value_to_u64);
+        let sid = data.get("sid").and_then(Value::as_str).map(str::to_owned);
+        Ok(Self {
+            queue_remaining,
+            sid,
+        })
+    }
+}
+
+/// `execution_start` and `execution_success`: `{prompt_id, timestamp}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PromptStamp {
+    /// The prompt.
+    pub prompt_id: String,
+    /// Epoch milliseconds on the server.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub timestamp: Option<i64>,
+}
+
+/// `execution_cached`: nodes whose cached result is reused (sent even when empty).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ExecutionCached {
+    /// The cached node ids.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub nodes: Vec<NodeId>,
+    /// The prompt.
+    pub prompt_id: String,
+    /// Epoch milliseconds on the server.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub timestamp: Option<i64>,
+}
+
+/// `executing`: a node started (`node` set), or the prompt ended (`node: null`). The replay sent
+/// after reconnecting has no `prompt_id`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Executing {
+    /// The node now running; `None` means end of prompt.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub node: Option<NodeId>,
+    /// The node shown in the UI (differs inside subgraphs).
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub display_node: Option<NodeId>,
+    /// The prompt; absent on the reconnect replay.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub prompt_id: Option<String>,
+}
+
+/// `progress`: a node's step counter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Progress {
+    /// Steps done.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub value: f64,
+    /// Steps in all.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub max: f64,
+    /// The prompt (absent on very old servers).
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub prompt_id: Option<String>,
+    /// The node.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub node: Option<NodeId>,
+}
+
+/// A node's state in `progress_state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeState {
+    /// Not started.
+    Pending,
+    /// Running (also the last state of a node that failed or was interrupted).
+    Running,
+    /// Done.
+    Finished,
+    /// Failed (defined by the server, never observed).
+    Error,
+    /// A state this client does not know.
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for NodeState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "finished" => Self::Finished,
+            "error" => Self::Error,
+            _ => Self::Other(s),
+        })
+    }
+}
+
+/// One node of `progress_state`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct NodeProgress {
+    /// Progress value (`0.0` at start).
+    #[serde(default, deserialize_with = "lenient_f64")]
+    pub value: f64,
+    /// Progress maximum (`1.0` at start).
+    #[serde(default, deserialize_with = "lenient_f64")]
+    pub max: f64,
+    /// The node's state.
+    pub state: NodeState,
+    /// The node.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub node_id: Option<NodeId>,
+    /// The node shown in the UI.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub display_node_id: Option<NodeId>,
+    /// The enclosing subgraph node, if any.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub parent_node_id: Option<NodeId>,
+    /// The node id in the graph as sent.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub real_node_id: Option<NodeId>,
+}
+
+/// `progress_state` (since 0.3.45): cumulative state of every node started so far.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ProgressState {
+    /// The prompt.
+    pub prompt_id: String,
+    /// State per node id.
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub nodes: BTreeMap<NodeId, NodeProgress>,
+}
+
+/// `executed`: a node with a UI dict finished (also sent for cached output nodes).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Executed {
+    /// The node.
+    #[serde(deserialize_with = "required_string")]
+    pub node: NodeId,
+    /// The node shown in the UI.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub display_node: Option<NodeId>,
+    /// The node's UI dict.
+    #[serde(default)]
+    pub output: NodeOutput,
+    /// The prompt.
+    pub prompt_id: String,
+}
+
+/// `execution_error`: the prompt stopped at a failing node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ExecutionError {
+    /// The prompt.
+    pub prompt_id: String,
+    /// The failing node.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub node_id: NodeId,
+    /// Its class.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub node_type: String,
+    /// Nodes that ran before the failure.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub executed: Vec<NodeId>,
+    /// The exception's message.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub exception_message: String,
+    /// The exception's Python type (`RuntimeError`, `torch.OutOfMemoryError`, ...).
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub exception_type: String,
+    /// Traceback lines.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub traceback: Vec<String>,
+    /// The failing node's inputs: `{name: [values]}`.
+    #[serde(default)]
+    pub current_inputs: Value,
+    /// Output node ids of the prompt.
+    #[serde(default)]
+    pub current_outputs: Value,
+    /// Epoch milliseconds on the server.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub timestamp: Option<i64>,
+}
+
+/// `execution_interrupted`: the prompt was interrupted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ExecutionInterrupted {
+    /// The prompt.
+    pub prompt_id: String,
+    /// The node that was running.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub node_id: NodeId,
+    /// Its class.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub node_type: String,
+    /// Nodes that finished before the interrupt.
+    #[serde(default, deserialize_with = "lenient_string_list")]
+    pub executed: Vec<NodeId>,
+    /// Epoch milliseconds on the server.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub timestamp: Option<i64>,
+}
+
+/// A WebSocket text message, `{"type": ..., "data": {...}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsMessage {
+    /// `status`.
+    Status(StatusData),
+    /// `execution_start`.
+    ExecutionStart(PromptStamp),
+    /// `execution_cached`.
+    ExecutionCached(ExecutionCached),
+    /// `executing`.
+    Executing(Executing),
+    /// `progress`.
+    Progress(Progress),
+    /// `progress_state`.
+    ProgressState(ProgressState),
+    /// `executed`.
+    Executed(Executed),
+    /// `execution_success`.
+    ExecutionSuccess(PromptStamp),
+    /// `execution_error`.
+    ExecutionError(Box<ExecutionError>),
+    /// `execution_interrupted`.
+    ExecutionInterrupted(ExecutionInterrupted),
+    /// `feature_flags`: the server's reply to the client's flags.
+    FeatureFlags(Features),
+    /// A type this client does not know (newer servers add some); kept as sent.
+    Unknown {
+        /// The message `type`.
+        kind: String,
+        /// The message `data`.
+        data: Value,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+impl WsMessage {
+    /// Parses a text frame.
+    pub fn parse(text: &str) -> Result<Self, WireError> {
+        let raw: RawMessage = serde_json::from_str(text).map_err(json_error)?;
+        Self::from_parts(&raw.kind, raw.data)
+    }
+
+    /// Builds a message from its type and data (also how history `messages` are typed).
+    pub fn from_parts(kind: &str, data: Value) -> Result<Self, WireError> {
+        fn typed<T: DeserializeOwned>(kind: &str, data: Value) -> Result<T, WireError> {
+            // serde reads a struct from an array too; the protocol only sends objects.
+            if !data.is_object() {
+                return Err(WireError::Message {
+                    kind: kind.to_owned(),
+                    message: "data is not an object".into(),
+                });
+            }
+            serde_json::from_value(data).map_err(|e| WireError::Message {
+                kind: kind.to_owned(),
+                message: e.to_string(),
+            })
+        }
+        Ok(match kind {
+            "status" => Self::Status(typed(kind, data)?),
+            "execution_start" => Self::ExecutionStart(typed(kind, data)?),
+            "execution_cached" => Self::ExecutionCached(typed(kind, data)?),
+            "executing" => Self::Executing(typed(kind, data)?),
+            "progress" => Self::Progress(typed(kind, data)?),
+            "progress_state" => Self::ProgressState(typed(kind, data)?),
+            "executed" => Self::Executed(typed(kind, data)?),
+            "execution_success" => Self::ExecutionSuccess(typed(kind, data)?),
+            "execution_error" => Self::ExecutionError(Box::new(typed(kind, data)?)),
+            "execution_interrupted" => Self::ExecutionInterrupted(typed(kind, data)?),
+            "feature_flags" => Self::FeatureFlags(typed(kind, data)?),
+            _ => Self::Unknown {
+                kind: kind.to_owned(),
+                data,
+            },
+        })
+    }
+
+    /// The message `type`.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Status(_) => "status",
+            Self::ExecutionStart(_) => "execution_start",
+            Self::ExecutionCached(_) => "execution_cached",
+            Self::Executing(_) => "executing",
+            Self::Progress(_) => "progress",
+            Self::ProgressState(_) => "progress_state",
+            Self::Executed(_) => "executed",
+            Self::ExecutionSuccess(_) => "execution_success",
+            Self::ExecutionError(_) => "execution_error",
+            Self::ExecutionInterrupted(_) => "execution_interrupted",
+            Self::FeatureFlags(_) => "feature_flags",
+            Self::Unknown { kind, .. } => kind,
+        }
+    }
+
+    /// The prompt the message is about, when it says.
+    pub fn prompt_id(&self) -> Option<&str> {
+        match self {
+            Self::ExecutionStart(m) | Self::ExecutionSuccess(m) => Some(&m.prompt_id),
+            Self::ExecutionCached(m) => Some(&m.prompt_id),
+            Self::Executing(m) => m.prompt_id.as_deref(),
+            Self::Progress(m) => m.prompt_id.as_deref(),
+            Self::ProgressState(m) => Some(&m.prompt_id),
+            Self::Executed(m) => Some(&m.prompt_id),
+            Self::ExecutionError(m) => Some(&m.prompt_id),
+            Self::ExecutionInterrupted(m) => Some(&m.prompt_id),
+            Self::Unknown { data, .. } => data.get("prompt_id").and_then(Value::as_str),
+            Self::Status(_) | Self::FeatureFlags(_) => None,
+        }
+    }
+}
+
+/// The client's `feature_flags` message, sent as the first frame on servers that support it.
+pub fn feature_flags_message(supports_preview_metadata: bool) -> String {
+    serde_json::json!({
+        "type": "feature_flags",
+        "data": {"supports_preview_metadata": supports_preview_metadata},
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::comfy::wire::test_support::{arb_json, events, transcript, transcripts};
+
+    #[test]
+    fn every_transcript_text_message_parses_into_its_type() {
+        let mut seen = BTreeMap::<String, usize>::new();
+        for (name, t) in transcripts() {
+            for e in events(&t).iter().filter(|e| e["kind"] == "ws_recv") {
+                let Some(msg) = e.get("msg") else { continue };
+                let text = msg.to_string();
+                let parsed =
+                    WsMessage::parse(&text).unwrap_or_else(|err| panic!("{name}: {err}: {text}"));
+                let kind = msg["type"].as_str().unwrap();
+                assert_eq!(parsed.kind(), kind, "{name}");
+                assert!(
+                    !matches!(parsed, WsMessage::Unknown { .. }),
+                    "{name}: {kind} is a known type"
+                );
+                // The prompt id is read wherever the message has one.
+                let expected = msg["data"].get("prompt_id").and_then(Value::as_str);
+                assert_eq!(parsed.prompt_id(), expected, "{name}: {text}");
+                *seen.entry(kind.to_owned()).or_default() += 1;
+            }
+        }
+        for kind in [
+            "status",
+            "execution_start",
+            "execution_cached",
+            "executing",
+            "progress",
+            "progress_state",
+            "executed",
+            "execution_success",
+            "execution_error",
+            "execution_interrupted",
+            "feature_flags",
+        ] {
+            assert!(
+                seen.get(kind).copied().unwrap_or(0) > 0,
+                "no {kind} in the transcripts"
+            );
+        }
+    }
+
+    #[test]
+    fn transcript_messages_carry_their_key_fields() {
+        let t = transcript("execution_error.json");
+        let error = events(&t)
+            .iter()
+            .filter_map(|e| e.get("msg"))
+            .find(|m| m["type"] == "execution_error")
+            .unwrap();
+        let WsMessage::ExecutionError(error) = WsMessage::parse(&error.to_string()).unwrap() else {
+            panic!("not an execution_error");
+        };
+        assert_eq!(error.node_id, "2");
+        assert_eq!(error.node_type, "TestFail");
+        assert_eq!(error.exception_type, "RuntimeError");
+        assert_eq!(error.exception_message, "boom from TestFail\n");
+        assert_eq!(error.executed, ["3", "1"]);
+        assert_eq!(error.traceback.len(), 5);
+        assert_eq!(error.current_inputs["message"][0], "boom from TestFail");
+        assert_eq!(error.timestamp, Some(1795698288463));
+
+        let t = transcript("ws_reconnect.json");
+        let replay = events(&t)
+            .iter()
+            .filter_map(|e| e.get("msg"))
+            .find(|m| m["type"] == "executing" && m["data"].get("prompt_id").is_none())
+            .unwrap();
+        assert_eq!(
+            WsMessage::parse(&replay.to_string()).unwrap(),
+            WsMessage::Executing(Executing {
+                node: Some("1".into()),
+                display_node: None,
+                prompt_id: None,
+            })
+        );
+
+        let end = r#"{"type":"executing","data":{"node":null,"prompt_id":"p"}}"#;
+        let WsMessage::Executing(end) = WsMessage::parse(end).unwrap() else {
+            panic!()
+        };
+        assert_eq!((end.node, end.prompt_id.as_deref()), (None, Some("p")));
+
+        let t = transcript("artifact.json");
+        let executed = events(&t)
+            .iter()
+            .filter_map(|e| e.get("msg"))
+            .find(|m| m["type"] == "executed")
+            .unwrap();
+        let WsMessage::Executed(executed) = WsMessage::parse(&executed.to_string()).unwrap() else {
+            panic!()
+        };
+        let files = executed.output.files();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "3d");
+        assert_eq!(files[0].1.filename, "out_00001_.usdz");
+        assert_eq!(files[0].1.subfolder, "proto");
+
+        let first = events(&t)
+            .iter()
+            .filter_map(|e| e.get("msg"))
+            .find(|m| m["type"] == "status")
+            .unwrap();
+        let WsMessage::Status(status) = WsMessage::parse(&first.to_string()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(status.queue_remaining, Some(0));
+        assert_eq!(
+            status.sid.as_deref(),
+            Some("69450aa6-1cfd-45b0-9f9d-23de4e000e27")
+        );
+
+        let t = transcript("progress.json");
+        let state = events(&t)
+            .iter()
+            .filter_map(|e| e.get("msg"))
+            .rfind(|m| m["type"] == "progress_state")
+            .unwrap();
+        let WsMessage::ProgressState(state) = WsMessage::parse(&state.to_string()).unwrap() else {
+            panic!()
+        };
+        assert!(state.nodes.values().all(|n| n.state == NodeState::Finished));
+        let progress = events(&t)
+            .iter()
+            .filter_map(|e| e.get("msg"))
+            .find(|m| m["type"] == "progress" && m["data"]["value"] == 3)
+            .unwrap();
+        let WsMessage::Progress(progress) = WsMessage::parse(&progress.to_string()).unwrap() else {
+            panic!()
+        };
+        assert_eq!((progress.value, progress.max), (3.0, 5.0));
+    }
+
+    #[test]
+    fn malformed_text_messages_are_errors_and_unknown_types_are_kept() {
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            "{}",
+            r#"{"type": 5, "data": {}}"#,
+            r#"{"type": "execution_start", "data": {}}"#,
+            r#"{"type": "execution_start", "data": []}"#,
+            r#"{"type": "execution_start", "data": ["p", 1]}"#,
+            r#"{"type": "progress", "data": {"max": 1}}"#,
+            r#"{"type": "executed", "data": {"prompt_id": "p"}}"#,
+            r#"{"type": "execution_error", "data": null}"#,
+        ] {
+            assert!(WsMessage::parse(bad).is_err(), "{bad:?}");
+        }
+        let unknown = WsMessage::parse(
+            r#"{"type":"execution_node_error","data":{"prompt_id":"p","node_id":"3"}}"#,
+        )
+        .unwrap();
+        assert_eq!(unknown.kind(), "execution_node_error");
+        assert_eq!(unknown.prompt_id(), Some("p"));
+        assert!(matches!(unknown, WsMessage::Unknown { .. }));
+        // Unknown fields of known types are ignored (newer servers add some).
+        let state = WsMessage::parse(
+            r#"{"type":"progress_state","data":{"prompt_id":"p","nodes":{"1":{"value":1,"max":2,"state":"running","activity":"loading","seconds":{"total":1.5}}}}}"#,
+        )
+        .unwrap();
+        let WsMessage::ProgressState(state) = state else {
+            panic!()
+        };
+        assert_eq!(state.nodes["1"].state, NodeState::Running);
+        assert_eq!(state.nodes["1"].max, 2.0);
+    }
+
+    proptest! {
+
+        #[test]
+        fn text_parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = WsMessage::parse(&text);
+        }
+
+        #[test]
+        fn text_parser_never_panics_on_json(
+            kind in prop_oneof![
+                Just("status"), Just("execution_start"), Just("execution_cached"),
+                Just("executing"), Just("progress"), Just("progress_state"), Just("executed"),
+                Just("execution_success"), Just("execution_error"),
+                Just("execution_interrupted"), Just("feature_flags"), Just("other"),
+            ],
+            data in arb_json(),
+        ) {
+            let text = serde_json::json!({"type": kind, "data": data}).to_string();
+            let _ = WsMessage::parse(&text);
+        }
+
+    }
+}
