@@ -3,6 +3,11 @@
 //! API handle, the attempts, the probers, timers) and as "task ended" notices
 //! from the task registry (for dependencies); outputs are the scheduler's
 //! actions (dispatch, take back, interrupt) carried out by spawned tasks.
+//!
+//! Imports point down only: to [`attempt`](super::attempt) (which it spawns)
+//! and to [`messages`](super::messages), [`failure`](super::failure),
+//! [`shared`](super::shared) and [`pool`](super::pool); the handle
+//! (`executor/mod.rs`) imports this module, never the reverse.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -20,7 +25,8 @@ use uuid::Uuid;
 use crate::comfy::client::PromptLocation;
 use crate::model::TaskPriority;
 use crate::model::{
-    DependencyType, EventCategory, JsonObject, LogLevel, Task, TaskStatus, TransitionError,
+    DependencyType, EventCategory, JsonObject, LogLevel, NewTask, Task, TaskStatus, TaskType,
+    TransitionError,
 };
 use crate::runtime::RuntimeError;
 use crate::runtime::bus::EventContext;
@@ -30,84 +36,11 @@ use crate::runtime::scheduler::{
 };
 use crate::telemetry::metrics;
 
-use super::attempt::{self, AttemptSpec, Control, Outcome};
-use super::{Failure, FailureKind, Shared};
-
-/// Inputs of the actor.
-pub(crate) enum Msg {
-    /// A stored execution to admit.
-    Submit {
-        execution_id: String,
-        reply: oneshot::Sender<()>,
-    },
-    /// Cancel an execution.
-    Cancel {
-        execution_id: String,
-        reason: Option<String>,
-        reply: oneshot::Sender<()>,
-    },
-    /// Run a FAILED execution again (RetryTask).
-    Retry {
-        execution_id: String,
-        reply: oneshot::Sender<Result<(), RuntimeError>>,
-    },
-    /// Where an execution is in the queue.
-    Position {
-        execution_id: String,
-        reply: oneshot::Sender<Option<u32>>,
-    },
-    /// A backend answers, with its node classes.
-    BackendUp {
-        backend: BackendId,
-        classes: Vec<String>,
-    },
-    /// A backend stopped answering.
-    BackendDown { backend: BackendId },
-    /// An attempt's prompt was accepted.
-    Posted {
-        sched: ExecutionId,
-        attempt: u64,
-        prompt_id: String,
-        client_id: String,
-    },
-    /// An attempt's prompt started executing.
-    Started { sched: ExecutionId, attempt: u64 },
-    /// An attempt ended.
-    Finished {
-        sched: ExecutionId,
-        attempt: u64,
-        outcome: Outcome,
-    },
-    /// A take-back ended: `taken` when the prompt left the backend's queue.
-    TakeBackDone {
-        sched: ExecutionId,
-        attempt: u64,
-        taken: bool,
-    },
-    /// A retry's back-off elapsed.
-    RetryDue { sched: ExecutionId, attempt: u64 },
-    /// Where a backend has the prompt of an execution recovered after a
-    /// restart of the runtime.
-    Reconciled {
-        sched: ExecutionId,
-        attempt: u64,
-        found: Found,
-    },
-}
-
-/// What a backend knows of a recovered execution's prompt.
-pub(crate) enum Found {
-    /// It ended; its outcome (artifacts downloaded).
-    Ended(Outcome),
-    /// It runs there now.
-    Running,
-    /// It waits in the backend's queue.
-    Pending,
-    /// The backend has no record of it (it restarted too).
-    Unknown,
-    /// The backend could not be asked.
-    Unreachable,
-}
+use super::attempt::{self, AttemptSpec};
+use super::failure::{Failure, FailureKind};
+use super::messages::{Control, Found, Msg, Outcome};
+use super::pool::Backend;
+use super::shared::Shared;
 
 /// How an execution enters the actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -703,7 +636,7 @@ impl Actor {
     fn attach(
         &mut self,
         sched: ExecutionId,
-        backend: &Arc<super::pool::Backend>,
+        backend: &Arc<Backend>,
         prompt_id: String,
         started: bool,
     ) {
@@ -1582,7 +1515,7 @@ impl Actor {
                 return;
             }
         };
-        let nodes = super::node_tasks(&root, &live.id, prompt);
+        let nodes = node_tasks(&root, &live.id, prompt);
         if let Err(error) = self.shared.store.add_execution_tasks(&live.id, &nodes) {
             tracing::error!(execution_id = %live.id, %error, "node tasks not stored");
             return;
@@ -1763,6 +1696,57 @@ fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
         .nth(usize::try_from(retry.saturating_sub(1)).unwrap_or(usize::MAX))
         .unwrap_or(max)
         .min(max.max(base))
+}
+
+/// The NODE tasks of an execution, one per node of its stored `prompt`
+/// (in the prompt's order), children of `root`: named by the node's
+/// `_meta.title` (or class) and id, with the root's priority, tags and
+/// retry limit. A node whose task cannot be built is skipped and logged.
+fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task> {
+    let workflow_id = root
+        .metadata
+        .get("workflow_id")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut tasks = Vec::with_capacity(prompt.len());
+    for (node_id, node) in prompt {
+        let class_type = node
+            .get("class_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let title = node
+            .get("_meta")
+            .and_then(|meta| meta.get("title"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or(class_type);
+        let mut metadata = JsonObject::new();
+        metadata.insert("execution_id".into(), Value::from(execution_id));
+        metadata.insert("workflow_id".into(), workflow_id.clone());
+        metadata.insert("node_id".into(), Value::from(node_id.clone()));
+        metadata.insert("class_type".into(), Value::from(class_type));
+        let name: String = format!("{title} #{node_id}").chars().take(256).collect();
+        match Task::new(NewTask {
+            id: None,
+            task_type: TaskType::Node,
+            priority: root.priority,
+            name,
+            description: None,
+            // A node carries its execution's tags, so filters by tag see it.
+            tags: root.tags.iter().cloned().collect(),
+            parent_id: Some(root.id.clone()),
+            dependencies: Vec::new(),
+            max_retries: root.max_retries,
+            timeout_seconds: None,
+            metadata,
+        }) {
+            Ok(task) => tasks.push(task),
+            Err(error) => {
+                tracing::error!(execution_id, node_id, %error, "node task not created");
+            }
+        }
+    }
+    tasks
 }
 
 #[cfg(test)]

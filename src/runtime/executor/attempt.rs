@@ -7,6 +7,10 @@
 //! only reports facts ([`Msg::Posted`], [`Msg::PostFailed`], [`Msg::Started`],
 //! [`Msg::Finished`]). Each report carries the attempt number so that a late
 //! report of an abandoned attempt is ignored.
+//!
+//! Imports point down only: to [`messages`](super::messages),
+//! [`failure`](super::failure), [`shared`](super::shared) and
+//! [`pool`](super::pool); the actor imports this module, never the reverse.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,9 +30,10 @@ use crate::runtime::RuntimeError;
 use crate::runtime::artifacts;
 use crate::runtime::scheduler::ExecutionId;
 
-use super::actor::Msg;
+use super::failure::{Failure, FailureKind};
+use super::messages::{Control, Msg, Outcome};
 use super::pool::Backend;
-use super::{Failure, FailureKind, Shared};
+use super::shared::Shared;
 
 /// How long an attempt waits for the backend's WebSocket before posting anyway.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
@@ -57,13 +62,6 @@ pub(crate) struct AttemptSpec {
     pub timeout: Duration,
 }
 
-/// Requests from the actor to a running attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Control {
-    /// Interrupt the prompt (it was cancelled).
-    Interrupt,
-}
-
 /// Follows a prompt already on the backend. Its earlier messages went to a
 /// socket that no longer exists; the watch's reconciliation (on silence)
 /// reads its outcome from history if it ends unheard.
@@ -79,22 +77,6 @@ async fn attach(
         node_errors: Default::default(),
     };
     Ok((watch, response))
-}
-
-/// How an attempt ended.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The prompt succeeded and its artifacts are on disk.
-    Success {
-        /// Outputs per node.
-        outputs: JsonObject,
-        /// Artifact paths.
-        artifacts: Vec<String>,
-    },
-    /// The prompt was interrupted: by our cancel, or by someone else.
-    Interrupted,
-    /// It failed; the failure says whether to retry.
-    Failed(Failure),
 }
 
 /// Runs the attempt until it ends, `abandon` is cancelled (taken back, backend

@@ -5,7 +5,8 @@
 //! - Submission ([`Executor::submit`]) runs on the caller's task: every check
 //!   (graph, size, config, overrides, the backends' `/object_info`,
 //!   dependencies), then one atomic store write of the execution, its root
-//!   WORKFLOW task, one NODE task per node and the prompt's JSON bytes.
+//!   WORKFLOW task and the prompt's JSON bytes (its NODE tasks, one per node,
+//!   are stored when it is first dispatched).
 //! - One actor task ([`actor`]) owns the [`Scheduler`](crate::runtime::scheduler::Scheduler)
 //!   and every decision about an execution's status: dispatch, take-back,
 //!   retries with backoff, cancellation, dependencies, backend up/down.
@@ -18,17 +19,29 @@
 //! backend (waiting in the backend's own queue, then executing: the root
 //! task's progress message says which); RETRYING during a retry's back-off;
 //! then COMPLETED, FAILED or CANCELLED.
+//!
+//! # Which way the imports point
+//!
+//! ```text
+//! mod (the handle) -> actor -> attempt -> shared -> pool -> messages -> failure
+//! ```
+//!
+//! Each module imports only modules to its right (`deps` is a leaf beside
+//! them): what several tasks share lives in [`messages`] (what they send each
+//! other), [`failure`] (why an attempt failed) and [`shared`] (state and
+//! helpers), below every task that uses it.
 
 mod actor;
 mod attempt;
 mod deps;
+mod failure;
+mod messages;
 mod pool;
+mod shared;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -42,8 +55,6 @@ use crate::model::{
     DependencyType, JsonObject, NewExecution, NewTask, Task, TaskDependency, TaskPriority,
     TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution,
 };
-use crate::model::{EventCategory, LogLevel, PerformanceMetric, RuntimeEvent};
-use crate::runtime::bus::EventContext;
 use crate::store::{
     ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord, Page, Store,
 };
@@ -58,248 +69,9 @@ use super::{ObjectKind, RuntimeError};
 
 pub use pool::BackendState;
 
-use actor::Msg;
+use messages::Msg;
 use pool::Pool;
-
-/// Why an attempt failed, and whether that class of failure is retried.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Failure {
-    /// The class.
-    pub kind: FailureKind,
-    /// What happened.
-    pub message: String,
-    /// Whether a retry may succeed.
-    pub transient: bool,
-}
-
-impl Failure {
-    pub(crate) fn transient(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            transient: true,
-        }
-    }
-
-    pub(crate) fn permanent(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            transient: false,
-        }
-    }
-}
-
-/// The error classes of failed executions (their tasks' `error_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FailureKind {
-    /// ComfyUI refused the prompt (400) or the request.
-    Rejected,
-    /// A node raised an exception.
-    NodeExecution,
-    /// The GPU ran out of memory (transient).
-    OutOfMemory,
-    /// The running time passed the execution's timeout.
-    Timeout,
-    /// The backend went silent about the prompt (transient).
-    Stalled,
-    /// The backend could not be reached or answered 5xx (transient).
-    BackendUnavailable,
-    /// The backend lost the prompt (transient).
-    PromptLost,
-    /// No backend can run the workflow.
-    NoBackend,
-    /// Interrupted by someone else than this runtime.
-    Interrupted,
-}
-
-impl FailureKind {
-    /// The `error_type` spelling.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Rejected => "ValidationError",
-            Self::NodeExecution => "NodeExecutionError",
-            Self::OutOfMemory => "OutOfMemoryError",
-            Self::Timeout => "TimeoutError",
-            Self::Stalled => "StalledError",
-            Self::BackendUnavailable => "BackendUnavailableError",
-            Self::PromptLost => "PromptLostError",
-            Self::NoBackend => "NoBackendError",
-            Self::Interrupted => "InterruptedError",
-        }
-    }
-}
-
-/// Settings the executor reads from the configuration once.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub max_queue_len: usize,
-    pub max_concurrent: usize,
-    pub default_timeout: Duration,
-    pub retry_delay: Duration,
-    pub retry_max_delay: Duration,
-    pub stall_timeout: Duration,
-    pub probe_interval: Duration,
-    pub artifact_dir: PathBuf,
-    pub max_workflow_bytes: usize,
-    pub max_workflow_nodes: usize,
-}
-
-impl Settings {
-    fn from_config(config: &Config) -> Self {
-        Self {
-            max_queue_len: config.scheduling.max_queue_len,
-            max_concurrent: config.runtime.max_concurrent_tasks,
-            default_timeout: config.runtime.task_timeout(),
-            retry_delay: config.runtime.task_retry_delay(),
-            retry_max_delay: config.scheduling.retry_max_delay(),
-            stall_timeout: config.scheduling.stall_timeout(),
-            probe_interval: config.scheduling.probe_interval(),
-            artifact_dir: config.artifact_dir(),
-            max_workflow_bytes: config.scheduling.max_workflow_bytes,
-            max_workflow_nodes: config.scheduling.max_workflow_nodes,
-        }
-    }
-}
-
-/// State shared by the handle, the actor and the attempts.
-pub(crate) struct Shared {
-    pub tasks: Arc<TaskRegistry>,
-    pub store: Arc<dyn Store>,
-    pub settings: Settings,
-    pub pool: Pool,
-    /// Serialises read-modify-write of execution records.
-    exec_gate: Mutex<()>,
-    /// Executions admitted and not yet ended (bounded by max_queue_len +
-    /// max_concurrent_tasks).
-    pub backlog: AtomicUsize,
-    /// Recent execution durations in seconds, for the retry-after hint.
-    recent: Mutex<Vec<f64>>,
-}
-
-impl Shared {
-    /// Read-modify-write of one execution record under the gate.
-    pub(crate) fn update_execution<F>(
-        &self,
-        id: &str,
-        change: F,
-    ) -> Result<WorkflowExecution, RuntimeError>
-    where
-        F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
-    {
-        let _gate = self
-            .exec_gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut execution = self
-            .store
-            .get_execution(id)?
-            .ok_or_else(|| RuntimeError::execution_not_found(id))?;
-        let before = execution.clone();
-        change(&mut execution)?;
-        if execution != before {
-            self.store.put_execution(&execution)?;
-        }
-        Ok(execution)
-    }
-
-    /// A runtime event, or `None` (logged) when its fields are invalid.
-    pub(crate) fn runtime_event_value(
-        &self,
-        category: EventCategory,
-        level: LogLevel,
-        event_type: &str,
-        message: String,
-        data: JsonObject,
-        error_type: Option<String>,
-    ) -> Option<RuntimeEvent> {
-        match RuntimeEvent::new(category, event_type, message) {
-            Ok(event) => {
-                let mut event = event.with_level(level);
-                event.data = data;
-                event.source_module = Some("executor".into());
-                if let Some(error_type) = error_type {
-                    event.error_message = Some(event.message.clone());
-                    event.error_type = Some(error_type);
-                }
-                Some(event)
-            }
-            Err(error) => {
-                tracing::error!(%error, event_type, "runtime event not built");
-                None
-            }
-        }
-    }
-
-    /// Publishes (and logs) a runtime event.
-    pub(crate) fn runtime_event(
-        &self,
-        category: EventCategory,
-        level: LogLevel,
-        event_type: &str,
-        message: String,
-        data: JsonObject,
-        context: EventContext,
-    ) {
-        if let Some(mut event) =
-            self.runtime_event_value(category, level, event_type, message, data, None)
-        {
-            event.task_id.clone_from(&context.task_id);
-            event.workflow_id.clone_from(&context.workflow_id);
-            self.tasks.bus().publish_runtime(event, context);
-        }
-    }
-
-    /// Publishes (and logs) a performance metric.
-    pub(crate) fn metric(
-        &self,
-        name: &str,
-        value: f64,
-        unit: &str,
-        context: EventContext,
-        tags: &[(&str, &str)],
-    ) {
-        match PerformanceMetric::new(name, value, unit) {
-            Ok(mut metric) => {
-                metric.task_id.clone_from(&context.task_id);
-                metric.workflow_id.clone_from(&context.workflow_id);
-                if let Some(execution) = &context.execution_id {
-                    metric.tags.insert("execution_id".into(), execution.clone());
-                }
-                for (key, value) in tags {
-                    metric.tags.insert((*key).to_owned(), (*value).to_owned());
-                }
-                self.tasks.bus().publish_metric(metric, context);
-            }
-            Err(error) => tracing::debug!(%error, name, "metric not published"),
-        }
-    }
-
-    pub(crate) fn record_duration(&self, seconds: f64) {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() == 32 {
-            recent.remove(0);
-        }
-        recent.push(seconds);
-    }
-
-    fn retry_after(&self) -> Duration {
-        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let mean = if recent.is_empty() {
-            5.0
-        } else {
-            recent.iter().sum::<f64>() / recent.len() as f64
-        };
-        let up = self
-            .pool
-            .backends()
-            .iter()
-            .filter(|b| b.state().up)
-            .count()
-            .max(1) as f64;
-        Duration::from_secs_f64((mean / up).clamp(1.0, 60.0))
-    }
-}
+use shared::{Settings, Shared};
 
 /// Where the workflow of an execution comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -448,15 +220,7 @@ impl Executor {
         let instance = instance_id(store.as_ref())?;
         let pool = Pool::start(&config.servers, instance, cancel)
             .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
-        let shared = Arc::new(Shared {
-            tasks: Arc::clone(&tasks),
-            store,
-            settings,
-            pool,
-            exec_gate: Mutex::new(()),
-            backlog: AtomicUsize::new(0),
-            recent: Mutex::new(Vec::new()),
-        });
+        let shared = Arc::new(Shared::new(Arc::clone(&tasks), store, settings, pool));
         let (tx, rx) = mpsc::unbounded_channel();
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         tasks.set_ended_sender(ended_tx);
@@ -999,57 +763,6 @@ fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) ->
             RuntimeError::Unavailable("the artifact could not be read".into())
         }
     }
-}
-
-/// The NODE tasks of an execution, one per node of its stored `prompt`
-/// (in the prompt's order), children of `root`: named by the node's
-/// `_meta.title` (or class) and id, with the root's priority, tags and
-/// retry limit. A node whose task cannot be built is skipped and logged.
-pub(crate) fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task> {
-    let workflow_id = root
-        .metadata
-        .get("workflow_id")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let mut tasks = Vec::with_capacity(prompt.len());
-    for (node_id, node) in prompt {
-        let class_type = node
-            .get("class_type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let title = node
-            .get("_meta")
-            .and_then(|meta| meta.get("title"))
-            .and_then(Value::as_str)
-            .filter(|t| !t.trim().is_empty())
-            .unwrap_or(class_type);
-        let mut metadata = JsonObject::new();
-        metadata.insert("execution_id".into(), Value::from(execution_id));
-        metadata.insert("workflow_id".into(), workflow_id.clone());
-        metadata.insert("node_id".into(), Value::from(node_id.clone()));
-        metadata.insert("class_type".into(), Value::from(class_type));
-        let name: String = format!("{title} #{node_id}").chars().take(256).collect();
-        match Task::new(NewTask {
-            id: None,
-            task_type: TaskType::Node,
-            priority: root.priority,
-            name,
-            description: None,
-            // A node carries its execution's tags, so filters by tag see it.
-            tags: root.tags.iter().cloned().collect(),
-            parent_id: Some(root.id.clone()),
-            dependencies: Vec::new(),
-            max_retries: root.max_retries,
-            timeout_seconds: None,
-            metadata,
-        }) {
-            Ok(task) => tasks.push(task),
-            Err(error) => {
-                tracing::error!(execution_id, node_id, %error, "node task not created");
-            }
-        }
-    }
-    tasks
 }
 
 fn idempotency_conflict(id: &str) -> RuntimeError {

@@ -5,6 +5,9 @@
 //! A probe is one cheap `GET /queue`. The full `/object_info` (about 1.6 MB on a
 //! real server) is read only when a backend comes up, and kept as its
 //! catalogue for validation and routing.
+//!
+//! Imports point down only: the probers report through
+//! [`messages`](super::messages); nothing of the actor or the attempts.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -19,9 +22,9 @@ use crate::comfy::ws::{BackendSocket, BackendSocketHandle, SocketSettings};
 use crate::config::ServerConfig;
 use crate::runtime::scheduler::BackendId;
 use crate::runtime::workflow_checks::ObjectInfoCatalogue;
-
-use super::actor::Msg;
 use crate::telemetry::metrics;
+
+use super::messages::Msg;
 
 /// One backend of the pool.
 pub(crate) struct Backend {

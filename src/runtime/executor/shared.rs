@@ -1,0 +1,232 @@
+//! What the executor's handle, actor and attempts share: the [`Settings`]
+//! read from the configuration and the [`Shared`] state (task registry,
+//! store, backend pool, the admission counter, recent durations), with the
+//! helpers that read-modify-write an execution record and publish runtime
+//! events and metrics.
+//!
+//! Imports point down only: to the backend [`pool`](super::pool), the task
+//! registry, the store and the model; never to the handle, the actor or the
+//! attempts.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::model::{
+    EventCategory, JsonObject, LogLevel, PerformanceMetric, RuntimeEvent, WorkflowExecution,
+};
+use crate::runtime::RuntimeError;
+use crate::runtime::bus::EventContext;
+use crate::runtime::tasks::TaskRegistry;
+use crate::store::Store;
+
+use super::pool::Pool;
+
+/// Settings the executor reads from the configuration once.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Most executions waiting in the runtime's queue.
+    pub max_queue_len: usize,
+    /// Most executions handed to backends at once.
+    pub max_concurrent: usize,
+    /// Running-time limit of an execution that sets none.
+    pub default_timeout: Duration,
+    /// Back-off before the first retry.
+    pub retry_delay: Duration,
+    /// Longest back-off between retries.
+    pub retry_max_delay: Duration,
+    /// Silence about a prompt after which its backend is asked where it is.
+    pub stall_timeout: Duration,
+    /// Time between two probes of a backend.
+    pub probe_interval: Duration,
+    /// Where artifacts are written, one folder per execution.
+    pub artifact_dir: PathBuf,
+    /// Largest accepted `workflow_json`, in bytes.
+    pub max_workflow_bytes: usize,
+    /// Most nodes accepted in one workflow.
+    pub max_workflow_nodes: usize,
+}
+
+impl Settings {
+    /// The settings of `config`.
+    pub(super) fn from_config(config: &Config) -> Self {
+        Self {
+            max_queue_len: config.scheduling.max_queue_len,
+            max_concurrent: config.runtime.max_concurrent_tasks,
+            default_timeout: config.runtime.task_timeout(),
+            retry_delay: config.runtime.task_retry_delay(),
+            retry_max_delay: config.scheduling.retry_max_delay(),
+            stall_timeout: config.scheduling.stall_timeout(),
+            probe_interval: config.scheduling.probe_interval(),
+            artifact_dir: config.artifact_dir(),
+            max_workflow_bytes: config.scheduling.max_workflow_bytes,
+            max_workflow_nodes: config.scheduling.max_workflow_nodes,
+        }
+    }
+}
+
+/// State shared by the handle, the actor and the attempts.
+pub(crate) struct Shared {
+    /// The task registry (task state changes and their events).
+    pub tasks: Arc<TaskRegistry>,
+    /// Where executions, tasks and prompts are kept.
+    pub store: Arc<dyn Store>,
+    /// See [`Settings`].
+    pub settings: Settings,
+    /// The backends.
+    pub pool: Pool,
+    /// Serialises read-modify-write of execution records.
+    exec_gate: Mutex<()>,
+    /// Executions admitted and not yet ended (bounded by max_queue_len +
+    /// max_concurrent_tasks).
+    pub backlog: AtomicUsize,
+    /// Recent execution durations in seconds, for the retry-after hint.
+    recent: Mutex<Vec<f64>>,
+}
+
+impl Shared {
+    /// Shared state over `tasks`, `store` and `pool`, nothing admitted yet.
+    pub(super) fn new(
+        tasks: Arc<TaskRegistry>,
+        store: Arc<dyn Store>,
+        settings: Settings,
+        pool: Pool,
+    ) -> Self {
+        Self {
+            tasks,
+            store,
+            settings,
+            pool,
+            exec_gate: Mutex::new(()),
+            backlog: AtomicUsize::new(0),
+            recent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Read-modify-write of one execution record under the gate.
+    pub(crate) fn update_execution<F>(
+        &self,
+        id: &str,
+        change: F,
+    ) -> Result<WorkflowExecution, RuntimeError>
+    where
+        F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
+    {
+        let _gate = self
+            .exec_gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut execution = self
+            .store
+            .get_execution(id)?
+            .ok_or_else(|| RuntimeError::execution_not_found(id))?;
+        let before = execution.clone();
+        change(&mut execution)?;
+        if execution != before {
+            self.store.put_execution(&execution)?;
+        }
+        Ok(execution)
+    }
+
+    /// A runtime event, or `None` (logged) when its fields are invalid.
+    pub(crate) fn runtime_event_value(
+        &self,
+        category: EventCategory,
+        level: LogLevel,
+        event_type: &str,
+        message: String,
+        data: JsonObject,
+        error_type: Option<String>,
+    ) -> Option<RuntimeEvent> {
+        match RuntimeEvent::new(category, event_type, message) {
+            Ok(event) => {
+                let mut event = event.with_level(level);
+                event.data = data;
+                event.source_module = Some("executor".into());
+                if let Some(error_type) = error_type {
+                    event.error_message = Some(event.message.clone());
+                    event.error_type = Some(error_type);
+                }
+                Some(event)
+            }
+            Err(error) => {
+                tracing::error!(%error, event_type, "runtime event not built");
+                None
+            }
+        }
+    }
+
+    /// Publishes (and logs) a runtime event.
+    pub(crate) fn runtime_event(
+        &self,
+        category: EventCategory,
+        level: LogLevel,
+        event_type: &str,
+        message: String,
+        data: JsonObject,
+        context: EventContext,
+    ) {
+        if let Some(mut event) =
+            self.runtime_event_value(category, level, event_type, message, data, None)
+        {
+            event.task_id.clone_from(&context.task_id);
+            event.workflow_id.clone_from(&context.workflow_id);
+            self.tasks.bus().publish_runtime(event, context);
+        }
+    }
+
+    /// Publishes (and logs) a performance metric.
+    pub(crate) fn metric(
+        &self,
+        name: &str,
+        value: f64,
+        unit: &str,
+        context: EventContext,
+        tags: &[(&str, &str)],
+    ) {
+        match PerformanceMetric::new(name, value, unit) {
+            Ok(mut metric) => {
+                metric.task_id.clone_from(&context.task_id);
+                metric.workflow_id.clone_from(&context.workflow_id);
+                if let Some(execution) = &context.execution_id {
+                    metric.tags.insert("execution_id".into(), execution.clone());
+                }
+                for (key, value) in tags {
+                    metric.tags.insert((*key).to_owned(), (*value).to_owned());
+                }
+                self.tasks.bus().publish_metric(metric, context);
+            }
+            Err(error) => tracing::debug!(%error, name, "metric not published"),
+        }
+    }
+
+    /// Remembers an execution's duration (the last 32) for the retry-after hint.
+    pub(crate) fn record_duration(&self, seconds: f64) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == 32 {
+            recent.remove(0);
+        }
+        recent.push(seconds);
+    }
+
+    /// How long a client refused for a full queue should wait: the mean
+    /// recent duration over the backends up, from 1 to 60 seconds.
+    pub(super) fn retry_after(&self) -> Duration {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mean = if recent.is_empty() {
+            5.0
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        };
+        let up = self
+            .pool
+            .backends()
+            .iter()
+            .filter(|b| b.state().up)
+            .count()
+            .max(1) as f64;
+        Duration::from_secs_f64((mean / up).clamp(1.0, 60.0))
+    }
+}
