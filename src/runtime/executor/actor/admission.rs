@@ -1,0 +1,229 @@
+//! How an execution enters the actor: loading a stored execution (its root
+//! task, required classes and the NODE tasks it has so far) into a
+//! [`Live`] entry, then queueing it, or holding it PENDING until its
+//! dependencies are met, or cancelling it when a REQUIRES dependency can no
+//! longer complete ("task ended" notices from the task registry).
+//!
+//! One part of the [`Actor`]'s `impl`, split by concern: it imports the
+//! actor's state from its parent and the executor's lower modules, never
+//! another part.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::{DependencyType, Task, TaskStatus};
+use crate::runtime::RuntimeError;
+use crate::runtime::scheduler::{ExecutionId, RequiredClasses};
+
+use super::{Actor, Admission, Live, Phase};
+
+impl Actor {
+    /// Loads a stored execution into the actor and queues it (or waits for
+    /// its dependencies). `retrying`: a manual retry of a FAILED execution.
+    pub(super) fn admit(&mut self, execution_id: &str, retrying: bool) {
+        self.admit_as(
+            execution_id,
+            if retrying {
+                Admission::Retry
+            } else {
+                Admission::Fresh
+            },
+        );
+    }
+
+    /// Loads a stored execution and starts it as `admission` says.
+    pub(super) fn admit_as(&mut self, execution_id: &str, admission: Admission) {
+        let retrying = admission != Admission::Fresh;
+        let loaded = self.load(execution_id);
+        let (execution_root, required, node_tasks, root) = match loaded {
+            Ok(Some(parts)) => parts,
+            Ok(None) => {
+                tracing::error!(execution_id, "admitted execution not found in the store");
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(execution_id, %error, "execution could not be loaded");
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        };
+        let sched = ExecutionId(self.next_sched);
+        self.next_sched += 1;
+        let live = Live {
+            id: Arc::from(execution_id),
+            root: Arc::from(execution_root.as_str()),
+            priority: root.priority,
+            required,
+            // Shared while empty: a queued execution has no NODE tasks yet.
+            node_tasks: if node_tasks.is_empty() {
+                Arc::clone(&self.no_nodes)
+            } else {
+                Arc::new(node_tasks)
+            },
+            timeout: root
+                .timeout_seconds
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .unwrap_or(self.shared.settings.default_timeout),
+            phase: if retrying {
+                Phase::RetryWait
+            } else {
+                Phase::WaitingDeps
+            },
+            attempt: 0,
+            run: None,
+            cancel_reason: None,
+            queued_at: std::time::Instant::now(),
+            workflow_id: root
+                .metadata
+                .get("workflow_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            tags: root.tags.iter().cloned().collect(),
+            recovered: None,
+        };
+        self.by_id.insert(live.id.clone(), sched);
+        self.by_root.insert(live.root.clone(), sched);
+        self.live.insert(sched, live);
+        if admission == Admission::Recovering {
+            if let Some(live) = self.live.get_mut(&sched) {
+                live.phase = Phase::Recovering;
+            }
+            return;
+        }
+        if retrying {
+            self.enqueue(sched);
+            return;
+        }
+        self.check_dependencies(sched, &root);
+    }
+
+    /// Queues `sched` when nothing holds it; cancels it when a REQUIRES
+    /// dependency can no longer complete; else records what it waits for.
+    fn check_dependencies(&mut self, sched: ExecutionId, root: &Task) {
+        for dep in &root.dependencies {
+            if dep.dependency_type != DependencyType::Requires {
+                continue;
+            }
+            if let Ok(Some(task)) = self.shared.store.get_task(&dep.task_id)
+                && matches!(task.status(), TaskStatus::Failed | TaskStatus::Cancelled)
+            {
+                let reason = format!(
+                    "required dependency {} is {}",
+                    dep.task_id,
+                    task.status().as_str()
+                );
+                self.end_cancelled(sched, reason);
+                return;
+            }
+        }
+        match self.shared.tasks.unmet_dependencies(root) {
+            Ok(unmet) if unmet.is_empty() => self.enqueue(sched),
+            Ok(unmet) => {
+                let message = format!("waiting for dependencies: {}", unmet.join(", "));
+                self.update_root(sched, |task| {
+                    task.progress_message = Some(message);
+                    Ok(())
+                });
+            }
+            Err(error) => tracing::error!(%error, "dependencies could not be read"),
+        }
+    }
+
+    /// A task ended: resolve what waits for it.
+    pub(super) fn task_ended(&mut self, task_id: &str) {
+        let Ok(Some(ended)) = self.shared.store.get_task(task_id) else {
+            return;
+        };
+        let status = ended.status();
+        for (waiter, kind) in self.shared.tasks.dependents(task_id) {
+            let broken = kind == DependencyType::Requires && status != TaskStatus::Completed;
+            let reason = format!("required dependency {task_id} is {}", status.as_str());
+            if let Some(&sched) = self.by_root.get(waiter.as_str()) {
+                let Some(live) = self.live.get(&sched) else {
+                    continue;
+                };
+                if broken {
+                    self.cancel(&live.id.clone(), Some(reason));
+                } else if live.phase == Phase::WaitingDeps
+                    && let Ok(Some(root)) = self.shared.store.get_task(&waiter)
+                {
+                    self.check_dependencies(sched, &root);
+                }
+            } else if broken {
+                // A client-reported task (or an execution that is already
+                // over): cancel it if it has not ended.
+                if let Ok(Some(task)) = self.shared.store.get_task(&waiter)
+                    && !task.status().is_terminal()
+                {
+                    match self.shared.store.execution_of_task(&waiter) {
+                        Ok(Some(_)) => {}
+                        _ => {
+                            if let Err(error) = self.shared.tasks.cancel(&waiter, Some(reason)) {
+                                tracing::warn!(task_id = %waiter, %error, "dependent task not cancelled");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An execution's root, required classes (from its stored prompt) and
+    /// the NODE tasks it has so far (none before its first dispatch).
+    fn load(&mut self, execution_id: &str) -> Result<Option<Loaded>, RuntimeError> {
+        let store = &self.shared.store;
+        let Some(execution) = store.get_execution(execution_id)? else {
+            return Ok(None);
+        };
+        let Some(root_id) = execution.root_task_id.clone() else {
+            return Ok(None);
+        };
+        let Some(root) = store.get_task(&root_id)? else {
+            return Ok(None);
+        };
+        let mut node_tasks = HashMap::new();
+        for child in store.child_ids(&root_id)? {
+            if let Some(task) = store.get_task(&child)?
+                && task.task_type == crate::model::TaskType::Node
+                && let Some(node) = task.metadata.get("node_id").and_then(Value::as_str)
+            {
+                node_tasks.insert(node.to_owned(), task.id.clone());
+            }
+        }
+        let classes: Vec<String> = match store.execution_prompt(execution_id)? {
+            Some(prompt) => serde_json::from_slice::<HashMap<String, PromptNode>>(&prompt)
+                .map(|nodes| nodes.into_values().map(|node| node.class_type).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let required = self.intern(RequiredClasses::new(classes));
+        Ok(Some((root_id, required, node_tasks, root)))
+    }
+
+    /// The shared copy of `required`: executions of one workflow hold one
+    /// class list between them, not one each.
+    fn intern(&mut self, required: RequiredClasses) -> RequiredClasses {
+        if let Some(known) = self.interned.get(&required) {
+            return known.clone();
+        }
+        self.interned.insert(required.clone());
+        required
+    }
+}
+
+/// A stored execution as the actor loads it: root task id, required classes,
+/// node id -> NODE task id, and the root task.
+type Loaded = (String, RequiredClasses, HashMap<String, String>, Task);
+
+/// The part of a stored prompt's node that admission reads.
+#[derive(serde::Deserialize)]
+struct PromptNode {
+    /// The node's class.
+    class_type: String,
+}
