@@ -23,13 +23,14 @@
 //! # Which way the imports point
 //!
 //! ```text
-//! mod (the handle) -> actor -> attempt -> shared -> pool -> messages -> failure
+//! submit -> mod (the handle) -> actor -> attempt -> shared -> pool -> messages -> failure
 //! ```
 //!
 //! Each module imports only modules to its right (`deps` is a leaf beside
 //! them): what several tasks share lives in [`messages`] (what they send each
 //! other), [`failure`] (why an attempt failed) and [`shared`] (state and
-//! helpers), below every task that uses it.
+//! helpers), below every task that uses it. [`submit`] holds the submission
+//! checks, more of [`Executor`]'s `impl`; this file imports nothing from it.
 
 mod actor;
 mod attempt;
@@ -38,33 +39,24 @@ mod failure;
 mod messages;
 mod pool;
 mod shared;
+mod submit;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::model::workflow::NO_OUTPUT_NODE;
 use crate::model::{
-    DependencyType, JsonObject, NewExecution, NewTask, Task, TaskDependency, TaskPriority,
-    TaskStatus, TaskType, ValidationError, WorkflowDefinition, WorkflowExecution,
+    JsonObject, Task, TaskDependency, TaskPriority, TaskStatus, TaskType, ValidationError,
+    WorkflowExecution,
 };
-use crate::store::{
-    ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord, Page, Store,
-};
+use crate::store::{ExecutionFilter, Page, Store};
 
-use super::fingerprint::Fingerprint;
 use super::tasks::TaskRegistry;
-use super::workflow_checks::{
-    ObjectInfoCatalogue, WORKFLOW_FIELD, apply_overrides, check_prompt_against_object_info,
-    rewrite_filename_prefixes,
-};
 use super::{ObjectKind, RuntimeError};
 
 pub use pool::BackendState;
@@ -138,71 +130,12 @@ pub struct ValidationReport {
     pub object_info_checked: bool,
 }
 
-/// Per-execution settings parsed from `config`.
-#[derive(Debug, Clone, PartialEq, Default)]
-struct ExecConfig {
-    overrides: JsonObject,
-    timeout_seconds: Option<f64>,
-    max_retries: Option<u32>,
-}
-
-/// Longest running time one execution may ask for: 7 days.
-const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
-
-/// Most retries one execution may ask for.
-const MAX_RETRIES_LIMIT: u64 = 100;
-
-fn parse_config(config: &JsonObject, errors: &mut ValidationError) -> ExecConfig {
-    let mut parsed = ExecConfig::default();
-    for (key, value) in config {
-        let field = format!("config.{key}");
-        match key.as_str() {
-            "overrides" => match value {
-                Value::Object(overrides) => parsed.overrides = overrides.clone(),
-                _ => errors.push(field, "must be an object of node id to {input: value}"),
-            },
-            "timeout_seconds" => match value.as_f64() {
-                Some(seconds) if seconds > 0.0 && seconds <= MAX_TIMEOUT_SECONDS => {
-                    parsed.timeout_seconds = Some(seconds);
-                }
-                _ => errors.push(
-                    field,
-                    format!(
-                        "must be a number of seconds greater than 0 and at most {MAX_TIMEOUT_SECONDS}"
-                    ),
-                ),
-            },
-            "max_retries" => match value.as_u64() {
-                Some(n) if n <= MAX_RETRIES_LIMIT => {
-                    parsed.max_retries = u32::try_from(n).ok();
-                }
-                _ => errors.push(
-                    field,
-                    format!("must be a whole number from 0 to {MAX_RETRIES_LIMIT}"),
-                ),
-            },
-            _ => errors.push(
-                field,
-                "unknown key; known keys are overrides, timeout_seconds, max_retries",
-            ),
-        }
-    }
-    parsed
-}
-
-/// The prepared prompt and what the checks learnt.
-struct Prepared {
-    prompt: JsonObject,
-    config: ExecConfig,
-    required: Vec<String>,
-    backends: Vec<String>,
-    object_info_checked: bool,
-}
-
 /// The executor handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Executor {
+    /// State shared with the actor and the attempts.
     shared: Arc<Shared>,
+    /// The actor's inbox.
     tx: mpsc::UnboundedSender<Msg>,
 }
 
@@ -245,345 +178,6 @@ impl Executor {
             .iter()
             .map(|b| (b.name.clone(), b.state()))
             .collect()
-    }
-
-    /// Every catalogue known (from backends up or down) and the names of
-    /// the up backends with their catalogues.
-    fn catalogues(&self) -> Vec<(String, bool, Arc<ObjectInfoCatalogue>)> {
-        self.shared
-            .pool
-            .backends()
-            .iter()
-            .filter_map(|b| {
-                let state = b.state();
-                state.catalogue.map(|c| (b.name.clone(), state.up, c))
-            })
-            .collect()
-    }
-
-    /// Runs every check on `workflow` with `config`; `execution_id` names the
-    /// output folder of the rewritten filename prefixes.
-    fn prepare(
-        &self,
-        workflow: &WorkflowDefinition,
-        config: &JsonObject,
-        execution_id: &str,
-    ) -> Result<Prepared, ValidationError> {
-        let mut errors = ValidationError::new();
-        let settings = &self.shared.settings;
-        if workflow.workflow_json.len() > settings.max_workflow_bytes {
-            errors.push(
-                WORKFLOW_FIELD,
-                format!(
-                    "is {} bytes; at most {} are accepted",
-                    workflow.workflow_json.len(),
-                    settings.max_workflow_bytes
-                ),
-            );
-        }
-        if workflow.nodes.len() > settings.max_workflow_nodes {
-            errors.push(
-                WORKFLOW_FIELD,
-                format!(
-                    "has {} nodes; at most {} are accepted",
-                    workflow.nodes.len(),
-                    settings.max_workflow_nodes
-                ),
-            );
-        }
-        let catalogues = self.catalogues();
-        let object_info_checked = !catalogues.is_empty();
-        for problem in &workflow.validation_errors {
-            // Output nodes are judged by the backends' object_info when known.
-            if object_info_checked && problem == NO_OUTPUT_NODE {
-                continue;
-            }
-            errors.push(WORKFLOW_FIELD, problem.clone());
-        }
-        let config = parse_config(config, &mut errors);
-        let mut prompt = workflow.to_api_prompt();
-        if let Err(e) = apply_overrides(&mut prompt, &config.overrides) {
-            errors.extend(e);
-        }
-        rewrite_filename_prefixes(&mut prompt, execution_id);
-        let required: Vec<String> = workflow
-            .nodes
-            .values()
-            .map(|n| n.class_type.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let backends: Vec<String> = catalogues
-            .iter()
-            .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
-            .map(|(name, _, _)| name.clone())
-            .collect();
-        if errors.is_empty() && object_info_checked {
-            // Valid when valid for one known backend; else report against the
-            // backend that has the most of the required classes.
-            let mut best: Option<(usize, ValidationError)> = None;
-            for (_, _, catalogue) in &catalogues {
-                match check_prompt_against_object_info(&prompt, catalogue, WORKFLOW_FIELD) {
-                    Ok(()) => {
-                        best = None;
-                        break;
-                    }
-                    Err(e) => {
-                        let known = required.iter().filter(|c| catalogue.contains(c)).count();
-                        if best.as_ref().is_none_or(|(k, _)| known > *k) {
-                            best = Some((known, e));
-                        }
-                    }
-                }
-            }
-            if let Some((_, e)) = best {
-                errors.extend(e);
-            }
-        }
-        if errors.is_empty() {
-            Ok(Prepared {
-                prompt,
-                config,
-                required,
-                backends,
-                object_info_checked,
-            })
-        } else {
-            Err(errors)
-        }
-    }
-
-    /// ValidateWorkflow: the checks of [`Executor::submit`] without queueing.
-    pub fn validate(&self, workflow: &WorkflowDefinition, config: &JsonObject) -> ValidationReport {
-        let required: Vec<String> = workflow
-            .nodes
-            .values()
-            .map(|n| n.class_type.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        match self.prepare(workflow, config, "validation") {
-            Ok(prepared) => ValidationReport {
-                problems: ValidationError::new(),
-                required_classes: prepared.required,
-                backends: prepared.backends,
-                object_info_checked: prepared.object_info_checked,
-            },
-            Err(problems) => {
-                let catalogues = self.catalogues();
-                ValidationReport {
-                    problems,
-                    backends: catalogues
-                        .iter()
-                        .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
-                        .map(|(name, _, _)| name.clone())
-                        .collect(),
-                    required_classes: required,
-                    object_info_checked: !catalogues.is_empty(),
-                }
-            }
-        }
-    }
-
-    /// Validates and admits an execution of `workflow` (already resolved:
-    /// `registered` when it came from the registry).
-    pub async fn submit(
-        &self,
-        request: ExecuteRequest,
-        workflow: WorkflowDefinition,
-        registered: bool,
-    ) -> Result<ExecutionView, RuntimeError> {
-        let execution_id = uuid::Uuid::new_v4().to_string();
-        let fingerprint = fingerprint(&request);
-        // A replay creates nothing: it is answered before any check that
-        // depends on the moment (backends' catalogues, dependency states,
-        // the queue's fill). Two first submissions racing with one key are
-        // settled by the store.
-        if let Some(key) = &request.idempotency_key
-            && let Some((stored, id)) = self.shared.store.execution_for_key(key)?
-        {
-            return if stored == fingerprint {
-                self.view_with_position(&id).await
-            } else {
-                Err(idempotency_conflict(&id))
-            };
-        }
-        let mut errors = ValidationError::new();
-        let prepared = match self.prepare(&workflow, &request.config, &execution_id) {
-            Ok(prepared) => Some(prepared),
-            Err(e) => {
-                errors.extend(e);
-                None
-            }
-        };
-        if let Err(e) = deps::check(&self.shared.tasks, &request.dependencies) {
-            errors.extend(e);
-        }
-        if let Some(key) = &request.idempotency_key
-            && (key.trim().is_empty() || key.len() > 256)
-        {
-            errors.push("idempotency_key", "must be 1 to 256 characters");
-        }
-        let Some(prepared) = prepared.filter(|_| errors.is_empty()) else {
-            return Err(errors.into());
-        };
-        let capacity = self.shared.settings.max_queue_len + self.shared.settings.max_concurrent;
-        let admitted = self
-            .shared
-            .backlog
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < capacity).then_some(n + 1)
-            })
-            .is_ok();
-        if !admitted {
-            return Err(RuntimeError::ResourceExhausted {
-                what: format!("execution queue ({capacity} executions admitted)"),
-                retry_after: self.shared.retry_after(),
-            });
-        }
-        let created = self.create(
-            request,
-            &workflow,
-            registered,
-            prepared,
-            execution_id,
-            fingerprint,
-        );
-        let outcome = match created {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
-                return Err(e);
-            }
-        };
-        match outcome {
-            ExecutionCreateOutcome::Created(execution) => {
-                let (reply, answer) = oneshot::channel();
-                self.tx
-                    .send(Msg::Submit {
-                        execution_id: execution.id.clone(),
-                        reply,
-                    })
-                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
-                answer
-                    .await
-                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
-                self.view_with_position(&execution.id).await
-            }
-            ExecutionCreateOutcome::Existing {
-                execution,
-                same_body,
-            } => {
-                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
-                if same_body {
-                    self.view(&execution.id)
-                } else {
-                    Err(idempotency_conflict(&execution.id))
-                }
-            }
-        }
-    }
-
-    /// Builds and stores the execution and its tasks.
-    fn create(
-        &self,
-        request: ExecuteRequest,
-        workflow: &WorkflowDefinition,
-        registered: bool,
-        prepared: Prepared,
-        execution_id: String,
-        fingerprint: String,
-    ) -> Result<ExecutionCreateOutcome, RuntimeError> {
-        let max_retries = prepared
-            .config
-            .max_retries
-            .unwrap_or(crate::model::task::DEFAULT_MAX_RETRIES);
-        let timeout = prepared
-            .config
-            .timeout_seconds
-            .unwrap_or(self.shared.settings.default_timeout.as_secs_f64());
-        let name = request.name.clone().unwrap_or_else(|| {
-            if registered {
-                workflow.name.clone()
-            } else {
-                "inline workflow".to_owned()
-            }
-        });
-        let mut metadata = JsonObject::new();
-        metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
-        metadata.insert("workflow_id".into(), Value::from(workflow.id.clone()));
-        let root = Task::new(NewTask {
-            id: None,
-            task_type: TaskType::Workflow,
-            priority: request.priority,
-            name,
-            description: None,
-            tags: request.tags.iter().cloned().collect(),
-            parent_id: None,
-            dependencies: request.dependencies.clone(),
-            max_retries,
-            timeout_seconds: Some(timeout),
-            metadata,
-        })?;
-        // NODE tasks are created when the execution is first dispatched
-        // (`node_tasks`): a queued execution costs one task, not one per node.
-        let tasks = vec![root.clone()];
-        let mut config = request.config.clone();
-        config.retain(|k, _| k != "overrides");
-        if !prepared.config.overrides.is_empty() {
-            config.insert(
-                "overrides".into(),
-                Value::Object(prepared.config.overrides.clone()),
-            );
-        }
-        let execution = WorkflowExecution::new(NewExecution {
-            id: Some(execution_id),
-            workflow_id: workflow.id.clone(),
-            client_id: None,
-            root_task_id: Some(root.id.clone()),
-            config,
-            environment: Default::default(),
-            workflow_version: registered.then(|| workflow.version.clone()),
-        })?;
-        let prompt = Bytes::from(Value::Object(prepared.prompt).to_string());
-        let key = request
-            .idempotency_key
-            .map(|key| IdempotencyKey { key, fingerprint });
-        let outcome = self.shared.store.create_execution(
-            NewExecutionRecord {
-                execution,
-                tasks: tasks.clone(),
-                prompt,
-            },
-            key,
-        )?;
-        if let ExecutionCreateOutcome::Created(execution) = &outcome {
-            for dep in &root.dependencies {
-                match dep.dependency_type {
-                    DependencyType::Blocks => {
-                        self.shared.tasks.add_hold(&dep.task_id, &root.id);
-                        self.shared.tasks.add_dependent(
-                            &root.id,
-                            &dep.task_id,
-                            DependencyType::Optional,
-                        );
-                    }
-                    kind => self
-                        .shared
-                        .tasks
-                        .add_dependent(&dep.task_id, &root.id, kind),
-                }
-            }
-            self.shared.tasks.announce_created(&tasks);
-            tracing::info!(
-                execution_id = %execution.id,
-                workflow_id = %execution.workflow_id,
-                task_id = %root.id,
-                nodes = workflow.nodes.len(),
-                "execution created"
-            );
-        }
-        Ok(outcome)
     }
 
     /// One execution with its tasks and, while queued, its queue position.
@@ -747,6 +341,7 @@ fn instance_id(store: &dyn Store) -> Result<uuid::Uuid, RuntimeError> {
     Ok(id)
 }
 
+/// The error for an artifact that could not be opened.
 fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) -> RuntimeError {
     use super::artifacts::ArtifactError;
     match error {
@@ -763,37 +358,4 @@ fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) ->
             RuntimeError::Unavailable("the artifact could not be read".into())
         }
     }
-}
-
-fn idempotency_conflict(id: &str) -> RuntimeError {
-    RuntimeError::AlreadyExists {
-        kind: ObjectKind::Execution,
-        id: id.to_owned(),
-        reason: "idempotency_key was used before with a different request".into(),
-    }
-}
-
-/// The digest an idempotency key is checked against.
-fn fingerprint(request: &ExecuteRequest) -> String {
-    let mut fp = Fingerprint::default();
-    fp = match &request.workflow {
-        WorkflowSource::Registered { id, version } => fp
-            .field(b"registered")
-            .field(id.as_bytes())
-            .field(version.as_deref().unwrap_or("\0latest").as_bytes()),
-        WorkflowSource::Inline(json) => fp.field(b"inline").field(json.as_bytes()),
-    };
-    fp = fp
-        .field(Value::Object(request.config.clone()).to_string().as_bytes())
-        .field(request.priority.as_str().as_bytes());
-    for tag in &request.tags {
-        fp = fp.field(tag.as_bytes());
-    }
-    for dep in &request.dependencies {
-        fp = fp
-            .field(dep.task_id.as_bytes())
-            .field(dep.dependency_type.as_str().as_bytes());
-    }
-    fp.field(request.name.as_deref().unwrap_or("\0none").as_bytes())
-        .finish()
 }
