@@ -1,0 +1,416 @@
+//! The graph checks of a parsed workflow: links to missing nodes and bad
+//! output indices, cycles, and whether any node is an output node. They are
+//! not hard errors: the definition keeps what they find, and the caller
+//! decides.
+//!
+//! Imports point down only, to [`node`](super::node); the definition
+//! (`workflow/mod.rs`) imports this module.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::node::ComfyNode;
+
+/// The graph problem reported when no node's class is an output node by
+/// name; a backend's `/object_info` (`output_node`) has the last word.
+pub const NO_OUTPUT_NODE: &str =
+    "workflow has no output node (a node such as SaveImage or PreviewImage)";
+
+/// Orders node ids: numeric ids numerically (then by text, so `01` and `1`
+/// stay distinct), before all other ids, which sort as text.
+fn node_id_order(a: &str, b: &str) -> Ordering {
+    let numeric = |s: &str| {
+        if s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse::<u64>().ok()
+        } else {
+            None
+        }
+    };
+    match (numeric(a), numeric(b)) {
+        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.cmp(b)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
+/// Shortens user-supplied ids and names for messages (64 characters and an
+/// ellipsis at most).
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+/// What the graph checks derive from the nodes.
+pub(super) struct GraphAnalysis {
+    /// Deduplicated, sorted `(from, to)` pairs.
+    pub(super) edges: Vec<(String, String)>,
+    /// Output slots consumed, by source node.
+    pub(super) consumed: BTreeMap<String, BTreeSet<u64>>,
+    /// Human-readable problems.
+    pub(super) errors: Vec<String>,
+}
+
+/// Runs the graph checks: links (missing nodes, bad indices), cycles, output nodes.
+pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>) -> GraphAnalysis {
+    let mut errors = Vec::new();
+    let mut edges = BTreeSet::new();
+    let mut consumed: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut ordered: Vec<&str> = nodes.keys().map(String::as_str).collect();
+    ordered.sort_by(|a, b| node_id_order(a, b));
+
+    for id in &ordered {
+        let Some(node) = nodes.get(*id) else { continue };
+        for (input, src, idx) in node.links() {
+            let Some(slot) = idx.as_u64() else {
+                errors.push(format!(
+                    "node {} input {} links to output index {} of node {}, which is not a non-negative integer",
+                    shown(id),
+                    shown(input),
+                    shown(&idx.to_string()),
+                    shown(src)
+                ));
+                continue;
+            };
+            if !nodes.contains_key(src) {
+                errors.push(format!(
+                    "node {} input {} links to missing node {}",
+                    shown(id),
+                    shown(input),
+                    shown(src)
+                ));
+                continue;
+            }
+            edges.insert((src.to_owned(), (*id).to_owned()));
+            consumed.entry(src.to_owned()).or_default().insert(slot);
+        }
+    }
+    let mut edges: Vec<(String, String)> = edges.into_iter().collect();
+    edges.sort_by(|a, b| node_id_order(&a.0, &b.0).then_with(|| node_id_order(&a.1, &b.1)));
+
+    errors.extend(cycle_errors(&ordered, &edges));
+
+    if !nodes.values().any(ComfyNode::is_output_node) {
+        errors.push(NO_OUTPUT_NODE.to_owned());
+    }
+    GraphAnalysis {
+        edges,
+        consumed,
+        errors,
+    }
+}
+
+/// One message per cycle: each strongly connected component with more than
+/// one node, or a node linked to itself. Names a concrete cycle through the
+/// component's first node, and the whole component when it is larger.
+fn cycle_errors(ordered: &[&str], edges: &[(String, String)]) -> Vec<String> {
+    let index: BTreeMap<&str, usize> = ordered.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut adjacency = vec![Vec::new(); ordered.len()];
+    for (from, to) in edges {
+        if let (Some(&f), Some(&t)) = (index.get(from.as_str()), index.get(to.as_str())) {
+            adjacency[f].push(t);
+        }
+    }
+    let mut messages = Vec::new();
+    let mut components = strongly_connected_components(&adjacency);
+    for c in &mut components {
+        c.sort_unstable();
+    }
+    components.sort_unstable();
+    for component in components {
+        let Some(&first) = component.first() else {
+            continue;
+        };
+        let is_cycle = component.len() > 1 || adjacency[first].contains(&first);
+        if !is_cycle {
+            continue;
+        }
+        let path = shortest_cycle(&adjacency, &component, first);
+        let mut names: Vec<String> = path.iter().map(|&i| shown(ordered[i])).collect();
+        // Long cycles show their two ends; the count says how much is left out.
+        const ENDS: usize = 10;
+        if names.len() > 2 * ENDS + 1 {
+            let hidden = names.len() - 2 * ENDS;
+            let tail = names.split_off(names.len() - ENDS);
+            names.truncate(ENDS);
+            names.push(format!("({hidden} more)"));
+            names.extend(tail);
+        }
+        let mut message = format!("cycle between nodes {}", names.join(" -> "));
+        if component.len() + 1 > path.len() {
+            const LISTED: usize = 20;
+            let mut members: Vec<String> = component
+                .iter()
+                .take(LISTED)
+                .map(|&i| shown(ordered[i]))
+                .collect();
+            if component.len() > LISTED {
+                members.push(format!("and {} more", component.len() - LISTED));
+            }
+            message.push_str(&format!(
+                " (nodes {} are all on cycles through each other)",
+                members.join(", ")
+            ));
+        }
+        messages.push(message);
+    }
+    messages
+}
+
+/// Tarjan's algorithm with an explicit stack, so a 10,000-node chain cannot
+/// overflow the thread's stack. Returns the components (node indices).
+fn strongly_connected_components(adjacency: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    const UNVISITED: usize = usize::MAX;
+    let n = adjacency.len();
+    let mut index = vec![UNVISITED; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut next = 0;
+    let mut components = Vec::new();
+    // (node, position of the next neighbour to visit)
+    let mut calls: Vec<(usize, usize)> = Vec::new();
+
+    for root in 0..n {
+        if index[root] != UNVISITED {
+            continue;
+        }
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        calls.push((root, 0));
+        while let Some(frame) = calls.last_mut() {
+            let v = frame.0;
+            if let Some(&w) = adjacency[v].get(frame.1) {
+                frame.1 += 1;
+                if index[w] == UNVISITED {
+                    index[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(parent, _)) = calls.last() {
+                low[parent] = low[parent].min(low[v]);
+            }
+            if low[v] == index[v] {
+                let mut component = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    component.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                components.push(component);
+            }
+        }
+    }
+    components
+}
+
+/// The shortest cycle from `start` back to itself inside `component` (BFS),
+/// as a path that begins and ends with `start`.
+fn shortest_cycle(adjacency: &[Vec<usize>], component: &[usize], start: usize) -> Vec<usize> {
+    let inside: BTreeSet<usize> = component.iter().copied().collect();
+    let mut parent: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(v) = queue.pop_front() {
+        for &w in &adjacency[v] {
+            if w == start {
+                let mut path = vec![start];
+                let mut at = v;
+                while at != start {
+                    path.push(at);
+                    at = match parent.get(&at) {
+                        Some(&p) => p,
+                        None => break,
+                    };
+                }
+                path.push(start);
+                path.reverse();
+                return path;
+            }
+            if inside.contains(&w) && !parent.contains_key(&w) && w != start {
+                parent.insert(w, v);
+                queue.push_back(w);
+            }
+        }
+    }
+    // Every node of a strongly connected component lies on a cycle through
+    // `start`, so the loop returns; this fallback just names the component.
+    let mut path = component.to_vec();
+    path.push(start);
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::JsonObject;
+    use crate::model::workflow::MAX_WORKFLOW_NODES;
+    use crate::model::workflow::test_support::{edges, parse};
+
+    #[test]
+    fn cycles_name_their_nodes() {
+        let wf = parse(
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {}},
+                "2": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+                "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+                "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0]}}}"#,
+        )
+        .unwrap();
+        assert!(!wf.is_valid);
+        assert_eq!(wf.validation_errors, ["cycle between nodes 2 -> 3 -> 2"]);
+        assert_eq!(wf.validate_graph(), wf.validation_errors);
+
+        let wf =
+            parse(r#"{"5": {"class_type": "SaveImage", "inputs": {"images": ["5", 0]}}}"#).unwrap();
+        assert_eq!(wf.validation_errors, ["cycle between nodes 5 -> 5"]);
+
+        // Two cycles through node 1 in one component: a concrete shortest
+        // cycle plus the whole component.
+        let wf = parse(
+            r#"{"1": {"class_type": "A", "inputs": {"a": ["2", 0], "b": ["3", 0]}},
+                "2": {"class_type": "B", "inputs": {"a": ["1", 0]}},
+                "3": {"class_type": "C", "inputs": {"a": ["1", 0]}},
+                "9": {"class_type": "SaveImage", "inputs": {}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            wf.validation_errors,
+            [
+                "cycle between nodes 1 -> 2 -> 1 (nodes 1, 2, 3 are all on cycles through each other)"
+            ]
+        );
+
+        // Two separate cycles: one message each, in node order.
+        let wf = parse(
+            r#"{"10": {"class_type": "A", "inputs": {"a": ["11", 0]}},
+                "11": {"class_type": "A", "inputs": {"a": ["10", 1]}},
+                "2": {"class_type": "A", "inputs": {"a": ["3", 0]}},
+                "3": {"class_type": "A", "inputs": {"a": ["4", 0]}},
+                "4": {"class_type": "SaveImage", "inputs": {"a": ["2", 0]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            wf.validation_errors,
+            [
+                "cycle between nodes 2 -> 4 -> 3 -> 2",
+                "cycle between nodes 10 -> 11 -> 10"
+            ]
+        );
+    }
+
+    #[test]
+    fn deep_chain_does_not_overflow() {
+        let n = MAX_WORKFLOW_NODES;
+        let mut graph = JsonObject::new();
+        for i in 0..n {
+            let inputs = if i == 0 {
+                json!({"x": [(n - 1).to_string(), 0]})
+            } else {
+                json!({"x": [(i - 1).to_string(), 0]})
+            };
+            graph.insert(
+                i.to_string(),
+                json!({"class_type": "SaveImage", "inputs": inputs}),
+            );
+        }
+        let text = Value::Object(graph.clone()).to_string();
+        let wf = parse(&text).unwrap();
+        assert_eq!(wf.validation_errors.len(), 1);
+        assert!(wf.validation_errors[0].starts_with("cycle between nodes 0 -> 1 -> 2"));
+        assert!(wf.validation_errors[0].contains("-> 9999 -> 0"));
+        // Break the ring: a 10,000-node chain is valid.
+        graph.insert(
+            "0".into(),
+            json!({"class_type": "EmptyImage", "inputs": {}}),
+        );
+        let wf = parse(&Value::Object(graph).to_string()).unwrap();
+        assert!(wf.is_valid, "{:?}", wf.validation_errors);
+        assert_eq!(wf.edges.len(), n - 1);
+        assert_eq!(wf.edges[0], ("0".to_owned(), "1".to_owned()));
+    }
+
+    #[test]
+    fn link_problems_are_reported() {
+        let wf = parse(r#"{"2": {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "x"}}}"#)
+            .unwrap();
+        assert!(!wf.is_valid);
+        assert_eq!(
+            wf.validation_errors,
+            ["node 2 input images links to missing node 99"]
+        );
+        assert!(wf.edges.is_empty());
+
+        let wf = parse(
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {}},
+                "2": {"class_type": "SaveImage", "inputs": {"a": ["1", -1], "b": ["1", 0.5], "c": ["1", 1e2]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            wf.validation_errors,
+            [
+                "node 2 input a links to output index -1 of node 1, which is not a non-negative integer",
+                "node 2 input b links to output index 0.5 of node 1, which is not a non-negative integer",
+                // serde_json writes exponents with an explicit sign.
+                "node 2 input c links to output index 1e+2 of node 1, which is not a non-negative integer",
+            ]
+        );
+
+        // Not links: wrong shapes stay literal values.
+        let wf = parse(
+            r#"{"1": {"class_type": "SaveImage",
+                      "inputs": {"a": ["x"], "b": [1, 0], "c": ["x", "y"], "d": ["x", 0, 1], "e": {"0": "x"}}}}"#,
+        )
+        .unwrap();
+        assert!(wf.is_valid, "{:?}", wf.validation_errors);
+    }
+
+    #[test]
+    fn outputs_list_consumed_slots_numerically() {
+        let wf = parse(
+            r#"{"1": {"class_type": "Multi", "inputs": {}},
+                "2": {"class_type": "SaveImage", "inputs": {"a": ["1", 10], "b": ["1", 2], "c": ["1", 2]}},
+                "3": {"class_type": "SaveImage", "inputs": {"a": ["1", 0]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(wf.nodes["1"].outputs, ["0", "2", "10"]);
+        assert_eq!(wf.edges, edges(&[("1", "2"), ("1", "3")]));
+    }
+
+    #[test]
+    fn missing_output_node_is_reported() {
+        let wf = parse(
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {}},
+                "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}}"#,
+        )
+        .unwrap();
+        assert!(!wf.is_valid);
+        assert_eq!(wf.validation_errors.len(), 1);
+        assert!(wf.validation_errors[0].contains("no output node"));
+    }
+
+    #[test]
+    fn node_id_order_is_numeric_first() {
+        let mut ids = vec!["b", "10", "2", "a", "01", "1"];
+        ids.sort_by(|a, b| node_id_order(a, b));
+        assert_eq!(ids, ["01", "1", "2", "10", "a", "b"]);
+    }
+}

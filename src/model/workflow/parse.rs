@@ -1,0 +1,399 @@
+//! Parsing ComfyUI API-format JSON (`{node_id: {"class_type", "inputs",
+//! "_meta"?}}`, possibly wrapped as `{"prompt": {...}}`) into nodes, with the
+//! structural hard errors (not JSON, too big or deep, not an object, no nodes,
+//! a node without a class or inputs object), each on its path under
+//! `workflow_json`.
+//!
+//! Imports point down only, to [`node`](super::node); the definition
+//! (`workflow/mod.rs`) imports this module.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::model::{JsonObject, MAX_JSON_DEPTH, ValidationError, key_path};
+
+use super::node::ComfyNode;
+
+/// Largest accepted `workflow_json`, in bytes (16 MiB).
+pub const MAX_WORKFLOW_JSON_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most nodes accepted in one workflow.
+pub const MAX_WORKFLOW_NODES: usize = 10_000;
+
+/// Most structural violations reported for one `workflow_json`; the rest are
+/// summed up in one last violation so a bad 16 MiB graph gives a short answer.
+pub const MAX_REPORTED_PROBLEMS: usize = 100;
+
+/// Collects violations up to [`MAX_REPORTED_PROBLEMS`], counting the rest.
+struct Problems {
+    errors: ValidationError,
+    dropped: usize,
+}
+
+impl Problems {
+    fn push(&mut self, field: String, description: &str) {
+        if self.errors.len() < MAX_REPORTED_PROBLEMS {
+            self.errors.push(field, description);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> ValidationError {
+        if self.dropped > 0 {
+            self.errors.push(
+                "workflow_json",
+                format!("{} more problems not shown", self.dropped),
+            );
+        }
+        self.errors
+    }
+}
+
+/// Whether `text` nests arrays/objects deeper than `limit`, by scanning the
+/// text (no parse, no recursion). Brackets inside strings do not count.
+fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Parses and structurally checks API-format JSON into nodes.
+pub(super) fn parse_api_graph(text: &str) -> Result<BTreeMap<String, ComfyNode>, ValidationError> {
+    const FIELD: &str = "workflow_json";
+    if text.len() > MAX_WORKFLOW_JSON_BYTES {
+        return Err(ValidationError::single(
+            FIELD,
+            format!("must be at most {MAX_WORKFLOW_JSON_BYTES} bytes"),
+        ));
+    }
+    if nests_deeper_than(text, MAX_JSON_DEPTH) {
+        return Err(ValidationError::single(
+            FIELD,
+            format!("must not nest deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ValidationError::single(FIELD, format!("is not valid JSON: {e}")))?;
+    let Value::Object(mut top) = value else {
+        return Err(ValidationError::single(
+            FIELD,
+            "must be a JSON object of nodes keyed by node id",
+        ));
+    };
+    // A POST /prompt body: the graph is under "prompt" (unless "prompt" is
+    // itself a node, which has a class_type).
+    let wrapped =
+        matches!(top.get("prompt"), Some(Value::Object(p)) if !p.contains_key("class_type"));
+    let (graph, base) = if wrapped {
+        match top.remove("prompt") {
+            Some(Value::Object(graph)) => (graph, format!("{FIELD}.prompt")),
+            _ => (top, FIELD.to_owned()),
+        }
+    } else {
+        (top, FIELD.to_owned())
+    };
+    if graph.is_empty() {
+        return Err(ValidationError::single(
+            base,
+            "must contain at least one node",
+        ));
+    }
+    if graph.len() > MAX_WORKFLOW_NODES {
+        return Err(ValidationError::single(
+            base,
+            format!(
+                "has {} nodes; at most {MAX_WORKFLOW_NODES} are allowed",
+                graph.len()
+            ),
+        ));
+    }
+
+    let mut problems = Problems {
+        errors: ValidationError::new(),
+        dropped: 0,
+    };
+    let mut nodes = BTreeMap::new();
+    for (id, node) in graph {
+        let path = key_path(&base, &id);
+        if id.trim().is_empty() {
+            problems.push(path.clone(), "node id must not be empty");
+        }
+        let Value::Object(mut node) = node else {
+            problems.push(path, "node must be an object");
+            continue;
+        };
+        let class_type = match node.remove("class_type") {
+            Some(Value::String(c)) if !c.trim().is_empty() => Some(c),
+            Some(Value::String(_)) => {
+                problems.push(format!("{path}.class_type"), "must not be empty");
+                None
+            }
+            Some(_) => {
+                problems.push(format!("{path}.class_type"), "must be a string");
+                None
+            }
+            None => {
+                problems.push(format!("{path}.class_type"), "is required");
+                None
+            }
+        };
+        let inputs = match node.remove("inputs") {
+            Some(Value::Object(inputs)) => Some(inputs),
+            Some(_) => {
+                problems.push(format!("{path}.inputs"), "must be an object");
+                None
+            }
+            None => {
+                problems.push(format!("{path}.inputs"), "is required (an object)");
+                None
+            }
+        };
+        let metadata = match node.remove("_meta") {
+            None => Some(JsonObject::new()),
+            Some(Value::Object(meta)) => Some(meta),
+            Some(_) => {
+                problems.push(format!("{path}._meta"), "must be an object");
+                None
+            }
+        };
+        if let (Some(class_type), Some(inputs), Some(metadata)) = (class_type, inputs, metadata) {
+            nodes.insert(
+                id.clone(),
+                ComfyNode {
+                    id,
+                    class_type,
+                    inputs,
+                    outputs: Vec::new(),
+                    metadata,
+                },
+            );
+        }
+    }
+    problems.finish().into_result()?;
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::workflow::test_support::parse;
+
+    #[test]
+    fn structural_errors_are_hard_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("", "workflow_json"),
+            ("not json", "workflow_json"),
+            ("[1, 2]", "workflow_json"),
+            ("42", "workflow_json"),
+            ("{}", "workflow_json"),
+            (r#"{"prompt": {}}"#, "workflow_json.prompt"),
+            (r#"{"1": 5}"#, r#"workflow_json["1"]"#),
+            (r#"{"prompt": "x"}"#, "workflow_json.prompt"),
+            (
+                r#"{"1": {"inputs": {}}}"#,
+                r#"workflow_json["1"].class_type"#,
+            ),
+            (
+                r#"{"1": {"class_type": " ", "inputs": {}}}"#,
+                r#"workflow_json["1"].class_type"#,
+            ),
+            (
+                r#"{"1": {"class_type": 7, "inputs": {}}}"#,
+                r#"workflow_json["1"].class_type"#,
+            ),
+            (
+                r#"{"1": {"class_type": "A"}}"#,
+                r#"workflow_json["1"].inputs"#,
+            ),
+            (
+                r#"{"1": {"class_type": "A", "inputs": []}}"#,
+                r#"workflow_json["1"].inputs"#,
+            ),
+            (
+                r#"{"1": {"class_type": "A", "inputs": {}, "_meta": 1}}"#,
+                r#"workflow_json["1"]._meta"#,
+            ),
+            (
+                r#"{"": {"class_type": "A", "inputs": {}}}"#,
+                r#"workflow_json[""]"#,
+            ),
+            (
+                r#"{"prompt": {"7": {"class_type": "A", "inputs": 1}}, "client_id": "c"}"#,
+                r#"workflow_json.prompt["7"].inputs"#,
+            ),
+        ];
+        for (json, field) in cases {
+            let e = parse(json).unwrap_err();
+            assert!(e.has_field(field), "{json}: {e}");
+        }
+        // Every node problem at once.
+        let e = parse(r#"{"1": {"inputs": {}}, "2": {"class_type": "A"}}"#).unwrap_err();
+        assert_eq!(e.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn size_limits_are_hard_errors() {
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        let e = parse(&format!(
+            r#"{{"1": {{"class_type": "SaveImage", "inputs": {{"x": {deep}}}}}}}"#
+        ))
+        .unwrap_err();
+        assert!(
+            e.has_field("workflow_json") && e.to_string().contains("nest"),
+            "{e}"
+        );
+        // Brackets inside strings do not count.
+        let text = format!(
+            r#"{{"1": {{"class_type": "SaveImage", "inputs": {{"x": "{}\"{}"}}}}}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(parse(&text).is_ok());
+
+        let big = format!(
+            r#"{{"1": {{"class_type": "SaveImage", "inputs": {{"x": "{}"}}}}}}"#,
+            "a".repeat(MAX_WORKFLOW_JSON_BYTES)
+        );
+        let e = parse(&big).unwrap_err();
+        assert!(e.to_string().contains("bytes"), "{e}");
+
+        let mut graph = JsonObject::new();
+        for i in 0..=MAX_WORKFLOW_NODES {
+            graph.insert(
+                i.to_string(),
+                json!({"class_type": "SaveImage", "inputs": {}}),
+            );
+        }
+        let e = parse(&Value::Object(graph).to_string()).unwrap_err();
+        assert!(
+            e.has_field("workflow_json") && e.to_string().contains("nodes"),
+            "{e}"
+        );
+
+        let mut graph = JsonObject::new();
+        for i in 0..500 {
+            graph.insert(i.to_string(), json!(1));
+        }
+        let e = parse(&Value::Object(graph).to_string()).unwrap_err();
+        assert_eq!(e.len(), MAX_REPORTED_PROBLEMS + 1);
+        assert!(
+            e.to_string().ends_with("400 more problems not shown"),
+            "{e}"
+        );
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            prop_oneof![
+                Just("1".to_owned()),
+                Just("prompt".to_owned()),
+                "[a-z0-9_]{0,6}",
+                ".{0,8}"
+            ]
+            .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("class_type".to_owned()),
+                        Just("inputs".to_owned()),
+                        Just("_meta".to_owned()),
+                        Just("prompt".to_owned()),
+                        "[0-9]{1,2}",
+                        ".{0,4}",
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Graph-shaped JSON: nodes with class types and link-ish inputs.
+    fn arb_graph() -> impl Strategy<Value = Value> {
+        let input = prop_oneof![
+            (0u8..8, -2i64..4).prop_map(|(n, i)| json!([n.to_string(), i])),
+            arb_json(),
+        ];
+        let node = (
+            prop_oneof![Just("SaveImage"), Just("ImageInvert"), Just(""), Just("PreviewX")],
+            prop::collection::btree_map("[a-z]{1,3}", input, 0..4),
+        )
+            .prop_map(|(c, inputs)| {
+                json!({"class_type": c, "inputs": Value::Object(inputs.into_iter().collect())})
+            });
+        prop::collection::btree_map(0u8..8, node, 0..8)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+
+    fn check_invariants(text: &str) {
+        if let Ok(wf) = parse(text) {
+            assert_eq!(wf.is_valid, wf.validation_errors.is_empty());
+            assert_eq!(wf.validate_graph(), wf.validation_errors);
+            assert_eq!(wf.workflow_json, text);
+            for (from, to) in &wf.edges {
+                assert!(wf.nodes.contains_key(from) && wf.nodes.contains_key(to));
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_strings(text in ".{0,200}") {
+            check_invariants(&text);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_json(value in arb_json()) {
+            check_invariants(&value.to_string());
+            check_invariants(&json!({"prompt": value}).to_string());
+        }
+
+        #[test]
+        fn never_panics_on_graph_shaped_json(value in arb_graph()) {
+            check_invariants(&value.to_string());
+        }
+    }
+}
