@@ -4,8 +4,8 @@
 //! detector, download the artifacts, and report to the actor.
 //!
 //! The actor decides everything about the execution's status; the attempt
-//! only reports facts ([`Msg::Posted`], [`Msg::PostFailed`], [`Msg::Started`],
-//! [`Msg::Finished`]). Each report carries the attempt number so that a late
+//! only reports facts ([`Msg::Posted`], [`Msg::Started`], [`Msg::Finished`];
+//! a failed post is a [`Msg::Finished`] with its failure). Each report carries the attempt number so that a late
 //! report of an abandoned attempt is ignored.
 //!
 //! Imports point down only: to [`messages`](super::messages),
