@@ -258,6 +258,25 @@ async fn invalid_workflows_are_rejected_with_field_paths() {
             .any(|(f, _)| f == "workflow_json[\"1\"].class_type"),
         "{fields:?}"
     );
+    // A link to a missing node names the input that links.
+    let dangling = json!({
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "x"}}
+    });
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(dangling.to_string())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        common::bad_request_violations(&status),
+        [(
+            r#"workflow_json["2"].inputs.images"#.to_owned(),
+            "node 2 input images links to missing node 99".to_owned()
+        )]
+    );
     // Out of range, after an override.
     let status = h
         .execute_with(ExecuteWorkflowRequest {

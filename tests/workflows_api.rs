@@ -316,13 +316,24 @@ async fn link_to_a_missing_node_is_invalid_argument() {
         .register_workflow(register_request("dangling", graph))
         .await
         .expect_err("dangling link");
-    assert_invalid_argument(&status, "workflow_json");
-    assert!(
-        bad_request_violations(&status)
-            .iter()
-            .any(|(_, d)| d.contains("missing node") && d.contains("99")),
+    // The violation names the input that links, as the structural errors
+    // name theirs.
+    assert_invalid_argument(&status, r#"workflow_json["2"].inputs.image"#);
+    assert_eq!(
+        bad_request_violations(&status),
+        [(
+            r#"workflow_json["2"].inputs.image"#.to_owned(),
+            "node 2 input image links to missing node 99".to_owned()
+        )],
         "{status:?}"
     );
+    // In a POST /prompt body the path is under `prompt`.
+    let wrapped = format!(r#"{{"prompt": {graph}, "client_id": "c"}}"#);
+    let status = client
+        .register_workflow(register_request("dangling", &wrapped))
+        .await
+        .expect_err("dangling link");
+    assert_invalid_argument(&status, r#"workflow_json.prompt["2"].inputs.image"#);
     server.shutdown().await;
 }
 

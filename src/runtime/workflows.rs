@@ -66,8 +66,8 @@ impl WorkflowRegistry {
         )?;
         if !workflow.is_valid {
             let mut violations = ValidationError::default();
-            for problem in &workflow.validation_errors {
-                violations.push("workflow_json", problem.clone());
+            for problem in &workflow.graph_problems {
+                violations.push(problem.field.clone(), problem.description.clone());
             }
             return Err(violations.into());
         }

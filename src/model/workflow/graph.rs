@@ -1,7 +1,7 @@
 //! The graph checks of a parsed workflow: links to missing nodes and bad
 //! output indices, cycles, and whether any node is an output node. They are
-//! not hard errors: the definition keeps what they find, and the caller
-//! decides.
+//! not hard errors: the definition keeps what they find ([`GraphProblem`]s,
+//! each with the field path it is about), and the caller decides.
 //!
 //! Imports point down only, to [`node`](super::node); the definition
 //! (`workflow/mod.rs`) imports this module.
@@ -9,7 +9,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::node::ComfyNode;
+use crate::model::key_path;
+
+use super::node::{ComfyNode, WORKFLOW_JSON};
 
 /// The graph problem reported when no node's class is an output node by
 /// name; a backend's `/object_info` (`output_node`) has the last word.
@@ -46,19 +48,59 @@ pub fn shown(text: &str) -> String {
     }
 }
 
+/// What a graph problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphProblemKind {
+    /// A link names a node the graph does not have.
+    MissingNode,
+    /// A link's output index is not a non-negative integer.
+    BadOutputIndex,
+    /// Nodes are linked in a cycle.
+    Cycle,
+    /// No node's class is an output node by name ([`NO_OUTPUT_NODE`]).
+    NoOutputNode,
+}
+
+/// One finding of the graph checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphProblem {
+    /// What it is.
+    pub kind: GraphProblemKind,
+    /// The field path it is about, in the style of the structural errors: the
+    /// input's path for a bad link (`workflow_json["2"].inputs.images`), the
+    /// whole `workflow_json` for a cycle or a graph without an output node.
+    pub field: String,
+    /// What is wrong, e.g. `node 2 input images links to missing node 99`.
+    pub description: String,
+}
+
+impl GraphProblem {
+    /// A problem of the whole graph, on `workflow_json`.
+    fn whole_graph(kind: GraphProblemKind, description: String) -> Self {
+        Self {
+            kind,
+            field: WORKFLOW_JSON.to_owned(),
+            description,
+        }
+    }
+}
+
 /// What the graph checks derive from the nodes.
 pub(super) struct GraphAnalysis {
     /// Deduplicated, sorted `(from, to)` pairs.
     pub(super) edges: Vec<(String, String)>,
     /// Output slots consumed, by source node.
     pub(super) consumed: BTreeMap<String, BTreeSet<u64>>,
-    /// Human-readable problems.
-    pub(super) errors: Vec<String>,
+    /// What is wrong, in the order found.
+    pub(super) problems: Vec<GraphProblem>,
 }
 
-/// Runs the graph checks: links (missing nodes, bad indices), cycles, output nodes.
-pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>) -> GraphAnalysis {
-    let mut errors = Vec::new();
+/// Runs the graph checks: links (missing nodes, bad indices), cycles, output
+/// nodes. `base` is the field path of the object that holds the nodes (see
+/// [`ParsedGraph::base`](super::parse::ParsedGraph::base)); a bad link is
+/// reported on its input's path below it.
+pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>, base: &str) -> GraphAnalysis {
+    let mut problems = Vec::new();
     let mut edges = BTreeSet::new();
     let mut consumed: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     let mut ordered: Vec<&str> = nodes.keys().map(String::as_str).collect();
@@ -66,24 +108,33 @@ pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>) -> GraphAnalysis {
 
     for id in &ordered {
         let Some(node) = nodes.get(*id) else { continue };
+        let inputs = format!("{}.inputs", key_path(base, id));
         for (input, src, idx) in node.links() {
             let Some(slot) = idx.as_u64() else {
-                errors.push(format!(
-                    "node {} input {} links to output index {} of node {}, which is not a non-negative integer",
-                    shown(id),
-                    shown(input),
-                    shown(&idx.to_string()),
-                    shown(src)
-                ));
+                problems.push(GraphProblem {
+                    kind: GraphProblemKind::BadOutputIndex,
+                    field: key_path(&inputs, input),
+                    description: format!(
+                        "node {} input {} links to output index {} of node {}, which is not a non-negative integer",
+                        shown(id),
+                        shown(input),
+                        shown(&idx.to_string()),
+                        shown(src)
+                    ),
+                });
                 continue;
             };
             if !nodes.contains_key(src) {
-                errors.push(format!(
-                    "node {} input {} links to missing node {}",
-                    shown(id),
-                    shown(input),
-                    shown(src)
-                ));
+                problems.push(GraphProblem {
+                    kind: GraphProblemKind::MissingNode,
+                    field: key_path(&inputs, input),
+                    description: format!(
+                        "node {} input {} links to missing node {}",
+                        shown(id),
+                        shown(input),
+                        shown(src)
+                    ),
+                });
                 continue;
             }
             edges.insert((src.to_owned(), (*id).to_owned()));
@@ -93,15 +144,22 @@ pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>) -> GraphAnalysis {
     let mut edges: Vec<(String, String)> = edges.into_iter().collect();
     edges.sort_by(|a, b| node_id_order(&a.0, &b.0).then_with(|| node_id_order(&a.1, &b.1)));
 
-    errors.extend(cycle_errors(&ordered, &edges));
+    problems.extend(
+        cycle_errors(&ordered, &edges)
+            .into_iter()
+            .map(|message| GraphProblem::whole_graph(GraphProblemKind::Cycle, message)),
+    );
 
     if !nodes.values().any(ComfyNode::is_output_node) {
-        errors.push(NO_OUTPUT_NODE.to_owned());
+        problems.push(GraphProblem::whole_graph(
+            GraphProblemKind::NoOutputNode,
+            NO_OUTPUT_NODE.to_owned(),
+        ));
     }
     GraphAnalysis {
         edges,
         consumed,
-        errors,
+        problems,
     }
 }
 
@@ -263,8 +321,8 @@ mod tests {
 
     use super::*;
     use crate::model::JsonObject;
-    use crate::model::workflow::MAX_WORKFLOW_NODES;
     use crate::model::workflow::test_support::{edges, parse};
+    use crate::model::workflow::{MAX_WORKFLOW_NODES, WorkflowDefinition};
 
     #[test]
     fn cycles_name_their_nodes() {
@@ -381,6 +439,87 @@ mod tests {
         )
         .unwrap();
         assert!(wf.is_valid, "{:?}", wf.validation_errors);
+    }
+
+    /// `(kind, field, description)` of every graph problem, in order.
+    fn problems(wf: &WorkflowDefinition) -> Vec<(GraphProblemKind, &str, &str)> {
+        wf.graph_problems
+            .iter()
+            .map(|p| (p.kind, p.field.as_str(), p.description.as_str()))
+            .collect()
+    }
+
+    /// Inputs keep their order in the JSON (serde_json's `preserve_order`).
+    #[test]
+    fn link_problems_name_the_input_path() {
+        use GraphProblemKind::{BadOutputIndex, Cycle, MissingNode, NoOutputNode};
+        let wf = parse(
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "b": ["1", -1]}},
+                "n-3": {"class_type": "A", "inputs": {"my input": ["gone", 0]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            problems(&wf),
+            [
+                (
+                    MissingNode,
+                    r#"workflow_json["2"].inputs.images"#,
+                    "node 2 input images links to missing node 99"
+                ),
+                (
+                    BadOutputIndex,
+                    r#"workflow_json["2"].inputs.b"#,
+                    "node 2 input b links to output index -1 of node 1, which is not a non-negative integer"
+                ),
+                (
+                    MissingNode,
+                    r#"workflow_json["n-3"].inputs["my input"]"#,
+                    "node n-3 input my input links to missing node gone"
+                ),
+            ]
+        );
+        let descriptions: Vec<&str> = wf
+            .graph_problems
+            .iter()
+            .map(|p| p.description.as_str())
+            .collect();
+        assert_eq!(wf.validation_errors, descriptions);
+
+        // A POST /prompt body: the paths are under `prompt`, as the
+        // structural errors' are; so after an edit of the nodes.
+        let mut wf = parse(
+            r#"{"prompt": {"2": {"class_type": "SaveImage", "inputs": {"images": ["99", 0]}}},
+                "client_id": "c"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            problems(&wf),
+            [(
+                MissingNode,
+                r#"workflow_json.prompt["2"].inputs.images"#,
+                "node 2 input images links to missing node 99"
+            )]
+        );
+        wf.revalidate();
+        assert_eq!(
+            wf.graph_problems[0].field,
+            r#"workflow_json.prompt["2"].inputs.images"#
+        );
+
+        // Cycles and a graph without an output node stay on the whole graph.
+        let wf = parse(
+            r#"{"1": {"class_type": "A", "inputs": {"x": ["2", 0]}},
+                "2": {"class_type": "A", "inputs": {"x": ["1", 0]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            problems(&wf),
+            [
+                (Cycle, "workflow_json", "cycle between nodes 1 -> 2 -> 1"),
+                (NoOutputNode, "workflow_json", NO_OUTPUT_NODE),
+            ]
+        );
     }
 
     #[test]

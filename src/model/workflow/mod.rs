@@ -15,10 +15,10 @@
 //! mod (the definition) -> parse, graph -> node        execution (alone)
 //! ```
 //!
-//! - [`node`]: one node of a graph, its links, the output-node heuristic;
-//! - [`parse`]: API-format JSON to nodes, with the structural hard errors;
-//! - [`graph`]: the graph checks (links, cycles, output nodes);
-//! - [`execution`]: one run of a workflow, which imports only the task model.
+//! - `node`: one node of a graph, its links, the output-node heuristic;
+//! - `parse`: API-format JSON to nodes, with the structural hard errors;
+//! - `graph`: the graph checks (links, cycles, output nodes);
+//! - `execution`: one run of a workflow, which imports only the task model.
 
 mod execution;
 mod graph;
@@ -37,12 +37,13 @@ use crate::model::{
 };
 
 pub use execution::{ExecutionRecord, ExecutionTransitionError, NewExecution, WorkflowExecution};
-pub use graph::{NO_OUTPUT_NODE, shown};
+pub use graph::{GraphProblem, GraphProblemKind, NO_OUTPUT_NODE, shown};
 pub use node::{ComfyNode, OUTPUT_NODE_CLASSES, is_output_class};
 pub use parse::{MAX_REPORTED_PROBLEMS, MAX_WORKFLOW_JSON_BYTES, MAX_WORKFLOW_NODES};
 
 use graph::analyze;
-use parse::parse_api_graph;
+use node::WORKFLOW_JSON;
+use parse::{graph_base, parse_api_graph};
 
 /// The seed's default workflow version.
 pub const DEFAULT_WORKFLOW_VERSION: &str = "1.0.0";
@@ -99,7 +100,8 @@ pub struct WorkflowRecord {
 /// A ComfyUI workflow (the seed's `WorkflowDefinition`): metadata plus the
 /// graph parsed from API-format JSON.
 ///
-/// The graph fields (`nodes`, `edges`, `is_valid`, `validation_errors`) are
+/// The graph fields (`nodes`, `edges`, `is_valid`, `validation_errors`,
+/// `graph_problems`) are
 /// derived from `workflow_json` when it is parsed. After editing `nodes`,
 /// call [`WorkflowDefinition::revalidate`] to bring the others back in line.
 /// The id is a fresh UUID v4; a registry that names workflows sets `id`.
@@ -123,6 +125,10 @@ pub struct WorkflowDefinition {
     pub is_valid: bool,
     /// What the graph checks found (missing nodes, bad indices, cycles, no output).
     pub validation_errors: Vec<String>,
+    /// The same findings, each with its kind and the field path it is about
+    /// (not in the seed, and not serialized: it is derived like the others).
+    #[serde(skip_serializing)]
+    pub graph_problems: Vec<GraphProblem>,
     /// Labels for filtering.
     pub tags: BTreeSet<String>,
     /// Who wrote it.
@@ -144,7 +150,8 @@ impl WorkflowDefinition {
     /// errors, all reported at once, with paths under `workflow_json` such as
     /// `workflow_json["3"].class_type`. Graph problems (links to missing
     /// nodes, bad output indices, cycles, no output node) are not errors: they
-    /// land in `validation_errors` and clear `is_valid`, and the caller decides.
+    /// land in `validation_errors` (and, with their field paths, in
+    /// `graph_problems`) and clear `is_valid`, and the caller decides.
     pub fn from_api_json(meta: NewWorkflow, workflow_json: &str) -> Result<Self, ValidationError> {
         Self::build(None, meta, workflow_json, Utc::now())
     }
@@ -203,9 +210,12 @@ impl WorkflowDefinition {
             .enumerate()
             .filter_map(|(i, tag)| errors.absorb(validate_name(&index_path("tags", i), tag)))
             .collect();
-        let nodes = errors.absorb(parse_api_graph(workflow_json));
+        let parsed = errors.absorb(parse_api_graph(workflow_json));
         errors.into_result()?;
-        let nodes = nodes.unwrap_or_default();
+        let (nodes, base) = parsed.map_or_else(
+            || (BTreeMap::new(), WORKFLOW_JSON.to_owned()),
+            |parsed| (parsed.nodes, parsed.base),
+        );
 
         let mut definition = WorkflowDefinition {
             id,
@@ -216,19 +226,29 @@ impl WorkflowDefinition {
             edges: Vec::new(),
             is_valid: true,
             validation_errors: Vec::new(),
+            graph_problems: Vec::new(),
             tags,
             author: strip_optional(meta.author),
             created_at,
             workflow_json: workflow_json.to_owned(),
         };
-        definition.revalidate();
+        definition.revalidate_under(&base);
         Ok(definition)
     }
 
-    /// Re-derives `edges`, each node's `outputs`, `is_valid` and
-    /// `validation_errors` from `nodes` (after `nodes` was edited).
+    /// Re-derives `edges`, each node's `outputs`, `is_valid`,
+    /// `validation_errors` and `graph_problems` from `nodes` (after `nodes`
+    /// was edited). Reads `workflow_json` again for where its nodes lie (the
+    /// top object, or under `prompt`), the root of the problems' field paths.
     pub fn revalidate(&mut self) {
-        let analysis = analyze(&self.nodes);
+        let base = graph_base(&self.workflow_json);
+        self.revalidate_under(&base);
+    }
+
+    /// [`revalidate`](Self::revalidate) with the field path of the object
+    /// that holds the nodes.
+    fn revalidate_under(&mut self, base: &str) {
+        let analysis = analyze(&self.nodes, base);
         for (id, node) in &mut self.nodes {
             node.outputs = analysis
                 .consumed
@@ -237,8 +257,13 @@ impl WorkflowDefinition {
                 .unwrap_or_default();
         }
         self.edges = analysis.edges;
-        self.is_valid = analysis.errors.is_empty();
-        self.validation_errors = analysis.errors;
+        self.is_valid = analysis.problems.is_empty();
+        self.validation_errors = analysis
+            .problems
+            .iter()
+            .map(|problem| problem.description.clone())
+            .collect();
+        self.graph_problems = analysis.problems;
     }
 
     /// Ids of the output nodes (see [`is_output_class`]), in id order.
@@ -274,7 +299,11 @@ impl WorkflowDefinition {
     /// Re-runs the graph checks on `nodes` and returns what they find (what
     /// `validation_errors` holds, unless `nodes` was edited since).
     pub fn validate_graph(&self) -> Vec<String> {
-        analyze(&self.nodes).errors
+        analyze(&self.nodes, WORKFLOW_JSON)
+            .problems
+            .into_iter()
+            .map(|problem| problem.description)
+            .collect()
     }
 
     /// The graph as a POST /prompt `prompt` object: `{id: {"class_type",

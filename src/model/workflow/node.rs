@@ -2,12 +2,18 @@
 //! and links `[node_id, output_index]`) and `_meta`, and whether its class is
 //! an output node, by name.
 //!
+//! Also the name of the field every path of a workflow's problems starts from.
+//!
 //! The bottom of the workflow module: it imports nothing of its siblings.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::JsonObject;
+
+/// The request field that carries a workflow's graph: where every field path
+/// of the workflow's problems starts.
+pub(super) const WORKFLOW_JSON: &str = "workflow_json";
 
 /// Node classes known to be output nodes (ComfyUI's `OUTPUT_NODE = True`),
 /// from the core nodes and the test nodes of the captured protocol.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::model::{JsonObject, MAX_JSON_DEPTH, ValidationError, key_path};
 
-use super::node::ComfyNode;
+use super::node::{ComfyNode, WORKFLOW_JSON};
 
 /// Largest accepted `workflow_json`, in bytes (16 MiB).
 pub const MAX_WORKFLOW_JSON_BYTES: usize = 16 * 1024 * 1024;
@@ -43,7 +43,7 @@ impl Problems {
     fn finish(mut self) -> ValidationError {
         if self.dropped > 0 {
             self.errors.push(
-                "workflow_json",
+                WORKFLOW_JSON,
                 format!("{} more problems not shown", self.dropped),
             );
         }
@@ -83,40 +83,59 @@ fn nests_deeper_than(text: &str, limit: usize) -> bool {
     false
 }
 
+/// A parsed graph.
+pub(super) struct ParsedGraph {
+    /// The nodes, by id.
+    pub(super) nodes: BTreeMap<String, ComfyNode>,
+    /// The field path of the object that holds the nodes: `workflow_json`,
+    /// or `workflow_json.prompt` for a POST /prompt body.
+    pub(super) base: String,
+}
+
+/// Whether `top` is a POST /prompt body: the graph is under "prompt" (unless
+/// "prompt" is itself a node, which has a class_type).
+fn is_wrapped(top: &JsonObject) -> bool {
+    matches!(top.get("prompt"), Some(Value::Object(p)) if !p.contains_key("class_type"))
+}
+
+/// The field path of the object that holds the nodes of `text` (see
+/// [`ParsedGraph::base`]); `workflow_json` when `text` is not a JSON object.
+pub(super) fn graph_base(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(top)) if is_wrapped(&top) => format!("{WORKFLOW_JSON}.prompt"),
+        _ => WORKFLOW_JSON.to_owned(),
+    }
+}
+
 /// Parses and structurally checks API-format JSON into nodes.
-pub(super) fn parse_api_graph(text: &str) -> Result<BTreeMap<String, ComfyNode>, ValidationError> {
-    const FIELD: &str = "workflow_json";
+pub(super) fn parse_api_graph(text: &str) -> Result<ParsedGraph, ValidationError> {
     if text.len() > MAX_WORKFLOW_JSON_BYTES {
         return Err(ValidationError::single(
-            FIELD,
+            WORKFLOW_JSON,
             format!("must be at most {MAX_WORKFLOW_JSON_BYTES} bytes"),
         ));
     }
     if nests_deeper_than(text, MAX_JSON_DEPTH) {
         return Err(ValidationError::single(
-            FIELD,
+            WORKFLOW_JSON,
             format!("must not nest deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
     let value: Value = serde_json::from_str(text)
-        .map_err(|e| ValidationError::single(FIELD, format!("is not valid JSON: {e}")))?;
+        .map_err(|e| ValidationError::single(WORKFLOW_JSON, format!("is not valid JSON: {e}")))?;
     let Value::Object(mut top) = value else {
         return Err(ValidationError::single(
-            FIELD,
+            WORKFLOW_JSON,
             "must be a JSON object of nodes keyed by node id",
         ));
     };
-    // A POST /prompt body: the graph is under "prompt" (unless "prompt" is
-    // itself a node, which has a class_type).
-    let wrapped =
-        matches!(top.get("prompt"), Some(Value::Object(p)) if !p.contains_key("class_type"));
-    let (graph, base) = if wrapped {
+    let (graph, base) = if is_wrapped(&top) {
         match top.remove("prompt") {
-            Some(Value::Object(graph)) => (graph, format!("{FIELD}.prompt")),
-            _ => (top, FIELD.to_owned()),
+            Some(Value::Object(graph)) => (graph, format!("{WORKFLOW_JSON}.prompt")),
+            _ => (top, WORKFLOW_JSON.to_owned()),
         }
     } else {
-        (top, FIELD.to_owned())
+        (top, WORKFLOW_JSON.to_owned())
     };
     if graph.is_empty() {
         return Err(ValidationError::single(
@@ -196,7 +215,7 @@ pub(super) fn parse_api_graph(text: &str) -> Result<BTreeMap<String, ComfyNode>,
         }
     }
     problems.finish().into_result()?;
-    Ok(nodes)
+    Ok(ParsedGraph { nodes, base })
 }
 
 #[cfg(test)]
@@ -372,6 +391,11 @@ mod tests {
         if let Ok(wf) = parse(text) {
             assert_eq!(wf.is_valid, wf.validation_errors.is_empty());
             assert_eq!(wf.validate_graph(), wf.validation_errors);
+            assert_eq!(wf.graph_problems.len(), wf.validation_errors.len());
+            for (problem, description) in wf.graph_problems.iter().zip(&wf.validation_errors) {
+                assert_eq!(&problem.description, description);
+                assert!(problem.field.starts_with("workflow_json"), "{problem:?}");
+            }
             assert_eq!(wf.workflow_json, text);
             for (from, to) in &wf.edges {
                 assert!(wf.nodes.contains_key(from) && wf.nodes.contains_key(to));

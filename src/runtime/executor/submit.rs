@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::model::workflow::NO_OUTPUT_NODE;
+use crate::model::workflow::GraphProblemKind;
 use crate::model::{
     DependencyType, JsonObject, NewExecution, NewTask, Task, TaskType, ValidationError,
     WorkflowDefinition, WorkflowExecution,
@@ -148,12 +148,12 @@ impl Executor {
         }
         let catalogues = self.catalogues();
         let object_info_checked = !catalogues.is_empty();
-        for problem in &workflow.validation_errors {
+        for problem in &workflow.graph_problems {
             // Output nodes are judged by the backends' object_info when known.
-            if object_info_checked && problem == NO_OUTPUT_NODE {
+            if object_info_checked && problem.kind == GraphProblemKind::NoOutputNode {
                 continue;
             }
-            errors.push(WORKFLOW_FIELD, problem.clone());
+            errors.push(problem.field.clone(), problem.description.clone());
         }
         let config = parse_config(config, &mut errors);
         let mut prompt = workflow.to_api_prompt();
