@@ -25,6 +25,15 @@ async fn an_execution_runs_to_completion_with_node_tasks_and_artifacts() {
     assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
     assert_eq!(done.progress, 1.0);
     assert_eq!(done.backend.as_deref(), Some("gpu-0"));
+    // The client id is the one the prompt was posted under: empty in the
+    // answer when not dispatched yet, never a different value later.
+    assert!(uuid::Uuid::parse_str(&done.client_id).is_ok(), "{done:?}");
+    assert!(
+        execution.client_id.is_empty() || execution.client_id == done.client_id,
+        "answer {:?} vs later {:?}",
+        execution.client_id,
+        done.client_id
+    );
     assert!(done.total_duration_seconds.unwrap() > 0.0);
     assert_eq!(done.artifacts.len(), 1, "{:?}", done.artifacts);
     assert!(

@@ -32,7 +32,9 @@ pub struct NewExecution {
     pub id: Option<String>,
     /// The workflow being run.
     pub workflow_id: String,
-    /// The ComfyUI client id to use; `None` makes a fresh UUID v4.
+    /// The ComfyUI client id the prompt was posted under; `None` (empty) until
+    /// the execution is first dispatched: it is the backend socket's, and the
+    /// backend is chosen at dispatch.
     pub client_id: Option<String>,
     /// The task that drives the whole run.
     pub root_task_id: Option<String>,
@@ -98,7 +100,9 @@ pub struct WorkflowExecution {
     pub id: String,
     /// The workflow being run.
     pub workflow_id: String,
-    /// The ComfyUI client id the run uses (UUID v4 by default).
+    /// The ComfyUI client id the prompt was posted under (the backend socket's);
+    /// empty until the execution is first dispatched, and it changes if a retry
+    /// runs on another backend.
     pub client_id: String,
     /// Where the run is; see [`WorkflowExecution::transition`].
     status: TaskStatus,
@@ -138,9 +142,7 @@ impl WorkflowExecution {
         let execution = WorkflowExecution {
             id: new.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             workflow_id: new.workflow_id,
-            client_id: new
-                .client_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            client_id: new.client_id.unwrap_or_default(),
             status: TaskStatus::Pending,
             progress: 0.0,
             root_task_id: new.root_task_id,
@@ -218,7 +220,9 @@ impl WorkflowExecution {
         let mut errors = ValidationError::new();
         errors.absorb(validate_id("id", &self.id));
         errors.absorb(validate_id("workflow_id", &self.workflow_id));
-        errors.absorb(validate_id("client_id", &self.client_id));
+        if !self.client_id.is_empty() {
+            errors.absorb(validate_id("client_id", &self.client_id));
+        }
         if let Some(root) = &self.root_task_id {
             errors.absorb(validate_id("root_task_id", root));
         }
@@ -344,7 +348,7 @@ mod tests {
         assert_eq!(ex.status(), TaskStatus::Pending);
         assert_eq!(ex.progress(), 0.0);
         assert!(uuid::Uuid::parse_str(&ex.id).is_ok());
-        assert!(uuid::Uuid::parse_str(&ex.client_id).is_ok());
+        assert_eq!(ex.client_id, "", "no client id before the first dispatch");
         assert_eq!((ex.completed_tasks(), ex.failed_tasks()), (0, 0));
         ex.tasks = TaskStatus::ALL.iter().map(|&s| task_with(s)).collect();
         ex.tasks.push(task_with(TaskStatus::Failed));

@@ -73,3 +73,43 @@ impl FailureKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+    use crate::telemetry::metrics::RETRY_ERROR_TYPES;
+
+    /// Every class the retry counter can be labelled with exists at 0 from
+    /// the first scrape, so the list there must name each one.
+    #[test]
+    fn the_retry_counter_starts_with_every_failure_class() {
+        let all = [
+            FailureKind::Rejected,
+            FailureKind::NodeExecution,
+            FailureKind::OutOfMemory,
+            FailureKind::Timeout,
+            FailureKind::Stalled,
+            FailureKind::BackendUnavailable,
+            FailureKind::PromptLost,
+            FailureKind::NoBackend,
+            FailureKind::Interrupted,
+        ];
+        for kind in all {
+            // An exhaustive match: a new class fails to compile here until it
+            // is added to `all` above.
+            match kind {
+                FailureKind::Rejected
+                | FailureKind::NodeExecution
+                | FailureKind::OutOfMemory
+                | FailureKind::Timeout
+                | FailureKind::Stalled
+                | FailureKind::BackendUnavailable
+                | FailureKind::PromptLost
+                | FailureKind::NoBackend
+                | FailureKind::Interrupted => {}
+            }
+            assert!(RETRY_ERROR_TYPES.contains(&kind.as_str()), "{kind:?}");
+        }
+        assert_eq!(RETRY_ERROR_TYPES.len(), all.len());
+    }
+}
