@@ -3,7 +3,8 @@
 #
 # Installs its own tools into .tools/ (ignored by git; see scripts/tools.sh), then runs, in
 # order: rustfmt, clippy, rustdoc, the test suite (with a smoke run of every benchmark in bench/), buf
-# lint + build on proto/, hadolint on the Dockerfile.
+# lint + build on proto/, hadolint on the Dockerfile, the SDKs (regenerated and compared with
+# what is checked in, then tested against the real server), grpcurl and grpc-health-probe.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,5 +42,31 @@ buf build
 
 step "hadolint Dockerfile"
 hadolint Dockerfile
+
+step "SDKs: regenerate from proto/ and fail on any difference from what is checked in"
+./scripts/generate.sh
+if ! git diff --exit-code --stat -- clients/ \
+  || [[ -n "$(git status --porcelain --untracked-files=all -- clients/)" ]]; then
+  git status --porcelain --untracked-files=all -- clients/
+  echo "the generated SDK code differs from proto/: run ./scripts/generate.sh and commit" >&2
+  exit 1
+fi
+
+# The SDK tests start the binaries cargo test just built: one server build for everything.
+export COMFY_REALITY_BIN="$PWD/target/debug/comfy-reality"
+export COMFY_REALITY_FAKE_BIN="$PWD/target/debug/comfy-reality-fake-comfyui"
+# shellcheck source=scripts/sdk/python.sh
+source scripts/sdk/python.sh
+# shellcheck source=scripts/sdk/go.sh
+source scripts/sdk/go.sh
+# shellcheck source=scripts/sdk/typescript.sh
+source scripts/sdk/typescript.sh
+for language in python go typescript; do
+  step "the $language SDK against the real server and fake ComfyUI"
+  "sdk_${language}_test"
+done
+
+step "grpcurl and grpc-health-probe against the real server"
+./scripts/sdk/grpc_tools_test.sh
 
 step "all checks passed"
