@@ -190,8 +190,7 @@ func (w *watcher) reconnect(ctx context.Context, dropped error) (eventStream, bo
 	if !errors.Is(err, io.EOF) {
 		err = wrapError(err, nil)
 	}
-	pause := w.client.watch.backoff
-	for ; ; w.failures++ {
+	for {
 		if ctx.Err() != nil || !resumable(err) || w.failures >= w.client.watch.reconnects {
 			if errors.Is(err, io.EOF) {
 				return nil, false, io.ErrUnexpectedEOF
@@ -203,6 +202,8 @@ func (w *watcher) reconnect(ctx context.Context, dropped error) (eventStream, bo
 				w.last, w.seen = resume, true
 			}
 		}
+		pause := w.client.watch.backoff << min(w.failures, 16)
+		pause = min(pause, max(w.client.watch.maxBackoff, w.client.watch.backoff))
 		timer := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
@@ -210,7 +211,7 @@ func (w *watcher) reconnect(ctx context.Context, dropped error) (eventStream, bo
 			return nil, false, wrapError(ctx.Err(), nil)
 		case <-timer.C:
 		}
-		pause = min(2*pause, max(w.client.watch.maxBackoff, w.client.watch.backoff))
+		w.failures++
 		var stream eventStream
 		var done bool
 		if w.seen {
