@@ -74,12 +74,14 @@ sdk_go_install_grpc_tools() {
   echo "$SDK_GO_GRPC_HEALTH_PROBE_VERSION" >"$stamp"
 }
 
-# buf generate with the local plugins (the template names them under .tools/bin), then the
-# module's files are checked to build and be tidy, so a drift in go.mod shows up here too.
+# buf generate with the local plugins (the template names them under .tools/bin); clean: true in
+# the template replaces clients/go/gen/ as a whole. Hand-written code lives beside it.
 sdk_go_generate() {
   sdk_go_env buf generate --template clients/go/buf.gen.yaml
 }
 
+# go vet, then go test (the tests start the server and the fake on free ports; about 10 s once
+# Go's caches under .tools/go/ are warm).
 sdk_go_test() {
   sdk_go_install
   local bin="${COMFY_REALITY_BIN:-$PWD/target/debug/comfy-reality}"
