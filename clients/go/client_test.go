@@ -38,14 +38,19 @@ func imageWorkflow(prefix string, color int) map[string]any {
 	}
 }
 
-// delayWorkflow is one TestDelay node: seconds × 0.05 (the fake's time scale) of real time.
+// delayWorkflow is one TestDelay node: seconds × 0.05 (the fake's time scale) of real time. Its
+// nonce is new each time, so the fake's output cache never answers it at once.
 func delayWorkflow(seconds float64, steps int) map[string]any {
 	return map[string]any{
 		"1": map[string]any{"class_type": "TestDelay", "inputs": map[string]any{
-			"seconds": seconds, "steps": steps, "nonce": 0,
+			"seconds": seconds, "steps": steps, "nonce": nonces.Add(1),
 		}},
 	}
 }
+
+var nonces atomic.Uint64
+
+func init() { nonces.Store(uint64(time.Now().UnixNano())) }
 
 func uniqueTag(t *testing.T) string {
 	return fmt.Sprintf("%s-%d", strings.ToLower(t.Name()), time.Now().UnixNano())
@@ -391,7 +396,7 @@ func TestOverridesArriveExactly(t *testing.T) {
 	client := dial(t)
 	workflow := map[string]any{
 		"1": map[string]any{"class_type": "TestDelay", "inputs": map[string]any{
-			"seconds": 1, "steps": 1, "nonce": 7,
+			"seconds": 1, "steps": 1, "nonce": 7, // replaced below
 		}},
 	}
 	execution, err := client.Execute(ctx, workflow,
@@ -524,5 +529,84 @@ func TestHealth(t *testing.T) {
 	}
 	if _, err := client.Health(ctx, "no.such.Service"); !IsNotFound(err) {
 		t.Fatalf("Health of an unknown service: %v, want NOT_FOUND", err)
+	}
+}
+
+// TestWatchSurvivesServerRestart stops the server (SIGTERM) while Watch follows a running
+// execution and starts it again on the same address and data: Watch reconnects after the last
+// sequence it saw and ends with the root task's COMPLETED event, with no gap and no duplicate.
+func TestWatchSurvivesServerRestart(t *testing.T) {
+	ctx := testContext(t, 90*time.Second)
+	work := t.TempDir()
+	data := filepath.Join(work, "data")
+	server, addr, err := startServer(work, "restarted-server", "127.0.0.1:0", data)
+	if err != nil {
+		t.Fatalf("start a server: %v", err)
+	}
+	var current atomic.Pointer[process]
+	current.Store(server)
+	t.Cleanup(func() {
+		current.Load().stop()
+		if t.Failed() {
+			current.Load().dumpLog()
+		}
+	})
+
+	var subscriptions atomic.Int32
+	client, err := Dial(ctx, addr, WithWatchReconnects(40, 50*time.Millisecond),
+		WithDialOptions(grpc.WithChainStreamInterceptor(
+			func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+				streamer grpc.Streamer, opts ...grpc.CallOption,
+			) (grpc.ClientStream, error) {
+				if strings.HasSuffix(method, "/SubscribeEvents") {
+					subscriptions.Add(1)
+				}
+				return streamer(ctx, desc, cc, method, opts...)
+			})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	// 60 s × 0.05 = 3 s in 30 steps.
+	execution, err := client.Execute(ctx, delayWorkflow(60, 30), WithTags("go-sdk", "restart"))
+	if err != nil {
+		t.Fatalf("Execute: %v", err)
+	}
+
+	restarted := make(chan error, 1)
+	restarting := false
+	var events []*Event
+	for event, err := range client.Watch(ctx, execution.GetId()) {
+		if err != nil {
+			t.Fatalf("Watch: %v (after %d events)", err, len(events))
+		}
+		events = append(events, event)
+		if !restarting && event.GetNode() &&
+			event.GetTaskEvent().GetEventType() == runtimev1.TaskEventType_TASK_EVENT_TYPE_PROGRESS {
+			restarting = true
+			go func() {
+				current.Load().stop()
+				again, _, err := startServer(work, "restarted-server-2", addr, data)
+				if err == nil {
+					current.Store(again)
+				}
+				restarted <- err
+			}()
+		}
+	}
+	if !restarting {
+		t.Fatal("the execution ended before it reported progress")
+	}
+	if err := <-restarted; err != nil {
+		t.Fatalf("restart the server: %v", err)
+	}
+	checkWatchedEvents(t, execution, events, runtimev1.TaskEventType_TASK_EVENT_TYPE_COMPLETED)
+	if n := subscriptions.Load(); n < 2 {
+		t.Fatalf("%d SubscribeEvents calls: the watch never reconnected", n)
+	}
+	t.Logf("%d events, %d SubscribeEvents calls", len(events), subscriptions.Load())
+	done, err := client.Get(ctx, execution.GetId())
+	if err != nil || done.GetStatus() != StatusCompleted {
+		t.Fatalf("after the restart: %v, %v; want COMPLETED", done.GetStatus(), err)
 	}
 }

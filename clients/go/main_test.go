@@ -24,6 +24,8 @@ var (
 	comfyURL string
 	// comfyOutput is the folder the fake's SaveImage writes to.
 	comfyOutput string
+	// serverBin is the comfy-reality binary.
+	serverBin string
 )
 
 func TestMain(m *testing.M) {
@@ -36,7 +38,7 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	serverBin := binary("COMFY_REALITY_BIN", filepath.Join(root, "target/debug/comfy-reality"))
+	serverBin = binary("COMFY_REALITY_BIN", filepath.Join(root, "target/debug/comfy-reality"))
 	fakeBin := binary("COMFY_REALITY_FAKE_BIN", filepath.Join(root, "target/debug/comfy-reality-fake-comfyui"))
 	work, err := os.MkdirTemp("", "comfyreality-go-test-")
 	if err != nil {
@@ -59,19 +61,13 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 
-	server, line, err := startProcess(work, "server", serverBin, "serve",
-		"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-		"--comfyui", comfyURL, "--data-dir", filepath.Join(work, "data"))
+	server, addr, err := startServer(work, "server", "127.0.0.1:0", filepath.Join(work, "data"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start comfy-reality serve:", err)
 		return 1
 	}
 	defer server.stop()
-	serverAddr, err = cutPrefix(line, "comfy-reality listening on ")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
+	serverAddr = addr
 
 	code := m.Run()
 	if code != 0 {
@@ -79,6 +75,23 @@ func runTests(m *testing.M) int {
 		fake.dumpLog()
 	}
 	return code
+}
+
+// startServer runs `comfy-reality serve` on listen with its data in dataDir, against the fake,
+// and returns its gRPC address.
+func startServer(work, name, listen, dataDir string) (*process, string, error) {
+	server, line, err := startProcess(work, name, serverBin, "serve",
+		"--listen", listen, "--metrics-listen", "127.0.0.1:0",
+		"--comfyui", comfyURL, "--data-dir", dataDir)
+	if err != nil {
+		return nil, "", err
+	}
+	addr, err := cutPrefix(line, "comfy-reality listening on ")
+	if err != nil {
+		server.stop()
+		return nil, "", err
+	}
+	return server, addr, nil
 }
 
 func binary(variable, fallback string) string {
