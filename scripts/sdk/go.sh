@@ -83,7 +83,6 @@ sdk_go_generate() {
 # go vet, then go test (the tests start the server and the fake on free ports; about 10 s once
 # Go's caches under .tools/go/ are warm).
 sdk_go_test() {
-  sdk_go_install
   local bin="${COMFY_REALITY_BIN:-$PWD/target/debug/comfy-reality}"
   local fake="${COMFY_REALITY_FAKE_BIN:-$PWD/target/debug/comfy-reality-fake-comfyui}"
   (
