@@ -57,7 +57,7 @@ sdk_python_test() {
   local python="$VENV_DIR/bin/python"
   step "python SDK: mypy --strict"
   (cd clients/python && "$python" -m mypy --strict --cache-dir "$TOOLS_DIR/mypy-cache" \
-    src/comfy_reality tests)
+)
   step "python SDK: pytest against the real server and the fake ComfyUI"
   COMFY_REALITY_BIN="${COMFY_REALITY_BIN:-$PWD/target/debug/comfy-reality}" \
     COMFY_REALITY_FAKE_BIN="${COMFY_REALITY_FAKE_BIN:-$PWD/target/debug/comfy-reality-fake-comfyui}" \

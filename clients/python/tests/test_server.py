@@ -168,11 +168,11 @@ def test_list_goes_through_every_page(client: Client) -> None:
         calls += 1
         return inner(*args, **kwargs)
 
-    client._executions.ListExecutions = counting  # type: ignore[method-assign,assignment]
+    client._executions.ListExecutions = counting  # type: ignore[assignment]
     listed = [e.id for e in client.list(tags=[tag], page_size=2)]
     assert listed == ids  # oldest first, each once
     assert calls == 3  # 2 + 2 + 1
-    client._executions.ListExecutions = inner  # type: ignore[method-assign]
+    client._executions.ListExecutions = inner
 
     assert [e.id for e in client.list(tags=[tag], status="completed", page_size=1)] == ids
     assert list(client.list(tags=[tag], status=[TaskStatus.TASK_STATUS_FAILED, "cancelled"])) == []
