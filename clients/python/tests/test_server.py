@@ -235,3 +235,23 @@ def test_events_resume_after_any_sequence_without_gap_or_duplicate(client: Clien
     assert len(everything) > 4
     middle = everything[3].sequence
     assert history(middle) == everything[4:]
+
+
+def test_an_event_stream_can_be_closed_from_another_thread(client: Client) -> None:
+    import threading
+
+    stream = client.events(None)  # from now: blocks between heartbeats
+    ended = threading.Event()
+
+    def consume() -> None:
+        for _ in stream:
+            pass
+        ended.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    client.execute(image_workflow(unique("close")))  # something to stream meanwhile
+    stream.close()
+    thread.join(10)
+    assert ended.is_set(), "close() did not end the iteration"
+    assert stream.closed

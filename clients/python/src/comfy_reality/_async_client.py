@@ -105,7 +105,7 @@ class AsyncClient:
         self,
         workflow: _requests.WorkflowInput,
         *,
-        priority: Any = None,
+        priority: _requests.Priority | None = None,
         tags: Iterable[str] = (),
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         timeout_seconds: float | None = None,
@@ -137,7 +137,7 @@ class AsyncClient:
     def list(
         self,
         *,
-        status: Any = None,
+        status: _requests.StatusFilter = None,
         tags: Iterable[str] = (),
         workflow_id: str | None = None,
         page_size: int | None = None,

@@ -194,7 +194,7 @@ class Client:
         self,
         workflow: _requests.WorkflowInput,
         *,
-        priority: Any = None,
+        priority: _requests.Priority | None = None,
         tags: Iterable[str] = (),
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         timeout_seconds: float | None = None,
@@ -233,7 +233,7 @@ class Client:
     def list(
         self,
         *,
-        status: Any = None,
+        status: _requests.StatusFilter = None,
         tags: Iterable[str] = (),
         workflow_id: str | None = None,
         page_size: int | None = None,

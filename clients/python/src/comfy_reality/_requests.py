@@ -52,6 +52,13 @@ class WorkflowRef:
 #: `os.PathLike`), or a registered workflow.
 WorkflowInput = Union[Mapping[str, Any], str, "os.PathLike[str]", WorkflowRef, execution_service_pb2.WorkflowRef]
 
+#: A priority: "LOW", "NORMAL", "HIGH", "CRITICAL" (any case, with or without the TASK_PRIORITY_
+#: prefix) or a TaskPriority value.
+Priority = Union[str, task_pb2.TaskPriority.ValueType]
+
+#: A status filter: one status ("COMPLETED" in any case, or a TaskStatus value), several, or None.
+StatusFilter = Union[str, task_pb2.TaskStatus.ValueType, Iterable[Union[str, task_pb2.TaskStatus.ValueType]], None]
+
 #: A literal override value: int (exact, up to 64 bits signed or unsigned), float, str or bool.
 OverrideValue = Union[bool, int, float, str, execution_service_pb2.InputValue]
 
@@ -179,7 +186,7 @@ def overrides_to_pb(
 def execute_request(
     workflow: WorkflowInput,
     *,
-    priority: object = None,
+    priority: Priority | None = None,
     tags: Iterable[str] = (),
     overrides: Mapping[str, Mapping[str, object]] | None = None,
     timeout_seconds: float | None = None,
