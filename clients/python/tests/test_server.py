@@ -255,3 +255,17 @@ def test_an_event_stream_can_be_closed_from_another_thread(client: Client) -> No
     thread.join(10)
     assert ended.is_set(), "close() did not end the iteration"
     assert stream.closed
+
+
+def test_wait_gives_up_at_its_timeout(client: Client) -> None:
+    from comfy_reality import DeadlineExceededError
+
+    execution = client.execute(delay_workflow(400, steps=400))
+    try:
+        with pytest.raises(DeadlineExceededError) as caught:
+            client.wait(execution.id, timeout=0.5)
+        assert isinstance(caught.value, TimeoutError)
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        client.cancel(execution.id)
+    assert client.wait(execution.id, timeout=15).status == TaskStatus.TASK_STATUS_CANCELLED

@@ -169,7 +169,7 @@ class AsyncClient:
             request.reason = reason
         return (await self._unary(self._executions.CancelExecution, request)).execution
 
-    def watch(self, id: str) -> AsyncIterator[event_service_pb2.Event]:
+    def watch(self, id: str) -> AsyncGenerator[event_service_pb2.Event, None]:
         """See Client.watch: `async for event in client.watch(id)`."""
         return self._watch(id, None)
 
@@ -269,7 +269,7 @@ class AsyncClient:
         workflow_ids: Iterable[str] = (),
         tags: Iterable[str] = (),
         include_node_events: bool = False,
-    ) -> AsyncIterator[event_service_pb2.Event]:
+    ) -> AsyncGenerator[event_service_pb2.Event, None]:
         """See Client.events: `async for event in client.events(...)`."""
         first = _requests.subscribe_request(
             after,
@@ -283,7 +283,7 @@ class AsyncClient:
 
     async def _events_body(
         self, first: event_service_pb2.SubscribeEventsRequest, after: int | None
-    ) -> AsyncIterator[event_service_pb2.Event]:
+    ) -> AsyncGenerator[event_service_pb2.Event, None]:
         resume = Resume(after)
         request = first
         while True:
