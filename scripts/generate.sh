@@ -11,16 +11,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # shellcheck source=scripts/tools.sh
 source scripts/tools.sh
-# shellcheck source=scripts/sdk/python.sh
-source scripts/sdk/python.sh
-# shellcheck source=scripts/sdk/go.sh
-source scripts/sdk/go.sh
-# shellcheck source=scripts/sdk/typescript.sh
-source scripts/sdk/typescript.sh
+# shellcheck source=scripts/sdk/languages.sh
+source scripts/sdk/languages.sh
 
 languages=("$@")
 if [[ ${#languages[@]} -eq 0 ]]; then
-  languages=(python go typescript)
+  languages=("${SDK_LANGUAGES[@]}")
 fi
 
 install_buf

@@ -55,13 +55,9 @@ fi
 # The SDK tests start the binaries cargo test just built: one server build for everything.
 export COMFY_REALITY_BIN="$PWD/target/debug/comfy-reality"
 export COMFY_REALITY_FAKE_BIN="$PWD/target/debug/comfy-reality-fake-comfyui"
-# shellcheck source=scripts/sdk/python.sh
-source scripts/sdk/python.sh
-# shellcheck source=scripts/sdk/go.sh
-source scripts/sdk/go.sh
-# shellcheck source=scripts/sdk/typescript.sh
-source scripts/sdk/typescript.sh
-for language in python go typescript; do
+# shellcheck source=scripts/sdk/languages.sh
+source scripts/sdk/languages.sh
+for language in "${SDK_LANGUAGES[@]}"; do
   step "the $language SDK against the real server and fake ComfyUI"
   "sdk_${language}_test"
 done
