@@ -24,6 +24,7 @@ use comfy_reality::pb::admin_service_client::AdminServiceClient;
 use comfy_reality::pb::event_service_client::EventServiceClient;
 use comfy_reality::pb::execute_workflow_request::Workflow;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
+use comfy_reality::pb::watch_execution_response::Update;
 use comfy_reality::pb::{
     BackendState, EventCategory, ExecuteWorkflowRequest, GetRuntimeInfoRequest,
     SubscribeEventsRequest, TaskEventType, TaskStatus, WatchExecutionRequest, event,
@@ -443,8 +444,12 @@ impl RuntimeClient {
                 .await
                 .unwrap_or_else(|_| panic!("execution {id}: no end after {JOB_TIMEOUT:?}"))
                 .expect("WatchExecution stream");
-            let Some(execution) = next.and_then(|r| r.execution) else {
+            let Some(update) = next.and_then(|r| r.update) else {
                 panic!("execution {id}: WatchExecution closed before its end");
+            };
+            let Update::Execution(execution) = update else {
+                // A progress step between snapshots.
+                continue;
             };
             let status = execution.status;
             if status == TaskStatus::Completed as i32 {

@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use comfy_reality::pb::watch_execution_response::Update;
 use comfy_reality::pb::{
     self, CancelExecutionRequest, ListEventsRequest, SubscribeEventsRequest, TaskEventType,
     TaskPriority, TaskStatus, WatchExecutionRequest, event::Payload,
@@ -306,10 +307,65 @@ async fn watch_to_end(h: &common::exec::Harness, id: &str) -> Vec<TaskStatus> {
         .await
         .expect("watch ends in time")
     {
-        let execution = item.expect("no error").execution.unwrap();
-        statuses.push(TaskStatus::try_from(execution.status).unwrap());
+        match item.expect("no error").update.expect("an update") {
+            Update::Execution(execution) => {
+                statuses.push(TaskStatus::try_from(execution.status).unwrap());
+            }
+            Update::Progress(_) => {}
+        }
     }
     statuses
+}
+
+#[tokio::test]
+async fn watch_execution_sends_small_progress_steps_between_snapshots() {
+    use prost::Message as _;
+    let h = harness(1, |_| {}).await;
+    // One slow node of 4 steps: progress comes between state changes.
+    let running = h
+        .execute(&delay_workflow(0.8, 73), TaskPriority::Normal)
+        .await;
+    let mut stream = h
+        .server
+        .events()
+        .watch_execution(WatchExecutionRequest {
+            id: running.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut snapshots, mut steps) = (Vec::new(), Vec::new());
+    while let Some(item) = tokio::time::timeout_at(deadline, stream.next())
+        .await
+        .expect("watch ends in time")
+    {
+        let response = item.expect("no error");
+        let size = response.encoded_len();
+        match response.update.expect("an update") {
+            Update::Execution(execution) => snapshots.push((execution, size)),
+            Update::Progress(step) => steps.push((step, size)),
+        }
+    }
+    let (first, _) = snapshots.first().expect("a first snapshot");
+    assert_eq!(first.id, running.id);
+    let (last, _) = snapshots.last().unwrap();
+    assert_eq!(last.status, TaskStatus::Completed as i32, "{last:?}");
+    assert!(!steps.is_empty(), "no progress step between snapshots");
+    let largest_snapshot = snapshots.iter().map(|(_, size)| *size).max().unwrap();
+    for (step, size) in &steps {
+        assert_eq!(step.node_id, "1", "{step:?}");
+        assert_eq!(step.class_type, "TestDelay", "{step:?}");
+        assert_eq!(step.max, 4.0, "{step:?}");
+        assert!(step.value >= 1.0 && step.value <= 4.0, "{step:?}");
+        assert!(step.sequence > 0 && !step.task_id.is_empty(), "{step:?}");
+        assert!((0.0..=1.0).contains(&step.execution_progress), "{step:?}");
+        // Bytes, not kilobytes: a step is a small fraction of a snapshot.
+        assert!(
+            *size < 200 && size * 4 < largest_snapshot,
+            "step of {size} bytes vs snapshots of up to {largest_snapshot}"
+        );
+    }
 }
 
 #[tokio::test]

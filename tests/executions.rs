@@ -4,6 +4,7 @@
 
 mod common;
 
+use comfy_reality::pb::input_value::Kind;
 use comfy_reality::pb::{
     self, CancelExecutionRequest, ExecuteWorkflowRequest, GetArtifactRequest, TaskPriority,
     TaskStatus, execute_workflow_request::Workflow,
@@ -290,16 +291,64 @@ async fn invalid_workflows_are_rejected_with_field_paths() {
     let status = h
         .execute_with(ExecuteWorkflowRequest {
             workflow: Some(Workflow::WorkflowJson(image_workflow("x").to_string())),
-            config: json!({"overrides": {"1": {"width": 0}}, "bogus": 1}).to_string(),
+            overrides: overrides("1", "width", Kind::IntValue(0)),
             ..Default::default()
         })
         .await
         .unwrap_err();
+    // An override out of range names its own path, not the workflow's.
     let fields = common::bad_request_violations(&status);
     assert!(
-        fields.iter().any(|(f, _)| f == "config.bogus"),
+        fields.iter().any(|(f, _)| f == r#"overrides["1"].width"#),
         "{fields:?}"
     );
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(image_workflow("x").to_string())),
+            max_retries: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    common::assert_invalid_argument(&status, "max_retries");
+    // An override of a link and of an unknown node.
+    let mut links = overrides("2", "images", Kind::StringValue("x".into()));
+    links.extend(overrides("9", "width", Kind::IntValue(1)));
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(image_workflow("x").to_string())),
+            overrides: links,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = common::bad_request_violations(&status)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    for expected in [r#"overrides["2"].images"#, r#"overrides["9"]"#] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected}: {fields:?}"
+        );
+    }
+    // A value with no kind set.
+    let empty = [(
+        "1".to_owned(),
+        pb::NodeOverrides {
+            inputs: [("height".to_owned(), pb::InputValue { kind: None })].into(),
+        },
+    )]
+    .into();
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(image_workflow("x").to_string())),
+            overrides: empty,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    common::assert_invalid_argument(&status, r#"overrides["1"].height"#);
 }
 
 #[tokio::test]
@@ -311,7 +360,7 @@ async fn the_u64_seed_reaches_the_backend_exactly() {
     let execution = h
         .execute_with(ExecuteWorkflowRequest {
             workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
-            config: r#"{"overrides": {"1": {"nonce": 18446744073709551615}}}"#.into(),
+            overrides: overrides("1", "nonce", Kind::UintValue(u64::MAX)),
             ..Default::default()
         })
         .await
@@ -342,7 +391,7 @@ async fn output_nodes_are_judged_by_the_backends_object_info() {
             workflow: Some(pb::validate_workflow_request::Workflow::WorkflowJson(
                 workflow.to_string(),
             )),
-            config: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -402,12 +451,12 @@ async fn client_input_that_could_wedge_an_execution_is_refused() {
     let status = h
         .execute_with(ExecuteWorkflowRequest {
             workflow: Some(Workflow::WorkflowJson(delay_workflow(0.0, 61).to_string())),
-            config: r#"{"timeout_seconds": 1e19}"#.into(),
+            timeout_seconds: Some(1e19),
             ..Default::default()
         })
         .await
         .unwrap_err();
-    common::assert_invalid_argument(&status, "config.timeout_seconds");
+    common::assert_invalid_argument(&status, "timeout_seconds");
     let running = h
         .execute(&delay_workflow(0.3, 62), TaskPriority::Normal)
         .await;
@@ -441,4 +490,19 @@ async fn client_input_that_could_wedge_an_execution_is_refused() {
         common::exec::status(&h.wait_end(&running.id).await),
         TaskStatus::Completed
     );
+}
+
+/// One typed override, as the `overrides` field of a request.
+fn overrides(
+    node: &str,
+    input: &str,
+    value: Kind,
+) -> std::collections::HashMap<String, pb::NodeOverrides> {
+    [(
+        node.to_owned(),
+        pb::NodeOverrides {
+            inputs: [(input.to_owned(), pb::InputValue { kind: Some(value) })].into(),
+        },
+    )]
+    .into()
 }

@@ -628,9 +628,13 @@ async fn execute_config(
     config: Value,
     priority: TaskPriority,
 ) -> WorkflowExecution {
+    // The options as typed fields: only these two are used here.
     h.execute_with(ExecuteWorkflowRequest {
         workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
-        config: config.to_string(),
+        max_retries: config["max_retries"]
+            .as_u64()
+            .map(|n| u32::try_from(n).expect("a small retry count")),
+        timeout_seconds: config["timeout_seconds"].as_f64(),
         priority: Some(priority.into()),
         ..Default::default()
     })

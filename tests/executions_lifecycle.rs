@@ -670,7 +670,7 @@ async fn retry_task_reruns_a_failed_execution_once() {
     let execution = h
         .execute_with(ExecuteWorkflowRequest {
             workflow: Some(Workflow::WorkflowJson(failing_workflow().to_string())),
-            config: json!({"max_retries": 1}).to_string(),
+            max_retries: Some(1),
             ..Default::default()
         })
         .await
@@ -981,7 +981,7 @@ async fn validate_workflow_reports_without_queueing() {
             client
                 .validate_workflow(ValidateWorkflowRequest {
                     workflow,
-                    config: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .map(tonic::Response::into_inner)

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use comfy_reality::config::{Config, ServerConfig};
 use comfy_reality::model::events::EventPayload;
-use comfy_reality::model::{JsonObject, TaskPriority, TaskStatus};
-use comfy_reality::runtime::{ExecuteRequest, ExecutionView, Runtime, WorkflowSource};
+use comfy_reality::model::{TaskPriority, TaskStatus};
+use comfy_reality::runtime::{
+    ExecuteRequest, ExecutionOptions, ExecutionView, Runtime, WorkflowSource,
+};
 use comfy_reality::store::{MemoryStore, Store};
 use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use serde_json::{Value, json};
@@ -37,7 +39,7 @@ fn config(fake: &FakeComfy, artifacts: &TempDir) -> Config {
 fn request(workflow: Value, priority: TaskPriority) -> ExecuteRequest {
     ExecuteRequest {
         workflow: WorkflowSource::Inline(workflow.to_string()),
-        config: JsonObject::new(),
+        options: ExecutionOptions::default(),
         priority,
         tags: BTreeSet::new(),
         idempotency_key: None,

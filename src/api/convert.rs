@@ -13,8 +13,8 @@ use crate::model::{
 };
 use crate::pb;
 use crate::runtime::{
-    DEFAULT_PAGE_SIZE, ExecuteRequest, ExecutionView, MAX_PAGE_SIZE, NewTaskRequest,
-    ProgressUpdate, RegisterWorkflowRequest, ValidationReport, WorkflowSource,
+    DEFAULT_PAGE_SIZE, ExecuteRequest, ExecutionOptions, ExecutionView, MAX_PAGE_SIZE,
+    NewTaskRequest, ProgressUpdate, RegisterWorkflowRequest, ValidationReport, WorkflowSource,
 };
 use crate::store::{ExecutionFilter, TaskFilter, WorkflowCursor, WorkflowFilter};
 
@@ -748,7 +748,7 @@ fn workflow_ref(r: pb::WorkflowRef) -> Result<WorkflowSource, ValidationError> {
 pub fn execute_request(req: pb::ExecuteWorkflowRequest) -> Result<ExecuteRequest, ValidationError> {
     let mut v = ValidationError::default();
     let workflow = v.absorb(workflow_source(req.workflow));
-    let config = v.absorb(parse_json_object("config", &req.config));
+    let options = execution_options(req.overrides, req.timeout_seconds, req.max_retries, &mut v);
     let priority = match req.priority {
         Some(raw) => v.absorb(priority_from_pb("priority", raw)),
         None => Some(TaskPriority::Normal),
@@ -793,7 +793,7 @@ pub fn execute_request(req: pb::ExecuteWorkflowRequest) -> Result<ExecuteRequest
     v.into_result()?;
     Ok(ExecuteRequest {
         workflow: workflow.unwrap_or(WorkflowSource::Inline(String::new())),
-        config: config.unwrap_or_default(),
+        options,
         priority: priority.unwrap_or(TaskPriority::Normal),
         tags,
         idempotency_key: req.idempotency_key,
@@ -805,10 +805,75 @@ pub fn execute_request(req: pb::ExecuteWorkflowRequest) -> Result<ExecuteRequest
     })
 }
 
-/// ValidateWorkflowRequest to (source, config).
+/// Most nodes one request may override.
+const MAX_OVERRIDDEN_NODES: usize = 1024;
+/// Most inputs one request may override on one node.
+const MAX_OVERRIDDEN_INPUTS: usize = 256;
+
+/// One typed override value to its exact JSON literal; `field` names it.
+fn input_value(field: &str, value: pb::InputValue) -> Result<serde_json::Value, ValidationError> {
+    use pb::input_value::Kind;
+    match value.kind {
+        Some(Kind::IntValue(n)) => Ok(serde_json::Value::from(n)),
+        Some(Kind::UintValue(n)) => Ok(serde_json::Value::from(n)),
+        Some(Kind::DoubleValue(x)) => serde_json::Number::from_f64(x)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| {
+                ValidationError::single(field, format!("must be a finite number, got {x}"))
+            }),
+        Some(Kind::StringValue(text)) => Ok(serde_json::Value::String(text)),
+        Some(Kind::BoolValue(b)) => Ok(serde_json::Value::Bool(b)),
+        None => Err(ValidationError::single(
+            field,
+            "set one of int_value, uint_value, double_value, string_value, bool_value",
+        )),
+    }
+}
+
+/// The typed options of an execute or validate request, every problem
+/// collected into `v` under its own path (`overrides["3"].seed`).
+fn execution_options(
+    overrides: std::collections::HashMap<String, pb::NodeOverrides>,
+    timeout_seconds: Option<f64>,
+    max_retries: Option<u32>,
+    v: &mut ValidationError,
+) -> ExecutionOptions {
+    let mut options = ExecutionOptions {
+        overrides: JsonObject::new(),
+        timeout_seconds,
+        max_retries,
+    };
+    if !check_count(v, "overrides", overrides.len(), MAX_OVERRIDDEN_NODES) {
+        return options;
+    }
+    // Sorted, so that errors and the stored record do not depend on map order.
+    let mut nodes: Vec<_> = overrides.into_iter().collect();
+    nodes.sort_by(|a, b| a.0.cmp(&b.0));
+    for (node, inputs) in nodes {
+        let node_field = crate::model::key_path("overrides", &node);
+        if !check_count(v, &node_field, inputs.inputs.len(), MAX_OVERRIDDEN_INPUTS) {
+            continue;
+        }
+        let mut values: Vec<_> = inputs.inputs.into_iter().collect();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut object = JsonObject::new();
+        for (input, value) in values {
+            let field = crate::model::key_path(&node_field, &input);
+            if let Some(json) = v.absorb(input_value(&field, value)) {
+                object.insert(input, json);
+            }
+        }
+        options
+            .overrides
+            .insert(node, serde_json::Value::Object(object));
+    }
+    options
+}
+
+/// ValidateWorkflowRequest to (source, options).
 pub fn validate_request(
     req: pb::ValidateWorkflowRequest,
-) -> Result<(WorkflowSource, JsonObject), ValidationError> {
+) -> Result<(WorkflowSource, ExecutionOptions), ValidationError> {
     use pb::validate_workflow_request::Workflow as W;
     let mut v = ValidationError::default();
     let source = match req.workflow {
@@ -822,11 +887,11 @@ pub fn validate_request(
             None
         }
     };
-    let config = v.absorb(parse_json_object("config", &req.config));
+    let options = execution_options(req.overrides, req.timeout_seconds, req.max_retries, &mut v);
     v.into_result()?;
     Ok((
         source.unwrap_or(WorkflowSource::Inline(String::new())),
-        config.unwrap_or_default(),
+        options,
     ))
 }
 

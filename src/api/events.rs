@@ -13,8 +13,10 @@ use crate::pb::{
 };
 use crate::runtime::Runtime;
 
-use super::convert::{self, execution_to_pb};
-use super::events_convert::{self, FilterFields, event_to_pb, stream_item_to_pb};
+use super::convert;
+use super::events_convert::{
+    self, FilterFields, event_to_pb, stream_item_to_pb, watch_update_to_pb,
+};
 use super::record_span;
 use super::status::invalid_argument;
 
@@ -91,9 +93,9 @@ impl EventService for EventApi {
             convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
         record_span("execution_id", &id);
         let views = self.runtime.watch_execution(&id).await?;
-        let stream = ReceiverStream::new(views).map(|view| match view {
-            Ok(view) => Ok(WatchExecutionResponse {
-                execution: Some(execution_to_pb(&view)),
+        let stream = ReceiverStream::new(views).map(|update| match update {
+            Ok(update) => Ok(WatchExecutionResponse {
+                update: Some(watch_update_to_pb(update)),
             }),
             Err(error) => Err(Status::from(error)),
         });

@@ -8,6 +8,8 @@ use crate::model::{
     ValidationError,
 };
 use crate::pb;
+use crate::pb::watch_execution_response::Update;
+use crate::runtime::WatchUpdate;
 use crate::runtime::bus::{Event, EventPayload};
 use crate::runtime::events::{EventFilter, StreamItem};
 use crate::runtime::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -298,4 +300,20 @@ fn decode_event_token(token: &str) -> Option<u64> {
         .strip_prefix(EVENT_TOKEN_PREFIX)?
         .parse()
         .ok()
+}
+
+/// One WatchExecution update to the wire.
+pub fn watch_update_to_pb(update: WatchUpdate) -> Update {
+    match update {
+        WatchUpdate::Snapshot(view) => Update::Execution(super::convert::execution_to_pb(&view)),
+        WatchUpdate::Progress(step) => Update::Progress(pb::ExecutionProgress {
+            sequence: step.sequence,
+            task_id: step.task_id,
+            node_id: step.node_id,
+            class_type: step.class_type,
+            value: step.value,
+            max: step.max,
+            execution_progress: step.execution_progress,
+        }),
+    }
 }

@@ -22,13 +22,14 @@ use tokio_util::task::TaskTracker;
 pub use bus::EventBus;
 pub use error::{ErrorClass, ObjectKind, RuntimeError};
 pub use executor::{
-    BackendState, ExecuteRequest, ExecutionView, Executor, ValidationReport, WorkflowSource,
+    BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor, ValidationReport,
+    WorkflowSource,
 };
 pub use tasks::{MAX_CANCEL_CASCADE, NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};
 
 use crate::config::Config;
-use crate::model::{JsonObject, NewWorkflow, Task, ValidationError, WorkflowDefinition};
+use crate::model::{NewWorkflow, Task, ValidationError, WorkflowDefinition};
 use crate::store::{ExecutionFilter, Page, Store};
 
 /// A stable 64-bit digest of `bytes` (FNV-1a), the same in every process.
@@ -41,6 +42,87 @@ pub(crate) fn fingerprint_of(bytes: &[u8]) -> u64 {
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page size of listings.
 pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// One update of [`Runtime::watch_execution`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchUpdate {
+    /// The whole execution, first and after every change of its state
+    /// (boxed: it is large, a step is small).
+    Snapshot(Box<ExecutionView>),
+    /// A progress step of one running node, between changes.
+    Progress(ProgressStep),
+}
+
+/// A progress step of one running node, read from its progress event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressStep {
+    /// The event's sequence.
+    pub sequence: u64,
+    /// The node's NODE task.
+    pub task_id: String,
+    /// The node id in the graph.
+    pub node_id: String,
+    /// The node's class.
+    pub class_type: String,
+    /// Steps done.
+    pub value: f64,
+    /// Steps in all.
+    pub max: f64,
+    /// The execution's overall progress within [0, 1].
+    pub execution_progress: f64,
+}
+
+impl ProgressStep {
+    /// The step a node's progress event carries (`value` and `max` in its
+    /// data); `None` for any other event.
+    fn from_event(event: &bus::Event) -> Option<Self> {
+        let bus::EventPayload::Task(task_event) = &event.payload else {
+            return None;
+        };
+        if task_event.event_type != crate::model::TaskEventType::Progress {
+            return None;
+        }
+        let data = &task_event.data;
+        let number = |key: &str| data.get(key).and_then(serde_json::Value::as_f64);
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Some(Self {
+            sequence: event.sequence,
+            task_id: task_event.task_id.clone(),
+            node_id: text("node_id"),
+            class_type: text("class_type"),
+            value: number("value")?,
+            max: number("max")?,
+            execution_progress: number("execution_progress").unwrap_or_default(),
+        })
+    }
+}
+
+/// What arrived for one watched execution since the last update.
+#[derive(Default)]
+struct PendingWatch {
+    /// Something other than a node's progress step happened (or events were
+    /// missed): the execution must be read again.
+    state_changed: bool,
+    /// The newest progress step.
+    step: Option<ProgressStep>,
+}
+
+impl PendingWatch {
+    fn note(&mut self, event: &bus::Event, id: &str) {
+        if event.context.execution_id.as_deref() != Some(id) {
+            return;
+        }
+        match ProgressStep::from_event(event) {
+            Some(step) => self.step = Some(step),
+            None => self.state_changed = true,
+        }
+    }
+}
 
 /// A cheap, cloneable handle to the runtime, given to every gRPC handler.
 #[derive(Clone)]
@@ -184,10 +266,10 @@ impl Runtime {
     pub fn validate_workflow(
         &self,
         source: &WorkflowSource,
-        config: &JsonObject,
+        options: &ExecutionOptions,
     ) -> Result<ValidationReport, RuntimeError> {
         match self.resolve(source) {
-            Ok((workflow, _)) => Ok(self.inner.executor.validate(&workflow, config)),
+            Ok((workflow, _)) => Ok(self.inner.executor.validate(&workflow, options)),
             Err(RuntimeError::Validation(problems)) => Ok(ValidationReport {
                 problems,
                 ..ValidationReport::default()
@@ -327,14 +409,16 @@ impl Runtime {
         events::list(self.bus(), filter, after, limit)
     }
 
-    /// WatchExecution: the execution now, then after every change, until it
-    /// ends (the channel then closes). Changes that come faster than the
-    /// reader are coalesced: the reader always gets the newest state.
+    /// WatchExecution: the execution now, then after every change of its
+    /// state, until it ends (the channel then closes); between changes, each
+    /// progress step of a running node as a small [`WatchUpdate::Progress`]
+    /// (no re-read of the execution). Updates that come faster than the
+    /// reader are coalesced: the reader always gets the newest state, and the
+    /// newest step.
     pub async fn watch_execution(
         &self,
         id: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecutionView, RuntimeError>>, RuntimeError>
-    {
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchUpdate, RuntimeError>>, RuntimeError> {
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let closing = self.inner.streams_closing.clone();
         if closing.is_cancelled() {
@@ -351,14 +435,19 @@ impl Runtime {
         self.inner.tracker.spawn(async move {
             let mut previous = first.clone();
             let mut ended = first.execution.status().is_terminal();
-            if tx.send(Ok(first)).await.is_err() {
+            if tx
+                .send(Ok(WatchUpdate::Snapshot(Box::new(first))))
+                .await
+                .is_err()
+            {
                 return;
             }
             while !ended {
-                let changed = tokio::select! {
+                let mut pending = PendingWatch::default();
+                tokio::select! {
                     received = live.recv() => match received {
-                        Ok(event) => event.context.execution_id.as_deref() == Some(id.as_str()),
-                        Err(RecvError::Lagged(_)) => true,
+                        Ok(event) => pending.note(&event, &id),
+                        Err(RecvError::Lagged(_)) => pending.state_changed = true,
                         Err(RecvError::Closed) => return,
                     },
                     () = tx.closed() => return,
@@ -370,30 +459,36 @@ impl Runtime {
                         return;
                     }
                 };
-                if !changed {
-                    continue;
-                }
                 // Coalesce what is already waiting.
                 loop {
                     match live.try_recv() {
-                        Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                        Ok(event) => pending.note(&event, &id),
+                        Err(TryRecvError::Lagged(_)) => pending.state_changed = true,
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Closed) => return,
                     }
                 }
-                let view = match runtime.inner.executor.view_with_position(&id).await {
-                    Ok(view) => view,
-                    Err(error) => {
-                        let _ = tx.send(Err(error)).await;
-                        return;
+                let update = if pending.state_changed {
+                    let view = match runtime.inner.executor.view_with_position(&id).await {
+                        Ok(view) => view,
+                        Err(error) => {
+                            let _ = tx.send(Err(error)).await;
+                            return;
+                        }
+                    };
+                    if view == previous {
+                        pending.step.map(WatchUpdate::Progress)
+                    } else {
+                        ended = view.execution.status().is_terminal();
+                        previous = view.clone();
+                        Some(WatchUpdate::Snapshot(Box::new(view)))
                     }
+                } else {
+                    pending.step.map(WatchUpdate::Progress)
                 };
-                if view == previous {
-                    continue;
-                }
-                ended = view.execution.status().is_terminal();
-                previous = view.clone();
-                if tx.send(Ok(view)).await.is_err() {
+                if let Some(update) = update
+                    && tx.send(Ok(update)).await.is_err()
+                {
                     return;
                 }
             }

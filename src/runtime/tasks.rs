@@ -301,6 +301,17 @@ impl TaskRegistry {
     /// event when its status changed, else a progress event when its progress
     /// or message changed; a "task ended" notice when it became terminal.
     fn save(&self, task: &Task, before: &Task) -> Result<(), RuntimeError> {
+        self.save_with(task, before, None)
+    }
+
+    /// [`TaskRegistry::save`], with `extra` merged into the data of a
+    /// progress event (a node's step `value` and `max`).
+    fn save_with(
+        &self,
+        task: &Task,
+        before: &Task,
+        extra: Option<&JsonObject>,
+    ) -> Result<(), RuntimeError> {
         self.put(task)?;
         if task.status() != before.status() {
             if let Some(event) = Self::transition_event(task) {
@@ -330,6 +341,17 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
+            // A NODE task says which node it is, so that a watcher needs no lookup.
+            for key in ["node_id", "class_type"] {
+                if let Some(value) = task.metadata.get(key) {
+                    event.data.insert(key.into(), value.clone());
+                }
+            }
+            if let Some(extra) = extra {
+                for (key, value) in extra {
+                    event.data.insert(key.clone(), value.clone());
+                }
+            }
             self.publish(event, task);
         }
         Ok(())
@@ -342,12 +364,26 @@ impl TaskRegistry {
     where
         F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
     {
+        self.update_with_event_data(id, change, None)
+    }
+
+    /// [`TaskRegistry::update`]; when it produces a progress event, `extra`
+    /// is merged into the event's data.
+    pub(crate) fn update_with_event_data<F>(
+        &self,
+        id: &str,
+        change: F,
+        extra: Option<&JsonObject>,
+    ) -> Result<Task, RuntimeError>
+    where
+        F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
+    {
         let _gate = self.gate()?;
         let before = self.get(id)?;
         let mut task = before.clone();
         change(&mut task)?;
         if task != before {
-            self.save(&task, &before)?;
+            self.save_with(&task, &before, extra)?;
         }
         Ok(task)
     }

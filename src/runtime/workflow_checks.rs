@@ -24,7 +24,7 @@ use crate::model::{JsonObject, ValidationError, WorkflowDefinition, join_path, k
 pub const WORKFLOW_FIELD: &str = "workflow_json";
 
 /// Field path of the per-execution input overrides in an execute request.
-pub const OVERRIDES_FIELD: &str = "config.overrides";
+pub const OVERRIDES_FIELD: &str = "overrides";
 
 /// First folder of every rewritten `filename_prefix`; one subfolder per execution
 /// id lies below it.
@@ -583,7 +583,7 @@ fn list_values(values: &[Value]) -> String {
 /// Rules, checked for every override before any is applied (so on error the
 /// prompt is unchanged, and every violation is reported):
 ///
-/// * the node id must be in the prompt (`config.overrides["9"]`), and its
+/// * the node id must be in the prompt (`overrides["9"]`), and its
 ///   overrides an object;
 /// * a value must not be a list: ComfyUI reads every list as a link, and
 ///   overrides set values, they do not rewire the graph;
@@ -1245,10 +1245,10 @@ mod tests {
         assert_eq!(
             got,
             [
-                r#"config.overrides["9"]"#,
-                r#"config.overrides["2"].images"#,
-                r#"config.overrides["2"].filename_prefix"#,
-                r#"config.overrides["x y"]"#,
+                r#"overrides["9"]"#,
+                r#"overrides["2"].images"#,
+                r#"overrides["2"].filename_prefix"#,
+                r#"overrides["x y"]"#,
             ]
         );
         assert!(

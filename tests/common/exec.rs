@@ -77,7 +77,7 @@ impl Harness {
                     workflow: Some(pb::validate_workflow_request::Workflow::WorkflowJson(
                         image_workflow("probe").to_string(),
                     )),
-                    config: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("validate")

@@ -554,11 +554,16 @@ impl<'a> Follower<'a> {
         }
     }
 
-    fn set_progress(&mut self, node: &str, value: f64) {
-        self.progress.insert(node.to_owned(), value.clamp(0.0, 1.0));
+    /// The execution's progress: the mean of its nodes' progress.
+    fn overall(&self) -> f64 {
         let total = self.node_tasks.len().max(1) as f64;
         let sum: f64 = self.progress.values().sum();
-        let overall = (sum / total).clamp(0.0, 1.0);
+        (sum / total).clamp(0.0, 1.0)
+    }
+
+    fn set_progress(&mut self, node: &str, value: f64) {
+        self.progress.insert(node.to_owned(), value.clamp(0.0, 1.0));
+        let overall = self.overall();
         if let Err(error) = self
             .shared
             .update_execution(self.execution_id, |execution| {
@@ -625,13 +630,27 @@ impl<'a> Follower<'a> {
             return;
         }
         let fraction = (value / max).clamp(0.0, 1.0);
-        self.node_task(&node, |task| {
-            if task.status() == TaskStatus::Running {
-                task.set_progress(fraction)?;
-                task.progress_message = Some(format!("step {value} of {max}"));
+        self.progress.insert(node.clone(), fraction);
+        let mut step = JsonObject::new();
+        step.insert("value".into(), Value::from(value));
+        step.insert("max".into(), Value::from(max));
+        step.insert("execution_progress".into(), Value::from(self.overall()));
+        if let Some(task_id) = self.node_tasks.get(&node) {
+            let updated = self.shared.tasks.update_with_event_data(
+                task_id,
+                |task| {
+                    if task.status() == TaskStatus::Running {
+                        task.set_progress(fraction)?;
+                        task.progress_message = Some(format!("step {value} of {max}"));
+                    }
+                    Ok(())
+                },
+                Some(&step),
+            );
+            if let Err(error) = updated {
+                tracing::debug!(task_id, %error, "node task not updated");
             }
-            Ok(())
-        });
+        }
         self.set_progress(&node, fraction);
     }
 

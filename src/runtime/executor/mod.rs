@@ -84,8 +84,8 @@ pub enum WorkflowSource {
 pub struct ExecuteRequest {
     /// The workflow.
     pub workflow: WorkflowSource,
-    /// Per-execution configuration (`overrides`, `timeout_seconds`, `max_retries`).
-    pub config: JsonObject,
+    /// Per-execution options.
+    pub options: ExecutionOptions,
     /// Priority.
     pub priority: TaskPriority,
     /// Tags of the root task.
@@ -96,6 +96,41 @@ pub struct ExecuteRequest {
     pub dependencies: Vec<TaskDependency>,
     /// Name of the root task.
     pub name: Option<String>,
+}
+
+/// Per-execution options of an execute (or validate) request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExecutionOptions {
+    /// Literal inputs to set, node id -> {input name: value}, numbers exactly
+    /// as sent; never a link.
+    pub overrides: JsonObject,
+    /// Running-time limit; `None` means the configured default.
+    pub timeout_seconds: Option<f64>,
+    /// Retries after a transient failure; `None` means the configured default.
+    pub max_retries: Option<u32>,
+}
+
+impl ExecutionOptions {
+    /// The options as the execution record keeps them (its `config` object):
+    /// only the keys that are set.
+    pub fn to_json(&self) -> JsonObject {
+        let mut config = JsonObject::new();
+        if !self.overrides.is_empty() {
+            config.insert(
+                "overrides".into(),
+                serde_json::Value::Object(self.overrides.clone()),
+            );
+        }
+        if let Some(seconds) = self.timeout_seconds
+            && let Some(number) = serde_json::Number::from_f64(seconds)
+        {
+            config.insert("timeout_seconds".into(), serde_json::Value::Number(number));
+        }
+        if let Some(retries) = self.max_retries {
+            config.insert("max_retries".into(), serde_json::Value::from(retries));
+        }
+        config
+    }
 }
 
 /// An execution as the API shows it: the record with its tasks, and where

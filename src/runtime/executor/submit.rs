@@ -21,78 +21,78 @@ use crate::model::{
 };
 use crate::runtime::fingerprint::Fingerprint;
 use crate::runtime::workflow_checks::{
-    ObjectInfoCatalogue, WORKFLOW_FIELD, apply_overrides, check_prompt_against_object_info,
-    rewrite_filename_prefixes,
+    OVERRIDES_FIELD, ObjectInfoCatalogue, WORKFLOW_FIELD, apply_overrides,
+    check_prompt_against_object_info, rewrite_filename_prefixes,
 };
 use crate::runtime::{ObjectKind, RuntimeError};
 use crate::store::{ExecutionCreateOutcome, IdempotencyKey, NewExecutionRecord};
 
 use super::messages::Msg;
-use super::{ExecuteRequest, ExecutionView, Executor, ValidationReport, WorkflowSource, deps};
-
-/// Per-execution settings parsed from `config`.
-#[derive(Debug, Clone, PartialEq, Default)]
-struct ExecConfig {
-    /// `overrides`: node id -> {input: value}.
-    overrides: JsonObject,
-    /// `timeout_seconds`: the running-time limit.
-    timeout_seconds: Option<f64>,
-    /// `max_retries`: the retry limit.
-    max_retries: Option<u32>,
-}
+use super::{
+    ExecuteRequest, ExecutionOptions, ExecutionView, Executor, ValidationReport, WorkflowSource,
+    deps,
+};
 
 /// Longest running time one execution may ask for: 7 days.
 const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
 /// Most retries one execution may ask for.
-const MAX_RETRIES_LIMIT: u64 = 100;
+const MAX_RETRIES_LIMIT: u32 = 100;
 
-/// Reads `config`'s known keys; every problem goes to `errors` under
-/// `config.<key>`.
-fn parse_config(config: &JsonObject, errors: &mut ValidationError) -> ExecConfig {
-    let mut parsed = ExecConfig::default();
-    for (key, value) in config {
-        let field = format!("config.{key}");
-        match key.as_str() {
-            "overrides" => match value {
-                Value::Object(overrides) => parsed.overrides = overrides.clone(),
-                _ => errors.push(field, "must be an object of node id to {input: value}"),
-            },
-            "timeout_seconds" => match value.as_f64() {
-                Some(seconds) if seconds > 0.0 && seconds <= MAX_TIMEOUT_SECONDS => {
-                    parsed.timeout_seconds = Some(seconds);
-                }
-                _ => errors.push(
-                    field,
-                    format!(
-                        "must be a number of seconds greater than 0 and at most {MAX_TIMEOUT_SECONDS}"
-                    ),
-                ),
-            },
-            "max_retries" => match value.as_u64() {
-                Some(n) if n <= MAX_RETRIES_LIMIT => {
-                    parsed.max_retries = u32::try_from(n).ok();
-                }
-                _ => errors.push(
-                    field,
-                    format!("must be a whole number from 0 to {MAX_RETRIES_LIMIT}"),
-                ),
-            },
-            _ => errors.push(
-                field,
-                "unknown key; known keys are overrides, timeout_seconds, max_retries",
+/// Checks the per-execution options; every problem goes to `errors` under
+/// the request's field name (`timeout_seconds`, `max_retries`).
+fn check_options(options: &ExecutionOptions, errors: &mut ValidationError) {
+    if let Some(seconds) = options.timeout_seconds
+        && !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECONDS)
+    {
+        errors.push(
+            "timeout_seconds",
+            format!(
+                "must be a number of seconds greater than 0 and at most {MAX_TIMEOUT_SECONDS}, got {seconds}"
             ),
+        );
+    }
+    if let Some(retries) = options.max_retries
+        && retries > MAX_RETRIES_LIMIT
+    {
+        errors.push(
+            "max_retries",
+            format!("must be from 0 to {MAX_RETRIES_LIMIT}, got {retries}"),
+        );
+    }
+}
+
+/// Renames each object_info problem of an input that an override set from
+/// the graph's path (`workflow_json["3"].inputs.seed`) to the override's own
+/// (`overrides["3"].seed`): the value came from there.
+fn name_overridden_inputs(mut errors: ValidationError, overrides: &JsonObject) -> ValidationError {
+    for violation in &mut errors.violations {
+        for (node, inputs) in overrides {
+            let Some(inputs) = inputs.as_object() else {
+                continue;
+            };
+            let node_path =
+                crate::model::key_path(&crate::model::key_path(WORKFLOW_FIELD, node), "inputs");
+            for input in inputs.keys() {
+                let input_path = crate::model::key_path(&node_path, input);
+                if violation.field == input_path {
+                    violation.field = crate::model::key_path(
+                        &crate::model::key_path(OVERRIDES_FIELD, node),
+                        input,
+                    );
+                }
+            }
         }
     }
-    parsed
+    errors
 }
 
 /// The prepared prompt and what the checks learnt.
 struct Prepared {
     /// The prompt to post: overrides applied, filename prefixes rewritten.
     prompt: JsonObject,
-    /// The per-execution settings.
-    config: ExecConfig,
+    /// The per-execution options.
+    options: ExecutionOptions,
     /// The node classes it needs, sorted.
     required: Vec<String>,
     /// Backends, up now, that have every required class.
@@ -116,12 +116,12 @@ impl Executor {
             .collect()
     }
 
-    /// Runs every check on `workflow` with `config`; `execution_id` names the
+    /// Runs every check on `workflow` with `options`; `execution_id` names the
     /// output folder of the rewritten filename prefixes.
     fn prepare(
         &self,
         workflow: &WorkflowDefinition,
-        config: &JsonObject,
+        options: &ExecutionOptions,
         execution_id: &str,
     ) -> Result<Prepared, ValidationError> {
         let mut errors = ValidationError::new();
@@ -155,9 +155,9 @@ impl Executor {
             }
             errors.push(problem.field.clone(), problem.description.clone());
         }
-        let config = parse_config(config, &mut errors);
+        check_options(options, &mut errors);
         let mut prompt = workflow.to_api_prompt();
-        if let Err(e) = apply_overrides(&mut prompt, &config.overrides) {
+        if let Err(e) = apply_overrides(&mut prompt, &options.overrides) {
             errors.extend(e);
         }
         rewrite_filename_prefixes(&mut prompt, execution_id);
@@ -192,13 +192,13 @@ impl Executor {
                 }
             }
             if let Some((_, e)) = best {
-                errors.extend(e);
+                errors.extend(name_overridden_inputs(e, &options.overrides));
             }
         }
         if errors.is_empty() {
             Ok(Prepared {
                 prompt,
-                config,
+                options: options.clone(),
                 required,
                 backends,
                 object_info_checked,
@@ -209,7 +209,11 @@ impl Executor {
     }
 
     /// ValidateWorkflow: the checks of [`Executor::submit`] without queueing.
-    pub fn validate(&self, workflow: &WorkflowDefinition, config: &JsonObject) -> ValidationReport {
+    pub fn validate(
+        &self,
+        workflow: &WorkflowDefinition,
+        options: &ExecutionOptions,
+    ) -> ValidationReport {
         let required: Vec<String> = workflow
             .nodes
             .values()
@@ -217,7 +221,7 @@ impl Executor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        match self.prepare(workflow, config, "validation") {
+        match self.prepare(workflow, options, "validation") {
             Ok(prepared) => ValidationReport {
                 problems: ValidationError::new(),
                 required_classes: prepared.required,
@@ -264,7 +268,7 @@ impl Executor {
             };
         }
         let mut errors = ValidationError::new();
-        let prepared = match self.prepare(&workflow, &request.config, &execution_id) {
+        let prepared = match self.prepare(&workflow, &request.options, &execution_id) {
             Ok(prepared) => Some(prepared),
             Err(e) => {
                 errors.extend(e);
@@ -350,11 +354,11 @@ impl Executor {
         fingerprint: String,
     ) -> Result<ExecutionCreateOutcome, RuntimeError> {
         let max_retries = prepared
-            .config
+            .options
             .max_retries
             .unwrap_or(crate::model::task::DEFAULT_MAX_RETRIES);
         let timeout = prepared
-            .config
+            .options
             .timeout_seconds
             .unwrap_or(self.shared.settings.default_timeout.as_secs_f64());
         let name = request.name.clone().unwrap_or_else(|| {
@@ -383,14 +387,7 @@ impl Executor {
         // NODE tasks are created when the execution is first dispatched
         // (`node_tasks`): a queued execution costs one task, not one per node.
         let tasks = vec![root.clone()];
-        let mut config = request.config.clone();
-        config.retain(|k, _| k != "overrides");
-        if !prepared.config.overrides.is_empty() {
-            config.insert(
-                "overrides".into(),
-                Value::Object(prepared.config.overrides.clone()),
-            );
-        }
+        let config = prepared.options.to_json();
         let execution = WorkflowExecution::new(NewExecution {
             id: Some(execution_id),
             workflow_id: workflow.id.clone(),
@@ -462,7 +459,11 @@ fn fingerprint(request: &ExecuteRequest) -> String {
         WorkflowSource::Inline(json) => fp.field(b"inline").field(json.as_bytes()),
     };
     fp = fp
-        .field(Value::Object(request.config.clone()).to_string().as_bytes())
+        .field(
+            Value::Object(request.options.to_json())
+                .to_string()
+                .as_bytes(),
+        )
         .field(request.priority.as_str().as_bytes());
     for tag in &request.tags {
         fp = fp.field(tag.as_bytes());
