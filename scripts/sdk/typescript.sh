@@ -38,6 +38,6 @@ sdk_typescript_test() {
     node_modules/.bin/tsc -p tsconfig.test.json
     step "typescript SDK: node --test against the real server and fake ComfyUI"
     # The tests import the built package by its own name (package.json "exports": dist/).
-    node --import tsx --test --test-reporter=spec test/*.test.ts
+    node --import tsx --test --test-timeout=120000 --test-reporter=spec test/*.test.ts
   )
 }

@@ -43,6 +43,9 @@ let scripts: Script[] = [];
 let requests: SubscribeEventsRequest[] = [];
 let authorization: (string | null)[] = [];
 let status = TaskStatus.RUNNING;
+/** Resolves when a stream that stayed open sees its client go away. */
+let streamLeft: Promise<void>;
+let markStreamLeft: () => void;
 
 function event(sequence: number, taskId: string, type: TaskEventType): SubscribeEventsResponse {
   return create(SubscribeEventsResponseSchema, {
@@ -107,13 +110,16 @@ function routes(router: ConnectRouter): void {
     },
   });
   router.service(EventService, {
-    async *subscribeEvents(request) {
+    async *subscribeEvents(request, context) {
       requests.push(request);
       const script = scripts.shift() ?? { items: [] };
       for (const item of script.items) yield item;
       if (script.error) throw script.error;
       // Without an error, stay open like an idle live stream until the client leaves.
-      await new Promise(() => undefined);
+      await new Promise<void>((done) =>
+        context.signal.addEventListener("abort", () => done(), { once: true }),
+      );
+      markStreamLeft();
     },
   });
 }
@@ -139,6 +145,7 @@ beforeEach(() => {
   requests = [];
   authorization = [];
   status = TaskStatus.RUNNING;
+  streamLeft = new Promise((done) => (markStreamLeft = done));
 });
 
 test("the API key goes out as a bearer token; the status comes back by name", async () => {
@@ -243,4 +250,28 @@ test("watch does not retry an answer such as NOT_FOUND", async () => {
     (error: unknown) => error instanceof ComfyRealityError && error.code === Code.NotFound,
   );
   assert.equal(requests.length, 1);
+});
+
+test("wait gives up after timeoutMs with DEADLINE_EXCEEDED", async () => {
+  // The stream stays open with nothing but a heartbeat: the execution never ends.
+  scripts = [{ items: [heartbeat(1)] }];
+  await assert.rejects(client.wait("exec", { timeoutMs: 200 }), (error: unknown) => {
+    assert.ok(error instanceof ComfyRealityError);
+    assert.equal(error.code, Code.DeadlineExceeded);
+    assert.match(error.message, /execution exec did not end within 200 ms/);
+    return true;
+  });
+  assert.equal(requests.length, 1, "no reconnect after the caller gave up");
+});
+
+test("a watch the caller leaves early closes its stream", async () => {
+  scripts = [{ items: [event(1, "node-1", TaskEventType.STARTED), heartbeat(2)] }];
+  for await (const item of client.watch("exec")) {
+    assert.equal(item.sequence, 1n);
+    break;
+  }
+  assert.equal(requests.length, 1);
+  // The server sees the client leave (the abort reaches it over the network); a stream left
+  // open would hang the test here.
+  await streamLeft;
 });
