@@ -43,6 +43,9 @@ buf build
 step "hadolint Dockerfile"
 hadolint Dockerfile
 
+step "one version for the server and every SDK"
+./scripts/bump-version.sh --check
+
 step "SDKs: regenerate from proto/ and fail on any difference from what is checked in"
 ./scripts/generate.sh
 if ! git diff --exit-code --stat -- clients/ \
