@@ -353,6 +353,13 @@ async fn watch_execution_sends_small_progress_steps_between_snapshots() {
     assert_eq!(last.status, TaskStatus::Completed as i32, "{last:?}");
     assert!(!steps.is_empty(), "no progress step between snapshots");
     let largest_snapshot = snapshots.iter().map(|(_, size)| *size).max().unwrap();
+    // Informative (see with --nocapture): what a watcher pays per message.
+    println!(
+        "WatchExecution: {} snapshots of up to {largest_snapshot} bytes, {} steps of {:?} bytes",
+        snapshots.len(),
+        steps.len(),
+        steps.iter().map(|(_, size)| *size).collect::<Vec<_>>()
+    );
     for (step, size) in &steps {
         assert_eq!(step.node_id, "1", "{step:?}");
         assert_eq!(step.class_type, "TestDelay", "{step:?}");
