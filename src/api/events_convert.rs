@@ -305,7 +305,9 @@ fn decode_event_token(token: &str) -> Option<u64> {
 /// One WatchExecution update to the wire.
 pub fn watch_update_to_pb(update: WatchUpdate) -> Update {
     match update {
-        WatchUpdate::Snapshot(view) => Update::Execution(super::convert::execution_to_pb(&view)),
+        WatchUpdate::Snapshot(view) => {
+            Update::Execution(super::executions_convert::execution_to_pb(&view))
+        }
         WatchUpdate::Progress(step) => Update::Progress(pb::ExecutionProgress {
             sequence: step.sequence,
             task_id: step.task_id,

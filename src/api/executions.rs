@@ -14,7 +14,8 @@ use crate::pb::{
 };
 use crate::runtime::Runtime;
 
-use super::convert::{self, execution_to_pb};
+use super::convert;
+use super::executions_convert::{self, execution_to_pb};
 use super::record_span;
 use super::status::invalid_argument;
 
@@ -44,8 +45,8 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<ExecuteWorkflowRequest>,
     ) -> Result<Response<ExecuteWorkflowResponse>, Status> {
-        let request =
-            convert::execute_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let request = executions_convert::execute_request(request.into_inner())
+            .map_err(|e| invalid_argument(&e))?;
         if let crate::runtime::WorkflowSource::Registered { id, .. } = &request.workflow {
             record_span("workflow_id", id);
         }
@@ -73,14 +74,14 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
-        let (filter, after, limit) =
-            convert::execution_listing(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let (filter, after, limit) = executions_convert::execution_listing(request.into_inner())
+            .map_err(|e| invalid_argument(&e))?;
         let page = self.runtime.list_executions(&filter, after, limit)?;
         Ok(Response::new(ListExecutionsResponse {
             executions: page.items.iter().map(execution_to_pb).collect(),
             next_page_token: page
                 .next
-                .map(convert::encode_execution_token)
+                .map(executions_convert::encode_execution_token)
                 .unwrap_or_default(),
         }))
     }

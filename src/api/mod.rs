@@ -6,6 +6,7 @@ pub mod convert;
 mod events;
 mod events_convert;
 mod executions;
+mod executions_convert;
 pub mod request_context;
 pub mod status;
 mod tasks;

@@ -97,12 +97,14 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<ValidateWorkflowRequest>,
     ) -> Result<Response<ValidateWorkflowResponse>, Status> {
-        let (source, options) =
-            convert::validate_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let (source, options) = super::executions_convert::validate_request(request.into_inner())
+            .map_err(|e| invalid_argument(&e))?;
         if let crate::runtime::WorkflowSource::Registered { id, .. } = &source {
             record_span("workflow_id", id);
         }
         let report = self.runtime.validate_workflow(&source, &options)?;
-        Ok(Response::new(convert::validation_report_to_pb(&report)))
+        Ok(Response::new(
+            super::executions_convert::validation_report_to_pb(&report),
+        ))
     }
 }
