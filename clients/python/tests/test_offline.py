@@ -27,10 +27,17 @@ from comfy_reality import (
     UnavailableError,
     WorkflowRef,
 )
-from comfy_reality._requests import execute_request, input_value, overrides_to_pb, priority_to_pb
+from comfy_reality._requests import (
+    execute_request,
+    input_value,
+    overrides_to_pb,
+    priority_to_pb,
+    subscribe_request,
+)
 from comfyreality.runtime.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
+    events_pb2,
     execution_service_pb2,
     execution_service_pb2_grpc,
     task_pb2,
@@ -303,3 +310,26 @@ def test_error_details_decode(scripted: tuple[Scripted, str]) -> None:
 def test_the_sdk_uses_the_same_code_numbers_as_google_rpc() -> None:
     assert grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] == code_pb2.RESOURCE_EXHAUSTED
     assert TaskStatus.Name(TaskStatus.TASK_STATUS_COMPLETED) == "TASK_STATUS_COMPLETED"
+
+
+def test_event_filters_take_names_in_any_case() -> None:
+    request = subscribe_request(
+        5,
+        event_types=["completed", "TASK_EVENT_TYPE_FAILED"],
+        categories=["system"],
+        min_level="Warning",
+    )
+    assert request.after_sequence == 5
+    assert [task_pb2.TaskEventType.Name(t) for t in request.event_types] == [
+        "TASK_EVENT_TYPE_COMPLETED",
+        "TASK_EVENT_TYPE_FAILED",
+    ]
+    assert [events_pb2.EventCategory.Name(c) for c in request.categories] == ["EVENT_CATEGORY_SYSTEM"]
+    assert events_pb2.LogLevel.Name(request.min_level) == "LOG_LEVEL_WARNING"
+    assert not subscribe_request(None).HasField("after_sequence")
+    with pytest.raises(ValueError, match="event type"):
+        subscribe_request(0, event_types=["exploded"])
+    with pytest.raises(ValueError, match="min_level"):
+        subscribe_request(0, min_level="unspecified")
+    with pytest.raises(TypeError):
+        subscribe_request(0, categories="system")

@@ -269,6 +269,9 @@ class AsyncClient:
         workflow_ids: Iterable[str] = (),
         tags: Iterable[str] = (),
         include_node_events: bool = False,
+        event_types: Iterable[str | int] = (),
+        categories: Iterable[str | int] = (),
+        min_level: str | int | None = None,
     ) -> AsyncGenerator[event_service_pb2.Event, None]:
         """See Client.events: `async for event in client.events(...)`."""
         first = _requests.subscribe_request(
@@ -278,6 +281,9 @@ class AsyncClient:
             workflow_ids=workflow_ids,
             tags=tags,
             include_node_events=include_node_events,
+            event_types=event_types,
+            categories=categories,
+            min_level=min_level,
         )
         return self._events_body(first, after)
 

@@ -371,6 +371,9 @@ class Client:
         workflow_ids: Iterable[str] = (),
         tags: Iterable[str] = (),
         include_node_events: bool = False,
+        event_types: Iterable[str | int] = (),
+        categories: Iterable[str | int] = (),
+        min_level: str | int | None = None,
     ) -> EventStream:
         """Every matching event after sequence `after` (0: from the oldest retained; None: from
         now), then live ones, until closed. Dropped streams are reopened where they stopped."""
@@ -381,6 +384,9 @@ class Client:
             workflow_ids=workflow_ids,
             tags=tags,
             include_node_events=include_node_events,
+            event_types=event_types,
+            categories=categories,
+            min_level=min_level,
         )
         return EventStream(lambda stream: self._events_body(stream, first, after))
 

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 from comfyreality.runtime.v1 import (
     event_service_pb2,
+    events_pb2,
     execution_service_pb2,
     task_pb2,
     workflow_service_pb2,
@@ -258,19 +259,43 @@ def subscribe_request(
     workflow_ids: Iterable[str] = (),
     tags: Iterable[str] = (),
     include_node_events: bool = False,
+    event_types: Iterable[str | int] = (),
+    categories: Iterable[str | int] = (),
+    min_level: str | int | None = None,
 ) -> event_service_pb2.SubscribeEventsRequest:
-    """The SubscribeEventsRequest for `events` and `watch`; `after=None` means from now."""
+    """The SubscribeEventsRequest for `events` and `watch`; `after=None` means from now.
+
+    `event_types` ("completed", "TASK_EVENT_TYPE_COMPLETED" or TaskEventType values),
+    `categories` ("system", ... or EventCategory values) and `min_level` ("warning", ... or a
+    LogLevel value) take names in any case, with or without their prefix."""
     for what, value in (("execution_ids", execution_ids), ("task_ids", task_ids),
-                        ("workflow_ids", workflow_ids), ("tags", tags)):
+                        ("workflow_ids", workflow_ids), ("tags", tags),
+                        ("event_types", event_types), ("categories", categories)):
         if isinstance(value, str):
-            raise TypeError(f"{what} must be an iterable of str, not one str")
+            raise TypeError(f"{what} must be an iterable, not one str")
     request = event_service_pb2.SubscribeEventsRequest(
         execution_ids=list(execution_ids),
         task_ids=list(task_ids),
         workflow_ids=list(workflow_ids),
         tags=list(tags),
         include_node_events=include_node_events,
+        event_types=[
+            task_pb2.TaskEventType.ValueType(
+                _enum_value(t, task_pb2.TaskEventType, "TASK_EVENT_TYPE_", "event type")
+            )
+            for t in event_types
+        ],
+        categories=[
+            events_pb2.EventCategory.ValueType(
+                _enum_value(c, events_pb2.EventCategory, "EVENT_CATEGORY_", "category")
+            )
+            for c in categories
+        ],
     )
+    if min_level is not None:
+        request.min_level = events_pb2.LogLevel.ValueType(
+            _enum_value(min_level, events_pb2.LogLevel, "LOG_LEVEL_", "min_level")
+        )
     if after is not None:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise ValueError(f"after must be a sequence number >= 0 or None, not {after!r}")
