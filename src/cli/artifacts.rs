@@ -27,9 +27,10 @@ pub struct GetArgs {
     pub execution_id: String,
     /// One of the execution's artifacts, as `get` lists them; all when omitted.
     pub path: Option<String>,
-    /// Where to save: a file (one artifact) or a directory.
-    #[arg(short, long, value_name = "FILE|DIR")]
-    pub output: Option<PathBuf>,
+    /// Where to save: a file (one artifact) or a directory. (`--output`
+    /// is the global text|json flag.)
+    #[arg(short = 'o', long = "out", id = "out", value_name = "FILE|DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// Runs `artifacts`.
@@ -37,7 +38,7 @@ pub async fn run(client: &Client, command: ArtifactsCommand) -> Result<ExitCode,
     let ArtifactsCommand::Get(args) = command;
     match args.path {
         Some(path) => {
-            let target = match &args.output {
+            let target = match &args.out {
                 Some(out) if out.is_dir() => out.join(file_name(&path)),
                 Some(out) => out.clone(),
                 None => PathBuf::from(file_name(&path)),
@@ -47,7 +48,7 @@ pub async fn run(client: &Client, command: ArtifactsCommand) -> Result<ExitCode,
         }
         None => {
             let execution = super::executions::get_execution(client, &args.execution_id).await?;
-            let dir = args.output.unwrap_or_else(|| PathBuf::from("."));
+            let dir = args.out.unwrap_or_else(|| PathBuf::from("."));
             save_all(client, &execution, &dir).await?;
         }
     }
