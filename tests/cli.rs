@@ -243,7 +243,16 @@ fn submit_then_get_and_list_in_text_and_json() {
     let env = Env::start();
     let id = env.submit(
         &image_workflow(1),
-        &["--priority", "High", "--tag", "cli-a", "--tag", "cli-b", "--name", "first"],
+        &[
+            "--priority",
+            "High",
+            "--tag",
+            "cli-a",
+            "--tag",
+            "cli-b",
+            "--name",
+            "first",
+        ],
     );
 
     let out = env.run(&["get", &id, "--output", "json"]);
@@ -257,7 +266,10 @@ fn submit_then_get_and_list_in_text_and_json() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(tags.contains(&"cli-a") && tags.contains(&"cli-b"), "{tags:?}");
+    assert!(
+        tags.contains(&"cli-a") && tags.contains(&"cli-b"),
+        "{tags:?}"
+    );
 
     let out = env.run(&["get", &id]);
     assert_eq!(out.status.code(), Some(0));
@@ -312,13 +324,21 @@ fn submit_watch_ends_with_the_artifacts_and_download_saves_them() {
         .map(|e| e.expect("entry").path())
         .collect();
     assert_eq!(saved.len(), 1, "{saved:?}");
-    let name = saved[0].file_name().expect("a name").to_str().expect("utf-8");
+    let name = saved[0]
+        .file_name()
+        .expect("a name")
+        .to_str()
+        .expect("utf-8");
     let original = find_file(env.fake().output_dir(), name).expect("the fake's file");
     assert_eq!(
         std::fs::read(&saved[0]).expect("saved"),
         std::fs::read(original).expect("original")
     );
-    assert!(text(&out.stdout).contains("saved "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("saved "),
+        "{}",
+        text(&out.stdout)
+    );
 
     // artifacts get: all into a folder, and one by path into a file.
     let id = env.submit(&image_workflow(5), &[]);
@@ -332,7 +352,11 @@ fn submit_watch_ends_with_the_artifacts_and_download_saves_them() {
         .map(|e| e.expect("entry").path())
         .collect();
     assert_eq!(saved.len(), 1);
-    let name = saved[0].file_name().expect("a name").to_str().expect("utf-8");
+    let name = saved[0]
+        .file_name()
+        .expect("a name")
+        .to_str()
+        .expect("utf-8");
     let one = env.dir.path().join("one.png");
     let out = env.run(&[
         "artifacts",
@@ -389,11 +413,10 @@ fn a_cancel_from_another_process_shows_up_in_watch() {
 
     let mut rest = Vec::new();
     let deadline = Instant::now() + HANG_GUARD;
-    loop {
-        match lines.recv_timeout(HANG_GUARD) {
-            Ok(line) => rest.push(line),
-            Err(_) => break,
-        }
+    while let Ok(line) = lines.recv_timeout(HANG_GUARD) {
+        rest.push(line);
+        assert!(Instant::now() < deadline, "watch did not end");
+    }
         assert!(Instant::now() < deadline, "watch did not end");
     }
     let status = watch.wait().expect("watch exits");
@@ -403,8 +426,9 @@ fn a_cancel_from_another_process_shows_up_in_watch() {
         "{rest:?}"
     );
     assert!(
-        rest.last().is_some_and(|l| l == &format!("execution {id} CANCELLED")
-            || l.starts_with(&format!("execution {id} CANCELLED "))),
+        rest.last()
+            .is_some_and(|l| l == &format!("execution {id} CANCELLED")
+                || l.starts_with(&format!("execution {id} CANCELLED "))),
         "{rest:?}"
     );
 }
@@ -413,7 +437,13 @@ fn a_cancel_from_another_process_shows_up_in_watch() {
 fn a_64_bit_override_arrives_exactly() {
     let env = Env::start();
     let file = env.write("slowish.json", &image_workflow(6));
-    let out = env.run(&["submit", &file, "--set", "4.nonce=18446744073709551615", "--watch"]);
+    let out = env.run(&[
+        "submit",
+        &file,
+        "--set",
+        "4.nonce=18446744073709551615",
+        "--watch",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let url = format!("{}/history", env.fake().base_url());
     let body = env.rt.block_on(async {
@@ -523,7 +553,11 @@ fn workflows_register_list_get_validate_delete() {
 
     let out = env.run(&["workflows", "list", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(json_lines(&out.stdout).iter().any(|w| w["id"] == id.as_str()));
+    assert!(
+        json_lines(&out.stdout)
+            .iter()
+            .any(|w| w["id"] == id.as_str())
+    );
     let out = env.run(&["workflows", "list"]);
     assert!(text(&out.stdout).contains("cli-demo"));
 
@@ -536,7 +570,16 @@ fn workflows_register_list_get_validate_delete() {
     let out = env.run(&["workflows", "validate", &file]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("valid\n"));
-    let out = env.run(&["workflows", "validate", "--id", &id, "--set", "4.nonce=3", "--output", "json"]);
+    let out = env.run(&[
+        "workflows",
+        "validate",
+        "--id",
+        &id,
+        "--set",
+        "4.nonce=3",
+        "--output",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(json_lines(&out.stdout)[0]["valid"], true);
     let bad = env.write(
@@ -573,7 +616,13 @@ fn events_lists_what_is_retained_and_follows_after_a_sequence() {
     assert!(events.len() >= 3, "{events:?}");
     let sequences: Vec<u64> = events
         .iter()
-        .map(|e| e["sequence"].as_str().expect("a string").parse().expect("u64"))
+        .map(|e| {
+            e["sequence"]
+                .as_str()
+                .expect("a string")
+                .parse()
+                .expect("u64")
+        })
         .collect();
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
     assert!(events.iter().all(|e| e["executionId"] == id.as_str()));

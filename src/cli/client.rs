@@ -179,7 +179,9 @@ pub struct Auth(Option<MetadataValue<Ascii>>);
 impl Interceptor for Auth {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -204,11 +206,11 @@ impl Client {
     /// Connects to the server named by `args`.
     pub async fn connect(args: &ClientArgs) -> Result<Self, CliError> {
         let auth = match &args.api_key {
-            Some(key) => Auth(Some(
-                format!("Bearer {key}")
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("the API key must be printable ASCII"))?,
-            )),
+            Some(key) => {
+                Auth(Some(format!("Bearer {key}").parse().map_err(|_| {
+                    anyhow::anyhow!("the API key must be printable ASCII")
+                })?))
+            }
             None => Auth(None),
         };
         let endpoint = endpoint(args)?;
@@ -292,9 +294,7 @@ fn endpoint(args: &ClientArgs) -> anyhow::Result<Endpoint> {
                 .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
             config = config.ca_certificate(Certificate::from_pem(pem));
         }
-        endpoint = endpoint
-            .tls_config(config)
-            .context("cannot set up TLS")?;
+        endpoint = endpoint.tls_config(config).context("cannot set up TLS")?;
     }
     Ok(endpoint)
 }
@@ -452,7 +452,13 @@ mod tests {
 
     #[test]
     fn priorities_parse_in_any_case_with_or_without_prefix() {
-        for value in ["high", "HIGH", "High", "TASK_PRIORITY_HIGH", "task_priority_high"] {
+        for value in [
+            "high",
+            "HIGH",
+            "High",
+            "TASK_PRIORITY_HIGH",
+            "task_priority_high",
+        ] {
             assert_eq!(
                 parse_enum(
                     value,
@@ -508,7 +514,10 @@ mod tests {
             output: OutputFormat::Text,
         };
         assert_eq!(
-            endpoint(&args("127.0.0.1:1")).expect("valid").uri().to_string(),
+            endpoint(&args("127.0.0.1:1"))
+                .expect("valid")
+                .uri()
+                .to_string(),
             "http://127.0.0.1:1/"
         );
         assert_eq!(

@@ -267,11 +267,12 @@ impl<'a> Follower<'a> {
                         self.request.after_sequence = Some(event.sequence);
                         return Ok(event);
                     }
-                    Some(subscribe_events_response::Item::Heartbeat(heartbeat)) => {
-                        if heartbeat.last_sequence > self.resume_point() {
-                            self.request.after_sequence = Some(heartbeat.last_sequence);
-                        }
+                    Some(subscribe_events_response::Item::Heartbeat(heartbeat))
+                        if heartbeat.last_sequence > self.resume_point() =>
+                    {
+                        self.request.after_sequence = Some(heartbeat.last_sequence);
                     }
+                    Some(subscribe_events_response::Item::Heartbeat(_)) => {}
                     None => {}
                 },
                 Ok(None) => {

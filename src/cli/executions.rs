@@ -250,7 +250,11 @@ async fn follow_to_end(
         if print {
             print_event(client, &event)?;
         }
-        let Some(id) = event.execution_id.as_ref().filter(|id| pending.contains(*id)) else {
+        let Some(id) = event
+            .execution_id
+            .as_ref()
+            .filter(|id| pending.contains(*id))
+        else {
             continue;
         };
         if event.node || !ends_a_task(&event) {
@@ -262,9 +266,7 @@ async fn follow_to_end(
             ended.insert(id.clone(), execution);
         }
     }
-    Ok(Some(
-        ids.iter().filter_map(|id| ended.remove(id)).collect(),
-    ))
+    Ok(Some(ids.iter().filter_map(|id| ended.remove(id)).collect()))
 }
 
 /// Whether `event` is a task event that ends its task.

@@ -319,3 +319,15 @@ mod error_chain_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod cli_definition_tests {
+    use clap::CommandFactory as _;
+
+    /// Catches clashing flags (a subcommand's flag shadowing a global one)
+    /// at test time instead of as a panic when the flag is used.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

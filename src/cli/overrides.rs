@@ -45,7 +45,11 @@ fn value_of(text: &str) -> Result<Kind, String> {
                 Ok(Kind::IntValue(i))
             } else if let Some(u) = n.as_u64() {
                 Ok(Kind::UintValue(u))
-            } else if text.trim_start().trim_start_matches('-').bytes().all(|b| b.is_ascii_digit())
+            } else if text
+                .trim_start()
+                .trim_start_matches('-')
+                .bytes()
+                .all(|b| b.is_ascii_digit())
             {
                 Err(format!("{text} does not fit in 64 bits"))
             } else {
@@ -87,10 +91,7 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_type() {
-        assert_eq!(
-            value("18446744073709551615"),
-            Kind::UintValue(u64::MAX)
-        );
+        assert_eq!(value("18446744073709551615"), Kind::UintValue(u64::MAX));
         assert_eq!(value("42"), Kind::IntValue(42));
         assert_eq!(value("-7"), Kind::IntValue(-7));
         assert_eq!(value("0.5"), Kind::DoubleValue(0.5));

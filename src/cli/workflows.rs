@@ -122,9 +122,10 @@ pub async fn run(client: &Client, command: WorkflowsCommand) -> Result<ExitCode,
                 all_versions: args.all_versions,
             };
             if !client.printer.json() {
-                client
-                    .printer
-                    .line(&format!("{:<36}  {:<10}  {:<5}  NAME", "ID", "VERSION", "VALID"));
+                client.printer.line(&format!(
+                    "{:<36}  {:<10}  {:<5}  NAME",
+                    "ID", "VERSION", "VALID"
+                ));
             }
             loop {
                 let page = service
@@ -164,7 +165,9 @@ pub async fn run(client: &Client, command: WorkflowsCommand) -> Result<ExitCode,
                 .map_err(|s| client.error(s))?
                 .into_inner();
             if client.printer.json() {
-                client.printer.print_json(names::DELETE_WORKFLOW, &response)?;
+                client
+                    .printer
+                    .print_json(names::DELETE_WORKFLOW, &response)?;
             } else {
                 for version in &response.deleted_versions {
                     client
@@ -202,11 +205,9 @@ pub async fn run(client: &Client, command: WorkflowsCommand) -> Result<ExitCode,
                     .printer
                     .print_json(names::VALIDATE_WORKFLOW, &response)?;
             } else {
-                client.printer.line(if response.valid {
-                    "valid"
-                } else {
-                    "invalid"
-                });
+                client
+                    .printer
+                    .line(if response.valid { "valid" } else { "invalid" });
                 for issue in &response.issues {
                     client
                         .printer
