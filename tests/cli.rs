@@ -209,12 +209,14 @@ fn json_lines(bytes: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// EmptyImage -> ImageInvert -> SaveImage, and a short TestDelay.
+/// EmptyImage -> ImageInvert -> SaveImage, and a short TestDelay; `color`
+/// also names the saved file (`cli<color>_00001_.png`), so that files of
+/// different runs never share a name.
 fn image_workflow(color: u32) -> Value {
     json!({
         "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": color}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "cli"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": format!("cli{color}")}},
         "4": {"class_type": "TestDelay", "inputs": {"seconds": 0.2, "steps": 2, "nonce": color}}
     })
 }
@@ -305,7 +307,7 @@ fn submit_watch_ends_with_the_artifacts_and_download_saves_them() {
     assert!(stdout.contains("task COMPLETED"), "{stdout}");
     let last_lines: Vec<&str> = stdout.lines().rev().take(2).collect();
     assert!(
-        last_lines[0].starts_with("  artifact cli_") && last_lines[0].ends_with(".png"),
+        last_lines[0].starts_with("  artifact cli3_") && last_lines[0].ends_with(".png"),
         "{stdout}"
     );
     assert!(last_lines[1].contains(" COMPLETED in "), "{stdout}");
