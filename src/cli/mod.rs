@@ -1,7 +1,16 @@
-//! The command line: `serve`, `healthcheck` and `config check|print`.
-//! Parsing and process concerns live here; the work is done by the library.
+//! The command line: `serve`, `healthcheck` and `config check|print`, and
+//! the client commands that talk to a running server (`submit`, `watch`,
+//! `get`, `list`, `cancel`, `retry`, `events`, `workflows`, `artifacts`).
+//! Parsing and process concerns live here; the work is done by the library
+//! (the server) or by the server itself through the generated gRPC clients.
 
+mod artifacts;
+pub mod client;
+mod events;
+mod executions;
 mod healthcheck;
+mod overrides;
+mod workflows;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,14 +23,29 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, CliOverrides, Config, ConfigSources};
 use crate::signals::ShutdownSignals;
 
+/// Exit codes of the client commands, shown by `--help`.
+const EXIT_CODES: &str = "\
+Exit codes (client commands):
+  0  success
+  1  the execution failed, was cancelled or timed out (submit --watch or
+     --download, watch with ids); workflows validate: the workflow is invalid
+  2  usage: bad flags, or a local file that cannot be read or written
+  3  the server is unreachable
+  4  the server refused the call (the gRPC code and message, and each field
+     violation, on stderr)";
+
 /// comfy-reality: a production gRPC runtime for ComfyUI workflows.
 #[derive(Debug, Parser)]
-#[command(name = "comfy-reality", version, about)]
+#[command(name = "comfy-reality", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// TOML configuration file (layered over the defaults, under
     /// COMFY_REALITY__SECTION__KEY environment variables and flags).
     #[arg(long, global = true, env = "COMFY_REALITY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Connection and output flags of the client commands.
+    #[command(flatten)]
+    pub client: client::ClientArgs,
 
     /// What to do.
     #[command(subcommand)]
@@ -38,6 +62,9 @@ pub enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The commands that talk to a running server.
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 /// Flags for the settings people change most.
@@ -95,7 +122,25 @@ fn load(config: &Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::Co
 
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client_args = cli.client;
+    let client_command = |command: ClientCommand| {
+        Ok(client::block_on(async move {
+            let client = client::Client::connect(&client_args).await?;
+            match command {
+                ClientCommand::Submit(args) => executions::submit(&client, args).await,
+                ClientCommand::Watch(args) => executions::watch(&client, args).await,
+                ClientCommand::Get(args) => executions::get(&client, args).await,
+                ClientCommand::List(args) => executions::list(&client, args).await,
+                ClientCommand::Cancel(args) => executions::cancel(&client, args).await,
+                ClientCommand::Retry(args) => executions::retry(&client, args).await,
+                ClientCommand::Events(args) => events::run(&client, args).await,
+                ClientCommand::Workflows(command) => workflows::run(&client, command).await,
+                ClientCommand::Artifacts(command) => artifacts::run(&client, command).await,
+            }
+        }))
+    };
     match cli.command {
+        Command::Client(command) => client_command(command),
         Command::Serve(args) => {
             let config = load(&cli.config, &args)?;
             serve(config)
@@ -125,6 +170,39 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The commands that talk to a running server.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Submit a workflow (ComfyUI API-format JSON) for execution.
+    #[command(after_help = EXIT_CODES)]
+    Submit(executions::SubmitArgs),
+    /// Print the events of executions as they happen, until they end
+    /// (with ids) or Ctrl-C (without).
+    #[command(after_help = EXIT_CODES)]
+    Watch(executions::WatchArgs),
+    /// Show one execution with its tasks.
+    #[command(after_help = EXIT_CODES)]
+    Get(executions::GetArgs),
+    /// List executions, oldest first.
+    #[command(after_help = EXIT_CODES)]
+    List(executions::ListArgs),
+    /// Cancel an execution.
+    #[command(after_help = EXIT_CODES)]
+    Cancel(executions::CancelArgs),
+    /// Retry a failed or cancelled task.
+    #[command(after_help = EXIT_CODES)]
+    Retry(executions::RetryArgs),
+    /// Print the retained events, or follow new ones (resumable).
+    #[command(after_help = EXIT_CODES)]
+    Events(events::EventsArgs),
+    /// Register, list, show, delete or validate workflows.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Workflows(workflows::WorkflowsCommand),
+    /// Download an execution's artifacts.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Artifacts(artifacts::ArtifactsCommand),
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
@@ -239,5 +317,17 @@ mod error_chain_tests {
             error_chain(&error),
             "cannot connect to 127.0.0.1:1: tcp connect error: refused"
         );
+    }
+}
+
+#[cfg(test)]
+mod cli_definition_tests {
+    use clap::CommandFactory as _;
+
+    /// Catches clashing flags (a subcommand's flag shadowing a global one)
+    /// at test time instead of as a panic when the flag is used.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
