@@ -21,6 +21,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
+use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::event_service_client::EventServiceClient;
 use crate::pb::execution_service_client::ExecutionServiceClient;
 use crate::pb::task_service_client::TaskServiceClient;
@@ -252,6 +253,11 @@ impl Client {
         ExecutionServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
+    /// An AdminService client.
+    pub fn admin(&self) -> AdminServiceClient<Service> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
     /// An EventService client.
     pub fn events(&self) -> EventServiceClient<Service> {
         EventServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
@@ -337,6 +343,11 @@ impl Printer {
             color,
             pool,
         })
+    }
+
+    /// Whether text may be coloured (stdout is a terminal, NO_COLOR unset).
+    pub fn color(&self) -> bool {
+        self.color
     }
 
     /// Whether results are printed as JSON.

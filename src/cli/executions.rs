@@ -1,7 +1,8 @@
 //! The execution subcommands: `submit`, `watch`, `get`, `list`, `cancel`
 //! and `retry` (TaskService RetryTask). `watch` and `submit --watch` follow
-//! the event stream ([`super::events::Follower`]), never poll, and print
-//! one plain line per event; the exit code says how the executions ended.
+//! the event stream ([`super::events::Follower`]), never poll, and show it
+//! in the live view ([`super::live`]) on a terminal, else one plain line
+//! per event; the exit code says how the executions ended.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -12,11 +13,12 @@ use clap::Args;
 
 use super::client::{CliError, Client, EXIT_FAILED, names, parse_enum, short_name};
 use super::events::{Follower, print_event};
+use super::live::{LiveView, Screen, UiSettings};
 use super::overrides::{self, Override};
 use crate::pb::{
-    CancelExecutionRequest, DependencyType, ExecuteWorkflowRequest, GetExecutionRequest,
-    ListExecutionsRequest, RetryTaskRequest, SubscribeEventsRequest, Task, TaskDependency,
-    TaskEventType, TaskPriority, TaskStatus, WorkflowExecution, event,
+    CancelExecutionRequest, DependencyType, Event, ExecuteWorkflowRequest, GetExecutionRequest,
+    GetRuntimeInfoRequest, ListExecutionsRequest, RetryTaskRequest, SubscribeEventsRequest, Task,
+    TaskDependency, TaskEventType, TaskPriority, TaskStatus, WorkflowExecution, event,
     execute_workflow_request::Workflow,
 };
 
@@ -134,7 +136,11 @@ pub struct RetryArgs {
 }
 
 /// Runs `submit`.
-pub async fn submit(client: &Client, args: SubmitArgs) -> Result<ExitCode, CliError> {
+pub async fn submit(
+    client: &Client,
+    args: SubmitArgs,
+    ui: UiSettings,
+) -> Result<ExitCode, CliError> {
     let text = std::fs::read_to_string(&args.workflow)
         .with_context(|| format!("cannot read {}", args.workflow.display()))?;
     let request = ExecuteWorkflowRequest {
@@ -180,11 +186,16 @@ pub async fn submit(client: &Client, args: SubmitArgs) -> Result<ExitCode, CliEr
         execution.id,
         status_name(execution.status)
     );
-    let Some(ended) = follow_to_end(client, vec![execution.id.clone()], after, args.watch).await?
+    let mut show = if args.watch {
+        Show::new(client, ui)
+    } else {
+        Show::Nothing
+    };
+    let Some(ended) = follow_to_end(client, vec![execution.id.clone()], after, &mut show).await?
     else {
         return Ok(ExitCode::SUCCESS);
     };
-    let code = print_endings(client, &ended)?;
+    let code = print_endings(client, &ended, show.is_live())?;
     if let (Some(dir), Some(execution)) = (&args.download, ended.first())
         && execution.status == TaskStatus::Completed as i32
     {
@@ -194,34 +205,186 @@ pub async fn submit(client: &Client, args: SubmitArgs) -> Result<ExitCode, CliEr
 }
 
 /// Runs `watch`.
-pub async fn watch(client: &Client, args: WatchArgs) -> Result<ExitCode, CliError> {
+pub async fn watch(client: &Client, args: WatchArgs, ui: UiSettings) -> Result<ExitCode, CliError> {
+    let mut show = Show::new(client, ui);
     if args.ids.is_empty() {
-        let request = SubscribeEventsRequest {
-            include_node_events: true,
-            ..SubscribeEventsRequest::default()
-        };
-        let mut follower = Follower::start(client, request).await?;
-        loop {
-            tokio::select! {
-                event = follower.next() => print_event(client, &event?)?,
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-            }
-        }
+        return watch_everything(client, show).await;
     }
-    match follow_to_end(client, args.ids, None, true).await? {
-        Some(ended) => print_endings(client, &ended),
+    match follow_to_end(client, args.ids, None, &mut show).await? {
+        Some(ended) => print_endings(client, &ended, show.is_live()),
         None => Ok(ExitCode::SUCCESS),
     }
 }
 
+/// `watch` without ids: every execution, until Ctrl-C.
+async fn watch_everything(client: &Client, mut show: Show) -> Result<ExitCode, CliError> {
+    let request = SubscribeEventsRequest {
+        include_node_events: true,
+        ..SubscribeEventsRequest::default()
+    };
+    let mut follower = Follower::start(client, request).await?;
+    if show.is_live() {
+        // The rows of what is active now; later ones come from the stream.
+        let mut request = ListExecutionsRequest {
+            statuses: [
+                TaskStatus::Pending,
+                TaskStatus::Queued,
+                TaskStatus::Running,
+                TaskStatus::Retrying,
+            ]
+            .into_iter()
+            .map(i32::from)
+            .collect(),
+            ..ListExecutionsRequest::default()
+        };
+        loop {
+            let page = client
+                .executions()
+                .list_executions(request.clone())
+                .await
+                .map_err(|s| client.error(s))?
+                .into_inner();
+            for execution in &page.executions {
+                show.seed(execution);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            request.page_token = page.next_page_token;
+        }
+        show.refresh_backends(client).await;
+    }
+    let mut tick = tokio::time::interval(show.interval());
+    loop {
+        let event = tokio::select! {
+            event = follower.next() => event?,
+            _ = tick.tick(), if show.is_live() => {
+                show.redraw(false)?;
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                show.redraw(true)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        // A row first seen, or one that just ended: read it once, for its
+        // name, or for its final state and artifacts.
+        if let (Show::Live { view, .. }, Some(id)) = (&mut show, &event.execution_id)
+            && (!view.tracks(id) || (!event.node && ends_a_task(&event)))
+            && let Ok(execution) = get_execution(client, id).await
+        {
+            view.seed(&execution);
+        }
+        show.event(client, &event)?;
+        if show.backends_changed(&event) {
+            show.refresh_backends(client).await;
+        }
+    }
+}
+
+/// How `watch` and `submit --watch` show the events.
+enum Show {
+    /// Not at all (`submit --download` without `--watch`).
+    Nothing,
+    /// One line per event (or one JSON object): stdout is not a terminal,
+    /// `--output json`, or `runtime.enable_ui = false`.
+    Plain,
+    /// The live view.
+    Live {
+        /// The model.
+        view: LiveView,
+        /// The terminal.
+        screen: Screen,
+    },
+}
+
+impl Show {
+    /// The live view when stdout is a terminal, the output is text and the
+    /// configuration allows it; else plain lines.
+    fn new(client: &Client, ui: UiSettings) -> Self {
+        use std::io::IsTerminal as _;
+        if client.printer.json() || !ui.enabled || !std::io::stdout().is_terminal() {
+            return Self::Plain;
+        }
+        Self::Live {
+            view: LiveView::new(client.printer.color()),
+            screen: Screen::new(ui.interval.max(std::time::Duration::from_millis(50))),
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self, Self::Live { .. })
+    }
+
+    /// How often the live view redraws (for the others: rarely, unused).
+    fn interval(&self) -> std::time::Duration {
+        match self {
+            Self::Live { screen, .. } => screen.interval(),
+            _ => std::time::Duration::from_secs(3600),
+        }
+    }
+
+    /// Sets a row from an execution read from the server.
+    fn seed(&mut self, execution: &WorkflowExecution) {
+        if let Self::Live { view, .. } = self {
+            view.seed(execution);
+        }
+    }
+
+    /// Shows one event.
+    fn event(&mut self, client: &Client, event: &Event) -> Result<(), CliError> {
+        match self {
+            Self::Nothing => {}
+            Self::Plain => print_event(client, event)?,
+            Self::Live { view, screen } => {
+                view.apply(event);
+                screen
+                    .draw(view, false)
+                    .context("cannot draw on the terminal")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Redraws the live view (`force`: even before the interval passed).
+    fn redraw(&mut self, force: bool) -> Result<(), CliError> {
+        if let Self::Live { view, screen } = self {
+            screen
+                .draw(view, force)
+                .context("cannot draw on the terminal")?;
+        }
+        Ok(())
+    }
+
+    /// Whether `event` says a backend went up or down.
+    fn backends_changed(&self, event: &Event) -> bool {
+        self.is_live()
+            && matches!(&event.payload, Some(event::Payload::RuntimeEvent(r))
+                if r.event_type.starts_with("backend."))
+    }
+
+    /// Reads the backends for the footer (GetRuntimeInfo); a server that
+    /// refuses (an admin-only API key) leaves the footer without them.
+    async fn refresh_backends(&mut self, client: &Client) {
+        if let Self::Live { view, .. } = self
+            && let Ok(info) = client
+                .admin()
+                .get_runtime_info(GetRuntimeInfoRequest {})
+                .await
+        {
+            view.set_backends(&info.into_inner().backends);
+        }
+    }
+}
+
 /// Follows `ids` on the event stream (after `after`, default now) until
-/// every one of them ended, printing each event when `print` is set.
+/// every one of them ended, showing each event as `show` says.
 /// Returns the ended executions in the order of `ids`, or `None` on Ctrl-C.
 async fn follow_to_end(
     client: &Client,
     ids: Vec<String>,
     after: Option<u64>,
-    print: bool,
+    show: &mut Show,
 ) -> Result<Option<Vec<WorkflowExecution>>, CliError> {
     let request = SubscribeEventsRequest {
         after_sequence: after,
@@ -236,19 +399,31 @@ async fn follow_to_end(
     let mut pending: HashSet<String> = HashSet::new();
     for id in &ids {
         let execution = get_execution(client, id).await?;
+        show.seed(&execution);
         if is_terminal(execution.status) {
             ended.insert(id.clone(), execution);
         } else {
             pending.insert(id.clone());
         }
     }
+    show.refresh_backends(client).await;
+    show.redraw(true)?;
+    let mut tick = tokio::time::interval(show.interval());
     while !pending.is_empty() {
         let event = tokio::select! {
             event = follower.next() => event?,
-            _ = tokio::signal::ctrl_c() => return Ok(None),
+            _ = tick.tick(), if show.is_live() => {
+                show.redraw(false)?;
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                show.redraw(true)?;
+                return Ok(None);
+            }
         };
-        if print {
-            print_event(client, &event)?;
+        show.event(client, &event)?;
+        if show.backends_changed(&event) {
+            show.refresh_backends(client).await;
         }
         let Some(id) = event
             .execution_id
@@ -262,10 +437,12 @@ async fn follow_to_end(
         }
         let execution = get_execution(client, id).await?;
         if is_terminal(execution.status) {
+            show.seed(&execution);
             pending.remove(id);
             ended.insert(id.clone(), execution);
         }
     }
+    show.redraw(true)?;
     Ok(Some(ids.iter().filter_map(|id| ended.remove(id)).collect()))
 }
 
@@ -280,11 +457,19 @@ fn ends_a_task(event: &crate::pb::Event) -> bool {
     )
 }
 
-/// Prints how each execution ended; exit 1 unless all completed.
-fn print_endings(client: &Client, ended: &[WorkflowExecution]) -> Result<ExitCode, CliError> {
+/// Prints how each execution ended (unless the live view's summaries
+/// already said it: `shown`); exit 1 unless all completed.
+fn print_endings(
+    client: &Client,
+    ended: &[WorkflowExecution],
+    shown: bool,
+) -> Result<ExitCode, CliError> {
     let mut all_completed = true;
     for execution in ended {
         all_completed &= execution.status == TaskStatus::Completed as i32;
+        if shown {
+            continue;
+        }
         if client.printer.json() {
             client.printer.print_json(names::EXECUTION, execution)?;
             continue;

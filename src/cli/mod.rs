@@ -9,6 +9,7 @@ pub mod client;
 mod events;
 mod executions;
 mod healthcheck;
+mod live;
 mod overrides;
 mod workflows;
 
@@ -120,15 +121,42 @@ fn load(config: &Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::Co
     })
 }
 
+/// The live view's settings from the layered configuration, read only when
+/// stdout is a terminal (otherwise the view is never drawn). A configuration
+/// that does not load is reported and the defaults are used: it is the
+/// server's, and the client only borrows two of its settings.
+fn ui_settings(file: &Option<PathBuf>) -> live::UiSettings {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() {
+        return live::UiSettings::default();
+    }
+    match load(file, &ServeArgs::default()) {
+        Ok(config) => live::UiSettings {
+            enabled: config.runtime.enable_ui,
+            interval: config.runtime.ui_update_interval(),
+        },
+        Err(error) => {
+            eprintln!("warning: configuration not loaded, live view defaults used: {error}");
+            live::UiSettings::default()
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let client_args = cli.client;
+    let config_file = cli.config.clone();
     let client_command = |command: ClientCommand| {
+        let ui = match &command {
+            ClientCommand::Submit(args) if args.watch => ui_settings(&config_file),
+            ClientCommand::Watch(_) => ui_settings(&config_file),
+            _ => live::UiSettings::default(),
+        };
         Ok(client::block_on(async move {
             let client = client::Client::connect(&client_args).await?;
             match command {
-                ClientCommand::Submit(args) => executions::submit(&client, args).await,
-                ClientCommand::Watch(args) => executions::watch(&client, args).await,
+                ClientCommand::Submit(args) => executions::submit(&client, args, ui).await,
+                ClientCommand::Watch(args) => executions::watch(&client, args, ui).await,
                 ClientCommand::Get(args) => executions::get(&client, args).await,
                 ClientCommand::List(args) => executions::list(&client, args).await,
                 ClientCommand::Cancel(args) => executions::cancel(&client, args).await,
