@@ -272,6 +272,7 @@ impl LiveView {
             }
             TaskEventType::Retrying => {
                 row.status = TaskStatus::Retrying;
+                row.error = message.or(row.error.take());
                 row.nodes.clear();
                 row.current = None;
             }
@@ -675,5 +676,257 @@ fn clock(duration: Duration) -> String {
         format!("{h}:{m:02}:{s:02}")
     } else {
         format!("{m}:{s:02}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::pb::{RuntimeEvent, Task, TaskEvent};
+
+    /// The fixed clock: the events happen at `T0 + n` seconds.
+    const T0: i64 = 1_767_225_600;
+
+    fn at(seconds: i64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(T0 + seconds).unwrap())
+    }
+
+    fn stamp(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: T0 + seconds,
+            nanos: 0,
+        })
+    }
+
+    fn task_event(
+        seconds: i64,
+        execution: &str,
+        task: &str,
+        node: bool,
+        kind: TaskEventType,
+        data: Value,
+        message: Option<&str>,
+    ) -> Event {
+        Event {
+            timestamp: stamp(seconds),
+            payload: Some(event::Payload::TaskEvent(TaskEvent {
+                task_id: task.into(),
+                event_type: kind.into(),
+                message: message.map(Into::into),
+                data: data.to_string(),
+                ..TaskEvent::default()
+            })),
+            task_id: Some(task.into()),
+            execution_id: Some(execution.into()),
+            node,
+            ..Event::default()
+        }
+    }
+
+    fn root(seconds: i64, execution: &str, kind: TaskEventType, message: Option<&str>) -> Event {
+        let task = format!("{execution}-root");
+        task_event(seconds, execution, &task, false, kind, json!({}), message)
+    }
+
+    fn node(seconds: i64, execution: &str, n: u32, kind: TaskEventType, data: Value) -> Event {
+        let task = format!("{execution}-node{n}");
+        task_event(seconds, execution, &task, true, kind, data, None)
+    }
+
+    fn runtime(execution: Option<&str>, event_type: &str, data: Value) -> Event {
+        Event {
+            timestamp: stamp(0),
+            payload: Some(event::Payload::RuntimeEvent(RuntimeEvent {
+                event_type: event_type.into(),
+                data: data.to_string(),
+                ..RuntimeEvent::default()
+            })),
+            execution_id: execution.map(Into::into),
+            ..Event::default()
+        }
+    }
+
+    fn execution(
+        id: &str,
+        name: &str,
+        status: TaskStatus,
+        priority: TaskPriority,
+    ) -> WorkflowExecution {
+        WorkflowExecution {
+            id: id.into(),
+            status: status.into(),
+            priority: priority.into(),
+            root_task_id: Some(format!("{id}-root")),
+            tasks: vec![Task {
+                id: format!("{id}-root"),
+                name: name.into(),
+                ..Task::default()
+            }],
+            created_at: stamp(0),
+            ..WorkflowExecution::default()
+        }
+    }
+
+    const A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+    const B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+    const C: &str = "cccccccc-0000-4000-8000-000000000003";
+
+    /// Two queued executions (A ahead of B), one running one (C); the
+    /// backends: one up, one down.
+    fn recorded() -> LiveView {
+        let mut view = LiveView::new(false);
+        view.set_backends(&[
+            BackendInfo {
+                name: "gpu-0".into(),
+                state: BackendState::Up.into(),
+                ..BackendInfo::default()
+            },
+            BackendInfo {
+                name: "gpu-1".into(),
+                state: BackendState::Up.into(),
+                ..BackendInfo::default()
+            },
+        ]);
+        let mut a = execution(A, "upscale", TaskStatus::Queued, TaskPriority::Normal);
+        a.queue_position = Some(0);
+        let mut b = execution(B, "portrait", TaskStatus::Queued, TaskPriority::High);
+        b.queue_position = Some(1);
+        let mut c = execution(C, "broken", TaskStatus::Queued, TaskPriority::Normal);
+        c.queue_position = Some(2);
+        view.seed(&a);
+        view.seed(&b);
+        view.seed(&c);
+        view.apply(&runtime(None, "backend.down", json!({"backend": "gpu-1"})));
+        // A starts: B moves up.
+        view.apply(&root(2, A, TaskEventType::Started, None));
+        for n in 1..=3 {
+            view.apply(&node(2, A, n, TaskEventType::Created, json!({})));
+        }
+        view.apply(&node(3, A, 1, TaskEventType::Started, json!({})));
+        view.apply(&node(
+            3,
+            A,
+            1,
+            TaskEventType::Progress,
+            json!({"progress": 0.0, "node_id": "4", "class_type": "CheckpointLoader"}),
+        ));
+        view.apply(&node(4, A, 1, TaskEventType::Completed, json!({})));
+        view.apply(&node(
+            4,
+            A,
+            2,
+            TaskEventType::Progress,
+            json!({
+                "progress": 0.3, "node_id": "3", "class_type": "KSampler", "value": 6, "max": 20
+            }),
+        ));
+        view.apply(&root(4, A, TaskEventType::Progress, None));
+        view
+    }
+
+    #[test]
+    fn a_running_node_and_a_queued_position() {
+        let view = recorded();
+        let frame = view.render(100, at(10));
+        assert_eq!(
+            frame,
+            [
+                "RUNNING   upscale aaaaaaaa [█████████░░░░░░░░░░░]  43%  nodes 1/3  0:08 eta 0:10",
+                "    node KSampler #3  step 6/20",
+                "QUEUED    portrait bbbbbbbb [░░░░░░░░░░░░░░░░░░░░]   0%  waiting 0:10",
+                "    queued, next",
+                "QUEUED    broken cccccccc [░░░░░░░░░░░░░░░░░░░░]   0%  waiting 0:10",
+                "    queued, 1 ahead",
+                "queue critical 0 high 1 normal 1 low 0  ·  backends 1/2 up, 1 busy",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failure_and_a_completion_collapse_into_summary_lines() {
+        let mut view = recorded();
+        view.apply(&root(5, C, TaskEventType::Started, None));
+        view.apply(&runtime(Some(C), "execution.retrying", json!({"retry": 1})));
+        view.apply(&root(6, C, TaskEventType::Retrying, Some("backend lost")));
+        view.apply(&root(
+            7,
+            C,
+            TaskEventType::Failed,
+            Some("node 2 raised ValueError"),
+        ));
+        view.apply(&node(9, A, 2, TaskEventType::Completed, json!({})));
+        view.apply(&node(9, A, 3, TaskEventType::Completed, json!({})));
+        view.apply(&root(12, A, TaskEventType::Completed, None));
+        // Ended, not read again yet: a summary in the frame.
+        let frame = view.render(100, at(12));
+        assert_eq!(
+            frame,
+            [
+                "✔ COMPLETED upscale aaaaaaaa in 10.00s",
+                "✘ FAILED    broken cccccccc in 2.00s: node 2 raised ValueError",
+                "QUEUED    portrait bbbbbbbb [░░░░░░░░░░░░░░░░░░░░]   0%  waiting 0:12",
+                "    queued, next",
+                "queue critical 0 high 1 normal 0 low 0  ·  backends 1/2 up, 0 busy",
+            ]
+        );
+        // Read again after its end: its artifacts, and it leaves the view.
+        let mut a = execution(A, "upscale", TaskStatus::Completed, TaskPriority::Normal);
+        a.total_duration_seconds = Some(10.25);
+        a.artifacts = vec!["aaaaaaaa/out_00001_.png".into()];
+        view.seed(&a);
+        assert_eq!(
+            view.drain_settled(),
+            ["✔ COMPLETED upscale aaaaaaaa in 10.25s · artifact aaaaaaaa/out_00001_.png"]
+        );
+        assert_eq!(view.render(100, at(12)).len(), 4);
+        assert!(view.drain_settled().is_empty());
+    }
+
+    #[test]
+    fn a_retried_execution_counts_its_retries() {
+        let mut view = recorded();
+        view.apply(&root(5, C, TaskEventType::Started, None));
+        view.apply(&runtime(Some(C), "execution.retrying", json!({"retry": 1})));
+        view.apply(&root(6, C, TaskEventType::Retrying, Some("backend lost")));
+        let frame = view.render(120, at(8));
+        let row = frame.iter().position(|l| l.contains("broken")).unwrap();
+        assert!(
+            frame[row].starts_with("RETRYING  broken cccccccc"),
+            "{frame:?}"
+        );
+        assert!(frame[row].ends_with("retries 1"), "{frame:?}");
+        assert_eq!(frame[row + 1], "    retrying: backend lost");
+    }
+
+    #[test]
+    fn lines_fit_the_width_and_colour_only_when_asked() {
+        let plain = recorded();
+        for line in plain.render(40, at(10)) {
+            assert!(line.chars().count() <= 40, "{line}");
+            assert!(!line.contains('\x1b'), "{line}");
+        }
+        let mut coloured = recorded();
+        coloured.color = true;
+        let frame = coloured.render(40, at(10));
+        assert!(frame[0].starts_with("\x1b["), "{frame:?}");
+        // Escape codes take no cells: the same text once they are removed.
+        let stripped: Vec<String> = frame
+            .iter()
+            .map(|l| {
+                let mut out = String::new();
+                let mut chars = l.chars();
+                while let Some(c) = chars.next() {
+                    if c == '\x1b' {
+                        chars.by_ref().find(|c| *c == 'm');
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            })
+            .collect();
+        assert_eq!(stripped, plain.render(40, at(10)));
     }
 }
