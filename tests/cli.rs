@@ -380,6 +380,39 @@ fn submit_watch_ends_with_the_artifacts_and_download_saves_them() {
 }
 
 #[test]
+fn off_a_terminal_watch_prints_plain_lines_whatever_the_ui_settings() {
+    // stdout is a pipe here: the live view is never drawn, even with the UI
+    // enabled in the configuration and colours not forbidden.
+    let env = Env::start();
+    let file = env.write("plain.json", &image_workflow(5));
+    for no_color in [false, true] {
+        let mut command = env.command();
+        command
+            .env("COMFY_REALITY__RUNTIME__ENABLE_UI", "true")
+            .env("COMFY_REALITY__RUNTIME__UI_UPDATE_INTERVAL_SECONDS", "0.05")
+            .args(["submit", &file, "--watch"]);
+        if no_color {
+            command.env("NO_COLOR", "1");
+        } else {
+            command.env_remove("NO_COLOR");
+        }
+        let out = run_bounded(&mut command);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(!stdout.contains('\x1b'), "{stdout:?}");
+        assert!(!stdout.contains('█') && !stdout.contains('░'), "{stdout}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        let (events, ending) = lines.split_at(lines.len() - 2);
+        assert!(!events.is_empty(), "{stdout}");
+        for line in events {
+            assert!(line.starts_with('#'), "not an event line: {line:?}");
+        }
+        assert!(ending[0].starts_with("execution ") && ending[0].contains(" COMPLETED in "));
+        assert!(ending[1].starts_with("  artifact "), "{stdout}");
+    }
+}
+
+#[test]
 fn a_failing_workflow_exits_1() {
     let env = Env::start();
     let file = env.write(
