@@ -48,29 +48,7 @@ impl Env {
             .block_on(FakeComfy::start(FakeOptions::default()))
             .expect("fake ComfyUI starts");
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut server = common::clean_command()
-            .env("COMFY_REALITY__SERVICE__DATA_DIR", dir.path().join("data"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--comfyui",
-                &fake.base_url(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn comfy-reality serve");
-        let lines = line_reader(server.stdout.take().expect("piped stdout"));
-        let first = next_line(&lines, &mut server);
-        let addr = first
-            .strip_prefix("comfy-reality listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stdout line {first:?}"))
-            .parse()
-            .expect("an address");
+        let (server, addr) = serve(dir.path(), &fake.base_url(), "127.0.0.1:0");
         Self {
             rt,
             fake: Some(fake),
@@ -78,6 +56,33 @@ impl Env {
             addr,
             dir,
         }
+    }
+
+    /// Stops the server with SIGTERM and starts it again on the same address
+    /// and data folder, as an operator's restart would.
+    fn restart_server(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+        let pid = libc::pid_t::try_from(self.server.id()).expect("a pid");
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + HANG_GUARD;
+        let status = loop {
+            if let Some(status) = self.server.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "the server stopped with {status}");
+        let (server, addr) = serve(
+            self.dir.path(),
+            &self.fake().base_url(),
+            &self.addr.to_string(),
+        );
+        assert_eq!(addr, self.addr);
+        self.server = server;
     }
 
     fn fake(&self) -> &FakeComfy {
@@ -129,6 +134,35 @@ impl Drop for Env {
             self.rt.block_on(fake.shutdown());
         }
     }
+}
+
+/// Starts `comfy-reality serve` on `listen` in front of `comfyui`, its data in
+/// `dir/data`; returns the process and its address once it printed it.
+fn serve(dir: &Path, comfyui: &str, listen: &str) -> (Child, SocketAddr) {
+    let mut server = common::clean_command()
+        .env("COMFY_REALITY__SERVICE__DATA_DIR", dir.join("data"))
+        .args([
+            "serve",
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--comfyui",
+            comfyui,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn comfy-reality serve");
+    let lines = line_reader(server.stdout.take().expect("piped stdout"));
+    let first = next_line(&lines, &mut server);
+    let addr = first
+        .strip_prefix("comfy-reality listening on ")
+        .unwrap_or_else(|| panic!("unexpected first stdout line {first:?}"))
+        .parse()
+        .expect("an address");
+    (server, addr)
 }
 
 fn line_reader(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -699,4 +733,57 @@ fn events_lists_what_is_retained_and_follows_after_a_sequence() {
     let _ = follow.kill();
     let _ = follow.wait();
     assert_eq!(followed, sequences[1..]);
+}
+
+#[test]
+fn events_follow_resumes_after_a_restart_of_the_server_without_a_gap() {
+    let mut env = Env::start();
+    let mut follow = env
+        .command()
+        .args(["events", "--follow", "--after", "0", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn events --follow");
+    let lines = line_reader(follow.stdout.take().expect("piped stdout"));
+    let sequence = |event: &Value| -> u64 {
+        event["sequence"]
+            .as_str()
+            .expect("a string")
+            .parse()
+            .expect("u64")
+    };
+    // Reads followed events until one is about `execution`.
+    let mut followed: Vec<u64> = Vec::new();
+    let mut read_until = |follow: &mut Child, execution: &str| loop {
+        let event: Value = serde_json::from_str(&next_line(&lines, follow)).expect("json");
+        followed.push(sequence(&event));
+        if event["executionId"] == execution {
+            break;
+        }
+    };
+    let before = env.submit(&image_workflow(21), &[]);
+    assert_eq!(env.run(&["watch", &before]).status.code(), Some(0));
+    read_until(&mut follow, &before);
+
+    env.restart_server();
+    let after = env.submit(&image_workflow(22), &[]);
+    assert_eq!(env.run(&["watch", &after]).status.code(), Some(0));
+    read_until(&mut follow, &after);
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Every retained event up to the last one followed, each once, in order.
+    let out = env.run(&["events", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let last = *followed.last().expect("followed events");
+    let retained: Vec<u64> = json_lines(&out.stdout)
+        .iter()
+        .map(sequence)
+        .filter(|s| *s <= last)
+        .collect();
+    assert_eq!(
+        followed, retained,
+        "a gap or a duplicate across the restart"
+    );
 }
