@@ -93,6 +93,12 @@ async fn a_subscription_shows_an_execution_live_and_resumes_exactly() {
             TaskEventType::Completed as i32
         ]
     );
+    // A node's events say which node it is, from its creation on.
+    for event in events.iter().filter(|e| e.node).filter_map(task_event) {
+        let data: serde_json::Value = serde_json::from_str(&event.data).expect("JSON data");
+        assert!(data["node_id"].is_string(), "{event:?}");
+        assert!(data["class_type"].is_string(), "{event:?}");
+    }
     // Node events carry the execution; metrics and runtime events came too.
     assert!(
         events

@@ -294,7 +294,18 @@ impl TaskRegistry {
                 .data
                 .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
         }
+        Self::add_node_identity(task, &mut event);
         Some(event)
+    }
+
+    /// A NODE task's events say which node it is (`node_id`, `class_type`),
+    /// so that a watcher needs no lookup.
+    fn add_node_identity(task: &Task, event: &mut TaskEvent) {
+        for key in ["node_id", "class_type"] {
+            if let Some(value) = task.metadata.get(key) {
+                event.data.insert(key.into(), value.clone());
+            }
+        }
     }
 
     /// Stores `task` (changed from `before`) and announces it: a transition
@@ -341,12 +352,7 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
-            // A NODE task says which node it is, so that a watcher needs no lookup.
-            for key in ["node_id", "class_type"] {
-                if let Some(value) = task.metadata.get(key) {
-                    event.data.insert(key.into(), value.clone());
-                }
-            }
+            Self::add_node_identity(task, &mut event);
             if let Some(extra) = extra {
                 for (key, value) in extra {
                     event.data.insert(key.clone(), value.clone());
@@ -404,6 +410,7 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
+            Self::add_node_identity(task, &mut event);
             self.publish(event, task);
         }
     }
