@@ -5,10 +5,12 @@ mod common;
 
 use comfy_reality::config::{Config, Secret, ServerConfig};
 use comfy_reality::pb::{
-    BackendState, CreateTaskRequest, GetRuntimeInfoRequest, GetTaskRequest, GetWorkflowRequest,
-    ListWorkflowsRequest, LogFormat, LogLevel, OptimizationLevel, QueueType,
+    BackendState, CancelExecutionRequest, CreateTaskRequest, GetRuntimeInfoRequest,
+    GetRuntimeInfoResponse, GetTaskRequest, GetWorkflowRequest, ListWorkflowsRequest, LogFormat,
+    LogLevel, OptimizationLevel, QueueType, TaskPriority,
 };
 use common::TestServer;
+use common::exec::{Harness, delay_workflow, harness};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
@@ -288,7 +290,94 @@ async fn runtime_info_reports_version_and_seed_defaults() {
         info.backends[0]
     );
     assert_eq!(info.backends[0].name, "http://127.0.0.1:8188/");
+    assert_eq!(info.backends[0].running, 0);
+    // One queue depth per priority, CRITICAL first, all empty.
+    let queue: Vec<(TaskPriority, u32)> = info
+        .queue
+        .iter()
+        .map(|depth| (depth.priority(), depth.queued))
+        .collect();
+    assert_eq!(
+        queue,
+        [
+            (TaskPriority::Critical, 0),
+            (TaskPriority::High, 0),
+            (TaskPriority::Normal, 0),
+            (TaskPriority::Low, 0),
+        ]
+    );
     server.shutdown().await;
+}
+
+/// Polls GetRuntimeInfo until `check` holds; panics (hang guard) after 1,500 tries.
+async fn wait_runtime_info(
+    h: &Harness,
+    what: &str,
+    check: impl Fn(&GetRuntimeInfoResponse) -> bool,
+) -> GetRuntimeInfoResponse {
+    let mut last = None;
+    for _ in 0..1500 {
+        let info = h
+            .server
+            .admin()
+            .get_runtime_info(GetRuntimeInfoRequest {})
+            .await
+            .expect("runtime info")
+            .into_inner();
+        if check(&info) {
+            return info;
+        }
+        last = Some(info);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{what} never showed in GetRuntimeInfo: {last:?}");
+}
+
+fn queued(info: &GetRuntimeInfoResponse, priority: TaskPriority) -> u32 {
+    info.queue
+        .iter()
+        .find(|depth| depth.priority() == priority)
+        .map_or(0, |depth| depth.queued)
+}
+
+#[tokio::test]
+async fn runtime_info_reports_the_queue_and_what_each_backend_runs() {
+    let h = harness(1, |c| c.runtime.max_concurrent_tasks = 1).await;
+    let mut ids = Vec::new();
+    for nonce in [1, 2] {
+        ids.push(
+            h.execute(&delay_workflow(30.0, nonce), TaskPriority::Normal)
+                .await
+                .id,
+        );
+    }
+    let busy = wait_runtime_info(&h, "one queued, one on the backend", |info| {
+        queued(info, TaskPriority::Normal) >= 1 && info.backends.iter().any(|b| b.running >= 1)
+    })
+    .await;
+    assert_eq!(busy.queue.len(), 4, "{busy:?}");
+    assert_eq!(queued(&busy, TaskPriority::Critical), 0, "{busy:?}");
+    assert_eq!(busy.backends[0].state(), BackendState::Up, "{busy:?}");
+
+    for id in &ids {
+        h.server
+            .executions()
+            .cancel_execution(CancelExecutionRequest {
+                id: id.clone(),
+                reason: None,
+            })
+            .await
+            .expect("cancel");
+    }
+    for id in &ids {
+        h.wait_end(id).await;
+    }
+    wait_runtime_info(&h, "an idle runtime", |info| {
+        info.queue.iter().all(|depth| depth.queued == 0)
+            && info.backends.iter().all(|b| b.running == 0)
+    })
+    .await;
+    h.server.shutdown().await;
 }
 
 #[tokio::test]

@@ -252,13 +252,14 @@ async fn watch_everything(client: &Client, mut show: Show) -> Result<ExitCode, C
             }
             request.page_token = page.next_page_token;
         }
-        show.refresh_backends(client).await;
+        show.refresh_info(client).await;
     }
     let mut tick = tokio::time::interval(show.interval());
     loop {
         let event = tokio::select! {
             event = follower.next() => event?,
             _ = tick.tick(), if show.is_live() => {
+                show.refresh_info_if_due(client).await;
                 show.redraw(false)?;
                 continue;
             }
@@ -276,9 +277,7 @@ async fn watch_everything(client: &Client, mut show: Show) -> Result<ExitCode, C
             view.seed(&execution);
         }
         show.event(client, &event)?;
-        if show.backends_changed(&event) {
-            show.refresh_backends(client).await;
-        }
+        show.after_event(client, &event).await;
     }
 }
 
@@ -295,6 +294,11 @@ enum Show {
         view: LiveView,
         /// The terminal.
         screen: Screen,
+        /// When GetRuntimeInfo was last read (`None`: never).
+        info_at: Option<tokio::time::Instant>,
+        /// Whether a followed execution was queued, started or ended since:
+        /// the footer's load is stale.
+        info_stale: bool,
     },
 }
 
@@ -309,6 +313,8 @@ impl Show {
         Self::Live {
             view: LiveView::new(client.printer.color()),
             screen: Screen::new(ui.interval.max(std::time::Duration::from_millis(50))),
+            info_at: None,
+            info_stale: false,
         }
     }
 
@@ -336,7 +342,7 @@ impl Show {
         match self {
             Self::Nothing => {}
             Self::Plain => print_event(client, event)?,
-            Self::Live { view, screen } => {
+            Self::Live { view, screen, .. } => {
                 view.apply(event);
                 screen
                     .draw(view, false)
@@ -348,7 +354,7 @@ impl Show {
 
     /// Redraws the live view (`force`: even before the interval passed).
     fn redraw(&mut self, force: bool) -> Result<(), CliError> {
-        if let Self::Live { view, screen } = self {
+        if let Self::Live { view, screen, .. } = self {
             screen
                 .draw(view, force)
                 .context("cannot draw on the terminal")?;
@@ -356,23 +362,70 @@ impl Show {
         Ok(())
     }
 
-    /// Whether `event` says a backend went up or down.
-    fn backends_changed(&self, event: &Event) -> bool {
-        self.is_live()
-            && matches!(&event.payload, Some(event::Payload::RuntimeEvent(r))
-                if r.event_type.starts_with("backend."))
+    /// Keeps the footer's load current after `event`: a backend that went up
+    /// or down reads GetRuntimeInfo now; an execution queued, started or
+    /// ended marks it stale, read again on the next tick
+    /// ([`Show::refresh_info_if_due`]): at most once per redraw interval, and
+    /// after the runtime had time to publish the load that event changed.
+    async fn after_event(&mut self, client: &Client, event: &Event) {
+        let Self::Live { info_stale, .. } = self else {
+            return;
+        };
+        match &event.payload {
+            Some(event::Payload::RuntimeEvent(r)) if r.event_type.starts_with("backend.") => {
+                self.refresh_info(client).await;
+            }
+            Some(event::Payload::TaskEvent(task_event)) if !event.node => {
+                if matches!(
+                    TaskEventType::try_from(task_event.event_type),
+                    Ok(TaskEventType::Queued
+                        | TaskEventType::Started
+                        | TaskEventType::Completed
+                        | TaskEventType::Failed
+                        | TaskEventType::Cancelled)
+                ) {
+                    *info_stale = true;
+                }
+            }
+            _ => {}
+        }
     }
 
-    /// Reads the backends for the footer (GetRuntimeInfo); a server that
-    /// refuses (an admin-only API key) leaves the footer without them.
-    async fn refresh_backends(&mut self, client: &Client) {
-        if let Self::Live { view, .. } = self
-            && let Ok(info) = client
+    /// Reads GetRuntimeInfo again when the load is stale and the last read
+    /// is at least one redraw interval old.
+    async fn refresh_info_if_due(&mut self, client: &Client) {
+        if let Self::Live {
+            screen,
+            info_at,
+            info_stale: true,
+            ..
+        } = self
+            && info_at.is_none_or(|at| at.elapsed() >= screen.interval())
+        {
+            self.refresh_info(client).await;
+        }
+    }
+
+    /// Reads the backends and the load for the footer (GetRuntimeInfo); a
+    /// server that refuses (an admin-only API key) leaves the footer
+    /// counting the executions it follows.
+    async fn refresh_info(&mut self, client: &Client) {
+        if let Self::Live {
+            view,
+            info_at,
+            info_stale,
+            ..
+        } = self
+        {
+            *info_at = Some(tokio::time::Instant::now());
+            *info_stale = false;
+            if let Ok(info) = client
                 .admin()
                 .get_runtime_info(GetRuntimeInfoRequest {})
                 .await
-        {
-            view.set_backends(&info.into_inner().backends);
+            {
+                view.set_runtime_info(&info.into_inner());
+            }
         }
     }
 }
@@ -406,13 +459,14 @@ async fn follow_to_end(
             pending.insert(id.clone());
         }
     }
-    show.refresh_backends(client).await;
+    show.refresh_info(client).await;
     show.redraw(true)?;
     let mut tick = tokio::time::interval(show.interval());
     while !pending.is_empty() {
         let event = tokio::select! {
             event = follower.next() => event?,
             _ = tick.tick(), if show.is_live() => {
+                show.refresh_info_if_due(client).await;
                 show.redraw(false)?;
                 continue;
             }
@@ -422,9 +476,7 @@ async fn follow_to_end(
             }
         };
         show.event(client, &event)?;
-        if show.backends_changed(&event) {
-            show.refresh_backends(client).await;
-        }
+        show.after_event(client, &event).await;
         let Some(id) = event
             .execution_id
             .as_ref()

@@ -2,7 +2,8 @@
 //! active execution (status, progress bar, current node, nodes done, queue
 //! position, elapsed time, ETA, retries), finished executions collapsed into
 //! one summary line each, and a footer with the queue per priority and the
-//! backends. [`LiveView`] is the model: built from events (and the
+//! backends (as GetRuntimeInfo counts them; from the followed executions
+//! when the server does not say). [`LiveView`] is the model: built from events (and the
 //! executions read once to seed it), rendered into plain lines at a given
 //! width and time, so that it is tested without a terminal. [`Screen`] is
 //! the terminal side: it redraws the frame in place with crossterm.
@@ -18,8 +19,8 @@ use serde_json::Value;
 
 use super::executions::status_name;
 use crate::pb::{
-    BackendInfo, BackendState, Event, TaskEventType, TaskPriority, TaskStatus, WorkflowExecution,
-    event,
+    BackendInfo, BackendState, Event, GetRuntimeInfoResponse, TaskEventType, TaskPriority,
+    TaskStatus, WorkflowExecution, event,
 };
 
 /// Width of the progress bar, in cells.
@@ -53,8 +54,20 @@ pub struct LiveView {
     order: Vec<String>,
     /// The backends by name: whether each is up (`None`: unknown).
     backends: BTreeMap<String, Option<bool>>,
+    /// The server's load as GetRuntimeInfo last told it; `None` from a
+    /// server that does not report it (the footer then counts the rows).
+    load: Option<ServerLoad>,
     /// Whether statuses are coloured.
     color: bool,
+}
+
+/// The queue and the busy backends as the server counts them.
+#[derive(Debug, Default, Clone)]
+struct ServerLoad {
+    /// Executions waiting per priority.
+    queued: BTreeMap<i32, u32>,
+    /// Executions handed to each backend, by name.
+    running: BTreeMap<String, u32>,
 }
 
 /// One execution.
@@ -121,6 +134,21 @@ impl LiveView {
     /// Whether the view has a row for execution `id`.
     pub fn tracks(&self, id: &str) -> bool {
         self.rows.contains_key(id)
+    }
+
+    /// Sets the backends and the server's load from GetRuntimeInfo. A server
+    /// that sends no queue depths reports no load: the footer then counts
+    /// the executions the view follows.
+    pub fn set_runtime_info(&mut self, info: &GetRuntimeInfoResponse) {
+        self.set_backends(&info.backends);
+        self.load = (!info.queue.is_empty()).then(|| ServerLoad {
+            queued: info.queue.iter().map(|q| (q.priority, q.queued)).collect(),
+            running: info
+                .backends
+                .iter()
+                .map(|b| (b.name.clone(), b.running))
+                .collect(),
+        });
     }
 
     /// Sets the backends (from GetRuntimeInfo).
@@ -497,11 +525,17 @@ impl LiveView {
             TaskPriority::Normal,
             TaskPriority::Low,
         ] {
-            let depth = self
-                .rows
-                .values()
-                .filter(|r| r.status == TaskStatus::Queued && r.priority == priority)
-                .count();
+            let depth = match &self.load {
+                Some(load) => load
+                    .queued
+                    .get(&(priority as i32))
+                    .map_or(0, |&n| usize::try_from(n).unwrap_or(usize::MAX)),
+                None => self
+                    .rows
+                    .values()
+                    .filter(|r| r.status == TaskStatus::Queued && r.priority == priority)
+                    .count(),
+            };
             let name = priority.as_str_name()["TASK_PRIORITY_".len()..].to_lowercase();
             line.text(&format!(" {name} {depth}"));
         }
@@ -514,10 +548,19 @@ impl LiveView {
             line.text(&format!("  ·  running {running}"));
         } else {
             let up = self.backends.values().filter(|u| **u == Some(true)).count();
+            let busy = match &self.load {
+                Some(load) => self
+                    .backends
+                    .iter()
+                    .filter(|(name, up)| {
+                        **up == Some(true) && load.running.get(*name).is_some_and(|&n| n > 0)
+                    })
+                    .count(),
+                None => running.min(up),
+            };
             line.text(&format!(
-                "  ·  backends {up}/{} up, {} busy",
+                "  ·  backends {up}/{} up, {busy} busy",
                 self.backends.len(),
-                running.min(up)
             ));
         }
         line
@@ -684,7 +727,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::pb::{RuntimeEvent, Task, TaskEvent};
+    use crate::pb::{QueueDepth, RuntimeEvent, Task, TaskEvent};
 
     /// The fixed clock: the events happen at `T0 + n` seconds.
     const T0: i64 = 1_767_225_600;
@@ -841,6 +884,67 @@ mod tests {
                 "    queued, 1 ahead",
                 "queue critical 0 high 1 normal 1 low 0  ·  backends 1/2 up, 1 busy",
             ]
+        );
+    }
+
+    #[test]
+    fn the_servers_queue_and_busy_backends_win_over_the_followed_rows() {
+        let mut view = recorded();
+        // The server knows executions the view does not follow.
+        view.set_runtime_info(&GetRuntimeInfoResponse {
+            backends: vec![
+                BackendInfo {
+                    name: "gpu-0".into(),
+                    state: BackendState::Up.into(),
+                    running: 2,
+                    ..BackendInfo::default()
+                },
+                BackendInfo {
+                    name: "gpu-1".into(),
+                    state: BackendState::Up.into(),
+                    running: 1,
+                    ..BackendInfo::default()
+                },
+            ],
+            queue: [
+                (TaskPriority::Critical, 1),
+                (TaskPriority::High, 0),
+                (TaskPriority::Normal, 7),
+                (TaskPriority::Low, 3),
+            ]
+            .into_iter()
+            .map(|(priority, queued)| QueueDepth {
+                priority: priority.into(),
+                queued,
+            })
+            .collect(),
+            ..GetRuntimeInfoResponse::default()
+        });
+        let frame = view.render(100, at(10));
+        assert_eq!(
+            frame.last().map(String::as_str),
+            Some("queue critical 1 high 0 normal 7 low 3  ·  backends 2/2 up, 2 busy")
+        );
+        // A backend that goes down is no longer busy, whatever it held.
+        view.apply(&runtime(None, "backend.down", json!({"backend": "gpu-1"})));
+        let frame = view.render(100, at(10));
+        assert_eq!(
+            frame.last().map(String::as_str),
+            Some("queue critical 1 high 0 normal 7 low 3  ·  backends 1/2 up, 1 busy")
+        );
+        // A server that reports no load: the footer counts the rows again.
+        view.set_runtime_info(&GetRuntimeInfoResponse {
+            backends: vec![BackendInfo {
+                name: "gpu-0".into(),
+                state: BackendState::Up.into(),
+                ..BackendInfo::default()
+            }],
+            ..GetRuntimeInfoResponse::default()
+        });
+        let frame = view.render(100, at(10));
+        assert_eq!(
+            frame.last().map(String::as_str),
+            Some("queue critical 0 high 1 normal 1 low 0  ·  backends 1/1 up, 1 busy")
         );
     }
 

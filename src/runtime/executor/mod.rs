@@ -60,6 +60,7 @@ use super::tasks::TaskRegistry;
 use super::{ObjectKind, RuntimeError};
 
 pub use pool::BackendState;
+pub use shared::LoadSnapshot;
 
 use messages::Msg;
 use pool::Pool;
@@ -213,6 +214,12 @@ impl Executor {
             .iter()
             .map(|b| (b.name.clone(), b.state()))
             .collect()
+    }
+
+    /// The load the actor last published: queued per priority, and executions
+    /// handed to each backend (in the order of [`Executor::backends`]).
+    pub fn load(&self) -> LoadSnapshot {
+        self.shared.load()
     }
 
     /// One execution with its tasks and, while queued, its queue position.

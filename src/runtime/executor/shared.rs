@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::model::{
-    EventCategory, JsonObject, LogLevel, PerformanceMetric, RuntimeEvent, WorkflowExecution,
+    EventCategory, JsonObject, LogLevel, PerformanceMetric, RuntimeEvent, TaskPriority,
+    WorkflowExecution,
 };
 use crate::runtime::RuntimeError;
 use crate::runtime::bus::EventContext;
@@ -67,6 +68,18 @@ impl Settings {
     }
 }
 
+/// The runtime's load as the actor last published it, read without a round
+/// trip to the actor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadSnapshot {
+    /// Executions waiting in the runtime's queue, one entry per priority,
+    /// CRITICAL first (empty until the actor first publishes).
+    pub queued: Vec<(TaskPriority, usize)>,
+    /// Executions handed to each backend (running or waiting in its own
+    /// queue), indexed like the pool's backends.
+    pub on_backend: Vec<usize>,
+}
+
 /// State shared by the handle, the actor and the attempts.
 pub(crate) struct Shared {
     /// The task registry (task state changes and their events).
@@ -84,6 +97,8 @@ pub(crate) struct Shared {
     pub backlog: AtomicUsize,
     /// Recent execution durations in seconds, for the retry-after hint.
     recent: Mutex<Vec<f64>>,
+    /// The load the actor last published.
+    load: Mutex<LoadSnapshot>,
 }
 
 impl Shared {
@@ -102,7 +117,21 @@ impl Shared {
             exec_gate: Mutex::new(()),
             backlog: AtomicUsize::new(0),
             recent: Mutex::new(Vec::new()),
+            load: Mutex::new(LoadSnapshot::default()),
         }
+    }
+
+    /// The load the actor last published.
+    pub(crate) fn load(&self) -> LoadSnapshot {
+        self.load
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the published load (the actor, after each message).
+    pub(crate) fn set_load(&self, load: LoadSnapshot) {
+        *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
     }
 
     /// Read-modify-write of one execution record under the gate.

@@ -237,6 +237,14 @@ impl Scheduler {
         self.backends.keys().copied()
     }
 
+    /// How many executions `backend` holds of ours (running or waiting in its
+    /// own queue); 0 for a backend never reported up.
+    pub fn on_backend(&self, backend: BackendId) -> usize {
+        self.backends
+            .get(&backend)
+            .map_or(0, |known| known.slots.len())
+    }
+
     /// A backend's state, if it was ever reported up.
     pub fn backend_status(&self, backend: BackendId) -> Option<BackendStatus> {
         let known = self.backends.get(&backend)?;
@@ -320,7 +328,7 @@ mod tests {
         B0, B1, B2, dispatch, ids, key_requiring, scheduler, submit, take_back, up,
     };
     use crate::runtime::scheduler::{
-        ExecutionId, Location, Orphaned, RequiredClasses, SchedulerError, Stranded,
+        BackendId, ExecutionId, Location, Orphaned, RequiredClasses, SchedulerError, Stranded,
     };
 
     #[test]
@@ -377,6 +385,9 @@ mod tests {
         }
         s.next_actions();
         s.prompt_started(B0, ExecutionId(1)).unwrap();
+        // Running or waiting behind it: both count as held by the backend.
+        assert_eq!((s.on_backend(B0), s.on_backend(B1)), (2, 2));
+        assert_eq!(s.on_backend(BackendId(9)), 0, "never reported up");
         s.cancel(ExecutionId(3));
         assert_eq!(
             s.backend_down(B0),
@@ -399,6 +410,7 @@ mod tests {
             "the take-back of 3 went with its backend"
         );
         assert_eq!(s.in_flight(), 2);
+        assert_eq!((s.on_backend(B0), s.on_backend(B1)), (0, 2));
         assert_eq!(s.backend_down(B0), vec![]);
         // The executor retries 1; B0 is skipped, B1 is full.
         submit(&mut s, 5, TaskPriority::Normal);

@@ -20,6 +20,7 @@ use crate::model::{JsonObject, NewTask, Task, TaskPriority, TaskStatus, TaskType
 use crate::runtime::executor::attempt::{self, AttemptSpec};
 use crate::runtime::executor::failure::{Failure, FailureKind};
 use crate::runtime::executor::messages::{Control, Msg};
+use crate::runtime::executor::shared::LoadSnapshot;
 use crate::runtime::scheduler::{
     Action, BackendId, ExecutionId, ExecutionKey, SchedulerError, TakenBackOutcome,
 };
@@ -50,17 +51,29 @@ impl Actor {
         self.set_status(sched, TaskStatus::Queued, Some("queued".into()));
     }
 
-    /// Queue depth per priority and executions in flight, as gauges.
+    /// Queue depth per priority and executions in flight, as gauges and as
+    /// the shared [`LoadSnapshot`] GetRuntimeInfo reads.
     pub(super) fn publish_gauges(&self) {
+        let mut queued = Vec::with_capacity(4);
         for priority in [
-            TaskPriority::Low,
-            TaskPriority::Normal,
-            TaskPriority::High,
             TaskPriority::Critical,
+            TaskPriority::High,
+            TaskPriority::Normal,
+            TaskPriority::Low,
         ] {
-            metrics::set_queue_depth(priority.as_str(), self.scheduler.queue_depth(priority));
+            let depth = self.scheduler.queue_depth(priority);
+            metrics::set_queue_depth(priority.as_str(), depth);
+            queued.push((priority, depth));
         }
         metrics::set_tasks_running(self.scheduler.in_flight());
+        let on_backend = self
+            .shared
+            .pool
+            .backends()
+            .iter()
+            .map(|backend| self.scheduler.on_backend(backend.id))
+            .collect();
+        self.shared.set_load(LoadSnapshot { queued, on_backend });
     }
 
     /// Carries out the scheduler's actions.

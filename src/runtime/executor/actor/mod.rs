@@ -187,6 +187,7 @@ impl Actor {
         cancel: CancellationToken,
     ) {
         self.recover();
+        self.publish_gauges();
         loop {
             tokio::select! {
                 biased;

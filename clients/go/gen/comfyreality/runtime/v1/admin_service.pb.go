@@ -91,7 +91,10 @@ type BackendInfo struct {
 	// How many node classes its /object_info lists (0 until read).
 	NodeClasses uint32 `protobuf:"varint,4,opt,name=node_classes,json=nodeClasses,proto3" json:"node_classes,omitempty"`
 	// Why the last probe failed, while DOWN.
-	LastError     *string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3,oneof" json:"last_error,omitempty"`
+	LastError *string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3,oneof" json:"last_error,omitempty"`
+	// Executions of this runtime handed to this backend now: running, or
+	// waiting in its own queue.
+	Running       uint32 `protobuf:"varint,6,opt,name=running,proto3" json:"running,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -161,6 +164,13 @@ func (x *BackendInfo) GetLastError() string {
 	return ""
 }
 
+func (x *BackendInfo) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
 // GetRuntimeInfoRequest has no fields.
 type GetRuntimeInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -213,6 +223,10 @@ type GetRuntimeInfoResponse struct {
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// Seconds since it started.
 	UptimeSeconds float64 `protobuf:"fixed64,6,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
+	// Executions waiting in the runtime's queue, one entry per priority,
+	// CRITICAL first. Executions handed to a backend are not counted here
+	// (see BackendInfo.running).
+	Queue         []*QueueDepth `protobuf:"bytes,7,rep,name=queue,proto3" json:"queue,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -289,20 +303,84 @@ func (x *GetRuntimeInfoResponse) GetUptimeSeconds() float64 {
 	return 0
 }
 
+func (x *GetRuntimeInfoResponse) GetQueue() []*QueueDepth {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+// QueueDepth counts the executions of one priority waiting in the runtime's
+// queue.
+type QueueDepth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The priority counted.
+	Priority TaskPriority `protobuf:"varint,1,opt,name=priority,proto3,enum=comfyreality.runtime.v1.TaskPriority" json:"priority,omitempty"`
+	// How many executions of that priority wait.
+	Queued        uint32 `protobuf:"varint,2,opt,name=queued,proto3" json:"queued,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueDepth) Reset() {
+	*x = QueueDepth{}
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueDepth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueDepth) ProtoMessage() {}
+
+func (x *QueueDepth) ProtoReflect() protoreflect.Message {
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueDepth.ProtoReflect.Descriptor instead.
+func (*QueueDepth) Descriptor() ([]byte, []int) {
+	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *QueueDepth) GetPriority() TaskPriority {
+	if x != nil {
+		return x.Priority
+	}
+	return TaskPriority_TASK_PRIORITY_UNSPECIFIED
+}
+
+func (x *QueueDepth) GetQueued() uint32 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
 var File_comfyreality_runtime_v1_admin_service_proto protoreflect.FileDescriptor
 
 const file_comfyreality_runtime_v1_admin_service_proto_rawDesc = "" +
 	"\n" +
-	"+comfyreality/runtime/v1/admin_service.proto\x12\x17comfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x01\n" +
+	"+comfyreality/runtime/v1/admin_service.proto\x12\x17comfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\"comfyreality/runtime/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n" +
 	"\vBackendInfo\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12;\n" +
 	"\x05state\x18\x02 \x01(\x0e2%.comfyreality.runtime.v1.BackendStateR\x05state\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12!\n" +
 	"\fnode_classes\x18\x04 \x01(\rR\vnodeClasses\x12\"\n" +
 	"\n" +
-	"last_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01B\r\n" +
+	"last_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01\x12\x18\n" +
+	"\arunning\x18\x06 \x01(\rR\arunningB\r\n" +
 	"\v_last_error\"\x17\n" +
-	"\x15GetRuntimeInfoRequest\"\xb7\x02\n" +
+	"\x15GetRuntimeInfoRequest\"\xf2\x02\n" +
 	"\x16GetRuntimeInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1f\n" +
 	"\vapi_version\x18\x02 \x01(\tR\n" +
@@ -311,7 +389,12 @@ const file_comfyreality_runtime_v1_admin_service_proto_rawDesc = "" +
 	"\bbackends\x18\x04 \x03(\v2$.comfyreality.runtime.v1.BackendInfoR\bbackends\x129\n" +
 	"\n" +
 	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12%\n" +
-	"\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds*v\n" +
+	"\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds\x129\n" +
+	"\x05queue\x18\a \x03(\v2#.comfyreality.runtime.v1.QueueDepthR\x05queue\"g\n" +
+	"\n" +
+	"QueueDepth\x12A\n" +
+	"\bpriority\x18\x01 \x01(\x0e2%.comfyreality.runtime.v1.TaskPriorityR\bpriority\x12\x16\n" +
+	"\x06queued\x18\x02 \x01(\rR\x06queued*v\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15BACKEND_STATE_UNKNOWN\x10\x01\x12\x14\n" +
@@ -334,27 +417,31 @@ func file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP() []byte {
 }
 
 var file_comfyreality_runtime_v1_admin_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_comfyreality_runtime_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_comfyreality_runtime_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_comfyreality_runtime_v1_admin_service_proto_goTypes = []any{
 	(BackendState)(0),              // 0: comfyreality.runtime.v1.BackendState
 	(*BackendInfo)(nil),            // 1: comfyreality.runtime.v1.BackendInfo
 	(*GetRuntimeInfoRequest)(nil),  // 2: comfyreality.runtime.v1.GetRuntimeInfoRequest
 	(*GetRuntimeInfoResponse)(nil), // 3: comfyreality.runtime.v1.GetRuntimeInfoResponse
-	(*RuntimeConfig)(nil),          // 4: comfyreality.runtime.v1.RuntimeConfig
-	(*timestamppb.Timestamp)(nil),  // 5: google.protobuf.Timestamp
+	(*QueueDepth)(nil),             // 4: comfyreality.runtime.v1.QueueDepth
+	(*RuntimeConfig)(nil),          // 5: comfyreality.runtime.v1.RuntimeConfig
+	(*timestamppb.Timestamp)(nil),  // 6: google.protobuf.Timestamp
+	(TaskPriority)(0),              // 7: comfyreality.runtime.v1.TaskPriority
 }
 var file_comfyreality_runtime_v1_admin_service_proto_depIdxs = []int32{
 	0, // 0: comfyreality.runtime.v1.BackendInfo.state:type_name -> comfyreality.runtime.v1.BackendState
-	4, // 1: comfyreality.runtime.v1.GetRuntimeInfoResponse.config:type_name -> comfyreality.runtime.v1.RuntimeConfig
+	5, // 1: comfyreality.runtime.v1.GetRuntimeInfoResponse.config:type_name -> comfyreality.runtime.v1.RuntimeConfig
 	1, // 2: comfyreality.runtime.v1.GetRuntimeInfoResponse.backends:type_name -> comfyreality.runtime.v1.BackendInfo
-	5, // 3: comfyreality.runtime.v1.GetRuntimeInfoResponse.started_at:type_name -> google.protobuf.Timestamp
-	2, // 4: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:input_type -> comfyreality.runtime.v1.GetRuntimeInfoRequest
-	3, // 5: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:output_type -> comfyreality.runtime.v1.GetRuntimeInfoResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 3: comfyreality.runtime.v1.GetRuntimeInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	4, // 4: comfyreality.runtime.v1.GetRuntimeInfoResponse.queue:type_name -> comfyreality.runtime.v1.QueueDepth
+	7, // 5: comfyreality.runtime.v1.QueueDepth.priority:type_name -> comfyreality.runtime.v1.TaskPriority
+	2, // 6: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:input_type -> comfyreality.runtime.v1.GetRuntimeInfoRequest
+	3, // 7: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:output_type -> comfyreality.runtime.v1.GetRuntimeInfoResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_comfyreality_runtime_v1_admin_service_proto_init() }
@@ -363,6 +450,7 @@ func file_comfyreality_runtime_v1_admin_service_proto_init() {
 		return
 	}
 	file_comfyreality_runtime_v1_config_proto_init()
+	file_comfyreality_runtime_v1_task_proto_init()
 	file_comfyreality_runtime_v1_admin_service_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -370,7 +458,7 @@ func file_comfyreality_runtime_v1_admin_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfyreality_runtime_v1_admin_service_proto_rawDesc), len(file_comfyreality_runtime_v1_admin_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

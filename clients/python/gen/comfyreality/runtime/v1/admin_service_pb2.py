@@ -23,24 +23,27 @@ _sym_db = _symbol_database.Default()
 
 
 from comfyreality.runtime.v1 import config_pb2 as comfyreality_dot_runtime_dot_v1_dot_config__pb2
+from comfyreality.runtime.v1 import task_pb2 as comfyreality_dot_runtime_dot_v1_dot_task__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+comfyreality/runtime/v1/admin_service.proto\x12\x17\x63omfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x01\n\x0b\x42\x61\x63kendInfo\x12\x10\n\x03url\x18\x01 \x01(\tR\x03url\x12;\n\x05state\x18\x02 \x01(\x0e\x32%.comfyreality.runtime.v1.BackendStateR\x05state\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12!\n\x0cnode_classes\x18\x04 \x01(\rR\x0bnodeClasses\x12\"\n\nlast_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01\x42\r\n\x0b_last_error\"\x17\n\x15GetRuntimeInfoRequest\"\xb7\x02\n\x16GetRuntimeInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x1f\n\x0b\x61pi_version\x18\x02 \x01(\tR\napiVersion\x12>\n\x06\x63onfig\x18\x03 \x01(\x0b\x32&.comfyreality.runtime.v1.RuntimeConfigR\x06\x63onfig\x12@\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32$.comfyreality.runtime.v1.BackendInfoR\x08\x62\x61\x63kends\x12\x39\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12%\n\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds*v\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATE_UNKNOWN\x10\x01\x12\x14\n\x10\x42\x41\x43KEND_STATE_UP\x10\x02\x12\x16\n\x12\x42\x41\x43KEND_STATE_DOWN\x10\x03\x32\x81\x01\n\x0c\x41\x64minService\x12q\n\x0eGetRuntimeInfo\x12..comfyreality.runtime.v1.GetRuntimeInfoRequest\x1a/.comfyreality.runtime.v1.GetRuntimeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+comfyreality/runtime/v1/admin_service.proto\x12\x17\x63omfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\"comfyreality/runtime/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\x0b\x42\x61\x63kendInfo\x12\x10\n\x03url\x18\x01 \x01(\tR\x03url\x12;\n\x05state\x18\x02 \x01(\x0e\x32%.comfyreality.runtime.v1.BackendStateR\x05state\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12!\n\x0cnode_classes\x18\x04 \x01(\rR\x0bnodeClasses\x12\"\n\nlast_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01\x12\x18\n\x07running\x18\x06 \x01(\rR\x07runningB\r\n\x0b_last_error\"\x17\n\x15GetRuntimeInfoRequest\"\xf2\x02\n\x16GetRuntimeInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x1f\n\x0b\x61pi_version\x18\x02 \x01(\tR\napiVersion\x12>\n\x06\x63onfig\x18\x03 \x01(\x0b\x32&.comfyreality.runtime.v1.RuntimeConfigR\x06\x63onfig\x12@\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32$.comfyreality.runtime.v1.BackendInfoR\x08\x62\x61\x63kends\x12\x39\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12%\n\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds\x12\x39\n\x05queue\x18\x07 \x03(\x0b\x32#.comfyreality.runtime.v1.QueueDepthR\x05queue\"g\n\nQueueDepth\x12\x41\n\x08priority\x18\x01 \x01(\x0e\x32%.comfyreality.runtime.v1.TaskPriorityR\x08priority\x12\x16\n\x06queued\x18\x02 \x01(\rR\x06queued*v\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATE_UNKNOWN\x10\x01\x12\x14\n\x10\x42\x41\x43KEND_STATE_UP\x10\x02\x12\x16\n\x12\x42\x41\x43KEND_STATE_DOWN\x10\x03\x32\x81\x01\n\x0c\x41\x64minService\x12q\n\x0eGetRuntimeInfo\x12..comfyreality.runtime.v1.GetRuntimeInfoRequest\x1a/.comfyreality.runtime.v1.GetRuntimeInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'comfyreality.runtime.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKENDSTATE']._serialized_start=683
-  _globals['_BACKENDSTATE']._serialized_end=801
-  _globals['_BACKENDINFO']._serialized_start=144
-  _globals['_BACKENDINFO']._serialized_end=342
-  _globals['_GETRUNTIMEINFOREQUEST']._serialized_start=344
-  _globals['_GETRUNTIMEINFOREQUEST']._serialized_end=367
-  _globals['_GETRUNTIMEINFORESPONSE']._serialized_start=370
-  _globals['_GETRUNTIMEINFORESPONSE']._serialized_end=681
-  _globals['_ADMINSERVICE']._serialized_start=804
-  _globals['_ADMINSERVICE']._serialized_end=933
+  _globals['_BACKENDSTATE']._serialized_start=909
+  _globals['_BACKENDSTATE']._serialized_end=1027
+  _globals['_BACKENDINFO']._serialized_start=180
+  _globals['_BACKENDINFO']._serialized_end=404
+  _globals['_GETRUNTIMEINFOREQUEST']._serialized_start=406
+  _globals['_GETRUNTIMEINFOREQUEST']._serialized_end=429
+  _globals['_GETRUNTIMEINFORESPONSE']._serialized_start=432
+  _globals['_GETRUNTIMEINFORESPONSE']._serialized_end=802
+  _globals['_QUEUEDEPTH']._serialized_start=804
+  _globals['_QUEUEDEPTH']._serialized_end=907
+  _globals['_ADMINSERVICE']._serialized_start=1030
+  _globals['_ADMINSERVICE']._serialized_end=1159
 # @@protoc_insertion_point(module_scope)

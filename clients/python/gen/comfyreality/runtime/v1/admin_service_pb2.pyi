@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from comfyreality.runtime.v1 import config_pb2 as _config_pb2
+from comfyreality.runtime.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -60,6 +61,7 @@ class BackendInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     NODE_CLASSES_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """Base URL, any password redacted."""
     state: Global___BackendState.ValueType
@@ -70,6 +72,10 @@ class BackendInfo(_message.Message):
     """How many node classes its /object_info lists (0 until read)."""
     last_error: _builtins.str
     """Why the last probe failed, while DOWN."""
+    running: _builtins.int
+    """Executions of this runtime handed to this backend now: running, or
+    waiting in its own queue.
+    """
     def __init__(
         self,
         *,
@@ -78,10 +84,11 @@ class BackendInfo(_message.Message):
         name: _builtins.str = ...,
         node_classes: _builtins.int = ...,
         last_error: _builtins.str | None = ...,
+        running: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error", "name", b"name", "node_classes", b"node_classes", "state", b"state", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error", "name", b"name", "node_classes", b"node_classes", "running", b"running", "state", b"state", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
@@ -118,6 +125,7 @@ class GetRuntimeInfoResponse(_message.Message):
     BACKENDS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The server's version (semver)."""
     api_version: _builtins.str
@@ -136,6 +144,13 @@ class GetRuntimeInfoResponse(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the server started."""
 
+    @_builtins.property
+    def queue(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueDepth]:
+        """Executions waiting in the runtime's queue, one entry per priority,
+        CRITICAL first. Executions handed to a backend are not counted here
+        (see BackendInfo.running).
+        """
+
     def __init__(
         self,
         *,
@@ -145,11 +160,40 @@ class GetRuntimeInfoResponse(_message.Message):
         backends: _abc.Iterable[Global___BackendInfo] | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         uptime_seconds: _builtins.float = ...,
+        queue: _abc.Iterable[Global___QueueDepth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backends", b"backends", "config", b"config", "started_at", b"started_at", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backends", b"backends", "config", b"config", "queue", b"queue", "started_at", b"started_at", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRuntimeInfoResponse: _TypeAlias = GetRuntimeInfoResponse  # noqa: Y015
+
+@_typing.final
+class QueueDepth(_message.Message):
+    """QueueDepth counts the executions of one priority waiting in the runtime's
+    queue.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    priority: _task_pb2.TaskPriority.ValueType
+    """The priority counted."""
+    queued: _builtins.int
+    """How many executions of that priority wait."""
+    def __init__(
+        self,
+        *,
+        priority: _task_pb2.TaskPriority.ValueType = ...,
+        queued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueDepth: _TypeAlias = QueueDepth  # noqa: Y015

@@ -6,6 +6,8 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { RuntimeConfig } from "./config_pb.js";
 import { file_comfyreality_runtime_v1_config } from "./config_pb.js";
+import type { TaskPriority } from "./task_pb.js";
+import { file_comfyreality_runtime_v1_task } from "./task_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file comfyreality/runtime/v1/admin_service.proto.
  */
 export const file_comfyreality_runtime_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("Citjb21meXJlYWxpdHkvcnVudGltZS92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEhdjb21meXJlYWxpdHkucnVudGltZS52MSKcAQoLQmFja2VuZEluZm8SCwoDdXJsGAEgASgJEjQKBXN0YXRlGAIgASgOMiUuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuQmFja2VuZFN0YXRlEgwKBG5hbWUYAyABKAkSFAoMbm9kZV9jbGFzc2VzGAQgASgNEhcKCmxhc3RfZXJyb3IYBSABKAlIAIgBAUINCgtfbGFzdF9lcnJvciIXChVHZXRSdW50aW1lSW5mb1JlcXVlc3Qi9gEKFkdldFJ1bnRpbWVJbmZvUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgthcGlfdmVyc2lvbhgCIAEoCRI2CgZjb25maWcYAyABKAsyJi5jb21meXJlYWxpdHkucnVudGltZS52MS5SdW50aW1lQ29uZmlnEjYKCGJhY2tlbmRzGAQgAygLMiQuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuQmFja2VuZEluZm8SLgoKc3RhcnRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOdXB0aW1lX3NlY29uZHMYBiABKAEqdgoMQmFja2VuZFN0YXRlEh0KGUJBQ0tFTkRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVCQUNLRU5EX1NUQVRFX1VOS05PV04QARIUChBCQUNLRU5EX1NUQVRFX1VQEAISFgoSQkFDS0VORF9TVEFURV9ET1dOEAMygQEKDEFkbWluU2VydmljZRJxCg5HZXRSdW50aW1lSW5mbxIuLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkdldFJ1bnRpbWVJbmZvUmVxdWVzdBovLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2ViBnByb3RvMw", [file_comfyreality_runtime_v1_config, file_google_protobuf_timestamp]);
+  fileDesc("Citjb21meXJlYWxpdHkvcnVudGltZS92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEhdjb21meXJlYWxpdHkucnVudGltZS52MSKtAQoLQmFja2VuZEluZm8SCwoDdXJsGAEgASgJEjQKBXN0YXRlGAIgASgOMiUuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuQmFja2VuZFN0YXRlEgwKBG5hbWUYAyABKAkSFAoMbm9kZV9jbGFzc2VzGAQgASgNEhcKCmxhc3RfZXJyb3IYBSABKAlIAIgBARIPCgdydW5uaW5nGAYgASgNQg0KC19sYXN0X2Vycm9yIhcKFUdldFJ1bnRpbWVJbmZvUmVxdWVzdCKqAgoWR2V0UnVudGltZUluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEhMKC2FwaV92ZXJzaW9uGAIgASgJEjYKBmNvbmZpZxgDIAEoCzImLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLlJ1bnRpbWVDb25maWcSNgoIYmFja2VuZHMYBCADKAsyJC5jb21meXJlYWxpdHkucnVudGltZS52MS5CYWNrZW5kSW5mbxIuCgpzdGFydGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg51cHRpbWVfc2Vjb25kcxgGIAEoARIyCgVxdWV1ZRgHIAMoCzIjLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLlF1ZXVlRGVwdGgiVQoKUXVldWVEZXB0aBI3Cghwcmlvcml0eRgBIAEoDjIlLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLlRhc2tQcmlvcml0eRIOCgZxdWV1ZWQYAiABKA0qdgoMQmFja2VuZFN0YXRlEh0KGUJBQ0tFTkRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVCQUNLRU5EX1NUQVRFX1VOS05PV04QARIUChBCQUNLRU5EX1NUQVRFX1VQEAISFgoSQkFDS0VORF9TVEFURV9ET1dOEAMygQEKDEFkbWluU2VydmljZRJxCg5HZXRSdW50aW1lSW5mbxIuLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkdldFJ1bnRpbWVJbmZvUmVxdWVzdBovLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2ViBnByb3RvMw", [file_comfyreality_runtime_v1_config, file_comfyreality_runtime_v1_task, file_google_protobuf_timestamp]);
 
 /**
  * BackendInfo describes one configured ComfyUI backend.
@@ -56,6 +58,14 @@ export type BackendInfo = Message<"comfyreality.runtime.v1.BackendInfo"> & {
    * @generated from field: optional string last_error = 5;
    */
   lastError?: string | undefined;
+
+  /**
+   * Executions of this runtime handed to this backend now: running, or
+   * waiting in its own queue.
+   *
+   * @generated from field: uint32 running = 6;
+   */
+  running: number;
 };
 
 /**
@@ -127,6 +137,15 @@ export type GetRuntimeInfoResponse = Message<"comfyreality.runtime.v1.GetRuntime
    * @generated from field: double uptime_seconds = 6;
    */
   uptimeSeconds: number;
+
+  /**
+   * Executions waiting in the runtime's queue, one entry per priority,
+   * CRITICAL first. Executions handed to a backend are not counted here
+   * (see BackendInfo.running).
+   *
+   * @generated from field: repeated comfyreality.runtime.v1.QueueDepth queue = 7;
+   */
+  queue: QueueDepth[];
 };
 
 /**
@@ -135,6 +154,35 @@ export type GetRuntimeInfoResponse = Message<"comfyreality.runtime.v1.GetRuntime
  */
 export const GetRuntimeInfoResponseSchema: GenMessage<GetRuntimeInfoResponse> = /*@__PURE__*/
   messageDesc(file_comfyreality_runtime_v1_admin_service, 2);
+
+/**
+ * QueueDepth counts the executions of one priority waiting in the runtime's
+ * queue.
+ *
+ * @generated from message comfyreality.runtime.v1.QueueDepth
+ */
+export type QueueDepth = Message<"comfyreality.runtime.v1.QueueDepth"> & {
+  /**
+   * The priority counted.
+   *
+   * @generated from field: comfyreality.runtime.v1.TaskPriority priority = 1;
+   */
+  priority: TaskPriority;
+
+  /**
+   * How many executions of that priority wait.
+   *
+   * @generated from field: uint32 queued = 2;
+   */
+  queued: number;
+};
+
+/**
+ * Describes the message comfyreality.runtime.v1.QueueDepth.
+ * Use `create(QueueDepthSchema)` to create a new message.
+ */
+export const QueueDepthSchema: GenMessage<QueueDepth> = /*@__PURE__*/
+  messageDesc(file_comfyreality_runtime_v1_admin_service, 3);
 
 /**
  * BackendState says whether a ComfyUI backend can take work.
