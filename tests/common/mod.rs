@@ -9,6 +9,7 @@
 pub mod exec;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use comfy_reality::config::Config;
 use comfy_reality::pb::admin_service_client::AdminServiceClient;
@@ -215,4 +216,51 @@ pub fn clean_command() -> std::process::Command {
         }
     }
     command
+}
+
+/// Runs `command` to completion with captured output, killing it (and
+/// failing) if it is still running after `guard` (a hang guard, not a
+/// timing assertion).
+pub fn run_bounded(command: &mut std::process::Command, guard: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    wait_bounded(&mut child, guard)
+}
+
+/// Waits for `child` (spawned with piped stdout and stderr) and collects its
+/// output, killing it (and failing) if it is still running after `guard`.
+pub fn wait_bounded(child: &mut std::process::Child, guard: Duration) -> std::process::Output {
+    use std::io::Read as _;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let err = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
+    let deadline = std::time::Instant::now() + guard;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the command did not exit within {guard:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
 }
