@@ -9,6 +9,7 @@ pub mod cli;
 pub mod comfy;
 pub mod config;
 pub mod drain;
+pub mod gpu;
 pub mod model;
 pub mod pb;
 pub mod runtime;

@@ -157,6 +157,7 @@ mod tests {
         assert_eq!(e.gpu_memory_fraction, 0.9);
         assert!(e.enable_gpu);
         assert_eq!(e.prefer_gpu_types, ["cuda", "mps", "directml"]);
+        assert_eq!(e.gpu_sample_interval(), Duration::from_secs(1));
         assert!(e.enable_optimization);
         assert_eq!(e.optimization_level, OptimizationLevel::O2);
         assert!(e.enable_cache);
@@ -182,6 +183,7 @@ mod tests {
         assert_eq!(s.max_retries, 3);
         assert!(s.verify_ssl);
         assert!(s.api_key.is_none() && s.auth_header.is_none() && s.name.is_none());
+        assert_eq!(s.pid, None);
         assert_eq!(s.silence_timeout_seconds, 30.0);
         assert_eq!(s.reconnect_max_delay_seconds, 30.0);
 
@@ -221,5 +223,18 @@ mod tests {
         assert_eq!(c.executor.cache_ttl(), Duration::from_secs(3600));
         let c = load_env(&[("COMFY_REALITY__RUNTIME__METRICS_PORT", "9100")]).unwrap();
         assert_eq!(c.metrics_addr(), "127.0.0.1:9100".parse().unwrap());
+        let c = load_env(&[
+            ("COMFY_REALITY__EXECUTOR__GPU_SAMPLE_INTERVAL_SECONDS", "0.25"),
+            ("COMFY_REALITY__EXECUTOR__PREFER_GPU_TYPES", "[\"mps\", \"cuda\"]"),
+        ])
+        .unwrap();
+        assert_eq!(c.executor.gpu_sample_interval(), Duration::from_millis(250));
+        assert_eq!(c.executor.prefer_gpu_types, ["mps", "cuda"]);
+        let error = load_env(&[("COMFY_REALITY__EXECUTOR__GPU_SAMPLE_INTERVAL_SECONDS", "0")])
+            .unwrap_err();
+        assert_eq!(
+            only_violation(&error).key,
+            "executor.gpu_sample_interval_seconds"
+        );
     }
 }

@@ -44,6 +44,12 @@ pub struct ServerConfig {
     /// Longest wait between two WebSocket reconnect attempts (the backoff grows up to it), in
     /// seconds. Default: 30. Bound: finite, > 0.
     pub reconnect_max_delay_seconds: f64,
+    /// The pid of this backend's ComfyUI process on this host, whose peak GPU memory while a
+    /// task runs becomes the task's `gpu_memory_mb` (not in the seed). Default: none, meaning
+    /// found by the port of a loopback `url` where `/proc` shows it (Linux), else not
+    /// attributed. Bound: >= 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +64,7 @@ impl Default for ServerConfig {
             auth_header: None,
             silence_timeout_seconds: 30.0,
             reconnect_max_delay_seconds: 30.0,
+            pid: None,
         }
     }
 }
@@ -106,6 +113,7 @@ impl fmt::Debug for ServerConfig {
                 "reconnect_max_delay_seconds",
                 &self.reconnect_max_delay_seconds,
             )
+            .field("pid", &self.pid)
             .finish()
     }
 }

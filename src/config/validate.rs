@@ -256,6 +256,35 @@ impl Config {
                 ),
             );
         }
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, kind) in executor.prefer_gpu_types.iter().enumerate() {
+            let key = format!("executor.prefer_gpu_types[{i}]");
+            let well_formed = !kind.is_empty()
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !well_formed {
+                out.push_blaming(
+                    key,
+                    format!(
+                        "must be a lowercase device type such as cuda, mps or directml, got `{kind}`"
+                    ),
+                    &["executor.prefer_gpu_types"],
+                );
+            } else if seen.contains(&kind.as_str()) {
+                out.push_blaming(
+                    key,
+                    format!("duplicates `{kind}`"),
+                    &["executor.prefer_gpu_types"],
+                );
+            }
+            seen.push(kind);
+        }
+        check_seconds(
+            out,
+            "executor.gpu_sample_interval_seconds",
+            executor.gpu_sample_interval_seconds,
+        );
     }
 
     fn check_servers(&self, out: &mut Collector) {
@@ -300,6 +329,13 @@ impl Config {
                 if !seconds_ok(value) {
                     out.push_blaming(key(field), seconds_message(value), &["servers"]);
                 }
+            }
+            if server.pid == Some(0) {
+                out.push_blaming(
+                    key("pid"),
+                    "must be a process id (at least 1)",
+                    &["servers"],
+                );
             }
             for (field, secret) in [
                 ("api_key", &server.api_key),
@@ -540,6 +576,31 @@ mod tests {
                 "executor.gpu_memory_fraction",
                 |c| c.executor.gpu_memory_fraction = 1.01,
                 |c| c.executor.gpu_memory_fraction = 1.0,
+            ),
+            (
+                "executor.gpu_sample_interval_seconds",
+                |c| c.executor.gpu_sample_interval_seconds = 0.0,
+                |c| c.executor.gpu_sample_interval_seconds = 0.05,
+            ),
+            (
+                "executor.prefer_gpu_types[1]",
+                |c| c.executor.prefer_gpu_types = vec!["mps".into(), "CUDA".into()],
+                |c| c.executor.prefer_gpu_types = vec!["mps".into(), "cuda".into()],
+            ),
+            (
+                "executor.prefer_gpu_types[2]",
+                |c| c.executor.prefer_gpu_types = vec!["mps".into(), "xpu".into(), "mps".into()],
+                |c| c.executor.prefer_gpu_types = vec![],
+            ),
+            (
+                "executor.prefer_gpu_types[0]",
+                |c| c.executor.prefer_gpu_types = vec![String::new()],
+                |c| c.executor.prefer_gpu_types = vec!["directml".into()],
+            ),
+            (
+                "servers[0].pid",
+                |c| c.servers[0].pid = Some(0),
+                |c| c.servers[0].pid = Some(1),
             ),
             (
                 "store.path",

@@ -45,6 +45,28 @@ pub const BACKEND_UP: &str = "comfy_reality_backend_up";
 pub const BACKEND_QUEUE_DEPTH: &str = "comfy_reality_backend_queue_depth";
 /// Counter `{backend}`: WebSocket reconnects to the backend.
 pub const WEBSOCKET_RECONNECTS_TOTAL: &str = "comfy_reality_websocket_reconnects_total";
+/// Gauge `{backend,device,type}`: memory of a backend's device, from its `/system_stats`, in
+/// bytes (`device` is `type:index`, or the type for a device without an index).
+pub const BACKEND_VRAM_TOTAL_BYTES: &str = "comfy_reality_backend_vram_total_bytes";
+/// Gauge `{backend,device,type}`: free memory of a backend's device, in bytes.
+pub const BACKEND_VRAM_FREE_BYTES: &str = "comfy_reality_backend_vram_free_bytes";
+/// Gauge `{backend,device,type}`: memory torch has reserved on a backend's device, in bytes.
+pub const BACKEND_TORCH_VRAM_TOTAL_BYTES: &str = "comfy_reality_backend_torch_vram_total_bytes";
+/// Gauge `{backend,device,type}`: free memory inside torch's reservation, in bytes.
+pub const BACKEND_TORCH_VRAM_FREE_BYTES: &str = "comfy_reality_backend_torch_vram_free_bytes";
+/// Gauge `{backend}`: 1 while the backend's GPU memory in use is above
+/// `executor.gpu_memory_fraction` of its total (it gets no new work), else 0.
+pub const BACKEND_VRAM_OVER_FRACTION: &str = "comfy_reality_backend_vram_over_fraction";
+/// Gauge `{index,name,uuid}`: memory allocated on a GPU of this host, in bytes (NVML).
+pub const GPU_MEMORY_USED_BYTES: &str = "comfy_reality_gpu_memory_used_bytes";
+/// Gauge `{index,name,uuid}`: memory installed on a GPU of this host, in bytes.
+pub const GPU_MEMORY_TOTAL_BYTES: &str = "comfy_reality_gpu_memory_total_bytes";
+/// Gauge `{index,name,uuid}`: share of the last sample period a kernel ran on the GPU, 0..1.
+pub const GPU_UTILIZATION_RATIO: &str = "comfy_reality_gpu_utilization_ratio";
+/// Gauge `{index,name,uuid}`: the GPU's core temperature, in degrees Celsius.
+pub const GPU_TEMPERATURE_CELSIUS: &str = "comfy_reality_gpu_temperature_celsius";
+/// Gauge `{index,name,uuid}`: the GPU's power draw, in watts.
+pub const GPU_POWER_WATTS: &str = "comfy_reality_gpu_power_watts";
 /// Gauge: open event subscriptions.
 pub const EVENT_SUBSCRIBERS: &str = "comfy_reality_event_subscribers";
 /// Counter `{kind}`: events published on the bus (`task`, `runtime`, `metric`).
@@ -163,6 +185,52 @@ pub fn describe_metrics() {
         WEBSOCKET_RECONNECTS_TOTAL,
         Unit::Count,
         "WebSocket reconnects to the ComfyUI backend."
+    );
+    describe_gauge!(
+        BACKEND_VRAM_TOTAL_BYTES,
+        Unit::Bytes,
+        "Memory of a ComfyUI backend's device, from its /system_stats."
+    );
+    describe_gauge!(
+        BACKEND_VRAM_FREE_BYTES,
+        Unit::Bytes,
+        "Free memory of a ComfyUI backend's device, from its /system_stats."
+    );
+    describe_gauge!(
+        BACKEND_TORCH_VRAM_TOTAL_BYTES,
+        Unit::Bytes,
+        "Memory torch has reserved on a ComfyUI backend's device."
+    );
+    describe_gauge!(
+        BACKEND_TORCH_VRAM_FREE_BYTES,
+        Unit::Bytes,
+        "Free memory inside torch's reservation on a ComfyUI backend's device."
+    );
+    describe_gauge!(
+        BACKEND_VRAM_OVER_FRACTION,
+        "1 while the backend's GPU memory in use is above executor.gpu_memory_fraction (no new work), else 0."
+    );
+    describe_gauge!(
+        GPU_MEMORY_USED_BYTES,
+        Unit::Bytes,
+        "Memory allocated on a GPU of this host (NVML)."
+    );
+    describe_gauge!(
+        GPU_MEMORY_TOTAL_BYTES,
+        Unit::Bytes,
+        "Memory installed on a GPU of this host (NVML)."
+    );
+    describe_gauge!(
+        GPU_UTILIZATION_RATIO,
+        "Share of the last sample period during which a kernel ran on the GPU (0..1)."
+    );
+    describe_gauge!(
+        GPU_TEMPERATURE_CELSIUS,
+        "Core temperature of a GPU of this host, in degrees Celsius."
+    );
+    describe_gauge!(
+        GPU_POWER_WATTS,
+        "Power draw of a GPU of this host, in watts."
     );
     describe_gauge!(EVENT_SUBSCRIBERS, Unit::Count, "Open event subscriptions.");
     describe_counter!(
@@ -298,6 +366,52 @@ pub fn set_backend_queue_depth(backend: &str, depth: u64) {
 /// (an absolute value: the counter never goes down).
 pub fn set_websocket_reconnects(backend: &str, total: u64) {
     counter!(WEBSOCKET_RECONNECTS_TOTAL, "backend" => backend.to_owned()).absolute(total);
+}
+
+/// The labels of one GPU of this host: low-cardinality (a host has a handful of GPUs).
+#[derive(Debug, Clone, Copy)]
+pub struct GpuLabels<'a> {
+    /// The GPU's index.
+    pub index: &'a str,
+    /// Its product name.
+    pub name: &'a str,
+    /// Its UUID.
+    pub uuid: &'a str,
+}
+
+/// Sets the GPU gauge `metric` (one of the `GPU_*` names) of `gpu` to `value`.
+pub fn set_gpu_gauge(metric: &'static str, gpu: GpuLabels<'_>, value: f64) {
+    gauge!(
+        metric,
+        "index" => gpu.index.to_owned(),
+        "name" => gpu.name.to_owned(),
+        "uuid" => gpu.uuid.to_owned()
+    )
+    .set(value);
+}
+
+/// Sets the device gauge `metric` (one of the `BACKEND_*VRAM*_BYTES` names) of device
+/// `device` (of type `device_type`) of backend `backend` to `bytes`.
+pub fn set_backend_device_bytes(
+    metric: &'static str,
+    backend: &str,
+    device: &str,
+    device_type: &str,
+    bytes: u64,
+) {
+    gauge!(
+        metric,
+        "backend" => backend.to_owned(),
+        "device" => device.to_owned(),
+        "type" => device_type.to_owned()
+    )
+    .set(as_gauge(bytes));
+}
+
+/// Backend `backend` is (or is no longer) above its GPU memory fraction.
+pub fn set_backend_vram_over_fraction(backend: &str, over: bool) {
+    gauge!(BACKEND_VRAM_OVER_FRACTION, "backend" => backend.to_owned())
+        .set(if over { 1.0 } else { 0.0 });
 }
 
 /// An event subscription opened (SubscribeEvents, WatchExecution, or an
