@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::admission::SchedulerError;
+use super::devices::{DeviceReport, Hold};
 use super::ids::{BackendId, ExecutionId, RequiredClasses};
 use super::outcomes::{Action, BackendStatus, Orphaned, TakenBackOutcome};
 use super::{Entry, OnBackend, Place, Scheduler};
@@ -65,11 +66,32 @@ pub(super) struct Backend {
     pub(super) slots: Slots,
     /// The execution a preemption take-back is in flight for.
     pub(super) preempting: Option<ExecutionId>,
+    /// Its devices, as last reported; `None` before any report.
+    pub(super) devices: Option<DeviceReport>,
+    /// Why it gets no new work although up (see `devices`).
+    pub(super) hold: Option<Hold>,
 }
 
 impl Backend {
+    /// A backend known from a report other than "up" (its devices): down, with no classes.
+    pub(super) fn new_down() -> Self {
+        Self {
+            up: false,
+            classes: HashSet::new(),
+            slots: Slots::default(),
+            preempting: None,
+            devices: None,
+            hold: None,
+        }
+    }
+
+    /// Up and not held: it may be given new work.
+    pub(super) fn takes_new_work(&self) -> bool {
+        self.up && self.hold.is_none()
+    }
+
     pub(super) fn has_free_slot(&self) -> bool {
-        self.up && self.slots.len() < SLOTS_PER_BACKEND
+        self.takes_new_work() && self.slots.len() < SLOTS_PER_BACKEND
     }
 }
 
@@ -106,8 +128,7 @@ impl Scheduler {
                     Backend {
                         up: true,
                         classes,
-                        slots: Slots::default(),
-                        preempting: None,
+                        ..Backend::new_down()
                     },
                 );
             }

@@ -26,9 +26,12 @@
 //!   waiting in its own queue (an idle backend may receive both at once), so the
 //!   GPU never idles between prompts.
 //! - Backend choice: among up backends whose node classes include every class
-//!   the execution requires, the least loaded (running + waiting), ties going
-//!   to the lowest [`BackendId`] (a stable order; with equal loads the lowest id
-//!   fills first, which keeps tests and replays deterministic).
+//!   the execution requires and that are not held (`devices`: GPU disabled, or
+//!   GPU memory above `gpu_memory_fraction`), the least loaded (running +
+//!   waiting); ties go to the preferred device type (`prefer_gpu_types`), then
+//!   the most free GPU memory, then the lowest [`BackendId`] (a stable order;
+//!   with equal loads and no device reports the lowest id fills first, which
+//!   keeps tests and replays deterministic).
 //! - Preemption: when a queued execution cannot be placed and an eligible
 //!   backend's waiting slot holds an execution of strictly lower priority, the
 //!   least urgent such waiting execution is taken back ([`Action::TakeBack`]),
@@ -73,11 +76,13 @@
 //! `outcomes` (actions, outcomes and query views handed back), `admission`
 //! (limits, refusals, submit and adopt), `queue` (order, groups, per-priority
 //! counts, positions), `backends` (slots, eligibility, the reports from
-//! backends), `planning` (what to do next: dispatches and preemption). This
+//! backends), `devices` (device reports, the GPU policy, holds and the
+//! placement order), `planning` (what to do next: dispatches and preemption). This
 //! file holds the [`Scheduler`] itself, cancel, and where an execution is.
 
 mod admission;
 mod backends;
+mod devices;
 mod ids;
 mod outcomes;
 mod planning;
@@ -88,6 +93,7 @@ mod queue;
 mod test_support;
 
 pub use admission::{SchedulerConfig, SchedulerError};
+pub use devices::{DeviceReport, GpuPolicy, Hold, HoldChange, Vram};
 pub use ids::{BackendId, ExecutionId, ExecutionKey, RequiredClasses};
 pub use outcomes::{
     Action, BackendStatus, CancelOutcome, Location, Orphaned, Stranded, TakenBackOutcome,
@@ -154,8 +160,10 @@ pub struct Scheduler {
     entries: HashMap<ExecutionId, Entry>,
     /// Queued executions by required classes; no group is empty.
     groups: HashMap<RequiredClasses, Group>,
-    /// Every backend ever reported up, by id.
+    /// Every backend ever reported up or reporting its devices, by id.
     backends: BTreeMap<BackendId, Backend>,
+    /// How devices and GPU memory steer placement.
+    gpu: GpuPolicy,
     /// Queued executions per priority, indexed by [`TaskPriority::value`].
     queued: [usize; TaskPriority::ALL.len()],
     /// Dispatched and not finished, taken back or lost.
@@ -174,6 +182,7 @@ impl Scheduler {
             entries: HashMap::new(),
             groups: HashMap::new(),
             backends: BTreeMap::new(),
+            gpu: GpuPolicy::default(),
             queued: [0; TaskPriority::ALL.len()],
             in_flight: 0,
             pending: Vec::new(),

@@ -9,6 +9,7 @@ use std::cmp::Reverse;
 use super::ids::{BackendId, ExecutionId};
 use super::outcomes::Action;
 use super::queue::QueueKey;
+use super::devices::placement_key;
 use super::{Entry, OnBackend, Place, Scheduler};
 
 impl Scheduler {
@@ -23,7 +24,8 @@ impl Scheduler {
     }
 
     /// Fills free slots, most urgent placeable execution first, each going to
-    /// the least loaded eligible backend (ties: lowest id).
+    /// the least loaded eligible backend (ties: preferred device type, most
+    /// free GPU memory, lowest id; see `devices`). Held backends get nothing.
     fn plan_dispatches(&mut self, actions: &mut Vec<Action>) {
         while self.in_flight < self.config.max_concurrent_tasks {
             let mut best: Option<(QueueKey, BackendId)> = None;
@@ -41,10 +43,10 @@ impl Scheduler {
                         let backend = self.backends.get(id)?;
                         backend
                             .has_free_slot()
-                            .then_some((backend.slots.len(), *id))
+                            .then(|| placement_key(&self.gpu, *id, backend))
                     })
                     .min();
-                if let Some((_, backend)) = target {
+                if let Some((_, _, _, backend)) = target {
                     best = Some((*head, backend));
                 }
             }
@@ -85,7 +87,11 @@ impl Scheduler {
     /// backend; a group is dropped at its first execution that finds nothing,
     /// since those behind it are no more urgent and need the same backends.
     fn plan_take_backs(&mut self, actions: &mut Vec<Action>) {
-        let claimable = self.backends.values().filter(|backend| backend.up).count();
+        let claimable = self
+            .backends
+            .values()
+            .filter(|backend| backend.takes_new_work())
+            .count();
         let mut claimed: Vec<BackendId> = Vec::new();
         let mut victims: Vec<(BackendId, ExecutionId)> = Vec::new();
         let mut cursors: Vec<_> = self
@@ -122,7 +128,7 @@ impl Scheduler {
                 .filter(|id| !claimed.contains(id))
                 .filter_map(|backend_id| {
                     let backend = self.backends.get(backend_id)?;
-                    if !backend.up || backend.preempting.is_some() {
+                    if !backend.takes_new_work() || backend.preempting.is_some() {
                         return None;
                     }
                     let waiting = backend.slots.back?;
