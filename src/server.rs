@@ -18,6 +18,7 @@ use crate::api::request_context::RequestContextLayer;
 use crate::api::{AdminApi, EventApi, ExecutionApi, TaskApi, WorkflowApi};
 use crate::config::{Config, QueueType};
 use crate::drain::CuttableStream;
+use crate::gpu::GpuMonitor;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::execution_service_server::ExecutionServiceServer;
@@ -112,9 +113,21 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let grace = config.service.shutdown_grace();
-    let max_message = config.service.max_request_bytes;
-    let runtime = Runtime::new(config, store)?;
+    // Opening NVML is a blocking library call: off the async workers.
+    let gpu = tokio::task::spawn_blocking(GpuMonitor::load_nvml)
+        .await
+        .unwrap_or_else(|e| GpuMonitor::unavailable(format!("NVML loading failed: {e}")));
+    serve_with_runtime(Runtime::with_gpu(config, store, gpu)?, listener, shutdown).await
+}
+
+/// [`serve`] over a runtime the caller built (tests build one over a fake GPU probe).
+pub async fn serve_with_runtime(
+    runtime: Runtime,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let grace = runtime.config().service.shutdown_grace();
+    let max_message = runtime.config().service.max_request_bytes;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::Serving, true).await;

@@ -22,13 +22,14 @@ use tokio_util::task::TaskTracker;
 pub use bus::EventBus;
 pub use error::{ErrorClass, ObjectKind, RuntimeError};
 pub use executor::{
-    BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor, LoadSnapshot,
+    BackendDevice, BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor, LoadSnapshot,
     ValidationReport, WorkflowSource,
 };
 pub use tasks::{MAX_CANCEL_CASCADE, NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};
 
 use crate::config::Config;
+use crate::gpu::GpuMonitor;
 use crate::model::{NewWorkflow, Task, ValidationError, WorkflowDefinition};
 use crate::store::{ExecutionFilter, Page, Store};
 
@@ -149,13 +150,26 @@ struct Inner {
     config: Config,
     /// When this runtime started.
     started_at: DateTime<Utc>,
+    /// This host's GPUs, sampled on a blocking thread of `tracker`.
+    gpu: GpuMonitor,
 }
 
 impl Runtime {
-    /// A runtime over `store` with the given (validated) configuration. Starts
-    /// the executor (backend sockets, probers, the scheduling actor), so it
-    /// must be called inside a tokio runtime; [`Runtime::shutdown`] stops them.
+    /// A runtime over `store` with the given (validated) configuration, watching this host's
+    /// GPUs through NVML (opened here: a brief blocking call; see [`Runtime::with_gpu`]).
+    /// Starts the executor (backend sockets, probers, the scheduling actor) and the GPU
+    /// sampler, so it must be called inside a tokio runtime; [`Runtime::shutdown`] stops them.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Self, RuntimeError> {
+        Self::with_gpu(config, store, GpuMonitor::load_nvml())
+    }
+
+    /// [`Runtime::new`] with this host's GPUs seen through `gpu` (NVML opened by the caller
+    /// off the async workers, or a fake probe in tests).
+    pub fn with_gpu(
+        config: Config,
+        store: Arc<dyn Store>,
+        gpu: GpuMonitor,
+    ) -> Result<Self, RuntimeError> {
         let bus = EventBus::new(config.events.history_len, Some(Arc::clone(&store)));
         let tasks = Arc::new(TaskRegistry::new(Arc::clone(&store), bus.clone()));
         if let Ok(event) = crate::model::RuntimeEvent::new(
@@ -175,9 +189,11 @@ impl Runtime {
             &config,
             Arc::clone(&tasks),
             Arc::clone(&store),
+            &gpu,
             &tracker,
             &cancel,
         )?;
+        gpu.spawn_sampler(config.executor.gpu_sample_interval(), &tracker, &cancel);
         Ok(Self {
             inner: Arc::new(Inner {
                 tasks,
@@ -188,6 +204,7 @@ impl Runtime {
                 workflows: WorkflowRegistry::new(store),
                 config,
                 started_at: Utc::now(),
+                gpu,
             }),
         })
     }
@@ -212,6 +229,11 @@ impl Runtime {
     /// The task registry.
     pub fn tasks(&self) -> &TaskRegistry {
         &self.inner.tasks
+    }
+
+    /// This host's GPUs and their last readings.
+    pub fn gpu(&self) -> &GpuMonitor {
+        &self.inner.gpu
     }
 
     /// The executor.

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::model::JsonObject;
 use crate::runtime::RuntimeError;
-use crate::runtime::scheduler::{BackendId, ExecutionId};
+use crate::runtime::scheduler::{BackendId, DeviceReport, ExecutionId};
 
 use super::failure::Failure;
 
@@ -53,6 +53,13 @@ pub(crate) enum Msg {
         backend: BackendId,
         /// Its node classes, from `/object_info`.
         classes: Vec<String>,
+    },
+    /// A backend's devices, as its `/system_stats` reported them.
+    BackendDevices {
+        /// The backend.
+        backend: BackendId,
+        /// Device types and GPU memory.
+        report: DeviceReport,
     },
     /// A backend stopped answering.
     BackendDown {

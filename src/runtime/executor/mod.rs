@@ -59,7 +59,7 @@ use crate::store::{ExecutionFilter, Page, Store};
 use super::tasks::TaskRegistry;
 use super::{ObjectKind, RuntimeError};
 
-pub use pool::BackendState;
+pub use pool::{BackendDevice, BackendState};
 pub use shared::LoadSnapshot;
 
 use messages::Msg;
@@ -182,12 +182,13 @@ impl Executor {
         config: &Config,
         tasks: Arc<TaskRegistry>,
         store: Arc<dyn Store>,
+        gpu: &crate::gpu::GpuMonitor,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Result<Self, RuntimeError> {
         let settings = Settings::from_config(config);
         let instance = instance_id(store.as_ref())?;
-        let pool = Pool::start(&config.servers, instance, cancel)
+        let pool = Pool::start(&config.servers, instance, gpu, cancel)
             .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         let shared = Arc::new(Shared::new(Arc::clone(&tasks), store, settings, pool));
         let (tx, rx) = mpsc::unbounded_channel();

@@ -1,10 +1,14 @@
 //! The pool of ComfyUI backends: one HTTP client and one WebSocket task per
 //! configured server, and a prober per backend that tells the executor when it
-//! comes up (with its node classes, from `/object_info`) or goes down.
+//! comes up (with its node classes, from `/object_info`) or goes down, and
+//! what devices it has (from `/system_stats`, every probe while it is up).
 //!
-//! A probe is one cheap `GET /queue`. The full `/object_info` (about 1.6 MB on a
-//! real server) is read only when a backend comes up, and kept as its
-//! catalogue for validation and routing.
+//! A probe is one cheap `GET /queue`, then `GET /system_stats` while the backend
+//! answers. The full `/object_info` (about 1.6 MB on a real server) is read only
+//! when a backend comes up, and kept as its catalogue for validation and
+//! routing. When a backend comes up its ComfyUI process is located on this host
+//! (`servers[].pid`, else the process listening on a loopback url's port), so
+//! the GPU memory it holds while a task runs can be attributed to the task.
 //!
 //! Imports point down only: the probers report through
 //! [`messages`](super::messages); nothing of the actor or the attempts.
@@ -18,9 +22,11 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::comfy::client::{ComfyClient, ComfyError};
+use crate::comfy::wire::{DeviceInfo, SystemStats};
 use crate::comfy::ws::{BackendSocket, BackendSocketHandle, SocketSettings};
 use crate::config::ServerConfig;
-use crate::runtime::scheduler::BackendId;
+use crate::gpu::{GpuMonitor, ProcessPeak};
+use crate::runtime::scheduler::{BackendId, DeviceReport, Vram};
 use crate::runtime::workflow_checks::ObjectInfoCatalogue;
 use crate::telemetry::metrics;
 
@@ -38,6 +44,85 @@ pub(crate) struct Backend {
     probe_now: Notify,
     /// What the prober last learnt.
     state: RwLock<BackendState>,
+    /// Where its ComfyUI process is looked for on this host.
+    process: ProcessLookup,
+    /// This host's GPUs, for the peak GPU memory of its process.
+    gpu: GpuMonitor,
+}
+
+/// How a backend's ComfyUI process is found on this host.
+#[derive(Debug, Clone, Copy)]
+enum ProcessLookup {
+    /// `servers[].pid`.
+    Configured(u32),
+    /// The process listening on this port of a loopback url.
+    ListeningOn(u16),
+    /// Not on this host, as far as its url tells.
+    Remote,
+}
+
+/// One device of a backend, from its last `/system_stats`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendDevice {
+    /// Device name (`cuda:0 NVIDIA H100 ...`, `cpu`).
+    pub name: String,
+    /// Device type (`cuda`, `cpu`, `mps`, `directml`, ...), lowercase.
+    pub device_type: String,
+    /// Device index; `None` for the CPU.
+    pub index: Option<i64>,
+    /// Memory installed, in bytes.
+    pub vram_total: Option<u64>,
+    /// Memory free, in bytes.
+    pub vram_free: Option<u64>,
+    /// Memory torch has reserved, in bytes.
+    pub torch_vram_total: Option<u64>,
+    /// Free memory inside torch's reservation, in bytes.
+    pub torch_vram_free: Option<u64>,
+}
+
+impl BackendDevice {
+    fn from_wire(device: &DeviceInfo) -> Self {
+        let kind = device.device_type.trim().to_ascii_lowercase();
+        Self {
+            name: device.name.clone(),
+            // torch-directml devices report torch's generic name for out-of-tree backends.
+            device_type: if kind == "privateuseone" {
+                "directml".into()
+            } else {
+                kind
+            },
+            index: device.index,
+            vram_total: device.vram_total,
+            vram_free: device.vram_free,
+            torch_vram_total: device.torch_vram_total,
+            torch_vram_free: device.torch_vram_free,
+        }
+    }
+
+    /// The metric label of the device: `type:index`, or the type alone.
+    fn label(&self) -> String {
+        match self.index {
+            Some(index) => format!("{}:{index}", self.device_type),
+            None => self.device_type.clone(),
+        }
+    }
+}
+
+/// What the scheduler needs of a backend's devices: their types, and GPU memory summed over
+/// the non-CPU devices that report it (a CPU's "vram" is the host's RAM).
+pub(crate) fn device_report(devices: &[BackendDevice]) -> DeviceReport {
+    let mut vram: Option<Vram> = None;
+    for device in devices.iter().filter(|d| d.device_type != "cpu") {
+        if let (Some(total), Some(free)) = (device.vram_total, device.vram_free) {
+            let sum = vram.get_or_insert(Vram { total: 0, free: 0 });
+            sum.total = sum.total.saturating_add(total);
+            sum.free = sum.free.saturating_add(free.min(total));
+        }
+    }
+    DeviceReport {
+        types: devices.iter().map(|d| d.device_type.clone()).collect(),
+        vram,
+    }
 }
 
 /// What is known of a backend's health.
@@ -51,6 +136,12 @@ pub struct BackendState {
     pub catalogue: Option<Arc<ObjectInfoCatalogue>>,
     /// Why the last probe failed.
     pub last_error: Option<String>,
+    /// Its devices, from the last `/system_stats` read (kept while down).
+    pub devices: Vec<BackendDevice>,
+    /// Why it gets no new work although up (GPU disabled, GPU memory above the fraction).
+    pub placement_hold: Option<String>,
+    /// Its ComfyUI process on this host, when known.
+    pub pid: Option<u32>,
 }
 
 impl Backend {
@@ -80,6 +171,53 @@ impl Backend {
     pub fn suspect(&self) {
         self.probe_now.notify_one();
     }
+
+    /// Records why the scheduler holds it back from new work (`None`: it takes work).
+    pub fn set_placement_hold(&self, hold: Option<String>) {
+        self.set_state(|state| state.placement_hold = hold);
+    }
+
+    /// Starts watching the GPU memory of its ComfyUI process; `None` when the process is not
+    /// known on this host or this host has no GPUs to watch.
+    pub fn watch_gpu_memory(&self) -> Option<ProcessPeak> {
+        self.gpu.watch_process(self.state().pid?)
+    }
+}
+
+impl ProcessLookup {
+    fn for_server(server: &ServerConfig) -> Self {
+        if let Some(pid) = server.pid {
+            return Self::Configured(pid);
+        }
+        let Ok(url) = url::Url::parse(&server.url) else {
+            return Self::Remote;
+        };
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match url.port_or_known_default() {
+            Some(port) if loopback => Self::ListeningOn(port),
+            _ => Self::Remote,
+        }
+    }
+
+    /// The pid, looking it up now when it is found by port (a blocking `/proc` walk, off the
+    /// async workers).
+    async fn locate(self) -> Option<u32> {
+        match self {
+            Self::Configured(pid) => Some(pid),
+            Self::ListeningOn(port) => {
+                tokio::task::spawn_blocking(move || crate::gpu::find_listening_pid(port))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            Self::Remote => None,
+        }
+    }
 }
 
 /// Every backend, by [`BackendId`] (index).
@@ -93,6 +231,7 @@ impl Pool {
     pub fn start(
         servers: &[ServerConfig],
         instance: Uuid,
+        gpu: &GpuMonitor,
         cancel: &CancellationToken,
     ) -> Result<Self, ComfyError> {
         let mut backends = Vec::with_capacity(servers.len());
@@ -114,6 +253,8 @@ impl Pool {
                 socket,
                 probe_now: Notify::new(),
                 state: RwLock::new(BackendState::default()),
+                process: ProcessLookup::for_server(server),
+                gpu: gpu.clone(),
             }));
         }
         Ok(Self { backends })
@@ -175,13 +316,19 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
         match probe(backend, was_up).await {
             Ok(Some(catalogue)) => {
                 let classes: Vec<String> = catalogue.class_names().map(str::to_owned).collect();
+                let pid = backend.process.locate().await;
                 backend.set_state(|state| {
                     state.probed = true;
                     state.up = true;
                     state.catalogue = Some(Arc::new(catalogue));
                     state.last_error = None;
+                    state.pid = pid;
                 });
-                tracing::info!(backend = %backend.name, classes = classes.len(), "backend up");
+                // Devices before "up", so the first placement on it knows them.
+                if !refresh_devices(backend, tx).await {
+                    return;
+                }
+                tracing::info!(backend = %backend.name, classes = classes.len(), pid, "backend up");
                 if tx
                     .send(Msg::BackendUp {
                         backend: backend.id,
@@ -192,7 +339,11 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
                     return;
                 }
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if !refresh_devices(backend, tx).await {
+                    return;
+                }
+            }
             Err(error) => {
                 let message = error.to_string();
                 backend.set_state(|state| {
@@ -218,6 +369,46 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
             () = backend.probe_now.notified() => {}
         }
     }
+}
+
+/// Reads the backend's devices (`/system_stats`), records them, sets their gauges and reports
+/// them to the actor. A failed read changes nothing (the queue probe decides up and down).
+/// `false` when the actor is gone.
+async fn refresh_devices(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>) -> bool {
+    let stats: SystemStats = match backend.client().system_stats().await {
+        Ok(stats) => stats,
+        Err(error) => {
+            tracing::debug!(backend = %backend.name, %error, "system_stats not read");
+            return true;
+        }
+    };
+    let devices: Vec<BackendDevice> = stats.devices.iter().map(BackendDevice::from_wire).collect();
+    for device in &devices {
+        let label = device.label();
+        for (metric, value) in [
+            (metrics::BACKEND_VRAM_TOTAL_BYTES, device.vram_total),
+            (metrics::BACKEND_VRAM_FREE_BYTES, device.vram_free),
+            (metrics::BACKEND_TORCH_VRAM_TOTAL_BYTES, device.torch_vram_total),
+            (metrics::BACKEND_TORCH_VRAM_FREE_BYTES, device.torch_vram_free),
+        ] {
+            if let Some(bytes) = value {
+                metrics::set_backend_device_bytes(
+                    metric,
+                    &backend.name,
+                    &label,
+                    &device.device_type,
+                    bytes,
+                );
+            }
+        }
+    }
+    let report = device_report(&devices);
+    backend.set_state(|state| state.devices = devices);
+    tx.send(Msg::BackendDevices {
+        backend: backend.id,
+        report,
+    })
+    .is_ok()
 }
 
 /// One probe: `GET /queue`; when the backend was down (or never seen), also

@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub max_workflow_bytes: usize,
     /// Most nodes accepted in one workflow.
     pub max_workflow_nodes: usize,
+    /// How devices and GPU memory steer placement (`[executor]`).
+    pub gpu_policy: crate::runtime::scheduler::GpuPolicy,
 }
 
 impl Settings {
@@ -64,6 +66,11 @@ impl Settings {
             artifact_dir: config.artifact_dir(),
             max_workflow_bytes: config.scheduling.max_workflow_bytes,
             max_workflow_nodes: config.scheduling.max_workflow_nodes,
+            gpu_policy: crate::runtime::scheduler::GpuPolicy {
+                enable_gpu: config.executor.enable_gpu,
+                prefer_gpu_types: config.executor.prefer_gpu_types.clone(),
+                gpu_memory_fraction: config.executor.gpu_memory_fraction,
+            },
         }
     }
 }

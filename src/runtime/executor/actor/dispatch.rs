@@ -137,6 +137,7 @@ impl Actor {
             control,
             abandon: abandon.clone(),
             take_back_pending: false,
+            gpu_peak: None,
         }));
         let spec = AttemptSpec {
             sched,
@@ -233,6 +234,12 @@ impl Actor {
                 self.deferred_starts.push((sched, backend));
             }
             Err(error) => tracing::debug!(%error, "start not applied"),
+        }
+        let watch = self.watch_gpu_memory(backend);
+        if let Some(run) = self.live.get_mut(&sched).and_then(|l| l.run.as_mut())
+            && run.gpu_peak.is_none()
+        {
+            run.gpu_peak = watch;
         }
         let name = self
             .shared

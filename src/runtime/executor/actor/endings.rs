@@ -30,9 +30,10 @@ impl Actor {
         }
         // No run: it was taken away (taken back, backend down) and this is a
         // late report of an abandoned attempt.
-        let Some(run) = live.run.take() else {
+        let Some(mut run) = live.run.take() else {
             return;
         };
+        self.record_gpu_peak(sched, run.gpu_peak.take());
         if self.scheduler.prompt_finished(run.backend, sched).is_ok() {
             self.apply_deferred_starts(run.backend);
         }

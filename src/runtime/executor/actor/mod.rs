@@ -19,6 +19,7 @@
 //! - [`dispatch`]: queueing, the scheduler's actions (dispatch, take back,
 //!   interrupt), the attempts' "posted" and "started" reports;
 //! - [`backends`]: backends going up and down;
+//! - [`gpu`]: backends' devices and holds, the peak GPU memory of a running prompt;
 //! - [`retry`]: retries with back-off, RetryTask;
 //! - [`cancel`]: cancellation on request;
 //! - [`endings`]: the end of an execution (completed, failed, cancelled);
@@ -29,6 +30,7 @@ mod backends;
 mod cancel;
 mod dispatch;
 mod endings;
+mod gpu;
 mod recovery;
 mod retry;
 
@@ -87,6 +89,8 @@ struct Run {
     abandon: CancellationToken,
     /// A take-back was decided before the prompt was posted.
     take_back_pending: bool,
+    /// The peak GPU memory of the backend's process since the prompt started.
+    gpu_peak: Option<crate::gpu::ProcessPeak>,
 }
 
 /// An execution the actor holds (not terminal).
@@ -156,12 +160,13 @@ impl Actor {
         tx: mpsc::UnboundedSender<Msg>,
         tracker: TaskTracker,
     ) -> Self {
-        let scheduler = Scheduler::new(SchedulerConfig {
+        let mut scheduler = Scheduler::new(SchedulerConfig {
             // Admission is bounded before the store write (Shared::backlog);
             // the scheduler never refuses a re-entry.
             max_queue_len: usize::MAX,
             max_concurrent_tasks: shared.settings.max_concurrent,
         });
+        scheduler.set_gpu_policy(shared.settings.gpu_policy.clone());
         Self {
             shared,
             tx,
@@ -250,6 +255,7 @@ impl Actor {
                 self.reconcile_on(backend);
                 self.fail_unrunnable();
             }
+            Msg::BackendDevices { backend, report } => self.backend_devices(backend, report),
             Msg::BackendDown { backend } => self.backend_down(backend),
             Msg::Posted {
                 sched,

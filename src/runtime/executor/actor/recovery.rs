@@ -272,6 +272,7 @@ impl Actor {
             control,
             abandon: abandon.clone(),
             take_back_pending: false,
+            gpu_peak: None,
         }));
         let spec = AttemptSpec {
             sched,
