@@ -4,9 +4,10 @@ use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use crate::pb::admin_service_server::AdminService;
+use crate::gpu::GpuSnapshot;
 use crate::pb::{
-    API_VERSION, BackendInfo, BackendState, GetRuntimeInfoRequest, GetRuntimeInfoResponse,
-    QueueDepth,
+    API_VERSION, BackendDevice, BackendInfo, BackendState, GetRuntimeInfoRequest,
+    GetRuntimeInfoResponse, LocalGpu, QueueDepth,
 };
 use crate::runtime::Runtime;
 
@@ -61,6 +62,9 @@ impl AdminService for AdminApi {
                         .map_or(0, |c| u32::try_from(c.len()).unwrap_or(u32::MAX)),
                     last_error: state.last_error,
                     running: count(load.on_backend.get(index).copied().unwrap_or(0)),
+                    devices: state.devices.iter().map(backend_device).collect(),
+                    placement_hold: state.placement_hold,
+                    pid: state.pid,
                 })
                 .collect(),
             started_at: Some(timestamp(started_at)),
@@ -73,6 +77,41 @@ impl AdminService for AdminApi {
                     queued: count(queued),
                 })
                 .collect(),
+            local_gpus: self
+                .runtime
+                .gpu()
+                .snapshots()
+                .into_iter()
+                .map(local_gpu)
+                .collect(),
+            local_gpus_unavailable: self.runtime.gpu().unavailable_reason().map(str::to_owned),
         }))
+    }
+}
+
+fn backend_device(device: &crate::runtime::BackendDevice) -> BackendDevice {
+    BackendDevice {
+        name: device.name.clone(),
+        r#type: device.device_type.clone(),
+        index: device.index,
+        vram_total_bytes: device.vram_total,
+        vram_free_bytes: device.vram_free,
+        torch_vram_total_bytes: device.torch_vram_total,
+        torch_vram_free_bytes: device.torch_vram_free,
+    }
+}
+
+fn local_gpu(snapshot: GpuSnapshot) -> LocalGpu {
+    let reading = snapshot.reading;
+    LocalGpu {
+        index: snapshot.device.index,
+        name: snapshot.device.name,
+        uuid: snapshot.device.uuid,
+        memory_used_bytes: reading.map(|r| r.memory_used_bytes),
+        memory_total_bytes: reading.map(|r| r.memory_total_bytes),
+        utilization_ratio: reading.and_then(|r| r.utilization_ratio),
+        temperature_celsius: reading.and_then(|r| r.temperature_celsius),
+        power_watts: reading.and_then(|r| r.power_watts),
+        error: snapshot.error,
     }
 }

@@ -24,7 +24,7 @@
 //!
 //! # Control routes
 //!
-//! Beside the ComfyUI routes the fake serves two routes that no fault
+//! Beside the ComfyUI routes the fake serves control routes that no fault
 //! blocks:
 //!
 //! - `POST /__fake/faults` with a JSON object
@@ -34,6 +34,11 @@
 //!   switches; `GET /__fake/faults` reads them. See [`Faults`] for what each
 //!   switch does.
 //! - `POST /__fake/restart`: the same as [`FakeComfy::restart`].
+//! - `POST /__fake/vram {"used_mb": N}`: sets the memory in use (MiB) that
+//!   `/system_stats` reports for the device (`--device-type`, `--vram-total-mb`,
+//!   [`FakeOptions::device_type`]); a body of another shape or N above the
+//!   total is a 400. Answers `{"device_type", "total_mb", "used_mb"}`, which
+//!   `GET /__fake/vram` also reads.
 //!
 //! # Known differences from ComfyUI
 //!
@@ -59,6 +64,7 @@
 //! - Not served: `/upload/mask`, the asset routes, `/view_metadata`,
 //!   `/extensions` and the frontend's static files.
 
+mod devices;
 mod executor;
 mod faults;
 mod files;
@@ -82,8 +88,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use devices::DeviceType;
 pub use faults::Faults;
 
+use devices::DeviceState;
 use faults::FaultState;
 use files::Dirs;
 use server::{ConnHandle, FakeListener};
@@ -145,6 +153,11 @@ pub struct FakeOptions {
     pub time_scale: f64,
     /// The `comfyui_version` that `/system_stats` reports.
     pub version: String,
+    /// The kind of device `/system_stats` reports.
+    pub device_type: DeviceType,
+    /// The device's memory in MiB; `None`: the kind's default (the captured machine's RAM for
+    /// the CPU, 24576 for CUDA, 16384 for MPS, 8192 for DirectML). Must be at least 1.
+    pub vram_total_mb: Option<u64>,
 }
 
 impl Default for FakeOptions {
@@ -154,6 +167,8 @@ impl Default for FakeOptions {
             input_dir: None,
             time_scale: 1.0,
             version: "0.33.0".to_owned(),
+            device_type: DeviceType::default(),
+            vram_total_mb: None,
         }
     }
 }
@@ -198,8 +213,15 @@ impl FakeComfy {
                 ),
             ));
         }
+        if options.vram_total_mb == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "vram_total_mb must be at least 1",
+            ));
+        }
         let addr = listener.local_addr()?;
         let (dirs, owned_root) = prepare_dirs(&options)?;
+        let device = DeviceState::new(options.device_type, options.vram_total_mb);
         let faults = Arc::new(FaultState::new());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -214,6 +236,7 @@ impl FakeComfy {
             shutdown.clone(),
             tracker.clone(),
             addr.port(),
+            device,
         ));
         shared.start_worker().await;
         let app = server::router(shared.clone());
@@ -247,6 +270,12 @@ impl FakeComfy {
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Sets the GPU memory in use that `/system_stats` reports, in MiB (the same as
+    /// `POST /__fake/vram`). Refused above the device's total.
+    pub fn set_vram_used_mb(&self, used_mb: u64) -> Result<(), String> {
+        self.shared.device.set_used_mb(used_mb)
     }
 
     /// The folder SaveImage writes to (`type=output`).

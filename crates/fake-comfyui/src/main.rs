@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
+use comfy_reality_fake_comfyui::{DeviceType, FakeComfy, FakeOptions};
 
 /// A fake ComfyUI 0.33 server.
 #[derive(Debug, Parser)]
@@ -45,6 +45,13 @@ struct Args {
     /// Fault: close accepted connections at once (the control routes still answer).
     #[arg(long)]
     refuse_connections: bool,
+    /// The device `/system_stats` reports: cuda, cpu, mps or directml.
+    #[arg(long, default_value = "cpu", value_parser = DeviceType::parse)]
+    device_type: DeviceType,
+    /// The device's memory in MiB (default: the kind's; the captured machine's RAM for cpu).
+    /// The memory in use is set with `POST /__fake/vram {"used_mb": N}`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    vram_total_mb: Option<u64>,
 }
 
 /// Accepts finite, non-negative scales.
@@ -92,6 +99,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     let options = FakeOptions {
         output_dir: args.output_dir,
         time_scale: args.time_scale,
+        device_type: args.device_type,
+        vram_total_mb: args.vram_total_mb,
         ..FakeOptions::default()
     };
     let fake = FakeComfy::start_on(listener, options).await?;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::devices::DeviceState;
 use super::executor;
 use super::faults::FaultState;
 use super::files::Dirs;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     worker: tokio::sync::Mutex<Option<Worker>>,
     /// The port the fake listens on (for `system_stats.argv`).
     pub(crate) port: u16,
+    /// The device `/system_stats` reports, and its memory in use.
+    pub(crate) device: DeviceState,
 }
 
 /// `GET /features` and the `feature_flags` reply.
@@ -90,6 +93,7 @@ impl Shared {
         shutdown: CancellationToken,
         tracker: TaskTracker,
         port: u16,
+        device: DeviceState,
     ) -> Self {
         Self {
             state: Mutex::new(QueueState::default()),
@@ -103,6 +107,7 @@ impl Shared {
             tracker,
             worker: tokio::sync::Mutex::new(None),
             port,
+            device,
         }
     }
 

@@ -74,3 +74,31 @@ pub(super) async fn post_restart(State(shared): State<Arc<Shared>>) -> Response 
     shared.restart().await;
     ok_empty()
 }
+
+/// `GET /__fake/vram`: the device type, its memory and the memory in use, in MiB.
+pub(super) async fn get_vram(State(shared): State<Arc<Shared>>) -> Response {
+    ok_json(&shared.device.json())
+}
+
+/// `POST /__fake/vram {"used_mb": N}`: sets the memory in use that `/system_stats` reports;
+/// answers like `GET`. A body that is not that object, or N above the total, is a 400.
+pub(super) async fn post_vram(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct VramUpdate {
+        used_mb: u64,
+    }
+    let update: VramUpdate = match serde_json::from_slice(&body) {
+        Ok(update) => update,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid vram update, expected {{\"used_mb\": N}}: {e}"),
+            );
+        }
+    };
+    match shared.device.set_used_mb(update.used_mb) {
+        Ok(()) => ok_json(&shared.device.json()),
+        Err(message) => json_error(StatusCode::BAD_REQUEST, &message),
+    }
+}

@@ -42,7 +42,7 @@ pub(crate) use listener::{ConnHandle, FakeListener};
 
 use crate::shared::Shared;
 
-use control::{fault_layer, get_faults, post_faults, post_restart};
+use control::{fault_layer, get_faults, get_vram, post_faults, post_restart, post_vram};
 use history::{
     cancel_job, cancel_jobs, get_history, get_history_one, get_job, get_job_named_cancel,
     list_jobs, post_history,
@@ -68,7 +68,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(shared.clone(), fault_layer));
     let control = Router::new()
         .route("/__fake/faults", get(get_faults).post(post_faults))
-        .route("/__fake/restart", post(post_restart));
+        .route("/__fake/restart", post(post_restart))
+        .route("/__fake/vram", get(get_vram).post(post_vram));
     main.merge(control)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)

@@ -75,7 +75,8 @@ pub(super) async fn get_features() -> Response {
     ok_json(&features())
 }
 
-/// `GET /system_stats`: the captured CPU machine, with this fake's port and version.
+/// `GET /system_stats`: the captured CPU machine, with this fake's port, version and device
+/// (`--device-type`, `--vram-total-mb`, the memory in use set through `/__fake/vram`).
 pub(super) async fn system_stats(State(shared): State<Arc<Shared>>) -> Response {
     let package = |name: &str, version: &str| {
         object([
@@ -86,25 +87,23 @@ pub(super) async fn system_stats(State(shared): State<Arc<Shared>>) -> Response 
     };
     let ram_total = Value::from(25_276_510_208u64);
     let ram_free = Value::from(23_749_312_512u64);
-    let argv: Vec<Value> = [
-        "main.py",
-        "--cpu",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        &shared.port.to_string(),
-        "--disable-auto-launch",
-    ]
-    .iter()
-    .map(|a| Value::String((*a).to_owned()))
-    .collect();
+    let port = shared.port.to_string();
+    let mut args = vec!["main.py"];
+    if shared.device.is_cpu() {
+        args.push("--cpu");
+    }
+    args.extend(["--listen", "127.0.0.1", "--port", &port, "--disable-auto-launch"]);
+    let argv: Vec<Value> = args
+        .iter()
+        .map(|a| Value::String((*a).to_owned()))
+        .collect();
     let stats = object([
         (
             "system",
             object([
                 ("os", Value::String("linux".to_owned())),
-                ("ram_total", ram_total.clone()),
-                ("ram_free", ram_free.clone()),
+                ("ram_total", ram_total),
+                ("ram_free", ram_free),
                 (
                     "comfyui_version",
                     Value::String(shared.settings.version.clone()),
@@ -141,18 +140,7 @@ pub(super) async fn system_stats(State(shared): State<Arc<Shared>>) -> Response 
                 ("argv", Value::Array(argv)),
             ]),
         ),
-        (
-            "devices",
-            Value::Array(vec![object([
-                ("name", Value::String("cpu".to_owned())),
-                ("type", Value::String("cpu".to_owned())),
-                ("index", Value::Null),
-                ("vram_total", ram_total.clone()),
-                ("vram_free", ram_free.clone()),
-                ("torch_vram_total", ram_total),
-                ("torch_vram_free", ram_free),
-            ])]),
-        ),
+        ("devices", shared.device.system_stats_devices()),
     ]);
     ok_json(&stats)
 }

@@ -94,7 +94,18 @@ type BackendInfo struct {
 	LastError *string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3,oneof" json:"last_error,omitempty"`
 	// Executions of this runtime handed to this backend now: running, or
 	// waiting in its own queue.
-	Running       uint32 `protobuf:"varint,6,opt,name=running,proto3" json:"running,omitempty"`
+	Running uint32 `protobuf:"varint,6,opt,name=running,proto3" json:"running,omitempty"`
+	// Its devices as its last /system_stats reported them, primary first
+	// (empty before the first read).
+	Devices []*BackendDevice `protobuf:"bytes,7,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Why it gets no new work although UP: it has a GPU and
+	// executor.enable_gpu is false, or its GPU memory in use is above
+	// executor.gpu_memory_fraction of its total. Unset while it takes work.
+	PlacementHold *string `protobuf:"bytes,8,opt,name=placement_hold,json=placementHold,proto3,oneof" json:"placement_hold,omitempty"`
+	// Its ComfyUI process on this host (servers[].pid, or found listening on
+	// a loopback url's port); unset when not known. Its peak GPU memory while
+	// a task runs becomes the task's metrics.gpu_memory_mb.
+	Pid           *uint32 `protobuf:"varint,9,opt,name=pid,proto3,oneof" json:"pid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -171,6 +182,247 @@ func (x *BackendInfo) GetRunning() uint32 {
 	return 0
 }
 
+func (x *BackendInfo) GetDevices() []*BackendDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *BackendInfo) GetPlacementHold() string {
+	if x != nil && x.PlacementHold != nil {
+		return *x.PlacementHold
+	}
+	return ""
+}
+
+func (x *BackendInfo) GetPid() uint32 {
+	if x != nil && x.Pid != nil {
+		return *x.Pid
+	}
+	return 0
+}
+
+// BackendDevice is one device of a ComfyUI backend, from its /system_stats.
+// Memory figures are in bytes and unset when the backend does not report them.
+type BackendDevice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Device name, e.g. "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync" or "cpu".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Device type, lowercase: "cuda", "cpu", "mps", "directml", "xpu", ...
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// Device index; unset for the CPU.
+	Index *int64 `protobuf:"varint,3,opt,name=index,proto3,oneof" json:"index,omitempty"`
+	// Memory installed (for the CPU: the host's RAM).
+	VramTotalBytes *uint64 `protobuf:"varint,4,opt,name=vram_total_bytes,json=vramTotalBytes,proto3,oneof" json:"vram_total_bytes,omitempty"`
+	// Memory free.
+	VramFreeBytes *uint64 `protobuf:"varint,5,opt,name=vram_free_bytes,json=vramFreeBytes,proto3,oneof" json:"vram_free_bytes,omitempty"`
+	// Memory torch has reserved.
+	TorchVramTotalBytes *uint64 `protobuf:"varint,6,opt,name=torch_vram_total_bytes,json=torchVramTotalBytes,proto3,oneof" json:"torch_vram_total_bytes,omitempty"`
+	// Free memory inside torch's reservation.
+	TorchVramFreeBytes *uint64 `protobuf:"varint,7,opt,name=torch_vram_free_bytes,json=torchVramFreeBytes,proto3,oneof" json:"torch_vram_free_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *BackendDevice) Reset() {
+	*x = BackendDevice{}
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendDevice) ProtoMessage() {}
+
+func (x *BackendDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendDevice.ProtoReflect.Descriptor instead.
+func (*BackendDevice) Descriptor() ([]byte, []int) {
+	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BackendDevice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BackendDevice) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *BackendDevice) GetIndex() int64 {
+	if x != nil && x.Index != nil {
+		return *x.Index
+	}
+	return 0
+}
+
+func (x *BackendDevice) GetVramTotalBytes() uint64 {
+	if x != nil && x.VramTotalBytes != nil {
+		return *x.VramTotalBytes
+	}
+	return 0
+}
+
+func (x *BackendDevice) GetVramFreeBytes() uint64 {
+	if x != nil && x.VramFreeBytes != nil {
+		return *x.VramFreeBytes
+	}
+	return 0
+}
+
+func (x *BackendDevice) GetTorchVramTotalBytes() uint64 {
+	if x != nil && x.TorchVramTotalBytes != nil {
+		return *x.TorchVramTotalBytes
+	}
+	return 0
+}
+
+func (x *BackendDevice) GetTorchVramFreeBytes() uint64 {
+	if x != nil && x.TorchVramFreeBytes != nil {
+		return *x.TorchVramFreeBytes
+	}
+	return 0
+}
+
+// LocalGpu is one GPU of the host the service runs on, as NVML last read it
+// (every executor.gpu_sample_interval_seconds).
+type LocalGpu struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The driver's index of the GPU (nvidia-smi's index).
+	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Product name, e.g. "NVIDIA H200".
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The GPU's UUID ("GPU-..."), stable across reboots.
+	Uuid string `protobuf:"bytes,3,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	// Memory allocated, in bytes; unset until the first reading succeeds.
+	MemoryUsedBytes *uint64 `protobuf:"varint,4,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3,oneof" json:"memory_used_bytes,omitempty"`
+	// Memory installed, in bytes; unset until the first reading succeeds.
+	MemoryTotalBytes *uint64 `protobuf:"varint,5,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3,oneof" json:"memory_total_bytes,omitempty"`
+	// Share of the last sample period a kernel ran, 0..1; unset when not reported.
+	UtilizationRatio *float64 `protobuf:"fixed64,6,opt,name=utilization_ratio,json=utilizationRatio,proto3,oneof" json:"utilization_ratio,omitempty"`
+	// Core temperature in degrees Celsius; unset when not reported.
+	TemperatureCelsius *float64 `protobuf:"fixed64,7,opt,name=temperature_celsius,json=temperatureCelsius,proto3,oneof" json:"temperature_celsius,omitempty"`
+	// Power draw in watts; unset when not reported.
+	PowerWatts *float64 `protobuf:"fixed64,8,opt,name=power_watts,json=powerWatts,proto3,oneof" json:"power_watts,omitempty"`
+	// Why the last reading failed; unset when it succeeded.
+	Error         *string `protobuf:"bytes,9,opt,name=error,proto3,oneof" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalGpu) Reset() {
+	*x = LocalGpu{}
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalGpu) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalGpu) ProtoMessage() {}
+
+func (x *LocalGpu) ProtoReflect() protoreflect.Message {
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalGpu.ProtoReflect.Descriptor instead.
+func (*LocalGpu) Descriptor() ([]byte, []int) {
+	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LocalGpu) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LocalGpu) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LocalGpu) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *LocalGpu) GetMemoryUsedBytes() uint64 {
+	if x != nil && x.MemoryUsedBytes != nil {
+		return *x.MemoryUsedBytes
+	}
+	return 0
+}
+
+func (x *LocalGpu) GetMemoryTotalBytes() uint64 {
+	if x != nil && x.MemoryTotalBytes != nil {
+		return *x.MemoryTotalBytes
+	}
+	return 0
+}
+
+func (x *LocalGpu) GetUtilizationRatio() float64 {
+	if x != nil && x.UtilizationRatio != nil {
+		return *x.UtilizationRatio
+	}
+	return 0
+}
+
+func (x *LocalGpu) GetTemperatureCelsius() float64 {
+	if x != nil && x.TemperatureCelsius != nil {
+		return *x.TemperatureCelsius
+	}
+	return 0
+}
+
+func (x *LocalGpu) GetPowerWatts() float64 {
+	if x != nil && x.PowerWatts != nil {
+		return *x.PowerWatts
+	}
+	return 0
+}
+
+func (x *LocalGpu) GetError() string {
+	if x != nil && x.Error != nil {
+		return *x.Error
+	}
+	return ""
+}
+
 // GetRuntimeInfoRequest has no fields.
 type GetRuntimeInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -180,7 +432,7 @@ type GetRuntimeInfoRequest struct {
 
 func (x *GetRuntimeInfoRequest) Reset() {
 	*x = GetRuntimeInfoRequest{}
-	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[1]
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -192,7 +444,7 @@ func (x *GetRuntimeInfoRequest) String() string {
 func (*GetRuntimeInfoRequest) ProtoMessage() {}
 
 func (x *GetRuntimeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[1]
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -205,7 +457,7 @@ func (x *GetRuntimeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRuntimeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetRuntimeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{1}
+	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{3}
 }
 
 // GetRuntimeInfoResponse describes the running service.
@@ -226,14 +478,21 @@ type GetRuntimeInfoResponse struct {
 	// Executions waiting in the runtime's queue, one entry per priority,
 	// CRITICAL first. Executions handed to a backend are not counted here
 	// (see BackendInfo.running).
-	Queue         []*QueueDepth `protobuf:"bytes,7,rep,name=queue,proto3" json:"queue,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Queue []*QueueDepth `protobuf:"bytes,7,rep,name=queue,proto3" json:"queue,omitempty"`
+	// The GPUs of this host (NVML), by index. Empty when there are none to
+	// see; local_gpus_unavailable then says why.
+	LocalGpus []*LocalGpu `protobuf:"bytes,8,rep,name=local_gpus,json=localGpus,proto3" json:"local_gpus,omitempty"`
+	// Why local_gpus is empty, e.g. "the NVIDIA driver is not loaded" or
+	// "the NVIDIA management library (libnvidia-ml.so.1) is not installed".
+	// Unset when local GPUs are monitored.
+	LocalGpusUnavailable *string `protobuf:"bytes,9,opt,name=local_gpus_unavailable,json=localGpusUnavailable,proto3,oneof" json:"local_gpus_unavailable,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GetRuntimeInfoResponse) Reset() {
 	*x = GetRuntimeInfoResponse{}
-	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[2]
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +504,7 @@ func (x *GetRuntimeInfoResponse) String() string {
 func (*GetRuntimeInfoResponse) ProtoMessage() {}
 
 func (x *GetRuntimeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[2]
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +517,7 @@ func (x *GetRuntimeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRuntimeInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetRuntimeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{2}
+	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetRuntimeInfoResponse) GetVersion() string {
@@ -310,6 +569,20 @@ func (x *GetRuntimeInfoResponse) GetQueue() []*QueueDepth {
 	return nil
 }
 
+func (x *GetRuntimeInfoResponse) GetLocalGpus() []*LocalGpu {
+	if x != nil {
+		return x.LocalGpus
+	}
+	return nil
+}
+
+func (x *GetRuntimeInfoResponse) GetLocalGpusUnavailable() string {
+	if x != nil && x.LocalGpusUnavailable != nil {
+		return *x.LocalGpusUnavailable
+	}
+	return ""
+}
+
 // QueueDepth counts the executions of one priority waiting in the runtime's
 // queue.
 type QueueDepth struct {
@@ -324,7 +597,7 @@ type QueueDepth struct {
 
 func (x *QueueDepth) Reset() {
 	*x = QueueDepth{}
-	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[3]
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +609,7 @@ func (x *QueueDepth) String() string {
 func (*QueueDepth) ProtoMessage() {}
 
 func (x *QueueDepth) ProtoReflect() protoreflect.Message {
-	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[3]
+	mi := &file_comfyreality_runtime_v1_admin_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +622,7 @@ func (x *QueueDepth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueDepth.ProtoReflect.Descriptor instead.
 func (*QueueDepth) Descriptor() ([]byte, []int) {
-	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{3}
+	return file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *QueueDepth) GetPriority() TaskPriority {
@@ -370,7 +643,7 @@ var File_comfyreality_runtime_v1_admin_service_proto protoreflect.FileDescriptor
 
 const file_comfyreality_runtime_v1_admin_service_proto_rawDesc = "" +
 	"\n" +
-	"+comfyreality/runtime/v1/admin_service.proto\x12\x17comfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\"comfyreality/runtime/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n" +
+	"+comfyreality/runtime/v1/admin_service.proto\x12\x17comfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\"comfyreality/runtime/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x03\n" +
 	"\vBackendInfo\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12;\n" +
 	"\x05state\x18\x02 \x01(\x0e2%.comfyreality.runtime.v1.BackendStateR\x05state\x12\x12\n" +
@@ -378,9 +651,44 @@ const file_comfyreality_runtime_v1_admin_service_proto_rawDesc = "" +
 	"\fnode_classes\x18\x04 \x01(\rR\vnodeClasses\x12\"\n" +
 	"\n" +
 	"last_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01\x12\x18\n" +
-	"\arunning\x18\x06 \x01(\rR\arunningB\r\n" +
-	"\v_last_error\"\x17\n" +
-	"\x15GetRuntimeInfoRequest\"\xf2\x02\n" +
+	"\arunning\x18\x06 \x01(\rR\arunning\x12@\n" +
+	"\adevices\x18\a \x03(\v2&.comfyreality.runtime.v1.BackendDeviceR\adevices\x12*\n" +
+	"\x0eplacement_hold\x18\b \x01(\tH\x01R\rplacementHold\x88\x01\x01\x12\x15\n" +
+	"\x03pid\x18\t \x01(\rH\x02R\x03pid\x88\x01\x01B\r\n" +
+	"\v_last_errorB\x11\n" +
+	"\x0f_placement_holdB\x06\n" +
+	"\x04_pid\"\x88\x03\n" +
+	"\rBackendDevice\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x19\n" +
+	"\x05index\x18\x03 \x01(\x03H\x00R\x05index\x88\x01\x01\x12-\n" +
+	"\x10vram_total_bytes\x18\x04 \x01(\x04H\x01R\x0evramTotalBytes\x88\x01\x01\x12+\n" +
+	"\x0fvram_free_bytes\x18\x05 \x01(\x04H\x02R\rvramFreeBytes\x88\x01\x01\x128\n" +
+	"\x16torch_vram_total_bytes\x18\x06 \x01(\x04H\x03R\x13torchVramTotalBytes\x88\x01\x01\x126\n" +
+	"\x15torch_vram_free_bytes\x18\a \x01(\x04H\x04R\x12torchVramFreeBytes\x88\x01\x01B\b\n" +
+	"\x06_indexB\x13\n" +
+	"\x11_vram_total_bytesB\x12\n" +
+	"\x10_vram_free_bytesB\x19\n" +
+	"\x17_torch_vram_total_bytesB\x18\n" +
+	"\x16_torch_vram_free_bytes\"\xca\x03\n" +
+	"\bLocalGpu\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12/\n" +
+	"\x11memory_used_bytes\x18\x04 \x01(\x04H\x00R\x0fmemoryUsedBytes\x88\x01\x01\x121\n" +
+	"\x12memory_total_bytes\x18\x05 \x01(\x04H\x01R\x10memoryTotalBytes\x88\x01\x01\x120\n" +
+	"\x11utilization_ratio\x18\x06 \x01(\x01H\x02R\x10utilizationRatio\x88\x01\x01\x124\n" +
+	"\x13temperature_celsius\x18\a \x01(\x01H\x03R\x12temperatureCelsius\x88\x01\x01\x12$\n" +
+	"\vpower_watts\x18\b \x01(\x01H\x04R\n" +
+	"powerWatts\x88\x01\x01\x12\x19\n" +
+	"\x05error\x18\t \x01(\tH\x05R\x05error\x88\x01\x01B\x14\n" +
+	"\x12_memory_used_bytesB\x15\n" +
+	"\x13_memory_total_bytesB\x14\n" +
+	"\x12_utilization_ratioB\x16\n" +
+	"\x14_temperature_celsiusB\x0e\n" +
+	"\f_power_wattsB\b\n" +
+	"\x06_error\"\x17\n" +
+	"\x15GetRuntimeInfoRequest\"\x8a\x04\n" +
 	"\x16GetRuntimeInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1f\n" +
 	"\vapi_version\x18\x02 \x01(\tR\n" +
@@ -390,7 +698,11 @@ const file_comfyreality_runtime_v1_admin_service_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12%\n" +
 	"\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds\x129\n" +
-	"\x05queue\x18\a \x03(\v2#.comfyreality.runtime.v1.QueueDepthR\x05queue\"g\n" +
+	"\x05queue\x18\a \x03(\v2#.comfyreality.runtime.v1.QueueDepthR\x05queue\x12@\n" +
+	"\n" +
+	"local_gpus\x18\b \x03(\v2!.comfyreality.runtime.v1.LocalGpuR\tlocalGpus\x129\n" +
+	"\x16local_gpus_unavailable\x18\t \x01(\tH\x00R\x14localGpusUnavailable\x88\x01\x01B\x19\n" +
+	"\x17_local_gpus_unavailable\"g\n" +
 	"\n" +
 	"QueueDepth\x12A\n" +
 	"\bpriority\x18\x01 \x01(\x0e2%.comfyreality.runtime.v1.TaskPriorityR\bpriority\x12\x16\n" +
@@ -417,31 +729,35 @@ func file_comfyreality_runtime_v1_admin_service_proto_rawDescGZIP() []byte {
 }
 
 var file_comfyreality_runtime_v1_admin_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_comfyreality_runtime_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_comfyreality_runtime_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_comfyreality_runtime_v1_admin_service_proto_goTypes = []any{
 	(BackendState)(0),              // 0: comfyreality.runtime.v1.BackendState
 	(*BackendInfo)(nil),            // 1: comfyreality.runtime.v1.BackendInfo
-	(*GetRuntimeInfoRequest)(nil),  // 2: comfyreality.runtime.v1.GetRuntimeInfoRequest
-	(*GetRuntimeInfoResponse)(nil), // 3: comfyreality.runtime.v1.GetRuntimeInfoResponse
-	(*QueueDepth)(nil),             // 4: comfyreality.runtime.v1.QueueDepth
-	(*RuntimeConfig)(nil),          // 5: comfyreality.runtime.v1.RuntimeConfig
-	(*timestamppb.Timestamp)(nil),  // 6: google.protobuf.Timestamp
-	(TaskPriority)(0),              // 7: comfyreality.runtime.v1.TaskPriority
+	(*BackendDevice)(nil),          // 2: comfyreality.runtime.v1.BackendDevice
+	(*LocalGpu)(nil),               // 3: comfyreality.runtime.v1.LocalGpu
+	(*GetRuntimeInfoRequest)(nil),  // 4: comfyreality.runtime.v1.GetRuntimeInfoRequest
+	(*GetRuntimeInfoResponse)(nil), // 5: comfyreality.runtime.v1.GetRuntimeInfoResponse
+	(*QueueDepth)(nil),             // 6: comfyreality.runtime.v1.QueueDepth
+	(*RuntimeConfig)(nil),          // 7: comfyreality.runtime.v1.RuntimeConfig
+	(*timestamppb.Timestamp)(nil),  // 8: google.protobuf.Timestamp
+	(TaskPriority)(0),              // 9: comfyreality.runtime.v1.TaskPriority
 }
 var file_comfyreality_runtime_v1_admin_service_proto_depIdxs = []int32{
 	0, // 0: comfyreality.runtime.v1.BackendInfo.state:type_name -> comfyreality.runtime.v1.BackendState
-	5, // 1: comfyreality.runtime.v1.GetRuntimeInfoResponse.config:type_name -> comfyreality.runtime.v1.RuntimeConfig
-	1, // 2: comfyreality.runtime.v1.GetRuntimeInfoResponse.backends:type_name -> comfyreality.runtime.v1.BackendInfo
-	6, // 3: comfyreality.runtime.v1.GetRuntimeInfoResponse.started_at:type_name -> google.protobuf.Timestamp
-	4, // 4: comfyreality.runtime.v1.GetRuntimeInfoResponse.queue:type_name -> comfyreality.runtime.v1.QueueDepth
-	7, // 5: comfyreality.runtime.v1.QueueDepth.priority:type_name -> comfyreality.runtime.v1.TaskPriority
-	2, // 6: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:input_type -> comfyreality.runtime.v1.GetRuntimeInfoRequest
-	3, // 7: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:output_type -> comfyreality.runtime.v1.GetRuntimeInfoResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2, // 1: comfyreality.runtime.v1.BackendInfo.devices:type_name -> comfyreality.runtime.v1.BackendDevice
+	7, // 2: comfyreality.runtime.v1.GetRuntimeInfoResponse.config:type_name -> comfyreality.runtime.v1.RuntimeConfig
+	1, // 3: comfyreality.runtime.v1.GetRuntimeInfoResponse.backends:type_name -> comfyreality.runtime.v1.BackendInfo
+	8, // 4: comfyreality.runtime.v1.GetRuntimeInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	6, // 5: comfyreality.runtime.v1.GetRuntimeInfoResponse.queue:type_name -> comfyreality.runtime.v1.QueueDepth
+	3, // 6: comfyreality.runtime.v1.GetRuntimeInfoResponse.local_gpus:type_name -> comfyreality.runtime.v1.LocalGpu
+	9, // 7: comfyreality.runtime.v1.QueueDepth.priority:type_name -> comfyreality.runtime.v1.TaskPriority
+	4, // 8: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:input_type -> comfyreality.runtime.v1.GetRuntimeInfoRequest
+	5, // 9: comfyreality.runtime.v1.AdminService.GetRuntimeInfo:output_type -> comfyreality.runtime.v1.GetRuntimeInfoResponse
+	9, // [9:10] is the sub-list for method output_type
+	8, // [8:9] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_comfyreality_runtime_v1_admin_service_proto_init() }
@@ -452,13 +768,16 @@ func file_comfyreality_runtime_v1_admin_service_proto_init() {
 	file_comfyreality_runtime_v1_config_proto_init()
 	file_comfyreality_runtime_v1_task_proto_init()
 	file_comfyreality_runtime_v1_admin_service_proto_msgTypes[0].OneofWrappers = []any{}
+	file_comfyreality_runtime_v1_admin_service_proto_msgTypes[1].OneofWrappers = []any{}
+	file_comfyreality_runtime_v1_admin_service_proto_msgTypes[2].OneofWrappers = []any{}
+	file_comfyreality_runtime_v1_admin_service_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_comfyreality_runtime_v1_admin_service_proto_rawDesc), len(file_comfyreality_runtime_v1_admin_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

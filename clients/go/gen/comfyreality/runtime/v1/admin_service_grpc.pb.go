@@ -28,8 +28,9 @@ const (
 //
 // AdminService tells operators about the running service.
 type AdminServiceClient interface {
-	// Returns the version, the effective configuration (secrets redacted) and
-	// the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+	// Returns the version, the effective configuration (secrets redacted), the
+	// ComfyUI backends with their devices, and this host's GPUs. Errors: none
+	// beyond UNAVAILABLE while shutting down.
 	GetRuntimeInfo(ctx context.Context, in *GetRuntimeInfoRequest, opts ...grpc.CallOption) (*GetRuntimeInfoResponse, error)
 }
 
@@ -57,8 +58,9 @@ func (c *adminServiceClient) GetRuntimeInfo(ctx context.Context, in *GetRuntimeI
 //
 // AdminService tells operators about the running service.
 type AdminServiceServer interface {
-	// Returns the version, the effective configuration (secrets redacted) and
-	// the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+	// Returns the version, the effective configuration (secrets redacted), the
+	// ComfyUI backends with their devices, and this host's GPUs. Errors: none
+	// beyond UNAVAILABLE while shutting down.
 	GetRuntimeInfo(context.Context, *GetRuntimeInfoRequest) (*GetRuntimeInfoResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }

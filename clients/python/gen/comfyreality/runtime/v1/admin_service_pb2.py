@@ -27,23 +27,27 @@ from comfyreality.runtime.v1 import task_pb2 as comfyreality_dot_runtime_dot_v1_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+comfyreality/runtime/v1/admin_service.proto\x12\x17\x63omfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\"comfyreality/runtime/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\x0b\x42\x61\x63kendInfo\x12\x10\n\x03url\x18\x01 \x01(\tR\x03url\x12;\n\x05state\x18\x02 \x01(\x0e\x32%.comfyreality.runtime.v1.BackendStateR\x05state\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12!\n\x0cnode_classes\x18\x04 \x01(\rR\x0bnodeClasses\x12\"\n\nlast_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01\x12\x18\n\x07running\x18\x06 \x01(\rR\x07runningB\r\n\x0b_last_error\"\x17\n\x15GetRuntimeInfoRequest\"\xf2\x02\n\x16GetRuntimeInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x1f\n\x0b\x61pi_version\x18\x02 \x01(\tR\napiVersion\x12>\n\x06\x63onfig\x18\x03 \x01(\x0b\x32&.comfyreality.runtime.v1.RuntimeConfigR\x06\x63onfig\x12@\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32$.comfyreality.runtime.v1.BackendInfoR\x08\x62\x61\x63kends\x12\x39\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12%\n\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds\x12\x39\n\x05queue\x18\x07 \x03(\x0b\x32#.comfyreality.runtime.v1.QueueDepthR\x05queue\"g\n\nQueueDepth\x12\x41\n\x08priority\x18\x01 \x01(\x0e\x32%.comfyreality.runtime.v1.TaskPriorityR\x08priority\x12\x16\n\x06queued\x18\x02 \x01(\rR\x06queued*v\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATE_UNKNOWN\x10\x01\x12\x14\n\x10\x42\x41\x43KEND_STATE_UP\x10\x02\x12\x16\n\x12\x42\x41\x43KEND_STATE_DOWN\x10\x03\x32\x81\x01\n\x0c\x41\x64minService\x12q\n\x0eGetRuntimeInfo\x12..comfyreality.runtime.v1.GetRuntimeInfoRequest\x1a/.comfyreality.runtime.v1.GetRuntimeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+comfyreality/runtime/v1/admin_service.proto\x12\x17\x63omfyreality.runtime.v1\x1a$comfyreality/runtime/v1/config.proto\x1a\"comfyreality/runtime/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x03\n\x0b\x42\x61\x63kendInfo\x12\x10\n\x03url\x18\x01 \x01(\tR\x03url\x12;\n\x05state\x18\x02 \x01(\x0e\x32%.comfyreality.runtime.v1.BackendStateR\x05state\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12!\n\x0cnode_classes\x18\x04 \x01(\rR\x0bnodeClasses\x12\"\n\nlast_error\x18\x05 \x01(\tH\x00R\tlastError\x88\x01\x01\x12\x18\n\x07running\x18\x06 \x01(\rR\x07running\x12@\n\x07\x64\x65vices\x18\x07 \x03(\x0b\x32&.comfyreality.runtime.v1.BackendDeviceR\x07\x64\x65vices\x12*\n\x0eplacement_hold\x18\x08 \x01(\tH\x01R\rplacementHold\x88\x01\x01\x12\x15\n\x03pid\x18\t \x01(\rH\x02R\x03pid\x88\x01\x01\x42\r\n\x0b_last_errorB\x11\n\x0f_placement_holdB\x06\n\x04_pid\"\x88\x03\n\rBackendDevice\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04type\x18\x02 \x01(\tR\x04type\x12\x19\n\x05index\x18\x03 \x01(\x03H\x00R\x05index\x88\x01\x01\x12-\n\x10vram_total_bytes\x18\x04 \x01(\x04H\x01R\x0evramTotalBytes\x88\x01\x01\x12+\n\x0fvram_free_bytes\x18\x05 \x01(\x04H\x02R\rvramFreeBytes\x88\x01\x01\x12\x38\n\x16torch_vram_total_bytes\x18\x06 \x01(\x04H\x03R\x13torchVramTotalBytes\x88\x01\x01\x12\x36\n\x15torch_vram_free_bytes\x18\x07 \x01(\x04H\x04R\x12torchVramFreeBytes\x88\x01\x01\x42\x08\n\x06_indexB\x13\n\x11_vram_total_bytesB\x12\n\x10_vram_free_bytesB\x19\n\x17_torch_vram_total_bytesB\x18\n\x16_torch_vram_free_bytes\"\xca\x03\n\x08LocalGpu\x12\x14\n\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n\x04uuid\x18\x03 \x01(\tR\x04uuid\x12/\n\x11memory_used_bytes\x18\x04 \x01(\x04H\x00R\x0fmemoryUsedBytes\x88\x01\x01\x12\x31\n\x12memory_total_bytes\x18\x05 \x01(\x04H\x01R\x10memoryTotalBytes\x88\x01\x01\x12\x30\n\x11utilization_ratio\x18\x06 \x01(\x01H\x02R\x10utilizationRatio\x88\x01\x01\x12\x34\n\x13temperature_celsius\x18\x07 \x01(\x01H\x03R\x12temperatureCelsius\x88\x01\x01\x12$\n\x0bpower_watts\x18\x08 \x01(\x01H\x04R\npowerWatts\x88\x01\x01\x12\x19\n\x05\x65rror\x18\t \x01(\tH\x05R\x05\x65rror\x88\x01\x01\x42\x14\n\x12_memory_used_bytesB\x15\n\x13_memory_total_bytesB\x14\n\x12_utilization_ratioB\x16\n\x14_temperature_celsiusB\x0e\n\x0c_power_wattsB\x08\n\x06_error\"\x17\n\x15GetRuntimeInfoRequest\"\x8a\x04\n\x16GetRuntimeInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x1f\n\x0b\x61pi_version\x18\x02 \x01(\tR\napiVersion\x12>\n\x06\x63onfig\x18\x03 \x01(\x0b\x32&.comfyreality.runtime.v1.RuntimeConfigR\x06\x63onfig\x12@\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32$.comfyreality.runtime.v1.BackendInfoR\x08\x62\x61\x63kends\x12\x39\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12%\n\x0euptime_seconds\x18\x06 \x01(\x01R\ruptimeSeconds\x12\x39\n\x05queue\x18\x07 \x03(\x0b\x32#.comfyreality.runtime.v1.QueueDepthR\x05queue\x12@\n\nlocal_gpus\x18\x08 \x03(\x0b\x32!.comfyreality.runtime.v1.LocalGpuR\tlocalGpus\x12\x39\n\x16local_gpus_unavailable\x18\t \x01(\tH\x00R\x14localGpusUnavailable\x88\x01\x01\x42\x19\n\x17_local_gpus_unavailable\"g\n\nQueueDepth\x12\x41\n\x08priority\x18\x01 \x01(\x0e\x32%.comfyreality.runtime.v1.TaskPriorityR\x08priority\x12\x16\n\x06queued\x18\x02 \x01(\rR\x06queued*v\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATE_UNKNOWN\x10\x01\x12\x14\n\x10\x42\x41\x43KEND_STATE_UP\x10\x02\x12\x16\n\x12\x42\x41\x43KEND_STATE_DOWN\x10\x03\x32\x81\x01\n\x0c\x41\x64minService\x12q\n\x0eGetRuntimeInfo\x12..comfyreality.runtime.v1.GetRuntimeInfoRequest\x1a/.comfyreality.runtime.v1.GetRuntimeInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'comfyreality.runtime.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKENDSTATE']._serialized_start=909
-  _globals['_BACKENDSTATE']._serialized_end=1027
+  _globals['_BACKENDSTATE']._serialized_start=2077
+  _globals['_BACKENDSTATE']._serialized_end=2195
   _globals['_BACKENDINFO']._serialized_start=180
-  _globals['_BACKENDINFO']._serialized_end=404
-  _globals['_GETRUNTIMEINFOREQUEST']._serialized_start=406
-  _globals['_GETRUNTIMEINFOREQUEST']._serialized_end=429
-  _globals['_GETRUNTIMEINFORESPONSE']._serialized_start=432
-  _globals['_GETRUNTIMEINFORESPONSE']._serialized_end=802
-  _globals['_QUEUEDEPTH']._serialized_start=804
-  _globals['_QUEUEDEPTH']._serialized_end=907
-  _globals['_ADMINSERVICE']._serialized_start=1030
-  _globals['_ADMINSERVICE']._serialized_end=1159
+  _globals['_BACKENDINFO']._serialized_end=564
+  _globals['_BACKENDDEVICE']._serialized_start=567
+  _globals['_BACKENDDEVICE']._serialized_end=959
+  _globals['_LOCALGPU']._serialized_start=962
+  _globals['_LOCALGPU']._serialized_end=1420
+  _globals['_GETRUNTIMEINFOREQUEST']._serialized_start=1422
+  _globals['_GETRUNTIMEINFOREQUEST']._serialized_end=1445
+  _globals['_GETRUNTIMEINFORESPONSE']._serialized_start=1448
+  _globals['_GETRUNTIMEINFORESPONSE']._serialized_end=1970
+  _globals['_QUEUEDEPTH']._serialized_start=1972
+  _globals['_QUEUEDEPTH']._serialized_end=2075
+  _globals['_ADMINSERVICE']._serialized_start=2198
+  _globals['_ADMINSERVICE']._serialized_end=2327
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,9 @@ class BackendInfo(_message.Message):
     NODE_CLASSES_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    PLACEMENT_HOLD_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """Base URL, any password redacted."""
     state: Global___BackendState.ValueType
@@ -76,6 +79,22 @@ class BackendInfo(_message.Message):
     """Executions of this runtime handed to this backend now: running, or
     waiting in its own queue.
     """
+    placement_hold: _builtins.str
+    """Why it gets no new work although UP: it has a GPU and
+    executor.enable_gpu is false, or its GPU memory in use is above
+    executor.gpu_memory_fraction of its total. Unset while it takes work.
+    """
+    pid: _builtins.int
+    """Its ComfyUI process on this host (servers[].pid, or found listening on
+    a loopback url's port); unset when not known. Its peak GPU memory while
+    a task runs becomes the task's metrics.gpu_memory_mb.
+    """
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackendDevice]:
+        """Its devices as its last /system_stats reported them, primary first
+        (empty before the first read).
+        """
+
     def __init__(
         self,
         *,
@@ -85,16 +104,174 @@ class BackendInfo(_message.Message):
         node_classes: _builtins.int = ...,
         last_error: _builtins.str | None = ...,
         running: _builtins.int = ...,
+        devices: _abc.Iterable[Global___BackendDevice] | None = ...,
+        placement_hold: _builtins.str | None = ...,
+        pid: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_pid", b"_pid", "_placement_hold", b"_placement_hold", "last_error", b"last_error", "pid", b"pid", "placement_hold", b"placement_hold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error", "name", b"name", "node_classes", b"node_classes", "running", b"running", "state", b"state", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_pid", b"_pid", "_placement_hold", b"_placement_hold", "devices", b"devices", "last_error", b"last_error", "name", b"name", "node_classes", b"node_classes", "pid", b"pid", "placement_hold", b"placement_hold", "running", b"running", "state", b"state", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
+    _WhichOneofReturnType__pid: _TypeAlias = _typing.Literal["pid"]  # noqa: Y015
+    _WhichOneofArgType__pid: _TypeAlias = _typing.Literal["_pid", b"_pid"]  # noqa: Y015
+    _WhichOneofReturnType__placement_hold: _TypeAlias = _typing.Literal["placement_hold"]  # noqa: Y015
+    _WhichOneofArgType__placement_hold: _TypeAlias = _typing.Literal["_placement_hold", b"_placement_hold"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pid) -> _WhichOneofReturnType__pid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__placement_hold) -> _WhichOneofReturnType__placement_hold | None: ...
 
 Global___BackendInfo: _TypeAlias = BackendInfo  # noqa: Y015
+
+@_typing.final
+class BackendDevice(_message.Message):
+    """BackendDevice is one device of a ComfyUI backend, from its /system_stats.
+    Memory figures are in bytes and unset when the backend does not report them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    VRAM_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    VRAM_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    TORCH_VRAM_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    TORCH_VRAM_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Device name, e.g. "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync" or "cpu"."""
+    type: _builtins.str
+    """Device type, lowercase: "cuda", "cpu", "mps", "directml", "xpu", ..."""
+    index: _builtins.int
+    """Device index; unset for the CPU."""
+    vram_total_bytes: _builtins.int
+    """Memory installed (for the CPU: the host's RAM)."""
+    vram_free_bytes: _builtins.int
+    """Memory free."""
+    torch_vram_total_bytes: _builtins.int
+    """Memory torch has reserved."""
+    torch_vram_free_bytes: _builtins.int
+    """Free memory inside torch's reservation."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        index: _builtins.int | None = ...,
+        vram_total_bytes: _builtins.int | None = ...,
+        vram_free_bytes: _builtins.int | None = ...,
+        torch_vram_total_bytes: _builtins.int | None = ...,
+        torch_vram_free_bytes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_index", b"_index", "_torch_vram_free_bytes", b"_torch_vram_free_bytes", "_torch_vram_total_bytes", b"_torch_vram_total_bytes", "_vram_free_bytes", b"_vram_free_bytes", "_vram_total_bytes", b"_vram_total_bytes", "index", b"index", "torch_vram_free_bytes", b"torch_vram_free_bytes", "torch_vram_total_bytes", b"torch_vram_total_bytes", "vram_free_bytes", b"vram_free_bytes", "vram_total_bytes", b"vram_total_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_index", b"_index", "_torch_vram_free_bytes", b"_torch_vram_free_bytes", "_torch_vram_total_bytes", b"_torch_vram_total_bytes", "_vram_free_bytes", b"_vram_free_bytes", "_vram_total_bytes", b"_vram_total_bytes", "index", b"index", "name", b"name", "torch_vram_free_bytes", b"torch_vram_free_bytes", "torch_vram_total_bytes", b"torch_vram_total_bytes", "type", b"type", "vram_free_bytes", b"vram_free_bytes", "vram_total_bytes", b"vram_total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__index: _TypeAlias = _typing.Literal["index"]  # noqa: Y015
+    _WhichOneofArgType__index: _TypeAlias = _typing.Literal["_index", b"_index"]  # noqa: Y015
+    _WhichOneofReturnType__torch_vram_free_bytes: _TypeAlias = _typing.Literal["torch_vram_free_bytes"]  # noqa: Y015
+    _WhichOneofArgType__torch_vram_free_bytes: _TypeAlias = _typing.Literal["_torch_vram_free_bytes", b"_torch_vram_free_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__torch_vram_total_bytes: _TypeAlias = _typing.Literal["torch_vram_total_bytes"]  # noqa: Y015
+    _WhichOneofArgType__torch_vram_total_bytes: _TypeAlias = _typing.Literal["_torch_vram_total_bytes", b"_torch_vram_total_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__vram_free_bytes: _TypeAlias = _typing.Literal["vram_free_bytes"]  # noqa: Y015
+    _WhichOneofArgType__vram_free_bytes: _TypeAlias = _typing.Literal["_vram_free_bytes", b"_vram_free_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__vram_total_bytes: _TypeAlias = _typing.Literal["vram_total_bytes"]  # noqa: Y015
+    _WhichOneofArgType__vram_total_bytes: _TypeAlias = _typing.Literal["_vram_total_bytes", b"_vram_total_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__index) -> _WhichOneofReturnType__index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__torch_vram_free_bytes) -> _WhichOneofReturnType__torch_vram_free_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__torch_vram_total_bytes) -> _WhichOneofReturnType__torch_vram_total_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vram_free_bytes) -> _WhichOneofReturnType__vram_free_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vram_total_bytes) -> _WhichOneofReturnType__vram_total_bytes | None: ...
+
+Global___BackendDevice: _TypeAlias = BackendDevice  # noqa: Y015
+
+@_typing.final
+class LocalGpu(_message.Message):
+    """LocalGpu is one GPU of the host the service runs on, as NVML last read it
+    (every executor.gpu_sample_interval_seconds).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    UTILIZATION_RATIO_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
+    POWER_WATTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The driver's index of the GPU (nvidia-smi's index)."""
+    name: _builtins.str
+    """Product name, e.g. "NVIDIA H200"."""
+    uuid: _builtins.str
+    """The GPU's UUID ("GPU-..."), stable across reboots."""
+    memory_used_bytes: _builtins.int
+    """Memory allocated, in bytes; unset until the first reading succeeds."""
+    memory_total_bytes: _builtins.int
+    """Memory installed, in bytes; unset until the first reading succeeds."""
+    utilization_ratio: _builtins.float
+    """Share of the last sample period a kernel ran, 0..1; unset when not reported."""
+    temperature_celsius: _builtins.float
+    """Core temperature in degrees Celsius; unset when not reported."""
+    power_watts: _builtins.float
+    """Power draw in watts; unset when not reported."""
+    error: _builtins.str
+    """Why the last reading failed; unset when it succeeded."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        name: _builtins.str = ...,
+        uuid: _builtins.str = ...,
+        memory_used_bytes: _builtins.int | None = ...,
+        memory_total_bytes: _builtins.int | None = ...,
+        utilization_ratio: _builtins.float | None = ...,
+        temperature_celsius: _builtins.float | None = ...,
+        power_watts: _builtins.float | None = ...,
+        error: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_memory_total_bytes", b"_memory_total_bytes", "_memory_used_bytes", b"_memory_used_bytes", "_power_watts", b"_power_watts", "_temperature_celsius", b"_temperature_celsius", "_utilization_ratio", b"_utilization_ratio", "error", b"error", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "utilization_ratio", b"utilization_ratio"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_memory_total_bytes", b"_memory_total_bytes", "_memory_used_bytes", b"_memory_used_bytes", "_power_watts", b"_power_watts", "_temperature_celsius", b"_temperature_celsius", "_utilization_ratio", b"_utilization_ratio", "error", b"error", "index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "utilization_ratio", b"utilization_ratio", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
+    _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
+    _WhichOneofReturnType__memory_total_bytes: _TypeAlias = _typing.Literal["memory_total_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_total_bytes: _TypeAlias = _typing.Literal["_memory_total_bytes", b"_memory_total_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__memory_used_bytes: _TypeAlias = _typing.Literal["memory_used_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_used_bytes: _TypeAlias = _typing.Literal["_memory_used_bytes", b"_memory_used_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__power_watts: _TypeAlias = _typing.Literal["power_watts"]  # noqa: Y015
+    _WhichOneofArgType__power_watts: _TypeAlias = _typing.Literal["_power_watts", b"_power_watts"]  # noqa: Y015
+    _WhichOneofReturnType__temperature_celsius: _TypeAlias = _typing.Literal["temperature_celsius"]  # noqa: Y015
+    _WhichOneofArgType__temperature_celsius: _TypeAlias = _typing.Literal["_temperature_celsius", b"_temperature_celsius"]  # noqa: Y015
+    _WhichOneofReturnType__utilization_ratio: _TypeAlias = _typing.Literal["utilization_ratio"]  # noqa: Y015
+    _WhichOneofArgType__utilization_ratio: _TypeAlias = _typing.Literal["_utilization_ratio", b"_utilization_ratio"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error) -> _WhichOneofReturnType__error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_total_bytes) -> _WhichOneofReturnType__memory_total_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_used_bytes) -> _WhichOneofReturnType__memory_used_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__power_watts) -> _WhichOneofReturnType__power_watts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature_celsius) -> _WhichOneofReturnType__temperature_celsius | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__utilization_ratio) -> _WhichOneofReturnType__utilization_ratio | None: ...
+
+Global___LocalGpu: _TypeAlias = LocalGpu  # noqa: Y015
 
 @_typing.final
 class GetRuntimeInfoRequest(_message.Message):
@@ -126,12 +303,19 @@ class GetRuntimeInfoResponse(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    LOCAL_GPUS_FIELD_NUMBER: _builtins.int
+    LOCAL_GPUS_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The server's version (semver)."""
     api_version: _builtins.str
     """The API version, also sent as x-api-version metadata."""
     uptime_seconds: _builtins.float
     """Seconds since it started."""
+    local_gpus_unavailable: _builtins.str
+    """Why local_gpus is empty, e.g. "the NVIDIA driver is not loaded" or
+    "the NVIDIA management library (libnvidia-ml.so.1) is not installed".
+    Unset when local GPUs are monitored.
+    """
     @_builtins.property
     def config(self) -> _config_pb2.RuntimeConfig:
         """The effective configuration, secrets redacted."""
@@ -151,6 +335,12 @@ class GetRuntimeInfoResponse(_message.Message):
         (see BackendInfo.running).
         """
 
+    @_builtins.property
+    def local_gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalGpu]:
+        """The GPUs of this host (NVML), by index. Empty when there are none to
+        see; local_gpus_unavailable then says why.
+        """
+
     def __init__(
         self,
         *,
@@ -161,12 +351,16 @@ class GetRuntimeInfoResponse(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         uptime_seconds: _builtins.float = ...,
         queue: _abc.Iterable[Global___QueueDepth] | None = ...,
+        local_gpus: _abc.Iterable[Global___LocalGpu] | None = ...,
+        local_gpus_unavailable: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_local_gpus_unavailable", b"_local_gpus_unavailable", "config", b"config", "local_gpus_unavailable", b"local_gpus_unavailable", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backends", b"backends", "config", b"config", "queue", b"queue", "started_at", b"started_at", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_local_gpus_unavailable", b"_local_gpus_unavailable", "api_version", b"api_version", "backends", b"backends", "config", b"config", "local_gpus", b"local_gpus", "local_gpus_unavailable", b"local_gpus_unavailable", "queue", b"queue", "started_at", b"started_at", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__local_gpus_unavailable: _TypeAlias = _typing.Literal["local_gpus_unavailable"]  # noqa: Y015
+    _WhichOneofArgType__local_gpus_unavailable: _TypeAlias = _typing.Literal["_local_gpus_unavailable", b"_local_gpus_unavailable"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__local_gpus_unavailable) -> _WhichOneofReturnType__local_gpus_unavailable | None: ...
 
 Global___GetRuntimeInfoResponse: _TypeAlias = GetRuntimeInfoResponse  # noqa: Y015
 

@@ -47,8 +47,9 @@ class AdminServiceServicer:
     """
 
     def GetRuntimeInfo(self, request, context):
-        """Returns the version, the effective configuration (secrets redacted) and
-        the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+        """Returns the version, the effective configuration (secrets redacted), the
+        ComfyUI backends with their devices, and this host's GPUs. Errors: none
+        beyond UNAVAILABLE while shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,8 +34,9 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GetRuntimeInfo: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetRuntimeInfoRequest, _admin_service_pb2.GetRuntimeInfoResponse]
-    """Returns the version, the effective configuration (secrets redacted) and
-    the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+    """Returns the version, the effective configuration (secrets redacted), the
+    ComfyUI backends with their devices, and this host's GPUs. Errors: none
+    beyond UNAVAILABLE while shutting down.
     """
 
 @_typing.type_check_only
@@ -44,8 +45,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetRuntimeInfo: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetRuntimeInfoRequest, _admin_service_pb2.GetRuntimeInfoResponse]  # type: ignore[assignment]
-    """Returns the version, the effective configuration (secrets redacted) and
-    the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+    """Returns the version, the effective configuration (secrets redacted), the
+    ComfyUI backends with their devices, and this host's GPUs. Errors: none
+    beyond UNAVAILABLE while shutting down.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -57,8 +59,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.GetRuntimeInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetRuntimeInfoResponse, _abc.Awaitable[_admin_service_pb2.GetRuntimeInfoResponse]]:
-        """Returns the version, the effective configuration (secrets redacted) and
-        the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+        """Returns the version, the effective configuration (secrets redacted), the
+        ComfyUI backends with their devices, and this host's GPUs. Errors: none
+        beyond UNAVAILABLE while shutting down.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file comfyreality/runtime/v1/admin_service.proto.
  */
 export const file_comfyreality_runtime_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("Citjb21meXJlYWxpdHkvcnVudGltZS92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEhdjb21meXJlYWxpdHkucnVudGltZS52MSKtAQoLQmFja2VuZEluZm8SCwoDdXJsGAEgASgJEjQKBXN0YXRlGAIgASgOMiUuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuQmFja2VuZFN0YXRlEgwKBG5hbWUYAyABKAkSFAoMbm9kZV9jbGFzc2VzGAQgASgNEhcKCmxhc3RfZXJyb3IYBSABKAlIAIgBARIPCgdydW5uaW5nGAYgASgNQg0KC19sYXN0X2Vycm9yIhcKFUdldFJ1bnRpbWVJbmZvUmVxdWVzdCKqAgoWR2V0UnVudGltZUluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEhMKC2FwaV92ZXJzaW9uGAIgASgJEjYKBmNvbmZpZxgDIAEoCzImLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLlJ1bnRpbWVDb25maWcSNgoIYmFja2VuZHMYBCADKAsyJC5jb21meXJlYWxpdHkucnVudGltZS52MS5CYWNrZW5kSW5mbxIuCgpzdGFydGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg51cHRpbWVfc2Vjb25kcxgGIAEoARIyCgVxdWV1ZRgHIAMoCzIjLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLlF1ZXVlRGVwdGgiVQoKUXVldWVEZXB0aBI3Cghwcmlvcml0eRgBIAEoDjIlLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLlRhc2tQcmlvcml0eRIOCgZxdWV1ZWQYAiABKA0qdgoMQmFja2VuZFN0YXRlEh0KGUJBQ0tFTkRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVCQUNLRU5EX1NUQVRFX1VOS05PV04QARIUChBCQUNLRU5EX1NUQVRFX1VQEAISFgoSQkFDS0VORF9TVEFURV9ET1dOEAMygQEKDEFkbWluU2VydmljZRJxCg5HZXRSdW50aW1lSW5mbxIuLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkdldFJ1bnRpbWVJbmZvUmVxdWVzdBovLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkdldFJ1bnRpbWVJbmZvUmVzcG9uc2ViBnByb3RvMw", [file_comfyreality_runtime_v1_config, file_comfyreality_runtime_v1_task, file_google_protobuf_timestamp]);
+  fileDesc("Citjb21meXJlYWxpdHkvcnVudGltZS92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEhdjb21meXJlYWxpdHkucnVudGltZS52MSKwAgoLQmFja2VuZEluZm8SCwoDdXJsGAEgASgJEjQKBXN0YXRlGAIgASgOMiUuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuQmFja2VuZFN0YXRlEgwKBG5hbWUYAyABKAkSFAoMbm9kZV9jbGFzc2VzGAQgASgNEhcKCmxhc3RfZXJyb3IYBSABKAlIAIgBARIPCgdydW5uaW5nGAYgASgNEjcKB2RldmljZXMYByADKAsyJi5jb21meXJlYWxpdHkucnVudGltZS52MS5CYWNrZW5kRGV2aWNlEhsKDnBsYWNlbWVudF9ob2xkGAggASgJSAGIAQESEAoDcGlkGAkgASgNSAKIAQFCDQoLX2xhc3RfZXJyb3JCEQoPX3BsYWNlbWVudF9ob2xkQgYKBF9waWQirQIKDUJhY2tlbmREZXZpY2USDAoEbmFtZRgBIAEoCRIMCgR0eXBlGAIgASgJEhIKBWluZGV4GAMgASgDSACIAQESHQoQdnJhbV90b3RhbF9ieXRlcxgEIAEoBEgBiAEBEhwKD3ZyYW1fZnJlZV9ieXRlcxgFIAEoBEgCiAEBEiMKFnRvcmNoX3ZyYW1fdG90YWxfYnl0ZXMYBiABKARIA4gBARIiChV0b3JjaF92cmFtX2ZyZWVfYnl0ZXMYByABKARIBIgBAUIICgZfaW5kZXhCEwoRX3ZyYW1fdG90YWxfYnl0ZXNCEgoQX3ZyYW1fZnJlZV9ieXRlc0IZChdfdG9yY2hfdnJhbV90b3RhbF9ieXRlc0IYChZfdG9yY2hfdnJhbV9mcmVlX2J5dGVzItsCCghMb2NhbEdwdRINCgVpbmRleBgBIAEoDRIMCgRuYW1lGAIgASgJEgwKBHV1aWQYAyABKAkSHgoRbWVtb3J5X3VzZWRfYnl0ZXMYBCABKARIAIgBARIfChJtZW1vcnlfdG90YWxfYnl0ZXMYBSABKARIAYgBARIeChF1dGlsaXphdGlvbl9yYXRpbxgGIAEoAUgCiAEBEiAKE3RlbXBlcmF0dXJlX2NlbHNpdXMYByABKAFIA4gBARIYCgtwb3dlcl93YXR0cxgIIAEoAUgEiAEBEhIKBWVycm9yGAkgASgJSAWIAQFCFAoSX21lbW9yeV91c2VkX2J5dGVzQhUKE19tZW1vcnlfdG90YWxfYnl0ZXNCFAoSX3V0aWxpemF0aW9uX3JhdGlvQhYKFF90ZW1wZXJhdHVyZV9jZWxzaXVzQg4KDF9wb3dlcl93YXR0c0IICgZfZXJyb3IiFwoVR2V0UnVudGltZUluZm9SZXF1ZXN0IqEDChZHZXRSdW50aW1lSW5mb1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSEwoLYXBpX3ZlcnNpb24YAiABKAkSNgoGY29uZmlnGAMgASgLMiYuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuUnVudGltZUNvbmZpZxI2CghiYWNrZW5kcxgEIAMoCzIkLmNvbWZ5cmVhbGl0eS5ydW50aW1lLnYxLkJhY2tlbmRJbmZvEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnVwdGltZV9zZWNvbmRzGAYgASgBEjIKBXF1ZXVlGAcgAygLMiMuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuUXVldWVEZXB0aBI1Cgpsb2NhbF9ncHVzGAggAygLMiEuY29tZnlyZWFsaXR5LnJ1bnRpbWUudjEuTG9jYWxHcHUSIwoWbG9jYWxfZ3B1c191bmF2YWlsYWJsZRgJIAEoCUgAiAEBQhkKF19sb2NhbF9ncHVzX3VuYXZhaWxhYmxlIlUKClF1ZXVlRGVwdGgSNwoIcHJpb3JpdHkYASABKA4yJS5jb21meXJlYWxpdHkucnVudGltZS52MS5UYXNrUHJpb3JpdHkSDgoGcXVldWVkGAIgASgNKnYKDEJhY2tlbmRTdGF0ZRIdChlCQUNLRU5EX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVQkFDS0VORF9TVEFURV9VTktOT1dOEAESFAoQQkFDS0VORF9TVEFURV9VUBACEhYKEkJBQ0tFTkRfU1RBVEVfRE9XThADMoEBCgxBZG1pblNlcnZpY2UScQoOR2V0UnVudGltZUluZm8SLi5jb21meXJlYWxpdHkucnVudGltZS52MS5HZXRSdW50aW1lSW5mb1JlcXVlc3QaLy5jb21meXJlYWxpdHkucnVudGltZS52MS5HZXRSdW50aW1lSW5mb1Jlc3BvbnNlYgZwcm90bzM", [file_comfyreality_runtime_v1_config, file_comfyreality_runtime_v1_task, file_google_protobuf_timestamp]);
 
 /**
  * BackendInfo describes one configured ComfyUI backend.
@@ -66,6 +66,32 @@ export type BackendInfo = Message<"comfyreality.runtime.v1.BackendInfo"> & {
    * @generated from field: uint32 running = 6;
    */
   running: number;
+
+  /**
+   * Its devices as its last /system_stats reported them, primary first
+   * (empty before the first read).
+   *
+   * @generated from field: repeated comfyreality.runtime.v1.BackendDevice devices = 7;
+   */
+  devices: BackendDevice[];
+
+  /**
+   * Why it gets no new work although UP: it has a GPU and
+   * executor.enable_gpu is false, or its GPU memory in use is above
+   * executor.gpu_memory_fraction of its total. Unset while it takes work.
+   *
+   * @generated from field: optional string placement_hold = 8;
+   */
+  placementHold?: string | undefined;
+
+  /**
+   * Its ComfyUI process on this host (servers[].pid, or found listening on
+   * a loopback url's port); unset when not known. Its peak GPU memory while
+   * a task runs becomes the task's metrics.gpu_memory_mb.
+   *
+   * @generated from field: optional uint32 pid = 9;
+   */
+  pid?: number | undefined;
 };
 
 /**
@@ -74,6 +100,148 @@ export type BackendInfo = Message<"comfyreality.runtime.v1.BackendInfo"> & {
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
   messageDesc(file_comfyreality_runtime_v1_admin_service, 0);
+
+/**
+ * BackendDevice is one device of a ComfyUI backend, from its /system_stats.
+ * Memory figures are in bytes and unset when the backend does not report them.
+ *
+ * @generated from message comfyreality.runtime.v1.BackendDevice
+ */
+export type BackendDevice = Message<"comfyreality.runtime.v1.BackendDevice"> & {
+  /**
+   * Device name, e.g. "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync" or "cpu".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Device type, lowercase: "cuda", "cpu", "mps", "directml", "xpu", ...
+   *
+   * @generated from field: string type = 2;
+   */
+  type: string;
+
+  /**
+   * Device index; unset for the CPU.
+   *
+   * @generated from field: optional int64 index = 3;
+   */
+  index?: bigint | undefined;
+
+  /**
+   * Memory installed (for the CPU: the host's RAM).
+   *
+   * @generated from field: optional uint64 vram_total_bytes = 4;
+   */
+  vramTotalBytes?: bigint | undefined;
+
+  /**
+   * Memory free.
+   *
+   * @generated from field: optional uint64 vram_free_bytes = 5;
+   */
+  vramFreeBytes?: bigint | undefined;
+
+  /**
+   * Memory torch has reserved.
+   *
+   * @generated from field: optional uint64 torch_vram_total_bytes = 6;
+   */
+  torchVramTotalBytes?: bigint | undefined;
+
+  /**
+   * Free memory inside torch's reservation.
+   *
+   * @generated from field: optional uint64 torch_vram_free_bytes = 7;
+   */
+  torchVramFreeBytes?: bigint | undefined;
+};
+
+/**
+ * Describes the message comfyreality.runtime.v1.BackendDevice.
+ * Use `create(BackendDeviceSchema)` to create a new message.
+ */
+export const BackendDeviceSchema: GenMessage<BackendDevice> = /*@__PURE__*/
+  messageDesc(file_comfyreality_runtime_v1_admin_service, 1);
+
+/**
+ * LocalGpu is one GPU of the host the service runs on, as NVML last read it
+ * (every executor.gpu_sample_interval_seconds).
+ *
+ * @generated from message comfyreality.runtime.v1.LocalGpu
+ */
+export type LocalGpu = Message<"comfyreality.runtime.v1.LocalGpu"> & {
+  /**
+   * The driver's index of the GPU (nvidia-smi's index).
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * Product name, e.g. "NVIDIA H200".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The GPU's UUID ("GPU-..."), stable across reboots.
+   *
+   * @generated from field: string uuid = 3;
+   */
+  uuid: string;
+
+  /**
+   * Memory allocated, in bytes; unset until the first reading succeeds.
+   *
+   * @generated from field: optional uint64 memory_used_bytes = 4;
+   */
+  memoryUsedBytes?: bigint | undefined;
+
+  /**
+   * Memory installed, in bytes; unset until the first reading succeeds.
+   *
+   * @generated from field: optional uint64 memory_total_bytes = 5;
+   */
+  memoryTotalBytes?: bigint | undefined;
+
+  /**
+   * Share of the last sample period a kernel ran, 0..1; unset when not reported.
+   *
+   * @generated from field: optional double utilization_ratio = 6;
+   */
+  utilizationRatio?: number | undefined;
+
+  /**
+   * Core temperature in degrees Celsius; unset when not reported.
+   *
+   * @generated from field: optional double temperature_celsius = 7;
+   */
+  temperatureCelsius?: number | undefined;
+
+  /**
+   * Power draw in watts; unset when not reported.
+   *
+   * @generated from field: optional double power_watts = 8;
+   */
+  powerWatts?: number | undefined;
+
+  /**
+   * Why the last reading failed; unset when it succeeded.
+   *
+   * @generated from field: optional string error = 9;
+   */
+  error?: string | undefined;
+};
+
+/**
+ * Describes the message comfyreality.runtime.v1.LocalGpu.
+ * Use `create(LocalGpuSchema)` to create a new message.
+ */
+export const LocalGpuSchema: GenMessage<LocalGpu> = /*@__PURE__*/
+  messageDesc(file_comfyreality_runtime_v1_admin_service, 2);
 
 /**
  * GetRuntimeInfoRequest has no fields.
@@ -88,7 +256,7 @@ export type GetRuntimeInfoRequest = Message<"comfyreality.runtime.v1.GetRuntimeI
  * Use `create(GetRuntimeInfoRequestSchema)` to create a new message.
  */
 export const GetRuntimeInfoRequestSchema: GenMessage<GetRuntimeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_comfyreality_runtime_v1_admin_service, 1);
+  messageDesc(file_comfyreality_runtime_v1_admin_service, 3);
 
 /**
  * GetRuntimeInfoResponse describes the running service.
@@ -146,6 +314,23 @@ export type GetRuntimeInfoResponse = Message<"comfyreality.runtime.v1.GetRuntime
    * @generated from field: repeated comfyreality.runtime.v1.QueueDepth queue = 7;
    */
   queue: QueueDepth[];
+
+  /**
+   * The GPUs of this host (NVML), by index. Empty when there are none to
+   * see; local_gpus_unavailable then says why.
+   *
+   * @generated from field: repeated comfyreality.runtime.v1.LocalGpu local_gpus = 8;
+   */
+  localGpus: LocalGpu[];
+
+  /**
+   * Why local_gpus is empty, e.g. "the NVIDIA driver is not loaded" or
+   * "the NVIDIA management library (libnvidia-ml.so.1) is not installed".
+   * Unset when local GPUs are monitored.
+   *
+   * @generated from field: optional string local_gpus_unavailable = 9;
+   */
+  localGpusUnavailable?: string | undefined;
 };
 
 /**
@@ -153,7 +338,7 @@ export type GetRuntimeInfoResponse = Message<"comfyreality.runtime.v1.GetRuntime
  * Use `create(GetRuntimeInfoResponseSchema)` to create a new message.
  */
 export const GetRuntimeInfoResponseSchema: GenMessage<GetRuntimeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_comfyreality_runtime_v1_admin_service, 2);
+  messageDesc(file_comfyreality_runtime_v1_admin_service, 4);
 
 /**
  * QueueDepth counts the executions of one priority waiting in the runtime's
@@ -182,7 +367,7 @@ export type QueueDepth = Message<"comfyreality.runtime.v1.QueueDepth"> & {
  * Use `create(QueueDepthSchema)` to create a new message.
  */
 export const QueueDepthSchema: GenMessage<QueueDepth> = /*@__PURE__*/
-  messageDesc(file_comfyreality_runtime_v1_admin_service, 3);
+  messageDesc(file_comfyreality_runtime_v1_admin_service, 5);
 
 /**
  * BackendState says whether a ComfyUI backend can take work.
@@ -232,8 +417,9 @@ export const BackendStateSchema: GenEnum<BackendState> = /*@__PURE__*/
  */
 export const AdminService: GenService<{
   /**
-   * Returns the version, the effective configuration (secrets redacted) and
-   * the ComfyUI backends. Errors: none beyond UNAVAILABLE while shutting down.
+   * Returns the version, the effective configuration (secrets redacted), the
+   * ComfyUI backends with their devices, and this host's GPUs. Errors: none
+   * beyond UNAVAILABLE while shutting down.
    *
    * @generated from rpc comfyreality.runtime.v1.AdminService.GetRuntimeInfo
    */
