@@ -53,7 +53,17 @@ impl TestServer {
     /// Starts a server with `config`. The listener is bound before the
     /// server task is spawned, so calls can be made at once: the kernel
     /// queues the connection until the server accepts it.
-    pub async fn start_with(mut config: Config) -> Self {
+    pub async fn start_with(config: Config) -> Self {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts a server with `config` whose runtime sees this host's GPUs
+    /// through `gpu` (a monitor over a fake probe) instead of NVML.
+    pub async fn start_with_gpu(config: Config, gpu: comfy_reality::gpu::GpuMonitor) -> Self {
+        Self::start_inner(config, Some(gpu)).await
+    }
+
+    async fn start_inner(mut config: Config, gpu: Option<comfy_reality::gpu::GpuMonitor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -69,7 +79,19 @@ impl TestServer {
             dir
         });
         let token = CancellationToken::new();
-        let handle = tokio::spawn(comfy_reality::run(config, listener, token.clone()));
+        let handle = match gpu {
+            None => tokio::spawn(comfy_reality::run(config, listener, token.clone())),
+            Some(gpu) => {
+                let store = comfy_reality::server::open_store(&config).expect("open the store");
+                let runtime = comfy_reality::runtime::Runtime::with_gpu(config, store, gpu)
+                    .expect("the runtime starts");
+                tokio::spawn(comfy_reality::server::serve_with_runtime(
+                    runtime,
+                    listener,
+                    token.clone(),
+                ))
+            }
+        };
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid endpoint")
             .connect_lazy();
