@@ -73,6 +73,8 @@ async fn start(
     config.scheduling.probe_interval_seconds = 0.05;
     config.scheduling.artifact_dir = Some(artifacts.path().to_path_buf());
     config.executor.gpu_sample_interval_seconds = 0.01;
+    // `events_so_far` reads until the first heartbeat of an idle subscription.
+    config.events.heartbeat_seconds = 0.2;
     tune(&mut config, &started);
     let server = TestServer::start_with_gpu(config, gpu).await;
     let harness = Harness {

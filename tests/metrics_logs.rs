@@ -49,13 +49,17 @@ struct Backend {
 
 impl Backend {
     fn start() -> Self {
+        Self::start_with(FakeOptions::default())
+    }
+
+    fn start_with(options: FakeOptions) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
         let fake = rt
-            .block_on(FakeComfy::start(FakeOptions::default()))
+            .block_on(FakeComfy::start(options))
             .expect("fake ComfyUI starts");
         Self {
             rt,
@@ -809,4 +813,87 @@ fn an_api_key_never_reaches_json_logs_at_debug_level() {
 #[test]
 fn an_api_key_never_reaches_text_logs_at_debug_level() {
     secret_stays_out_of_logs("text");
+}
+
+/// The one series of `name` whose labels include `(key, value)`: its labels and value.
+fn series_with(
+    samples: &Samples,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Option<(BTreeMap<String, String>, f64)> {
+    samples
+        .get(name)?
+        .iter()
+        .find(|(labels, _)| labels.get(key).map(String::as_str) == Some(value))
+        .cloned()
+}
+
+#[test]
+fn backend_device_gauges_follow_system_stats_and_the_vram_fraction() {
+    let backend = Backend::start_with(FakeOptions {
+        device_type: comfy_reality_fake_comfyui::DeviceType::Cuda,
+        vram_total_mb: Some(10_000),
+        ..FakeOptions::default()
+    });
+    let mut server = ServeProcess::start(
+        &backend,
+        &[],
+        &[("COMFY_REALITY__EXECUTOR__GPU_MEMORY_FRACTION", "0.5")],
+    );
+    let mib = 1024.0 * 1024.0;
+    let fake = backend.fake.as_ref().expect("fake running");
+    // Polls the scrape until `check` holds (bounded: a hang guard).
+    let wait = |what: &str, check: &dyn Fn(&Samples) -> bool| -> Samples {
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            let (_, text) = backend.rt.block_on(scrape(server.metrics_addr));
+            let samples = parse_exposition(&text);
+            if check(&samples) {
+                return samples;
+            }
+            assert!(Instant::now() < deadline, "{what} never scraped:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let samples = wait("the device gauges", &|s| {
+        series_with(s, "comfy_reality_backend_vram_total_bytes", "type", "cuda").is_some()
+    });
+    let (labels, total) =
+        series_with(&samples, "comfy_reality_backend_vram_total_bytes", "type", "cuda").unwrap();
+    assert_eq!(total, 10_000.0 * mib);
+    assert_eq!(labels["device"], "cuda:0");
+    let name = labels["backend"].clone();
+    let device = [
+        ("backend", name.as_str()),
+        ("device", "cuda:0"),
+        ("type", "cuda"),
+    ];
+    assert_eq!(
+        sample(&samples, "comfy_reality_backend_vram_free_bytes", &device),
+        Some(10_000.0 * mib)
+    );
+
+    fake.set_vram_used_mb(6_000).unwrap();
+    let samples = wait("the backend over its fraction", &|s| {
+        sample(s, "comfy_reality_backend_vram_over_fraction", &[("backend", &name)]) == Some(1.0)
+    });
+    assert_eq!(
+        sample(&samples, "comfy_reality_backend_vram_free_bytes", &device),
+        Some(4_000.0 * mib)
+    );
+    assert_eq!(
+        sample(&samples, "comfy_reality_backend_torch_vram_total_bytes", &device),
+        Some(6_000.0 * mib)
+    );
+    fake.set_vram_used_mb(1_000).unwrap();
+    wait("the backend back under its fraction", &|s| {
+        sample(s, "comfy_reality_backend_vram_over_fraction", &[("backend", &name)]) == Some(0.0)
+    });
+    let (_, text) = backend.rt.block_on(scrape(server.metrics_addr));
+    assert!(
+        text.contains("# HELP comfy_reality_backend_vram_total_bytes"),
+        "described"
+    );
+    server.stop();
 }
