@@ -60,16 +60,18 @@ async fn start(
         );
     }
     let artifacts = TempDir::new().expect("tempdir");
-    let mut config = Config::default();
-    config.servers = started
-        .iter()
-        .enumerate()
-        .map(|(i, fake)| ServerConfig {
-            name: Some(format!("gpu-{i}")),
-            url: fake.base_url(),
-            ..ServerConfig::default()
-        })
-        .collect();
+    let mut config = Config {
+        servers: started
+            .iter()
+            .enumerate()
+            .map(|(i, fake)| ServerConfig {
+                name: Some(format!("gpu-{i}")),
+                url: fake.base_url(),
+                ..ServerConfig::default()
+            })
+            .collect(),
+        ..Config::default()
+    };
     config.scheduling.probe_interval_seconds = 0.05;
     config.scheduling.artifact_dir = Some(artifacts.path().to_path_buf());
     config.executor.gpu_sample_interval_seconds = 0.01;
@@ -127,7 +129,8 @@ async fn run_one(h: &Harness, tag: &str) -> String {
     let execution = h.execute(&image_workflow(tag), TaskPriority::Normal).await;
     let done = h.wait_end(&execution.id).await;
     assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
-    done.backend.expect("a completed execution names its backend")
+    done.backend
+        .expect("a completed execution names its backend")
 }
 
 /// Every event so far, read from the start of the history until the heartbeat.
@@ -179,7 +182,10 @@ async fn a_backend_above_the_vram_fraction_gets_no_new_work_until_it_falls_below
     // gpu-0 has more free memory at first: it wins while both are idle.
     h.fakes[1].set_vram_used_mb(1_000).unwrap();
     wait_info(&h, "gpu-1's memory in use seen", |info| {
-        backend(info, "gpu-1").devices.first().and_then(|d| d.vram_free_bytes)
+        backend(info, "gpu-1")
+            .devices
+            .first()
+            .and_then(|d| d.vram_free_bytes)
             == Some(9_000 * MIB)
     })
     .await;
@@ -220,7 +226,11 @@ async fn a_backend_above_the_vram_fraction_gets_no_new_work_until_it_falls_below
     assert_eq!(data["vram_used_bytes"], 6_000 * MIB);
     let released = runtime_events(&events, "backend.released");
     assert_eq!(released.len(), 1, "{released:?}");
-    assert!(released[0].message.contains("backend gpu-0 takes new work again"));
+    assert!(
+        released[0]
+            .message
+            .contains("backend gpu-0 takes new work again")
+    );
     h.server.shutdown().await;
 }
 
@@ -372,7 +382,12 @@ async fn runtime_info_shows_backend_devices_and_local_gpus() {
 #[tokio::test]
 async fn the_default_server_says_why_it_has_no_local_gpus_or_lists_them() {
     // NVML as this machine has it: without a driver, a reason; with one, the GPUs.
-    let h = start(&[spec(DeviceType::Cpu, 1_024)], GpuMonitor::load_nvml(), |_, _| {}).await;
+    let h = start(
+        &[spec(DeviceType::Cpu, 1_024)],
+        GpuMonitor::load_nvml(),
+        |_, _| {},
+    )
+    .await;
     let info = runtime_info(&h).await;
     match info.local_gpus_unavailable.as_deref() {
         Some(reason) => {
@@ -405,11 +420,17 @@ async fn a_task_gets_the_peak_gpu_memory_its_backend_process_held() {
     .await;
     assert_eq!(backend(&info, "gpu-0").pid, Some(comfy_pid));
 
-    let execution = h.execute(&image_workflow("peak"), TaskPriority::Normal).await;
+    let execution = h
+        .execute(&image_workflow("peak"), TaskPriority::Normal)
+        .await;
     let done = h.wait_end(&execution.id).await;
     assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
     let root_id = done.root_task_id.clone().unwrap();
-    let root = done.tasks.iter().find(|t| t.id == root_id).expect("root task");
+    let root = done
+        .tasks
+        .iter()
+        .find(|t| t.id == root_id)
+        .expect("root task");
     let expected_mb = (3 * GIB + GIB / 2) as f64 / MIB as f64;
     assert_eq!(
         root.metrics.as_ref().and_then(|m| m.gpu_memory_mb),

@@ -859,8 +859,13 @@ fn backend_device_gauges_follow_system_stats_and_the_vram_fraction() {
     let samples = wait("the device gauges", &|s| {
         series_with(s, "comfy_reality_backend_vram_total_bytes", "type", "cuda").is_some()
     });
-    let (labels, total) =
-        series_with(&samples, "comfy_reality_backend_vram_total_bytes", "type", "cuda").unwrap();
+    let (labels, total) = series_with(
+        &samples,
+        "comfy_reality_backend_vram_total_bytes",
+        "type",
+        "cuda",
+    )
+    .unwrap();
     assert_eq!(total, 10_000.0 * mib);
     assert_eq!(labels["device"], "cuda:0");
     let name = labels["backend"].clone();
@@ -876,19 +881,31 @@ fn backend_device_gauges_follow_system_stats_and_the_vram_fraction() {
 
     fake.set_vram_used_mb(6_000).unwrap();
     let samples = wait("the backend over its fraction", &|s| {
-        sample(s, "comfy_reality_backend_vram_over_fraction", &[("backend", &name)]) == Some(1.0)
+        sample(
+            s,
+            "comfy_reality_backend_vram_over_fraction",
+            &[("backend", &name)],
+        ) == Some(1.0)
     });
     assert_eq!(
         sample(&samples, "comfy_reality_backend_vram_free_bytes", &device),
         Some(4_000.0 * mib)
     );
     assert_eq!(
-        sample(&samples, "comfy_reality_backend_torch_vram_total_bytes", &device),
+        sample(
+            &samples,
+            "comfy_reality_backend_torch_vram_total_bytes",
+            &device
+        ),
         Some(6_000.0 * mib)
     );
     fake.set_vram_used_mb(1_000).unwrap();
     wait("the backend back under its fraction", &|s| {
-        sample(s, "comfy_reality_backend_vram_over_fraction", &[("backend", &name)]) == Some(0.0)
+        sample(
+            s,
+            "comfy_reality_backend_vram_over_fraction",
+            &[("backend", &name)],
+        ) == Some(0.0)
     });
     let (_, text) = backend.rt.block_on(scrape(server.metrics_addr));
     assert!(

@@ -3,8 +3,8 @@
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use crate::pb::admin_service_server::AdminService;
 use crate::gpu::GpuSnapshot;
+use crate::pb::admin_service_server::AdminService;
 use crate::pb::{
     API_VERSION, BackendDevice, BackendInfo, BackendState, GetRuntimeInfoRequest,
     GetRuntimeInfoResponse, LocalGpu, QueueDepth,

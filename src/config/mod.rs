@@ -224,14 +224,20 @@ mod tests {
         let c = load_env(&[("COMFY_REALITY__RUNTIME__METRICS_PORT", "9100")]).unwrap();
         assert_eq!(c.metrics_addr(), "127.0.0.1:9100".parse().unwrap());
         let c = load_env(&[
-            ("COMFY_REALITY__EXECUTOR__GPU_SAMPLE_INTERVAL_SECONDS", "0.25"),
-            ("COMFY_REALITY__EXECUTOR__PREFER_GPU_TYPES", "[\"mps\", \"cuda\"]"),
+            (
+                "COMFY_REALITY__EXECUTOR__GPU_SAMPLE_INTERVAL_SECONDS",
+                "0.25",
+            ),
+            (
+                "COMFY_REALITY__EXECUTOR__PREFER_GPU_TYPES",
+                "[\"mps\", \"cuda\"]",
+            ),
         ])
         .unwrap();
         assert_eq!(c.executor.gpu_sample_interval(), Duration::from_millis(250));
         assert_eq!(c.executor.prefer_gpu_types, ["mps", "cuda"]);
-        let error = load_env(&[("COMFY_REALITY__EXECUTOR__GPU_SAMPLE_INTERVAL_SECONDS", "0")])
-            .unwrap_err();
+        let error =
+            load_env(&[("COMFY_REALITY__EXECUTOR__GPU_SAMPLE_INTERVAL_SECONDS", "0")]).unwrap_err();
         assert_eq!(
             only_violation(&error).key,
             "executor.gpu_sample_interval_seconds"

@@ -271,7 +271,10 @@ fn set_gauges(device: &GpuDevice, reading: &GpuReading) {
     );
     let optional = [
         (metrics::GPU_UTILIZATION_RATIO, reading.utilization_ratio),
-        (metrics::GPU_TEMPERATURE_CELSIUS, reading.temperature_celsius),
+        (
+            metrics::GPU_TEMPERATURE_CELSIUS,
+            reading.temperature_celsius,
+        ),
         (metrics::GPU_POWER_WATTS, reading.power_watts),
     ];
     for (metric, value) in optional {
@@ -382,7 +385,13 @@ mod tests {
         assert_eq!(first.utilization_ratio, Some(0.5));
         assert_eq!(snapshots[0].device.uuid, "GPU-fake-0000");
         assert_eq!(snapshots[1].reading, None);
-        assert!(snapshots[1].error.as_deref().unwrap().contains("told to fail"));
+        assert!(
+            snapshots[1]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("told to fail")
+        );
         probe.set_failing(1, false);
         monitor.sample();
         assert!(monitor.snapshots()[1].reading.is_some());
@@ -420,7 +429,10 @@ mod tests {
         monitor.sample();
         assert_eq!(unseen.finish(), None);
         drop(later);
-        assert!(monitor.lock().watches.is_empty(), "finished watches are removed");
+        assert!(
+            monitor.lock().watches.is_empty(),
+            "finished watches are removed"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub fn find_listening_pid(port: u16) -> Option<u32> {
         }
         let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -78,7 +81,10 @@ mod tests {
         assert_eq!(listening_inodes(TABLE, 8196), vec![4242]);
         assert_eq!(listening_inodes(TABLE, 8080), vec![99]);
         assert_eq!(listening_inodes(TABLE, 1), Vec::<u64>::new());
-        assert_eq!(listening_inodes("garbage\nnot a table", 8196), Vec::<u64>::new());
+        assert_eq!(
+            listening_inodes("garbage\nnot a table", 8196),
+            Vec::<u64>::new()
+        );
     }
 
     #[cfg(target_os = "linux")]

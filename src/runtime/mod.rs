@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 pub use bus::EventBus;
 pub use error::{ErrorClass, ObjectKind, RuntimeError};
 pub use executor::{
-    BackendDevice, BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor, LoadSnapshot,
-    ValidationReport, WorkflowSource,
+    BackendDevice, BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor,
+    LoadSnapshot, ValidationReport, WorkflowSource,
 };
 pub use tasks::{MAX_CANCEL_CASCADE, NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};

@@ -410,8 +410,11 @@ pub fn set_backend_device_bytes(
 
 /// Backend `backend` is (or is no longer) above its GPU memory fraction.
 pub fn set_backend_vram_over_fraction(backend: &str, over: bool) {
-    gauge!(BACKEND_VRAM_OVER_FRACTION, "backend" => backend.to_owned())
-        .set(if over { 1.0 } else { 0.0 });
+    gauge!(BACKEND_VRAM_OVER_FRACTION, "backend" => backend.to_owned()).set(if over {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// An event subscription opened (SubscribeEvents, WatchExecution, or an

@@ -192,7 +192,10 @@ mod tests {
         let devices = device.system_stats_devices();
         assert_eq!(devices[0]["vram_total"], Value::from(CAPTURED_RAM_TOTAL));
         assert_eq!(devices[0]["vram_free"], Value::from(CAPTURED_RAM_FREE));
-        assert_eq!(devices[0]["torch_vram_free"], Value::from(CAPTURED_RAM_FREE));
+        assert_eq!(
+            devices[0]["torch_vram_free"],
+            Value::from(CAPTURED_RAM_FREE)
+        );
         assert_eq!(devices[0]["type"], "cpu");
         assert_eq!(devices[0]["index"], Value::Null);
     }
@@ -204,7 +207,10 @@ mod tests {
         device.set_used_mb(1000).unwrap();
         assert!(device.set_used_mb(1001).unwrap_err().contains("above"));
         assert_eq!(device.used_mb(), 1000);
-        assert_eq!(device.system_stats_devices()[0]["vram_free"], Value::from(0));
+        assert_eq!(
+            device.system_stats_devices()[0]["vram_free"],
+            Value::from(0)
+        );
         assert_eq!(
             DeviceType::parse("rocm").unwrap_err(),
             "unknown device type `rocm`: expected cuda, cpu, mps or directml"

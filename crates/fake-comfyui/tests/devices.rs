@@ -25,7 +25,11 @@ async fn fake(device_type: DeviceType, vram_total_mb: Option<u64>) -> FakeComfy 
 
 async fn get(url: &str) -> Value {
     let response = reqwest::get(url).await.expect("GET");
-    assert!(response.status().is_success(), "{url}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
     response.json().await.expect("json")
 }
 

@@ -388,8 +388,14 @@ async fn refresh_devices(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>) -> 
         for (metric, value) in [
             (metrics::BACKEND_VRAM_TOTAL_BYTES, device.vram_total),
             (metrics::BACKEND_VRAM_FREE_BYTES, device.vram_free),
-            (metrics::BACKEND_TORCH_VRAM_TOTAL_BYTES, device.torch_vram_total),
-            (metrics::BACKEND_TORCH_VRAM_FREE_BYTES, device.torch_vram_free),
+            (
+                metrics::BACKEND_TORCH_VRAM_TOTAL_BYTES,
+                device.torch_vram_total,
+            ),
+            (
+                metrics::BACKEND_TORCH_VRAM_FREE_BYTES,
+                device.torch_vram_free,
+            ),
         ] {
             if let Some(bytes) = value {
                 metrics::set_backend_device_bytes(

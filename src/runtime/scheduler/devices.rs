@@ -134,7 +134,8 @@ pub(super) fn hold_for(policy: &GpuPolicy, report: &DeviceReport) -> Option<Hold
     }
     let vram = report.vram?;
     #[allow(clippy::cast_precision_loss)] // Exact below 2^53 bytes.
-    let over = vram.total > 0 && vram.used() as f64 > policy.gpu_memory_fraction * vram.total as f64;
+    let over =
+        vram.total > 0 && vram.used() as f64 > policy.gpu_memory_fraction * vram.total as f64;
     over.then_some(Hold::VramAboveFraction {
         used: vram.used(),
         total: vram.total,

@@ -6,10 +6,10 @@
 
 use std::cmp::Reverse;
 
+use super::devices::placement_key;
 use super::ids::{BackendId, ExecutionId};
 use super::outcomes::Action;
 use super::queue::QueueKey;
-use super::devices::placement_key;
 use super::{Entry, OnBackend, Place, Scheduler};
 
 impl Scheduler {

@@ -92,7 +92,13 @@ pub(super) async fn system_stats(State(shared): State<Arc<Shared>>) -> Response 
     if shared.device.is_cpu() {
         args.push("--cpu");
     }
-    args.extend(["--listen", "127.0.0.1", "--port", &port, "--disable-auto-launch"]);
+    args.extend([
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--disable-auto-launch",
+    ]);
     let argv: Vec<Value> = args
         .iter()
         .map(|a| Value::String((*a).to_owned()))
