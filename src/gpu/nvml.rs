@@ -32,14 +32,19 @@ impl NvmlProbe {
     /// Opens and initialises NVML. The error says why it cannot be used here (no library, no
     /// driver loaded, no permission), in words an operator can act on.
     pub fn load() -> Result<Self, GpuError> {
-        let mut last = GpuError::Unavailable("NVML is not available on this platform".into());
+        // The first failure says the most: it names the library the driver ships.
+        let mut first: Option<GpuError> = None;
         for name in LIBRARY_NAMES {
             match Nvml::builder().lib_path(OsStr::new(name)).init() {
                 Ok(nvml) => return Ok(Self { nvml }),
-                Err(error) => last = GpuError::Unavailable(describe(name, &error)),
+                Err(error) => {
+                    first.get_or_insert(GpuError::Unavailable(describe(name, &error)));
+                }
             }
         }
-        Err(last)
+        Err(first.unwrap_or_else(|| {
+            GpuError::Unavailable("NVML is not available on this platform".into())
+        }))
     }
 
     fn device(&self, index: u32) -> Result<nvml_wrapper::Device<'_>, GpuError> {
