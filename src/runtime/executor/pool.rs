@@ -447,3 +447,79 @@ async fn probe(backend: &Backend, was_up: bool) -> Result<Option<ObjectInfoCatal
 
 /// How long a probe waits for a backend's WebSocket before calling it down.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(kind: &str, index: Option<i64>, total: u64, free: u64) -> DeviceInfo {
+        DeviceInfo {
+            name: format!("{kind} device"),
+            device_type: kind.to_owned(),
+            index,
+            vram_total: Some(total),
+            vram_free: Some(free),
+            torch_vram_total: None,
+            torch_vram_free: None,
+        }
+    }
+
+    #[test]
+    fn the_report_sums_gpu_memory_and_leaves_the_cpu_out() {
+        let devices: Vec<BackendDevice> = [
+            wire("cuda", Some(0), 100, 40),
+            wire("CUDA", Some(1), 50, 60),
+            wire("cpu", None, 1_000, 900),
+            wire("privateuseone", Some(0), 10, 5),
+        ]
+        .iter()
+        .map(BackendDevice::from_wire)
+        .collect();
+        assert_eq!(devices[1].device_type, "cuda", "lowercased");
+        assert_eq!(devices[3].device_type, "directml", "torch's name for it");
+        assert_eq!(devices[0].label(), "cuda:0");
+        assert_eq!(devices[2].label(), "cpu");
+        let report = device_report(&devices);
+        assert_eq!(report.types, ["cuda", "cuda", "cpu", "directml"]);
+        // Free is capped at total (a device cannot report more free than it has).
+        assert_eq!(
+            report.vram,
+            Some(Vram {
+                total: 160,
+                free: 95
+            })
+        );
+        let cpu_only = device_report(&[BackendDevice::from_wire(&wire("cpu", None, 8, 8))]);
+        assert_eq!(cpu_only.vram, None, "a CPU's memory is the host's RAM, not VRAM");
+    }
+
+    #[test]
+    fn a_process_is_looked_for_only_on_this_host() {
+        let lookup = |url: &str, pid: Option<u32>| {
+            ProcessLookup::for_server(&ServerConfig {
+                pid,
+                ..ServerConfig::with_url(url)
+            })
+        };
+        assert!(matches!(
+            lookup("http://127.0.0.1:8188", None),
+            ProcessLookup::ListeningOn(8188)
+        ));
+        assert!(matches!(
+            lookup("http://localhost", None),
+            ProcessLookup::ListeningOn(80)
+        ));
+        assert!(matches!(
+            lookup("https://[::1]:9000", None),
+            ProcessLookup::ListeningOn(9000)
+        ));
+        assert!(matches!(
+            lookup("http://gpu-box:8188", None),
+            ProcessLookup::Remote
+        ));
+        assert!(matches!(
+            lookup("http://gpu-box:8188", Some(7)),
+            ProcessLookup::Configured(7)
+        ));
+    }
+}
