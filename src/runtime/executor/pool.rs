@@ -316,19 +316,17 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
         match probe(backend, was_up).await {
             Ok(Some(catalogue)) => {
                 let classes: Vec<String> = catalogue.class_names().map(str::to_owned).collect();
-                let pid = backend.process.locate().await;
                 backend.set_state(|state| {
                     state.probed = true;
                     state.up = true;
                     state.catalogue = Some(Arc::new(catalogue));
                     state.last_error = None;
-                    state.pid = pid;
                 });
                 // Devices before "up", so the first placement on it knows them.
                 if !refresh_devices(backend, tx).await {
                     return;
                 }
-                tracing::info!(backend = %backend.name, classes = classes.len(), pid, "backend up");
+                tracing::info!(backend = %backend.name, classes = classes.len(), "backend up");
                 if tx
                     .send(Msg::BackendUp {
                         backend: backend.id,
@@ -338,6 +336,11 @@ async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval
                 {
                     return;
                 }
+                // Found again at every come-up: a restarted ComfyUI has a new pid. Only a
+                // prompt's start needs it, so "up" is not delayed by the search.
+                let pid = backend.process.locate().await;
+                tracing::debug!(backend = %backend.name, pid, "backend process");
+                backend.set_state(|state| state.pid = pid);
             }
             Ok(None) => {
                 if !refresh_devices(backend, tx).await {
@@ -490,7 +493,10 @@ mod tests {
             })
         );
         let cpu_only = device_report(&[BackendDevice::from_wire(&wire("cpu", None, 8, 8))]);
-        assert_eq!(cpu_only.vram, None, "a CPU's memory is the host's RAM, not VRAM");
+        assert_eq!(
+            cpu_only.vram, None,
+            "a CPU's memory is the host's RAM, not VRAM"
+        );
     }
 
     #[test]
