@@ -455,3 +455,31 @@ async fn a_task_gets_the_peak_gpu_memory_its_backend_process_held() {
     assert_eq!(metric.task_id.as_deref(), Some(root_id.as_str()));
     h.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn work_waits_while_every_backend_is_held_and_runs_when_one_frees_up() {
+    let h = start(&[spec(DeviceType::Cuda, 10_000)], no_gpus(), |config, _| {
+        config.executor.gpu_memory_fraction = 0.5
+    })
+    .await;
+    h.fakes[0].set_vram_used_mb(9_000).unwrap();
+    wait_info(&h, "gpu-0 held", |info| {
+        backend(info, "gpu-0").placement_hold.is_some()
+    })
+    .await;
+    let execution = h
+        .execute(&image_workflow("waits"), TaskPriority::Normal)
+        .await;
+    // Queued, not failed, and nothing handed to the held backend.
+    let info = wait_info(&h, "the execution counted as queued", |info| {
+        info.queue.iter().map(|q| q.queued).sum::<u32>() == 1
+    })
+    .await;
+    assert_eq!(backend(&info, "gpu-0").running, 0);
+    assert_eq!(status(&h.get(&execution.id).await), TaskStatus::Queued);
+    h.fakes[0].set_vram_used_mb(4_000).unwrap();
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.backend.as_deref(), Some("gpu-0"));
+    h.server.shutdown().await;
+}
