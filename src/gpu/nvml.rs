@@ -135,3 +135,37 @@ fn device_error(index: u32, error: &NvmlError) -> GpuError {
         message: error.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_failures_read_as_one_actionable_sentence() {
+        assert_eq!(
+            describe("libnvidia-ml.so.1", &NvmlError::DriverNotLoaded),
+            "the NVIDIA driver is not loaded"
+        );
+        assert_eq!(
+            describe("libnvidia-ml.so.1", &NvmlError::NoPermission),
+            "no permission to talk to the NVIDIA driver"
+        );
+        assert!(describe("x", &NvmlError::Unknown).starts_with("NVML could not be initialised: "));
+    }
+
+    #[test]
+    fn loading_never_panics_and_explains_a_failure() {
+        // On a host without a driver this is the reason GetRuntimeInfo shows; with one, a probe.
+        match NvmlProbe::load() {
+            Ok(probe) => {
+                let devices = probe.devices().expect("a loaded NVML lists its GPUs");
+                for device in devices {
+                    let reading = probe.read(device.index).expect("a reading");
+                    assert!(reading.memory_total_bytes > 0);
+                }
+            }
+            Err(GpuError::Unavailable(reason)) => assert!(!reason.is_empty()),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+}
