@@ -25,6 +25,7 @@ impl Scheduler {
     /// Fills free slots, most urgent placeable execution first, each going to
     /// the least loaded eligible backend (ties: lowest id).
     fn plan_dispatches(&mut self, actions: &mut Vec<Action>) {
+        let depth = self.config.backend_pipeline_depth.max(1);
         while self.in_flight < self.config.max_concurrent_tasks {
             let mut best: Option<(QueueKey, BackendId)> = None;
             for group in self.groups.values() {
@@ -40,7 +41,7 @@ impl Scheduler {
                     .filter_map(|id| {
                         let backend = self.backends.get(id)?;
                         backend
-                            .has_free_slot()
+                            .has_free_slot(depth)
                             .then_some((backend.slots.len(), *id))
                     })
                     .min();
@@ -125,17 +126,23 @@ impl Scheduler {
                     if !backend.up || backend.preempting.is_some() {
                         return None;
                     }
-                    let waiting = backend.slots.back?;
-                    let entry = self.entries.get(&waiting)?;
-                    let Place::OnBackend(on) = entry.place else {
-                        return None;
-                    };
-                    let movable = !on.started
-                        && !on.taking_back
-                        && !on.take_back_refused
-                        && !on.cancel_requested;
-                    (movable && entry.priority < priority)
-                        .then_some((entry.key(waiting), Reverse(*backend_id)))
+                    // Its least urgent waiting execution that can move.
+                    backend
+                        .slots
+                        .waiting()
+                        .filter_map(|waiting| {
+                            let entry = self.entries.get(&waiting)?;
+                            let Place::OnBackend(on) = entry.place else {
+                                return None;
+                            };
+                            let movable = !on.started
+                                && !on.taking_back
+                                && !on.take_back_refused
+                                && !on.cancel_requested;
+                            (movable && entry.priority < priority).then_some(entry.key(waiting))
+                        })
+                        .max()
+                        .map(|key| (key, Reverse(*backend_id)))
                 })
                 .max();
             match victim {
