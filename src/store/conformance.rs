@@ -7,8 +7,8 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::{
-    Changes, CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord,
-    Page, Store, TaskFilter, WorkflowCursor, WorkflowFilter,
+    Changes, CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey,
+    NewExecutionRecord, Page, Store, TaskFilter, WorkflowCursor, WorkflowFilter,
 };
 use crate::model::events::{Event, EventContext, EventPayload};
 use crate::model::{

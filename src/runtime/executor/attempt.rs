@@ -691,7 +691,7 @@ impl<'a> Follower<'a> {
         let Some(task_id) = self.node_tasks.get(node) else {
             return;
         };
-        let Ok(task) = self.shared.tasks.get(task_id) else {
+        let Ok(Some(task)) = self.shared.tasks.latest(task_id) else {
             return;
         };
         let Some(seconds) = task.metrics.duration_seconds() else {
