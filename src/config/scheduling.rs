@@ -34,6 +34,11 @@ pub struct SchedulingConfig {
     pub max_workflow_bytes: usize,
     /// Most nodes in one workflow. Default: 10000. Bound: >= 1.
     pub max_workflow_nodes: usize,
+    /// Prompts handed to each backend at once: the one it runs and those waiting in its own
+    /// queue, so that a fast backend starts its next prompt without waiting for the runtime. A
+    /// waiting prompt is still taken back when a more urgent execution needs the backend.
+    /// Default: 3. Bound: 1 to 64.
+    pub backend_pipeline_depth: usize,
 }
 
 impl Default for SchedulingConfig {
@@ -46,6 +51,7 @@ impl Default for SchedulingConfig {
             artifact_dir: None,
             max_workflow_bytes: 8 * 1024 * 1024,
             max_workflow_nodes: 10_000,
+            backend_pipeline_depth: 3,
         }
     }
 }

@@ -167,6 +167,15 @@ impl Config {
         if scheduling.max_workflow_nodes < 1 {
             out.push("scheduling.max_workflow_nodes", "must be at least 1, got 0");
         }
+        if !(1..=64).contains(&scheduling.backend_pipeline_depth) {
+            out.push(
+                "scheduling.backend_pipeline_depth",
+                format!(
+                    "must be between 1 and 64, got {}",
+                    scheduling.backend_pipeline_depth
+                ),
+            );
+        }
         if scheduling.max_workflow_bytes < 1024 {
             out.push(
                 "scheduling.max_workflow_bytes",

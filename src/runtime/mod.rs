@@ -8,6 +8,7 @@ mod error;
 pub mod events;
 mod executor;
 mod fingerprint;
+mod pending;
 pub mod scheduler;
 mod tasks;
 pub mod workflow_checks;

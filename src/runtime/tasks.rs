@@ -12,10 +12,11 @@ use crate::model::{
     DependencyType, JsonObject, NewTask, Task, TaskDependency, TaskEvent, TaskEventType,
     TaskPriority, TaskStatus, TaskType, ValidationError,
 };
-use crate::store::{CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter};
+use crate::store::{Changes, CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter};
 
-use super::bus::{EventBus, EventContext};
+use super::bus::{Commit, EventBus, EventContext, EventPayload};
 use super::fingerprint::Fingerprint;
+use super::pending::PendingWrites;
 use super::{ObjectKind, RuntimeError};
 
 /// Most tasks one CancelTask call cancels, its own descendants included;
@@ -110,13 +111,30 @@ pub(crate) fn task_context(task: &Task) -> EventContext {
     }
 }
 
+/// Waits for every write in `commits`; the first failure is returned.
+fn wait_all(commits: Vec<Commit>) -> Result<(), RuntimeError> {
+    let mut first = Ok(());
+    for commit in commits {
+        if let Err(error) = commit.wait()
+            && first.is_ok()
+        {
+            first = Err(error.into());
+        }
+    }
+    first
+}
+
 /// See the module docs.
 pub struct TaskRegistry {
     /// Where tasks live.
     store: Arc<dyn Store>,
     /// Serialises read-modify-write of tasks; held only around synchronous
-    /// store calls, never across an await.
+    /// store calls, never across an await, and never while waiting for a
+    /// commit.
     write_gate: Mutex<()>,
+    /// Task states handed to the store whose write has not committed yet;
+    /// read-modify-write and the executor read through it.
+    pending: PendingWrites<Task>,
     /// Where every task event goes.
     bus: EventBus,
     /// Told the id of every task that reaches a terminal state (the
@@ -135,6 +153,7 @@ impl TaskRegistry {
         Self {
             store,
             write_gate: Mutex::new(()),
+            pending: PendingWrites::default(),
             bus,
             ended: OnceLock::new(),
             holds: Mutex::new(HashMap::new()),
@@ -249,7 +268,7 @@ impl TaskRegistry {
     pub(crate) fn unmet_dependencies(&self, task: &Task) -> Result<Vec<String>, RuntimeError> {
         let mut unmet = Vec::new();
         for dep in &task.dependencies {
-            let status = self.store.get_task(&dep.task_id)?.map(|t| t.status());
+            let status = self.latest(&dep.task_id)?.map(|t| t.status());
             match dep.dependency_type {
                 DependencyType::Requires if status != Some(TaskStatus::Completed) => {
                     unmet.push(format!("{} (required, not completed)", dep.task_id));
@@ -261,17 +280,12 @@ impl TaskRegistry {
             }
         }
         for holder in self.holders(&task.id) {
-            let status = self.store.get_task(&holder)?.map(|t| t.status());
+            let status = self.latest(&holder)?.map(|t| t.status());
             if !status.is_some_and(TaskStatus::is_terminal) {
                 unmet.push(format!("{holder} (blocks this task, not ended)"));
             }
         }
         Ok(unmet)
-    }
-
-    /// Publishes `event` about `task` on the bus.
-    pub(crate) fn publish(&self, event: TaskEvent, task: &Task) {
-        self.bus.publish_task(event, task_context(task));
     }
 
     /// The event for `task` having entered its status, with its message.
@@ -311,32 +325,19 @@ impl TaskRegistry {
     /// Stores `task` (changed from `before`) and announces it: a transition
     /// event when its status changed, else a progress event when its progress
     /// or message changed; a "task ended" notice when it became terminal.
-    fn save(&self, task: &Task, before: &Task) -> Result<(), RuntimeError> {
+    /// The task and its event are one write; the caller decides whether to
+    /// wait for it (a client's call does, the executor does not).
+    fn save(&self, task: &Task, before: &Task) -> Commit {
         self.save_with(task, before, None)
     }
 
     /// [`TaskRegistry::save`], with `extra` merged into the data of a
     /// progress event (a node's step `value` and `max`).
-    fn save_with(
-        &self,
-        task: &Task,
-        before: &Task,
-        extra: Option<&JsonObject>,
-    ) -> Result<(), RuntimeError> {
-        self.put(task)?;
+    fn save_with(&self, task: &Task, before: &Task, extra: Option<&JsonObject>) -> Commit {
+        let mut events = Vec::new();
         if task.status() != before.status() {
             if let Some(event) = Self::transition_event(task) {
-                self.publish(event, task);
-            }
-            if task.status().is_terminal() {
-                crate::telemetry::metrics::task_finished(
-                    task.task_type.as_str(),
-                    task.status().as_str(),
-                    task.metrics.duration_seconds(),
-                );
-                if let Some(ended) = self.ended.get() {
-                    let _ = ended.send(task.id.clone());
-                }
+                events.push(event);
             }
         } else if task.progress() != before.progress()
             || task.progress_message != before.progress_message
@@ -358,9 +359,48 @@ impl TaskRegistry {
                     event.data.insert(key.clone(), value.clone());
                 }
             }
-            self.publish(event, task);
+            events.push(event);
         }
-        Ok(())
+        let context = task_context(task);
+        let events = events
+            .into_iter()
+            .map(|event| (EventPayload::Task(event), context.clone()))
+            .collect();
+        let forget = self.pending.insert(task.id.clone(), task.clone());
+        let commit = self.bus.commit_then(
+            Changes {
+                tasks: vec![task.clone()],
+                ..Changes::default()
+            },
+            events,
+            Some(forget),
+        );
+        if task.status() != before.status() && task.status().is_terminal() {
+            crate::telemetry::metrics::task_finished(
+                task.task_type.as_str(),
+                task.status().as_str(),
+                task.metrics.duration_seconds(),
+            );
+            if let Some(ended) = self.ended.get() {
+                let _ = ended.send(task.id.clone());
+            }
+        }
+        commit
+    }
+
+    /// The newest state of a task: the one waiting for its commit, else the
+    /// stored one. The executor and read-modify-write read through this.
+    pub(crate) fn latest(&self, id: &str) -> Result<Option<Task>, RuntimeError> {
+        match self.pending.get(id) {
+            Some(task) => Ok(Some(task)),
+            None => Ok(self.store.get_task(id)?),
+        }
+    }
+
+    /// [`TaskRegistry::latest`], NOT_FOUND when there is none.
+    fn latest_or_not_found(&self, id: &str) -> Result<Task, RuntimeError> {
+        self.latest(id)?
+            .ok_or_else(|| RuntimeError::task_not_found(id))
     }
 
     /// Read-modify-write of one task under the write gate: `change` edits it,
@@ -385,13 +425,62 @@ impl TaskRegistry {
         F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
     {
         let _gate = self.gate()?;
-        let before = self.get(id)?;
+        let before = self.latest_or_not_found(id)?;
         let mut task = before.clone();
         change(&mut task)?;
         if task != before {
-            self.save_with(&task, &before, extra)?;
+            // The executor does not wait: the write commits with others,
+            // and its event is announced once it has.
+            drop(self.save_with(&task, &before, extra));
         }
         Ok(task)
+    }
+
+    /// Stores the NODE tasks of an execution and their CREATED events as
+    /// one write, without waiting for it (they are read through
+    /// [`TaskRegistry::latest`] until it commits).
+    pub(crate) fn create_execution_tasks(&self, execution_id: &str, tasks: &[Task]) {
+        let forget: Vec<_> = tasks
+            .iter()
+            .map(|task| self.pending.insert(task.id.clone(), task.clone()))
+            .collect();
+        let events = tasks
+            .iter()
+            .map(|task| {
+                (
+                    EventPayload::Task(Self::created_event(task)),
+                    task_context(task),
+                )
+            })
+            .collect();
+        for task in tasks {
+            crate::telemetry::metrics::task_submitted(task.task_type.as_str());
+        }
+        drop(self.bus.commit_then(
+            Changes {
+                new_execution_tasks: Some((execution_id.to_owned(), tasks.to_vec())),
+                ..Changes::default()
+            },
+            events,
+            Some(Box::new(move || forget.into_iter().for_each(|f| f()))),
+        ));
+    }
+
+    /// A task's CREATED event.
+    fn created_event(task: &Task) -> TaskEvent {
+        let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Created);
+        event.source = Some("runtime".into());
+        event.data.insert(
+            "type".into(),
+            serde_json::Value::from(task.task_type.as_str()),
+        );
+        if let Some(parent) = &task.parent_id {
+            event
+                .data
+                .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
+        }
+        Self::add_node_identity(task, &mut event);
+        event
     }
 
     /// Announces tasks just stored by someone else (an execution's tasks):
@@ -399,20 +488,17 @@ impl TaskRegistry {
     pub(crate) fn announce_created(&self, tasks: &[Task]) {
         for task in tasks {
             crate::telemetry::metrics::task_submitted(task.task_type.as_str());
-            let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Created);
-            event.source = Some("runtime".into());
-            event.data.insert(
-                "type".into(),
-                serde_json::Value::from(task.task_type.as_str()),
-            );
-            if let Some(parent) = &task.parent_id {
-                event
-                    .data
-                    .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
-            }
-            Self::add_node_identity(task, &mut event);
-            self.publish(event, task);
         }
+        let events = tasks
+            .iter()
+            .map(|task| {
+                (
+                    EventPayload::Task(Self::created_event(task)),
+                    task_context(task),
+                )
+            })
+            .collect();
+        drop(self.bus.commit(Changes::default(), events));
     }
 
     fn gate(&self) -> Result<MutexGuard<'_, ()>, RuntimeError> {
@@ -425,7 +511,7 @@ impl TaskRegistry {
     pub fn create(&self, request: NewTaskRequest) -> Result<Task, RuntimeError> {
         let fingerprint = request.fingerprint();
         let mut violations = ValidationError::default();
-        let _gate = self.gate()?;
+        let gate = self.gate()?;
         if let Some(parent) = &request.parent_id
             && self.store.get_task(parent)?.is_none()
         {
@@ -483,7 +569,7 @@ impl TaskRegistry {
                 // complete: the new task is cancelled at once, as it would
                 // have been had it existed when the dependency ended.
                 for dep in &task.dependencies {
-                    if let Some(ended) = self.store.get_task(&dep.task_id)?
+                    if let Some(ended) = self.latest(&dep.task_id)?
                         && matches!(ended.status(), TaskStatus::Failed | TaskStatus::Cancelled)
                     {
                         let mut task = task.clone();
@@ -492,7 +578,9 @@ impl TaskRegistry {
                             dep.task_id,
                             ended.status().as_str()
                         );
-                        self.cancel_tree(&mut task, Some(reason))?;
+                        let commits = self.cancel_tree(&mut task, Some(reason))?;
+                        drop(gate);
+                        wait_all(commits)?;
                         return Ok(task);
                     }
                 }
@@ -546,8 +634,8 @@ impl TaskRegistry {
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        let _gate = self.gate()?;
-        let before = self.get(id)?;
+        let gate = self.gate()?;
+        let before = self.latest_or_not_found(id)?;
         let mut task = before.clone();
         if matches!(
             update.status,
@@ -607,7 +695,9 @@ impl TaskRegistry {
             task.error_type = update.error_type.or(task.error_type);
         }
         task.touch();
-        self.save(&task, &before)?;
+        let commit = self.save(&task, &before);
+        drop(gate);
+        commit.wait()?;
         Ok(task)
     }
 
@@ -615,18 +705,25 @@ impl TaskRegistry {
     /// returned unchanged. All or nothing: a tree larger than
     /// [`MAX_CANCEL_CASCADE`] is refused before anything is cancelled.
     pub fn cancel(&self, id: &str, reason: Option<String>) -> Result<Task, RuntimeError> {
-        let _gate = self.gate()?;
-        let mut task = self.get(id)?;
+        let gate = self.gate()?;
+        let mut task = self.latest_or_not_found(id)?;
         if task.status().is_terminal() {
             return Ok(task);
         }
-        self.cancel_tree(&mut task, reason)?;
+        let commits = self.cancel_tree(&mut task, reason)?;
+        drop(gate);
+        wait_all(commits)?;
         Ok(task)
     }
 
     /// Cancels `task` (not terminal) and its unfinished descendants, under
-    /// the gate the caller holds.
-    fn cancel_tree(&self, task: &mut Task, reason: Option<String>) -> Result<(), RuntimeError> {
+    /// the gate the caller holds; returns the writes to wait for once the
+    /// gate is released.
+    fn cancel_tree(
+        &self,
+        task: &mut Task,
+        reason: Option<String>,
+    ) -> Result<Vec<Commit>, RuntimeError> {
         let id = task.id.clone();
         let mut descendants = Vec::new();
         let mut frontier = vec![task.id.clone()];
@@ -645,18 +742,20 @@ impl TaskRegistry {
                 descendants.push(child);
             }
         }
-        self.cancel_one(task, reason)?;
+        let mut commits = vec![self.cancel_one(task, reason)?];
         for child_id in descendants {
-            if let Some(mut child) = self.store.get_task(&child_id)?
+            if let Some(mut child) = self.latest(&child_id)?
                 && !child.status().is_terminal()
             {
-                self.cancel_one(&mut child, Some(format!("parent task {id} cancelled")))?;
+                commits.push(
+                    self.cancel_one(&mut child, Some(format!("parent task {id} cancelled")))?,
+                );
             }
         }
-        Ok(())
+        Ok(commits)
     }
 
-    fn cancel_one(&self, task: &mut Task, reason: Option<String>) -> Result<(), RuntimeError> {
+    fn cancel_one(&self, task: &mut Task, reason: Option<String>) -> Result<Commit, RuntimeError> {
         let before = task.clone();
         task.transition(TaskStatus::Cancelled).map_err(|source| {
             RuntimeError::IllegalTransition {
@@ -667,30 +766,24 @@ impl TaskRegistry {
         if reason.is_some() {
             task.progress_message = reason;
         }
-        self.save(task, &before)?;
+        let commit = self.save(task, &before);
         tracing::info!(task_id = %task.id, "task cancelled");
-        Ok(())
+        Ok(commit)
     }
 
     /// Moves a failed task with retries left to RETRYING.
     pub fn retry(&self, id: &str) -> Result<Task, RuntimeError> {
-        let _gate = self.gate()?;
-        let before = self.get(id)?;
+        let gate = self.gate()?;
+        let before = self.latest_or_not_found(id)?;
         let mut task = before.clone();
         task.retry().map_err(|e| RuntimeError::FailedPrecondition {
             kind: ObjectKind::Task,
             id: id.to_owned(),
             reason: e.to_string(),
         })?;
-        self.save(&task, &before)?;
+        let commit = self.save(&task, &before);
+        drop(gate);
+        commit.wait()?;
         Ok(task)
-    }
-
-    fn put(&self, task: &Task) -> Result<(), RuntimeError> {
-        if self.store.put_task(task)? {
-            Ok(())
-        } else {
-            Err(RuntimeError::task_not_found(&task.id))
-        }
     }
 }

@@ -7,8 +7,8 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::{
-    CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord,
-    Page, Store, TaskFilter, WorkflowCursor, WorkflowFilter,
+    Changes, CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey,
+    NewExecutionRecord, Page, Store, TaskFilter, WorkflowCursor, WorkflowFilter,
 };
 use crate::model::events::{Event, EventContext, EventPayload};
 use crate::model::{
@@ -55,7 +55,73 @@ conformance!(
     workflows_order_by_id_then_numeric_version,
     workflows_delete,
     meta_values,
+    changes_are_written_whole_and_answered_in_order,
 );
+
+/// `Store::write`: a task change, an execution change, new node tasks and
+/// their events land together; a write naming an unknown task changes
+/// nothing; every write is answered, in the order it was handed over.
+fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
+    let new = new_execution("wf", &[], 0);
+    let root = new.tasks[0].clone();
+    let execution = created_execution(store.create_execution(new, None).unwrap());
+    let (answers, answered) = std::sync::mpsc::channel();
+    let answer = |n: u32| -> super::Committed {
+        let answers = answers.clone();
+        Box::new(move |result| answers.send((n, result.is_ok())).unwrap())
+    };
+
+    let mut running = root.clone();
+    running.transition(TaskStatus::Queued).unwrap();
+    let mut updated = execution.clone();
+    updated.backend = Some("b".into());
+    let node = task_with("node", TaskType::Node, &[], Some(&root.id));
+    store.write(
+        Changes {
+            new_execution_tasks: Some((execution.id.clone(), vec![node.clone()])),
+            tasks: vec![running.clone()],
+            executions: vec![updated.clone()],
+            events: vec![std::sync::Arc::new(event(1)), std::sync::Arc::new(event(2))],
+        },
+        answer(1),
+    );
+    // An unknown task fails the whole write: its event is not kept either.
+    store.write(
+        Changes {
+            tasks: vec![task("never stored")],
+            events: vec![std::sync::Arc::new(event(3))],
+            ..Changes::default()
+        },
+        answer(2),
+    );
+    store.write(
+        Changes {
+            events: vec![std::sync::Arc::new(event(4))],
+            ..Changes::default()
+        },
+        answer(3),
+    );
+    let outcomes: Vec<(u32, bool)> = answered.iter().take(3).collect();
+    assert_eq!(outcomes, [(1, true), (2, false), (3, true)]);
+
+    assert_eq!(store.get_task(&root.id).unwrap(), Some(running));
+    assert_eq!(
+        store.get_execution(&execution.id).unwrap().unwrap().backend,
+        Some("b".into())
+    );
+    assert_eq!(store.get_task(&node.id).unwrap(), Some(node.clone()));
+    assert_eq!(
+        store.execution_of_task(&node.id).unwrap(),
+        Some(execution.id.clone())
+    );
+    let kept: Vec<u64> = store
+        .events_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(kept, [1, 2, 4]);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures

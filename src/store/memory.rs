@@ -2,13 +2,14 @@
 //! lost when the process exits.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use super::{
-    CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord,
-    Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter, version_key,
+    Changes, Committed, CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey,
+    NewExecutionRecord, Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter,
+    version_key,
 };
 use crate::model::events::Event;
 use crate::model::{Task, WorkflowDefinition, WorkflowExecution};
@@ -42,8 +43,8 @@ struct Inner {
     task_execution: HashMap<String, String>,
     /// Execution idempotency key -> (fingerprint, execution id).
     execution_keys: HashMap<String, (String, String)>,
-    /// The newest events, oldest first.
-    events: std::collections::VecDeque<Event>,
+    /// The newest events, oldest first (shared with the bus's window).
+    events: std::collections::VecDeque<Arc<Event>>,
     /// Values the runtime keeps about itself.
     meta: HashMap<String, String>,
 }
@@ -64,6 +65,67 @@ impl Inner {
 
     fn task(&self, id: &str) -> Option<&Task> {
         self.task_index.get(id).and_then(|seq| self.tasks.get(seq))
+    }
+
+    fn push_event(&mut self, event: Arc<Event>) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// [`Store::write`]: checks every id first, so a write applies whole or not at all.
+    fn apply(&mut self, changes: Changes) -> Result<(), StoreError> {
+        let unknown =
+            |what: &str, id: &str| StoreError::Unavailable(format!("{what} {id} is not stored"));
+        let new_ids: std::collections::HashSet<&str> = changes
+            .new_execution_tasks
+            .iter()
+            .flat_map(|(_, tasks)| tasks.iter().map(|t| t.id.as_str()))
+            .collect();
+        if let Some((execution_id, _)) = &changes.new_execution_tasks
+            && !self.execution_index.contains_key(execution_id)
+        {
+            return Err(unknown("execution", execution_id));
+        }
+        if let Some(task) = changes
+            .tasks
+            .iter()
+            .find(|t| !self.task_index.contains_key(&t.id) && !new_ids.contains(t.id.as_str()))
+        {
+            return Err(unknown("task", &task.id));
+        }
+        if let Some(execution) = changes
+            .executions
+            .iter()
+            .find(|e| !self.execution_index.contains_key(&e.id))
+        {
+            return Err(unknown("execution", &execution.id));
+        }
+        if let Some((execution_id, tasks)) = changes.new_execution_tasks {
+            for task in tasks {
+                self.task_execution
+                    .insert(task.id.clone(), execution_id.clone());
+                self.insert_task(task);
+            }
+        }
+        for task in changes.tasks {
+            if let Some(seq) = self.task_index.get(&task.id).copied() {
+                self.tasks.insert(seq, task);
+            }
+        }
+        for mut execution in changes.executions {
+            execution.tasks = Vec::new();
+            if let Some(seq) = self.execution_index.get(&execution.id).copied()
+                && let Some((stored, _)) = self.executions.get_mut(&seq)
+            {
+                *stored = execution;
+            }
+        }
+        for event in changes.events {
+            self.push_event(event);
+        }
+        Ok(())
     }
 
     fn execution(&self, id: &str) -> Option<&(WorkflowExecution, Bytes)> {
@@ -308,12 +370,13 @@ impl Store for MemoryStore {
     }
 
     fn append_event(&self, event: &Event) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if inner.events.len() == MAX_EVENTS {
-            inner.events.pop_front();
-        }
-        inner.events.push_back(event.clone());
+        self.lock()?.push_event(Arc::new(event.clone()));
         Ok(())
+    }
+
+    fn write(&self, changes: Changes, committed: Committed) {
+        let outcome = self.lock().and_then(|mut inner| inner.apply(changes));
+        committed(outcome);
     }
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -324,7 +387,7 @@ impl Store for MemoryStore {
             .iter()
             .skip(skip)
             .take(limit)
-            .cloned()
+            .map(|event| Event::clone(event))
             .collect())
     }
 

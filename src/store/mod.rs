@@ -13,6 +13,7 @@ pub use memory::MemoryStore;
 pub use sqlite::{CompactionReport, RetentionPolicy, SqliteOptions, SqliteStore};
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -155,6 +156,36 @@ pub struct IdempotencyKey {
     pub fingerprint: String,
 }
 
+/// State changes and the events they emit, written as one atomic step by
+/// [`Store::write`]: a task's transition and its event are never stored
+/// one without the other.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// New tasks of an existing execution (its NODE tasks, created when it
+    /// is first dispatched): the execution's id and the tasks, stored like
+    /// [`Store::add_execution_tasks`] does.
+    pub new_execution_tasks: Option<(String, Vec<Task>)>,
+    /// Tasks replaced (matched by id; an unknown id fails the write).
+    pub tasks: Vec<Task>,
+    /// Executions replaced (matched by id; an unknown id fails the write).
+    pub executions: Vec<WorkflowExecution>,
+    /// Events appended, in increasing sequence order.
+    pub events: Vec<Arc<Event>>,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.new_execution_tasks.is_none()
+            && self.tasks.is_empty()
+            && self.executions.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// Told the outcome of a [`Store::write`] once it is durable (or failed).
+pub type Committed = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// Storage for the runtime's state. Methods are synchronous and short; each
 /// is atomic on its own.
 pub trait Store: Send + Sync + 'static {
@@ -217,6 +248,15 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a published event (sequence numbers strictly increase). A
     /// store may drop its oldest events to stay bounded.
     fn append_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// Writes `changes` as one atomic step without waiting for it: the call
+    /// returns once the write is queued, and `committed` is told its outcome
+    /// once it is durable. Writes commit in the order they were handed over,
+    /// and their `committed` calls come in that order too (a durable store
+    /// commits writes queued together in one transaction: group commit).
+    /// Reads see a write only once it committed. `committed` may run on the
+    /// caller's thread (before `write` returns) or on the store's own.
+    fn write(&self, changes: Changes, committed: Committed);
     /// Stored events with a sequence above `after`, oldest first, at most `limit`.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// The sequence of the last stored event (0 when none).

@@ -60,6 +60,12 @@ struct Watch {
     pending_progress: Option<PromptEvent>,
     /// Whether a reconciliation for this prompt is in flight.
     reconciling: bool,
+    /// Whether the socket may not have said everything about this prompt:
+    /// a node came from the cache (its outputs are only in history), the
+    /// socket reconnected, or messages were replayed under another id. Its
+    /// end is then read from history; otherwise the socket's messages are
+    /// the whole record and history is not read.
+    gap: bool,
 }
 
 impl Watch {
@@ -201,6 +207,7 @@ impl Router {
                 missed: 0,
                 pending_progress: None,
                 reconciling: false,
+                gap: false,
             },
         );
         Ok(key)
@@ -223,7 +230,8 @@ impl Router {
         if id != server_id {
             if self.watches.contains_key(&server_id) {
                 tracing::warn!(prompt_id = %server_id, "server prompt id is already watched; keeping the original id");
-            } else if let Some(watch) = self.watches.remove(&id) {
+            } else if let Some(mut watch) = self.watches.remove(&id) {
+                watch.gap = true;
                 self.keys.insert(key, server_id.clone());
                 self.watches.insert(server_id.clone(), watch);
             }
@@ -330,6 +338,7 @@ impl Router {
                 &counters,
             ),
             WsMessage::ExecutionCached(cached) => {
+                watch.gap |= !cached.nodes.is_empty();
                 watch.deliver(
                     PromptEvent::Cached {
                         nodes: cached.nodes,
@@ -439,10 +448,18 @@ impl Router {
         }
     }
 
-    /// Ends the watch of `prompt_id`: its terminal event is read from history next.
+    /// Ends the watch of `prompt_id`. A success the socket followed whole
+    /// (no cached node, no reconnect) is delivered at once with the outputs
+    /// of its `executed` messages; any other end is read from history next.
     fn finish(&mut self, prompt_id: &str) -> Option<Action> {
         let key = self.watches.get(prompt_id)?.key;
         let (prompt_id, watch) = self.remove(key)?;
+        if !watch.gap && matches!(watch.outcome, Some((WsOutcome::Success, _))) {
+            return Some(Action::Deliver {
+                tx: watch.tx,
+                event: terminal_event(Some(WsOutcome::Success), None, watch.outputs),
+            });
+        }
         Some(Action::Finish(Finish {
             prompt_id,
             tx: watch.tx,
@@ -453,6 +470,11 @@ impl Router {
 
     /// Reconcile every confirmed prompt that is not already ending (after a (re)connect).
     pub(super) fn on_connected(&mut self, now: Instant) -> Vec<Action> {
+        // Whatever was said while the socket was down is lost: the end of
+        // every open prompt is read from history.
+        for watch in self.watches.values_mut() {
+            watch.gap = true;
+        }
         self.running = None;
         self.running_node = None;
         self.replay_node = None;
@@ -707,6 +729,22 @@ mod tests {
         finishes.remove(0)
     }
 
+    /// The one success delivered without reading history.
+    fn delivered_success(actions: Vec<Action>) -> Completion {
+        let mut delivered: Vec<PromptEvent> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Deliver { event, .. } => Some(event),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered.len(), 1, "exactly one delivery");
+        match delivered.remove(0) {
+            PromptEvent::Success(completion) => completion,
+            other => panic!("not a success: {other:?}"),
+        }
+    }
+
     const SUCCESS_ID: &str = "a12acd6c-351a-4f4a-9bf2-99c14525783c";
 
     #[test]
@@ -717,12 +755,13 @@ mod tests {
         let (_, mut other) = watch(&mut router, "someone-else", 64, now);
         router.confirm(key, SUCCESS_ID.into(), now);
 
+        // The socket said everything (no cached node, no reconnect): the
+        // success is delivered with its outputs, history is not read.
         let actions = feed(&mut router, frames(&transcript("success.json"), "A"), now);
-        let finish = finish_of(actions);
-        assert_eq!(finish.prompt_id, SUCCESS_ID);
-        assert_eq!(finish.outcome, Some(WsOutcome::Success));
+        let completion = delivered_success(actions);
+        assert!(completion.history.is_none());
         assert_eq!(
-            finish.outputs["4"].files()[0].1.filename,
+            completion.outputs["4"].files()[0].1.filename,
             "success_00001_.png"
         );
 
@@ -764,6 +803,55 @@ mod tests {
     }
 
     #[test]
+    fn a_success_with_cached_nodes_or_a_reconnect_is_read_from_history() {
+        let now = Instant::now();
+        let message = |json: String| WsMessage::parse(&json).unwrap();
+        let end = |router: &mut Router, id: &str| {
+            router.on_text(
+                message(format!(
+                    r#"{{"type":"execution_success","data":{{"prompt_id":"{id}"}}}}"#
+                )),
+                now,
+            );
+            router.on_text(
+                message(format!(
+                    r#"{{"type":"executing","data":{{"node":null,"prompt_id":"{id}"}}}}"#
+                )),
+                now,
+            )
+        };
+
+        // A node came from the cache: its outputs are only in history.
+        let mut router = router();
+        let (key, _rx) = watch(&mut router, "cached", 64, now);
+        router.confirm(key, "cached".into(), now);
+        router.on_text(
+            message(
+                r#"{"type":"execution_cached","data":{"nodes":["4"],"prompt_id":"cached"}}"#.into(),
+            ),
+            now,
+        );
+        let finish = finish_of(end(&mut router, "cached"));
+        assert_eq!(finish.outcome, Some(WsOutcome::Success));
+
+        // The socket reconnected while the prompt ran.
+        let (key, _rx) = watch(&mut router, "reconnected", 64, now);
+        router.confirm(key, "reconnected".into(), now);
+        router.on_connected(now);
+        let finish = finish_of(end(&mut router, "reconnected"));
+        assert_eq!(finish.prompt_id, "reconnected");
+
+        // Neither: delivered at once.
+        let (key, _rx) = watch(&mut router, "whole", 64, now);
+        router.confirm(key, "whole".into(), now);
+        assert!(
+            delivered_success(end(&mut router, "whole"))
+                .history
+                .is_none()
+        );
+    }
+
+    #[test]
     fn text_frames_go_to_the_prompt_running_that_node() {
         let now = Instant::now();
         let t = transcript("progress.json");
@@ -778,8 +866,7 @@ mod tests {
             .to_owned();
         let mut router = router();
         let (_, mut rx) = watch(&mut router, &id, 256, now);
-        let finish = finish_of(feed(&mut router, frames(&t, "A"), now));
-        assert_eq!(finish.outcome, Some(WsOutcome::Success));
+        delivered_success(feed(&mut router, frames(&t, "A"), now));
         let events = drain(&mut rx);
         let texts: Vec<&str> = events
             .iter()

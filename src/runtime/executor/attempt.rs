@@ -28,6 +28,7 @@ use crate::comfy::ws::{Completion, PromptEvent, PromptWatch};
 use crate::model::{JsonObject, TaskStatus};
 use crate::runtime::RuntimeError;
 use crate::runtime::artifacts;
+use crate::runtime::bus::Commit;
 use crate::runtime::scheduler::ExecutionId;
 
 use super::failure::{Failure, FailureKind};
@@ -60,6 +61,9 @@ pub(crate) struct AttemptSpec {
     pub node_tasks: Arc<HashMap<String, String>>,
     /// Longest running time, from the backend's execution_start.
     pub timeout: Duration,
+    /// The write that records the prompt id; the prompt is posted once it
+    /// is durable.
+    pub recorded: Option<Commit>,
 }
 
 /// Follows a prompt already on the backend. Its earlier messages went to a
@@ -89,6 +93,8 @@ pub(crate) async fn run(
     abandon: CancellationToken,
     tx: mpsc::UnboundedSender<Msg>,
 ) {
+    let mut spec = spec;
+    let recorded = spec.recorded.take();
     let report = |msg: Msg| {
         let _ = tx.send(msg);
     };
@@ -96,6 +102,12 @@ pub(crate) async fn run(
     let attempt = spec.attempt;
     let posted = tokio::select! {
         result = async {
+            if let Some(recorded) = recorded
+                && let Err(error) = recorded.committed().await
+            {
+                tracing::warn!(execution_id = %spec.execution_id, %error, "prompt id not stored; posting anyway");
+            }
+            tracing::debug!(execution_id = %spec.execution_id, "prompt id stored; posting");
             // Messages for a clientId without a socket are dropped by ComfyUI:
             // wait (briefly) for the socket; reconciliation covers the rest.
             let _ = tokio::time::timeout(SOCKET_WAIT, backend.socket.wait_connected()).await;
@@ -679,7 +691,7 @@ impl<'a> Follower<'a> {
         let Some(task_id) = self.node_tasks.get(node) else {
             return;
         };
-        let Ok(task) = self.shared.tasks.get(task_id) else {
+        let Ok(Some(task)) = self.shared.tasks.latest(task_id) else {
             return;
         };
         let Some(seconds) = task.metrics.duration_seconds() else {

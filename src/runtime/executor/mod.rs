@@ -311,7 +311,21 @@ impl Executor {
                 .await
                 .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
         }
+        self.durable().await?;
         self.view(id)
+    }
+
+    /// Waits until every write handed to the store so far is durable (writes
+    /// commit in order: an empty write committed means all before it are),
+    /// so that what a client is told next can no longer be undone by a crash.
+    pub(super) async fn durable(&self) -> Result<(), RuntimeError> {
+        Ok(self
+            .shared
+            .tasks
+            .bus()
+            .commit(crate::store::Changes::default(), Vec::new())
+            .committed()
+            .await?)
     }
 
     /// The execution a task belongs to, if any.
@@ -332,6 +346,7 @@ impl Executor {
         answer
             .await
             .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))??;
+        self.durable().await?;
         self.view(id)
     }
 

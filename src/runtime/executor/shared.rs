@@ -19,9 +19,10 @@ use crate::model::{
     WorkflowExecution,
 };
 use crate::runtime::RuntimeError;
-use crate::runtime::bus::EventContext;
+use crate::runtime::bus::{Commit, EventContext};
+use crate::runtime::pending::PendingWrites;
 use crate::runtime::tasks::TaskRegistry;
-use crate::store::Store;
+use crate::store::{Changes, Store};
 
 use super::pool::Pool;
 
@@ -50,6 +51,8 @@ pub(crate) struct Settings {
     pub max_workflow_nodes: usize,
     /// How devices and GPU memory steer placement (`[executor]`).
     pub gpu_policy: crate::runtime::scheduler::GpuPolicy,
+    /// Most prompts handed to one backend at once.
+    pub pipeline_depth: usize,
 }
 
 impl Settings {
@@ -71,6 +74,7 @@ impl Settings {
                 prefer_gpu_types: config.executor.prefer_gpu_types.clone(),
                 gpu_memory_fraction: config.executor.gpu_memory_fraction,
             },
+            pipeline_depth: config.scheduling.backend_pipeline_depth,
         }
     }
 }
@@ -99,6 +103,8 @@ pub(crate) struct Shared {
     pub pool: Pool,
     /// Serialises read-modify-write of execution records.
     exec_gate: Mutex<()>,
+    /// Execution records handed to the store whose write has not committed.
+    pending: PendingWrites<WorkflowExecution>,
     /// Executions admitted and not yet ended (bounded by max_queue_len +
     /// max_concurrent_tasks).
     pub backlog: AtomicUsize,
@@ -122,6 +128,7 @@ impl Shared {
             settings,
             pool,
             exec_gate: Mutex::new(()),
+            pending: PendingWrites::default(),
             backlog: AtomicUsize::new(0),
             recent: Mutex::new(Vec::new()),
             load: Mutex::new(LoadSnapshot::default()),
@@ -141,7 +148,8 @@ impl Shared {
         *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
     }
 
-    /// Read-modify-write of one execution record under the gate.
+    /// Read-modify-write of one execution record under the gate; the write
+    /// is not waited for (it commits with the next group).
     pub(crate) fn update_execution<F>(
         &self,
         id: &str,
@@ -150,20 +158,54 @@ impl Shared {
     where
         F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
     {
+        self.update_execution_then(id, change)
+            .map(|(execution, _)| execution)
+    }
+
+    /// [`Shared::update_execution`], with the write to wait for (`None`
+    /// when nothing changed).
+    pub(crate) fn update_execution_then<F>(
+        &self,
+        id: &str,
+        change: F,
+    ) -> Result<(WorkflowExecution, Option<Commit>), RuntimeError>
+    where
+        F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
+    {
         let _gate = self
             .exec_gate
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut execution = self
-            .store
-            .get_execution(id)?
+            .latest_execution(id)?
             .ok_or_else(|| RuntimeError::execution_not_found(id))?;
         let before = execution.clone();
         change(&mut execution)?;
-        if execution != before {
-            self.store.put_execution(&execution)?;
+        if execution == before {
+            return Ok((execution, None));
         }
-        Ok(execution)
+        let forget = self.pending.insert(id.to_owned(), execution.clone());
+        let commit = self.tasks.bus().commit_then(
+            Changes {
+                executions: vec![execution.clone()],
+                ..Changes::default()
+            },
+            Vec::new(),
+            Some(forget),
+        );
+        Ok((execution, Some(commit)))
+    }
+
+    /// The newest state of an execution record: the one waiting for its
+    /// commit, else the stored one.
+    pub(crate) fn latest_execution(
+        &self,
+        id: &str,
+    ) -> Result<Option<WorkflowExecution>, RuntimeError> {
+        match self.pending.get(id) {
+            Some(execution) => Ok(Some(execution)),
+            None => Ok(self.store.get_execution(id)?),
+        }
     }
 
     /// A runtime event, or `None` (logged) when its fields are invalid.

@@ -327,6 +327,9 @@ impl Executor {
                 answer
                     .await
                     .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+                // What the actor did with it (queued, dispatched) is durable
+                // before the client hears of it.
+                self.durable().await?;
                 self.view_with_position(&execution.id).await
             }
             ExecutionCreateOutcome::Existing {

@@ -4,7 +4,6 @@
 
 use std::cmp::Reverse;
 
-use super::backends::SLOTS_PER_BACKEND;
 use super::ids::{BackendId, ExecutionId, ExecutionKey};
 use super::{Entry, OnBackend, Place, Scheduler};
 
@@ -17,6 +16,9 @@ pub struct SchedulerConfig {
     /// Most executions dispatched and not finished (running plus waiting in
     /// backends' own queues), the runtime's `max_concurrent_tasks`.
     pub max_concurrent_tasks: usize,
+    /// Most executions handed to one backend at once (running plus waiting
+    /// in its own queue), `scheduling.backend_pipeline_depth`; at least 1.
+    pub backend_pipeline_depth: usize,
 }
 
 /// Why the scheduler refused an input. On error nothing changed.
@@ -109,7 +111,7 @@ impl Scheduler {
             return Err(SchedulerError::AlreadyScheduled(key.id));
         }
         let known = self.backend(backend)?;
-        if !known.up || known.slots.len() >= SLOTS_PER_BACKEND {
+        if !known.up || known.slots.len() >= self.config.backend_pipeline_depth {
             return Err(SchedulerError::NotOnBackend {
                 id: key.id,
                 backend,
@@ -133,10 +135,9 @@ impl Scheduler {
             },
         );
         if let Some(known) = self.backends.get_mut(&backend) {
-            if started && known.slots.front.is_some() {
-                // The running one goes first; the one there waits behind it.
-                known.slots.back = known.slots.front.take();
-                known.slots.front = Some(key.id);
+            if started {
+                // The running one goes first; those there wait behind it.
+                known.slots.push_front(key.id);
             } else {
                 known.slots.push(key.id);
             }
@@ -160,6 +161,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConfig {
             max_queue_len: 10,
             max_concurrent_tasks: 4,
+            backend_pipeline_depth: 2,
         });
         s.backend_up(BackendId(0), ["A"]);
         let key = |id| ExecutionKey {

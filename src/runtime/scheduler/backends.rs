@@ -12,46 +12,53 @@ use super::ids::{BackendId, ExecutionId, RequiredClasses};
 use super::outcomes::{Action, BackendStatus, Orphaned, TakenBackOutcome};
 use super::{Entry, OnBackend, Place, Scheduler};
 
-/// Slots of a backend: index 0 runs (or is about to), index 1 waits behind it.
-pub(super) const SLOTS_PER_BACKEND: usize = 2;
-
-/// A backend's two slots; `back` is set only when `front` is.
-#[derive(Debug, Default, Clone, Copy)]
+/// What a backend holds of ours, in its own queue's order: the first runs
+/// (or is about to), the others wait behind it. At most the scheduler's
+/// `backend_pipeline_depth`.
+#[derive(Debug, Default, Clone)]
 pub(super) struct Slots {
-    /// Running, or the next to run.
-    pub(super) front: Option<ExecutionId>,
-    /// Waiting behind `front` in the backend's own queue.
-    pub(super) back: Option<ExecutionId>,
+    /// Execution ids, front first.
+    ids: Vec<ExecutionId>,
 }
 
 impl Slots {
     pub(super) fn len(&self) -> usize {
-        usize::from(self.front.is_some()) + usize::from(self.back.is_some())
+        self.ids.len()
     }
 
+    /// Running, or the next to run.
+    pub(super) fn front(&self) -> Option<ExecutionId> {
+        self.ids.first().copied()
+    }
+
+    /// Those waiting behind the front.
+    pub(super) fn waiting(&self) -> impl Iterator<Item = ExecutionId> + '_ {
+        self.ids.iter().skip(1).copied()
+    }
+
+    /// Adds `id` at the back of the backend's queue.
     pub(super) fn push(&mut self, id: ExecutionId) {
-        if self.front.is_none() {
-            self.front = Some(id);
-        } else {
-            self.back = Some(id);
-        }
+        self.ids.push(id);
     }
 
-    /// Removes `id`, moving the waiting one forward; whether it was there.
+    /// Adds `id` in front (it is running already).
+    pub(super) fn push_front(&mut self, id: ExecutionId) {
+        self.ids.insert(0, id);
+    }
+
+    /// Removes `id`, moving those behind it forward; whether it was there.
     pub(super) fn remove(&mut self, id: ExecutionId) -> bool {
-        if self.front == Some(id) {
-            self.front = self.back.take();
-            true
-        } else if self.back == Some(id) {
-            self.back = None;
-            true
-        } else {
-            false
+        match self.ids.iter().position(|held| *held == id) {
+            Some(index) => {
+                self.ids.remove(index);
+                true
+            }
+            None => false,
         }
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = ExecutionId> {
-        self.front.into_iter().chain(self.back)
+    pub(super) fn iter(&self) -> impl Iterator<Item = ExecutionId> + '_ {
+        self.ids.iter().copied()
     }
 }
 
@@ -90,8 +97,8 @@ impl Backend {
         self.up && self.hold.is_none()
     }
 
-    pub(super) fn has_free_slot(&self) -> bool {
-        self.takes_new_work() && self.slots.len() < SLOTS_PER_BACKEND
+    pub(super) fn has_free_slot(&self, depth: usize) -> bool {
+        self.takes_new_work() && self.slots.len() < depth
     }
 }
 
@@ -173,7 +180,7 @@ impl Scheduler {
         backend: BackendId,
         id: ExecutionId,
     ) -> Result<(), SchedulerError> {
-        let front = self.backend(backend)?.slots.front;
+        let front = self.backend(backend)?.slots.front();
         let on = self.on_backend_mut(backend, id)?;
         match front {
             Some(front) if front != id => Err(SchedulerError::StartedOutOfOrder {

@@ -27,6 +27,7 @@ impl Scheduler {
     /// the least loaded eligible backend (ties: preferred device type, most
     /// free GPU memory, lowest id; see `devices`). Held backends get nothing.
     fn plan_dispatches(&mut self, actions: &mut Vec<Action>) {
+        let depth = self.config.backend_pipeline_depth.max(1);
         while self.in_flight < self.config.max_concurrent_tasks {
             let mut best: Option<(QueueKey, BackendId)> = None;
             for group in self.groups.values() {
@@ -42,7 +43,7 @@ impl Scheduler {
                     .filter_map(|id| {
                         let backend = self.backends.get(id)?;
                         backend
-                            .has_free_slot()
+                            .has_free_slot(depth)
                             .then(|| placement_key(&self.gpu, *id, backend))
                     })
                     .min();
@@ -131,17 +132,23 @@ impl Scheduler {
                     if !backend.takes_new_work() || backend.preempting.is_some() {
                         return None;
                     }
-                    let waiting = backend.slots.back?;
-                    let entry = self.entries.get(&waiting)?;
-                    let Place::OnBackend(on) = entry.place else {
-                        return None;
-                    };
-                    let movable = !on.started
-                        && !on.taking_back
-                        && !on.take_back_refused
-                        && !on.cancel_requested;
-                    (movable && entry.priority < priority)
-                        .then_some((entry.key(waiting), Reverse(*backend_id)))
+                    // Its least urgent waiting execution that can move.
+                    backend
+                        .slots
+                        .waiting()
+                        .filter_map(|waiting| {
+                            let entry = self.entries.get(&waiting)?;
+                            let Place::OnBackend(on) = entry.place else {
+                                return None;
+                            };
+                            let movable = !on.started
+                                && !on.taking_back
+                                && !on.take_back_refused
+                                && !on.cancel_requested;
+                            (movable && entry.priority < priority).then_some(entry.key(waiting))
+                        })
+                        .max()
+                        .map(|key| (key, Reverse(*backend_id)))
                 })
                 .max();
             match victim {

@@ -182,12 +182,15 @@ fn apply(s: &mut Scheduler, m: &mut Model, op: &Op) {
 
 fn check(s: &Scheduler, m: &Model, actions: &[Action]) {
     let config = *s.config();
-    // Backends: at most one running and one more waiting; one preemption.
+    // Backends: at most one running and depth - 1 more waiting; one preemption.
     let mut held = HashSet::new();
     let mut load = 0;
     for backend in s.backend_ids() {
         let status = s.backend_status(backend).unwrap();
-        assert!(status.load() <= 2, "{backend}: {status:?}");
+        assert!(
+            status.load() <= config.backend_pipeline_depth,
+            "{backend}: {status:?}"
+        );
         if !status.up {
             assert_eq!(status.load(), 0);
         }
@@ -261,7 +264,8 @@ fn check(s: &Scheduler, m: &Model, actions: &[Action]) {
     if s.in_flight() < config.max_concurrent_tasks {
         for &q in &queued {
             for backend in s.backend_ids() {
-                let free = s.backend_status(backend).unwrap().load() < 2;
+                let free =
+                    s.backend_status(backend).unwrap().load() < config.backend_pipeline_depth;
                 assert!(!(free && m.eligible(q, backend)), "{q} fits {backend}");
             }
         }
@@ -291,9 +295,10 @@ proptest! {
     fn invariants_hold_after_every_input(
         max_queue_len in prop_oneof![1 => 0usize..3, 4 => 3usize..12],
         max_concurrent_tasks in prop_oneof![1 => Just(0usize), 6 => 1usize..7],
+        backend_pipeline_depth in 1usize..5,
         ops in proptest::collection::vec(op(), 1..80),
     ) {
-        let mut s = Scheduler::new(SchedulerConfig { max_queue_len, max_concurrent_tasks });
+        let mut s = Scheduler::new(SchedulerConfig { max_queue_len, max_concurrent_tasks, backend_pipeline_depth });
         let mut m = Model::default();
         for op in &ops {
             apply(&mut s, &mut m, op);

@@ -17,6 +17,7 @@ pub(super) fn scheduler(max_queue_len: usize, max_concurrent_tasks: usize) -> Sc
     Scheduler::new(SchedulerConfig {
         max_queue_len,
         max_concurrent_tasks,
+        backend_pipeline_depth: 2,
     })
 }
 

@@ -27,18 +27,39 @@ pub(super) fn last_event_sequence(conn: &Connection) -> Result<u64, StoreError> 
     Ok(u64::try_from(last).unwrap_or(0))
 }
 
+/// An event as the `events` table keeps it.
+pub(super) struct EventRow {
+    /// Its sequence number.
+    sequence: i64,
+    /// When it was published, in ms since the epoch.
+    timestamp_ms: i64,
+    /// The event as JSON.
+    body: String,
+}
+
+impl EventRow {
+    /// The row of `event`.
+    pub(super) fn new(event: &Event) -> Result<Self, StoreError> {
+        let sequence = to_i64(event.sequence, "event sequence")?;
+        Ok(Self {
+            sequence,
+            timestamp_ms: event.timestamp.timestamp_millis(),
+            body: encode("event", sequence, event)?,
+        })
+    }
+}
+
+/// Inserts `row`, inside the writer's transaction.
+pub(super) fn insert_event(conn: &Connection, row: &EventRow) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO events (sequence, timestamp_ms, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![row.sequence, row.timestamp_ms, row.body])?;
+    Ok(())
+}
+
 /// [`Store::append_event`].
 pub(super) fn append(store: &SqliteStore, event: &Event) -> Result<(), StoreError> {
-    let sequence = to_i64(event.sequence, "event sequence")?;
-    let timestamp_ms = event.timestamp.timestamp_millis();
-    let body = encode("event", sequence, event)?;
-    store.write(move |conn| {
-        conn.prepare_cached(
-            "INSERT INTO events (sequence, timestamp_ms, body) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![sequence, timestamp_ms, body])?;
-        Ok(())
-    })
+    let row = EventRow::new(event)?;
+    store.write(move |conn| insert_event(conn, &row))
 }
 
 /// [`Store::events_after`]: in sequence order, at most `limit`.

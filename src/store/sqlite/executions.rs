@@ -4,7 +4,7 @@
 //! Deleting finished executions is compaction's job, not this module's.
 
 use bytes::Bytes;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use super::codec::{decode, encode};
@@ -19,7 +19,7 @@ use crate::store::{
 
 /// An execution encoded for its row (its `tasks` already emptied).
 pub(super) struct ExecutionRow {
-    id: String,
+    pub(super) id: String,
     status: &'static str,
     workflow_id: String,
     root_task_id: Option<String>,
@@ -28,6 +28,17 @@ pub(super) struct ExecutionRow {
 }
 
 impl ExecutionRow {
+    /// The row of `execution`, which is kept without its tasks.
+    pub(super) fn bare(execution: &WorkflowExecution) -> Result<Self, StoreError> {
+        if execution.tasks.is_empty() {
+            Self::new(execution)
+        } else {
+            let mut bare = execution.clone();
+            bare.tasks = Vec::new();
+            Self::new(&bare)
+        }
+    }
+
     fn new(execution: &WorkflowExecution) -> Result<Self, StoreError> {
         Ok(Self {
             id: execution.id.clone(),
@@ -140,29 +151,27 @@ pub(super) fn for_key(
 /// [`Store::put_execution`]: replaces a stored execution (kept without its
 /// tasks); false when there is none.
 pub(super) fn put(store: &SqliteStore, execution: &WorkflowExecution) -> Result<bool, StoreError> {
-    let row = if execution.tasks.is_empty() {
-        ExecutionRow::new(execution)?
-    } else {
-        let mut bare = execution.clone();
-        bare.tasks = Vec::new();
-        ExecutionRow::new(&bare)?
-    };
-    store.write(move |conn| {
-        let changed = conn
-            .prepare_cached(
-                "UPDATE executions SET status = ?2, workflow_id = ?3, root_task_id = ?4,
-                 updated_ms = ?5, body = ?6 WHERE id = ?1",
-            )?
-            .execute(params![
-                row.id,
-                row.status,
-                row.workflow_id,
-                row.root_task_id,
-                row.updated_ms,
-                row.body
-            ])?;
-        Ok(changed > 0)
-    })
+    let row = ExecutionRow::bare(execution)?;
+    store.write(move |conn| update_execution(conn, &row))
+}
+
+/// Replaces a stored execution with `row`, inside the writer's transaction;
+/// false when there is none.
+pub(super) fn update_execution(conn: &Connection, row: &ExecutionRow) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE executions SET status = ?2, workflow_id = ?3, root_task_id = ?4,
+             updated_ms = ?5, body = ?6 WHERE id = ?1",
+        )?
+        .execute(params![
+            row.id,
+            row.status,
+            row.workflow_id,
+            row.root_task_id,
+            row.updated_ms,
+            row.body
+        ])?;
+    Ok(changed > 0)
 }
 
 /// [`Store::get_execution`].

@@ -54,8 +54,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
 use super::{
-    CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord,
-    Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter,
+    Changes, Committed, CreateOutcome, ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey,
+    NewExecutionRecord, Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter,
 };
 use crate::model::events::Event;
 use crate::model::{Task, WorkflowDefinition, WorkflowExecution};
@@ -194,6 +194,80 @@ impl SqliteStore {
     }
 }
 
+/// [`Changes`] as rows, ready for the writer thread.
+struct ChangeRows {
+    /// New NODE tasks and the execution they belong to.
+    new_tasks: Option<(String, Vec<tasks::TaskRow>)>,
+    /// Replaced tasks.
+    tasks: Vec<tasks::TaskRow>,
+    /// Replaced executions.
+    executions: Vec<executions::ExecutionRow>,
+    /// Appended events.
+    events: Vec<events::EventRow>,
+}
+
+impl ChangeRows {
+    fn new(changes: &Changes) -> Result<Self, StoreError> {
+        Ok(Self {
+            new_tasks: changes
+                .new_execution_tasks
+                .as_ref()
+                .map(|(id, new)| {
+                    new.iter()
+                        .map(tasks::TaskRow::new)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(|rows| (id.clone(), rows))
+                })
+                .transpose()?,
+            tasks: changes
+                .tasks
+                .iter()
+                .map(tasks::TaskRow::new)
+                .collect::<Result<_, _>>()?,
+            executions: changes
+                .executions
+                .iter()
+                .map(executions::ExecutionRow::bare)
+                .collect::<Result<_, _>>()?,
+            events: changes
+                .events
+                .iter()
+                .map(|event| events::EventRow::new(event))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Runs the rows' statements inside the writer's transaction; an unknown
+    /// task or execution fails the whole write.
+    fn apply(self, conn: &Connection) -> Result<(), StoreError> {
+        if let Some((execution_id, rows)) = &self.new_tasks {
+            for row in rows {
+                tasks::insert_task(conn, row, Some(execution_id))?;
+            }
+        }
+        for row in &self.tasks {
+            if !tasks::update_task(conn, row)? {
+                return Err(StoreError::Unavailable(format!(
+                    "task {} is not stored",
+                    row.id
+                )));
+            }
+        }
+        for row in &self.executions {
+            if !executions::update_execution(conn, row)? {
+                return Err(StoreError::Unavailable(format!(
+                    "execution {} is not stored",
+                    row.id
+                )));
+            }
+        }
+        for row in &self.events {
+            events::insert_event(conn, row)?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(compactor) = self.compactor.take() {
@@ -300,6 +374,17 @@ impl Store for SqliteStore {
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         events::after(self, after, limit)
+    }
+
+    fn write(&self, changes: Changes, committed: Committed) {
+        // Rows are built (JSON encoded) here, on the caller's thread; the
+        // writer thread only runs the statements.
+        let rows = ChangeRows::new(&changes);
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => return committed(Err(error)),
+        };
+        writer::defer(&self.commands, move |conn| rows.apply(conn), committed);
     }
 
     fn last_event_sequence(&self) -> Result<u64, StoreError> {

@@ -15,7 +15,7 @@ use crate::store::{CreateOutcome, IdempotencyKey, Page, StoreError, TaskFilter};
 /// A task encoded for its row, built on the caller's thread so that the
 /// writer only runs SQL.
 pub(super) struct TaskRow {
-    id: String,
+    pub(super) id: String,
     status: &'static str,
     task_type: &'static str,
     parent_id: Option<String>,
@@ -113,34 +113,38 @@ pub(super) fn create(
 /// is none.
 pub(super) fn put(store: &SqliteStore, task: &Task) -> Result<bool, StoreError> {
     let row = TaskRow::new(task)?;
-    store.write(move |conn| {
-        let found: Option<(i64, String)> = conn
-            .prepare_cached("SELECT seq, tags FROM tasks WHERE id = ?1")?
-            .query_row([&row.id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((seq, old_tags)) = found else {
-            return Ok(false);
-        };
-        conn.prepare_cached(
-            "UPDATE tasks SET status = ?2, task_type = ?3, parent_id = ?4, tags = ?5,
-             updated_ms = ?6, body = ?7 WHERE seq = ?1",
-        )?
-        .execute(params![
-            seq,
-            row.status,
-            row.task_type,
-            row.parent_id,
-            row.tags_json,
-            row.updated_ms,
-            row.body
-        ])?;
-        if old_tags != row.tags_json {
-            conn.prepare_cached("DELETE FROM task_tags WHERE task_seq = ?1")?
-                .execute([seq])?;
-            insert_tags(conn, seq, &row.tags)?;
-        }
-        Ok(true)
-    })
+    store.write(move |conn| update_task(conn, &row))
+}
+
+/// Replaces a stored task with `row`, inside the writer's transaction; false
+/// when there is none.
+pub(super) fn update_task(conn: &Connection, row: &TaskRow) -> Result<bool, StoreError> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached("SELECT seq, tags FROM tasks WHERE id = ?1")?
+        .query_row([&row.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((seq, old_tags)) = found else {
+        return Ok(false);
+    };
+    conn.prepare_cached(
+        "UPDATE tasks SET status = ?2, task_type = ?3, parent_id = ?4, tags = ?5,
+         updated_ms = ?6, body = ?7 WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        row.status,
+        row.task_type,
+        row.parent_id,
+        row.tags_json,
+        row.updated_ms,
+        row.body
+    ])?;
+    if old_tags != row.tags_json {
+        conn.prepare_cached("DELETE FROM task_tags WHERE task_seq = ?1")?
+            .execute([seq])?;
+        insert_tags(conn, seq, &row.tags)?;
+    }
+    Ok(true)
 }
 
 /// [`Store::get_task`].

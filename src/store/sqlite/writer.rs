@@ -75,6 +75,62 @@ where
     }
 }
 
+/// A write whose caller does not wait: `committed` is told the outcome once
+/// its batch committed (on the writer thread, in queue order).
+pub(super) struct Deferred<F> {
+    /// The work; taken when it runs.
+    work: Option<F>,
+    /// The work's own failure, held until the batch ends.
+    failed: Option<StoreError>,
+    /// Told the outcome.
+    committed: Option<crate::store::Committed>,
+}
+
+impl<F> WriteJob for Deferred<F>
+where
+    F: FnOnce(&Connection) -> Result<(), StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let outcome = match self.work.take() {
+            Some(work) => std::panic::catch_unwind(AssertUnwindSafe(|| work(conn)))
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("a store write panicked".into()))),
+            None => Err(StoreError::Unavailable("a store write ran twice".into())),
+        };
+        self.failed = outcome.err();
+        self.failed.is_none()
+    }
+
+    fn finish(mut self: Box<Self>, commit: Result<(), &str>) {
+        let outcome = match (self.failed.take(), commit) {
+            (Some(error), _) => Err(error),
+            (None, Ok(())) => Ok(()),
+            (None, Err(reason)) => Err(StoreError::Unavailable(format!(
+                "the write was not committed: {reason}"
+            ))),
+        };
+        if let Some(committed) = self.committed.take() {
+            // A panicking callback must not take the writer thread with it.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| committed(outcome)));
+        }
+    }
+}
+
+/// Queues `work` without waiting; `committed` is told its outcome (at once,
+/// on this thread, when the writer has stopped).
+pub(super) fn defer<F>(commands: &SyncSender<Command>, work: F, committed: crate::store::Committed)
+where
+    F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+{
+    let job = Box::new(Deferred {
+        work: Some(work),
+        failed: None,
+        committed: Some(committed),
+    });
+    if let Err(mpsc::SendError(Command::Write(job))) = commands.send(Command::Write(job)) {
+        job.finish(Err("the store writer has stopped"));
+    }
+}
+
 /// Sends `work` to the writer and waits until its batch committed.
 pub(super) fn submit<R, F>(commands: &SyncSender<Command>, work: F) -> Result<R, StoreError>
 where

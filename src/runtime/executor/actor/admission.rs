@@ -110,7 +110,7 @@ impl Actor {
             if dep.dependency_type != DependencyType::Requires {
                 continue;
             }
-            if let Ok(Some(task)) = self.shared.store.get_task(&dep.task_id)
+            if let Ok(Some(task)) = self.shared.tasks.latest(&dep.task_id)
                 && matches!(task.status(), TaskStatus::Failed | TaskStatus::Cancelled)
             {
                 let reason = format!(
@@ -137,7 +137,7 @@ impl Actor {
 
     /// A task ended: resolve what waits for it.
     pub(super) fn task_ended(&mut self, task_id: &str) {
-        let Ok(Some(ended)) = self.shared.store.get_task(task_id) else {
+        let Ok(Some(ended)) = self.shared.tasks.latest(task_id) else {
             return;
         };
         let status = ended.status();
@@ -151,14 +151,14 @@ impl Actor {
                 if broken {
                     self.cancel(&live.id.clone(), Some(reason));
                 } else if live.phase == Phase::WaitingDeps
-                    && let Ok(Some(root)) = self.shared.store.get_task(&waiter)
+                    && let Ok(Some(root)) = self.shared.tasks.latest(&waiter)
                 {
                     self.check_dependencies(sched, &root);
                 }
             } else if broken {
                 // A client-reported task (or an execution that is already
                 // over): cancel it if it has not ended.
-                if let Ok(Some(task)) = self.shared.store.get_task(&waiter)
+                if let Ok(Some(task)) = self.shared.tasks.latest(&waiter)
                     && !task.status().is_terminal()
                 {
                     match self.shared.store.execution_of_task(&waiter) {
@@ -178,13 +178,13 @@ impl Actor {
     /// the NODE tasks it has so far (none before its first dispatch).
     fn load(&mut self, execution_id: &str) -> Result<Option<Loaded>, RuntimeError> {
         let store = &self.shared.store;
-        let Some(execution) = store.get_execution(execution_id)? else {
+        let Some(execution) = self.shared.latest_execution(execution_id)? else {
             return Ok(None);
         };
         let Some(root_id) = execution.root_task_id.clone() else {
             return Ok(None);
         };
-        let Some(root) = store.get_task(&root_id)? else {
+        let Some(root) = self.shared.tasks.latest(&root_id)? else {
             return Ok(None);
         };
         let mut node_tasks = HashMap::new();

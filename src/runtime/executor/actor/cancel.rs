@@ -71,7 +71,7 @@ impl Actor {
     /// Cancels an execution the actor does not hold but the store says has
     /// not ended (it could not be loaded): nothing runs it, so it ends here.
     fn cancel_unheld(&mut self, execution_id: &str, reason: Option<String>) {
-        let Ok(Some(execution)) = self.shared.store.get_execution(execution_id) else {
+        let Ok(Some(execution)) = self.shared.latest_execution(execution_id) else {
             return;
         };
         if execution.status().is_terminal() {

@@ -148,10 +148,26 @@ impl Actor {
             prompt,
             node_tasks: Arc::clone(&live.node_tasks),
             timeout: live.timeout,
+            recorded: None,
         };
         let execution_id = live.id.clone();
         let name = backend.name.clone();
         tracing::info!(execution_id = %execution_id, backend = %name, attempt = spec.attempt, "dispatching");
+        // The prompt id is recorded before the prompt is posted (the attempt
+        // waits for that write), so a restart looks for it on the backend
+        // instead of posting it again.
+        let prompt_text = prompt_id.hyphenated().to_string();
+        let mut spec = spec;
+        match self
+            .shared
+            .update_execution_then(&execution_id, |execution| {
+                execution.backend = Some(name.clone());
+                execution.prompt_id = Some(prompt_text);
+                Ok(())
+            }) {
+            Ok((_, commit)) => spec.recorded = commit,
+            Err(error) => tracing::warn!(%execution_id, %error, "execution not updated"),
+        }
         self.tracker.spawn(attempt::run(
             Arc::clone(&self.shared),
             Arc::clone(&backend),
@@ -160,14 +176,6 @@ impl Actor {
             abandon,
             self.tx.clone(),
         ));
-        let prompt_text = prompt_id.hyphenated().to_string();
-        if let Err(error) = self.shared.update_execution(&execution_id, |execution| {
-            execution.backend = Some(name.clone());
-            execution.prompt_id = Some(prompt_text);
-            Ok(())
-        }) {
-            tracing::warn!(%execution_id, %error, "execution not updated");
-        }
         self.set_status(
             sched,
             TaskStatus::Running,
@@ -358,7 +366,7 @@ impl Actor {
         let Some(prompt) = prompt.as_object() else {
             return;
         };
-        let root = match self.shared.store.get_task(&live.root) {
+        let root = match self.shared.tasks.latest(&live.root) {
             Ok(Some(root)) => root,
             Ok(None) => return,
             Err(error) => {
@@ -367,11 +375,8 @@ impl Actor {
             }
         };
         let nodes = node_tasks(&root, &live.id, prompt);
-        if let Err(error) = self.shared.store.add_execution_tasks(&live.id, &nodes) {
-            tracing::error!(execution_id = %live.id, %error, "node tasks not stored");
-            return;
-        }
-        self.shared.tasks.announce_created(&nodes);
+        // Stored with their CREATED events in one write, not waited for.
+        self.shared.tasks.create_execution_tasks(&live.id, &nodes);
         let map: HashMap<String, String> = nodes
             .iter()
             .filter_map(|task| {

@@ -212,7 +212,7 @@ impl Actor {
     /// Publishes the end of an execution (after its record is final, so a
     /// watcher woken by it reads the final state) and its duration.
     fn ended_event(&self, live: &Live, execution: &crate::model::WorkflowExecution) {
-        let root = self.shared.store.get_task(&live.root).ok().flatten();
+        let root = self.shared.tasks.latest(&live.root).ok().flatten();
         let status = execution.status();
         let error_type = root.as_ref().and_then(|r| r.error_type.clone());
         let timed_out = error_type.as_deref() == Some(FailureKind::Timeout.as_str());

@@ -165,6 +165,7 @@ impl Actor {
             // the scheduler never refuses a re-entry.
             max_queue_len: usize::MAX,
             max_concurrent_tasks: shared.settings.max_concurrent,
+            backend_pipeline_depth: shared.settings.pipeline_depth,
         });
         scheduler.set_gpu_policy(shared.settings.gpu_policy.clone());
         Self {

@@ -283,6 +283,7 @@ impl Actor {
             prompt: Value::Null,
             node_tasks: Arc::clone(&live.node_tasks),
             timeout: live.timeout,
+            recorded: None,
         };
         self.tracker.spawn(attempt::run(
             Arc::clone(&self.shared),

@@ -27,7 +27,7 @@ impl Actor {
         let Some(live) = self.live.get(&sched) else {
             return;
         };
-        let root = self.shared.store.get_task(&live.root).ok().flatten();
+        let root = self.shared.tasks.latest(&live.root).ok().flatten();
         let retries_left = root.as_ref().is_some_and(Task::retries_left);
         if !failure.transient || !retries_left {
             self.end_failed(sched, failure);
