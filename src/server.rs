@@ -14,9 +14,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::access::AccessLayer;
 use crate::api::request_context::RequestContextLayer;
 use crate::api::{AdminApi, EventApi, ExecutionApi, TaskApi, WorkflowApi};
-use crate::config::{Config, QueueType};
+use crate::config::{AuthMode, Config, QueueType, ReflectionAccess};
 use crate::drain::CuttableStream;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
@@ -43,6 +44,14 @@ pub const API_SERVICES: [&str; 5] = [
 
 /// HTTP/2 keepalive pings, so idle long-lived streams survive proxies.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Streams a client may reset before the server has accepted them, per connection (the
+/// HTTP/2 rapid-reset defence; h2's default is 20).
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the server may reset because of a client's protocol errors before it closes the
+/// connection (h2's default is 1024).
+const MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +123,16 @@ pub async fn serve_with_store(
 ) -> Result<(), ServeError> {
     let grace = config.service.shutdown_grace();
     let max_message = config.service.max_request_bytes;
+    let limits = config.limits.clone();
+    let reflection = config.auth.reflection != ReflectionAccess::Off;
+    if config.auth.mode == AuthMode::None && !config.service.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.service.listen,
+            "serving a non-loopback address without authentication (auth.allow_anonymous = true): anyone who reaches it may run, read and cancel all work"
+        );
+    }
     let runtime = Runtime::new(config, store)?;
+    let access = AccessLayer::new(runtime.config(), &runtime);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::Serving, true).await;
@@ -151,11 +169,17 @@ pub async fn serve_with_store(
     };
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams_per_connection))
+        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .layer(RequestContextLayer)
         .layer(GrpcMetricsLayer::new())
+        .layer(access)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection.then_some(reflection_v1))
+        .add_optional_service(reflection.then_some(reflection_v1alpha))
         .add_service(
             TaskServiceServer::new(TaskApi::new(runtime.clone()))
                 .max_decoding_message_size(max_message),

@@ -1,6 +1,7 @@
 //! gRPC handlers: thin (validate, convert, call the runtime, convert back).
 //! Only this module knows tonic and the generated types.
 
+pub mod access;
 mod admin;
 pub mod convert;
 mod events;
@@ -18,7 +19,9 @@ pub use executions::ExecutionApi;
 pub use tasks::TaskApi;
 pub use workflows::WorkflowApi;
 
-/// Records the task or workflow a call is about on the request's span.
+/// Records the task or workflow a call is about on the request's span, and as the call's audit
+/// target.
 fn record_span(field: &'static str, value: &str) {
     tracing::Span::current().record(field, value);
+    access::record_target(value);
 }

@@ -63,9 +63,20 @@ pub enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make API keys for `[[auth.principals]]`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// The commands that talk to a running server.
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh API key and the hex SHA-256 of its UTF-8 text, for a principal's
+    /// `api_key_sha256`. The key is shown once and stored nowhere.
+    New,
 }
 
 /// Flags for the settings people change most.
@@ -192,6 +203,19 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Keys(KeysCommand::New) => {
+            let key = crate::api::access::new_key()
+                .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+            println!("key = \"{key}\"");
+            println!(
+                "api_key_sha256 = \"{}\"",
+                crate::api::access::key_sha256_hex(&key)
+            );
+            eprintln!(
+                "give the key to the client (authorization: Bearer <key>); put only the hash into the principal's api_key_sha256 list"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Print(args)) => {
             let config = load(&cli.config, &args)?;
             print!("{}", config.to_redacted_toml());
