@@ -58,10 +58,7 @@ fn the_locked_h2_and_hyper_have_the_rapid_reset_fixes() {
 #[test]
 fn keys_new_prints_a_fresh_key_and_its_sha256() {
     let run = || {
-        let out = common::run_bounded(
-            common::clean_command().args(["keys", "new"]),
-            HANG_GUARD,
-        );
+        let out = common::run_bounded(common::clean_command().args(["keys", "new"]), HANG_GUARD);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         let value = |prefix: &str| {
@@ -159,9 +156,7 @@ fn secrets_appear_in_no_output_at_debug_and_trace() {
             ("x-api-key", WRONG.to_owned(), false),
         ] {
             let mut request = Request::new(ListTasksRequest::default());
-            request
-                .metadata_mut()
-                .insert(header, key.parse().unwrap());
+            request.metadata_mut().insert(header, key.parse().unwrap());
             let result = client.list_tasks(request).await;
             assert_eq!(result.is_ok(), ok, "{result:?}");
             if let Err(status) = result {
@@ -201,7 +196,10 @@ fn secrets_appear_in_no_output_at_debug_and_trace() {
         text(&printed.stdout),
         text(&printed.stderr),
     );
-    assert!(everything.contains("audit.call"), "the refusals were audited:\n{everything}");
+    assert!(
+        everything.contains("audit.call"),
+        "the refusals were audited:\n{everything}"
+    );
     for secret in [KEY, WRONG, COMFY_KEY, COMFY_AUTH, "S3CRET"] {
         assert!(
             !everything.contains(secret),

@@ -299,8 +299,20 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        // Third line, when configured: the plaintext health-only listener.
+        let health = match config.tls.health_listen {
+            Some(addr) => {
+                let health = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for health probes on {addr}"))?;
+                println!("comfy-reality health on {}", health.local_addr()?);
+                Some(health)
+            }
+            None => None,
+        };
         let signals = tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
-        let result = crate::server::serve_with_store(config, store, listener, shutdown).await;
+        let result =
+            crate::server::serve_with_listeners(config, store, listener, health, shutdown).await;
         signals.abort();
         metrics_shutdown.cancel();
         if let Some(metrics_server) = metrics_server {

@@ -6,6 +6,7 @@
 //! Each test binary uses a different subset of this module.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod exec;
 
 use std::net::SocketAddr;

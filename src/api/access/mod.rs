@@ -52,6 +52,12 @@ pub enum AccessError {
     Limited(LimitExceeded),
 }
 
+/// An admitted caller and the stream slot its call holds, if any.
+type Admitted = (Arc<Principal>, Option<OwnedSemaphorePermit>);
+
+/// A refusal, with the caller when it was known.
+type Refused = (Option<Arc<Principal>>, AccessError);
+
 /// What the layer shares between connections.
 #[derive(Debug)]
 struct Shared {
@@ -112,14 +118,7 @@ pub struct AccessService<S> {
 impl Shared {
     /// The caller, checked against the method's requirement and the caller's limits; `None`
     /// for an open method. On success, the stream slot the call holds, if any.
-    fn admit<B>(
-        &self,
-        req: &Request<B>,
-        class: MethodClass,
-    ) -> Result<
-        Option<(Arc<Principal>, Option<OwnedSemaphorePermit>)>,
-        (Option<Arc<Principal>>, AccessError),
-    > {
+    fn admit<B>(&self, req: &Request<B>, class: MethodClass) -> Result<Option<Admitted>, Refused> {
         let required = match class.requirement {
             Requirement::Open => return Ok(None),
             Requirement::Reflection if self.reflection == ReflectionAccess::Open => {
