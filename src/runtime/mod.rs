@@ -9,6 +9,7 @@ pub mod events;
 mod executor;
 mod fingerprint;
 pub mod scheduler;
+mod scoped;
 mod tasks;
 pub mod workflow_checks;
 mod workflows;
@@ -25,6 +26,7 @@ pub use executor::{
     BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor, LoadSnapshot,
     ValidationReport, WorkflowSource,
 };
+pub use scoped::{Caller, EventVisibility, ScopedRuntime};
 pub use tasks::{MAX_CANCEL_CASCADE, NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};
 
@@ -149,6 +151,8 @@ struct Inner {
     config: Config,
     /// When this runtime started.
     started_at: DateTime<Utc>,
+    /// Each principal's executions that may be queued or running (`limits.max_queued`).
+    active_by_owner: scoped::ActiveByOwner,
 }
 
 impl Runtime {
@@ -188,6 +192,7 @@ impl Runtime {
                 workflows: WorkflowRegistry::new(store),
                 config,
                 started_at: Utc::now(),
+                active_by_owner: scoped::ActiveByOwner::default(),
             }),
         })
     }
@@ -508,6 +513,11 @@ impl Runtime {
     /// The workflow registry.
     pub fn workflows(&self) -> &WorkflowRegistry {
         &self.inner.workflows
+    }
+
+    /// Each principal's executions that may be queued or running.
+    fn active_by_owner(&self) -> &scoped::ActiveByOwner {
+        &self.inner.active_by_owner
     }
 
     /// The effective configuration.

@@ -41,6 +41,9 @@ pub struct Principal {
     pub tenant: String,
     /// What it may do.
     pub role: Role,
+    /// Whether it proved who it is (false only for the anonymous principal of
+    /// `auth.mode = "none"`).
+    pub authenticated: bool,
     /// Its limits; `None` for the anonymous principal of `auth.mode = "none"`, which is not
     /// limited per principal.
     pub limits: Option<PrincipalLimits>,
@@ -127,6 +130,7 @@ impl Authenticator {
                 name: p.name.clone(),
                 tenant: p.tenant().to_owned(),
                 role: p.role,
+                authenticated: true,
                 limits: Some(config.limits.with(&p.limits)),
             }));
             keys.extend(
@@ -146,6 +150,7 @@ impl Authenticator {
                 name: ANONYMOUS.into(),
                 tenant: ANONYMOUS.into(),
                 role: Role::Admin,
+                authenticated: false,
                 limits: None,
             }),
         }

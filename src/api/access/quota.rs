@@ -145,6 +145,7 @@ mod tests {
             name: "p".into(),
             tenant: "t".into(),
             role: Role::Submitter,
+            authenticated: true,
             limits: Some(LimitsConfig::default().with(&overrides)),
         })
     }
@@ -186,6 +187,7 @@ mod tests {
             name: "anonymous".into(),
             tenant: "anonymous".into(),
             role: Role::Admin,
+            authenticated: false,
             limits: None,
         });
         let quotas = Quotas::new([&anonymous]);
