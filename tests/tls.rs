@@ -307,3 +307,52 @@ async fn bad_tls_files_stop_the_start_naming_the_file() {
         "{error}"
     );
 }
+
+/// The CLI connects with TLS, a custom CA, a client certificate and an API key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_a_client_certificate_or_a_key() {
+    let s = setup(AuthMode::ApiKeyOrMtls, true);
+    let server = TestServer::start_with(s.config.clone()).await;
+    let ca = write(s.dir.path(), "client-ca.pem", &s.ca.pem());
+    let pem = s.ca.client("alice.pipelines.internal", &[]);
+    let cert = write(s.dir.path(), "alice.pem", &pem.cert);
+    let key = write(s.dir.path(), "alice.key", &pem.key);
+    let addr = server.addr.to_string();
+    let run = move |extra: Vec<String>| {
+        let addr = addr.clone();
+        let ca = ca.clone();
+        tokio::task::spawn_blocking(move || {
+            common::run_bounded(
+                common::clean_command()
+                    .args(["list", "--output", "json", "--server", &addr, "--tls-ca"])
+                    .arg(&ca)
+                    .args(extra),
+                std::time::Duration::from_secs(60),
+            )
+        })
+    };
+    let with_cert = run(vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        with_cert.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_cert.stderr)
+    );
+    let with_key = run(vec!["--api-key".into(), KEY.into()]).await.unwrap();
+    assert!(
+        with_key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_key.stderr)
+    );
+    let without = run(vec![]).await.unwrap();
+    assert_eq!(without.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    server.shutdown().await;
+}
