@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod exec;
+pub mod hostile;
 
 use std::net::SocketAddr;
 use std::time::Duration;
