@@ -5,7 +5,7 @@
 //! [`Ownership`], and a principal's queued plus running executions are held under its
 //! `max_queued`. Admins and callers without authentication see everything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,9 +45,51 @@ impl Caller {
 /// Each principal's executions that may still be queued or running, by principal name.
 #[derive(Default)]
 pub(super) struct ActiveByOwner {
-    /// Execution ids per principal; ids of ended executions are pruned when the principal
-    /// reaches its limit. `None` until first used (then read from the store once).
-    owners: Mutex<HashMap<String, Vec<String>>>,
+    /// Per principal, read from the store on first use.
+    owners: Mutex<HashMap<String, OwnerActive>>,
+}
+
+/// One principal's executions that may still be queued or running.
+#[derive(Default)]
+struct OwnerActive {
+    /// Their ids; ids of ended executions are pruned when the principal reaches its limit.
+    ids: HashSet<String>,
+    /// Submits in progress, each holding a slot until its execution exists.
+    reserved: usize,
+}
+
+fn active_owners(runtime: &Runtime) -> &Mutex<HashMap<String, OwnerActive>> {
+    &runtime.active_by_owner().owners
+}
+
+/// A slot of a principal's `max_queued` held by a submit in progress; released when dropped
+/// (also when the caller goes away mid-submit), after [`Reservation::become_execution`] counts
+/// the execution instead.
+struct Reservation<'a> {
+    /// The table it is counted in.
+    owners: &'a Mutex<HashMap<String, OwnerActive>>,
+    /// The principal.
+    owner: String,
+}
+
+impl Reservation<'_> {
+    fn become_execution(&self, id: &str) {
+        if let Ok(mut owners) = self.owners.lock()
+            && let Some(active) = owners.get_mut(&self.owner)
+        {
+            active.ids.insert(id.to_owned());
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut owners) = self.owners.lock()
+            && let Some(active) = owners.get_mut(&self.owner)
+        {
+            active.reserved = active.reserved.saturating_sub(1);
+        }
+    }
 }
 
 /// The runtime limited to one caller; see the module docs.
@@ -149,58 +191,53 @@ impl ScopedRuntime<'_> {
         let (Some(owner), Some(max)) = (&self.caller.ownership, self.caller.max_queued) else {
             return self.runtime.execute(request).await;
         };
-        self.reserve(&owner.owner, max)?;
+        let reservation = self.reserve(&owner.owner, max)?;
         let result = self.runtime.execute(request).await;
-        let active = &self.runtime.active_by_owner().owners;
-        if let Ok(mut owners) = active.lock()
-            && let Some(ids) = owners.get_mut(&owner.owner)
+        if let Ok(view) = &result
+            && !view.execution.status().is_terminal()
         {
-            // The reservation becomes the execution's id (or goes, on an error). A replayed
-            // idempotent request names an execution already counted.
-            ids.retain(|id| !id.is_empty());
-            if let Ok(view) = &result
-                && !ids.contains(&view.execution.id)
-                && !view.execution.status().is_terminal()
-            {
-                ids.push(view.execution.id.clone());
-            }
+            // A replayed idempotent request names an execution already counted: a set.
+            reservation.become_execution(&view.execution.id);
         }
         result
     }
 
-    /// Takes a slot of `owner`'s `max_queued` (an empty id until the execution exists),
-    /// pruning executions that ended when it is full.
-    fn reserve(&self, owner: &str, max: u64) -> Result<(), RuntimeError> {
+    /// Takes a slot of `owner`'s `max_queued` until the execution exists, pruning executions
+    /// that ended when it is full.
+    fn reserve(&self, owner: &str, max: u64) -> Result<Reservation<'_>, RuntimeError> {
         let active = &self.runtime.active_by_owner().owners;
         let mut owners = active
             .lock()
             .map_err(|_| RuntimeError::Unavailable("the quota table is poisoned".into()))?;
         if !owners.contains_key(owner) {
-            owners.insert(owner.to_owned(), self.active_in_store(owner)?);
+            let ids = self.active_in_store(owner)?;
+            owners.insert(owner.to_owned(), OwnerActive { ids, reserved: 0 });
         }
-        let ids = owners.entry(owner.to_owned()).or_default();
+        let active = owners.entry(owner.to_owned()).or_default();
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        if ids.len() >= max {
+        if active.ids.len() + active.reserved >= max {
             let executor = self.runtime.executor();
-            ids.retain(|id| {
-                id.is_empty()
-                    || executor
-                        .view(id)
-                        .is_ok_and(|v| !v.execution.status().is_terminal())
+            active.ids.retain(|id| {
+                executor
+                    .view(id)
+                    .is_ok_and(|v| !v.execution.status().is_terminal())
             });
         }
-        if ids.len() >= max {
+        if active.ids.len() + active.reserved >= max {
             return Err(RuntimeError::ResourceExhausted {
                 what: format!("max_queued ({max} queued or running executions of {owner})"),
                 retry_after: QUOTA_RETRY_AFTER,
             });
         }
-        ids.push(String::new());
-        Ok(())
+        active.reserved += 1;
+        Ok(Reservation {
+            owners: active_owners(self.runtime),
+            owner: owner.to_owned(),
+        })
     }
 
     /// The owner's queued and running executions in the store (read once per owner).
-    fn active_in_store(&self, owner: &str) -> Result<Vec<String>, RuntimeError> {
+    fn active_in_store(&self, owner: &str) -> Result<HashSet<String>, RuntimeError> {
         let filter = ExecutionFilter {
             statuses: vec![
                 TaskStatus::Pending,
@@ -210,7 +247,7 @@ impl ScopedRuntime<'_> {
             ],
             ..ExecutionFilter::default()
         };
-        let mut ids = Vec::new();
+        let mut ids = HashSet::new();
         let mut after = None;
         loop {
             let page = self.runtime.list_executions(&filter, after, 1000)?;
