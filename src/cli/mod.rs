@@ -187,9 +187,13 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Healthcheck(args) => {
             let addr = match args.addr {
                 Some(addr) => addr,
-                None => healthcheck::probe_addr(
-                    load(&cli.config, &ServeArgs::default())?.service.listen,
-                ),
+                None => {
+                    // Behind TLS, the plaintext health-only listener is the one to ask.
+                    let config = load(&cli.config, &ServeArgs::default())?;
+                    healthcheck::probe_addr(
+                        config.tls.health_listen.unwrap_or(config.service.listen),
+                    )
+                }
             };
             healthcheck::run(&args, addr)
         }
