@@ -36,6 +36,9 @@ RUN apt-get update \
 
 COPY --from=builder /app/target/release/comfy-reality /usr/local/bin/comfy-reality
 
+# It listens on all interfaces, so it needs `[auth]` configured (a mounted --config file or
+# COMFY_REALITY__AUTH__* variables; see the README's Security section) or, on a network you
+# trust, COMFY_REALITY__AUTH__ALLOW_ANONYMOUS=true: without either it refuses to start.
 # Settings come from the environment, so `docker run -e COMFY_REALITY__SERVICE__LISTEN=...`
 # moves the port and the HEALTHCHECK (which reads the same configuration) follows it.
 ENV COMFY_REALITY__SERVICE__DATA_DIR=/var/lib/comfy-reality \

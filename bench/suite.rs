@@ -8,13 +8,14 @@
 //! figure (this machine is shared and noisy; see `harness.rs`).
 //!
 //! Options after `--`: `--only NAME[,NAME]` (submit, latency, fanout,
-//! memory, footprint, peer), `--smoke` (tiny sizes under `cargo bench`),
+//! memory, footprint, peer, auth), `--smoke` (tiny sizes under `cargo bench`),
 //! `--queued N` (the largest queue of benchmarks 1 and 4; default 1,000,000),
 //! `--markdown FILE` (also write the table there).
 //!
 //! This executable is also each baseline server: with `COMFY_BENCH_ROLE`
 //! set it serves that baseline instead of running the suite.
 
+mod auth;
 mod baseline_broadcast;
 mod baseline_hello;
 mod fanout;
@@ -65,13 +66,14 @@ fn main() {
 
     println!("comfy-reality benchmark suite ({mode:?} run)");
     let mut report = Report::new(mode);
-    let benchmarks: [(&str, Benchmark); 6] = [
+    let benchmarks: [(&str, Benchmark); 7] = [
         ("submit", submit::run),
         ("latency", latency::run),
         ("fanout", fanout::run),
         ("memory", memory::run),
         ("footprint", footprint::run),
         ("peer", peer::run),
+        ("auth", auth::run),
     ];
     for (name, run) in benchmarks {
         if selected(name) {

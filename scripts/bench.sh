@@ -3,7 +3,7 @@
 # table of figures and ratios against baselines measured in the same run. Takes several minutes.
 #
 #   ./scripts/bench.sh                      # everything
-#   ./scripts/bench.sh --only submit,fanout # some (submit latency fanout memory footprint peer)
+#   ./scripts/bench.sh --only submit,fanout # some (submit latency fanout memory footprint peer auth)
 #   ./scripts/bench.sh --markdown out.md    # also write the table to out.md
 set -euo pipefail
 

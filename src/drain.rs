@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use crate::api::access::PeerInfo;
 
 /// A TCP stream that fails every operation once `cut` is cancelled.
 pub struct CuttableStream {
@@ -88,9 +90,12 @@ impl AsyncWrite for CuttableStream {
 }
 
 impl Connected for CuttableStream {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        PeerInfo {
+            remote: self.inner.peer_addr().ok(),
+            cert_names: None,
+        }
     }
 }

@@ -17,5 +17,6 @@ pub mod server;
 pub mod signals;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use server::{ServeError, serve as run};

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -14,10 +13,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::access::AccessLayer;
 use crate::api::request_context::RequestContextLayer;
 use crate::api::{AdminApi, EventApi, ExecutionApi, TaskApi, WorkflowApi};
-use crate::config::{Config, QueueType};
-use crate::drain::CuttableStream;
+use crate::config::{AuthMode, Config, QueueType, ReflectionAccess};
 use crate::gpu::GpuMonitor;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
@@ -45,6 +44,14 @@ pub const API_SERVICES: [&str; 5] = [
 /// HTTP/2 keepalive pings, so idle long-lived streams survive proxies.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Streams a client may reset before the server has accepted them, per connection (the
+/// HTTP/2 rapid-reset defence; h2's default is 20).
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the server may reset because of a client's protocol errors before it closes the
+/// connection (h2's default is 1024).
+const MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -61,6 +68,17 @@ pub enum ServeError {
     /// message names its path.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A TLS file is missing or unusable; the message names it.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The health-only listener (`tls.health_listen`) could not be bound.
+    #[error("cannot listen for health probes on {addr}: {source}")]
+    HealthListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The store `runtime.queue_type` names. Redis and RabbitMQ are accepted by the
@@ -106,28 +124,63 @@ pub async fn serve(
 }
 
 /// [`serve`] over a store the caller opened (the CLI opens it before it
-/// announces the address, so a locked or corrupt store fails first).
+/// announces the address, so a locked or corrupt store fails first). The health-only listener
+/// of `tls.health_listen`, when configured, is bound here.
 pub async fn serve_with_store(
     config: Config,
     store: Arc<dyn Store>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let health = match config.tls.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::HealthListen { addr, source })?,
+        ),
+        None => None,
+    };
+    serve_with_listeners(config, store, listener, health, shutdown).await
+}
+
+/// [`serve_with_store`] with the health-only listener bound by the caller too (the CLI binds
+/// it to print its address).
+pub async fn serve_with_listeners(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     // Opening NVML is a blocking library call: off the async workers.
     let gpu = tokio::task::spawn_blocking(GpuMonitor::load_nvml)
         .await
         .unwrap_or_else(|e| GpuMonitor::unavailable(format!("NVML loading failed: {e}")));
-    serve_with_runtime(Runtime::with_gpu(config, store, gpu)?, listener, shutdown).await
+    let runtime = Runtime::with_gpu(config, store, gpu)?;
+    serve_with_runtime(runtime, listener, health_listener, shutdown).await
 }
 
-/// [`serve`] over a runtime the caller built (tests build one over a fake GPU probe).
+/// [`serve_with_listeners`] over a runtime the caller built (tests build one over a fake GPU
+/// probe).
 pub async fn serve_with_runtime(
     runtime: Runtime,
     listener: TcpListener,
+    health_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let grace = runtime.config().service.shutdown_grace();
-    let max_message = runtime.config().service.max_request_bytes;
+    let config = runtime.config();
+    let tls = crate::tls::ServerTls::load(config)?;
+    let grace = config.service.shutdown_grace();
+    let max_message = config.service.max_request_bytes;
+    let limits = config.limits.clone();
+    let reflection = config.auth.reflection != ReflectionAccess::Off;
+    if config.auth.mode == AuthMode::None && !config.service.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.service.listen,
+            "serving a non-loopback address without authentication (auth.allow_anonymous = true): anyone who reaches it may run, read and cancel all work"
+        );
+    }
+    let access = AccessLayer::new(runtime.config(), &runtime);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::Serving, true).await;
@@ -143,12 +196,26 @@ pub async fn serve_with_runtime(
 
     // Cancelled when the drain deadline passes: cuts connections still open.
     let cut = CancellationToken::new();
-    let incoming = {
-        let cut = cut.clone();
-        TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .map(move |accepted| accepted.map(|stream| CuttableStream::new(stream, &cut)))
-    };
+    // The SIGHUP handler is installed before anything is served, so that a SIGHUP sent once
+    // the server answers never hits the default (fatal) action.
+    let reloads = tls.clone().map(|tls| {
+        let hangup = hangup_signal();
+        tokio::spawn(reload_on_hangup(tls, hangup, shutdown.clone()))
+    });
+    let (incoming, accepting) =
+        crate::tls::incoming(listener, tls, cut.clone(), limits.tls_handshake_timeout());
+    // Probes that speak neither TLS nor keys: health only, in plaintext.
+    let health_only = health_listener.map(|listener| {
+        let health = health_service.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                    shutdown.cancelled().await;
+                }),
+        )
+    });
     let signal = {
         let shutdown = shutdown.clone();
         let reporter = reporter.clone();
@@ -164,11 +231,17 @@ pub async fn serve_with_runtime(
     };
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams_per_connection))
+        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .layer(RequestContextLayer)
         .layer(GrpcMetricsLayer::new())
+        .layer(access)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection.then_some(reflection_v1))
+        .add_optional_service(reflection.then_some(reflection_v1alpha))
         .add_service(
             TaskServiceServer::new(TaskApi::new(runtime.clone()))
                 .max_decoding_message_size(max_message),
@@ -201,7 +274,68 @@ pub async fn serve_with_runtime(
             (&mut server).await?;
         }
     }
+    let _ = accepting.await;
+    if let Some(reloads) = reloads {
+        let _ = reloads.await;
+    }
+    if let Some(health_only) = health_only {
+        match health_only.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "health-only listener failed"),
+            Err(error) => tracing::warn!(%error, "health-only listener task failed"),
+        }
+    }
     runtime.shutdown().await;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// SIGHUP, when it can be handled.
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(error) => {
+                tracing::warn!(%error, "cannot handle SIGHUP; tls files will not be reloaded");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Reloads the TLS files on each SIGHUP until `shutdown`; a failed reload keeps the old ones.
+async fn reload_on_hangup(tls: crate::tls::ServerTls, hangup: Hangup, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Some(mut hangup) = hangup else { return };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("tls certificates reloaded"),
+                        Err(error) => tracing::error!(%error, "tls reload failed; the previous certificates stay in use"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, hangup, shutdown);
+    }
 }

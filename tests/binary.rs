@@ -457,6 +457,7 @@ fn healthcheck_without_addr_probes_the_configured_listen_address() {
     let ok = run_bounded(
         command(&data)
             .env("COMFY_REALITY__SERVICE__LISTEN", &listen)
+            .env("COMFY_REALITY__AUTH__ALLOW_ANONYMOUS", "true")
             .arg("healthcheck"),
     );
     assert!(ok.status.success(), "{}", text(&ok.stderr));

@@ -45,6 +45,7 @@ fn request(workflow: Value, priority: TaskPriority) -> ExecuteRequest {
         idempotency_key: None,
         dependencies: Vec::new(),
         name: None,
+        ownership: None,
     }
 }
 

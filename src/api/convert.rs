@@ -372,6 +372,8 @@ pub fn create_task_request(req: pb::CreateTaskRequest) -> Result<NewTaskRequest,
         max_retries: req.max_retries.unwrap_or(crate::model::DEFAULT_MAX_RETRIES),
         timeout_seconds: req.timeout_seconds,
         request_id,
+        // Set from the caller by the scoped runtime.
+        ownership: None,
     })
 }
 
@@ -562,6 +564,8 @@ pub fn register_workflow_request(
         tags,
         author: req.author,
         workflow_id: req.workflow_id,
+        // Set from the caller by the scoped runtime.
+        ownership: None,
     })
 }
 

@@ -12,6 +12,7 @@ use crate::pb::{
     WatchExecutionRequest, WatchExecutionResponse,
 };
 use crate::runtime::Runtime;
+use crate::runtime::events::StreamItem;
 
 use super::convert;
 use super::events_convert::{
@@ -44,6 +45,7 @@ impl EventService for EventApi {
         &self,
         request: Request<SubscribeEventsRequest>,
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = request.into_inner();
         let filter = events_convert::filter_from_pb(FilterFields {
             task_ids: request.task_ids,
@@ -56,10 +58,18 @@ impl EventService for EventApi {
             include_node_events: request.include_node_events,
         })
         .map_err(|e| invalid_argument(&e))?;
+        let visibility = runtime.event_visibility();
         let items = self
             .runtime
             .subscribe_events(filter, request.after_sequence)?;
-        let stream = ReceiverStream::new(items).map(|item| match item {
+        let stream = ReceiverStream::new(items).filter_map(move |item| {
+            let visible = match &item {
+                Ok(StreamItem::Event(event)) => visibility.sees(event),
+                Ok(StreamItem::Heartbeat { .. }) | Err(_) => true,
+            };
+            std::future::ready(visible.then_some(item))
+        });
+        let stream = stream.map(|item| match item {
             Ok(item) => Ok(stream_item_to_pb(&item)),
             Err(error) => Err(Status::from(error)),
         });
@@ -70,9 +80,10 @@ impl EventService for EventApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let (filter, after, limit) =
             events_convert::list_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
-        let page = self.runtime.list_events(&filter, after, limit)?;
+        let page = runtime.list_events(&filter, after, limit)?;
         Ok(Response::new(ListEventsResponse {
             events: page.events.iter().map(|e| event_to_pb(e)).collect(),
             next_page_token: page
@@ -89,10 +100,11 @@ impl EventService for EventApi {
         &self,
         request: Request<WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let id =
             convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
         record_span("execution_id", &id);
-        let views = self.runtime.watch_execution(&id).await?;
+        let views = runtime.watch_execution(&id).await?;
         let stream = ReceiverStream::new(views).map(|update| match update {
             Ok(update) => Ok(WatchExecutionResponse {
                 update: Some(watch_update_to_pb(update)),

@@ -45,12 +45,13 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<ExecuteWorkflowRequest>,
     ) -> Result<Response<ExecuteWorkflowResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = executions_convert::execute_request(request.into_inner())
             .map_err(|e| invalid_argument(&e))?;
         if let crate::runtime::WorkflowSource::Registered { id, .. } = &request.workflow {
             record_span("workflow_id", id);
         }
-        let view = self.runtime.execute(request).await?;
+        let view = runtime.execute(request).await?;
         record_span("execution_id", &view.execution.id);
         Ok(Response::new(ExecuteWorkflowResponse {
             execution: Some(execution_to_pb(&view)),
@@ -61,10 +62,11 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<GetExecutionRequest>,
     ) -> Result<Response<GetExecutionResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let id =
             convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
         record_span("execution_id", &id);
-        let view = self.runtime.get_execution(&id).await?;
+        let view = runtime.get_execution(&id).await?;
         Ok(Response::new(GetExecutionResponse {
             execution: Some(execution_to_pb(&view)),
         }))
@@ -74,9 +76,10 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let (filter, after, limit) = executions_convert::execution_listing(request.into_inner())
             .map_err(|e| invalid_argument(&e))?;
-        let page = self.runtime.list_executions(&filter, after, limit)?;
+        let page = runtime.list_executions(&filter, after, limit)?;
         Ok(Response::new(ListExecutionsResponse {
             executions: page.items.iter().map(execution_to_pb).collect(),
             next_page_token: page
@@ -90,6 +93,7 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<CancelExecutionRequest>,
     ) -> Result<Response<CancelExecutionResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = request.into_inner();
         let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
         record_span("execution_id", &id);
@@ -97,7 +101,7 @@ impl ExecutionService for ExecutionApi {
             .reason
             .map(|r| r.trim().chars().take(1024).collect::<String>())
             .filter(|r| !r.is_empty());
-        let view = self.runtime.cancel_execution(&id, reason).await?;
+        let view = runtime.cancel_execution(&id, reason).await?;
         Ok(Response::new(CancelExecutionResponse {
             execution: Some(execution_to_pb(&view)),
         }))
@@ -109,6 +113,7 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<GetArtifactRequest>,
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = request.into_inner();
         let id = convert::require_id("execution_id", &request.execution_id)
             .map_err(|e| invalid_argument(&e))?;
@@ -119,7 +124,7 @@ impl ExecutionService for ExecutionApi {
                 "must be one of the execution's artifacts",
             )));
         }
-        let artifact = self.runtime.open_artifact(&id, &request.path).await?;
+        let artifact = runtime.open_artifact(&id, &request.path).await?;
         let size = artifact.size;
         let content_type = artifact.content_type;
         let file = artifact.file;

@@ -104,6 +104,8 @@ pub fn execute_request(req: pb::ExecuteWorkflowRequest) -> Result<ExecuteRequest
             .name
             .map(|n| n.trim().to_owned())
             .filter(|n| !n.is_empty()),
+        // Set from the caller by the scoped runtime.
+        ownership: None,
     })
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{BadRequest, ErrorDetail, ErrorInfo, FieldViolation, RetryInfo, StatusExt};
 
+use crate::api::access::{AccessError, AuthFailure, LimitExceeded};
 use crate::model::ValidationError;
 use crate::runtime::{ErrorClass, RuntimeError};
 
@@ -213,6 +214,100 @@ pub fn to_status(err: RuntimeError) -> Status {
                 [error_info(class, HashMap::new())],
             )
         }
+    }
+}
+
+/// `ErrorInfo.reason` of a refusal for missing or bad credentials.
+pub const REASON_UNAUTHENTICATED: &str = "AuthenticationError";
+/// `ErrorInfo.reason` of a refusal for a role that may not call the method.
+pub const REASON_PERMISSION_DENIED: &str = "PermissionError";
+/// `ErrorInfo.reason` of a refusal for a rate limit or quota.
+pub const REASON_RATE_LIMITED: &str = "RateLimitError";
+
+/// Maps a refusal of the access layer to its status: UNAUTHENTICATED, PERMISSION_DENIED or
+/// RESOURCE_EXHAUSTED (with RetryInfo and `retry-after` for a rate), each with ErrorInfo.
+/// Never names the credentials presented.
+pub fn access_status(err: &AccessError) -> Status {
+    let info = |reason: &str, metadata: Vec<(&str, String)>| -> ErrorDetail {
+        ErrorInfo::new(
+            reason,
+            ERROR_DOMAIN,
+            metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<HashMap<_, _>>(),
+        )
+        .into()
+    };
+    match err {
+        AccessError::Unauthenticated(failure) => {
+            let message = match failure {
+                AuthFailure::Missing => {
+                    "authentication required: send an api key as `authorization: Bearer <key>` \
+                     (or `x-api-key`), or a client certificate"
+                }
+                AuthFailure::Malformed => "the api key header is malformed",
+                AuthFailure::UnknownKey => "the api key is not valid",
+                AuthFailure::UnknownCertificate => {
+                    "the client certificate names no configured principal"
+                }
+            };
+            Status::with_error_details_vec(
+                Code::Unauthenticated,
+                message,
+                [info(
+                    REASON_UNAUTHENTICATED,
+                    vec![("cause", failure.cause().to_owned())],
+                )],
+            )
+        }
+        AccessError::PermissionDenied {
+            method,
+            role,
+            required,
+        } => Status::with_error_details_vec(
+            Code::PermissionDenied,
+            format!("{method} needs the {required} role; this principal is a {role}"),
+            [info(
+                REASON_PERMISSION_DENIED,
+                vec![
+                    ("method", method.clone()),
+                    ("role", role.as_str().to_owned()),
+                    ("required_role", required.as_str().to_owned()),
+                ],
+            )],
+        ),
+        AccessError::Limited(LimitExceeded::Rate { limit, retry_after }) => {
+            let mut status = Status::with_error_details_vec(
+                Code::ResourceExhausted,
+                format!("rate limit {limit} exceeded; retry later"),
+                [
+                    info(REASON_RATE_LIMITED, vec![("limit", (*limit).to_owned())]),
+                    ErrorDetail::RetryInfo(RetryInfo::new(Some(*retry_after))),
+                ],
+            );
+            let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+                .max(1)
+                .to_string();
+            if let Ok(value) = secs.parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
+        AccessError::Limited(LimitExceeded::Streams { max }) => Status::with_error_details_vec(
+            Code::ResourceExhausted,
+            format!("too many open streams: at most {max} per principal"),
+            [
+                info(
+                    REASON_RATE_LIMITED,
+                    vec![
+                        ("limit", "max_streams".to_owned()),
+                        ("max", max.to_string()),
+                    ],
+                ),
+                ErrorDetail::RetryInfo(RetryInfo::new(Some(std::time::Duration::from_secs(1)))),
+            ],
+        ),
     }
 }
 

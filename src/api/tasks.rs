@@ -34,9 +34,10 @@ impl TaskService for TaskApi {
         &self,
         request: Request<CreateTaskRequest>,
     ) -> Result<Response<CreateTaskResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let new_task =
             convert::create_task_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
-        let task = self.runtime.create_task(new_task)?;
+        let task = runtime.create_task(new_task)?;
         record_span("task_id", &task.id);
         Ok(Response::new(CreateTaskResponse {
             task: Some(task_to_pb(&task)),
@@ -47,10 +48,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let id =
             convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.tasks().get(&id)?;
+        let task = runtime.get_task(&id)?;
         Ok(Response::new(GetTaskResponse {
             task: Some(task_to_pb(&task)),
         }))
@@ -60,9 +62,10 @@ impl TaskService for TaskApi {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let (filter, after, limit) =
             convert::task_listing(request.into_inner()).map_err(|e| invalid_argument(&e))?;
-        let page = self.runtime.tasks().list(&filter, after, limit)?;
+        let page = runtime.list_tasks(&filter, after, limit)?;
         Ok(Response::new(ListTasksResponse {
             tasks: page.items.iter().map(task_to_pb).collect(),
             next_page_token: page
@@ -76,10 +79,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<UpdateTaskProgressRequest>,
     ) -> Result<Response<UpdateTaskProgressResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let (id, update) =
             convert::progress_update(request.into_inner()).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.update_task_progress(&id, update)?;
+        let task = runtime.update_task_progress(&id, update)?;
         Ok(Response::new(UpdateTaskProgressResponse {
             task: Some(task_to_pb(&task)),
         }))
@@ -89,10 +93,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<CancelTaskRequest>,
     ) -> Result<Response<CancelTaskResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = request.into_inner();
         let id = convert::cancel_request(&request).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.cancel_task(&id, request.reason).await?;
+        let task = runtime.cancel_task(&id, request.reason).await?;
         Ok(Response::new(CancelTaskResponse {
             task: Some(task_to_pb(&task)),
         }))
@@ -102,10 +107,11 @@ impl TaskService for TaskApi {
         &self,
         request: Request<RetryTaskRequest>,
     ) -> Result<Response<RetryTaskResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let id =
             convert::require_id("id", &request.get_ref().id).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = self.runtime.retry_task(&id).await?;
+        let task = runtime.retry_task(&id).await?;
         Ok(Response::new(RetryTaskResponse {
             task: Some(task_to_pb(&task)),
         }))

@@ -34,9 +34,10 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<RegisterWorkflowRequest>,
     ) -> Result<Response<RegisterWorkflowResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let register = convert::register_workflow_request(request.into_inner())
             .map_err(|e| invalid_argument(&e))?;
-        let workflow = self.runtime.workflows().register(register)?;
+        let workflow = runtime.register_workflow(register)?;
         record_span("workflow_id", &workflow.id);
         Ok(Response::new(RegisterWorkflowResponse {
             workflow: Some(workflow_to_pb(&workflow)),
@@ -47,13 +48,11 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<GetWorkflowRequest>,
     ) -> Result<Response<GetWorkflowResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = request.into_inner();
         let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
         record_span("workflow_id", &id);
-        let workflow = self
-            .runtime
-            .workflows()
-            .get(&id, request.version.as_deref())?;
+        let workflow = runtime.get_workflow(&id, request.version.as_deref())?;
         Ok(Response::new(GetWorkflowResponse {
             workflow: Some(workflow_to_pb(&workflow)),
         }))
@@ -63,12 +62,10 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<ListWorkflowsRequest>,
     ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let (filter, after, limit) =
             convert::workflow_listing(request.into_inner()).map_err(|e| invalid_argument(&e))?;
-        let page = self
-            .runtime
-            .workflows()
-            .list(&filter, after.as_ref(), limit)?;
+        let page = runtime.list_workflows(&filter, after.as_ref(), limit)?;
         Ok(Response::new(ListWorkflowsResponse {
             workflows: page.items.iter().map(workflow_to_pb).collect(),
             next_page_token: page
@@ -83,13 +80,11 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<DeleteWorkflowRequest>,
     ) -> Result<Response<DeleteWorkflowResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let request = request.into_inner();
         let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
         record_span("workflow_id", &id);
-        let deleted_versions = self
-            .runtime
-            .workflows()
-            .delete(&id, request.version.as_deref())?;
+        let deleted_versions = runtime.delete_workflow(&id, request.version.as_deref())?;
         Ok(Response::new(DeleteWorkflowResponse { deleted_versions }))
     }
 
@@ -97,12 +92,13 @@ impl WorkflowService for WorkflowApi {
         &self,
         request: Request<ValidateWorkflowRequest>,
     ) -> Result<Response<ValidateWorkflowResponse>, Status> {
+        let runtime = self.runtime.scoped(super::caller(&request));
         let (source, options) = super::executions_convert::validate_request(request.into_inner())
             .map_err(|e| invalid_argument(&e))?;
         if let crate::runtime::WorkflowSource::Registered { id, .. } = &source {
             record_span("workflow_id", id);
         }
-        let report = self.runtime.validate_workflow(&source, &options)?;
+        let report = runtime.validate_workflow(&source, &options)?;
         Ok(Response::new(
             super::executions_convert::validation_report_to_pb(&report),
         ))

@@ -69,6 +69,12 @@ pub struct ClientArgs {
     /// uses the system's roots).
     #[arg(long, global = true, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; needs --tls-key. Implies TLS.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// How results are printed: text for people, json for scripts (one JSON
     /// object per line, in the proto's JSON mapping).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
@@ -278,9 +284,10 @@ impl Client {
 /// address starts with https://.
 fn endpoint(args: &ClientArgs) -> anyhow::Result<Endpoint> {
     let server = args.server.trim();
-    let tls = args.tls_ca.is_some() || server.starts_with("https://");
+    let tls_flags = args.tls_ca.is_some() || args.tls_cert.is_some();
+    let tls = tls_flags || server.starts_with("https://");
     let uri = if server.starts_with("http://") || server.starts_with("https://") {
-        if args.tls_ca.is_some() {
+        if tls_flags {
             server.replacen("http://", "https://", 1)
         } else {
             server.to_owned()
@@ -299,6 +306,14 @@ fn endpoint(args: &ClientArgs) -> anyhow::Result<Endpoint> {
             let pem = std::fs::read(ca)
                 .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
             config = config.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let cert_pem = std::fs::read(cert).with_context(|| {
+                format!("cannot read the client certificate {}", cert.display())
+            })?;
+            let key_pem = std::fs::read(key)
+                .with_context(|| format!("cannot read the client key {}", key.display()))?;
+            config = config.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
         }
         endpoint = endpoint.tls_config(config).context("cannot set up TLS")?;
     }
@@ -522,6 +537,8 @@ mod tests {
             server: server.into(),
             api_key: None,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             output: OutputFormat::Text,
         };
         assert_eq!(

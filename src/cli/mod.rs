@@ -63,9 +63,20 @@ pub enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make API keys for `[[auth.principals]]`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// The commands that talk to a running server.
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh API key and the hex SHA-256 of its UTF-8 text, for a principal's
+    /// `api_key_sha256`. The key is shown once and stored nowhere.
+    New,
 }
 
 /// Flags for the settings people change most.
@@ -176,9 +187,13 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Healthcheck(args) => {
             let addr = match args.addr {
                 Some(addr) => addr,
-                None => healthcheck::probe_addr(
-                    load(&cli.config, &ServeArgs::default())?.service.listen,
-                ),
+                None => {
+                    // Behind TLS, the plaintext health-only listener is the one to ask.
+                    let config = load(&cli.config, &ServeArgs::default())?;
+                    healthcheck::probe_addr(
+                        config.tls.health_listen.unwrap_or(config.service.listen),
+                    )
+                }
             };
             healthcheck::run(&args, addr)
         }
@@ -192,6 +207,19 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Keys(KeysCommand::New) => {
+            let key = crate::api::access::new_key()
+                .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+            println!("key = \"{key}\"");
+            println!(
+                "api_key_sha256 = \"{}\"",
+                crate::api::access::key_sha256_hex(&key)
+            );
+            eprintln!(
+                "give the key to the client (authorization: Bearer <key>); put only the hash into the principal's api_key_sha256 list"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Print(args)) => {
             let config = load(&cli.config, &args)?;
             print!("{}", config.to_redacted_toml());
@@ -275,8 +303,20 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        // Third line, when configured: the plaintext health-only listener.
+        let health = match config.tls.health_listen {
+            Some(addr) => {
+                let health = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for health probes on {addr}"))?;
+                println!("comfy-reality health on {}", health.local_addr()?);
+                Some(health)
+            }
+            None => None,
+        };
         let signals = tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
-        let result = crate::server::serve_with_store(config, store, listener, shutdown).await;
+        let result =
+            crate::server::serve_with_listeners(config, store, listener, health, shutdown).await;
         signals.abort();
         metrics_shutdown.cancel();
         if let Some(metrics_server) = metrics_server {

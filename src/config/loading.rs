@@ -112,10 +112,13 @@ where
         .merge(EnvProvider { vars })
         .merge(CliProvider::new(overrides)?);
 
-    let config: Config = figment.extract().map_err(|error| ConfigError::Parse {
+    let mut config: Config = figment.extract().map_err(|error| ConfigError::Parse {
         violations: figment_violations(&error),
         error: Box::new(error),
     })?;
+    if let Some(dir) = file.and_then(Path::parent) {
+        resolve_tls_paths(&mut config, dir);
+    }
 
     let violations: Vec<ConfigViolation> = config
         .violations()
@@ -135,6 +138,24 @@ where
         Ok(config)
     } else {
         Err(ConfigError::Invalid { violations })
+    }
+}
+
+/// `[tls]` paths relative to the configuration file's directory, so that a file and its
+/// certificates can move together.
+fn resolve_tls_paths(config: &mut Config, dir: &Path) {
+    let tls = &mut config.tls;
+    for path in [
+        &mut tls.cert_file,
+        &mut tls.key_file,
+        &mut tls.client_ca_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if path.is_relative() && !path.as_os_str().is_empty() {
+            *path = dir.join(&*path);
+        }
     }
 }
 
@@ -417,6 +438,8 @@ fn figment_violations(error: &figment::Error) -> Vec<ConfigViolation> {
 fn source_of(figment: &Figment, key: &str) -> Option<String> {
     let key = if key.starts_with("servers") {
         "servers"
+    } else if key.starts_with("auth.principals") {
+        "auth.principals"
     } else {
         key
     };
@@ -466,6 +489,8 @@ mod tests {
             r#"
             [service]
             listen = "0.0.0.0:6000"
+            [auth]
+            allow_anonymous = true
             [runtime]
             max_concurrent_tasks = 2
             task_timeout_seconds = 60
@@ -549,7 +574,11 @@ mod tests {
             "{error}"
         );
 
-        let c = load_env(&[("COMFY_REALITY__SERVICE__LISTEN", "0.0.0.0:7000")]).unwrap();
+        let c = load_env(&[
+            ("COMFY_REALITY__SERVICE__LISTEN", "0.0.0.0:7000"),
+            ("COMFY_REALITY__AUTH__ALLOW_ANONYMOUS", "true"),
+        ])
+        .unwrap();
         assert_eq!(c.service.listen, "0.0.0.0:7000".parse().unwrap());
     }
 

@@ -1,5 +1,6 @@
 //! Service configuration: the typed settings, one file per section (`[service]`, `[runtime]`,
-//! `[executor]`, `[scheduling]`, `[events]`, `[store]`, `[[servers]]`), their layered loading
+//! `[executor]`, `[scheduling]`, `[events]`, `[store]`, `[[servers]]`, `[auth]`, `[limits]`,
+//! `[tls]`), their layered loading
 //! (defaults -> TOML file -> `COMFY_REALITY__SECTION__KEY` environment variables -> command-line
 //! flags; `loading.rs`), validation that reports every violation with its dotted key and where the
 //! value came from (`validate.rs`, errors in `error.rs`), and redaction for printing
@@ -19,9 +20,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod error;
 mod events;
 mod executor;
+mod limits;
 mod loading;
 mod redact;
 mod runtime;
@@ -31,11 +34,15 @@ mod service;
 mod store;
 #[cfg(test)]
 mod test_support;
+mod tls;
 mod validate;
+mod validate_access;
 
+pub use auth::{AuthConfig, AuthMode, PrincipalConfig, ReflectionAccess, Role, parse_sha256_hex};
 pub use error::{ConfigError, ConfigViolation, ERROR_CODE};
 pub use events::EventsConfig;
 pub use executor::{OptimizationLevel, TaskExecutorConfig};
+pub use limits::{LimitsConfig, LimitsOverride, PrincipalLimits};
 pub use loading::{CliOverrides, ConfigSources, ENV_PREFIX, ENV_SEPARATOR, load, load_from};
 pub use redact::{REDACTED, Secret};
 pub use runtime::{LogFormat, LogLevel, QueueType, RuntimeConfig};
@@ -43,6 +50,7 @@ pub use scheduling::SchedulingConfig;
 pub use servers::ServerConfig;
 pub use service::ServiceConfig;
 pub use store::{STORE_FILE_NAME, StoreConfig, StoreSynchronous};
+pub use tls::TlsConfig;
 
 /// The default `runtime.metrics_port`; also the port [`Config::metrics_addr`] falls back to when
 /// the configured one is out of range.
@@ -71,6 +79,13 @@ pub struct Config {
     /// `[[servers]]`: the ComfyUI backends. Default: one server at `http://127.0.0.1:8188`.
     /// Bound: at least one; urls unique; names, where given, unique.
     pub servers: Vec<ServerConfig>,
+    /// `[auth]`: how callers authenticate, and the principals (not in the seed).
+    pub auth: AuthConfig,
+    /// `[limits]`: per-principal rate limits and quotas, and the transport's hard limits (not in
+    /// the seed).
+    pub limits: LimitsConfig,
+    /// `[tls]`: TLS and mTLS for the gRPC listener (not in the seed). Default: plaintext.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -83,6 +98,9 @@ impl Default for Config {
             events: EventsConfig::default(),
             store: StoreConfig::default(),
             servers: vec![ServerConfig::default()],
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -37,6 +37,9 @@ impl Config {
         self.check_events(&mut out);
         self.check_store(&mut out);
         self.check_servers(&mut out);
+        self.check_auth(&mut out);
+        self.check_limits(&mut out);
+        self.check_tls(&mut out);
         out.0
     }
 
@@ -385,15 +388,15 @@ fn check_server_url(raw: &str) -> Result<String, String> {
     Ok(url.into())
 }
 
-fn seconds_ok(value: f64) -> bool {
+pub(super) fn seconds_ok(value: f64) -> bool {
     value > 0.0 && Duration::try_from_secs_f64(value).is_ok_and(|d| !d.is_zero())
 }
 
-fn seconds_message(value: f64) -> String {
+pub(super) fn seconds_message(value: f64) -> String {
     format!("must be a finite number of seconds greater than 0, got {value}")
 }
 
-fn check_seconds(out: &mut Collector, key: &str, value: f64) {
+pub(super) fn check_seconds(out: &mut Collector, key: &str, value: f64) {
     if !seconds_ok(value) {
         out.push(key, seconds_message(value));
     }
@@ -410,16 +413,16 @@ pub(super) struct Pending {
 
 /// The violations found so far, in the order the checks ran.
 #[derive(Default)]
-struct Collector(Vec<Pending>);
+pub(super) struct Collector(Vec<Pending>);
 
 impl Collector {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         let key = key.into();
         let lookups = vec![key.clone()];
         self.push_pending(key, message.into(), lookups);
     }
 
-    fn push_blaming(
+    pub(super) fn push_blaming(
         &mut self,
         key: impl Into<String>,
         message: impl Into<String>,

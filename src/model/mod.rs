@@ -80,10 +80,12 @@ macro_rules! string_enum {
 }
 
 pub mod events;
+pub mod ownership;
 pub mod task;
 pub mod workflow;
 
 pub use events::{EventCategory, LogLevel, PerformanceMetric, RuntimeEvent};
+pub use ownership::{Ownership, Scope};
 pub use task::{
     DEFAULT_MAX_RETRIES, DependencyType, NewTask, RetryError, Task, TaskDependency, TaskEvent,
     TaskEventType, TaskMetrics, TaskPriority, TaskRecord, TaskStatus, TaskType, TransitionError,

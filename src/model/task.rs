@@ -345,6 +345,9 @@ pub struct TaskRecord {
     pub created_at: DateTime<Utc>,
     /// See [`Task::updated_at`].
     pub updated_at: Option<DateTime<Utc>>,
+    /// Who created it (not in the seed); `None` for work created without authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<super::ownership::Ownership>,
 }
 
 /// The core task model (the seed's `Task`).
@@ -397,6 +400,8 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     /// When the task last changed.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Who created it (not in the seed); `None` for work created without authentication.
+    pub ownership: Option<super::ownership::Ownership>,
 }
 
 impl Task {
@@ -430,6 +435,7 @@ impl Task {
             metadata: new.metadata,
             created_at: Utc::now(),
             updated_at: None,
+            ownership: None,
         };
         task.check_common(&mut errors);
         errors.into_result()?;
@@ -469,6 +475,7 @@ impl Task {
             metadata: record.metadata,
             created_at: record.created_at,
             updated_at: record.updated_at,
+            ownership: record.ownership,
         };
         task.check_common(&mut errors);
         errors.into_result()?;
@@ -499,6 +506,7 @@ impl Task {
             metadata: self.metadata.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            ownership: self.ownership.clone(),
         }
     }
 

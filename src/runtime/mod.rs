@@ -10,6 +10,7 @@ mod executor;
 mod fingerprint;
 mod pending;
 pub mod scheduler;
+mod scoped;
 mod tasks;
 pub mod workflow_checks;
 mod workflows;
@@ -26,6 +27,7 @@ pub use executor::{
     BackendDevice, BackendState, ExecuteRequest, ExecutionOptions, ExecutionView, Executor,
     LoadSnapshot, ValidationReport, WorkflowSource,
 };
+pub use scoped::{Caller, EventVisibility, ScopedRuntime};
 pub use tasks::{MAX_CANCEL_CASCADE, NewTaskRequest, ProgressUpdate, TaskRegistry};
 pub use workflows::{RegisterWorkflowRequest, WorkflowRegistry};
 
@@ -153,6 +155,8 @@ struct Inner {
     started_at: DateTime<Utc>,
     /// This host's GPUs, sampled on a blocking thread of `tracker`.
     gpu: GpuMonitor,
+    /// Each principal's executions that may be queued or running (`limits.max_queued`).
+    active_by_owner: scoped::ActiveByOwner,
 }
 
 impl Runtime {
@@ -206,6 +210,7 @@ impl Runtime {
                 config,
                 started_at: Utc::now(),
                 gpu,
+                active_by_owner: scoped::ActiveByOwner::default(),
             }),
         })
     }
@@ -531,6 +536,11 @@ impl Runtime {
     /// The workflow registry.
     pub fn workflows(&self) -> &WorkflowRegistry {
         &self.inner.workflows
+    }
+
+    /// Each principal's executions that may be queued or running.
+    fn active_by_owner(&self) -> &scoped::ActiveByOwner {
+        &self.inner.active_by_owner
     }
 
     /// The effective configuration.

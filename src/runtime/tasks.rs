@@ -48,6 +48,9 @@ pub struct NewTaskRequest {
     pub timeout_seconds: Option<f64>,
     /// Idempotency key.
     pub request_id: Option<String>,
+    /// Who creates it; `None` without authentication. Its `request_id` is scoped to the
+    /// tenant.
+    pub ownership: Option<crate::model::Ownership>,
 }
 
 impl NewTaskRequest {
@@ -555,9 +558,12 @@ impl TaskRegistry {
                 return Err(model_violations.into());
             }
         };
-        let key = request
-            .request_id
-            .map(|key| IdempotencyKey { key, fingerprint });
+        let mut task = task;
+        task.ownership = request.ownership.clone();
+        let key = request.request_id.map(|key| IdempotencyKey {
+            key: super::executor::scoped_key(&key, request.ownership.as_ref()),
+            fingerprint,
+        });
         match self.store.create_task(task, key)? {
             CreateOutcome::Created(task) => {
                 tracing::info!(task_id = %task.id, name = ?task.name, "task created");

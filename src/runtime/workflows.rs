@@ -30,6 +30,8 @@ pub struct RegisterWorkflowRequest {
     pub author: Option<String>,
     /// Id of the workflow this is a version of; None creates a new one.
     pub workflow_id: Option<String>,
+    /// Who registers it; `None` without authentication.
+    pub ownership: Option<crate::model::Ownership>,
 }
 
 /// See the module docs.
@@ -72,6 +74,7 @@ impl WorkflowRegistry {
             return Err(violations.into());
         }
         workflow.id = id;
+        workflow.ownership = request.ownership;
         let same_registration = |other: &WorkflowDefinition| {
             other.name == workflow.name
                 && other.description == workflow.description

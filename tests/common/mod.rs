@@ -6,7 +6,9 @@
 //! Each test binary uses a different subset of this module.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod exec;
+pub mod hostile;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,6 +90,7 @@ impl TestServer {
                 tokio::spawn(comfy_reality::server::serve_with_runtime(
                     runtime,
                     listener,
+                    None,
                     token.clone(),
                 ))
             }

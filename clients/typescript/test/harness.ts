@@ -1,7 +1,8 @@
 // Starts the real comfy-reality server and the fake ComfyUI on free ports for the tests, each
 // with its own temporary directory, and reads the addresses they print (no sleeping).
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -114,4 +115,88 @@ export function startServer(comfyuiUrl: string): Promise<Started> {
     "comfy-reality listening on ",
     "comfy-reality",
   );
+}
+
+/** A server with access control: its address (`localhost:PORT`), the PEM files a client needs. */
+export interface Secured extends Started {
+  /** The CA that signed the server's and alice's certificates. */
+  ca: Buffer;
+  /** Alice's client certificate (CN alice.internal) and key. */
+  aliceCert: Buffer;
+  aliceKey: Buffer;
+  /** API keys of alice (tenant studio-a) and bob (tenant studio-b). */
+  keys: { alice: string; bob: string };
+}
+
+function openssl(dir: string, ...args: string[]): void {
+  execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+}
+
+/**
+ * `comfy-reality serve` with `auth.mode = "api_key_or_mtls"` and TLS from a CA made here with
+ * the openssl command; principals alice (key or certificate) and bob (key), in two tenants.
+ */
+export async function startSecuredServer(comfyuiUrl: string): Promise<Secured> {
+  const certs = await mkdtemp(join(tmpdir(), "secured-"));
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl(certs, "req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test ca");
+  await writeFile(join(certs, "server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  await writeFile(join(certs, "client.ext"), "extendedKeyUsage=clientAuth\n");
+  for (const [name, cn, ext] of [
+    ["server", "localhost", "server.ext"],
+    ["alice", "alice.internal", "client.ext"],
+  ] as const) {
+    openssl(certs, "req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`);
+    openssl(certs, "x509", "-req", "-in", `${name}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key",
+      "-CAcreateserial", "-out", `${name}.pem`, "-days", "2", "-extfile", ext);
+  }
+  const keys = { alice: randomBytes(32).toString("base64url"), bob: randomBytes(32).toString("base64url") };
+  const sha = (key: string): string => createHash("sha256").update(key, "utf8").digest("hex");
+  const config = join(certs, "config.toml");
+  await writeFile(
+    config,
+    `[runtime]
+enable_metrics = false
+[scheduling]
+probe_interval_seconds = 0.1
+[[servers]]
+url = "${comfyuiUrl}"
+[auth]
+mode = "api_key_or_mtls"
+[[auth.principals]]
+name = "alice"
+tenant = "studio-a"
+role = "submitter"
+api_key_sha256 = ["${sha(keys.alice)}"]
+cert_names = ["alice.internal"]
+[[auth.principals]]
+name = "bob"
+tenant = "studio-b"
+role = "submitter"
+api_key_sha256 = ["${sha(keys.bob)}"]
+[tls]
+cert_file = "server.pem"
+key_file = "server.key"
+client_ca_file = "ca.pem"
+`,
+  );
+  const started = await start(
+    serverBin,
+    (dir) => ["--config", config, "serve", "--listen", "127.0.0.1:0", "--data-dir", dir],
+    "comfy-reality listening on ",
+    "comfy-reality-secured",
+  );
+  const port = started.address.slice(started.address.lastIndexOf(":") + 1);
+  return {
+    ...started,
+    address: `localhost:${port}`,
+    ca: await readFile(join(certs, "ca.pem")),
+    aliceCert: await readFile(join(certs, "alice.pem")),
+    aliceKey: await readFile(join(certs, "alice.key")),
+    keys,
+    stop: async () => {
+      await started.stop();
+      await rm(certs, { recursive: true, force: true });
+    },
+  };
 }

@@ -89,6 +89,9 @@ pub struct ExecutionRecord {
     /// See [`WorkflowExecution::prompt_id`].
     #[serde(default)]
     pub prompt_id: Option<String>,
+    /// See [`WorkflowExecution::ownership`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<crate::model::Ownership>,
 }
 
 /// One run of a workflow (the seed's `WorkflowExecution`). Status and
@@ -134,6 +137,8 @@ pub struct WorkflowExecution {
     pub backend: Option<String>,
     /// The ComfyUI prompt id of the current or last attempt (not in the seed).
     pub prompt_id: Option<String>,
+    /// Who created it (not in the seed); `None` for work created without authentication.
+    pub ownership: Option<crate::model::Ownership>,
 }
 
 impl WorkflowExecution {
@@ -158,6 +163,7 @@ impl WorkflowExecution {
             workflow_version: new.workflow_version,
             backend: None,
             prompt_id: None,
+            ownership: None,
         };
         execution.validate()?;
         Ok(execution)
@@ -184,6 +190,7 @@ impl WorkflowExecution {
             workflow_version: record.workflow_version,
             backend: record.backend,
             prompt_id: record.prompt_id,
+            ownership: record.ownership,
         };
         execution.validate()?;
         Ok(execution)
@@ -210,6 +217,7 @@ impl WorkflowExecution {
             workflow_version: self.workflow_version.clone(),
             backend: self.backend.clone(),
             prompt_id: self.prompt_id.clone(),
+            ownership: self.ownership.clone(),
         }
     }
 

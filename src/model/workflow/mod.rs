@@ -95,6 +95,9 @@ pub struct WorkflowRecord {
     pub created_at: DateTime<Utc>,
     /// See [`WorkflowDefinition::workflow_json`].
     pub workflow_json: String,
+    /// See [`WorkflowDefinition::ownership`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<crate::model::Ownership>,
 }
 
 /// A ComfyUI workflow (the seed's `WorkflowDefinition`): metadata plus the
@@ -138,6 +141,8 @@ pub struct WorkflowDefinition {
     /// The ComfyUI API-format JSON text exactly as received (possibly
     /// `{"prompt": ...}`-wrapped).
     pub workflow_json: String,
+    /// Who registered it (not in the seed); `None` when registered without authentication.
+    pub ownership: Option<crate::model::Ownership>,
 }
 
 impl WorkflowDefinition {
@@ -165,12 +170,14 @@ impl WorkflowDefinition {
             tags: record.tags,
             author: record.author,
         };
-        Self::build(
+        let mut definition = Self::build(
             Some(record.id),
             meta,
             &record.workflow_json,
             record.created_at,
-        )
+        )?;
+        definition.ownership = record.ownership;
+        Ok(definition)
     }
 
     /// What a store keeps of this workflow.
@@ -184,6 +191,7 @@ impl WorkflowDefinition {
             author: self.author.clone(),
             created_at: self.created_at,
             workflow_json: self.workflow_json.clone(),
+            ownership: self.ownership.clone(),
         }
     }
 
@@ -231,6 +239,7 @@ impl WorkflowDefinition {
             author: strip_optional(meta.author),
             created_at,
             workflow_json: workflow_json.to_owned(),
+            ownership: None,
         };
         definition.revalidate_under(&base);
         Ok(definition)

@@ -97,6 +97,18 @@ pub struct ExecuteRequest {
     pub dependencies: Vec<TaskDependency>,
     /// Name of the root task.
     pub name: Option<String>,
+    /// Who submits it; `None` without authentication. The execution and its tasks carry it,
+    /// and its idempotency key is scoped to the tenant.
+    pub ownership: Option<crate::model::Ownership>,
+}
+
+/// The key an idempotency key is stored under: the tenant's own namespace, so that two
+/// tenants using the same key never meet.
+pub(crate) fn scoped_key(key: &str, ownership: Option<&crate::model::Ownership>) -> String {
+    match ownership {
+        Some(ownership) => format!("{}\u{1f}{key}", ownership.tenant),
+        None => key.to_owned(),
+    }
 }
 
 /// Per-execution options of an execute (or validate) request.

@@ -259,7 +259,10 @@ impl Executor {
         // the queue's fill). Two first submissions racing with one key are
         // settled by the store.
         if let Some(key) = &request.idempotency_key
-            && let Some((stored, id)) = self.shared.store.execution_for_key(key)?
+            && let Some((stored, id)) = self
+                .shared
+                .store
+                .execution_for_key(&super::scoped_key(key, request.ownership.as_ref()))?
         {
             return if stored == fingerprint {
                 self.view_with_position(&id).await
@@ -374,7 +377,7 @@ impl Executor {
         let mut metadata = JsonObject::new();
         metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
         metadata.insert("workflow_id".into(), Value::from(workflow.id.clone()));
-        let root = Task::new(NewTask {
+        let mut root = Task::new(NewTask {
             id: None,
             task_type: TaskType::Workflow,
             priority: request.priority,
@@ -387,11 +390,12 @@ impl Executor {
             timeout_seconds: Some(timeout),
             metadata,
         })?;
+        root.ownership = request.ownership.clone();
         // NODE tasks are created when the execution is first dispatched
         // (`node_tasks`): a queued execution costs one task, not one per node.
         let tasks = vec![root.clone()];
         let config = prepared.options.to_json();
-        let execution = WorkflowExecution::new(NewExecution {
+        let mut execution = WorkflowExecution::new(NewExecution {
             id: Some(execution_id),
             workflow_id: workflow.id.clone(),
             client_id: None,
@@ -400,10 +404,12 @@ impl Executor {
             environment: Default::default(),
             workflow_version: registered.then(|| workflow.version.clone()),
         })?;
+        execution.ownership = request.ownership.clone();
         let prompt = Bytes::from(Value::Object(prepared.prompt).to_string());
-        let key = request
-            .idempotency_key
-            .map(|key| IdempotencyKey { key, fingerprint });
+        let key = request.idempotency_key.map(|key| IdempotencyKey {
+            key: super::scoped_key(&key, request.ownership.as_ref()),
+            fingerprint,
+        });
         let outcome = self.shared.store.create_execution(
             NewExecutionRecord {
                 execution,

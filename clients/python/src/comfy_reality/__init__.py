@@ -19,7 +19,7 @@ from comfyreality.runtime.v1.workflow_pb2 import WorkflowDefinition
 from comfyreality.runtime.v1.workflow_pb2 import WorkflowExecution as Execution
 
 from ._async_client import AsyncClient
-from ._channel import TLS
+from ._channel import PEM, TLS, ClientCertificate
 from ._client import Client, EventStream
 from ._errors import (
     AlreadyExistsError,
@@ -39,6 +39,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TLS",
+    "PEM",
+    "ClientCertificate",
     "AlreadyExistsError",
     "AsyncClient",
     "Client",

@@ -25,7 +25,7 @@ from comfyreality.runtime.v1 import (
 )
 
 from . import _requests
-from ._channel import TLS, call_metadata, credentials
+from ._channel import TLS, ClientCertificate, call_metadata, credentials
 from ._client import HEALTH_CHECK, check_artifact, remaining, write_artifact
 from ._errors import ComfyRealityError, UnavailableError, from_rpc_error
 from ._streams import Resume, WatchEnd, is_terminal
@@ -48,10 +48,11 @@ class AsyncClient:
         *,
         api_key: str | None = None,
         tls: TLS = None,
+        client_certificate: ClientCertificate = None,
         timeout: float | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        creds = credentials(tls)
+        creds = credentials(tls, client_certificate)
         opts = list(options)
         self._metadata = call_metadata(api_key)
         self._timeout = timeout

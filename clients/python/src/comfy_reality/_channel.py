@@ -15,20 +15,41 @@ TLS = Union[bool, grpc.ChannelCredentials, bytes, str, "os.PathLike[str]", None]
 
 Metadata = tuple[tuple[str, str], ...]
 
+#: A PEM document: its bytes, or the path of its file.
+PEM = Union[bytes, str, "os.PathLike[str]"]
 
-def credentials(tls: TLS) -> grpc.ChannelCredentials | None:
-    """The channel credentials for `tls` (see TLS), None for plaintext."""
+#: `client_certificate`: (certificate chain, private key) for mTLS, each PEM bytes or a path.
+ClientCertificate = Union[tuple[PEM, PEM], None]
+
+
+def _pem(value: PEM) -> bytes:
+    return value if isinstance(value, bytes) else pathlib.Path(value).read_bytes()
+
+
+def credentials(tls: TLS, client_certificate: ClientCertificate = None) -> grpc.ChannelCredentials | None:
+    """The channel credentials for `tls` (see TLS) and an optional client certificate (mTLS,
+    which implies TLS), None for plaintext."""
+    chain = key = None
+    if client_certificate is not None:
+        chain, key = _pem(client_certificate[0]), _pem(client_certificate[1])
+        if tls is None or tls is False:
+            tls = True
     if tls is None or tls is False:
         return None
-    if tls is True:
-        return grpc.ssl_channel_credentials()
     if isinstance(tls, grpc.ChannelCredentials):
+        if client_certificate is not None:
+            raise TypeError("client_certificate needs tls as True, PEM bytes or a path, not credentials")
         return tls
-    if isinstance(tls, bytes):
-        return grpc.ssl_channel_credentials(root_certificates=tls)
-    if isinstance(tls, (str, os.PathLike)):
-        return grpc.ssl_channel_credentials(root_certificates=pathlib.Path(tls).read_bytes())
-    raise TypeError(f"tls must be a bool, grpc.ChannelCredentials, PEM bytes or a path, not {type(tls).__name__}")
+    roots: bytes | None
+    if tls is True:
+        roots = None
+    elif isinstance(tls, bytes):
+        roots = tls
+    elif isinstance(tls, (str, os.PathLike)):
+        roots = pathlib.Path(tls).read_bytes()
+    else:
+        raise TypeError(f"tls must be a bool, grpc.ChannelCredentials, PEM bytes or a path, not {type(tls).__name__}")
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=chain)
 
 
 def call_metadata(api_key: str | None) -> Metadata:

@@ -24,7 +24,7 @@ from comfyreality.runtime.v1 import (
 )
 
 from . import _requests
-from ._channel import TLS, call_metadata, credentials
+from ._channel import TLS, ClientCertificate, call_metadata, credentials
 from ._errors import ComfyRealityError, DeadlineExceededError, UnavailableError, from_rpc_error
 from ._streams import Resume, WatchEnd, is_terminal
 
@@ -128,6 +128,8 @@ class Client:
     `address` is `host:port`. `api_key` goes out as `authorization: Bearer <key>` on every
     call. `tls`: None/False for plaintext, True for TLS with the system's roots,
     grpc.ChannelCredentials, or a CA certificate to trust as PEM bytes or a PEM file path.
+    `client_certificate`: (certificate chain, private key), each PEM bytes or a file path, for
+    a server that takes client certificates (mTLS; implies TLS).
     `timeout` is the deadline in seconds of each unary call and each download (not of the
     event streams). Use it as a context manager, or call `close()`.
 
@@ -140,10 +142,11 @@ class Client:
         *,
         api_key: str | None = None,
         tls: TLS = None,
+        client_certificate: ClientCertificate = None,
         timeout: float | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        creds = credentials(tls)
+        creds = credentials(tls, client_certificate)
         opts = list(options)
         self._metadata = call_metadata(api_key)
         self._timeout = timeout

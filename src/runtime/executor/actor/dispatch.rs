@@ -432,7 +432,10 @@ fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task>
             timeout_seconds: None,
             metadata,
         }) {
-            Ok(task) => tasks.push(task),
+            Ok(mut task) => {
+                task.ownership = root.ownership.clone();
+                tasks.push(task);
+            }
             Err(error) => {
                 tracing::error!(execution_id, node_id, %error, "node task not created");
             }

@@ -1,0 +1,184 @@
+//! Audit: every mutating call and every refused call becomes an `audit.call` RuntimeEvent
+//! (category AUDIT) on the event bus, which also logs it as a structured line: principal,
+//! tenant, full gRPC method, target id, outcome status and peer address. The target id is what
+//! the handler recorded through [`record_target`] while it ran. Nothing secret goes in: no key,
+//! no header, no request body.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+use serde_json::Value;
+use tonic::{Code, Status};
+
+use super::identity::Principal;
+use crate::model::events::EventContext;
+use crate::model::{EventCategory, LogLevel, RuntimeEvent};
+use crate::runtime::Runtime;
+
+/// `event_type` of every audit event.
+pub const AUDIT_EVENT_TYPE: &str = "audit.call";
+
+tokio::task_local! {
+    /// The id the current call is about, set by handlers through [`record_target`].
+    static TARGET: Target;
+}
+
+/// The id a call is about, filled in by its handler.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Target(Arc<Mutex<Option<String>>>);
+
+impl Target {
+    pub(super) fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|t| t.clone())
+    }
+}
+
+/// Runs `future` with `target` as the call's audit target.
+pub(super) fn scope<F: Future>(target: &Target, future: F) -> impl Future<Output = F::Output> {
+    TARGET.scope(target.clone(), future)
+}
+
+/// Records the id the current call is about (the last one recorded wins: an execution's id
+/// after its workflow's). Outside an audited call it does nothing.
+pub fn record_target(id: &str) {
+    let _ = TARGET.try_with(|target| {
+        if let Ok(mut slot) = target.0.lock() {
+            *slot = Some(id.to_owned());
+        }
+    });
+}
+
+/// Where audit events go.
+#[derive(Clone)]
+pub(super) struct Auditor {
+    /// The runtime whose bus carries the events.
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auditor")
+    }
+}
+
+/// What is known of a call before it is handled.
+#[derive(Debug)]
+pub(super) struct Entry {
+    /// Full gRPC method.
+    method: String,
+    /// The peer's address.
+    peer: Option<SocketAddr>,
+}
+
+impl Entry {
+    pub(super) fn new(method: &str, peer: Option<SocketAddr>) -> Self {
+        Self {
+            method: method.to_owned(),
+            peer,
+        }
+    }
+}
+
+impl Auditor {
+    pub(super) fn new(runtime: &Runtime) -> Self {
+        Self {
+            runtime: runtime.clone(),
+        }
+    }
+
+    /// A call refused before its handler ran.
+    pub(super) fn refused(&self, entry: Entry, principal: Option<&Principal>, status: &Status) {
+        self.publish(entry, principal, None, status.code(), LogLevel::Warning);
+    }
+
+    /// A mutating call its handler answered, with the status in the response headers (an
+    /// error) or none (OK so far).
+    pub(super) fn handled(
+        &self,
+        entry: Entry,
+        principal: &Principal,
+        target: Option<String>,
+        headers: &HeaderMap,
+    ) {
+        let code = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from_i32);
+        self.publish(entry, Some(principal), target, code, LogLevel::Info);
+    }
+
+    fn publish(
+        &self,
+        entry: Entry,
+        principal: Option<&Principal>,
+        target: Option<String>,
+        code: Code,
+        level: LogLevel,
+    ) {
+        let name = principal.map(|p| p.name.clone());
+        let message = format!(
+            "{} {} by {}: {}",
+            if code == Code::Ok {
+                "call"
+            } else {
+                "refused call"
+            },
+            entry.method,
+            name.as_deref().unwrap_or("an unauthenticated caller"),
+            code_name(code)
+        );
+        let Ok(event) = RuntimeEvent::new(EventCategory::Audit, AUDIT_EVENT_TYPE, message) else {
+            return;
+        };
+        let mut event = event.with_level(if code == Code::Ok {
+            LogLevel::Info
+        } else {
+            level
+        });
+        let text = |v: Option<String>| v.map_or(Value::Null, Value::String);
+        event.data.insert("principal".into(), text(name.clone()));
+        event
+            .data
+            .insert("tenant".into(), text(principal.map(|p| p.tenant.clone())));
+        event
+            .data
+            .insert("method".into(), Value::String(entry.method));
+        event.data.insert("target_id".into(), text(target));
+        event
+            .data
+            .insert("outcome".into(), Value::String(code_name(code).to_owned()));
+        event
+            .data
+            .insert("peer".into(), text(entry.peer.map(|p| p.to_string())));
+        event.user_id = name;
+        self.runtime
+            .bus()
+            .publish_runtime(event, EventContext::default());
+    }
+}
+
+/// The canonical upper-case name of a code (`PERMISSION_DENIED`).
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
