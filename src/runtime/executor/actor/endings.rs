@@ -91,12 +91,13 @@ impl Actor {
             "not executed: no output of the prompt needed it",
             true,
         );
+        let ended = self.record_end(sched, TaskStatus::Completed);
         self.update_root(sched, |task| {
             task.progress_message = Some("completed".into());
             task.complete(Some(result))
                 .map_err(|source| illegal(task, source))
         });
-        self.finish(sched, TaskStatus::Completed);
+        self.finish(sched, ended);
     }
 
     /// Ends `sched` FAILED with `failure` (no retry).
@@ -113,11 +114,12 @@ impl Actor {
         self.settle_nodes(sched, "not run: the execution failed", false);
         let message = failure.message.clone();
         let kind = failure.kind.as_str().to_owned();
+        let ended = self.record_end(sched, TaskStatus::Failed);
         self.update_root(sched, |task| {
             task.fail(message, Some(kind))
                 .map_err(|source| illegal(task, source))
         });
-        self.finish(sched, TaskStatus::Failed);
+        self.finish(sched, ended);
     }
 
     /// Ends `sched` CANCELLED with `reason`.
@@ -126,10 +128,12 @@ impl Actor {
             return;
         };
         tracing::info!(execution_id = %live.id, %reason, "execution cancelled");
-        if let Err(error) = self.shared.tasks.cancel(&live.root, Some(reason)) {
-            tracing::error!(execution_id = %live.id, %error, "root task not cancelled");
+        let root = live.root.clone();
+        let ended = self.record_end(sched, TaskStatus::Cancelled);
+        if let Err(error) = self.shared.tasks.cancel(&root, Some(reason)) {
+            tracing::error!(execution_id = %ended.as_ref().map(|e| e.id.clone()).unwrap_or_default(), %error, "root task not cancelled");
         }
-        self.finish(sched, TaskStatus::Cancelled);
+        self.finish(sched, ended);
     }
 
     /// Cancels the NODE tasks that have not ended, with `reason`.
@@ -171,18 +175,16 @@ impl Actor {
         }
     }
 
-    /// Forgets an ended execution and records its end on the record.
-    fn finish(&mut self, sched: ExecutionId, status: TaskStatus) {
-        let Some(live) = self.live.remove(&sched) else {
-            return;
-        };
-        self.by_id.remove(&live.id);
-        self.by_root.remove(&live.root);
-        self.deferred_starts.retain(|(s, _)| *s != sched);
-        if let Some(run) = &live.run {
-            run.abandon.cancel();
-        }
-        self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+    /// Records the end of `sched` on its execution record (status and total
+    /// duration). Called before its root task ends: the root's terminal event
+    /// is written after the record, so whoever reads the execution on that
+    /// event sees it ended.
+    fn record_end(
+        &self,
+        sched: ExecutionId,
+        status: TaskStatus,
+    ) -> Option<crate::model::WorkflowExecution> {
+        let live = self.live.get(&sched)?;
         let result = self.shared.update_execution(&live.id, |execution| {
             if execution.status() != status {
                 execution
@@ -197,15 +199,32 @@ impl Actor {
             Ok(())
         });
         match result {
-            Ok(execution) => {
-                if let Some(seconds) = execution.total_duration_seconds {
-                    self.shared.record_duration(seconds);
-                }
-                self.ended_event(&live, &execution);
-            }
+            Ok(execution) => Some(execution),
             Err(error) => {
-                tracing::error!(execution_id = %live.id, %error, "execution end not recorded")
+                tracing::error!(execution_id = %live.id, %error, "execution end not recorded");
+                None
             }
+        }
+    }
+
+    /// Forgets an ended execution (its record ended by
+    /// [`Actor::record_end`], given as `ended`) and announces its end.
+    fn finish(&mut self, sched: ExecutionId, ended: Option<crate::model::WorkflowExecution>) {
+        let Some(live) = self.live.remove(&sched) else {
+            return;
+        };
+        self.by_id.remove(&live.id);
+        self.by_root.remove(&live.root);
+        self.deferred_starts.retain(|(s, _)| *s != sched);
+        if let Some(run) = &live.run {
+            run.abandon.cancel();
+        }
+        self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+        if let Some(execution) = ended {
+            if let Some(seconds) = execution.total_duration_seconds {
+                self.shared.record_duration(seconds);
+            }
+            self.ended_event(&live, &execution);
         }
     }
 
