@@ -58,6 +58,34 @@ impl Env {
         }
     }
 
+    /// Waits (bounded) until the server's backend is up with its node
+    /// catalogue read.
+    fn wait_backend_catalogue(&self) {
+        use comfy_reality::pb::admin_service_client::AdminServiceClient;
+        let endpoint = format!("http://{}", self.addr);
+        self.rt.block_on(async {
+            let mut client = AdminServiceClient::connect(endpoint)
+                .await
+                .expect("connect to the server");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let info = client
+                    .get_runtime_info(comfy_reality::pb::GetRuntimeInfoRequest::default())
+                    .await
+                    .expect("GetRuntimeInfo")
+                    .into_inner();
+                if info.backends.iter().any(|b| b.node_classes > 0) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the backend never came up: {info:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
     /// Stops the server with SIGTERM and starts it again on the same address
     /// and data folder, as an operator's restart would (the fake restarts in
     /// between).
@@ -418,6 +446,10 @@ fn off_a_terminal_watch_prints_plain_lines_whatever_the_ui_settings() {
 #[test]
 fn a_failing_workflow_exits_1() {
     let env = Env::start();
+    // TestFail is an output node only by the backend's object_info: submit
+    // once the backend's node catalogue is known (before it, the name-based
+    // check would refuse the graph).
+    env.wait_backend_catalogue();
     let file = env.write(
         "fail.json",
         &json!({"1": {"class_type": "TestFail", "inputs": {"message": "boom"}}}),
