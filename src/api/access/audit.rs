@@ -13,6 +13,7 @@ use serde_json::Value;
 use tonic::{Code, Status};
 
 use super::identity::Principal;
+use crate::api::status::code_name;
 use crate::model::events::EventContext;
 use crate::model::{EventCategory, LogLevel, RuntimeEvent};
 use crate::runtime::Runtime;
@@ -157,28 +158,5 @@ impl Auditor {
         self.runtime
             .bus()
             .publish_runtime(event, EventContext::default());
-    }
-}
-
-/// The canonical upper-case name of a code (`PERMISSION_DENIED`).
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
