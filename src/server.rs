@@ -24,7 +24,9 @@ use crate::pb::execution_service_server::ExecutionServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::pb::workflow_service_server::WorkflowServiceServer;
 use crate::runtime::Runtime;
-use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError};
+use crate::store::{
+    MemoryStore, RedisOptions, RedisStore, SqliteOptions, SqliteStore, Store, StoreError,
+};
 use crate::telemetry::grpc_metrics::GrpcMetricsLayer;
 
 /// Health service name that stays SERVING while the process lives.
@@ -81,8 +83,10 @@ pub enum ServeError {
     },
 }
 
-/// The store `runtime.queue_type` names. Redis and RabbitMQ are accepted by the
-/// configuration but not implemented: they keep state in process, as `memory` does.
+/// The store `runtime.queue_type` names: the SQLite file, memory, or Redis at
+/// `runtime.queue_url` (this waits for another runtime's lease there to expire,
+/// up to one and a half `redis.lease_seconds`). RabbitMQ is refused by
+/// validation; this refuses it too for a configuration built by hand.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match config.runtime.queue_type {
         QueueType::Sqlite => {
@@ -96,9 +100,24 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             tracing::info!(path = %resolved.display(), "durable store opened");
             Ok(Arc::new(store))
         }
-        QueueType::Memory | QueueType::Redis | QueueType::Rabbitmq => {
-            Ok(Arc::new(MemoryStore::new()))
+        QueueType::Memory => Ok(Arc::new(MemoryStore::new())),
+        QueueType::Redis => {
+            let options = RedisOptions::from_config(config).ok_or_else(|| StoreError::Open {
+                path: "runtime.queue_url".into(),
+                reason: "runtime.queue_type is redis but runtime.queue_url is not set".into(),
+            })?;
+            let store = RedisStore::open(&options)?;
+            tracing::info!(
+                url = %crate::config::redact_url(&options.url),
+                key_prefix = %options.key_prefix,
+                "redis store opened; this runtime holds its lease"
+            );
+            Ok(Arc::new(store))
         }
+        QueueType::Rabbitmq => Err(StoreError::Open {
+            path: "runtime.queue_url".into(),
+            reason: "runtime.queue_type rabbitmq is not implemented yet".into(),
+        }),
     }
 }
 

@@ -204,6 +204,14 @@ pub fn to_status(err: RuntimeError) -> Status {
             err.to_string(),
             [error_info(class, HashMap::new())],
         ),
+        RuntimeError::Store(source) if source.is_unavailable() => {
+            tracing::warn!(error = %source, "store unavailable");
+            Status::with_error_details_vec(
+                Code::Unavailable,
+                "the state store is unavailable; retry shortly (a write refused this way may have been stored: retry with the same idempotency key)",
+                [error_info(class, HashMap::new())],
+            )
+        }
         RuntimeError::Store(source) => {
             // A store failure is our bug or our disk's problem: log it in
             // full, tell the client only that it happened.

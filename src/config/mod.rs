@@ -1,6 +1,6 @@
 //! Service configuration: the typed settings, one file per section (`[service]`, `[runtime]`,
-//! `[executor]`, `[scheduling]`, `[events]`, `[store]`, `[[servers]]`, `[auth]`, `[limits]`,
-//! `[tls]`), their layered loading
+//! `[executor]`, `[scheduling]`, `[events]`, `[store]`, `[redis]`, `[[servers]]`, `[auth]`,
+//! `[limits]`, `[tls]`), their layered loading
 //! (defaults -> TOML file -> `COMFY_REALITY__SECTION__KEY` environment variables -> command-line
 //! flags; `loading.rs`), validation that reports every violation with its dotted key and where the
 //! value came from (`validate.rs`, errors in `error.rs`), and redaction for printing
@@ -27,6 +27,7 @@ mod executor;
 mod limits;
 mod loading;
 mod redact;
+mod redis;
 mod runtime;
 mod scheduling;
 mod servers;
@@ -44,7 +45,8 @@ pub use events::EventsConfig;
 pub use executor::{OptimizationLevel, TaskExecutorConfig};
 pub use limits::{LimitsConfig, LimitsOverride, PrincipalLimits};
 pub use loading::{CliOverrides, ConfigSources, ENV_PREFIX, ENV_SEPARATOR, load, load_from};
-pub use redact::{REDACTED, Secret};
+pub use redact::{REDACTED, Secret, redact_url};
+pub use redis::RedisConfig;
 pub use runtime::{LogFormat, LogLevel, QueueType, RuntimeConfig};
 pub use scheduling::SchedulingConfig;
 pub use servers::ServerConfig;
@@ -76,6 +78,9 @@ pub struct Config {
     /// `[store]`: the durable embedded store: where it lives, how long finished work is kept
     /// (not in the seed).
     pub store: StoreConfig,
+    /// `[redis]`: the Redis store's key prefix, lease, event retention and timeouts, used when
+    /// `runtime.queue_type = "redis"` (not in the seed).
+    pub redis: RedisConfig,
     /// `[[servers]]`: the ComfyUI backends. Default: one server at `http://127.0.0.1:8188`.
     /// Bound: at least one; urls unique; names, where given, unique.
     pub servers: Vec<ServerConfig>,
@@ -97,6 +102,7 @@ impl Default for Config {
             scheduling: SchedulingConfig::default(),
             events: EventsConfig::default(),
             store: StoreConfig::default(),
+            redis: RedisConfig::default(),
             servers: vec![ServerConfig::default()],
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),

@@ -145,7 +145,7 @@ impl Config {
 
 /// `raw` with any password replaced by `REDACTED`. A string that does not parse as a URL but
 /// looks like it has credentials (`scheme://...@host`) loses everything before the `@`.
-pub(super) fn redact_url(raw: &str) -> Cow<'_, str> {
+pub fn redact_url(raw: &str) -> Cow<'_, str> {
     match url::Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_none() {
@@ -256,8 +256,9 @@ mod tests {
         let mut c = Config::default();
         c.service.metrics_listen = Some("0.0.0.0:9100".parse().unwrap());
         c.service.shutdown_grace_seconds = 2.5;
-        c.runtime.queue_type = QueueType::Rabbitmq;
-        c.runtime.queue_url = Some("amqp://broker:5672".into());
+        c.runtime.queue_type = QueueType::Redis;
+        c.runtime.queue_url = Some("redis://broker:6379/1".into());
+        c.redis.key_prefix = "studio-a".into();
         c.runtime.log_file = Some(PathBuf::from("/var/log/cr.log"));
         c.runtime.log_level = LogLevel::Debug;
         c.executor.max_memory_mb = Some(4096);

@@ -25,7 +25,8 @@ pub struct RuntimeConfig {
     pub task_retry_delay_seconds: f64,
     /// Where tasks, executions and events are kept. Default: `sqlite` (durable, in
     /// [`Config::store_path`]; the seed's default is `memory`). One of `sqlite`, `memory`,
-    /// `redis`, `rabbitmq`.
+    /// `redis` (state in Redis at `queue_url`, see `[redis]`); `rabbitmq` is refused at start
+    /// (not implemented yet).
     ///
     /// [`Config::store_path`]: super::Config::store_path
     pub queue_type: QueueType,
@@ -128,9 +129,10 @@ pub enum QueueType {
     Sqlite,
     /// In-process queue, lost when the process exits; needs no `queue_url`.
     Memory,
-    /// A Redis broker at `queue_url`.
+    /// State, queue and event log in Redis at `queue_url` (`[redis]`).
     Redis,
-    /// A RabbitMQ broker at `queue_url`.
+    /// A RabbitMQ broker at `queue_url`: named by the seed, not implemented yet, so refused
+    /// by validation (never quietly kept in memory).
     Rabbitmq,
 }
 
@@ -238,5 +240,17 @@ mod tests {
                 load_toml(&format!("[runtime]\nqueue_type = \"{queue_type}\"\n"));
             assert_eq!(result.unwrap().runtime.queue_type.as_str(), queue_type);
         }
+    }
+
+    #[test]
+    fn a_queue_type_that_is_not_implemented_is_refused() {
+        let (result, _, _dir) = load_toml(
+            "[runtime]\nqueue_type = \"rabbitmq\"\nqueue_url = \"amqp://broker:5672\"\n",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("runtime.queue_type") && message.contains("not implemented"),
+            "{message}"
+        );
     }
 }

@@ -36,6 +36,7 @@ impl Config {
         self.check_scheduling(&mut out);
         self.check_events(&mut out);
         self.check_store(&mut out);
+        self.check_redis(&mut out);
         self.check_servers(&mut out);
         self.check_auth(&mut out);
         self.check_limits(&mut out);
@@ -109,6 +110,23 @@ impl Config {
             .as_deref()
             .is_none_or(|url| url.trim().is_empty());
         let needs_broker = matches!(runtime.queue_type, QueueType::Redis | QueueType::Rabbitmq);
+        if runtime.queue_type == QueueType::Rabbitmq {
+            out.push(
+                "runtime.queue_type",
+                "rabbitmq is not implemented yet; use sqlite (the default, one process), memory or redis (several replicas)",
+            );
+        }
+        if runtime.queue_type == QueueType::Redis
+            && let Some(url) = runtime.queue_url.as_deref()
+            && !url.trim().is_empty()
+            && let Some(problem) = redis_url_problem(url)
+        {
+            out.push_blaming(
+                "runtime.queue_url",
+                problem,
+                &["runtime.queue_url", "runtime.queue_type"],
+            );
+        }
         if needs_broker && queue_url_missing {
             out.push_blaming(
                 "runtime.queue_url",
@@ -299,6 +317,57 @@ impl Config {
         );
     }
 
+    fn check_redis(&self, out: &mut Collector) {
+        let redis = &self.redis;
+        let prefix = &redis.key_prefix;
+        if prefix.is_empty() || prefix.chars().count() > 64 {
+            out.push(
+                "redis.key_prefix",
+                format!(
+                    "must be 1 to 64 characters, got {}",
+                    prefix.chars().count()
+                ),
+            );
+        } else if prefix
+            .chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+        {
+            out.push(
+                "redis.key_prefix",
+                "must not contain braces, whitespace or control characters",
+            );
+        }
+        if !(1.0..=300.0).contains(&redis.lease_seconds) {
+            out.push(
+                "redis.lease_seconds",
+                format!(
+                    "must be between 1 and 300 seconds, got {}",
+                    redis.lease_seconds
+                ),
+            );
+        }
+        if !seconds_ok(redis.command_timeout_seconds) || redis.command_timeout_seconds > 60.0 {
+            out.push(
+                "redis.command_timeout_seconds",
+                format!(
+                    "must be a finite number of seconds greater than 0 and at most 60, got {}",
+                    redis.command_timeout_seconds
+                ),
+            );
+        }
+        let history = u64::try_from(self.events.history_len).unwrap_or(u64::MAX);
+        if redis.event_retention < history {
+            out.push_blaming(
+                "redis.event_retention",
+                format!(
+                    "must be at least events.history_len ({history}), got {}: a subscriber resuming within the window must find its events",
+                    redis.event_retention
+                ),
+                &["redis.event_retention", "events.history_len"],
+            );
+        }
+    }
+
     fn check_servers(&self, out: &mut Collector) {
         if self.servers.is_empty() {
             out.push("servers", "at least one server is required");
@@ -444,6 +513,23 @@ impl Collector {
     }
 }
 
+/// Why `url` cannot be a Redis url the store connects to, or None.
+fn redis_url_problem(url: &str) -> Option<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Some("is not a url; use redis://host:port/db or unix:///path/to/redis.sock".into());
+    };
+    match parsed.scheme() {
+        "redis" | "unix" | "redis+unix" => None,
+        "rediss" => Some(
+            "rediss:// (Redis over TLS) is not supported yet; reach Redis over a private network, a unix socket or a TLS tunnel"
+                .into(),
+        ),
+        other => Some(format!(
+            "has scheme {other}; use redis://host:port/db or unix:///path/to/redis.sock"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -513,13 +599,44 @@ mod tests {
             (
                 "runtime.queue_url",
                 |c| {
-                    c.runtime.queue_type = QueueType::Rabbitmq;
+                    c.runtime.queue_type = QueueType::Redis;
                     c.runtime.queue_url = Some("  ".into());
                 },
                 |c| {
-                    c.runtime.queue_type = QueueType::Rabbitmq;
-                    c.runtime.queue_url = Some("amqp://localhost".into());
+                    c.runtime.queue_type = QueueType::Redis;
+                    c.runtime.queue_url = Some("unix:///run/redis.sock".into());
                 },
+            ),
+            (
+                "runtime.queue_url",
+                |c| {
+                    c.runtime.queue_type = QueueType::Redis;
+                    c.runtime.queue_url = Some("rediss://redis:6380".into());
+                },
+                |c| {
+                    c.runtime.queue_type = QueueType::Redis;
+                    c.runtime.queue_url = Some("redis://:secret@redis:6379/2".into());
+                },
+            ),
+            (
+                "redis.key_prefix",
+                |c| c.redis.key_prefix = "{studio}".into(),
+                |c| c.redis.key_prefix = "studio-a".into(),
+            ),
+            (
+                "redis.lease_seconds",
+                |c| c.redis.lease_seconds = 0.5,
+                |c| c.redis.lease_seconds = 1.0,
+            ),
+            (
+                "redis.command_timeout_seconds",
+                |c| c.redis.command_timeout_seconds = 61.0,
+                |c| c.redis.command_timeout_seconds = 60.0,
+            ),
+            (
+                "redis.event_retention",
+                |c| c.redis.event_retention = 100,
+                |c| c.redis.event_retention = 8_192,
             ),
             (
                 "runtime.log_file",

@@ -1,5 +1,6 @@
 //! One behaviour suite for every `Store`: each check takes a fresh, empty
-//! store, and `conformance!` runs it against `MemoryStore` and `SqliteStore`,
+//! store, and `conformance!` runs it against `MemoryStore`, `SqliteStore` and
+//! `RedisStore` (on a real `redis-server`, one per check),
 //! so the durable store answers exactly as the reference one does.
 
 use bytes::Bytes;
@@ -39,7 +40,31 @@ macro_rules! conformance {
                 }
             )+
         }
+
+        mod redis {
+            $(
+                #[test]
+                fn $check() {
+                    let server = comfy_reality_fake_comfyui::RedisServer::start()
+                        .expect("redis-server starts");
+                    let store = crate::store::RedisStore::open(&super::redis_options(&server.url()))
+                        .expect("a fresh redis store opens");
+                    super::$check(&store);
+                }
+            )+
+        }
     };
+}
+
+/// Options for a test's Redis store: short lease and timeouts.
+fn redis_options(url: &str) -> crate::store::RedisOptions {
+    crate::store::RedisOptions {
+        url: url.to_owned(),
+        key_prefix: "conformance".to_owned(),
+        lease: std::time::Duration::from_secs(3),
+        event_retention: 10_000,
+        command_timeout: std::time::Duration::from_secs(2),
+    }
 }
 
 conformance!(

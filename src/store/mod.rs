@@ -1,15 +1,18 @@
 //! The `Store` trait: where tasks, executions, events, idempotency keys and
-//! registered workflows live, with its two implementations: `MemoryStore`
-//! (tests, throwaway runs) and `SqliteStore` (durable, the default).
+//! registered workflows live, with its three implementations side by side:
+//! `MemoryStore` (tests, throwaway runs), `SqliteStore` (durable, the
+//! default) and `RedisStore` (durable in a Redis server, for replicas).
 //! Implementations keep data; they never drive execution or decide state
 //! changes (that is the runtime's job).
 
 #[cfg(test)]
 mod conformance;
 mod memory;
+mod redis;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{CompactionReport, RetentionPolicy, SqliteOptions, SqliteStore};
 
 use std::path::PathBuf;
@@ -39,6 +42,23 @@ pub enum StoreError {
     /// A stored row could not be read back into its domain type.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A store on another machine (Redis) cannot be reached now, or did not
+    /// answer in time; the call may succeed when retried. A write that fails
+    /// this way may or may not have been applied.
+    #[error("the state store is unreachable: {0}")]
+    Unreachable(String),
+    /// This process no longer holds the store's lease: another runtime took
+    /// it over, so this one must stop writing.
+    #[error("this runtime lost its lease on the store: {0}")]
+    Fenced(String),
+}
+
+impl StoreError {
+    /// Whether the failure is the store being out of reach (or taken over),
+    /// rather than a fault in this process or its data.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unreachable(_) | Self::Fenced(_))
+    }
 }
 
 /// Which tasks a listing returns. Empty lists mean "no filter".
@@ -284,6 +304,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one version, or every version when `version` is None; returns
     /// the versions deleted (empty when nothing matched).
     fn delete_workflow(&self, id: &str, version: Option<&str>) -> Result<Vec<String>, StoreError>;
+
+    /// Whether the store can take reads and writes now (readiness asks each
+    /// second). An embedded store always can; a remote one answers
+    /// [`StoreError::Unreachable`] while it cannot be reached and
+    /// [`StoreError::Fenced`] once another runtime took it over.
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Orders semver strings numerically ("1.10.0" after "1.9.0"); versions are

@@ -74,6 +74,7 @@ mod jobs;
 mod nodes;
 mod pyjson;
 mod queue;
+mod redis_server;
 mod server;
 mod shared;
 mod validate;
@@ -90,6 +91,7 @@ use tokio_util::task::TaskTracker;
 
 pub use devices::DeviceType;
 pub use faults::Faults;
+pub use redis_server::{REDIS_SERVER_ENV, RedisServer};
 
 use devices::DeviceState;
 use faults::FaultState;
