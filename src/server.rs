@@ -121,6 +121,50 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// How often readiness asks the store whether it can be used.
+const STORE_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Readiness follows the store: NOT_SERVING (the API services and readiness; liveness stays
+/// SERVING) while it cannot be reached, SERVING again once it can. A store taken over by
+/// another runtime (a lost Redis lease) starts the shutdown: this process must stop working.
+async fn follow_store_health(
+    runtime: Runtime,
+    reporter: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(STORE_HEALTH_INTERVAL) => {}
+        }
+        let check = runtime.clone();
+        let health = tokio::task::spawn_blocking(move || check.store_health())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("health check failed: {e}"))));
+        match health {
+            Ok(()) if !serving => {
+                tracing::info!("the store is reachable again: readiness SERVING");
+                set_all(&reporter, ServingStatus::Serving, false).await;
+                serving = true;
+            }
+            Ok(()) => {}
+            Err(error @ StoreError::Fenced(_)) => {
+                tracing::error!(%error, "shutting down: another runtime took the store over");
+                set_all(&reporter, ServingStatus::NotServing, false).await;
+                shutdown.cancel();
+                return;
+            }
+            Err(error) if serving => {
+                tracing::warn!(%error, "the store is unreachable: readiness NOT_SERVING");
+                set_all(&reporter, ServingStatus::NotServing, false).await;
+                serving = false;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn set_all(reporter: &HealthReporter, status: ServingStatus, include_liveness: bool) {
     for name in API_SERVICES.iter().copied().chain(["", READINESS]) {
         reporter.set_service_status(name, status).await;
@@ -203,6 +247,11 @@ pub async fn serve_with_runtime(
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::Serving, true).await;
+    let store_watch = tokio::spawn(follow_store_health(
+        runtime.clone(),
+        reporter.clone(),
+        shutdown.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -304,6 +353,7 @@ pub async fn serve_with_runtime(
             Err(error) => tracing::warn!(%error, "health-only listener task failed"),
         }
     }
+    store_watch.abort();
     runtime.shutdown().await;
     tracing::info!("server stopped");
     Ok(())

@@ -244,9 +244,8 @@ mod tests {
 
     #[test]
     fn a_queue_type_that_is_not_implemented_is_refused() {
-        let (result, _, _dir) = load_toml(
-            "[runtime]\nqueue_type = \"rabbitmq\"\nqueue_url = \"amqp://broker:5672\"\n",
-        );
+        let (result, _, _dir) =
+            load_toml("[runtime]\nqueue_type = \"rabbitmq\"\nqueue_url = \"amqp://broker:5672\"\n");
         let message = result.unwrap_err().to_string();
         assert!(
             message.contains("runtime.queue_type") && message.contains("not implemented"),

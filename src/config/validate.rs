@@ -323,10 +323,7 @@ impl Config {
         if prefix.is_empty() || prefix.chars().count() > 64 {
             out.push(
                 "redis.key_prefix",
-                format!(
-                    "must be 1 to 64 characters, got {}",
-                    prefix.chars().count()
-                ),
+                format!("must be 1 to 64 characters, got {}", prefix.chars().count()),
             );
         } else if prefix
             .chars()

@@ -548,6 +548,13 @@ impl Runtime {
         &self.inner.config
     }
 
+    /// Whether the state store can take reads and writes now (see
+    /// [`Store::health`](crate::store::Store::health)); readiness follows it. Blocking: call it
+    /// off the async workers.
+    pub fn store_health(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.tasks.store().health()
+    }
+
     /// When the runtime started.
     pub fn started_at(&self) -> DateTime<Utc> {
         self.inner.started_at

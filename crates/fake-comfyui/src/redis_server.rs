@@ -82,7 +82,9 @@ impl RedisServer {
             match self.spawn() {
                 Ok(()) => return Ok(()),
                 // The old socket may linger a moment.
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -136,7 +138,9 @@ impl RedisServer {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(io::Error::other("redis-server did not answer PING within 10 s"));
+                return Err(io::Error::other(
+                    "redis-server did not answer PING within 10 s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -32,7 +32,10 @@ impl Health {
             reason.clone_into(&mut last);
         }
         if !self.down.swap(true, Ordering::AcqRel) {
-            tracing::error!(reason, "redis is unreachable; writes wait for it, calls that need it fail with UNAVAILABLE");
+            tracing::error!(
+                reason,
+                "redis is unreachable; writes wait for it, calls that need it fail with UNAVAILABLE"
+            );
         }
     }
 
@@ -57,11 +60,7 @@ impl Health {
             return Err(StoreError::Fenced(format!("held by {holder}")));
         }
         if self.down.load(Ordering::Acquire) {
-            let reason = self
-                .reason
-                .lock()
-                .map(|r| r.clone())
-                .unwrap_or_default();
+            let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
             return Err(StoreError::Unreachable(reason));
         }
         Ok(())

@@ -134,6 +134,7 @@ impl RedisStore {
             client,
             keys.clone(),
             token,
+            options.lease,
             options.command_timeout,
             Arc::clone(&health),
         )?;
@@ -229,10 +230,7 @@ impl RedisStore {
                     continue;
                 }
                 if items.len() == limit {
-                    return Ok(Page {
-                        items,
-                        next: last,
-                    });
+                    return Ok(Page { items, next: last });
                 }
                 items.push(item);
                 last = Some(seq);
@@ -755,7 +753,9 @@ impl Store for RedisStore {
             self.health.reached();
             Ok(())
         } else {
-            Err(StoreError::Unreachable(format!("redis answered PING with {pong}")))
+            Err(StoreError::Unreachable(format!(
+                "redis answered PING with {pong}"
+            )))
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The Lua scripts behind every write of the Redis store. Each write is one
 //! script, so it applies whole or not at all, and only while this runtime
 //! still holds the lease (a runtime that lost it is fenced off). Every
-//! script gets the same `KEYS` (see [`Keys::all`](super::keys::Keys::all))
-//! and `ARGV[1]` = the lease token, and answers a list whose first element
+//! script gets the same `KEYS` (see [`Keys::all`](super::keys::Keys::all)),
+//! `ARGV[1]` = the lease token and `ARGV[2]` = the lease's length in ms
+//! (the prelude takes a lease that expired while Redis was away and nobody
+//! else took, then removes `ARGV[2]`), and answers a list whose first element
 //! is `ok`, `fenced`, `missing` or `existing`.
 //!
 //! Each script is safe to run twice (the writer resends a batch whose
@@ -19,9 +21,14 @@ local K_LEASE, K_SEQ, K_TASKS, K_TASK_ORDER, K_CHILDREN, K_TASK_EXEC, K_TASK_KEY
       K_EXECS, K_EXEC_ORDER, K_PROMPTS, K_EXEC_KEYS, K_EVENTS, K_EVENTS_LAST, K_META,
       K_WORKFLOWS, K_WORKFLOW_INDEX = unpack(KEYS)
 local holder = redis.call('GET', K_LEASE)
-if holder ~= ARGV[1] then
-  return {'fenced', holder or ''}
+if holder == false then
+  -- Expired while Redis was away and nobody took it: this runtime's again.
+  redis.call('SET', K_LEASE, ARGV[1], 'PX', ARGV[2])
+elseif holder ~= ARGV[1] then
+  return {'fenced', holder}
 end
+-- From here on ARGV[2] is the script's own first argument.
+table.remove(ARGV, 2)
 
 -- A new task: creation order, its parent's child list, its body. Run twice, it only rewrites the body.
 local function insert_task(id, parent, body)

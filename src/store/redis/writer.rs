@@ -61,6 +61,7 @@ impl Writer {
         client: Client,
         keys: Keys,
         token: Arc<str>,
+        lease: Duration,
         timeout: Duration,
         health: Arc<Health>,
     ) -> Result<Self, StoreError> {
@@ -72,6 +73,7 @@ impl Writer {
                     client,
                     keys,
                     token,
+                    lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
                     timeout,
                     health,
                     connection: None,
@@ -145,6 +147,7 @@ struct State {
     client: Client,
     keys: Keys,
     token: Arc<str>,
+    lease_ms: u64,
     timeout: Duration,
     health: Arc<Health>,
     connection: Option<Connection>,
@@ -225,7 +228,9 @@ impl State {
         }
         let connection = self.connect()?;
         match pipe.query::<Vec<Reply>>(connection) {
-            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
                 // The server forgot the scripts (restarted, or SCRIPT FLUSH): load them, once more.
                 load_scripts(connection)?;
                 pipe.query::<Vec<Reply>>(connection)
@@ -258,7 +263,8 @@ impl State {
             .arg(job.kind.script().get_hash())
             .arg(keys.len())
             .arg(&keys[..])
-            .arg(&*self.token);
+            .arg(&*self.token)
+            .arg(self.lease_ms);
         for arg in &job.args {
             command.arg(arg.as_slice());
         }
