@@ -276,12 +276,14 @@ impl Runtime {
 }
 
 /// Which store a runtime uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// `queue_type = "memory"`.
     Memory,
     /// `queue_type = "sqlite"` (the default), in a fresh data directory.
     Sqlite,
+    /// `queue_type = "redis"` at this url.
+    Redis(String),
 }
 
 /// Starts the runtime with `extra_toml` appended to a benchmark base
@@ -290,13 +292,14 @@ pub enum StoreKind {
 pub fn start_runtime(store: StoreKind, backends: &[&str], extra_toml: &str) -> Runtime {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let queue_type = match store {
-        StoreKind::Memory => "memory",
-        StoreKind::Sqlite => "sqlite",
+    let queue = match &store {
+        StoreKind::Memory => "queue_type = \"memory\"".to_owned(),
+        StoreKind::Sqlite => "queue_type = \"sqlite\"".to_owned(),
+        StoreKind::Redis(url) => format!("queue_type = \"redis\"\nqueue_url = {url:?}"),
     };
     let mut toml = format!(
         "[service]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n\
-         [runtime]\nqueue_type = \"{queue_type}\"\nlog_level = \"warning\"\n{extra_toml}\n"
+         [runtime]\n{queue}\nlog_level = \"warning\"\n{extra_toml}\n"
     );
     for (i, url) in backends.iter().enumerate() {
         let _ = write!(toml, "\n[[servers]]\nname = \"b{i}\"\nurl = \"{url}\"\n");

@@ -295,7 +295,7 @@ impl Subscription {
     }
 
     /// Waits for the end of `execution_id`; panics unless it COMPLETED.
-    async fn wait_end(&self, execution_id: String) -> Instant {
+    pub(crate) async fn wait_end(&self, execution_id: String) -> Instant {
         let rx = {
             let mut slots = self.slots.lock().expect("slots");
             match slots.remove(&execution_id) {
@@ -369,7 +369,7 @@ pub(crate) struct RuntimeClient {
 
 impl RuntimeClient {
     /// Connects, then waits until the runtime reports its backend UP.
-    async fn connect(endpoint: String) -> Self {
+    pub(crate) async fn connect(endpoint: String) -> Self {
         let channel = Channel::from_shared(endpoint)
             .expect("endpoint")
             .connect()
@@ -422,7 +422,7 @@ impl RuntimeClient {
     }
 
     /// One job, its end read from `subscription`; seconds to the end.
-    async fn job_subscribed(&self, subscription: &Subscription, nonce: u64) -> f64 {
+    pub(crate) async fn job_subscribed(&self, subscription: &Subscription, nonce: u64) -> f64 {
         let start = Instant::now();
         let id = self.submit(nonce).await;
         (subscription.wait_end(id).await - start).as_secs_f64()

@@ -8,7 +8,7 @@
 //! figure (this machine is shared and noisy; see `harness.rs`).
 //!
 //! Options after `--`: `--only NAME[,NAME]` (submit, latency, fanout,
-//! memory, footprint, peer, auth), `--smoke` (tiny sizes under `cargo bench`),
+//! memory, footprint, peer, auth, redis), `--smoke` (tiny sizes under `cargo bench`),
 //! `--queued N` (the largest queue of benchmarks 1 and 4; default 1,000,000),
 //! `--markdown FILE` (also write the table there).
 //!
@@ -24,6 +24,7 @@ mod harness;
 mod latency;
 mod memory;
 mod peer;
+mod redis;
 mod submit;
 
 use harness::{Mode, Report};
@@ -66,7 +67,7 @@ fn main() {
 
     println!("comfy-reality benchmark suite ({mode:?} run)");
     let mut report = Report::new(mode);
-    let benchmarks: [(&str, Benchmark); 7] = [
+    let benchmarks: [(&str, Benchmark); 8] = [
         ("submit", submit::run),
         ("latency", latency::run),
         ("fanout", fanout::run),
@@ -74,6 +75,7 @@ fn main() {
         ("footprint", footprint::run),
         ("peer", peer::run),
         ("auth", auth::run),
+        ("redis", redis::run),
     ];
     for (name, run) in benchmarks {
         if selected(name) {

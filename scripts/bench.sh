@@ -3,7 +3,7 @@
 # table of figures and ratios against baselines measured in the same run. Takes several minutes.
 #
 #   ./scripts/bench.sh                      # everything
-#   ./scripts/bench.sh --only submit,fanout # some (submit latency fanout memory footprint peer auth)
+#   ./scripts/bench.sh --only submit,fanout # some (submit latency fanout memory footprint peer auth redis)
 #   ./scripts/bench.sh --markdown out.md    # also write the table to out.md
 set -euo pipefail
 
@@ -15,6 +15,9 @@ source scripts/tools.sh
 step "install the peer: comfy-api-proxy $COMFY_API_PROXY_VERSION"
 install_pip_package comfy-api-proxy "$COMFY_API_PROXY_VERSION"
 export COMFY_API_PROXY="$VENV_DIR/bin/comfy-api-proxy"
+
+step "install redis-server $REDIS_MAJOR (benchmark 8)"
+install_redis_server
 
 step "cargo build --release --locked -p comfy-reality-fake-comfyui (the suite starts it as a process)"
 cargo build --release --locked -p comfy-reality-fake-comfyui

