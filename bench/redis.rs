@@ -150,6 +150,35 @@ pub fn run(mode: Mode, report: &mut Report) {
         "informative",
         None,
     );
+    // What the Redis side asked of redis-server, per job of the sequential windows.
+    let stats = redis.command("INFO commandstats").unwrap_or_default();
+    let calls: Vec<(String, u64)> = stats
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect();
+    let sequential_jobs = (jobs * pairs + mode.pick(2, 30)) as f64;
+    let per_job: Vec<String> = calls
+        .iter()
+        .filter(|(_, n)| *n as f64 / sequential_jobs >= 0.05)
+        .map(|(name, n)| format!("{name} {:.1}", *n as f64 / sequential_jobs))
+        .collect();
+    println!("redis commands per sequential job: {}", per_job.join(", "));
+    report.add(
+        BENCH,
+        "Redis commands per job (sequential windows)",
+        per_job.join(", "),
+        "informative",
+        None,
+    );
     let mut wall = Paired::default();
     for _ in 0..pairs {
         wall.push(

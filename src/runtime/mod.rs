@@ -549,7 +549,7 @@ impl Runtime {
     }
 
     /// Whether the state store can take reads and writes now (see
-    /// [`Store::health`](crate::store::Store::health)); readiness follows it. Blocking: call it
+    /// [`Store::health`]); readiness follows it. Blocking: call it
     /// off the async workers.
     pub fn store_health(&self) -> Result<(), crate::store::StoreError> {
         self.inner.tasks.store().health()

@@ -105,12 +105,12 @@ impl RedisServer {
         stream.write_all(format!("{line}\r\n").as_bytes())?;
         let mut reply = Vec::new();
         let mut buffer = [0u8; 4096];
-        loop {
+        while resp_end(&reply, 0).is_none() {
             let n = stream.read(&mut buffer)?;
-            reply.extend_from_slice(&buffer[..n]);
-            if n == 0 || reply.ends_with(b"\r\n") {
+            if n == 0 {
                 break;
             }
+            reply.extend_from_slice(&buffer[..n]);
         }
         Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
     }
@@ -155,6 +155,32 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Where the RESP value starting at `at` ends (one past it), or None while incomplete.
+fn resp_end(buffer: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + buffer.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+    let header = std::str::from_utf8(buffer.get(at + 1..line_end)?).ok()?;
+    let after = line_end + 2;
+    match buffer.get(at)? {
+        b'$' => {
+            let length: i64 = header.parse().ok()?;
+            if length < 0 {
+                return Some(after);
+            }
+            let end = after + usize::try_from(length).ok()? + 2;
+            (buffer.len() >= end).then_some(end)
+        }
+        b'*' => {
+            let count: i64 = header.parse().ok()?;
+            let mut next = after;
+            for _ in 0..count.max(0) {
+                next = resp_end(buffer, next)?;
+            }
+            Some(next)
+        }
+        _ => Some(after),
     }
 }
 
