@@ -3,24 +3,71 @@
 //! through it (the store alone could answer with an older state while a
 //! write is queued); each entry is dropped once its write committed, unless
 //! a newer write of the same object has come since.
+//!
+//! It is also the cache of *live* objects: an entry whose committed state
+//! passes the `keep` test (a running execution, a task of one) stays after
+//! its commit, so the executor's steps read it from memory instead of the
+//! store; it goes once a state that fails the test (an end) has committed.
+//! Every change of a task or execution record goes through here, so a kept
+//! entry is never older than the store; dropping one is always safe (the
+//! store has it), which bounds the cache at [`MAX_KEPT`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Most committed entries kept as live; past it they are all dropped (and
+/// read from the store again).
+const MAX_KEPT: usize = 65_536;
+
+/// One object's newest state.
+struct Entry<T> {
+    /// The number of the write that set it.
+    number: u64,
+    /// The state.
+    value: T,
+    /// Its write committed (it stays only because it is live).
+    committed: bool,
+}
+
+/// The entries and how many of them are committed.
+struct Entries<T> {
+    by_id: HashMap<String, Entry<T>>,
+    committed: usize,
+}
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::new(),
+            committed: 0,
+        }
+    }
+}
+
 /// See the module docs. `T` is a task or an execution, keyed by id.
 pub(crate) struct PendingWrites<T> {
-    /// Id -> (write number, state written).
-    entries: Arc<Mutex<HashMap<String, (u64, T)>>>,
+    /// Id -> its newest state.
+    entries: Arc<Mutex<Entries<T>>>,
     /// The next write number.
     next: AtomicU64,
+    /// Whether a committed state is live (stays cached).
+    keep: fn(&T) -> bool,
 }
 
 impl<T> Default for PendingWrites<T> {
     fn default() -> Self {
+        Self::keeping(|_| false)
+    }
+}
+
+impl<T> PendingWrites<T> {
+    /// Pending writes that also keep each committed state passing `keep`.
+    pub(crate) fn keeping(keep: fn(&T) -> bool) -> Self {
         Self {
             entries: Arc::default(),
             next: AtomicU64::new(0),
+            keep,
         }
     }
 }
@@ -31,8 +78,9 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_id
             .get(id)
-            .map(|(_, value)| value.clone())
+            .map(|entry| entry.value.clone())
     }
 
     /// Records that `value` was handed to the store as the state of `id`;
@@ -40,15 +88,39 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
     /// forgets it unless a newer write came since.
     pub(crate) fn insert(&self, id: String, value: T) -> Box<dyn FnOnce() + Send> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone(), (number, value));
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let replaced = entries.by_id.insert(
+                id.clone(),
+                Entry {
+                    number,
+                    value,
+                    committed: false,
+                },
+            );
+            if replaced.is_some_and(|old| old.committed) {
+                entries.committed -= 1;
+            }
+        }
         let entries = Arc::clone(&self.entries);
+        let keep = self.keep;
         Box::new(move || {
             let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
-            if entries.get(&id).is_some_and(|(n, _)| *n == number) {
-                entries.remove(&id);
+            let Some(entry) = entries.by_id.get_mut(&id) else {
+                return;
+            };
+            if entry.number != number {
+                return;
+            }
+            if keep(&entry.value) {
+                entry.committed = true;
+                entries.committed += 1;
+                if entries.committed > MAX_KEPT {
+                    entries.by_id.retain(|_, entry| !entry.committed);
+                    entries.committed = 0;
+                }
+            } else {
+                entries.by_id.remove(&id);
             }
         })
     }
@@ -59,6 +131,7 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_id
             .len()
     }
 }
@@ -78,5 +151,35 @@ mod tests {
         second();
         assert_eq!(pending.get("a"), None);
         assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn a_live_state_stays_after_its_commit_until_a_state_that_is_not_live_commits() {
+        let pending = PendingWrites::keeping(|value: &i32| *value < 10);
+        pending.insert("a".into(), 1)();
+        assert_eq!(pending.get("a"), Some(1), "live: kept after its commit");
+        let end = pending.insert("a".into(), 10);
+        assert_eq!(pending.get("a"), Some(10));
+        end();
+        assert_eq!(pending.get("a"), None, "ended: read from the store again");
+        pending.insert("b".into(), 2)();
+        let newer = pending.insert("b".into(), 3);
+        assert_eq!(pending.get("b"), Some(3));
+        newer();
+        assert_eq!(pending.get("b"), Some(3));
+    }
+
+    #[test]
+    fn kept_entries_are_bounded() {
+        let pending = PendingWrites::keeping(|_: &usize| true);
+        for i in 0..=super::MAX_KEPT {
+            pending.insert(i.to_string(), i)();
+        }
+        assert_eq!(pending.len(), 0, "past the bound every committed entry goes");
+        let waiting = pending.insert("x".into(), 1);
+        pending.insert("y".into(), 2)();
+        assert_eq!(pending.len(), 2);
+        waiting();
+        assert_eq!(pending.get("x"), Some(1));
     }
 }

@@ -156,7 +156,7 @@ impl TaskRegistry {
         Self {
             store,
             write_gate: Mutex::new(()),
-            pending: PendingWrites::default(),
+            pending: PendingWrites::keeping(task_is_live),
             bus,
             ended: OnceLock::new(),
             holds: Mutex::new(HashMap::new()),
@@ -792,4 +792,17 @@ impl TaskRegistry {
         commit.wait()?;
         Ok(task)
     }
+}
+
+/// Whether a task stays cached after its write committed ([`PendingWrites`]): the tasks of
+/// running executions, which the executor reads at each step. Queued work is not kept (a
+/// queue of a million would be a million cached tasks).
+fn task_is_live(task: &Task) -> bool {
+    let status = task.status();
+    !status.is_terminal()
+        && match task.task_type {
+            TaskType::Node => true,
+            TaskType::Workflow => status == TaskStatus::Running,
+            _ => false,
+        }
 }

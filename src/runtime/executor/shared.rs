@@ -128,7 +128,9 @@ impl Shared {
             settings,
             pool,
             exec_gate: Mutex::new(()),
-            pending: PendingWrites::default(),
+            pending: PendingWrites::keeping(|execution: &WorkflowExecution| {
+                execution.status() == crate::model::TaskStatus::Running
+            }),
             backlog: AtomicUsize::new(0),
             recent: Mutex::new(Vec::new()),
             load: Mutex::new(LoadSnapshot::default()),
