@@ -10,16 +10,20 @@
 //! writer commits whatever is queued together (group commit) and announces
 //! each write's events in order. Callers that answer a client wait for the
 //! commit ([`Commit::wait`]); the executor does not. Publishing is one
-//! ring push and one broadcast send after the commit. No event is copied per subscriber (each receiver clones the `Arc`
-//! when it reads), but tokio's broadcast send wakes every receiver parked
+//! ring push and one broadcast send after the commit. No event is copied or
+//! encoded per subscriber: each is a [`SharedEvent`], whose `Arc` every
+//! receiver clones and which keeps the event's wire encoding once the first
+//! subscriber made it. But tokio's broadcast send wakes every receiver parked
 //! waiting, so with many idle-waiting subscribers a publish costs more
 //! (benchmark 3 measures it: about 2 µs with 1, 22 µs with 1,000). The window and the live channel
 //! are bounded; a subscriber that falls behind the live channel catches up
 //! from the window, then from the store (see [`crate::runtime::events`]).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use bytes::Bytes;
 use chrono::Utc;
 use tokio::sync::broadcast;
 
@@ -33,23 +37,72 @@ pub const DEFAULT_HISTORY: usize = 8_192;
 /// from history.
 const LIVE_CAPACITY: usize = 4096;
 
+/// An announced event as its readers share it: the event, and its wire
+/// encoding once a reader made it, so that a thousand subscribers encode it
+/// once. Reads as the [`Event`] it holds.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The event (the `Arc` the store was handed).
+    event: Arc<Event>,
+    /// The event's encoding for subscribers, made by the first one that sends
+    /// it. The bus never reads it: its format belongs to whoever encodes (the
+    /// API layer, which stores a protobuf `Event`).
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// `event`, not yet encoded.
+    pub fn new(event: Arc<Event>) -> Self {
+        Self {
+            event,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Arc<Event> {
+        &self.event
+    }
+
+    /// The event's encoding: made by `encode` on the first call, the same
+    /// bytes on every later one (whatever `encode` they pass, so every caller
+    /// must encode the same way).
+    pub fn encoded(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl PartialEq for SharedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event
+    }
+}
+
 /// One live subscription of [`EventBus::subscribe`]: a broadcast receiver
 /// that the subscriber gauge follows from open to drop (not only when an
 /// event happens to be published).
 #[derive(Debug)]
 pub struct LiveEvents {
     /// The receiving end of the bus's live channel.
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<SharedEvent>>,
 }
 
 impl LiveEvents {
     /// The next live event; see [`broadcast::Receiver::recv`].
-    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<SharedEvent>, broadcast::error::RecvError> {
         self.rx.recv().await
     }
 
     /// The next live event if one is waiting; see [`broadcast::Receiver::try_recv`].
-    pub fn try_recv(&mut self) -> Result<Arc<Event>, broadcast::error::TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<Arc<SharedEvent>, broadcast::error::TryRecvError> {
         self.rx.try_recv()
     }
 }
@@ -73,7 +126,7 @@ struct Inner {
     /// What has been announced: the window and the last sequence.
     published: Mutex<Published>,
     /// Live subscribers.
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<SharedEvent>>,
     /// Most events kept in memory.
     capacity: usize,
     /// Where every event is written (for catch-up beyond the window).
@@ -85,13 +138,13 @@ struct Published {
     /// The sequence of the last event announced (0 when none).
     last: u64,
     /// The newest announced events, oldest first.
-    window: VecDeque<Arc<Event>>,
+    window: VecDeque<Arc<SharedEvent>>,
 }
 
 impl Inner {
     /// Puts committed events in the window and sends them to live
     /// subscribers, under one lock so that both see sequence order.
-    fn announce(&self, events: &[Arc<Event>]) {
+    fn announce(&self, events: &[Arc<SharedEvent>]) {
         let mut published = self
             .published
             .lock()
@@ -232,7 +285,7 @@ impl EventBus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
-        let events: Vec<Arc<Event>> = events
+        let events: Vec<Arc<SharedEvent>> = events
             .into_iter()
             .map(|(mut payload, context)| {
                 let sequence = *next;
@@ -242,12 +295,12 @@ impl EventBus {
                     EventPayload::Runtime(event) => event.sequence = sequence,
                     EventPayload::Metric(_) => {}
                 }
-                Arc::new(Event {
+                Arc::new(SharedEvent::new(Arc::new(Event {
                     sequence,
                     timestamp: now,
                     payload,
                     context,
-                })
+                })))
             })
             .collect();
         let last_sequence = *next - 1;
@@ -262,7 +315,7 @@ impl EventBus {
                 state,
             };
         };
-        changes.events.clone_from(&events);
+        changes.events = events.iter().map(|e| Arc::clone(e.event())).collect();
         let inner = Arc::clone(&self.inner);
         let finished = Arc::clone(&state);
         // Handed over under the lock: the store commits in sequence order.
@@ -350,7 +403,7 @@ impl EventBus {
     /// from the in-memory window, else from the store. `Err(oldest)` when the
     /// event right after `after` is no longer kept anywhere (`oldest` is the
     /// oldest sequence still kept, 0 when none).
-    pub fn history_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, u64> {
+    pub fn history_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<SharedEvent>>, u64> {
         let (window_oldest, last) = {
             let state = self
                 .inner
@@ -380,9 +433,10 @@ impl EventBus {
             return Err(window_oldest);
         };
         match store.events_after(after, limit) {
-            Ok(events) if events.first().is_some_and(|e| e.sequence == after + 1) => {
-                Ok(events.into_iter().map(Arc::new).collect())
-            }
+            Ok(events) if events.first().is_some_and(|e| e.sequence == after + 1) => Ok(events
+                .into_iter()
+                .map(|e| Arc::new(SharedEvent::new(Arc::new(e))))
+                .collect()),
             Ok(events) => Err(events.first().map_or(window_oldest, |e| e.sequence)),
             Err(error) => {
                 tracing::error!(%error, "stored events could not be read");
@@ -433,6 +487,22 @@ mod tests {
         assert_eq!(bus.history_after(0, 10).unwrap_err(), 3);
         assert!(bus.history_after(5, 10).unwrap().is_empty());
         assert_eq!(bus.last_sequence(), 5);
+    }
+
+    #[test]
+    fn a_shared_event_is_encoded_once() {
+        let bus = EventBus::new(4, None);
+        bus.publish_task(task_event(1), EventContext::default());
+        let first = bus.history_after(0, 1).unwrap().remove(0);
+        let again = bus.history_after(0, 1).unwrap().remove(0);
+        let mut encodings = 0;
+        let mut encode = |event: &Event| {
+            encodings += 1;
+            Bytes::from(event.sequence.to_string())
+        };
+        assert_eq!(first.encoded(&mut encode), "1");
+        assert_eq!(again.encoded(&mut encode), "1");
+        assert_eq!(encodings, 1, "the window hands out the same shared event");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::model::{EventCategory, LogLevel, TaskEventType};
 
 use super::RuntimeError;
-use super::bus::{Event, EventBus, EventPayload, LiveEvents};
+use super::bus::{Event, EventBus, EventPayload, LiveEvents, SharedEvent};
 
 /// Events read from history per step of a catch-up.
 const CATCH_UP_PAGE: usize = 512;
@@ -102,7 +102,7 @@ impl EventFilter {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
     /// A matching event.
-    Event(Arc<Event>),
+    Event(Arc<SharedEvent>),
     /// Nothing matched for a while; every event up to `last_sequence` was
     /// passed (resume after it).
     Heartbeat {
@@ -240,7 +240,7 @@ impl Pump {
     }
 
     /// Sends `event` if it matches; false when the client is gone.
-    async fn deliver(&mut self, event: Arc<Event>) -> bool {
+    async fn deliver(&mut self, event: Arc<SharedEvent>) -> bool {
         let sequence = event.sequence;
         if self.filter.matches(&event) && self.tx.send(Ok(StreamItem::Event(event))).await.is_err()
         {
@@ -279,7 +279,7 @@ impl Pump {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventPage {
     /// Matching events, oldest first.
-    pub events: Vec<Arc<Event>>,
+    pub events: Vec<Arc<SharedEvent>>,
     /// Resume after this sequence for the next page; `None` when the page
     /// reached the newest event.
     pub next_after: Option<u64>,
