@@ -5,7 +5,9 @@
 //! and `TaskService.UpdateTaskProgress` as "build the same kind of `Event`
 //! (a `TaskEvent` payload of the runtime's shape and size) and send it into
 //! the channel". Every other method answers `UNIMPLEMENTED`. Whatever the
-//! runtime spends above it on fan-out is the runtime's own cost.
+//! runtime spends above it on fan-out is the runtime's own cost. (The
+//! generated server yields `SubscribeEventsFrame`s; the baseline wraps each
+//! response in one, which encodes it as tonic would: per subscriber.)
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,9 +19,10 @@ use comfy_reality::pb::task_service_server::{TaskService, TaskServiceServer};
 use comfy_reality::pb::{
     CancelTaskRequest, CancelTaskResponse, CreateTaskRequest, CreateTaskResponse, Event,
     GetTaskRequest, GetTaskResponse, ListEventsRequest, ListEventsResponse, ListTasksRequest,
-    ListTasksResponse, RetryTaskRequest, RetryTaskResponse, SubscribeEventsRequest,
-    SubscribeEventsResponse, Task, TaskEvent, TaskEventType, UpdateTaskProgressRequest,
-    UpdateTaskProgressResponse, WatchExecutionRequest, WatchExecutionResponse, event,
+    ListTasksResponse, RetryTaskRequest, RetryTaskResponse, SubscribeEventsFrame,
+    SubscribeEventsRequest, SubscribeEventsResponse, Task, TaskEvent, TaskEventType,
+    UpdateTaskProgressRequest, UpdateTaskProgressResponse, WatchExecutionRequest,
+    WatchExecutionResponse, event,
 };
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -43,7 +46,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl EventService for Broadcast {
-    type SubscribeEventsStream = BoxStream<SubscribeEventsResponse>;
+    type SubscribeEventsStream = BoxStream<SubscribeEventsFrame>;
 
     async fn subscribe_events(
         &self,
@@ -51,7 +54,9 @@ impl EventService for Broadcast {
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
         // A subscriber that lagged skips what it missed.
         let stream = BroadcastStream::new(self.sender.subscribe()).filter_map(Result::ok);
-        Ok(Response::new(Box::pin(stream.map(Ok))))
+        Ok(Response::new(Box::pin(
+            stream.map(|item| Ok(SubscribeEventsFrame::Message(item))),
+        )))
     }
 
     async fn list_events(

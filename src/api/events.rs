@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::pb::event_service_server::EventService;
 use crate::pb::{
-    ListEventsRequest, ListEventsResponse, SubscribeEventsRequest, SubscribeEventsResponse,
+    ListEventsRequest, ListEventsResponse, SubscribeEventsFrame, SubscribeEventsRequest,
     WatchExecutionRequest, WatchExecutionResponse,
 };
 use crate::runtime::Runtime;
@@ -39,7 +39,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventService for EventApi {
-    type SubscribeEventsStream = BoxStream<SubscribeEventsResponse>;
+    type SubscribeEventsStream = BoxStream<SubscribeEventsFrame>;
 
     async fn subscribe_events(
         &self,

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use prost::Message as _;
+
 use crate::model::{
     EventCategory, LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent, TaskEventType,
     ValidationError,
@@ -234,16 +236,21 @@ pub fn event_to_pb(event: &Event) -> pb::Event {
     }
 }
 
-/// A subscription item to the wire.
-pub fn stream_item_to_pb(item: &StreamItem) -> pb::SubscribeEventsResponse {
+/// A subscription item to the wire. An event goes as its encoding, made by
+/// the first subscriber that sends it and shared by every other one.
+pub fn stream_item_to_pb(item: &StreamItem) -> pb::SubscribeEventsFrame {
     use pb::subscribe_events_response::Item;
-    pb::SubscribeEventsResponse {
-        item: Some(match item {
-            StreamItem::Event(event) => Item::Event(event_to_pb(event)),
-            StreamItem::Heartbeat { last_sequence } => Item::Heartbeat(pb::Heartbeat {
-                last_sequence: *last_sequence,
-            }),
-        }),
+    match item {
+        StreamItem::Event(event) => pb::SubscribeEventsFrame::EncodedEvent(
+            event.encoded(|event| event_to_pb(event).encode_to_vec().into()),
+        ),
+        StreamItem::Heartbeat { last_sequence } => {
+            pb::SubscribeEventsFrame::Message(pb::SubscribeEventsResponse {
+                item: Some(Item::Heartbeat(pb::Heartbeat {
+                    last_sequence: *last_sequence,
+                })),
+            })
+        }
     }
 }
 

@@ -9,19 +9,28 @@
 //! events to the store as one write without waiting for it; the store's
 //! writer commits whatever is queued together (group commit) and announces
 //! each write's events in order. Callers that answer a client wait for the
-//! commit ([`Commit::wait`]); the executor does not. Publishing is one
-//! ring push and one broadcast send after the commit. No event is copied per subscriber (each receiver clones the `Arc`
-//! when it reads), but tokio's broadcast send wakes every receiver parked
-//! waiting, so with many idle-waiting subscribers a publish costs more
-//! (benchmark 3 measures it: about 2 µs with 1, 22 µs with 1,000). The window and the live channel
-//! are bounded; a subscriber that falls behind the live channel catches up
-//! from the window, then from the store (see [`crate::runtime::events`]).
+//! commit ([`Commit::wait`]); the executor does not.
+//!
+//! Announcing costs the same with one subscriber or a thousand: it pushes
+//! the events into the window and into the relay's inbox, and wakes the
+//! relay (one task, started by the first subscriber that waits). The relay
+//! sends them on the live channel (tokio `broadcast`), which wakes every
+//! receiver parked waiting: that work, one wake per waiting subscriber, is
+//! off the publisher's thread (the actor's, or a request's). Events are
+//! shared, never copied per subscriber: each is a [`SharedEvent`], which
+//! also keeps the event's wire encoding once the first subscriber made it.
+//! The window and the live channel are bounded; a subscriber that falls
+//! behind the live channel catches up from the window, then from the store
+//! (see [`crate::runtime::events`]).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
+use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 pub use crate::model::events::{Event, EventContext, EventPayload};
 use crate::model::{LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent};
@@ -30,8 +39,58 @@ use crate::store::{Changes, Store, StoreError};
 /// Events kept in memory for resumption by default.
 pub const DEFAULT_HISTORY: usize = 8_192;
 /// Events a live subscriber may fall behind before it lags and catches up
-/// from history.
+/// from history; also the most events that wait in the relay's inbox before
+/// the publisher sends them itself.
 const LIVE_CAPACITY: usize = 4096;
+
+/// An announced event as its readers share it: the event, and its wire
+/// encoding once a reader made it, so that a thousand subscribers encode it
+/// once. Reads as the [`Event`] it holds.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The event (the `Arc` the store was handed).
+    event: Arc<Event>,
+    /// The event's encoding for subscribers, made by the first one that sends
+    /// it. The bus never reads it: its format belongs to whoever encodes (the
+    /// API layer, which stores a protobuf `Event`).
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// `event`, not yet encoded.
+    pub fn new(event: Arc<Event>) -> Self {
+        Self {
+            event,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Arc<Event> {
+        &self.event
+    }
+
+    /// The event's encoding: made by `encode` on the first call, the same
+    /// bytes on every later one (whatever `encode` they pass, so every caller
+    /// must encode the same way).
+    pub fn encoded(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl PartialEq for SharedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event
+    }
+}
 
 /// One live subscription of [`EventBus::subscribe`]: a broadcast receiver
 /// that the subscriber gauge follows from open to drop (not only when an
@@ -39,17 +98,21 @@ const LIVE_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub struct LiveEvents {
     /// The receiving end of the bus's live channel.
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<SharedEvent>>,
+    /// The relay that feeds the channel; started by the first wait.
+    relay: Arc<Relay>,
 }
 
 impl LiveEvents {
-    /// The next live event; see [`broadcast::Receiver::recv`].
-    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    /// The next live event; see [`broadcast::Receiver::recv`]. The first
+    /// wait on the bus starts its relay on the current runtime.
+    pub async fn recv(&mut self) -> Result<Arc<SharedEvent>, broadcast::error::RecvError> {
+        self.relay.start();
         self.rx.recv().await
     }
 
     /// The next live event if one is waiting; see [`broadcast::Receiver::try_recv`].
-    pub fn try_recv(&mut self) -> Result<Arc<Event>, broadcast::error::TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<Arc<SharedEvent>, broadcast::error::TryRecvError> {
         self.rx.try_recv()
     }
 }
@@ -70,10 +133,15 @@ struct Inner {
     /// The next sequence number. Held while a write is handed to the store,
     /// so that the store commits (and so announces) in sequence order.
     next: Mutex<u64>,
-    /// What has been announced: the window and the last sequence.
+    /// What has been announced: the window, the last sequence, the inbox.
     published: Mutex<Published>,
     /// Live subscribers.
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<SharedEvent>>,
+    /// Held by whoever moves events from the inbox to `live`, until they are
+    /// sent, so that they go out in sequence order.
+    sending: Mutex<()>,
+    /// The task that sends what the inbox holds.
+    relay: Arc<Relay>,
     /// Most events kept in memory.
     capacity: usize,
     /// Where every event is written (for catch-up beyond the window).
@@ -85,26 +153,146 @@ struct Published {
     /// The sequence of the last event announced (0 when none).
     last: u64,
     /// The newest announced events, oldest first.
-    window: VecDeque<Arc<Event>>,
+    window: VecDeque<Arc<SharedEvent>>,
+    /// Announced events the relay has not sent to live subscribers yet,
+    /// oldest first.
+    inbox: Vec<Arc<SharedEvent>>,
 }
 
 impl Inner {
-    /// Puts committed events in the window and sends them to live
-    /// subscribers, under one lock so that both see sequence order.
-    fn announce(&self, events: &[Arc<Event>]) {
-        let mut published = self
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for event in events {
-            if published.window.len() == self.capacity {
-                published.window.pop_front();
+    /// Puts committed events in the window and hands them to live
+    /// subscribers, under one lock so that both see sequence order: into the
+    /// relay's inbox when the relay runs (sending them itself when the relay
+    /// is that far behind), else straight into the live channel.
+    fn announce(&self, events: &[Arc<SharedEvent>]) {
+        {
+            let mut published = self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for event in events {
+                if published.window.len() == self.capacity {
+                    published.window.pop_front();
+                }
+                published.window.push_back(Arc::clone(event));
+                published.last = event.sequence;
+                crate::telemetry::metrics::event_published(event.kind());
             }
-            published.window.push_back(Arc::clone(event));
-            published.last = event.sequence;
-            crate::telemetry::metrics::event_published(event.kind());
+            // Nobody to tell: a subscriber that comes later reads the window.
+            if self.live.receiver_count() == 0 {
+                return;
+            }
+            if !self.relay.started.load(Ordering::Acquire) {
+                for event in events {
+                    // No subscriber is not an error.
+                    let _ = self.live.send(Arc::clone(event));
+                }
+                return;
+            }
+            published.inbox.extend(events.iter().cloned());
+            if published.inbox.len() <= LIVE_CAPACITY {
+                drop(published);
+                self.relay.wake.notify_one();
+                return;
+            }
+        }
+        self.send_inbox();
+    }
+
+    /// Sends what the inbox holds to live subscribers.
+    fn send_inbox(&self) {
+        let _sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        let events = std::mem::take(
+            &mut self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .inbox,
+        );
+        for event in events {
             // No subscriber is not an error.
-            let _ = self.live.send(Arc::clone(event));
+            let _ = self.live.send(event);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The relay ends once it finds the bus gone.
+        self.relay.wake.notify_one();
+    }
+}
+
+/// The relay: one task that moves announced events from the inbox to the
+/// live channel, so that waking every parked subscriber is its work and not
+/// the publisher's. Started on the runtime of the first subscriber that
+/// waits; it ends when the bus is dropped (or its runtime shuts down, and
+/// then publishers send by themselves again).
+struct Relay {
+    /// The bus (not kept alive by the relay).
+    bus: Weak<Inner>,
+    /// Wakes the relay: events wait in the inbox, or the bus is gone.
+    wake: Notify,
+    /// Whether the relay task runs.
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Starts the relay on the current tokio runtime, if it does not run yet
+    /// and there is one.
+    fn start(self: &Arc<Self>) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self
+            .started
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let running = Running(Arc::clone(self));
+            // Not tracked: it holds nothing but the bus's wake-up, and ends
+            // with the bus.
+            runtime.spawn(async move { running.0.run().await });
+        }
+    }
+
+    async fn run(&self) {
+        loop {
+            self.wake.notified().await;
+            let Some(bus) = self.bus.upgrade() else {
+                return;
+            };
+            bus.send_inbox();
+        }
+    }
+}
+
+/// The running relay task's hold on it: when the task ends or is dropped with
+/// its runtime, publishers go back to sending by themselves.
+struct Running(Arc<Relay>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(bus) = self.0.bus.upgrade() else {
+            return;
+        };
+        let _sending = bus.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut published = bus.published.lock().unwrap_or_else(PoisonError::into_inner);
+        self.0.started.store(false, Ordering::Release);
+        // Under the lock: whatever a publisher sends from now on goes after.
+        for event in std::mem::take(&mut published.inbox) {
+            let _ = bus.live.send(event);
         }
     }
 }
@@ -196,13 +384,20 @@ impl EventBus {
             .and_then(|s| s.last_event_sequence().ok())
             .unwrap_or(0);
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|bus| Inner {
                 next: Mutex::new(last + 1),
                 published: Mutex::new(Published {
                     last,
                     window: VecDeque::new(),
+                    inbox: Vec::new(),
                 }),
                 live,
+                sending: Mutex::new(()),
+                relay: Arc::new(Relay {
+                    bus: bus.clone(),
+                    wake: Notify::new(),
+                    started: AtomicBool::new(false),
+                }),
                 capacity: capacity.max(1),
                 store,
             }),
@@ -232,7 +427,7 @@ impl EventBus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
-        let events: Vec<Arc<Event>> = events
+        let events: Vec<Arc<SharedEvent>> = events
             .into_iter()
             .map(|(mut payload, context)| {
                 let sequence = *next;
@@ -242,12 +437,12 @@ impl EventBus {
                     EventPayload::Runtime(event) => event.sequence = sequence,
                     EventPayload::Metric(_) => {}
                 }
-                Arc::new(Event {
+                Arc::new(SharedEvent::new(Arc::new(Event {
                     sequence,
                     timestamp: now,
                     payload,
                     context,
-                })
+                })))
             })
             .collect();
         let last_sequence = *next - 1;
@@ -262,7 +457,7 @@ impl EventBus {
                 state,
             };
         };
-        changes.events.clone_from(&events);
+        changes.events = events.iter().map(|e| Arc::clone(e.event())).collect();
         let inner = Arc::clone(&self.inner);
         let finished = Arc::clone(&state);
         // Handed over under the lock: the store commits in sequence order.
@@ -338,6 +533,7 @@ impl EventBus {
         crate::telemetry::metrics::event_subscriber_opened();
         LiveEvents {
             rx: self.inner.live.subscribe(),
+            relay: Arc::clone(&self.inner.relay),
         }
     }
 
@@ -350,7 +546,7 @@ impl EventBus {
     /// from the in-memory window, else from the store. `Err(oldest)` when the
     /// event right after `after` is no longer kept anywhere (`oldest` is the
     /// oldest sequence still kept, 0 when none).
-    pub fn history_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, u64> {
+    pub fn history_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<SharedEvent>>, u64> {
         let (window_oldest, last) = {
             let state = self
                 .inner
@@ -380,9 +576,10 @@ impl EventBus {
             return Err(window_oldest);
         };
         match store.events_after(after, limit) {
-            Ok(events) if events.first().is_some_and(|e| e.sequence == after + 1) => {
-                Ok(events.into_iter().map(Arc::new).collect())
-            }
+            Ok(events) if events.first().is_some_and(|e| e.sequence == after + 1) => Ok(events
+                .into_iter()
+                .map(|e| Arc::new(SharedEvent::new(Arc::new(e))))
+                .collect()),
             Ok(events) => Err(events.first().map_or(window_oldest, |e| e.sequence)),
             Err(error) => {
                 tracing::error!(%error, "stored events could not be read");
@@ -433,6 +630,98 @@ mod tests {
         assert_eq!(bus.history_after(0, 10).unwrap_err(), 3);
         assert!(bus.history_after(5, 10).unwrap().is_empty());
         assert_eq!(bus.last_sequence(), 5);
+    }
+
+    #[test]
+    fn publishing_leaves_the_waking_to_the_relay() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bus = EventBus::new(16, None);
+        let mut parked = bus.subscribe();
+        let mut watcher = bus.subscribe();
+        let waiter = runtime.spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                seen.push(parked.recv().await.unwrap().sequence);
+            }
+            seen
+        });
+        // The waiter parks in `recv`, which starts the relay.
+        runtime.block_on(tokio::task::yield_now());
+        for i in 0..3 {
+            bus.publish_task(task_event(i), EventContext::default());
+        }
+        // Announced (the window has them) but not sent: the publisher only
+        // handed them to the relay, which has not run yet.
+        assert_eq!(bus.last_sequence(), 3);
+        assert!(matches!(
+            watcher.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        assert_eq!(runtime.block_on(waiter).unwrap(), [1, 2, 3]);
+        for i in 1..=3 {
+            assert_eq!(watcher.try_recv().unwrap().sequence, i);
+        }
+        // Once the relay's runtime is gone, publishers send by themselves.
+        drop(runtime);
+        bus.publish_task(task_event(4), EventContext::default());
+        assert_eq!(watcher.try_recv().unwrap().sequence, 4);
+    }
+
+    #[test]
+    fn many_subscribers_get_every_event_in_order_from_publishing_threads() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let bus = EventBus::new(64, None);
+        let readers: Vec<_> = (0..50)
+            .map(|_| {
+                let mut live = bus.subscribe();
+                runtime.spawn(async move {
+                    let mut seen = Vec::new();
+                    while seen.len() < 2_000 {
+                        match live.recv().await {
+                            Ok(event) => seen.push(event.sequence),
+                            Err(error) => panic!("{error}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        // Two threads outside the runtime publish 1,000 each (fewer than the
+        // live channel holds, so nobody lags).
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for i in 0..1_000 {
+                        bus.publish_task(task_event(i), EventContext::default());
+                    }
+                });
+            }
+        });
+        let everything: Vec<u64> = (1..=2_000).collect();
+        for reader in readers {
+            assert_eq!(runtime.block_on(reader).unwrap(), everything);
+        }
+    }
+
+    #[test]
+    fn a_shared_event_is_encoded_once() {
+        let bus = EventBus::new(4, None);
+        bus.publish_task(task_event(1), EventContext::default());
+        let first = bus.history_after(0, 1).unwrap().remove(0);
+        let again = bus.history_after(0, 1).unwrap().remove(0);
+        let mut encodings = 0;
+        let mut encode = |event: &Event| {
+            encodings += 1;
+            Bytes::from(event.sequence.to_string())
+        };
+        assert_eq!(first.encoded(&mut encode), "1");
+        assert_eq!(again.encoded(&mut encode), "1");
+        assert_eq!(encodings, 1, "the window hands out the same shared event");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::model::{EventCategory, LogLevel, TaskEventType};
 
 use super::RuntimeError;
-use super::bus::{Event, EventBus, EventPayload, LiveEvents};
+use super::bus::{Event, EventBus, EventPayload, LiveEvents, SharedEvent};
 
 /// Events read from history per step of a catch-up.
 const CATCH_UP_PAGE: usize = 512;
@@ -102,7 +102,7 @@ impl EventFilter {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
     /// A matching event.
-    Event(Arc<Event>),
+    Event(Arc<SharedEvent>),
     /// Nothing matched for a while; every event up to `last_sequence` was
     /// passed (resume after it).
     Heartbeat {
@@ -190,57 +190,87 @@ struct Pump {
 }
 
 impl Pump {
+    /// Replays history, then forwards live events until the stream ends.
+    ///
+    /// The futures the loop waits on are made once, not once per event: the
+    /// heartbeat timer is re-armed only when it fires (an event since then
+    /// pushes the beat back), and the waits for the client to leave and for
+    /// the drain are registered once. Each event then costs one receive and
+    /// one send, with a thousand subscribers as with one.
     async fn run(&mut self, mut live: LiveEvents) {
         if !self.catch_up().await {
             return;
         }
+        let closing = self.closing.clone().cancelled_owned();
+        let client = self.tx.clone();
+        let gone = client.closed();
+        let beat = tokio::time::sleep(self.heartbeat);
+        tokio::pin!(closing, gone, beat);
+        let mut active = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                received = live.recv() => match received {
-                    Ok(event) => {
-                        if event.sequence <= self.last {
-                            continue;
-                        }
-                        if event.sequence > self.last + 1 {
-                            // Missed some (should not happen without a lag): history has them.
-                            if !self.catch_up().await {
-                                return;
-                            }
-                            if event.sequence <= self.last {
-                                continue;
-                            }
-                        }
-                        if !self.deliver(event).await {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        if !self.catch_up().await {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-                () = tokio::time::sleep(self.heartbeat) => {
-                    let beat = StreamItem::Heartbeat { last_sequence: self.last };
-                    if self.tx.send(Ok(beat)).await.is_err() {
-                        return;
-                    }
-                }
-                () = self.tx.closed() => return,
-                () = self.closing.cancelled() => {
+                biased;
+                () = &mut closing => {
                     // Whatever is already in the channel still reaches the
                     // client first: the status comes after the last event.
                     let end = RuntimeError::StreamClosed { last_sequence: self.last };
                     let _ = self.tx.send(Err(end)).await;
                     return;
                 }
+                () = &mut gone => return,
+                received = live.recv() => {
+                    active = tokio::time::Instant::now();
+                    match received {
+                        Ok(event) => {
+                            if !self.forward(event).await {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => {
+                            if !self.catch_up().await {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+                () = &mut beat => {
+                    let due = active + self.heartbeat;
+                    if due > tokio::time::Instant::now() {
+                        beat.as_mut().reset(due);
+                        continue;
+                    }
+                    let heartbeat = StreamItem::Heartbeat { last_sequence: self.last };
+                    if self.tx.send(Ok(heartbeat)).await.is_err() {
+                        return;
+                    }
+                    active = tokio::time::Instant::now();
+                    beat.as_mut().reset(active + self.heartbeat);
+                }
             }
         }
     }
 
+    /// Delivers a live event unless it was passed already, catching up from
+    /// history first when some were missed; false when the stream must end.
+    async fn forward(&mut self, event: Arc<SharedEvent>) -> bool {
+        if event.sequence <= self.last {
+            return true;
+        }
+        if event.sequence > self.last + 1 {
+            // Missed some (should not happen without a lag): history has them.
+            if !self.catch_up().await {
+                return false;
+            }
+            if event.sequence <= self.last {
+                return true;
+            }
+        }
+        self.deliver(event).await
+    }
+
     /// Sends `event` if it matches; false when the client is gone.
-    async fn deliver(&mut self, event: Arc<Event>) -> bool {
+    async fn deliver(&mut self, event: Arc<SharedEvent>) -> bool {
         let sequence = event.sequence;
         if self.filter.matches(&event) && self.tx.send(Ok(StreamItem::Event(event))).await.is_err()
         {
@@ -279,7 +309,7 @@ impl Pump {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventPage {
     /// Matching events, oldest first.
-    pub events: Vec<Arc<Event>>,
+    pub events: Vec<Arc<SharedEvent>>,
     /// Resume after this sequence for the next page; `None` when the page
     /// reached the newest event.
     pub next_after: Option<u64>,
@@ -615,6 +645,42 @@ mod tests {
             Some(Ok(StreamItem::Heartbeat { last_sequence })) => assert_eq!(last_sequence, 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_event_puts_the_next_heartbeat_off_by_a_full_period() {
+        let bus = EventBus::new(16, None);
+        publish(&bus, 1);
+        let heartbeat = Duration::from_millis(60);
+        let mut rx = subscribe(
+            &bus,
+            EventFilter {
+                include_node_events: true,
+                ..EventFilter::default()
+            },
+            None,
+            SubscribeOptions {
+                buffer: 4,
+                heartbeat,
+                closing: CancellationToken::new(),
+            },
+            &TaskTracker::new(),
+        )
+        .unwrap();
+        tokio::time::sleep(heartbeat / 2).await;
+        publish(&bus, 2);
+        match rx.recv().await {
+            Some(Ok(StreamItem::Event(event))) => assert_eq!(event.sequence, 2),
+            other => panic!("{other:?}"),
+        }
+        let event_seen = tokio::time::Instant::now();
+        match rx.recv().await {
+            Some(Ok(StreamItem::Heartbeat { last_sequence })) => assert_eq!(last_sequence, 2),
+            other => panic!("{other:?}"),
+        }
+        // Timers never fire early: the timer armed at subscription (due
+        // half a period after the event) was pushed back, not obeyed.
+        assert!(event_seen.elapsed() >= heartbeat - Duration::from_millis(5));
     }
 
     #[test]
