@@ -22,14 +22,24 @@
 //! The window and the live channel are bounded; a subscriber that falls
 //! behind the live channel catches up from the window, then from the store
 //! (see [`crate::runtime::events`]).
+//!
+//! **Batches.** The executor makes several changes in one step (an actor
+//! turn, one ComfyUI message): each a task or execution write with its
+//! events. Inside a [`Batch`] (opened with [`EventBus::batch`] around such a
+//! synchronous step) those writes are gathered on the thread and handed to
+//! the store as one write when the batch closes, so a step costs one commit
+//! instead of one per change. Their events are numbered then, still in
+//! order. Nothing waits inside a batch: [`Commit::wait`] hands the thread's
+//! batch over first, and the actor hands it over before it answers a caller.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, broadcast};
 
 pub use crate::model::events::{Event, EventContext, EventPayload};
@@ -303,7 +313,8 @@ impl Drop for Running {
 #[must_use = "a commit is either waited for or dropped on purpose"]
 pub struct Commit {
     /// The sequence of the last event of the write (of the bus's last event
-    /// when the write had none).
+    /// when the write had none); 0 for a write gathered into a [`Batch`],
+    /// whose events are numbered when the batch is handed over.
     pub last_sequence: u64,
     /// Where the outcome arrives.
     state: Arc<CommitState>,
@@ -336,8 +347,10 @@ impl CommitState {
 }
 
 impl Commit {
-    /// Blocks until the write is durable and its events announced.
+    /// Blocks until the write is durable and its events announced. A batch
+    /// open on this thread is handed to the store first (the write may be in it).
     pub fn wait(self) -> Result<(), StoreError> {
+        flush_thread_batch();
         let mut outcome = self
             .state
             .outcome
@@ -364,6 +377,191 @@ impl Commit {
             }
             self.state.notify.notified().await;
         }
+    }
+}
+
+/// Runs once a write committed (or failed), before its events are announced.
+pub(crate) type After = Box<dyn FnOnce() + Send>;
+
+/// An event not numbered yet, with the time it was made.
+type Numbered = (EventPayload, EventContext, DateTime<Utc>);
+
+/// Who waits for one write: its `after` and its commit's state.
+type Waiter = (Option<After>, Arc<CommitState>);
+
+impl Inner {
+    /// Numbers `events`, hands `changes` with them to the store as one write
+    /// (or announces them at once without a store), and tells every waiter
+    /// the outcome, in order. Returns the last sequence.
+    fn write(
+        self: &Arc<Self>,
+        mut changes: Changes,
+        events: Vec<Numbered>,
+        waiters: Vec<Waiter>,
+    ) -> u64 {
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        let events: Vec<Arc<SharedEvent>> = events
+            .into_iter()
+            .map(|(mut payload, context, timestamp)| {
+                let sequence = *next;
+                *next += 1;
+                match &mut payload {
+                    EventPayload::Task(event) => event.sequence = sequence,
+                    EventPayload::Runtime(event) => event.sequence = sequence,
+                    EventPayload::Metric(_) => {}
+                }
+                Arc::new(SharedEvent::new(Arc::new(Event {
+                    sequence,
+                    timestamp,
+                    payload,
+                    context,
+                })))
+            })
+            .collect();
+        let last_sequence = *next - 1;
+        let Some(store) = &self.store else {
+            // Announced under the lock, so that events go out in sequence order.
+            finish(waiters, &Ok(()), || self.announce(&events));
+            drop(next);
+            return last_sequence;
+        };
+        changes.events = events.iter().map(|e| Arc::clone(e.event())).collect();
+        let inner = Arc::clone(self);
+        // Handed over under the lock: the store commits in sequence order.
+        store.write(
+            changes,
+            Box::new(move |result: Result<(), StoreError>| {
+                if let Err(error) = &result {
+                    let first = events.first().map(|e| e.sequence);
+                    tracing::error!(%error, ?first, "a state change was not stored; its events stay in the in-memory window");
+                }
+                finish(waiters, &result, || inner.announce(&events));
+            }),
+        );
+        drop(next);
+        last_sequence
+    }
+}
+
+/// Runs every waiter's `after`, then `announce`, then tells each waiter `result`.
+fn finish(waiters: Vec<Waiter>, result: &Result<(), StoreError>, announce: impl FnOnce()) {
+    let mut states = Vec::with_capacity(waiters.len());
+    for (after, state) in waiters {
+        if let Some(after) = after {
+            after();
+        }
+        states.push(state);
+    }
+    announce();
+    for state in states {
+        state.finish(result.clone());
+    }
+}
+
+/// Writes gathered in a thread's open batch.
+struct Gathered {
+    /// The bus they belong to (another bus's writes are not gathered).
+    bus: Arc<Inner>,
+    changes: Changes,
+    events: Vec<Numbered>,
+    waiters: Vec<Waiter>,
+}
+
+impl Gathered {
+    fn new(bus: Arc<Inner>) -> Self {
+        Self {
+            bus,
+            changes: Changes::default(),
+            events: Vec::new(),
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Takes what was gathered, leaving the batch open and empty; None when empty.
+    fn take(&mut self) -> Option<(Arc<Inner>, Changes, Vec<Numbered>, Vec<Waiter>)> {
+        if self.waiters.is_empty() {
+            return None;
+        }
+        Some((
+            Arc::clone(&self.bus),
+            std::mem::take(&mut self.changes),
+            std::mem::take(&mut self.events),
+            std::mem::take(&mut self.waiters),
+        ))
+    }
+}
+
+thread_local! {
+    /// This thread's open batch, if any.
+    static BATCH: RefCell<Option<Gathered>> = const { RefCell::new(None) };
+}
+
+/// Adds one write to this thread's open batch of `bus`; gives it back when
+/// there is none (it is then written at once).
+fn gather(
+    bus: &Arc<Inner>,
+    changes: Changes,
+    events: Vec<Numbered>,
+    waiter: Waiter,
+) -> Result<(), (Changes, Vec<Numbered>, Waiter)> {
+    // A second set of new execution tasks cannot share the write: hand the
+    // batch over first.
+    let must_flush = BATCH.with(|batch| {
+        batch.borrow().as_ref().is_some_and(|gathered| {
+            Arc::ptr_eq(&gathered.bus, bus)
+                && changes.new_execution_tasks.is_some()
+                && gathered.changes.new_execution_tasks.is_some()
+        })
+    });
+    if must_flush {
+        flush_thread_batch();
+    }
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        match batch.as_mut() {
+            Some(gathered) if Arc::ptr_eq(&gathered.bus, bus) => {
+                let Changes {
+                    new_execution_tasks,
+                    tasks,
+                    executions,
+                    events: _,
+                } = changes;
+                if new_execution_tasks.is_some() {
+                    gathered.changes.new_execution_tasks = new_execution_tasks;
+                }
+                gathered.changes.tasks.extend(tasks);
+                gathered.changes.executions.extend(executions);
+                gathered.events.extend(events);
+                gathered.waiters.push(waiter);
+                Ok(())
+            }
+            _ => Err((changes, events, waiter)),
+        }
+    })
+}
+
+/// Hands this thread's gathered writes to the store (the batch stays open).
+fn flush_thread_batch() {
+    let taken = BATCH.with(|batch| batch.borrow_mut().as_mut().and_then(Gathered::take));
+    if let Some((bus, changes, events, waiters)) = taken {
+        bus.write(changes, events, waiters);
+    }
+}
+
+/// An open batch (see [`EventBus::batch`]); dropping it hands what was gathered to the store.
+#[must_use = "the batch closes when this guard drops"]
+pub(crate) struct Batch {
+    /// Whether this guard opened the batch (an inner guard leaves it to the outer one).
+    owner: bool,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
+        flush_thread_batch();
+        BATCH.with(|batch| batch.borrow_mut().take());
     }
 }
 
@@ -416,70 +614,49 @@ impl EventBus {
     /// failed), before its events are announced.
     pub(crate) fn commit_then(
         &self,
-        mut changes: Changes,
+        changes: Changes,
         events: Vec<(EventPayload, EventContext)>,
-        after: Option<Box<dyn FnOnce() + Send>>,
+        after: Option<After>,
     ) -> Commit {
         let state = Arc::new(CommitState::default());
-        let mut next = self
-            .inner
-            .next
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
-        let events: Vec<Arc<SharedEvent>> = events
+        let events: Vec<Numbered> = events
             .into_iter()
-            .map(|(mut payload, context)| {
-                let sequence = *next;
-                *next += 1;
-                match &mut payload {
-                    EventPayload::Task(event) => event.sequence = sequence,
-                    EventPayload::Runtime(event) => event.sequence = sequence,
-                    EventPayload::Metric(_) => {}
-                }
-                Arc::new(SharedEvent::new(Arc::new(Event {
-                    sequence,
-                    timestamp: now,
-                    payload,
-                    context,
-                })))
-            })
+            .map(|(payload, context)| (payload, context, now))
             .collect();
-        let last_sequence = *next - 1;
-        let Some(store) = &self.inner.store else {
-            if let Some(after) = after {
-                after();
-            }
-            self.inner.announce(&events);
-            state.finish(Ok(()));
-            return Commit {
-                last_sequence,
+        let waiter = (after, Arc::clone(&state));
+        match gather(&self.inner, changes, events, waiter) {
+            Ok(()) => Commit {
+                last_sequence: 0,
                 state,
-            };
-        };
-        changes.events = events.iter().map(|e| Arc::clone(e.event())).collect();
-        let inner = Arc::clone(&self.inner);
-        let finished = Arc::clone(&state);
-        // Handed over under the lock: the store commits in sequence order.
-        store.write(
-            changes,
-            Box::new(move |result: Result<(), StoreError>| {
-                if let Err(error) = &result {
-                    let first = events.first().map(|e| e.sequence);
-                    tracing::error!(%error, ?first, "a state change was not stored; its events stay in the in-memory window");
-                }
-                if let Some(after) = after {
-                    after();
-                }
-                inner.announce(&events);
-                finished.finish(result);
-            }),
-        );
-        drop(next);
-        Commit {
-            last_sequence,
-            state,
+            },
+            Err((changes, events, waiter)) => Commit {
+                last_sequence: self.inner.write(changes, events, vec![waiter]),
+                state,
+            },
         }
+    }
+
+    /// Opens a batch on this thread (see the module docs): until the returned
+    /// guard drops, this bus's writes made on this thread are gathered and
+    /// then handed to the store as one. A batch already open on the thread
+    /// stays the one (the inner guard does nothing).
+    pub(crate) fn batch(&self) -> Batch {
+        BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            if batch.is_some() {
+                return Batch { owner: false };
+            }
+            *batch = Some(Gathered::new(Arc::clone(&self.inner)));
+            Batch { owner: true }
+        })
+    }
+
+    /// Hands the writes gathered so far in this thread's batch to the store
+    /// now; the batch stays open. Called before answering a caller who will
+    /// wait for what was written.
+    pub(crate) fn flush_batch(&self) {
+        flush_thread_batch();
     }
 
     /// Writes one event on its own and announces it once durable, without
@@ -606,6 +783,58 @@ mod tests {
 
     fn task_event(i: u64) -> TaskEvent {
         TaskEvent::new(format!("t{i}"), TaskEventType::Created)
+    }
+
+    #[test]
+    fn a_batch_is_one_store_write_with_its_events_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let bus = EventBus::new(16, Some(Arc::clone(&store) as Arc<dyn Store>));
+        let before = store.commit_count();
+        let commits: Vec<Commit> = {
+            let _batch = bus.batch();
+            let inner = bus.batch();
+            let commits = (0..3)
+                .map(|i| {
+                    bus.commit(
+                        Changes::default(),
+                        vec![(EventPayload::Task(task_event(i)), EventContext::default())],
+                    )
+                })
+                .collect();
+            drop(inner);
+            assert_eq!(
+                bus.last_sequence(),
+                0,
+                "nothing is handed over inside the batch"
+            );
+            commits
+        };
+        for commit in commits {
+            commit.wait().unwrap();
+        }
+        assert_eq!(store.commit_count() - before, 1, "one write for the batch");
+        let stored = store.events_after(0, 10).unwrap();
+        let order: Vec<(u64, String)> = stored
+            .iter()
+            .map(|e| match &e.payload {
+                EventPayload::Task(t) => (e.sequence, t.task_id.clone()),
+                _ => (e.sequence, String::new()),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [(1, "t0".into()), (2, "t1".into()), (3, "t2".into())]
+        );
+        // Waiting inside a batch hands it over first instead of waiting forever.
+        let _batch = bus.batch();
+        bus.commit(
+            Changes::default(),
+            vec![(EventPayload::Task(task_event(9)), EventContext::default())],
+        )
+        .wait()
+        .unwrap();
+        assert_eq!(bus.last_sequence(), 4);
     }
 
     #[tokio::test]

@@ -175,7 +175,11 @@ mod tests {
         for i in 0..=super::MAX_KEPT {
             pending.insert(i.to_string(), i)();
         }
-        assert_eq!(pending.len(), 0, "past the bound every committed entry goes");
+        assert_eq!(
+            pending.len(),
+            0,
+            "past the bound every committed entry goes"
+        );
         let waiting = pending.insert("x".into(), 1);
         pending.insert("y".into(), 2)();
         assert_eq!(pending.len(), 2);

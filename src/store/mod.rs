@@ -24,7 +24,7 @@ use crate::model::events::Event;
 use crate::model::{Task, TaskStatus, TaskType, WorkflowDefinition, WorkflowExecution};
 
 /// Errors a store can raise.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store's internal state is unusable (e.g. a poisoned lock after a
     /// panic elsewhere); the message is for logs.

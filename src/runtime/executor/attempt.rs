@@ -208,6 +208,8 @@ async fn follow(
         .min();
         tokio::select! {
             event = watch.next_event() => {
+                // The message's writes (node tasks, the record, their events) are one store write.
+                let _batch = shared.tasks.bus().batch();
                 let Some(event) = event else {
                     return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
                         FailureKind::PromptLost,

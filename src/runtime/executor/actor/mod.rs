@@ -192,17 +192,32 @@ impl Actor {
         mut ended: mpsc::UnboundedReceiver<String>,
         cancel: CancellationToken,
     ) {
-        self.recover();
-        self.publish_gauges();
+        {
+            let _batch = self.shared.tasks.bus().batch();
+            self.recover();
+            self.publish_gauges();
+        }
         loop {
-            tokio::select! {
+            let turn = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                Some(task_id) = ended.recv() => self.task_ended(&task_id),
+                Some(task_id) = ended.recv() => Turn::Ended(task_id),
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => Turn::Message(msg),
                     None => break,
                 },
+            };
+            // One turn's writes (and those of messages already waiting) are one store write.
+            let _batch = self.shared.tasks.bus().batch();
+            match turn {
+                Turn::Ended(task_id) => self.task_ended(&task_id),
+                Turn::Message(msg) => self.handle(msg),
+            }
+            for _ in 1..MAX_MESSAGES_PER_TURN {
+                match rx.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
             }
             self.pump();
             self.publish_gauges();
@@ -214,7 +229,9 @@ impl Actor {
         }
     }
 
-    /// Hands one message to its handler.
+    /// Hands one message to its handler. A caller waiting for a reply gets it
+    /// once the turn's writes so far are handed to the store (it then waits
+    /// for them to be durable).
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Submit {
@@ -222,6 +239,7 @@ impl Actor {
                 reply,
             } => {
                 self.admit(&execution_id, false);
+                self.shared.tasks.bus().flush_batch();
                 let _ = reply.send(());
             }
             Msg::Cancel {
@@ -230,13 +248,16 @@ impl Actor {
                 reply,
             } => {
                 self.cancel(&execution_id, reason);
+                self.shared.tasks.bus().flush_batch();
                 let _ = reply.send(());
             }
             Msg::Retry {
                 execution_id,
                 reply,
             } => {
-                let _ = reply.send(self.manual_retry(&execution_id));
+                let retried = self.manual_retry(&execution_id);
+                self.shared.tasks.bus().flush_batch();
+                let _ = reply.send(retried);
             }
             Msg::Position {
                 execution_id,
@@ -377,4 +398,15 @@ fn illegal(task: &Task, source: TransitionError) -> RuntimeError {
         task_id: task.id.clone(),
         source,
     }
+}
+
+/// Messages an actor turn handles at most (the first and those already waiting).
+const MAX_MESSAGES_PER_TURN: usize = 64;
+
+/// What woke the actor.
+enum Turn {
+    /// A task of an execution ended.
+    Ended(String),
+    /// A message.
+    Message(Msg),
 }
