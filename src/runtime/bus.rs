@@ -393,12 +393,12 @@ impl Inner {
     /// Numbers `events`, hands `changes` with them to the store as one write
     /// (or announces them at once without a store), and tells every waiter
     /// the outcome, in order. Returns the last sequence.
-    fn write(
-        self: &Arc<Self>,
-        mut changes: Changes,
-        events: Vec<Numbered>,
-        waiters: Vec<Waiter>,
-    ) -> u64 {
+    fn write(self: &Arc<Self>, write: Write) -> u64 {
+        let Write {
+            mut changes,
+            events,
+            waiters,
+        } = write;
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
         let events: Vec<Arc<SharedEvent>> = events
             .into_iter()
@@ -458,36 +458,36 @@ fn finish(waiters: Vec<Waiter>, result: &Result<(), StoreError>, announce: impl 
     }
 }
 
+/// One write for the store: changes, their events (not numbered yet) and who waits for it.
+#[derive(Default)]
+struct Write {
+    changes: Changes,
+    events: Vec<Numbered>,
+    waiters: Vec<Waiter>,
+}
+
 /// Writes gathered in a thread's open batch.
 struct Gathered {
     /// The bus they belong to (another bus's writes are not gathered).
     bus: Arc<Inner>,
-    changes: Changes,
-    events: Vec<Numbered>,
-    waiters: Vec<Waiter>,
+    /// What was gathered so far.
+    write: Write,
 }
 
 impl Gathered {
     fn new(bus: Arc<Inner>) -> Self {
         Self {
             bus,
-            changes: Changes::default(),
-            events: Vec::new(),
-            waiters: Vec::new(),
+            write: Write::default(),
         }
     }
 
     /// Takes what was gathered, leaving the batch open and empty; None when empty.
-    fn take(&mut self) -> Option<(Arc<Inner>, Changes, Vec<Numbered>, Vec<Waiter>)> {
-        if self.waiters.is_empty() {
+    fn take(&mut self) -> Option<(Arc<Inner>, Write)> {
+        if self.write.waiters.is_empty() {
             return None;
         }
-        Some((
-            Arc::clone(&self.bus),
-            std::mem::take(&mut self.changes),
-            std::mem::take(&mut self.events),
-            std::mem::take(&mut self.waiters),
-        ))
+        Some((Arc::clone(&self.bus), std::mem::take(&mut self.write)))
     }
 }
 
@@ -498,19 +498,14 @@ thread_local! {
 
 /// Adds one write to this thread's open batch of `bus`; gives it back when
 /// there is none (it is then written at once).
-fn gather(
-    bus: &Arc<Inner>,
-    changes: Changes,
-    events: Vec<Numbered>,
-    waiter: Waiter,
-) -> Result<(), (Changes, Vec<Numbered>, Waiter)> {
+fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
     // A second set of new execution tasks cannot share the write: hand the
     // batch over first.
     let must_flush = BATCH.with(|batch| {
         batch.borrow().as_ref().is_some_and(|gathered| {
             Arc::ptr_eq(&gathered.bus, bus)
-                && changes.new_execution_tasks.is_some()
-                && gathered.changes.new_execution_tasks.is_some()
+                && write.changes.new_execution_tasks.is_some()
+                && gathered.write.changes.new_execution_tasks.is_some()
         })
     });
     if must_flush {
@@ -520,22 +515,28 @@ fn gather(
         let mut batch = batch.borrow_mut();
         match batch.as_mut() {
             Some(gathered) if Arc::ptr_eq(&gathered.bus, bus) => {
-                let Changes {
-                    new_execution_tasks,
-                    tasks,
-                    executions,
-                    events: _,
-                } = changes;
+                let Write {
+                    changes:
+                        Changes {
+                            new_execution_tasks,
+                            tasks,
+                            executions,
+                            events: _,
+                        },
+                    events,
+                    waiters,
+                } = write;
+                let into = &mut gathered.write;
                 if new_execution_tasks.is_some() {
-                    gathered.changes.new_execution_tasks = new_execution_tasks;
+                    into.changes.new_execution_tasks = new_execution_tasks;
                 }
-                gathered.changes.tasks.extend(tasks);
-                gathered.changes.executions.extend(executions);
-                gathered.events.extend(events);
-                gathered.waiters.push(waiter);
-                Ok(())
+                into.changes.tasks.extend(tasks);
+                into.changes.executions.extend(executions);
+                into.events.extend(events);
+                into.waiters.extend(waiters);
+                None
             }
-            _ => Err((changes, events, waiter)),
+            _ => Some(write),
         }
     })
 }
@@ -543,8 +544,8 @@ fn gather(
 /// Hands this thread's gathered writes to the store (the batch stays open).
 fn flush_thread_batch() {
     let taken = BATCH.with(|batch| batch.borrow_mut().as_mut().and_then(Gathered::take));
-    if let Some((bus, changes, events, waiters)) = taken {
-        bus.write(changes, events, waiters);
+    if let Some((bus, write)) = taken {
+        bus.write(write);
     }
 }
 
@@ -624,16 +625,18 @@ impl EventBus {
             .into_iter()
             .map(|(payload, context)| (payload, context, now))
             .collect();
-        let waiter = (after, Arc::clone(&state));
-        match gather(&self.inner, changes, events, waiter) {
-            Ok(()) => Commit {
-                last_sequence: 0,
-                state,
-            },
-            Err((changes, events, waiter)) => Commit {
-                last_sequence: self.inner.write(changes, events, vec![waiter]),
-                state,
-            },
+        let write = Write {
+            changes,
+            events,
+            waiters: vec![(after, Arc::clone(&state))],
+        };
+        let last_sequence = match gather(&self.inner, write) {
+            None => 0,
+            Some(write) => self.inner.write(write),
+        };
+        Commit {
+            last_sequence,
+            state,
         }
     }
 
