@@ -2,7 +2,8 @@
 
 use std::pin::Pin;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -62,16 +63,11 @@ impl EventService for EventApi {
         let items = self
             .runtime
             .subscribe_events(filter, request.after_sequence)?;
-        let stream = ReceiverStream::new(items).filter_map(move |item| {
-            let visible = match &item {
-                Ok(StreamItem::Event(event)) => visibility.sees(event),
-                Ok(StreamItem::Heartbeat { .. }) | Err(_) => true,
-            };
-            std::future::ready(visible.then_some(item))
-        });
-        let stream = stream.map(|item| match item {
-            Ok(item) => Ok(stream_item_to_pb(&item)),
-            Err(error) => Err(Status::from(error)),
+        // One step per item: the caller's visibility, then the wire.
+        let stream = ReceiverStream::new(items).filter_map(move |item| match item {
+            Ok(StreamItem::Event(event)) if !visibility.sees(&event) => None,
+            Ok(item) => Some(Ok(stream_item_to_pb(&item))),
+            Err(error) => Some(Err(Status::from(error))),
         });
         Ok(Response::new(Box::pin(stream)))
     }

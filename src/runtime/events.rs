@@ -196,12 +196,14 @@ impl Pump {
     /// heartbeat timer is re-armed only when it fires (an event since then
     /// pushes the beat back), and the waits for the client to leave and for
     /// the drain are registered once. Each event then costs one receive and
-    /// one send, with a thousand subscribers as with one.
+    /// one send, and no lock that other streams take.
     async fn run(&mut self, mut live: LiveEvents) {
         if !self.catch_up().await {
             return;
         }
-        let closing = self.closing.clone().cancelled_owned();
+        // A child of the drain's token: checking a token takes its lock, and
+        // the drain's is shared by every stream; a child's is this stream's.
+        let closing = self.closing.child_token().cancelled_owned();
         let client = self.tx.clone();
         let gone = client.closed();
         let beat = tokio::time::sleep(self.heartbeat);

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use ::metrics::{Label, SharedString, counter, histogram};
+use ::metrics::{Counter, Label, SharedString, counter, histogram};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -409,6 +409,10 @@ pub struct Counting {
     messages: MessageCounter,
     /// Which way.
     direction: Direction,
+    /// The message counter, looked up at the first message and kept: a
+    /// stream that sends a thousand messages looks it up once (a lookup
+    /// builds the key and hashes it).
+    counter: Option<Counter>,
 }
 
 impl Counting {
@@ -416,6 +420,7 @@ impl Counting {
         Self {
             messages: MessageCounter::default(),
             direction: Direction::Received(Arc::clone(info)),
+            counter: None,
         }
     }
 
@@ -423,6 +428,7 @@ impl Counting {
         Self {
             messages: MessageCounter::default(),
             direction: Direction::Sent(outcome),
+            counter: None,
         }
     }
 
@@ -431,14 +437,17 @@ impl Counting {
         if n == 0 {
             return;
         }
-        match &self.direction {
-            Direction::Received(info) => {
-                counter!(GRPC_SERVER_MSG_RECEIVED_TOTAL, info.labels.iter()).increment(n);
-            }
-            Direction::Sent(outcome) => {
-                counter!(GRPC_SERVER_MSG_SENT_TOTAL, outcome.info.labels.iter()).increment(n);
-            }
-        }
+        let direction = &self.direction;
+        self.counter
+            .get_or_insert_with(|| match direction {
+                Direction::Received(info) => {
+                    counter!(GRPC_SERVER_MSG_RECEIVED_TOTAL, info.labels.iter())
+                }
+                Direction::Sent(outcome) => {
+                    counter!(GRPC_SERVER_MSG_SENT_TOTAL, outcome.info.labels.iter())
+                }
+            })
+            .increment(n);
     }
 
     fn on_end(&mut self, code: &'static str) {
