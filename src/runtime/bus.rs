@@ -25,7 +25,7 @@
 //!
 //! **Batches.** The executor makes several changes in one step (an actor
 //! turn, one ComfyUI message): each a task or execution write with its
-//! events. Inside a [`Batch`] (opened with [`EventBus::batch`] around such a
+//! events. Inside a `Batch` (opened with `EventBus::batch` around such a
 //! synchronous step) those writes are gathered on the thread and handed to
 //! the store as one write when the batch closes, so a step costs one commit
 //! instead of one per change. Their events are numbered then, still in
@@ -313,7 +313,7 @@ impl Drop for Running {
 #[must_use = "a commit is either waited for or dropped on purpose"]
 pub struct Commit {
     /// The sequence of the last event of the write (of the bus's last event
-    /// when the write had none); 0 for a write gathered into a [`Batch`],
+    /// when the write had none); 0 for a write gathered into a `Batch`,
     /// whose events are numbered when the batch is handed over.
     pub last_sequence: u64,
     /// Where the outcome arrives.
