@@ -391,6 +391,13 @@ impl TaskRegistry {
         commit
     }
 
+    /// Remembers `task` as just stored (by a write the caller waited for),
+    /// so that the next read-modify-write starts from it, not from the
+    /// store; the returned closure forgets it unless a newer write came since.
+    pub(crate) fn remember(&self, task: &Task) -> Box<dyn FnOnce() + Send> {
+        self.pending.insert(task.id.clone(), task.clone())
+    }
+
     /// The newest state of a task: the one waiting for its commit, else the
     /// stored one. The executor and read-modify-write read through this.
     pub(crate) fn latest(&self, id: &str) -> Result<Option<Task>, RuntimeError> {

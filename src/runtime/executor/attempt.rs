@@ -32,7 +32,7 @@ use crate::runtime::bus::Commit;
 use crate::runtime::scheduler::ExecutionId;
 
 use super::failure::{Failure, FailureKind};
-use super::messages::{Control, Msg, Outcome};
+use super::messages::{Control, Msg, NodeTasks, Outcome};
 use super::pool::Backend;
 use super::shared::Shared;
 
@@ -57,8 +57,8 @@ pub(crate) struct AttemptSpec {
     pub attach: Option<String>,
     /// The prompt, as POST /prompt takes it.
     pub prompt: Value,
-    /// Node id -> its NODE task id.
-    pub node_tasks: Arc<HashMap<String, String>>,
+    /// Node id -> its NODE task id, in the prompt's order.
+    pub node_tasks: Arc<NodeTasks>,
     /// Longest running time, from the backend's execution_start.
     pub timeout: Duration,
     /// The write that records the prompt id; the prompt is posted once it
@@ -535,7 +535,7 @@ fn outputs_json(outputs: &BTreeMap<NodeId, NodeOutput>) -> JsonObject {
 struct Follower<'a> {
     shared: &'a Shared,
     execution_id: &'a str,
-    node_tasks: &'a HashMap<String, String>,
+    node_tasks: &'a NodeTasks,
     /// Progress per node id in this attempt.
     progress: HashMap<String, f64>,
     /// The node executing now.

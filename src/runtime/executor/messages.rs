@@ -9,20 +9,48 @@
 
 use tokio::sync::oneshot;
 
-use crate::model::JsonObject;
+use crate::model::{JsonObject, Task, WorkflowExecution};
 use crate::runtime::RuntimeError;
 use crate::runtime::scheduler::{BackendId, DeviceReport, ExecutionId};
 
 use super::failure::Failure;
 
+/// Node id -> its NODE task id, in the prompt's order.
+pub(crate) type NodeTasks = indexmap::IndexMap<String, String>;
+
+/// A just stored execution as the handle hands it to the actor: what the
+/// actor would otherwise read back from the store.
+pub(crate) struct Admitted {
+    /// The execution record as stored.
+    pub(crate) execution: WorkflowExecution,
+    /// Its root task as stored.
+    pub(crate) root: Task,
+    /// The node classes it needs.
+    pub(crate) required: Vec<String>,
+    /// The prompt as stored (for a dispatch in the same turn).
+    pub(crate) prompt: serde_json::Value,
+}
+
+/// What the actor made of a submitted execution in the turn that admitted
+/// it, as it answers the handle: the record and tasks as that turn left them
+/// (PENDING, QUEUED or dispatched), and the queue position.
+pub(crate) struct Submitted {
+    /// The execution record.
+    pub(crate) execution: Option<WorkflowExecution>,
+    /// Its root task and NODE tasks (in the prompt's order).
+    pub(crate) tasks: Vec<Task>,
+    /// Queued executions ahead of it.
+    pub(crate) position: Option<u32>,
+}
+
 /// Inputs of the actor.
 pub(crate) enum Msg {
     /// A stored execution to admit.
     Submit {
-        /// The execution, already stored.
-        execution_id: String,
-        /// Answered once the actor holds it.
-        reply: oneshot::Sender<()>,
+        /// The execution, already stored, with what admitting it needs.
+        admitted: Box<Admitted>,
+        /// Answered at the end of the turn, its writes handed over.
+        reply: oneshot::Sender<Submitted>,
     },
     /// Cancel an execution.
     Cancel {

@@ -254,29 +254,21 @@ impl Executor {
         self.assemble(execution)
     }
 
-    fn assemble(&self, mut execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {
+    fn assemble(&self, execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {
         let store = &self.shared.store;
+        let mut tasks = Vec::new();
         if let Some(root_id) = execution.root_task_id.clone() {
-            let mut tasks = Vec::new();
             if let Some(root) = store.get_task(&root_id)? {
                 tasks.push(root);
             }
             for child in store.child_ids(&root_id)? {
-                if let Some(task) = store.get_task(&child)?
-                    && task.task_type == TaskType::Node
-                {
-                    if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
-                        execution
-                            .node_metrics
-                            .insert(node.to_owned(), task.metrics.clone());
-                    }
+                if let Some(task) = store.get_task(&child)? {
                     tasks.push(task);
                 }
             }
-            execution.tasks = tasks;
         }
         Ok(ExecutionView {
-            execution,
+            execution: with_tasks(execution, tasks),
             queue_position: None,
         })
     }
@@ -428,4 +420,25 @@ fn artifact_error(execution_id: &str, error: super::artifacts::ArtifactError) ->
             RuntimeError::Unavailable("the artifact could not be read".into())
         }
     }
+}
+
+/// `execution` with its `tasks` (the root first, then its children; only
+/// the NODE ones are kept) and its `node_metrics` from the NODE tasks.
+fn with_tasks(mut execution: WorkflowExecution, tasks: Vec<Task>) -> WorkflowExecution {
+    let root_id = execution.root_task_id.as_deref();
+    execution.tasks = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if Some(task.id.as_str()) != root_id {
+            if task.task_type != TaskType::Node {
+                continue;
+            }
+            if let Some(node) = task.metadata.get("node_id").and_then(Value::as_str) {
+                execution
+                    .node_metrics
+                    .insert(node.to_owned(), task.metrics.clone());
+            }
+        }
+        execution.tasks.push(task);
+    }
+    execution
 }

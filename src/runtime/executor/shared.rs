@@ -150,6 +150,16 @@ impl Shared {
         *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
     }
 
+    /// Remembers `execution` as just stored (by a write the caller waited
+    /// for), so that the next read-modify-write starts from it, not from the
+    /// store; the returned closure forgets it unless a newer write came since.
+    pub(crate) fn remember_execution(
+        &self,
+        execution: &WorkflowExecution,
+    ) -> Box<dyn FnOnce() + Send> {
+        self.pending.insert(execution.id.clone(), execution.clone())
+    }
+
     /// Read-modify-write of one execution record under the gate; the write
     /// is not waited for (it commits with the next group).
     pub(crate) fn update_execution<F>(

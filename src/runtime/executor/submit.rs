@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::model::workflow::GraphProblemKind;
 use crate::model::{
-    DependencyType, JsonObject, NewExecution, NewTask, Task, TaskType, ValidationError,
+    DependencyType, JsonObject, NewExecution, NewTask, Task, TaskStatus, TaskType, ValidationError,
     WorkflowDefinition, WorkflowExecution,
 };
 use crate::runtime::fingerprint::Fingerprint;
@@ -27,7 +27,7 @@ use crate::runtime::workflow_checks::{
 use crate::runtime::{ObjectKind, RuntimeError};
 use crate::store::{ExecutionCreateOutcome, IdempotencyKey, NewExecutionRecord};
 
-use super::messages::Msg;
+use super::messages::{Admitted, Msg, Submitted};
 use super::{
     ExecuteRequest, ExecutionOptions, ExecutionView, Executor, ValidationReport, WorkflowSource,
     deps,
@@ -311,8 +311,8 @@ impl Executor {
             execution_id,
             fingerprint,
         );
-        let outcome = match created {
-            Ok(outcome) => outcome,
+        let (outcome, admitted) = match created {
+            Ok(created) => created,
             Err(e) => {
                 self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
                 return Err(e);
@@ -320,20 +320,38 @@ impl Executor {
         };
         match outcome {
             ExecutionCreateOutcome::Created(execution) => {
+                let id = execution.id.clone();
                 let (reply, answer) = oneshot::channel();
                 self.tx
                     .send(Msg::Submit {
-                        execution_id: execution.id.clone(),
+                        admitted: Box::new(admitted),
                         reply,
                     })
                     .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
-                answer
+                let submitted = answer
                     .await
                     .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
-                // What the actor did with it (queued, dispatched) is durable
+                // What the actor did with it (queued, held) is durable
                 // before the client hears of it.
                 self.durable().await?;
-                self.view_with_position(&execution.id).await
+                match submitted {
+                    Submitted {
+                        execution: Some(execution),
+                        tasks,
+                        position,
+                    } => {
+                        let execution = super::with_tasks(execution, tasks);
+                        Ok(ExecutionView {
+                            queue_position: position
+                                .filter(|_| execution.status() == TaskStatus::Queued),
+                            execution,
+                        })
+                    }
+                    // Not held by the actor: as stored.
+                    Submitted {
+                        execution: None, ..
+                    } => self.view_with_position(&id).await,
+                }
             }
             ExecutionCreateOutcome::Existing {
                 execution,
@@ -358,7 +376,7 @@ impl Executor {
         prepared: Prepared,
         execution_id: String,
         fingerprint: String,
-    ) -> Result<ExecutionCreateOutcome, RuntimeError> {
+    ) -> Result<(ExecutionCreateOutcome, Admitted), RuntimeError> {
         let max_retries = prepared
             .options
             .max_retries
@@ -405,19 +423,27 @@ impl Executor {
             workflow_version: registered.then(|| workflow.version.clone()),
         })?;
         execution.ownership = request.ownership.clone();
-        let prompt = Bytes::from(Value::Object(prepared.prompt).to_string());
+        let prompt_value = Value::Object(prepared.prompt);
+        let prompt = Bytes::from(prompt_value.to_string());
         let key = request.idempotency_key.map(|key| IdempotencyKey {
             key: super::scoped_key(&key, request.ownership.as_ref()),
             fingerprint,
         });
         let outcome = self.shared.store.create_execution(
             NewExecutionRecord {
-                execution,
+                execution: execution.clone(),
                 tasks: tasks.clone(),
                 prompt,
             },
             key,
         )?;
+        execution.tasks = Vec::new();
+        let admitted = Admitted {
+            execution,
+            root: root.clone(),
+            required: prepared.required,
+            prompt: prompt_value,
+        };
         if let ExecutionCreateOutcome::Created(execution) = &outcome {
             for dep in &root.dependencies {
                 match dep.dependency_type {
@@ -444,7 +470,7 @@ impl Executor {
                 "execution created"
             );
         }
-        Ok(outcome)
+        Ok((outcome, admitted))
     }
 }
 

@@ -14,12 +14,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::model::{DependencyType, Task, TaskStatus};
 use crate::runtime::RuntimeError;
+use crate::runtime::executor::messages::{Admitted, NodeTasks, Submitted};
 use crate::runtime::scheduler::{ExecutionId, RequiredClasses};
 
-use super::{Actor, Admission, Live, Phase};
+use super::{Actor, Admission, Answer, Live, Phase};
 
 impl Actor {
     /// Loads a stored execution into the actor and queues it (or waits for
@@ -35,9 +37,88 @@ impl Actor {
         );
     }
 
+    /// Admits an execution the handle has just stored, from what the handle
+    /// handed over instead of the store; `reply` is answered at the end of
+    /// the turn, with what the turn made of it.
+    pub(super) fn admit_submitted(
+        &mut self,
+        admitted: Admitted,
+        reply: oneshot::Sender<Submitted>,
+    ) {
+        let Admitted {
+            execution,
+            root,
+            required,
+            prompt,
+        } = admitted;
+        // Read-modify-writes start from these, not from the store.
+        let forget = [
+            self.shared.remember_execution(&execution),
+            self.shared.tasks.remember(&root),
+        ];
+        let required = self.intern(RequiredClasses::new(required));
+        let sched = self.start(
+            &execution.id,
+            root.id.clone(),
+            required,
+            NodeTasks::new(),
+            &root,
+            Admission::Fresh,
+        );
+        // Kept for a dispatch in this turn only: a queued execution does not
+        // hold its prompt.
+        if self.live.contains_key(&sched) {
+            self.fresh_prompts.push((sched, prompt));
+        }
+        self.answers.push(Answer {
+            sched,
+            execution_id: execution.id,
+            root_id: root.id,
+            forget,
+            reply,
+        });
+    }
+
+    /// Answers the executions submitted in this turn, once its writes are
+    /// handed to the store: each as the turn left it (PENDING, QUEUED, or
+    /// dispatched with its NODE tasks), read from memory.
+    pub(super) fn answer_submitted(&mut self) {
+        if self.answers.is_empty() {
+            return;
+        }
+        self.shared.tasks.bus().flush_batch();
+        for answer in std::mem::take(&mut self.answers) {
+            let mut tasks = Vec::new();
+            if let Ok(Some(root)) = self.shared.tasks.latest(&answer.root_id) {
+                tasks.push(root);
+            }
+            let live = self.live.get(&answer.sched);
+            for task_id in live.iter().flat_map(|live| live.node_tasks.values()) {
+                if let Ok(Some(task)) = self.shared.tasks.latest(task_id) {
+                    tasks.push(task);
+                }
+            }
+            let submitted = Submitted {
+                execution: self
+                    .shared
+                    .latest_execution(&answer.execution_id)
+                    .ok()
+                    .flatten(),
+                tasks,
+                position: self
+                    .scheduler
+                    .position(answer.sched)
+                    .and_then(|p| u32::try_from(p).ok()),
+            };
+            for forget in answer.forget {
+                forget();
+            }
+            let _ = answer.reply.send(submitted);
+        }
+    }
+
     /// Loads a stored execution and starts it as `admission` says.
     pub(super) fn admit_as(&mut self, execution_id: &str, admission: Admission) {
-        let retrying = admission != Admission::Fresh;
         let loaded = self.load(execution_id);
         let (execution_root, required, node_tasks, root) = match loaded {
             Ok(Some(parts)) => parts,
@@ -52,6 +133,28 @@ impl Actor {
                 return;
             }
         };
+        self.start(
+            execution_id,
+            execution_root,
+            required,
+            node_tasks,
+            &root,
+            admission,
+        );
+    }
+
+    /// Makes a loaded execution live and starts it as `admission` says;
+    /// returns its scheduler id.
+    fn start(
+        &mut self,
+        execution_id: &str,
+        execution_root: String,
+        required: RequiredClasses,
+        node_tasks: NodeTasks,
+        root: &Task,
+        admission: Admission,
+    ) -> ExecutionId {
+        let retrying = admission != Admission::Fresh;
         let sched = ExecutionId(self.next_sched);
         self.next_sched += 1;
         let live = Live {
@@ -94,13 +197,12 @@ impl Actor {
             if let Some(live) = self.live.get_mut(&sched) {
                 live.phase = Phase::Recovering;
             }
-            return;
-        }
-        if retrying {
+        } else if retrying {
             self.enqueue(sched);
-            return;
+        } else {
+            self.check_dependencies(sched, root);
         }
-        self.check_dependencies(sched, &root);
+        sched
     }
 
     /// Queues `sched` when nothing holds it; cancels it when a REQUIRES
@@ -187,7 +289,7 @@ impl Actor {
         let Some(root) = self.shared.tasks.latest(&root_id)? else {
             return Ok(None);
         };
-        let mut node_tasks = HashMap::new();
+        let mut node_tasks = NodeTasks::new();
         for child in store.child_ids(&root_id)? {
             if let Some(task) = store.get_task(&child)?
                 && task.task_type == crate::model::TaskType::Node
@@ -219,7 +321,7 @@ impl Actor {
 
 /// A stored execution as the actor loads it: root task id, required classes,
 /// node id -> NODE task id, and the root task.
-type Loaded = (String, RequiredClasses, HashMap<String, String>, Task);
+type Loaded = (String, RequiredClasses, NodeTasks, Task);
 
 /// The part of a stored prompt's node that admission reads.
 #[derive(serde::Deserialize)]

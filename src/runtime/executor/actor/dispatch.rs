@@ -7,7 +7,6 @@
 //! actor's state from its parent and the executor's lower modules, never
 //! another part.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -19,7 +18,7 @@ use crate::comfy::client::PromptLocation;
 use crate::model::{JsonObject, NewTask, Task, TaskPriority, TaskStatus, TaskType};
 use crate::runtime::executor::attempt::{self, AttemptSpec};
 use crate::runtime::executor::failure::{Failure, FailureKind};
-use crate::runtime::executor::messages::{Control, Msg};
+use crate::runtime::executor::messages::{Control, Msg, NodeTasks};
 use crate::runtime::executor::shared::LoadSnapshot;
 use crate::runtime::scheduler::{
     Action, BackendId, ExecutionId, ExecutionKey, SchedulerError, TakenBackOutcome,
@@ -102,13 +101,22 @@ impl Actor {
             let _ = self.scheduler.prompt_finished(backend_id, sched);
             return;
         };
-        let prompt = match self.shared.store.execution_prompt(&live.id) {
-            Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
-            Ok(None) => Ok(Value::Null),
-            Err(error) => {
-                tracing::error!(execution_id = %live.id, %error, "prompt could not be read");
-                Ok(Value::Null)
-            }
+        let fresh = self
+            .fresh_prompts
+            .iter()
+            .position(|(id, _)| *id == sched)
+            .map(|at| self.fresh_prompts.swap_remove(at).1);
+        let prompt = match fresh {
+            // Submitted in this turn: the handle's copy, not read back.
+            Some(prompt) => Ok(prompt),
+            None => match self.shared.store.execution_prompt(&live.id) {
+                Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
+                Ok(None) => Ok(Value::Null),
+                Err(error) => {
+                    tracing::error!(execution_id = %live.id, %error, "prompt could not be read");
+                    Ok(Value::Null)
+                }
+            },
         };
         let prompt = match prompt {
             Ok(prompt) if prompt.is_object() => prompt,
@@ -377,7 +385,7 @@ impl Actor {
         let nodes = node_tasks(&root, &live.id, prompt);
         // Stored with their CREATED events in one write, not waited for.
         self.shared.tasks.create_execution_tasks(&live.id, &nodes);
-        let map: HashMap<String, String> = nodes
+        let map: NodeTasks = nodes
             .iter()
             .filter_map(|task| {
                 let node = task.metadata.get("node_id").and_then(Value::as_str)?;

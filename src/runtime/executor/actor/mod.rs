@@ -49,7 +49,7 @@ use crate::runtime::scheduler::{
     BackendId, ExecutionId, RequiredClasses, Scheduler, SchedulerConfig,
 };
 
-use super::messages::{Control, Msg};
+use super::messages::{Control, Msg, NodeTasks};
 use super::shared::Shared;
 
 /// How an execution enters the actor.
@@ -104,7 +104,7 @@ struct Live {
     /// The node classes a backend needs to run it.
     required: RequiredClasses,
     /// Node id -> its NODE task id (empty before the first dispatch).
-    node_tasks: Arc<HashMap<String, String>>,
+    node_tasks: Arc<NodeTasks>,
     /// Its running-time limit.
     timeout: Duration,
     /// Where it is.
@@ -149,7 +149,26 @@ pub(crate) struct Actor {
     /// One shared copy of each required-class list (see `intern`).
     interned: HashSet<RequiredClasses>,
     /// The empty NODE task map every never-dispatched execution shares.
-    no_nodes: Arc<HashMap<String, String>>,
+    no_nodes: Arc<NodeTasks>,
+    /// The prompts of executions submitted in this turn, for a dispatch in
+    /// the same turn; emptied when it ends.
+    fresh_prompts: Vec<(ExecutionId, serde_json::Value)>,
+    /// The executions submitted in this turn, answered when it ends.
+    answers: Vec<Answer>,
+}
+
+/// A submitted execution waiting for its answer at the end of the turn.
+struct Answer {
+    /// The execution.
+    sched: ExecutionId,
+    /// Its id.
+    execution_id: String,
+    /// Its root task's id.
+    root_id: String,
+    /// Forgets the states the handle stored (unless written again since).
+    forget: [Box<dyn FnOnce() + Send>; 2],
+    /// The waiting handle.
+    reply: tokio::sync::oneshot::Sender<super::messages::Submitted>,
 }
 
 impl Actor {
@@ -179,7 +198,9 @@ impl Actor {
             next_sched: 1,
             deferred_starts: Vec::new(),
             interned: HashSet::new(),
-            no_nodes: Arc::new(HashMap::new()),
+            no_nodes: Arc::new(NodeTasks::new()),
+            fresh_prompts: Vec::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -220,6 +241,8 @@ impl Actor {
                 }
             }
             self.pump();
+            self.fresh_prompts.clear();
+            self.answer_submitted();
             self.publish_gauges();
         }
         for live in self.live.values() {
@@ -234,14 +257,7 @@ impl Actor {
     /// for them to be durable).
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Submit {
-                execution_id,
-                reply,
-            } => {
-                self.admit(&execution_id, false);
-                self.shared.tasks.bus().flush_batch();
-                let _ = reply.send(());
-            }
+            Msg::Submit { admitted, reply } => self.admit_submitted(*admitted, reply),
             Msg::Cancel {
                 execution_id,
                 reason,
