@@ -518,6 +518,7 @@ fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
                 let Write {
                     changes:
                         Changes {
+                            new_executions,
                             new_execution_tasks,
                             tasks,
                             executions,
@@ -527,6 +528,7 @@ fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
                     waiters,
                 } = write;
                 let into = &mut gathered.write;
+                into.changes.new_executions.extend(new_executions);
                 if new_execution_tasks.is_some() {
                     into.changes.new_execution_tasks = new_execution_tasks;
                 }

@@ -12,9 +12,11 @@ use crate::model::{
     DependencyType, JsonObject, NewTask, Task, TaskDependency, TaskEvent, TaskEventType,
     TaskPriority, TaskStatus, TaskType, ValidationError,
 };
-use crate::store::{Changes, CreateOutcome, IdempotencyKey, Page, Store, StoreError, TaskFilter};
+use crate::store::{
+    Changes, CreateOutcome, IdempotencyKey, NewExecutionRecord, Page, Store, StoreError, TaskFilter,
+};
 
-use super::bus::{Commit, EventBus, EventContext, EventPayload};
+use super::bus::{After, Commit, EventBus, EventContext, EventPayload};
 use super::fingerprint::Fingerprint;
 use super::pending::PendingWrites;
 use super::{ObjectKind, RuntimeError};
@@ -473,6 +475,41 @@ impl TaskRegistry {
             },
             events,
             Some(Box::new(move || forget.into_iter().for_each(|f| f()))),
+        ));
+    }
+
+    /// Stores a new execution with its tasks and their CREATED events as
+    /// one write, without waiting for it (the tasks are read through
+    /// [`TaskRegistry::latest`] until it commits; `after` runs then too).
+    pub(crate) fn create_execution(&self, record: NewExecutionRecord, after: After) {
+        let forget: Vec<_> = record
+            .tasks
+            .iter()
+            .map(|task| self.pending.insert(task.id.clone(), task.clone()))
+            .collect();
+        let events = record
+            .tasks
+            .iter()
+            .map(|task| {
+                (
+                    EventPayload::Task(Self::created_event(task)),
+                    task_context(task),
+                )
+            })
+            .collect();
+        for task in &record.tasks {
+            crate::telemetry::metrics::task_submitted(task.task_type.as_str());
+        }
+        drop(self.bus.commit_then(
+            Changes {
+                new_executions: vec![record],
+                ..Changes::default()
+            },
+            events,
+            Some(Box::new(move || {
+                forget.into_iter().for_each(|f| f());
+                after();
+            })),
         ));
     }
 

@@ -81,7 +81,77 @@ conformance!(
     workflows_delete,
     meta_values,
     changes_are_written_whole_and_answered_in_order,
+    new_executions_are_written_with_the_changes_after_them,
 );
+
+/// `Store::write` with `new_executions`: each is stored as an unkeyed
+/// `create_execution` would, before the rest of the same write (which may
+/// change it, its tasks and add NODE tasks to it); a write whose other part
+/// fails stores nothing of it.
+fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
+    let (answers, answered) = std::sync::mpsc::channel();
+    let answer = |n: u32| -> super::Committed {
+        let answers = answers.clone();
+        Box::new(move |result| answers.send((n, result.is_ok())).unwrap())
+    };
+    let first = new_execution("wf", &["blue"], 1);
+    let second = new_execution("wf", &[], 0);
+    let root = first.tasks[0].clone();
+    let mut queued = root.clone();
+    queued.transition(TaskStatus::Queued).unwrap();
+    let mut updated = first.execution.clone();
+    updated.transition(TaskStatus::Queued).unwrap();
+    let node = task_with("later node", TaskType::Node, &[], Some(&root.id));
+    store.write(
+        Changes {
+            new_executions: vec![first.clone(), second.clone()],
+            new_execution_tasks: Some((first.execution.id.clone(), vec![node.clone()])),
+            tasks: vec![queued.clone()],
+            executions: vec![updated.clone()],
+            events: vec![std::sync::Arc::new(event(1))],
+        },
+        answer(1),
+    );
+    let never = new_execution("wf", &[], 0);
+    store.write(
+        Changes {
+            new_executions: vec![never.clone()],
+            tasks: vec![task("never stored")],
+            ..Changes::default()
+        },
+        answer(2),
+    );
+    let outcomes: Vec<(u32, bool)> = answered.iter().take(2).collect();
+    assert_eq!(outcomes, [(1, true), (2, false)]);
+
+    assert_eq!(
+        store.get_execution(&first.execution.id).unwrap(),
+        Some(updated)
+    );
+    assert_eq!(
+        store.execution_prompt(&first.execution.id).unwrap(),
+        Some(first.prompt.clone())
+    );
+    assert_eq!(store.get_task(&root.id).unwrap(), Some(queued));
+    assert_eq!(
+        store.child_ids(&root.id).unwrap(),
+        [first.tasks[1].id.clone(), node.id.clone()]
+    );
+    assert_eq!(
+        store.execution_of_task(&node.id).unwrap(),
+        Some(first.execution.id.clone())
+    );
+    let listed: Vec<String> = all_executions(store, &ExecutionFilter::default(), 10)
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [first.execution.id.clone(), second.execution.id.clone()]
+    );
+    assert_eq!(store.get_execution(&never.execution.id).unwrap(), None);
+    assert_eq!(store.get_task(&never.tasks[0].id).unwrap(), None);
+}
 
 /// `Store::write`: a task change, an execution change, new node tasks and
 /// their events land together; a write naming an unknown task changes
@@ -107,6 +177,7 @@ fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
             tasks: vec![running.clone()],
             executions: vec![updated.clone()],
             events: vec![std::sync::Arc::new(event(1)), std::sync::Arc::new(event(2))],
+            ..Changes::default()
         },
         answer(1),
     );

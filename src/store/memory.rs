@@ -63,6 +63,35 @@ impl Inner {
         self.tasks.insert(seq, task);
     }
 
+    /// Inserts a new execution, its tasks and prompt, and its key; returns
+    /// the execution as stored.
+    fn insert_execution(
+        &mut self,
+        new: NewExecutionRecord,
+        idempotency: Option<IdempotencyKey>,
+    ) -> WorkflowExecution {
+        let NewExecutionRecord {
+            mut execution,
+            tasks,
+            prompt,
+        } = new;
+        execution.tasks = Vec::new();
+        for task in tasks {
+            self.task_execution
+                .insert(task.id.clone(), execution.id.clone());
+            self.insert_task(task);
+        }
+        if let Some(key) = idempotency {
+            self.execution_keys
+                .insert(key.key, (key.fingerprint, execution.id.clone()));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.execution_index.insert(execution.id.clone(), seq);
+        self.executions.insert(seq, (execution.clone(), prompt));
+        execution
+    }
+
     fn task(&self, id: &str) -> Option<&Task> {
         self.task_index.get(id).and_then(|seq| self.tasks.get(seq))
     }
@@ -82,9 +111,22 @@ impl Inner {
             .new_execution_tasks
             .iter()
             .flat_map(|(_, tasks)| tasks.iter().map(|t| t.id.as_str()))
+            .chain(
+                changes
+                    .new_executions
+                    .iter()
+                    .flat_map(|new| new.tasks.iter().map(|t| t.id.as_str())),
+            )
             .collect();
+        let new_executions: std::collections::HashSet<&str> = changes
+            .new_executions
+            .iter()
+            .map(|new| new.execution.id.as_str())
+            .collect();
+        let known_execution =
+            |id: &str| self.execution_index.contains_key(id) || new_executions.contains(id);
         if let Some((execution_id, _)) = &changes.new_execution_tasks
-            && !self.execution_index.contains_key(execution_id)
+            && !known_execution(execution_id)
         {
             return Err(unknown("execution", execution_id));
         }
@@ -95,12 +137,13 @@ impl Inner {
         {
             return Err(unknown("task", &task.id));
         }
-        if let Some(execution) = changes
-            .executions
-            .iter()
-            .find(|e| !self.execution_index.contains_key(&e.id))
-        {
+        if let Some(execution) = changes.executions.iter().find(|e| !known_execution(&e.id)) {
             return Err(unknown("execution", &execution.id));
+        }
+        drop(new_ids);
+        drop(new_executions);
+        for new in changes.new_executions {
+            self.insert_execution(new, None);
         }
         if let Some((execution_id, tasks)) = changes.new_execution_tasks {
             for task in tasks {
@@ -257,28 +300,9 @@ impl Store for MemoryStore {
                 same_body: *fingerprint == key.fingerprint,
             });
         }
-        let NewExecutionRecord {
-            mut execution,
-            tasks,
-            prompt,
-        } = new;
-        execution.tasks = Vec::new();
-        for task in tasks {
-            inner
-                .task_execution
-                .insert(task.id.clone(), execution.id.clone());
-            inner.insert_task(task);
-        }
-        if let Some(key) = idempotency {
-            inner
-                .execution_keys
-                .insert(key.key, (key.fingerprint, execution.id.clone()));
-        }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.execution_index.insert(execution.id.clone(), seq);
-        inner.executions.insert(seq, (execution.clone(), prompt));
-        Ok(ExecutionCreateOutcome::Created(execution))
+        Ok(ExecutionCreateOutcome::Created(
+            inner.insert_execution(new, idempotency),
+        ))
     }
 
     fn add_execution_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {

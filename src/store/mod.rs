@@ -181,6 +181,10 @@ pub struct IdempotencyKey {
 /// one without the other.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
+    /// New executions with their root tasks and prompts, stored first, like
+    /// [`Store::create_execution`] without an idempotency key (a keyed
+    /// create needs the store's answer and goes through that method).
+    pub new_executions: Vec<NewExecutionRecord>,
     /// New tasks of an existing execution (its NODE tasks, created when it
     /// is first dispatched): the execution's id and the tasks, stored like
     /// [`Store::add_execution_tasks`] does.
@@ -196,7 +200,8 @@ pub struct Changes {
 impl Changes {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.new_execution_tasks.is_none()
+        self.new_executions.is_empty()
+            && self.new_execution_tasks.is_none()
             && self.tasks.is_empty()
             && self.executions.is_empty()
             && self.events.is_empty()

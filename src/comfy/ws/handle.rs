@@ -202,6 +202,19 @@ impl PromptWatch {
         event
     }
 
+    /// The next event if one is already waiting; `None` when none is (or
+    /// the watch has ended: [`PromptWatch::next_event`] then says so).
+    pub fn try_next_event(&mut self) -> Option<PromptEvent> {
+        if self.finished {
+            return None;
+        }
+        let event = self.events.try_recv().ok()?;
+        if event.is_terminal() {
+            self.finished = true;
+        }
+        Some(event)
+    }
+
     /// Skips to the terminal event.
     pub async fn terminal(&mut self) -> Option<PromptEvent> {
         while let Some(event) = self.next_event().await {

@@ -208,60 +208,69 @@ async fn follow(
         .min();
         tokio::select! {
             event = watch.next_event() => {
-                // The message's writes (node tasks, the record, their events) are one store write.
+                // The message's writes (node tasks, the record, their events),
+                // and those of the messages already waiting behind it, are
+                // one store write.
                 let _batch = shared.tasks.bus().batch();
-                let Some(event) = event else {
-                    return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
-                        FailureKind::PromptLost,
-                        "the backend's websocket task stopped while the prompt was in flight",
-                    ))));
-                };
-                last_event = Instant::now();
-                match event {
-                    PromptEvent::Started { .. } => {
-                        deadline = Instant::now().checked_add(spec.timeout);
-                        if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
-                            return None;
-                        }
-                    }
-                    PromptEvent::Cached { nodes } => follower.cached(&nodes),
-                    PromptEvent::NodeStarted { node, .. } => {
-                        if deadline.is_none() {
+                let mut event = event;
+                loop {
+                    let Some(current) = event else {
+                        return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
+                            FailureKind::PromptLost,
+                            "the backend's websocket task stopped while the prompt was in flight",
+                        ))));
+                    };
+                    last_event = Instant::now();
+                    match current {
+                        PromptEvent::Started { .. } => {
                             deadline = Instant::now().checked_add(spec.timeout);
                             if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
                                 return None;
                             }
                         }
-                        follower.node_started(&node);
-                    }
-                    PromptEvent::Progress { node, value, max } => {
-                        follower.progress(node.as_deref(), value, max);
-                    }
-                    PromptEvent::Executed { node, .. } => follower.node_done(&node),
-                    PromptEvent::Preview { .. } | PromptEvent::Text { .. } | PromptEvent::Lagged { .. } => {}
-                    PromptEvent::Success(completion) => return Some(FollowEnd::Success(completion)),
-                    PromptEvent::Error { error, .. } => {
-                        let failure = node_failure(&error.node_id, &error.node_type, &error.exception_type, &error.exception_message);
-                        follower.node_failed(&error.node_id, &failure);
-                        follower.finish_running(TaskStatus::Failed);
-                        return Some(FollowEnd::Outcome(Outcome::Failed(failure)));
-                    }
-                    PromptEvent::Interrupted { .. } => {
-                        follower.interrupt_running();
-                        if timed_out {
-                            return Some(FollowEnd::Outcome(Outcome::Failed(timeout_failure(spec.timeout))));
+                        PromptEvent::Cached { nodes } => follower.cached(&nodes),
+                        PromptEvent::NodeStarted { node, .. } => {
+                            if deadline.is_none() {
+                                deadline = Instant::now().checked_add(spec.timeout);
+                                if tx.send(Msg::Started { sched: spec.sched, attempt: spec.attempt }).is_err() {
+                                    return None;
+                                }
+                            }
+                            follower.node_started(&node);
                         }
-                        return Some(FollowEnd::Outcome(Outcome::Interrupted));
+                        PromptEvent::Progress { node, value, max } => {
+                            follower.progress(node.as_deref(), value, max);
+                        }
+                        PromptEvent::Executed { node, .. } => follower.node_done(&node),
+                        PromptEvent::Preview { .. } | PromptEvent::Text { .. } | PromptEvent::Lagged { .. } => {}
+                        PromptEvent::Success(completion) => return Some(FollowEnd::Success(completion)),
+                        PromptEvent::Error { error, .. } => {
+                            let failure = node_failure(&error.node_id, &error.node_type, &error.exception_type, &error.exception_message);
+                            follower.node_failed(&error.node_id, &failure);
+                            follower.finish_running(TaskStatus::Failed);
+                            return Some(FollowEnd::Outcome(Outcome::Failed(failure)));
+                        }
+                        PromptEvent::Interrupted { .. } => {
+                            follower.interrupt_running();
+                            if timed_out {
+                                return Some(FollowEnd::Outcome(Outcome::Failed(timeout_failure(spec.timeout))));
+                            }
+                            return Some(FollowEnd::Outcome(Outcome::Interrupted));
+                        }
+                        // The runtime is stopping: leave every task as it is, for
+                        // the recovery of the next start to reconcile.
+                        PromptEvent::Lost { reason: crate::comfy::ws::LostReason::Shutdown } => return None,
+                        PromptEvent::Lost { reason } => {
+                            follower.interrupt_running();
+                            return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
+                                FailureKind::PromptLost,
+                                format!("the prompt was lost on {}: {reason}", backend.name),
+                            ))));
+                        }
                     }
-                    // The runtime is stopping: leave every task as it is, for
-                    // the recovery of the next start to reconcile.
-                    PromptEvent::Lost { reason: crate::comfy::ws::LostReason::Shutdown } => return None,
-                    PromptEvent::Lost { reason } => {
-                        follower.interrupt_running();
-                        return Some(FollowEnd::Outcome(Outcome::Failed(Failure::transient(
-                            FailureKind::PromptLost,
-                            format!("the prompt was lost on {}: {reason}", backend.name),
-                        ))));
+                    match watch.try_next_event() {
+                        Some(next) => event = Some(next),
+                        None => break,
                     }
                 }
             }

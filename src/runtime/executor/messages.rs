@@ -12,19 +12,25 @@ use tokio::sync::oneshot;
 use crate::model::{JsonObject, Task, WorkflowExecution};
 use crate::runtime::RuntimeError;
 use crate::runtime::scheduler::{BackendId, DeviceReport, ExecutionId};
+use crate::store::NewExecutionRecord;
 
 use super::failure::Failure;
 
 /// Node id -> its NODE task id, in the prompt's order.
 pub(crate) type NodeTasks = indexmap::IndexMap<String, String>;
 
-/// A just stored execution as the handle hands it to the actor: what the
-/// actor would otherwise read back from the store.
+/// A new execution as the handle hands it to the actor: what the actor
+/// would otherwise read back from the store, and the record itself when the
+/// actor is to store it.
 pub(crate) struct Admitted {
     /// The execution record as stored.
     pub(crate) execution: WorkflowExecution,
     /// Its root task as stored.
     pub(crate) root: Task,
+    /// The record to store, when the handle has not stored it (a submission
+    /// without an idempotency key: the actor's write of the turn stores it
+    /// with what the turn does to it, one commit).
+    pub(crate) unstored: Option<NewExecutionRecord>,
     /// The node classes it needs.
     pub(crate) required: Vec<String>,
     /// The prompt as stored (for a dispatch in the same turn).

@@ -22,7 +22,7 @@ use crate::runtime::RuntimeError;
 use crate::runtime::bus::{Commit, EventContext};
 use crate::runtime::pending::PendingWrites;
 use crate::runtime::tasks::TaskRegistry;
-use crate::store::{Changes, Store};
+use crate::store::{Changes, NewExecutionRecord, Store};
 
 use super::pool::Pool;
 
@@ -148,6 +148,17 @@ impl Shared {
     /// Replaces the published load (the actor, after each message).
     pub(crate) fn set_load(&self, load: LoadSnapshot) {
         *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
+    }
+
+    /// Stores a new execution (its record, tasks, prompt and CREATED
+    /// events) as one write, without waiting for it: read through the
+    /// pending writes until it commits.
+    pub(crate) fn create_execution(&self, mut record: NewExecutionRecord) {
+        record.execution.tasks = Vec::new();
+        let forget = self
+            .pending
+            .insert(record.execution.id.clone(), record.execution.clone());
+        self.tasks.create_execution(record, forget);
     }
 
     /// Remembers `execution` as just stored (by a write the caller waited

@@ -429,18 +429,27 @@ impl Executor {
             key: super::scoped_key(&key, request.ownership.as_ref()),
             fingerprint,
         });
-        let outcome = self.shared.store.create_execution(
-            NewExecutionRecord {
-                execution: execution.clone(),
-                tasks: tasks.clone(),
-                prompt,
-            },
-            key,
-        )?;
+        let record = NewExecutionRecord {
+            execution: execution.clone(),
+            tasks: tasks.clone(),
+            prompt,
+        };
         execution.tasks = Vec::new();
+        // A keyed create needs the store's answer (the key may be taken);
+        // any other is stored by the actor, with what it does to it, in one
+        // write.
+        let (outcome, unstored) = match key {
+            Some(key) => (self.shared.store.create_execution(record, Some(key))?, None),
+            None => (
+                ExecutionCreateOutcome::Created(execution.clone()),
+                Some(record),
+            ),
+        };
+        let stored = unstored.is_none();
         let admitted = Admitted {
             execution,
             root: root.clone(),
+            unstored,
             required: prepared.required,
             prompt: prompt_value,
         };
@@ -461,7 +470,9 @@ impl Executor {
                         .add_dependent(&dep.task_id, &root.id, kind),
                 }
             }
-            self.shared.tasks.announce_created(&tasks);
+            if stored {
+                self.shared.tasks.announce_created(&tasks);
+            }
             tracing::info!(
                 execution_id = %execution.id,
                 workflow_id = %execution.workflow_id,

@@ -300,9 +300,47 @@ fn status(reply: &Reply) -> &[u8] {
     reply.first().map_or(&b""[..], |s| s.as_slice())
 }
 
+/// The script arguments of a new execution (see `scripts::CREATE_EXECUTION`).
+fn create_args(
+    new: &NewExecutionRecord,
+    idempotency: Option<IdempotencyKey>,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let (key, fingerprint) = idempotency
+        .map(|k| (k.key, k.fingerprint))
+        .unwrap_or_default();
+    let mut args = vec![
+        new.execution.id.clone().into_bytes(),
+        execution_body(&new.execution)?,
+        new.prompt.to_vec(),
+        key.into_bytes(),
+        fingerprint.into_bytes(),
+        new.tasks.len().to_string().into_bytes(),
+    ];
+    for task in &new.tasks {
+        args.push(task.id.clone().into_bytes());
+        args.push(task.parent_id.clone().unwrap_or_default().into_bytes());
+        args.push(encode("task", &task.id, task)?);
+    }
+    Ok(args)
+}
+
 /// The script arguments of `changes` (see `scripts::APPLY`).
 fn apply_args(changes: &Changes, retention: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut args = vec![retention.to_string().into_bytes()];
+    let mut args = vec![
+        retention.to_string().into_bytes(),
+        changes.new_executions.len().to_string().into_bytes(),
+    ];
+    for new in &changes.new_executions {
+        args.push(new.execution.id.clone().into_bytes());
+        args.push(execution_body(&new.execution)?);
+        args.push(new.prompt.to_vec());
+        args.push(new.tasks.len().to_string().into_bytes());
+        for task in &new.tasks {
+            args.push(task.id.clone().into_bytes());
+            args.push(task.parent_id.clone().unwrap_or_default().into_bytes());
+            args.push(encode("task", &task.id, task)?);
+        }
+    }
     match &changes.new_execution_tasks {
         Some((execution_id, tasks)) => {
             args.push(execution_id.clone().into_bytes());
@@ -436,28 +474,13 @@ impl Store for RedisStore {
         new: NewExecutionRecord,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<ExecutionCreateOutcome, StoreError> {
-        let (key, fingerprint) = idempotency
-            .map(|k| (k.key, k.fingerprint))
+        let fingerprint = idempotency
+            .as_ref()
+            .map(|k| k.fingerprint.clone())
             .unwrap_or_default();
-        let NewExecutionRecord {
-            mut execution,
-            tasks,
-            prompt,
-        } = new;
+        let args = create_args(&new, idempotency)?;
+        let mut execution = new.execution;
         execution.tasks = Vec::new();
-        let mut args = vec![
-            execution.id.clone().into_bytes(),
-            execution_body(&execution)?,
-            prompt.to_vec(),
-            key.into_bytes(),
-            fingerprint.clone().into_bytes(),
-            tasks.len().to_string().into_bytes(),
-        ];
-        for task in &tasks {
-            args.push(task.id.clone().into_bytes());
-            args.push(task.parent_id.clone().unwrap_or_default().into_bytes());
-            args.push(encode("task", &task.id, task)?);
-        }
         let reply = self.call(Kind::CreateExecution, args)?;
         match status(&reply) {
             b"existing" => Ok(ExecutionCreateOutcome::Existing {

@@ -49,18 +49,32 @@ local function split_key(value)
 end
 "#;
 
-/// `ARGV`: token, retention, execution id of new tasks (or ''), n new tasks,
-/// (id, parent, body) each, n tasks, (id, body) each, n executions, (id, body)
-/// each, n events, (sequence, body) each. Checks every id before changing anything.
+/// `ARGV`: token, retention, n new executions, (id, body, prompt, n tasks,
+/// (id, parent, body) each) each, execution id of new tasks (or ''), n new
+/// tasks, (id, parent, body) each, n tasks, (id, body) each, n executions,
+/// (id, body) each, n events, (sequence, body) each. Checks every id before
+/// changing anything; new executions are stored first (as CREATE_EXECUTION
+/// without a key does).
 const APPLY: &str = r#"
 local retention = ARGV[2]
-local execution_id = ARGV[3]
-local i = 4
+local i = 3
+local n_new_execs = tonumber(ARGV[i]); i = i + 1
+local new_execs_at = i
+local new_exec_ids = {}
+local new_ids = {}
+for _ = 1, n_new_execs do
+  new_exec_ids[ARGV[i]] = true
+  local n = tonumber(ARGV[i + 3]); i = i + 4
+  for _ = 1, n do new_ids[ARGV[i]] = true; i = i + 3 end
+end
+local function known_execution(id)
+  return new_exec_ids[id] or redis.call('HEXISTS', K_EXECS, id) == 1
+end
+local execution_id = ARGV[i]; i = i + 1
 local n_new = tonumber(ARGV[i]); i = i + 1
 local new_at = i
-local new_ids = {}
 for _ = 1, n_new do new_ids[ARGV[i]] = true; i = i + 3 end
-if execution_id ~= '' and redis.call('HEXISTS', K_EXECS, execution_id) == 0 then
+if execution_id ~= '' and not known_execution(execution_id) then
   return {'missing', 'execution ' .. execution_id}
 end
 local n_tasks = tonumber(ARGV[i]); i = i + 1
@@ -74,13 +88,32 @@ end
 local n_execs = tonumber(ARGV[i]); i = i + 1
 local execs_at = i
 for _ = 1, n_execs do
-  if redis.call('HEXISTS', K_EXECS, ARGV[i]) == 0 then
+  if not known_execution(ARGV[i]) then
     return {'missing', 'execution ' .. ARGV[i]}
   end
   i = i + 2
 end
 local n_events = tonumber(ARGV[i]); i = i + 1
 local events_at = i
+
+i = new_execs_at
+for _ = 1, n_new_execs do
+  local id, body, prompt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local n = tonumber(ARGV[i + 3]); i = i + 4
+  local fresh = redis.call('HEXISTS', K_EXECS, id) == 0
+  for _ = 1, n do
+    if fresh then
+      insert_task(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+      redis.call('HSET', K_TASK_EXEC, ARGV[i], id)
+    end
+    i = i + 3
+  end
+  if fresh then
+    redis.call('ZADD', K_EXEC_ORDER, redis.call('INCR', K_SEQ), id)
+    redis.call('HSET', K_PROMPTS, id, prompt)
+  end
+  redis.call('HSET', K_EXECS, id, body)
+end
 
 i = new_at
 for _ = 1, n_new do

@@ -87,9 +87,7 @@ pub(super) fn create(
                 });
             }
         }
-        for task in &tasks {
-            insert_task(conn, task, Some(&row.id))?;
-        }
+        insert(conn, &row, &tasks, &prompt)?;
         if let Some(key) = &idempotency {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO execution_keys (key, fingerprint, execution_id)
@@ -97,22 +95,62 @@ pub(super) fn create(
             )?
             .execute(params![key.key, key.fingerprint, row.id])?;
         }
-        conn.prepare_cached(
-            "INSERT INTO executions
-             (id, status, workflow_id, root_task_id, updated_ms, body, prompt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            row.id,
-            row.status,
-            row.workflow_id,
-            row.root_task_id,
-            row.updated_ms,
-            row.body,
-            prompt.as_ref()
-        ])?;
         Ok(ExecutionCreateOutcome::Created(execution))
     })
+}
+
+/// A new execution as rows: the execution's, its tasks', its prompt.
+pub(super) struct NewExecutionRows {
+    execution: ExecutionRow,
+    tasks: Vec<TaskRow>,
+    prompt: Bytes,
+}
+
+impl NewExecutionRows {
+    /// The rows of `new` (its execution's `tasks` are not stored).
+    pub(super) fn new(new: &NewExecutionRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            execution: ExecutionRow::bare(&new.execution)?,
+            tasks: new
+                .tasks
+                .iter()
+                .map(TaskRow::new)
+                .collect::<Result<_, _>>()?,
+            prompt: new.prompt.clone(),
+        })
+    }
+
+    /// Inserts them (inside the writer's transaction).
+    pub(super) fn insert(&self, conn: &Connection) -> Result<(), StoreError> {
+        insert(conn, &self.execution, &self.tasks, &self.prompt)
+    }
+}
+
+/// Inserts an execution's row, its tasks' rows and its prompt.
+fn insert(
+    conn: &Connection,
+    row: &ExecutionRow,
+    tasks: &[TaskRow],
+    prompt: &Bytes,
+) -> Result<(), StoreError> {
+    for task in tasks {
+        insert_task(conn, task, Some(&row.id))?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO executions
+         (id, status, workflow_id, root_task_id, updated_ms, body, prompt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        row.id,
+        row.status,
+        row.workflow_id,
+        row.root_task_id,
+        row.updated_ms,
+        row.body,
+        prompt.as_ref()
+    ])?;
+    Ok(())
 }
 
 /// [`Store::add_execution_tasks`].

@@ -196,6 +196,8 @@ impl SqliteStore {
 
 /// [`Changes`] as rows, ready for the writer thread.
 struct ChangeRows {
+    /// New executions.
+    new_executions: Vec<executions::NewExecutionRows>,
     /// New NODE tasks and the execution they belong to.
     new_tasks: Option<(String, Vec<tasks::TaskRow>)>,
     /// Replaced tasks.
@@ -209,6 +211,11 @@ struct ChangeRows {
 impl ChangeRows {
     fn new(changes: &Changes) -> Result<Self, StoreError> {
         Ok(Self {
+            new_executions: changes
+                .new_executions
+                .iter()
+                .map(executions::NewExecutionRows::new)
+                .collect::<Result<_, _>>()?,
             new_tasks: changes
                 .new_execution_tasks
                 .as_ref()
@@ -240,6 +247,9 @@ impl ChangeRows {
     /// Runs the rows' statements inside the writer's transaction; an unknown
     /// task or execution fails the whole write.
     fn apply(self, conn: &Connection) -> Result<(), StoreError> {
+        for new in &self.new_executions {
+            new.insert(conn)?;
+        }
         if let Some((execution_id, rows)) = &self.new_tasks {
             for row in rows {
                 tasks::insert_task(conn, row, Some(execution_id))?;

@@ -48,14 +48,22 @@ impl Actor {
         let Admitted {
             execution,
             root,
+            unstored,
             required,
             prompt,
         } = admitted;
-        // Read-modify-writes start from these, not from the store.
-        let forget = [
-            self.shared.remember_execution(&execution),
-            self.shared.tasks.remember(&root),
-        ];
+        // Read-modify-writes start from these, not from the store: stored
+        // now (in this turn's write), or remembered as the handle stored them.
+        let forget: [Box<dyn FnOnce() + Send>; 2] = match unstored {
+            Some(record) => {
+                self.shared.create_execution(record);
+                [Box::new(|| {}), Box::new(|| {})]
+            }
+            None => [
+                self.shared.remember_execution(&execution),
+                self.shared.tasks.remember(&root),
+            ],
+        };
         let required = self.intern(RequiredClasses::new(required));
         let sched = self.start(
             &execution.id,
