@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     exec_gate: Mutex<()>,
     /// Execution records handed to the store whose write has not committed.
     pending: PendingWrites<WorkflowExecution>,
+    /// Prompts of new executions whose write has not committed.
+    pending_prompts: PendingWrites<bytes::Bytes>,
     /// Executions admitted and not yet ended (bounded by max_queue_len +
     /// max_concurrent_tasks).
     pub backlog: AtomicUsize,
@@ -131,6 +133,7 @@ impl Shared {
             pending: PendingWrites::keeping(|execution: &WorkflowExecution| {
                 execution.status() == crate::model::TaskStatus::Running
             }),
+            pending_prompts: PendingWrites::default(),
             backlog: AtomicUsize::new(0),
             recent: Mutex::new(Vec::new()),
             load: Mutex::new(LoadSnapshot::default()),
@@ -155,10 +158,25 @@ impl Shared {
     /// pending writes until it commits.
     pub(crate) fn create_execution(&self, mut record: NewExecutionRecord) {
         record.execution.tasks = Vec::new();
-        let forget = self
-            .pending
-            .insert(record.execution.id.clone(), record.execution.clone());
-        self.tasks.create_execution(record, forget);
+        let id = record.execution.id.clone();
+        let forget_execution = self.pending.insert(id.clone(), record.execution.clone());
+        let forget_prompt = self.pending_prompts.insert(id, record.prompt.clone());
+        self.tasks.create_execution(
+            record,
+            Box::new(move || {
+                forget_execution();
+                forget_prompt();
+            }),
+        );
+    }
+
+    /// An execution's prompt as stored: the one waiting for its commit,
+    /// else the store's.
+    pub(crate) fn execution_prompt(&self, id: &str) -> Result<Option<bytes::Bytes>, RuntimeError> {
+        match self.pending_prompts.get(id) {
+            Some(prompt) => Ok(Some(prompt)),
+            None => Ok(self.store.execution_prompt(id)?),
+        }
     }
 
     /// Remembers `execution` as just stored (by a write the caller waited

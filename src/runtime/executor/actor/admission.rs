@@ -306,7 +306,7 @@ impl Actor {
                 node_tasks.insert(node.to_owned(), task.id.clone());
             }
         }
-        let classes: Vec<String> = match store.execution_prompt(execution_id)? {
+        let classes: Vec<String> = match self.shared.execution_prompt(execution_id)? {
             Some(prompt) => serde_json::from_slice::<HashMap<String, PromptNode>>(&prompt)
                 .map(|nodes| nodes.into_values().map(|node| node.class_type).collect())
                 .unwrap_or_default(),

@@ -109,7 +109,7 @@ impl Actor {
         let prompt = match fresh {
             // Submitted in this turn: the handle's copy, not read back.
             Some(prompt) => Ok(prompt),
-            None => match self.shared.store.execution_prompt(&live.id) {
+            None => match self.shared.execution_prompt(&live.id) {
                 Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
                 Ok(None) => Ok(Value::Null),
                 Err(error) => {
