@@ -10,10 +10,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use comfy_reality::pb::event::Payload;
@@ -25,59 +21,8 @@ use comfy_reality::pb::{
 };
 use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 use serde_json::json;
-use tonic::transport::Channel;
 
-/// A running server process.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(config: &Path) -> Self {
-        let mut command = common::clean_command();
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .args(["--log-level", "warning"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the binary starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("a first line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Self { child, addr }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connects")
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::process::ServerProcess as Server;
 
 fn workflow(i: u64) -> serde_json::Value {
     if i.is_multiple_of(3) {

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod exec;
 pub mod hostile;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
