@@ -37,9 +37,10 @@ impl Actor {
         );
     }
 
-    /// Admits an execution the handle has just stored, from what the handle
-    /// handed over instead of the store; `reply` is answered at the end of
-    /// the turn, with what the turn made of it.
+    /// Admits a new execution from what the handle handed over, never
+    /// reading it back (and stores it, in this turn's write, when the handle
+    /// did not); `reply` is answered at the end of the turn, with what the
+    /// turn made of it.
     pub(super) fn admit_submitted(
         &mut self,
         admitted: Admitted,
