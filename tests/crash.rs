@@ -12,11 +12,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use comfy_reality::pb::event::Payload;
-use comfy_reality::pb::event_service_client::EventServiceClient;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
 use comfy_reality::pb::{
-    ExecuteWorkflowRequest, GetExecutionRequest, ListEventsRequest, TaskPriority, TaskStatus,
+    ExecuteWorkflowRequest, GetExecutionRequest, TaskPriority, TaskStatus,
     execute_workflow_request::Workflow,
 };
 use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
@@ -159,36 +157,7 @@ silence_timeout_seconds = 2.0
             }
             statuses.insert(id.clone(), status);
         }
-        let mut events = EventServiceClient::new(channel);
-        let mut sequences = Vec::new();
-        let mut completed: HashMap<String, usize> = HashMap::new();
-        let mut token = String::new();
-        loop {
-            let page = events
-                .list_events(ListEventsRequest {
-                    page_size: 1000,
-                    page_token: token.clone(),
-                    include_node_events: true,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            for event in &page.events {
-                sequences.push(event.sequence);
-                if let Some(Payload::RuntimeEvent(r)) = &event.payload
-                    && r.event_type == "execution.completed"
-                {
-                    *completed
-                        .entry(event.execution_id.clone().unwrap_or_default())
-                        .or_default() += 1;
-                }
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
+        let (sequences, completed) = common::process::event_log(channel).await;
         (statuses, completed, sequences)
     });
     server.kill();

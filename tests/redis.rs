@@ -13,16 +13,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use comfy_reality::pb::event::Payload;
-use comfy_reality::pb::event_service_client::EventServiceClient;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
 use comfy_reality::pb::{
-    ExecuteWorkflowRequest, GetExecutionRequest, ListEventsRequest, TaskStatus,
-    execute_workflow_request::Workflow,
+    ExecuteWorkflowRequest, GetExecutionRequest, TaskStatus, execute_workflow_request::Workflow,
 };
 use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions, RedisServer};
 use serde_json::json;
@@ -187,36 +183,7 @@ fn a_killed_runtime_is_replaced_and_its_work_runs_exactly_once() {
         let again = submit(channel.clone(), delay_workflow(0, 0.2), "k-0".into())
             .await
             .unwrap();
-        let mut events = EventServiceClient::new(channel);
-        let mut sequences = Vec::new();
-        let mut completed: HashMap<String, usize> = HashMap::new();
-        let mut token = String::new();
-        loop {
-            let page = events
-                .list_events(ListEventsRequest {
-                    page_size: 1000,
-                    page_token: token.clone(),
-                    include_node_events: true,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            for event in &page.events {
-                sequences.push(event.sequence);
-                if let Some(Payload::RuntimeEvent(r)) = &event.payload
-                    && r.event_type == "execution.completed"
-                {
-                    *completed
-                        .entry(event.execution_id.clone().unwrap_or_default())
-                        .or_default() += 1;
-                }
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
+        let (sequences, completed) = common::process::event_log(channel).await;
         (statuses, completed, sequences, again)
     });
     let ran = rt.block_on(prompts_run(&fake.base_url()));

@@ -7,6 +7,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
+use std::collections::HashMap;
+
+use comfy_reality::pb::ListEventsRequest;
+use comfy_reality::pb::event::Payload;
+use comfy_reality::pb::event_service_client::EventServiceClient;
 use tonic::transport::Channel;
 
 /// A running server process; killed when dropped.
@@ -72,4 +77,40 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The whole retained event log, page after page: every event's sequence
+/// in order, and how many `execution.completed` events each execution got.
+pub async fn event_log(channel: Channel) -> (Vec<u64>, HashMap<String, usize>) {
+    let mut events = EventServiceClient::new(channel);
+    let mut sequences = Vec::new();
+    let mut completed: HashMap<String, usize> = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = events
+            .list_events(ListEventsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                include_node_events: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for event in &page.events {
+            sequences.push(event.sequence);
+            if let Some(Payload::RuntimeEvent(r)) = &event.payload
+                && r.event_type == "execution.completed"
+            {
+                *completed
+                    .entry(event.execution_id.clone().unwrap_or_default())
+                    .or_default() += 1;
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    (sequences, completed)
 }
