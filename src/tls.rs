@@ -246,7 +246,7 @@ impl AsyncWrite for Connection {
 /// (it ends when the stream is dropped). With `tls`, each handshake runs on its own task and
 /// is abandoned after `handshake_timeout`; failed handshakes are logged at debug and dropped.
 pub fn incoming(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     tls: Option<ServerTls>,
     cut: CancellationToken,
     handshake_timeout: Duration,

@@ -268,9 +268,9 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        // The store first: a locked, corrupt or unwritable one stops startup
-        // with its path before any address is announced.
-        let store = crate::server::open_store(&config)?;
+        // The store first: a locked, corrupt or unwritable one (or a Redis that cannot be
+        // reached) stops startup with its path before any address is announced.
+        let backing = crate::server::open_backing(&config)?;
         let listener = tokio::net::TcpListener::bind(config.service.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.service.listen))?;
@@ -316,7 +316,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         };
         let signals = tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
         let result =
-            crate::server::serve_with_listeners(config, store, listener, health, shutdown).await;
+            crate::server::serve_backing(config, backing, listener, health, shutdown).await;
         signals.abort();
         metrics_shutdown.cancel();
         if let Some(metrics_server) = metrics_server {

@@ -27,6 +27,15 @@ pub struct RedisConfig {
     /// How long one Redis command (or a connection attempt) may take before the call fails
     /// with UNAVAILABLE. Default: 2. Bound: finite, > 0, at most 60.
     pub command_timeout_seconds: f64,
+    /// The address other replicas forward calls to while this one holds the lease (it is
+    /// written into the lease). `http://host:port` or `https://host:port`. Default: this
+    /// process's bound `service.listen` address (`https` when `tls.cert_file` is set), with the
+    /// host's name in place of an unspecified IP (`0.0.0.0`, `::`). Set it where that name
+    /// does not reach the process (a Kubernetes pod: `http://$(POD_IP):50051`).
+    pub advertise_url: Option<String>,
+    /// Certificate authorities (PEM) a replica trusts when it forwards to an `https`
+    /// advertise url, beside the system's roots. Default: the system's roots only.
+    pub peer_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -36,6 +45,8 @@ impl Default for RedisConfig {
             lease_seconds: 10.0,
             event_retention: 1_000_000,
             command_timeout_seconds: 2.0,
+            advertise_url: None,
+            peer_ca_file: None,
         }
     }
 }

@@ -352,6 +352,11 @@ impl Config {
                 ),
             );
         }
+        if let Some(url) = &redis.advertise_url
+            && let Some(problem) = advertise_url_problem(url)
+        {
+            out.push("redis.advertise_url", problem);
+        }
         let history = u64::try_from(self.events.history_len).unwrap_or(u64::MAX);
         if redis.event_retention < history {
             out.push_blaming(
@@ -511,6 +516,23 @@ impl Collector {
 }
 
 /// Why `url` cannot be a Redis url the store connects to, or None.
+/// Why `url` cannot be a replica's advertise url (`http(s)://host:port`), if it cannot.
+fn advertise_url_problem(url: &str) -> Option<String> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Some(format!("{url:?} is not a url; use http://host:port or https://host:port"));
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Some(format!("{url:?} must start with http:// or https://"));
+    }
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Some(format!("{url:?} must name a host and a port"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Some(format!("{url:?} must not have a path"));
+    }
+    None
+}
+
 fn redis_url_problem(url: &str) -> Option<String> {
     let Ok(parsed) = url::Url::parse(url) else {
         return Some("is not a url; use redis://host:port/db or unix:///path/to/redis.sock".into());

@@ -12,7 +12,7 @@ mod redis;
 mod sqlite;
 
 pub use memory::MemoryStore;
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{LeaseHolder, RedisCandidate, RedisOptions, RedisStore};
 pub use sqlite::{CompactionReport, RetentionPolicy, SqliteOptions, SqliteStore};
 
 use std::path::PathBuf;

@@ -93,6 +93,37 @@ impl Lease {
                 }
             }
         }
+        Self::renewing(client, connection, key, token, lease, timeout, health)
+    }
+
+    /// Takes the lease if nobody holds it (one attempt); `Ok(None)` while another runtime does.
+    pub fn try_take_once(
+        client: Client,
+        key: String,
+        token: Arc<str>,
+        lease: Duration,
+        timeout: Duration,
+        health: Arc<Health>,
+    ) -> Result<Option<Self>, StoreError> {
+        let mut connection = connect(&client, timeout).map_err(unreachable)?;
+        match try_take(&mut connection, &key, &token, lease).map_err(unreachable)? {
+            Answer::Held => {
+                Self::renewing(client, connection, key, token, lease, timeout, health).map(Some)
+            }
+            Answer::Other(_) => Ok(None),
+        }
+    }
+
+    /// The held lease, renewed on a thread of its own from now on.
+    fn renewing(
+        client: Client,
+        connection: Connection,
+        key: String,
+        token: Arc<str>,
+        lease: Duration,
+        timeout: Duration,
+        health: Arc<Health>,
+    ) -> Result<Self, StoreError> {
         let (stop, stopped) = mpsc::channel::<()>();
         let renew = {
             let client = client.clone();
@@ -144,6 +175,16 @@ impl Lease {
             timeout,
         })
     }
+}
+
+/// The token of the runtime holding the lease on `key`, if any.
+pub(super) fn holder(connection: &mut Connection, key: &str) -> Result<Option<String>, RedisError> {
+    redis::cmd("GET").arg(key).query(connection)
+}
+
+/// A connection with `timeout` on its reads and writes.
+pub(super) fn connect_with_timeout(client: &Client, timeout: Duration) -> Result<Connection, RedisError> {
+    connect(client, timeout)
 }
 
 impl Drop for Lease {

@@ -13,6 +13,7 @@
 //! `redis.key_prefix` waits for it at start. What a Redis crash can lose is
 //! in the README ("Scale-out on Redis").
 
+mod candidate;
 mod health;
 mod keys;
 mod lease;
@@ -27,6 +28,7 @@ use redis::{Client, Commands, Connection, RedisError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use self::candidate::{LeaseHolder, RedisCandidate};
 use self::health::Health;
 use self::keys::Keys;
 use self::lease::Lease;
@@ -107,13 +109,10 @@ impl RedisStore {
     /// Connects, takes the lease (waiting up to one and a half lease lengths
     /// for a dead holder's to expire) and starts the writer.
     pub fn open(options: &RedisOptions) -> Result<Self, StoreError> {
-        let client = Client::open(options.url.as_str()).map_err(|error| StoreError::Open {
-            path: crate::config::redact_url(&options.url).into_owned().into(),
-            reason: format!("not a redis url: {error}"),
-        })?;
+        let client = open_client(options)?;
         let keys = Keys::new(&options.key_prefix);
         let health = Arc::new(Health::default());
-        let token: Arc<str> = lease_token().into();
+        let token: Arc<str> = lease_token(None).into();
         let lease = Lease::take(
             client.clone(),
             keys.lease.clone(),
@@ -123,6 +122,18 @@ impl RedisStore {
             options.lease.mul_f64(1.5),
             Arc::clone(&health),
         )?;
+        Self::with_lease(options, client, keys, token, lease, health)
+    }
+
+    /// The store of a runtime that holds `lease` (taken with `token`, reporting to `health`).
+    fn with_lease(
+        options: &RedisOptions,
+        client: Client,
+        keys: Keys,
+        token: Arc<str>,
+        lease: Lease,
+        health: Arc<Health>,
+    ) -> Result<Self, StoreError> {
         let readers = r2d2::Pool::builder()
             .max_size(READ_POOL)
             .min_idle(Some(0))
@@ -252,16 +263,29 @@ impl RedisStore {
     }
 }
 
+/// The client of `options.url`.
+fn open_client(options: &RedisOptions) -> Result<Client, StoreError> {
+    Client::open(options.url.as_str()).map_err(|error| StoreError::Open {
+        path: crate::config::redact_url(&options.url).into_owned().into(),
+        reason: format!("not a redis url: {error}"),
+    })
+}
+
 /// This process's lease token: host, pid and a random part, so that an
-/// operator reading the lease key sees who holds it.
-fn lease_token() -> String {
+/// operator reading the lease key sees who holds it, then (after a space) the
+/// url other replicas forward calls to while it holds the lease.
+fn lease_token(advertise: Option<&str>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown-host".to_owned());
     let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}/pid-{}/{}", std::process::id(), &random[..12])
+    let token = format!("{host}/pid-{}/{}", std::process::id(), &random[..12]);
+    match advertise {
+        Some(url) => format!("{token} {url}"),
+        None => token,
+    }
 }
 
 fn encode(what: &str, id: &str, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {

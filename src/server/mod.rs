@@ -1,6 +1,11 @@
 //! Assembles and serves the gRPC server: the API services, health (for
 //! Kubernetes, Envoy, Istio), reflection v1 and v1alpha (for grpcurl), the
-//! request-context layer, and graceful shutdown.
+//! request-context layer, and graceful shutdown. On Redis, a runtime that does
+//! not hold the lease serves as a forwarding replica (`replica.rs`).
+
+mod replica;
+
+pub use replica::advertise_url;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +14,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -25,7 +29,8 @@ use crate::pb::task_service_server::TaskServiceServer;
 use crate::pb::workflow_service_server::WorkflowServiceServer;
 use crate::runtime::Runtime;
 use crate::store::{
-    MemoryStore, RedisOptions, RedisStore, SqliteOptions, SqliteStore, Store, StoreError,
+    MemoryStore, RedisCandidate, RedisOptions, RedisStore, SqliteOptions, SqliteStore, Store,
+    StoreError,
 };
 use crate::telemetry::grpc_metrics::GrpcMetricsLayer;
 
@@ -73,6 +78,9 @@ pub enum ServeError {
     /// A TLS file is missing or unusable; the message names it.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The listener's bound address could not be read.
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(std::io::Error),
     /// The health-only listener (`tls.health_listen`) could not be bound.
     #[error("cannot listen for health probes on {addr}: {source}")]
     HealthListen {
@@ -102,10 +110,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         }
         QueueType::Memory => Ok(Arc::new(MemoryStore::new())),
         QueueType::Redis => {
-            let options = RedisOptions::from_config(config).ok_or_else(|| StoreError::Open {
-                path: "runtime.queue_url".into(),
-                reason: "runtime.queue_type is redis but runtime.queue_url is not set".into(),
-            })?;
+            let options = redis_options(config)?;
             let store = RedisStore::open(&options)?;
             tracing::info!(
                 url = %crate::config::redact_url(&options.url),
@@ -119,6 +124,89 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             reason: "runtime.queue_type rabbitmq is not implemented yet".into(),
         }),
     }
+}
+
+/// What a server runs on: a store opened for this process alone, or a Redis key prefix shared
+/// with other replicas (the lease decides which one runs the work; see `replica.rs`).
+pub enum Backing {
+    /// The SQLite file or memory.
+    Store(Arc<dyn Store>),
+    /// Redis, connected; the lease is taken when serving starts.
+    Redis(RedisCandidate),
+}
+
+/// Opens what `runtime.queue_type` names: the SQLite file or memory store (a locked, corrupt or
+/// unwritable one fails here), or a connection to Redis (an unreachable one fails here).
+pub fn open_backing(config: &Config) -> Result<Backing, StoreError> {
+    match config.runtime.queue_type {
+        QueueType::Redis => {
+            let options = redis_options(config)?;
+            let candidate = RedisCandidate::connect(&options)?;
+            tracing::info!(
+                url = %crate::config::redact_url(&options.url),
+                key_prefix = %options.key_prefix,
+                "redis reached"
+            );
+            Ok(Backing::Redis(candidate))
+        }
+        _ => open_store(config).map(Backing::Store),
+    }
+}
+
+fn redis_options(config: &Config) -> Result<RedisOptions, StoreError> {
+    RedisOptions::from_config(config).ok_or_else(|| StoreError::Open {
+        path: "runtime.queue_url".into(),
+        reason: "runtime.queue_type is redis but runtime.queue_url is not set".into(),
+    })
+}
+
+/// Serves on `backing`. On Redis, the process serves as a forwarding replica while another
+/// runtime holds the lease, and runs the work itself once it holds it.
+pub async fn serve_backing(
+    config: Config,
+    backing: Backing,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let mut candidate = match backing {
+        Backing::Store(store) => {
+            return serve_with_listeners(config, store, listener, health_listener, shutdown)
+                .await;
+        }
+        Backing::Redis(candidate) => candidate,
+    };
+    let own_url = advertise_url(&config, listener.local_addr().map_err(ServeError::LocalAddr)?);
+    candidate.advertise(&own_url);
+    let candidate = Arc::new(candidate);
+    let listener = Arc::new(listener);
+    let health_listener = health_listener.map(Arc::new);
+    let first = Arc::clone(&candidate);
+    let led = tokio::task::spawn_blocking(move || first.try_lead())
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("lease check failed: {e}"))))?;
+    let store = match led {
+        Some(store) => store,
+        None => match replica::follow(
+            &config,
+            candidate,
+            own_url.clone(),
+            Arc::clone(&listener),
+            health_listener.clone(),
+            shutdown.clone(),
+        )
+        .await?
+        {
+            Some(store) => store,
+            None => return Ok(()),
+        },
+    };
+    tracing::info!(url = %own_url, "this runtime holds the redis lease and runs the work");
+    let gpu = tokio::task::spawn_blocking(GpuMonitor::load_nvml)
+        .await
+        .unwrap_or_else(|e| GpuMonitor::unavailable(format!("NVML loading failed: {e}")));
+    let runtime = Runtime::with_gpu(config, Arc::new(store), gpu)?;
+    serve_runtime(runtime, listener, health_listener, shutdown).await
 }
 
 /// How often readiness asks the store whether it can be used.
@@ -182,8 +270,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let store = open_store(&config)?;
-    serve_with_store(config, store, listener, shutdown).await
+    let backing = open_backing(&config)?;
+    let health = match config.tls.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::HealthListen { addr, source })?,
+        ),
+        None => None,
+    };
+    serve_backing(config, backing, listener, health, shutdown).await
 }
 
 /// [`serve`] over a store the caller opened (the CLI opens it before it
@@ -231,6 +327,21 @@ pub async fn serve_with_runtime(
     health_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    serve_runtime(
+        runtime,
+        Arc::new(listener),
+        health_listener.map(Arc::new),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_runtime(
+    runtime: Runtime,
+    listener: Arc<TcpListener>,
+    health_listener: Option<Arc<TcpListener>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let config = runtime.config();
     let tls = crate::tls::ServerTls::load(config)?;
     let grace = config.service.shutdown_grace();
@@ -276,10 +387,12 @@ pub async fn serve_with_runtime(
     let health_only = health_listener.map(|listener| {
         let health = health_service.clone();
         let shutdown = shutdown.clone();
+        let (incoming, _accepting) =
+            crate::tls::incoming(listener, None, cut.clone(), limits.tls_handshake_timeout());
         tokio::spawn(
             Server::builder()
                 .add_service(health)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     shutdown.cancelled().await;
                 }),
         )
