@@ -5,8 +5,14 @@
 //! - state, events and work outlive a runtime killed with SIGKILL: the next
 //!   runtime waits out the dead one's lease, adopts what it left, and every
 //!   execution completes with its prompt run exactly once on the backend;
-//! - a second runtime on the same keys waits for the lease and then gives up,
-//!   naming the holder; a runtime that stops cleanly releases it at once;
+//! - a second runtime on the same keys serves as a forwarding replica: every
+//!   call it gets is answered by the lease holder; a holder that stops cleanly
+//!   releases the lease at once and the replica takes over;
+//! - three replicas in front of four backends, the holder killed halfway
+//!   through 300 executions: each completes with its prompt run exactly once,
+//!   and a subscriber on another replica sees every completion, no gaps;
+//! - a CRITICAL execution submitted to one replica starts before NORMAL ones
+//!   queued earlier on another;
 //! - Redis killed mid-run: readiness goes NOT_SERVING and submits fail with
 //!   UNAVAILABLE within seconds; Redis restarted: SERVING again, and the work
 //!   that was running completes.
@@ -31,7 +37,29 @@ use common::process::ServerProcess as Server;
 
 /// A configuration file for a runtime on `redis` in front of `backend`.
 fn write_config(dir: &Path, redis: &RedisServer, backend: &str) -> PathBuf {
+    write_config_with(dir, redis, &[backend.to_owned()], 2, "")
+}
+
+/// A configuration file for runtimes on `redis` in front of `backends`, with `scheduling`
+/// at most `max_concurrent_tasks` executions running and `scheduling` lines added to
+/// `[scheduling]`.
+fn write_config_with(
+    dir: &Path,
+    redis: &RedisServer,
+    backends: &[String],
+    max_concurrent_tasks: usize,
+    scheduling: &str,
+) -> PathBuf {
     let config = dir.join("config.toml");
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            format!(
+                "\n[[servers]]\nname = \"gpu-{i}\"\nurl = \"{url}\"\nsilence_timeout_seconds = 2.0\n"
+            )
+        })
+        .collect();
     std::fs::write(
         &config,
         format!(
@@ -41,7 +69,7 @@ data_dir = "{data}"
 [runtime]
 queue_type = "redis"
 queue_url = "{url}"
-max_concurrent_tasks = 2
+max_concurrent_tasks = {max_concurrent_tasks}
 task_retry_delay_seconds = 0.05
 enable_metrics = false
 
@@ -52,12 +80,8 @@ command_timeout_seconds = 1.0
 
 [scheduling]
 probe_interval_seconds = 0.1
-
-[[servers]]
-name = "gpu-0"
-url = "{backend}"
-silence_timeout_seconds = 2.0
-"#,
+{scheduling}
+{servers}"#,
             data = dir.join("state").display(),
             url = redis.url(),
         ),
@@ -218,7 +242,7 @@ fn a_killed_runtime_is_replaced_and_its_work_runs_exactly_once() {
 }
 
 #[test]
-fn a_second_runtime_waits_for_the_lease_gives_up_naming_the_holder_and_takes_a_released_one() {
+fn a_second_runtime_forwards_to_the_holder_and_takes_over_a_released_lease() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let redis = RedisServer::start().expect("redis-server starts");
     let fake = rt
@@ -228,30 +252,366 @@ fn a_second_runtime_waits_for_the_lease_gives_up_naming_the_holder_and_takes_a_r
     let config = write_config(dir.path(), &redis, &fake.base_url());
 
     let first = Server::start(&config);
-    let second = common::run_bounded(
-        common::clean_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config),
-        Duration::from_secs(30),
-    );
-    assert!(!second.status.success());
-    assert!(second.stdout.is_empty(), "announced an address");
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        stderr.contains("holds the lease") && stderr.contains("pid-"),
-        "{stderr}"
-    );
-
-    // A clean stop gives the lease up (the next runtime need not wait it out), and the next
-    // runtime takes it.
+    let second = Server::start(&config);
     let held = redis.command("GET {it}:lease").unwrap();
-    assert!(held.contains("pid-"), "{held}");
+    assert!(
+        held.contains("pid-") && held.contains(&format!("http://{}", first.addr)),
+        "the lease names the holder's url: {held}"
+    );
+    // The second answers health itself and every call by forwarding it to the holder.
+    let (via_second, seen_by_first) = rt.block_on(async {
+        let channel = second.channel().await;
+        wait_serving(channel.clone()).await;
+        let id = submit(channel.clone(), delay_workflow(1, 0.05), "fwd-1".into())
+            .await
+            .unwrap();
+        assert_eq!(wait_end(channel, &id).await, TaskStatus::Completed);
+        let seen = wait_end(first.channel().await, &id).await;
+        (id, seen)
+    });
+    assert_eq!(seen_by_first, TaskStatus::Completed, "{via_second}");
+
+    // A clean stop gives the lease up; the forwarding replica takes it at once and carries on
+    // with the same state, and a restarted runtime forwards to it.
     first.stop();
-    assert_eq!(redis.command("EXISTS {it}:lease").unwrap(), ":0");
-    let third = Server::start(&config);
+    let started = Instant::now();
+    let (status, took_over) = rt.block_on(async {
+        let channel = second.channel().await;
+        loop {
+            if let Ok(status) = ExecutionServiceClient::new(channel.clone())
+                .get_execution(GetExecutionRequest {
+                    id: via_second.clone(),
+                })
+                .await
+            {
+                let status =
+                    TaskStatus::try_from(status.into_inner().execution.unwrap().status).unwrap();
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no takeover");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert_eq!(status, TaskStatus::Completed);
     let taken = redis.command("GET {it}:lease").unwrap();
-    assert!(taken.contains("pid-") && taken != held, "{taken}");
-    third.kill();
+    assert!(
+        taken.contains(&format!("http://{}", second.addr)),
+        "{taken}"
+    );
+    let restarted = Server::start(&config);
+    let again = rt.block_on(async {
+        let channel = restarted.channel().await;
+        wait_serving(channel.clone()).await;
+        let id = submit(channel.clone(), delay_workflow(2, 0.05), "fwd-2".into())
+            .await
+            .unwrap();
+        wait_end(channel, &id).await
+    });
+    assert_eq!(again, TaskStatus::Completed);
+    println!(
+        "forwarding replica: took over a released lease in {:.2} s",
+        took_over.as_secs_f64()
+    );
+    assert!(took_over < Duration::from_secs(2), "{took_over:?}");
+    restarted.kill();
+    second.kill();
+    rt.block_on(fake.shutdown());
+}
+
+/// Waits until `channel`'s readiness is SERVING.
+async fn wait_serving(channel: Channel) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readiness(channel.clone()).await != Some(ServingStatus::Serving) {
+        assert!(Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Submits with `key`, again and again while the replica answers UNAVAILABLE (a takeover in
+/// progress): the key makes a repeat find the first.
+async fn submit_retrying(channel: Channel, workflow: serde_json::Value, key: String) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match submit(channel.clone(), workflow.clone(), key.clone()).await {
+            Ok(id) => return id,
+            Err(status) => {
+                assert!(
+                    status.code() == tonic::Code::Unavailable && Instant::now() < deadline,
+                    "{key}: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What a subscriber saw: every event's sequence, and the executions whose
+/// `execution.completed` it got (with how many times).
+#[derive(Default)]
+struct Seen {
+    sequences: Vec<u64>,
+    completed: std::collections::HashMap<String, usize>,
+}
+
+/// Follows every event on `addr`, resuming after the last sequence whenever the stream ends,
+/// until `executions` executions completed (or 90 s).
+async fn subscribe_until(addr: std::net::SocketAddr, executions: usize) -> Seen {
+    use comfy_reality::pb::SubscribeEventsRequest;
+    use comfy_reality::pb::event::Payload;
+    use comfy_reality::pb::event_service_client::EventServiceClient;
+    use comfy_reality::pb::subscribe_events_response::Item;
+
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.completed.len() < executions && Instant::now() < deadline {
+        let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let request = SubscribeEventsRequest {
+            after_sequence: Some(seen.sequences.last().copied().unwrap_or(0)),
+            include_node_events: true,
+            ..Default::default()
+        };
+        let Ok(stream) = EventServiceClient::new(channel)
+            .subscribe_events(request)
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(item)) = stream.message().await {
+            let Some(Item::Event(event)) = item.item else {
+                continue;
+            };
+            seen.sequences.push(event.sequence);
+            if let Some(Payload::RuntimeEvent(r)) = &event.payload
+                && r.event_type == "execution.completed"
+            {
+                *seen
+                    .completed
+                    .entry(event.execution_id.clone().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            if seen.completed.len() >= executions {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn three_replicas_share_four_backends_and_lose_nothing_when_the_holder_is_killed() {
+    const EXECUTIONS: u64 = 300;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start().expect("redis-server starts");
+    let fakes: Vec<FakeComfy> = rt.block_on(async {
+        let mut fakes = Vec::new();
+        for _ in 0..4 {
+            fakes.push(FakeComfy::start(FakeOptions::default()).await.unwrap());
+        }
+        fakes
+    });
+    let urls: Vec<String> = fakes.iter().map(FakeComfy::base_url).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), &redis, &urls, 16, "");
+
+    // The first to start holds the lease; the other two forward to it.
+    let replicas = vec![
+        Server::start(&config),
+        Server::start(&config),
+        Server::start(&config),
+    ];
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let mut replicas: Vec<Option<Server>> = replicas.into_iter().map(Some).collect();
+    let (ids, seen, failover) = rt.block_on(async {
+        let mut channels = Vec::new();
+        for replica in replicas.iter().flatten() {
+            let channel = replica.channel().await;
+            wait_serving(channel.clone()).await;
+            channels.push(channel);
+        }
+        // A subscriber on the third replica, which is not killed.
+        let subscriber = tokio::spawn(subscribe_until(addrs[2], EXECUTIONS as usize));
+        let mut ids = Vec::new();
+        let mut failover = None;
+        for i in 0..EXECUTIONS {
+            if i == EXECUTIONS / 2 {
+                // Halfway: SIGKILL the lease holder, with work queued and running on it.
+                replicas[0].take().unwrap().kill();
+                failover = Some(Instant::now());
+            }
+            let alive = if failover.is_some() {
+                1 + (i as usize % 2)
+            } else {
+                i as usize % 3
+            };
+            ids.push(
+                submit_retrying(
+                    channels[alive].clone(),
+                    delay_workflow(i, 0.02),
+                    format!("r-{i}"),
+                )
+                .await,
+            );
+            if i == EXECUTIONS / 2 {
+                failover = failover.map(|at: Instant| {
+                    println!(
+                        "replicas: a submit answered {:.2} s after the kill",
+                        at.elapsed().as_secs_f64()
+                    );
+                    at
+                });
+            }
+        }
+        let mut statuses = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            statuses.push(wait_end(channels[1 + n % 2].clone(), id).await);
+        }
+        assert!(
+            statuses.iter().all(|s| *s == TaskStatus::Completed),
+            "{statuses:?}"
+        );
+        let seen = subscriber.await.unwrap();
+        (ids, seen, failover)
+    });
+    assert!(failover.is_some());
+    let ran: Vec<usize> = rt.block_on(async {
+        let mut ran = Vec::new();
+        for url in &urls {
+            ran.push(prompts_run(url).await);
+        }
+        ran
+    });
+    println!(
+        "replicas: {} executions on 3 replicas, holder killed halfway; prompts run per backend {ran:?}; subscriber saw {} events, {} completions",
+        ids.len(),
+        seen.sequences.len(),
+        seen.completed.len()
+    );
+    assert_eq!(
+        ran.iter().sum::<usize>(),
+        EXECUTIONS as usize,
+        "each prompt runs exactly once on the backends"
+    );
+    assert!(
+        ran.iter().all(|n| *n > 0),
+        "every backend got work: {ran:?}"
+    );
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "each key made its own execution");
+    for id in &ids {
+        assert_eq!(
+            seen.completed.get(id),
+            Some(&1),
+            "{id}: {:?}",
+            seen.completed.get(id)
+        );
+    }
+    let first = seen.sequences[0];
+    assert_eq!(
+        seen.sequences,
+        (first..first + seen.sequences.len() as u64).collect::<Vec<_>>(),
+        "the subscriber saw a gap or a repeat"
+    );
+    drop(replicas);
+    rt.block_on(async {
+        for fake in fakes {
+            fake.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn a_critical_execution_on_one_replica_starts_before_normal_ones_queued_on_another() {
+    use comfy_reality::pb::TaskPriority;
+    use comfy_reality::pb::event::Payload;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start().expect("redis-server starts");
+    let fake = rt
+        .block_on(FakeComfy::start(FakeOptions::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &redis,
+        &[fake.base_url()],
+        1,
+        "backend_pipeline_depth = 1",
+    );
+    let holder = Server::start(&config);
+    let other = Server::start(&config);
+    let (normal, critical, starts) = rt.block_on(async {
+        let a = holder.channel().await;
+        let c = other.channel().await;
+        wait_serving(c.clone()).await;
+        let blocker = submit(a.clone(), delay_workflow(0, 0.5), "blocker".into())
+            .await
+            .unwrap();
+        let mut normal = Vec::new();
+        for i in 1..=3 {
+            normal.push(
+                submit(a.clone(), delay_workflow(i, 0.02), format!("normal-{i}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let critical = ExecutionServiceClient::new(c.clone())
+            .execute_workflow(ExecuteWorkflowRequest {
+                workflow: Some(Workflow::WorkflowJson(delay_workflow(9, 0.02).to_string())),
+                priority: Some(TaskPriority::Critical as i32),
+                idempotency_key: Some("critical".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .execution
+            .unwrap()
+            .id;
+        for id in normal.iter().chain([&critical, &blocker]) {
+            assert_eq!(wait_end(c.clone(), id).await, TaskStatus::Completed);
+        }
+        // The first STARTED event of each execution, by sequence (one order for all replicas).
+        let mut starts = std::collections::HashMap::new();
+        let mut events = comfy_reality::pb::event_service_client::EventServiceClient::new(c);
+        let page = events
+            .list_events(comfy_reality::pb::ListEventsRequest {
+                page_size: 1000,
+                include_node_events: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for event in page.events {
+            if let Some(Payload::TaskEvent(task)) = &event.payload
+                && task.event_type == comfy_reality::pb::TaskEventType::Started as i32
+            {
+                starts
+                    .entry(event.execution_id.clone().unwrap_or_default())
+                    .or_insert(event.sequence);
+            }
+        }
+        (normal, critical, starts)
+    });
+    let critical_start = starts[&critical];
+    for id in &normal {
+        assert!(
+            critical_start < starts[id],
+            "CRITICAL (submitted to the other replica) started at #{critical_start}, NORMAL {id} at #{}",
+            starts[id]
+        );
+    }
+    other.kill();
+    holder.kill();
     rt.block_on(fake.shutdown());
 }
 

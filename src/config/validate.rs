@@ -519,7 +519,9 @@ impl Collector {
 /// Why `url` cannot be a replica's advertise url (`http(s)://host:port`), if it cannot.
 fn advertise_url_problem(url: &str) -> Option<String> {
     let Ok(uri) = url.parse::<http::Uri>() else {
-        return Some(format!("{url:?} is not a url; use http://host:port or https://host:port"));
+        return Some(format!(
+            "{url:?} is not a url; use http://host:port or https://host:port"
+        ));
     };
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Some(format!("{url:?} must start with http:// or https://"));
@@ -527,7 +529,10 @@ fn advertise_url_problem(url: &str) -> Option<String> {
     if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
         return Some(format!("{url:?} must name a host and a port"));
     }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
         return Some(format!("{url:?} must not have a path"));
     }
     None

@@ -171,12 +171,14 @@ pub async fn serve_backing(
 ) -> Result<(), ServeError> {
     let mut candidate = match backing {
         Backing::Store(store) => {
-            return serve_with_listeners(config, store, listener, health_listener, shutdown)
-                .await;
+            return serve_with_listeners(config, store, listener, health_listener, shutdown).await;
         }
         Backing::Redis(candidate) => candidate,
     };
-    let own_url = advertise_url(&config, listener.local_addr().map_err(ServeError::LocalAddr)?);
+    let own_url = advertise_url(
+        &config,
+        listener.local_addr().map_err(ServeError::LocalAddr)?,
+    );
     candidate.advertise(&own_url);
     let candidate = Arc::new(candidate);
     let listener = Arc::new(listener);

@@ -117,7 +117,11 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
 }
 
 /// A lazily connected channel to `url`.
-fn channel_to(url: &str, config: &Config, peer_ca: Option<&Certificate>) -> Result<Channel, String> {
+fn channel_to(
+    url: &str,
+    config: &Config,
+    peer_ca: Option<&Certificate>,
+) -> Result<Channel, String> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("the lease holder's url {url:?} is unusable: {e}"))?
         .connect_timeout(config.redis.command_timeout())
@@ -313,9 +317,9 @@ pub(super) async fn follow(
         );
         (server, accepting)
     });
-    let outcome = watcher
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("lease watcher failed: {e}")).into()));
+    let outcome = watcher.await.unwrap_or_else(|e| {
+        Err(StoreError::Unavailable(format!("lease watcher failed: {e}")).into())
+    });
     // The holder is gone (or this process stops): forwarded calls still open get a moment,
     // then their connections are cut, and the listeners are handed back.
     stop.cancel();

@@ -23,14 +23,30 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `serve --listen 127.0.0.1:0 --config CONFIG` (warnings only on
-    /// a discarded stderr) and waits for the address it prints.
+    /// a discarded stderr) and waits for the address it prints. With
+    /// `COMFY_REALITY_TEST_LOGS=DIR` in the environment, each process logs at
+    /// info to a file of its own in DIR instead (for a failure's post-mortem).
     pub fn start(config: &Path) -> Self {
+        let (level, stderr) = match std::env::var_os("COMFY_REALITY_TEST_LOGS") {
+            Some(dir) => {
+                let path = Path::new(&dir).join(format!(
+                    "server-{}.log",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                ));
+                let file = std::fs::File::create(path).expect("the log file");
+                ("info", Stdio::from(file))
+            }
+            None => ("warning", Stdio::null()),
+        };
         let mut child = super::clean_command()
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
-            .args(["--log-level", "warning"])
+            .args(["--log-level", level])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("the binary starts");
         let stdout = child.stdout.take().expect("stdout");

@@ -93,7 +93,10 @@ impl RedisCandidate {
         &self,
         read: impl FnOnce(&mut Connection) -> Result<R, RedisError>,
     ) -> Result<R, StoreError> {
-        let mut slot = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut connection = match slot.take() {
             Some(connection) => connection,
             None => connect_with_timeout(&self.client, self.options.command_timeout)

@@ -183,7 +183,10 @@ pub(super) fn holder(connection: &mut Connection, key: &str) -> Result<Option<St
 }
 
 /// A connection with `timeout` on its reads and writes.
-pub(super) fn connect_with_timeout(client: &Client, timeout: Duration) -> Result<Connection, RedisError> {
+pub(super) fn connect_with_timeout(
+    client: &Client,
+    timeout: Duration,
+) -> Result<Connection, RedisError> {
     connect(client, timeout)
 }
 

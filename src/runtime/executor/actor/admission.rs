@@ -53,6 +53,22 @@ impl Actor {
             required,
             prompt,
         } = admitted;
+        // Stored by the handle before this actor's recovery read the store (a submit that
+        // arrived while a runtime taking over was still starting): recovery admitted it
+        // already, and a second admission would run it twice.
+        if unstored.is_none()
+            && let Some(&sched) = self.by_id.get(execution.id.as_str())
+        {
+            let noop: Box<dyn FnOnce() + Send> = Box::new(|| {});
+            self.answers.push(Answer {
+                sched,
+                execution_id: execution.id,
+                root_id: root.id,
+                forget: [noop, Box::new(|| {})],
+                reply,
+            });
+            return;
+        }
         // Read-modify-writes start from these, not from the store: stored
         // now (in this turn's write), or remembered as the handle stored them.
         let forget: [Box<dyn FnOnce() + Send>; 2] = match unstored {
