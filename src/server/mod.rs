@@ -132,7 +132,7 @@ pub enum Backing {
     /// The SQLite file or memory.
     Store(Arc<dyn Store>),
     /// Redis, connected; the lease is taken when serving starts.
-    Redis(RedisCandidate),
+    Redis(Box<RedisCandidate>),
 }
 
 /// Opens what `runtime.queue_type` names: the SQLite file or memory store (a locked, corrupt or
@@ -147,7 +147,7 @@ pub fn open_backing(config: &Config) -> Result<Backing, StoreError> {
                 key_prefix = %options.key_prefix,
                 "redis reached"
             );
-            Ok(Backing::Redis(candidate))
+            Ok(Backing::Redis(Box::new(candidate)))
         }
         _ => open_store(config).map(Backing::Store),
     }
@@ -180,7 +180,7 @@ pub async fn serve_backing(
         listener.local_addr().map_err(ServeError::LocalAddr)?,
     );
     candidate.advertise(&own_url);
-    let candidate = Arc::new(candidate);
+    let candidate = Arc::new(*candidate);
     let listener = Arc::new(listener);
     let health_listener = health_listener.map(Arc::new);
     let first = Arc::clone(&candidate);
