@@ -3,11 +3,12 @@
 //! test on a free port, append-only), in front of a fake ComfyUI.
 //!
 //! - state, events and work outlive a runtime killed with SIGKILL: the next
-//!   runtime waits out the dead one's lease, adopts what it left, and every
+//!   runtime takes the lease once the dead one's expires, adopts what it left, and every
 //!   execution completes with its prompt run exactly once on the backend;
 //! - a second runtime on the same keys serves as a forwarding replica: every
 //!   call it gets is answered by the lease holder; a holder that stops cleanly
 //!   releases the lease at once and the replica takes over;
+//! - API keys pass through a forwarding replica and the holder authenticates;
 //! - three replicas in front of four backends, the holder killed halfway
 //!   through 300 executions: each completes with its prompt run exactly once,
 //!   and a subscriber on another replica sees every completion, no gaps;
@@ -193,26 +194,34 @@ fn a_killed_runtime_is_replaced_and_its_work_runs_exactly_once() {
     });
     first.kill();
 
-    // The next runtime waits out the dead one's lease (2 s), then carries on.
+    // The next runtime forwards (answering UNAVAILABLE: there is no holder to forward to) until
+    // the dead one's lease (2 s) expires, then takes it and carries on.
     let started = Instant::now();
     let second = Server::start(&config);
-    let waited = started.elapsed();
-    let (statuses, completed, sequences, again) = rt.block_on(async {
+    let (statuses, completed, sequences, again, waited) = rt.block_on(async {
         let channel = second.channel().await;
         let mut statuses = Vec::new();
+        let mut waited = None;
         for id in &accepted {
             statuses.push(wait_end(channel.clone(), id).await);
+            waited.get_or_insert_with(|| started.elapsed());
         }
         // The same idempotency key on the new runtime finds the same execution.
         let again = submit(channel.clone(), delay_workflow(0, 0.2), "k-0".into())
             .await
             .unwrap();
         let (sequences, completed) = common::process::event_log(channel).await;
-        (statuses, completed, sequences, again)
+        (
+            statuses,
+            completed,
+            sequences,
+            again,
+            waited.unwrap_or_default(),
+        )
     });
     let ran = rt.block_on(prompts_run(&fake.base_url()));
     println!(
-        "redis failover: accepted {}, next runtime serving after {:.2} s, prompts run {ran}, events {}",
+        "redis failover: accepted {}, next runtime answered after {:.2} s, prompts run {ran}, events {}",
         accepted.len(),
         waited.as_secs_f64(),
         sequences.len()
@@ -315,6 +324,72 @@ fn a_second_runtime_forwards_to_the_holder_and_takes_over_a_released_lease() {
     assert!(took_over < Duration::from_secs(2), "{took_over:?}");
     restarted.kill();
     second.kill();
+    rt.block_on(fake.shutdown());
+}
+
+#[test]
+fn a_forwarding_replica_passes_api_keys_to_the_holder_which_authenticates() {
+    const KEY: &str = "replica-submitter-key-0123456789";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start().expect("redis-server starts");
+    let fake = rt
+        .block_on(FakeComfy::start(FakeOptions::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis, &fake.base_url());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[auth]\nmode = \"api_key\"\n\n[[auth.principals]]\nname = \"sam\"\nrole = \"submitter\"\napi_key_sha256 = [\"{}\"]\n",
+        comfy_reality::api::access::key_sha256_hex(KEY)
+    ));
+    std::fs::write(&config, text).unwrap();
+    let holder = Server::start(&config);
+    let replica = Server::start(&config);
+    rt.block_on(async {
+        let channel = replica.channel().await;
+        wait_serving(channel.clone()).await;
+        let keyed = |message: ExecuteWorkflowRequest, key: Option<&str>| {
+            let mut request = tonic::Request::new(message);
+            if let Some(key) = key {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            }
+            request
+        };
+        let message = |i| ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(delay_workflow(i, 0.02).to_string())),
+            ..Default::default()
+        };
+        let mut client = ExecutionServiceClient::new(channel.clone());
+        let refused = client
+            .execute_workflow(keyed(message(1), None))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let wrong = client
+            .execute_workflow(keyed(message(2), Some("not-the-key")))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+        let accepted = client
+            .execute_workflow(keyed(message(3), Some(KEY)))
+            .await
+            .unwrap()
+            .into_inner()
+            .execution
+            .unwrap();
+        // The holder ran it, as sam.
+        let mut on_holder = ExecutionServiceClient::new(holder.channel().await);
+        let mut get = tonic::Request::new(GetExecutionRequest {
+            id: accepted.id.clone(),
+        });
+        get.metadata_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        on_holder.get_execution(get).await.unwrap();
+    });
+    replica.kill();
+    holder.kill();
     rt.block_on(fake.shutdown());
 }
 
