@@ -273,15 +273,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let backing = open_backing(&config)?;
-    let health = match config.tls.health_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::HealthListen { addr, source })?,
-        ),
-        None => None,
-    };
+    let health = bind_health(&config).await?;
     serve_backing(config, backing, listener, health, shutdown).await
+}
+
+/// The health-only listener of `tls.health_listen`, when configured.
+async fn bind_health(config: &Config) -> Result<Option<TcpListener>, ServeError> {
+    match config.tls.health_listen {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| ServeError::HealthListen { addr, source }),
+        None => Ok(None),
+    }
 }
 
 /// [`serve`] over a store the caller opened (the CLI opens it before it
@@ -293,14 +297,7 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let health = match config.tls.health_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::HealthListen { addr, source })?,
-        ),
-        None => None,
-    };
+    let health = bind_health(&config).await?;
     serve_with_listeners(config, store, listener, health, shutdown).await
 }
 
