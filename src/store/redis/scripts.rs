@@ -42,6 +42,25 @@ local function insert_task(id, parent, body)
   redis.call('HSET', K_TASKS, id, body)
 end
 
+-- A new execution, its prompt and its n tasks (id, parent, body each, from ARGV[i] on). Run
+-- twice, it only rewrites the execution's body. Answers the index after its tasks.
+local function insert_execution(id, body, prompt, n, i)
+  local fresh = redis.call('HEXISTS', K_EXECS, id) == 0
+  for _ = 1, n do
+    if fresh then
+      insert_task(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+      redis.call('HSET', K_TASK_EXEC, ARGV[i], id)
+    end
+    i = i + 3
+  end
+  if fresh then
+    redis.call('ZADD', K_EXEC_ORDER, redis.call('INCR', K_SEQ), id)
+    redis.call('HSET', K_PROMPTS, id, prompt)
+  end
+  redis.call('HSET', K_EXECS, id, body)
+  return i
+end
+
 -- 'fingerprint \n id' split in two.
 local function split_key(value)
   local cut = string.find(value, '\n', 1, true)
@@ -98,21 +117,7 @@ local events_at = i
 
 i = new_execs_at
 for _ = 1, n_new_execs do
-  local id, body, prompt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local n = tonumber(ARGV[i + 3]); i = i + 4
-  local fresh = redis.call('HEXISTS', K_EXECS, id) == 0
-  for _ = 1, n do
-    if fresh then
-      insert_task(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-      redis.call('HSET', K_TASK_EXEC, ARGV[i], id)
-    end
-    i = i + 3
-  end
-  if fresh then
-    redis.call('ZADD', K_EXEC_ORDER, redis.call('INCR', K_SEQ), id)
-    redis.call('HSET', K_PROMPTS, id, prompt)
-  end
-  redis.call('HSET', K_EXECS, id, body)
+  i = insert_execution(ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), i + 4)
 end
 
 i = new_at
@@ -173,17 +178,7 @@ if key ~= '' then
     end
   end
 end
-if redis.call('HEXISTS', K_EXECS, id) == 0 then
-  local i = 8
-  for _ = 1, tonumber(ARGV[7]) do
-    insert_task(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-    redis.call('HSET', K_TASK_EXEC, ARGV[i], id)
-    i = i + 3
-  end
-  redis.call('ZADD', K_EXEC_ORDER, redis.call('INCR', K_SEQ), id)
-  redis.call('HSET', K_PROMPTS, id, prompt)
-end
-redis.call('HSET', K_EXECS, id, body)
+insert_execution(id, body, prompt, tonumber(ARGV[7]), 8)
 if key ~= '' then
   redis.call('HSET', K_EXEC_KEYS, key, fingerprint .. '\n' .. id)
 end
