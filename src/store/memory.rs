@@ -482,15 +482,7 @@ impl Store for MemoryStore {
             }
             items.push(workflow.clone());
         }
-        let next = if more {
-            items.last().map(|w| WorkflowCursor {
-                id: w.id.clone(),
-                version: w.version.clone(),
-            })
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_workflows(items, more))
     }
 
     fn delete_workflow(&self, id: &str, version: Option<&str>) -> Result<Vec<String>, StoreError> {

@@ -114,6 +114,20 @@ pub struct Page<T, C> {
     pub next: Option<C>,
 }
 
+impl Page<WorkflowDefinition, WorkflowCursor> {
+    /// A page of workflow versions; when `more` follow, the cursor is the last one's.
+    pub fn of_workflows(items: Vec<WorkflowDefinition>, more: bool) -> Self {
+        let next = more
+            .then(|| items.last())
+            .flatten()
+            .map(|w| WorkflowCursor {
+                id: w.id.clone(),
+                version: w.version.clone(),
+            });
+        Self { items, next }
+    }
+}
+
 /// What an idempotent create found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {

@@ -761,15 +761,7 @@ impl Store for RedisStore {
                 items.push(workflow);
             }
         }
-        let next = if more {
-            items.last().map(|w| WorkflowCursor {
-                id: w.id.clone(),
-                version: w.version.clone(),
-            })
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_workflows(items, more))
     }
 
     fn delete_workflow(&self, id: &str, version: Option<&str>) -> Result<Vec<String>, StoreError> {

@@ -150,15 +150,7 @@ pub(super) fn list(
             }
             items.push(decode("workflow", &id, row.get_ref(2)?.as_str()?)?);
         }
-        let next = if more {
-            items.last().map(|w| WorkflowCursor {
-                id: w.id.clone(),
-                version: w.version.clone(),
-            })
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_workflows(items, more))
     })
 }
 
