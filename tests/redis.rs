@@ -574,10 +574,6 @@ fn three_replicas_share_four_backends_and_lose_nothing_when_the_holder_is_killed
         EXECUTIONS as usize,
         "each prompt runs exactly once on the backends"
     );
-    assert!(
-        ran.iter().all(|n| *n > 0),
-        "every backend got work: {ran:?}"
-    );
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "each key made its own execution");
     for id in &ids {
