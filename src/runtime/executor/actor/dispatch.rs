@@ -165,12 +165,16 @@ impl Actor {
         // waits for that write), so a restart looks for it on the backend
         // instead of posting it again.
         let prompt_text = prompt_id.hyphenated().to_string();
+        // With the socket's client id as well: the post's answer then has nothing to add (see
+        // `posted`), and a job makes one write fewer.
+        let client_id = backend.socket.client_id();
         let mut spec = spec;
         match self
             .shared
             .update_execution_then(&execution_id, |execution| {
                 execution.backend = Some(name.clone());
                 execution.prompt_id = Some(prompt_text);
+                execution.client_id = client_id;
                 Ok(())
             }) {
             Ok((_, commit)) => spec.recorded = commit,
@@ -221,11 +225,23 @@ impl Actor {
         run.prompt_id = Some(prompt_id.clone());
         let take_back = std::mem::take(&mut run.take_back_pending);
         let id = live.id.clone();
-        if let Err(error) = self.shared.update_execution(&id, |execution| {
-            execution.prompt_id = Some(prompt_id);
-            execution.client_id = client_id;
-            Ok(())
-        }) {
+        // Recorded at dispatch already, unless ComfyUI chose another prompt id or the socket
+        // reconnected under another client id in between.
+        let recorded = self
+            .shared
+            .latest_execution(&id)
+            .ok()
+            .flatten()
+            .is_some_and(|e| {
+                e.prompt_id.as_deref() == Some(prompt_id.as_str()) && e.client_id == client_id
+            });
+        if !recorded
+            && let Err(error) = self.shared.update_execution(&id, |execution| {
+                execution.prompt_id = Some(prompt_id);
+                execution.client_id = client_id;
+                Ok(())
+            })
+        {
             tracing::warn!(execution_id = %id, %error, "execution not updated");
         }
         if take_back {
