@@ -9,6 +9,8 @@
 //!   call it gets is answered by the lease holder; a holder that stops cleanly
 //!   releases the lease at once and the replica takes over;
 //! - API keys pass through a forwarding replica and the holder authenticates;
+//!   a client certificate's names pass as headers the replica signs, and
+//!   unsigned claims are refused;
 //! - three replicas in front of four backends, the holder killed halfway
 //!   through 300 executions: each completes with its prompt run exactly once,
 //!   and a subscriber on another replica sees every completion, no gaps;
@@ -387,6 +389,111 @@ fn a_forwarding_replica_passes_api_keys_to_the_holder_which_authenticates() {
         get.metadata_mut()
             .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
         on_holder.get_execution(get).await.unwrap();
+    });
+    replica.kill();
+    holder.kill();
+    rt.block_on(fake.shutdown());
+}
+
+#[test]
+fn a_client_certificate_passes_through_a_forwarding_replica_as_signed_names() {
+    use common::certs::{TestCa, write};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start().expect("redis-server starts");
+    let fake = rt
+        .block_on(FakeComfy::start(FakeOptions::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = TestCa::new("server ca");
+    let clients = TestCa::new("client ca");
+    let server = servers.server();
+    let alice = clients.client("alice.internal", &["alice.internal"]);
+    // The replicas' own certificate: signed by the client CA, no principal's.
+    let replica_cert = clients.client("replica.internal", &["replica.internal"]);
+    let d = dir.path();
+    let config = write_config(d, &redis, &fake.base_url());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replacen(
+        "[redis]\n",
+        &format!(
+            "[redis]\npeer_ca_file = {:?}\npeer_cert_file = {:?}\npeer_key_file = {:?}\n",
+            write(d, "server-ca.pem", &servers.pem()),
+            write(d, "replica.pem", &replica_cert.cert),
+            write(d, "replica.key", &replica_cert.key),
+        ),
+        1,
+    );
+    text.push_str(&format!(
+        "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n\n\
+         [auth]\nmode = \"mtls\"\n\n[[auth.principals]]\nname = \"alice\"\nrole = \"submitter\"\ncert_names = [\"alice.internal\"]\n",
+        write(d, "server.pem", &server.cert),
+        write(d, "server.key", &server.key),
+        write(d, "client-ca.pem", &clients.pem()),
+    ));
+    std::fs::write(&config, text).unwrap();
+    let holder = Server::start(&config);
+    let replica = Server::start(&config);
+    let connect = |addr: std::net::SocketAddr, who: &common::certs::Pem| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(servers.pem()))
+            .identity(Identity::from_pem(&who.cert, &who.key))
+            .domain_name("localhost");
+        async move {
+            Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+    };
+    rt.block_on(async {
+        let via_replica = connect(replica.addr, &alice).await;
+        wait_serving(via_replica.clone()).await;
+        // Alice's certificate ends at the replica; the holder takes her names from the
+        // replica's signed headers (the replica's own certificate names no principal).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            match submit(
+                via_replica.clone(),
+                delay_workflow(1, 0.02),
+                "mtls-1".into(),
+            )
+            .await
+            {
+                Ok(id) => break id,
+                // The holder stores the signing secret as it starts; a replica reads it then.
+                Err(status) if Instant::now() < deadline => {
+                    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("alice refused through the replica: {status:?}"),
+            }
+        };
+        assert!(!id.is_empty());
+        // Names claimed without the replica's signature are refused, even next to a valid
+        // certificate.
+        let direct = connect(holder.addr, &alice).await;
+        let mut request = tonic::Request::new(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(delay_workflow(2, 0.02).to_string())),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "x-comfy-reality-forwarded-cert",
+            "WyJhZG1pbiJd".parse().unwrap(),
+        );
+        request.metadata_mut().insert(
+            "x-comfy-reality-forwarded-signature",
+            "1.00".parse().unwrap(),
+        );
+        let forged = ExecutionServiceClient::new(direct)
+            .execute_workflow(request)
+            .await
+            .unwrap_err();
+        assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
     });
     replica.kill();
     holder.kill();

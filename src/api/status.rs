@@ -259,6 +259,9 @@ pub fn access_status(err: &AccessError) -> Status {
                 AuthFailure::UnknownCertificate => {
                     "the client certificate names no configured principal"
                 }
+                AuthFailure::UnverifiedForward => {
+                    "the forwarded client identity did not verify (the replica's signature is wrong or more than a minute old)"
+                }
             };
             Status::with_error_details_vec(
                 Code::Unauthenticated,

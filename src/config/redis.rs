@@ -36,6 +36,13 @@ pub struct RedisConfig {
     /// Certificate authorities (PEM) a replica trusts when it forwards to an `https`
     /// advertise url, beside the system's roots. Default: the system's roots only.
     pub peer_ca_file: Option<std::path::PathBuf>,
+    /// The certificate (PEM) a replica presents when it forwards to an `https` advertise url
+    /// whose holder asks for client certificates (`tls.client_ca_file`): signed by that CA.
+    /// It names the replica only; the caller's own certificate names travel in a signed
+    /// header. With `peer_key_file`. Default: none.
+    pub peer_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `peer_cert_file`.
+    pub peer_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -47,6 +54,8 @@ impl Default for RedisConfig {
             command_timeout_seconds: 2.0,
             advertise_url: None,
             peer_ca_file: None,
+            peer_cert_file: None,
+            peer_key_file: None,
         }
     }
 }

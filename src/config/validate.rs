@@ -357,6 +357,26 @@ impl Config {
         {
             out.push("redis.advertise_url", problem);
         }
+        match (&redis.peer_cert_file, &redis.peer_key_file) {
+            (Some(_), None) => out.push(
+                "redis.peer_key_file",
+                "is required with redis.peer_cert_file",
+            ),
+            (None, Some(_)) => out.push(
+                "redis.peer_cert_file",
+                "is required with redis.peer_key_file",
+            ),
+            _ => {}
+        }
+        for (key, path) in [
+            ("redis.peer_ca_file", &redis.peer_ca_file),
+            ("redis.peer_cert_file", &redis.peer_cert_file),
+            ("redis.peer_key_file", &redis.peer_key_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                out.push(key, "must not be empty; leave it out instead");
+            }
+        }
         let history = u64::try_from(self.events.history_len).unwrap_or(u64::MAX);
         if redis.event_retention < history {
             out.push_blaming(
@@ -661,6 +681,24 @@ mod tests {
                 "redis.event_retention",
                 |c| c.redis.event_retention = 100,
                 |c| c.redis.event_retention = 8_192,
+            ),
+            (
+                "redis.advertise_url",
+                |c| c.redis.advertise_url = Some("10.0.0.5:50051".into()),
+                |c| c.redis.advertise_url = Some("http://10.0.0.5:50051".into()),
+            ),
+            (
+                "redis.advertise_url",
+                |c| c.redis.advertise_url = Some("https://replica-0/api".into()),
+                |c| c.redis.advertise_url = Some("https://replica-0:443".into()),
+            ),
+            (
+                "redis.peer_key_file",
+                |c| c.redis.peer_cert_file = Some(PathBuf::from("replica.pem")),
+                |c| {
+                    c.redis.peer_cert_file = Some(PathBuf::from("replica.pem"));
+                    c.redis.peer_key_file = Some(PathBuf::from("replica.key"));
+                },
             ),
             (
                 "runtime.log_file",

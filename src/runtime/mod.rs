@@ -42,6 +42,9 @@ pub(crate) fn fingerprint_of(bytes: &[u8]) -> u64 {
     u64::from_str_radix(&hex, 16).unwrap_or(0)
 }
 
+/// The store `meta` key of the secret forwarding replicas sign callers' certificate names with.
+pub const FORWARD_SECRET_META: &str = "forward_secret";
+
 /// Default page size of listings.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page size of listings.
@@ -245,6 +248,37 @@ impl Runtime {
     /// The executor.
     pub fn executor(&self) -> &Executor {
         &self.inner.executor
+    }
+
+    /// The secret forwarding replicas sign callers' certificate names with, on a store several
+    /// runtimes share (Redis): read from the store, made and stored on first use. `None` on
+    /// the other stores, or when the store cannot be read (then no forwarded name is taken).
+    pub fn forward_secret(&self) -> Option<String> {
+        if self.inner.config.runtime.queue_type != crate::config::QueueType::Redis {
+            return None;
+        }
+        let store = self.inner.tasks.store();
+        match store.meta(FORWARD_SECRET_META) {
+            Ok(Some(secret)) => Some(secret),
+            Ok(None) => {
+                let secret = format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                match store.set_meta(FORWARD_SECRET_META, &secret) {
+                    Ok(()) => Some(secret),
+                    Err(error) => {
+                        tracing::warn!(%error, "the forwarding secret could not be stored");
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the forwarding secret could not be read");
+                None
+            }
+        }
     }
 
     /// The event bus.

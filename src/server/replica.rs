@@ -10,7 +10,9 @@
 //! others forward to it.
 //!
 //! Authentication, rate limits and quotas are therefore enforced in one place
-//! (the holder), and hold across replicas.
+//! (the holder), and hold across replicas. A caller authenticated by a client
+//! certificate is named to the holder in signed headers
+//! (`api/access/forwarded.rs`), over https only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,14 +24,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::service::Routes;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceExt;
 
 use super::{API_SERVICES, LIVENESS, READINESS, ServeError};
+use crate::api::access::PeerInfo;
+use crate::api::access::forwarded::{self, ForwardKey};
 use crate::api::request_context::RequestContextLayer;
 use crate::config::Config;
+use crate::runtime::FORWARD_SECRET_META;
 use crate::store::{LeaseHolder, RedisCandidate, RedisStore, StoreError};
 use crate::telemetry::grpc_metrics::GrpcMetricsLayer;
 
@@ -68,12 +73,18 @@ enum Target {
     /// Nobody can be forwarded to: why.
     Nowhere(String),
     /// The lease holder.
-    Holder {
-        /// Its token (for messages).
-        token: String,
-        /// A channel to its advertised url.
-        channel: Channel,
-    },
+    Holder(Arc<Holder>),
+}
+
+/// The lease holder, as a replica forwards to it.
+struct Holder {
+    /// Its token (for messages).
+    token: String,
+    /// A channel to its advertised url.
+    channel: Channel,
+    /// Signs callers' certificate names; `None` unless the url is https and the secret is
+    /// known.
+    key: Option<ForwardKey>,
 }
 
 /// Forwards every call it gets to the lease holder.
@@ -101,27 +112,65 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
     fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
         let target = self.target.borrow().clone();
         Box::pin(async move {
-            let (token, channel) = match target {
-                Target::Holder { token, channel } => (token, channel),
+            let holder = match target {
+                Target::Holder(holder) => holder,
                 Target::Nowhere(why) => return Ok(status_response(&Status::unavailable(why))),
             };
-            let request = request.map(tonic::body::Body::new);
-            match channel.oneshot(request).await {
+            let mut request = request.map(tonic::body::Body::new);
+            // Only this replica may name a caller's certificate, and only one it verified.
+            forwarded::strip(request.headers_mut());
+            let names = request
+                .extensions()
+                .get::<PeerInfo>()
+                .and_then(|peer| peer.cert_names.clone());
+            if let (Some(key), Some(names)) = (&holder.key, names) {
+                let path = request.uri().path().to_owned();
+                key.sign(request.headers_mut(), &path, &names);
+            }
+            match holder.channel.clone().oneshot(request).await {
                 Ok(response) => Ok(response),
                 Err(error) => Ok(status_response(&Status::unavailable(format!(
-                    "the runtime holding the lease ({token}) did not answer: {error}; another replica takes over within redis.lease_seconds, try again"
+                    "the runtime holding the lease ({}) did not answer: {error}; another replica takes over within redis.lease_seconds, try again",
+                    holder.token
                 )))),
             }
         })
     }
 }
 
+/// What a replica's TLS to the holder trusts and presents (`redis.peer_*`).
+#[derive(Default)]
+struct PeerTls {
+    ca: Option<Certificate>,
+    identity: Option<Identity>,
+}
+
+impl PeerTls {
+    fn load(config: &Config) -> Result<Self, StoreError> {
+        let read = |path: &std::path::PathBuf, key: &str| {
+            std::fs::read(path).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: format!("cannot read {key}: {e}"),
+            })
+        };
+        let redis = &config.redis;
+        let ca = match &redis.peer_ca_file {
+            Some(path) => Some(Certificate::from_pem(read(path, "redis.peer_ca_file")?)),
+            None => None,
+        };
+        let identity = match (&redis.peer_cert_file, &redis.peer_key_file) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(
+                read(cert, "redis.peer_cert_file")?,
+                read(key, "redis.peer_key_file")?,
+            )),
+            _ => None,
+        };
+        Ok(Self { ca, identity })
+    }
+}
+
 /// A lazily connected channel to `url`.
-fn channel_to(
-    url: &str,
-    config: &Config,
-    peer_ca: Option<&Certificate>,
-) -> Result<Channel, String> {
+fn channel_to(url: &str, config: &Config, peer: &PeerTls) -> Result<Channel, String> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("the lease holder's url {url:?} is unusable: {e}"))?
         .connect_timeout(config.redis.command_timeout())
@@ -130,8 +179,11 @@ fn channel_to(
         .keep_alive_while_idle(true);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_native_roots();
-        if let Some(ca) = peer_ca {
+        if let Some(ca) = &peer.ca {
             tls = tls.ca_certificate(ca.clone());
+        }
+        if let Some(identity) = &peer.identity {
+            tls = tls.identity(identity.clone());
         }
         endpoint = endpoint
             .tls_config(tls)
@@ -150,15 +202,7 @@ async fn watch_lease(
     reporter: HealthReporter,
     shutdown: CancellationToken,
 ) -> Result<Option<RedisStore>, ServeError> {
-    let peer_ca = match &config.redis.peer_ca_file {
-        Some(path) => Some(Certificate::from_pem(std::fs::read(path).map_err(|e| {
-            StoreError::Open {
-                path: path.clone(),
-                reason: format!("cannot read redis.peer_ca_file: {e}"),
-            }
-        })?)),
-        None => None,
-    };
+    let peer = PeerTls::load(&config)?;
     let period = config
         .redis
         .lease()
@@ -166,6 +210,8 @@ async fn watch_lease(
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut current: Option<String> = None;
     let mut ready: Option<bool> = None;
+    // The forwarding secret, once the holder has stored it.
+    let mut key: Option<ForwardKey> = None;
     loop {
         let asked = Arc::clone(&candidate);
         let holder = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -187,20 +233,31 @@ async fn watch_lease(
             Ok(Ok(store)) => return Ok(Some(store)),
             Ok(Err(holder)) if holder.token.is_empty() => current.is_some(),
             Ok(Err(holder)) => {
-                if current.as_deref() != Some(holder.token.as_str()) {
+                let keyed = key.is_none() && {
+                    let asked = Arc::clone(&candidate);
+                    key = tokio::task::spawn_blocking(move || asked.meta(FORWARD_SECRET_META))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                        .map(|secret| ForwardKey::from_secret(&secret));
+                    key.is_some()
+                };
+                if keyed || current.as_deref() != Some(holder.token.as_str()) {
                     let next = match &holder.url {
                         _ if holder.token == candidate.token() => None,
                         Some(url) if *url == own_url => Some(Target::Nowhere(format!(
                             "the lease is still held by an earlier process on this replica's address ({}); it expires within redis.lease_seconds, try again",
                             holder.token
                         ))),
-                        Some(url) => Some(match channel_to(url, &config, peer_ca.as_ref()) {
+                        Some(url) => Some(match channel_to(url, &config, &peer) {
                             Ok(channel) => {
                                 tracing::info!(holder = %holder.token, %url, "forwarding calls to the runtime holding the redis lease");
-                                Target::Holder {
+                                Target::Holder(Arc::new(Holder {
                                     token: holder.token.clone(),
                                     channel,
-                                }
+                                    key: key.clone().filter(|_| url.starts_with("https://")),
+                                }))
                             }
                             Err(why) => Target::Nowhere(why),
                         }),

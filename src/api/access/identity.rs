@@ -67,6 +67,9 @@ pub enum AuthFailure {
     UnknownKey,
     /// A verified client certificate whose names are no principal's.
     UnknownCertificate,
+    /// Forwarded certificate names whose signature did not verify (forged, or more than a
+    /// minute old; see `forwarded.rs`).
+    UnverifiedForward,
 }
 
 impl AuthFailure {
@@ -77,6 +80,7 @@ impl AuthFailure {
             Self::Malformed => "malformed_credentials",
             Self::UnknownKey => "invalid_api_key",
             Self::UnknownCertificate => "unknown_certificate",
+            Self::UnverifiedForward => "unverified_forwarded_identity",
         }
     }
 }

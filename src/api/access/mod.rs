@@ -6,6 +6,7 @@
 //! credentials themselves. Health is open; reflection follows `auth.reflection`.
 
 mod audit;
+pub mod forwarded;
 mod identity;
 mod methods;
 mod quota;
@@ -61,6 +62,8 @@ type Refused = (Option<Arc<Principal>>, AccessError);
 /// What the layer shares between connections.
 #[derive(Debug)]
 struct Shared {
+    /// Verifies certificate names a forwarding replica signed (Redis only).
+    forward: Option<forwarded::ForwardKey>,
     /// Finds the caller.
     authenticator: Authenticator,
     /// Rate limits and stream slots per principal.
@@ -84,8 +87,12 @@ impl AccessLayer {
         let authenticator = Authenticator::new(config);
         let quotas = Quotas::new(authenticator.principals());
         let audit = (config.auth.mode != AuthMode::None).then(|| audit::Auditor::new(runtime));
+        let forward = runtime
+            .forward_secret()
+            .map(|secret| forwarded::ForwardKey::from_secret(&secret));
         Self {
             shared: Arc::new(Shared {
+                forward,
                 authenticator,
                 quotas,
                 reflection: config.auth.reflection,
@@ -128,9 +135,20 @@ impl Shared {
             Requirement::Role(role) => role,
         };
         let peer = req.extensions().get::<PeerInfo>();
-        let principal = self
-            .authenticator
-            .authenticate(req.headers(), peer)
+        // A forwarding replica's call names the caller's certificate in signed headers.
+        let principal =
+            match forwarded::check(self.forward.as_ref(), req.headers(), req.uri().path()) {
+                None => self.authenticator.authenticate(req.headers(), peer),
+                Some(Ok(names)) => {
+                    let forwarded = PeerInfo {
+                        remote: peer.and_then(|p| p.remote),
+                        cert_names: Some(names.into()),
+                    };
+                    self.authenticator
+                        .authenticate(req.headers(), Some(&forwarded))
+                }
+                Some(Err(forwarded::Unverified)) => Err(AuthFailure::UnverifiedForward),
+            }
             .map_err(|failure| (None, AccessError::Unauthenticated(failure)))?;
         if principal.role < required {
             return Err((

@@ -121,6 +121,12 @@ impl RedisCandidate {
         Ok(self.read(|c| holder(c, key))?.map(LeaseHolder::parse))
     }
 
+    /// One of the runtime's own values (`{p}:meta`), as `Store::meta` reads it.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let hash = &self.keys.meta;
+        self.read(|c| redis::cmd("HGET").arg(hash).arg(key).query(c))
+    }
+
     /// Takes the lease if nobody holds it, and opens the store on it (blocking:
     /// call it off the async workers); `Ok(None)` while another runtime holds it.
     pub fn try_lead(&self) -> Result<Option<RedisStore>, StoreError> {
