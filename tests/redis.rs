@@ -510,15 +510,22 @@ async fn wait_serving(channel: Channel) {
 }
 
 /// Submits with `key`, again and again while the replica answers UNAVAILABLE (a takeover in
-/// progress): the key makes a repeat find the first.
+/// progress) or the call's connection was cut under it (UNKNOWN or CANCELLED from the transport:
+/// its outcome is unknown), as a client should: the key makes a repeat find the first.
 async fn submit_retrying(channel: Channel, workflow: serde_json::Value, key: String) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match submit(channel.clone(), workflow.clone(), key.clone()).await {
             Ok(id) => return id,
             Err(status) => {
+                if status.code() != tonic::Code::Unavailable {
+                    println!("replicas: {key} answered {status:?}; retrying");
+                }
                 assert!(
-                    status.code() == tonic::Code::Unavailable && Instant::now() < deadline,
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) && Instant::now() < deadline,
                     "{key}: {status:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -231,7 +231,9 @@ async fn watch_lease(
         .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("lease check failed: {e}"))));
         let serving = match holder {
             Ok(Ok(store)) => return Ok(Some(store)),
-            Ok(Err(holder)) if holder.token.is_empty() => current.is_some(),
+            Ok(Err(holder)) if holder.token.is_empty() => {
+                matches!(*target.borrow(), Target::Holder(_))
+            }
             Ok(Err(holder)) => {
                 let keyed = key.is_none() && {
                     let asked = Arc::clone(&candidate);
@@ -271,7 +273,8 @@ async fn watch_lease(
                     }
                     current = Some(holder.token);
                 }
-                true
+                // Ready while calls can be forwarded somewhere.
+                matches!(*target.borrow(), Target::Holder(_))
             }
             Err(error) => {
                 tracing::debug!(%error, "cannot read the redis lease");
