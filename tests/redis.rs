@@ -38,6 +38,22 @@ use tonic_health::pb::health_client::HealthClient;
 
 use common::process::ServerProcess as Server;
 
+/// What most tests start from: a tokio runtime, a redis-server, a fake ComfyUI and a
+/// directory for the configuration and state.
+fn setup() -> (
+    tokio::runtime::Runtime,
+    RedisServer,
+    FakeComfy,
+    tempfile::TempDir,
+) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start().expect("redis-server starts");
+    let fake = rt
+        .block_on(FakeComfy::start(FakeOptions::default()))
+        .unwrap();
+    (rt, redis, fake, tempfile::tempdir().unwrap())
+}
+
 /// A configuration file for a runtime on `redis` in front of `backend`.
 fn write_config(dir: &Path, redis: &RedisServer, backend: &str) -> PathBuf {
     write_config_with(dir, redis, &[backend.to_owned()], 2, "")
@@ -171,12 +187,7 @@ async fn readiness(channel: Channel) -> Option<ServingStatus> {
 
 #[test]
 fn a_killed_runtime_is_replaced_and_its_work_runs_exactly_once() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let redis = RedisServer::start().expect("redis-server starts");
-    let fake = rt
-        .block_on(FakeComfy::start(FakeOptions::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, redis, fake, dir) = setup();
     let config = write_config(dir.path(), &redis, &fake.base_url());
 
     let first = Server::start(&config);
@@ -254,12 +265,7 @@ fn a_killed_runtime_is_replaced_and_its_work_runs_exactly_once() {
 
 #[test]
 fn a_second_runtime_forwards_to_the_holder_and_takes_over_a_released_lease() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let redis = RedisServer::start().expect("redis-server starts");
-    let fake = rt
-        .block_on(FakeComfy::start(FakeOptions::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, redis, fake, dir) = setup();
     let config = write_config(dir.path(), &redis, &fake.base_url());
 
     let first = Server::start(&config);
@@ -332,12 +338,7 @@ fn a_second_runtime_forwards_to_the_holder_and_takes_over_a_released_lease() {
 #[test]
 fn a_forwarding_replica_passes_api_keys_to_the_holder_which_authenticates() {
     const KEY: &str = "replica-submitter-key-0123456789";
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let redis = RedisServer::start().expect("redis-server starts");
-    let fake = rt
-        .block_on(FakeComfy::start(FakeOptions::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, redis, fake, dir) = setup();
     let config = write_config(dir.path(), &redis, &fake.base_url());
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
@@ -400,12 +401,7 @@ fn a_client_certificate_passes_through_a_forwarding_replica_as_signed_names() {
     use common::certs::{TestCa, write};
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let redis = RedisServer::start().expect("redis-server starts");
-    let fake = rt
-        .block_on(FakeComfy::start(FakeOptions::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, redis, fake, dir) = setup();
     let servers = TestCa::new("server ca");
     let clients = TestCa::new("client ca");
     let server = servers.server();
@@ -717,12 +713,7 @@ fn a_critical_execution_on_one_replica_starts_before_normal_ones_queued_on_anoth
     use comfy_reality::pb::TaskPriority;
     use comfy_reality::pb::event::Payload;
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let redis = RedisServer::start().expect("redis-server starts");
-    let fake = rt
-        .block_on(FakeComfy::start(FakeOptions::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, redis, fake, dir) = setup();
     let config = write_config_with(
         dir.path(),
         &redis,
@@ -801,12 +792,7 @@ fn a_critical_execution_on_one_replica_starts_before_normal_ones_queued_on_anoth
 
 #[test]
 fn redis_down_means_not_ready_and_unavailable_then_back_with_nothing_lost() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut redis = RedisServer::start().expect("redis-server starts");
-    let fake = rt
-        .block_on(FakeComfy::start(FakeOptions::default()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (rt, mut redis, fake, dir) = setup();
     let config = write_config(dir.path(), &redis, &fake.base_url());
     let server = Server::start(&config);
     let channel = rt.block_on(server.channel());
