@@ -277,6 +277,18 @@ pub async fn serve(
     serve_backing(config, backing, listener, health, shutdown).await
 }
 
+/// A server builder with the HTTP/2 settings every API listener gets (keepalive, stream and
+/// header limits, the rapid-reset defences): the full server's and a forwarding replica's.
+fn hardened(limits: &crate::config::LimitsConfig) -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams_per_connection))
+        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+}
+
 /// The health-only listener of `tls.health_listen`, when configured.
 async fn bind_health(config: &Config) -> Result<Option<TcpListener>, ServeError> {
     match config.tls.health_listen {
@@ -409,13 +421,7 @@ async fn serve_runtime(
             runtime.close_streams();
         }
     };
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
-        .max_concurrent_streams(Some(limits.max_concurrent_streams_per_connection))
-        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+    let server = hardened(&limits)
         .layer(RequestContextLayer)
         .layer(GrpcMetricsLayer::new())
         .layer(access)

@@ -353,13 +353,7 @@ pub(super) async fn follow(
     let forwarding = {
         let stop = stop.clone();
         tokio::spawn(
-            Server::builder()
-                .http2_keepalive_interval(Some(super::KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
-                .max_concurrent_streams(Some(limits.max_concurrent_streams_per_connection))
-                .http2_max_header_list_size(Some(limits.max_header_list_bytes))
-                .http2_max_pending_accept_reset_streams(Some(super::MAX_PENDING_RESETS))
-                .http2_max_local_error_reset_streams(Some(super::MAX_LOCAL_ERROR_RESETS))
+            super::hardened(limits)
                 .layer(RequestContextLayer)
                 .layer(GrpcMetricsLayer::new())
                 .add_routes(routes)
