@@ -479,3 +479,42 @@ fn healthcheck_without_addr_probes_the_configured_listen_address() {
     server.signal("TERM");
     assert!(server.wait_exit().success());
 }
+
+#[test]
+fn serve_runs_the_configured_number_of_async_threads() {
+    for (threads, expected) in [(None, 1), (Some("3"), 3)] {
+        let mut server = ServeProcess::start_with(&[], |command| {
+            command.env("COMFY_REALITY__RUNTIME__LOG_FORMAT", "json");
+            if let Some(threads) = threads {
+                command.env("COMFY_REALITY__SERVICE__WORKER_THREADS", threads);
+            }
+        });
+        // Served by those threads: a call answers.
+        let ok = healthcheck(server.addr, Some("readiness"));
+        assert!(ok.status.success(), "{}", text(&ok.stderr));
+        server.signal("TERM");
+        assert!(server.wait_exit().success());
+        let logs = server.stderr();
+        let serving = logs
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["message"] == "serving gRPC")
+            .unwrap_or_else(|| panic!("no \"serving gRPC\" line in {logs}"));
+        assert_eq!(
+            serving["worker_threads"], expected,
+            "service.worker_threads = {threads:?}: {serving}"
+        );
+    }
+}
+#[test]
+fn serve_refuses_too_many_async_threads_naming_the_key() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = run_bounded(
+        command(&data)
+            .env("COMFY_REALITY__SERVICE__WORKER_THREADS", "5000")
+            .args(["serve", "--listen", "127.0.0.1:0"]),
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("service.worker_threads"), "{stderr}");
+}

@@ -263,7 +263,11 @@ pub enum ClientCommand {
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let _log_guard = crate::telemetry::init(&config.runtime)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.service.worker_threads > 0 {
+        runtime.worker_threads(config.service.worker_threads);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -286,7 +290,12 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         // Scripts and tests read the bound addresses here: the gRPC one on the
         // first line, the metrics one (when enabled) on the second.
         println!("comfy-reality listening on {addr}");
-        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving gRPC");
+        tracing::info!(
+            %addr,
+            version = env!("CARGO_PKG_VERSION"),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "serving gRPC"
+        );
         let shutdown = CancellationToken::new();
         // The endpoint outlives the gRPC drain, so scrapes see it; then it stops.
         let metrics_shutdown = CancellationToken::new();

@@ -159,6 +159,7 @@ mod tests {
         assert_eq!(c.service.data_dir, PathBuf::from("data"));
         assert_eq!(c.service.shutdown_grace_seconds, 10.0);
         assert_eq!(c.service.max_request_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.service.worker_threads, 1);
 
         let r = &c.runtime;
         assert_eq!(r.max_concurrent_tasks, 10);

@@ -31,6 +31,13 @@ pub struct ServiceConfig {
     pub shutdown_grace_seconds: f64,
     /// Largest accepted gRPC request message, in bytes. Default: 32 MiB. Bound: >= 1024.
     pub max_request_bytes: usize,
+    /// Threads that run the server's async work (gRPC calls, the executor, the ComfyUI
+    /// connections, event streams). Default: 1. Bound: 0..=1024; 0 means one per CPU core.
+    /// Store writes, SQLite reads and GPU sampling have threads of their own either way. One
+    /// thread is the cheapest per job: work handed from one thread to another costs a
+    /// wake-up and a context switch, and orchestrating GPUs needs far less than a core
+    /// (README, "One async thread").
+    pub worker_threads: usize,
 }
 
 impl Default for ServiceConfig {
@@ -41,6 +48,7 @@ impl Default for ServiceConfig {
             data_dir: PathBuf::from("data"),
             shutdown_grace_seconds: 10.0,
             max_request_bytes: 32 * 1024 * 1024,
+            worker_threads: 1,
         }
     }
 }

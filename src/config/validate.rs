@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, ConfigViolation, QueueType, REDACTED};
 
+/// Most `service.worker_threads`.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// Smallest `service.max_request_bytes`.
 const MIN_REQUEST_BYTES: usize = 1024;
 /// Smallest `executor.max_memory_mb`.
@@ -60,6 +63,15 @@ impl Config {
                 format!(
                     "must be at least {MIN_REQUEST_BYTES}, got {}",
                     service.max_request_bytes
+                ),
+            );
+        }
+        if service.worker_threads > MAX_WORKER_THREADS {
+            out.push(
+                "service.worker_threads",
+                format!(
+                    "must be at most {MAX_WORKER_THREADS} (0 means one per CPU core), got {}",
+                    service.worker_threads
                 ),
             );
         }
@@ -596,6 +608,11 @@ mod tests {
                 "service.max_request_bytes",
                 |c| c.service.max_request_bytes = 1023,
                 |c| c.service.max_request_bytes = 1024,
+            ),
+            (
+                "service.worker_threads",
+                |c| c.service.worker_threads = 1025,
+                |c| c.service.worker_threads = 1024,
             ),
             (
                 "service.data_dir",

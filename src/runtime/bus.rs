@@ -280,6 +280,11 @@ impl Relay {
     async fn run(&self) {
         loop {
             self.wake.notified().await;
+            // Let the tasks already woken run first: the call whose write
+            // carried these events answers its caller before the relay wakes
+            // every subscriber (with one async thread, a thousand deliveries
+            // would otherwise go ahead of that answer).
+            tokio::task::yield_now().await;
             let Some(bus) = self.bus.upgrade() else {
                 return;
             };
