@@ -61,7 +61,7 @@ fn request_id_of<B>(req: &Request<B>) -> String {
                 && v.bytes().all(|b| b.is_ascii_graphic())
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(crate::model::new_id)
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>

@@ -104,7 +104,7 @@ impl RuntimeEvent {
         message: impl Into<String>,
     ) -> Result<Self, ValidationError> {
         let event = Self {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: super::new_id(),
             category,
             level: LogLevel::Info,
             event_type: validate_name("event_type", event_type)?,

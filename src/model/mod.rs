@@ -274,6 +274,16 @@ pub fn validate_name(field: &str, raw: &str) -> Result<String, ValidationError> 
     Ok(name.to_owned())
 }
 
+/// A fresh id for a task, an execution, a workflow, an event or a request: a
+/// UUID version 7 (RFC 9562), whose leading bits are the time in milliseconds.
+/// Ids made one after another sort one after another, so the store's id
+/// indexes grow at one end instead of taking each insert at a random page
+/// (with version 4 ids every submit rewrote four random index pages), and
+/// ids within one millisecond still differ (a counter, then random bits).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// Checks an identifier as given (ids are never rewritten): non-empty, no
 /// surrounding whitespace, at most [`MAX_ID_CHARS`] characters.
 pub fn validate_id(field: &str, id: &str) -> Result<(), ValidationError> {
@@ -498,6 +508,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn new_ids_are_uuids_that_sort_in_the_order_they_were_made() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_id()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
+        }
+        let id = uuid::Uuid::parse_str(&ids[0]).expect("a UUID");
+        assert_eq!(id.get_version_num(), 7);
+        assert!(validate_id("id", &ids[0]).is_ok());
+    }
 
     #[test]
     fn display_lists_every_violation_lowercase() {

@@ -414,7 +414,7 @@ impl Task {
             .unwrap_or_default();
         let tags = normalize_tags(&mut errors, &new.tags);
         let task = Task {
-            id: new.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            id: new.id.unwrap_or_else(super::new_id),
             task_type: new.task_type,
             status: TaskStatus::Pending,
             priority: new.priority,
@@ -769,7 +769,7 @@ impl TaskEvent {
     /// An event of `event_type` for `task_id`, stamped now, with a fresh id.
     pub fn new(task_id: impl Into<String>, event_type: TaskEventType) -> Self {
         Self {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: super::new_id(),
             task_id: task_id.into(),
             event_type,
             timestamp: Utc::now(),

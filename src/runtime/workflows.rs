@@ -54,7 +54,7 @@ impl WorkflowRegistry {
     ) -> Result<WorkflowDefinition, RuntimeError> {
         let id = match request.workflow_id {
             Some(id) => validate_workflow_id(&id)?,
-            None => uuid::Uuid::new_v4().to_string(),
+            None => crate::model::new_id(),
         };
         let mut workflow = WorkflowDefinition::from_api_json(
             NewWorkflow {

@@ -145,7 +145,7 @@ impl WorkflowExecution {
     /// Validates `new` and builds a pending execution with progress 0.
     pub fn new(new: NewExecution) -> Result<Self, ValidationError> {
         let execution = WorkflowExecution {
-            id: new.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            id: new.id.unwrap_or_else(crate::model::new_id),
             workflow_id: new.workflow_id,
             client_id: new.client_id.unwrap_or_default(),
             status: TaskStatus::Pending,

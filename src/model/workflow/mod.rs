@@ -202,7 +202,7 @@ impl WorkflowDefinition {
         created_at: DateTime<Utc>,
     ) -> Result<Self, ValidationError> {
         let mut errors = ValidationError::new();
-        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = id.unwrap_or_else(crate::model::new_id);
         errors.absorb(validate_id("id", &id));
         let name = errors
             .absorb(validate_name("name", &meta.name))

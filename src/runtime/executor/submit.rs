@@ -252,7 +252,7 @@ impl Executor {
         workflow: WorkflowDefinition,
         registered: bool,
     ) -> Result<ExecutionView, RuntimeError> {
-        let execution_id = uuid::Uuid::new_v4().to_string();
+        let execution_id = crate::model::new_id();
         let fingerprint = fingerprint(&request);
         // A replay creates nothing: it is answered before any check that
         // depends on the moment (backends' catalogues, dependency states,
