@@ -253,7 +253,11 @@ impl Executor {
         registered: bool,
     ) -> Result<ExecutionView, RuntimeError> {
         let execution_id = crate::model::new_id();
-        let fingerprint = fingerprint(&request);
+        // Only a keyed submit is compared with an earlier one.
+        let fingerprint = request
+            .idempotency_key
+            .as_ref()
+            .map(|_| fingerprint(&request));
         // A replay creates nothing: it is answered before any check that
         // depends on the moment (backends' catalogues, dependency states,
         // the queue's fill). Two first submissions racing with one key are
@@ -264,7 +268,7 @@ impl Executor {
                 .store
                 .execution_for_key(&super::scoped_key(key, request.ownership.as_ref()))?
         {
-            return if stored == fingerprint {
+            return if Some(stored) == fingerprint {
                 self.view_with_position(&id).await
             } else {
                 Err(idempotency_conflict(&id))
@@ -375,7 +379,7 @@ impl Executor {
         registered: bool,
         prepared: Prepared,
         execution_id: String,
-        fingerprint: String,
+        fingerprint: Option<String>,
     ) -> Result<(ExecutionCreateOutcome, Admitted), RuntimeError> {
         let max_retries = prepared
             .options
@@ -425,10 +429,13 @@ impl Executor {
         execution.ownership = request.ownership.clone();
         let prompt_value = Value::Object(prepared.prompt);
         let prompt = Bytes::from(prompt_value.to_string());
-        let key = request.idempotency_key.map(|key| IdempotencyKey {
-            key: super::scoped_key(&key, request.ownership.as_ref()),
-            fingerprint,
-        });
+        let key = request
+            .idempotency_key
+            .zip(fingerprint)
+            .map(|(key, fingerprint)| IdempotencyKey {
+                key: super::scoped_key(&key, request.ownership.as_ref()),
+                fingerprint,
+            });
         let record = NewExecutionRecord {
             execution: execution.clone(),
             tasks: tasks.clone(),
