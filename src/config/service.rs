@@ -33,10 +33,10 @@ pub struct ServiceConfig {
     pub max_request_bytes: usize,
     /// Threads that run the server's async work (gRPC calls, the executor, the ComfyUI
     /// connections, event streams). Default: 1. Bound: 0..=1024; 0 means one per CPU core.
-    /// Store writes, SQLite reads and GPU sampling have threads of their own either way. One
-    /// thread is the cheapest per job: work handed from one thread to another costs a
-    /// wake-up and a context switch, and orchestrating GPUs needs far less than a core
-    /// (README, "One async thread").
+    /// Store writes, log writing and GPU sampling have threads of their own either way; store
+    /// reads run on these threads. One thread is the cheapest per job: work handed from one
+    /// thread to another costs a wake-up and a context switch, and orchestrating GPUs needs far
+    /// less than a core (README, "One async thread"; ARCHITECTURE.md, "Threads").
     pub worker_threads: usize,
 }
 
