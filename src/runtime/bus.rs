@@ -35,12 +35,12 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 pub use crate::model::events::{Event, EventContext, EventPayload};
 use crate::model::{LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent};
@@ -156,6 +156,21 @@ struct Inner {
     capacity: usize,
     /// Where every event is written (for catch-up beyond the window).
     store: Option<Arc<dyn Store>>,
+    /// Writes handed to the store so far (numbered under `next`, in the
+    /// order the store commits them).
+    handed: AtomicU64,
+    /// How far the handed writes have been committed.
+    settled: watch::Sender<Settled>,
+}
+
+/// How far the writes handed to the store have been committed: they commit
+/// in the order they were handed, so one number says it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Settled {
+    /// Every write up to this number has committed or failed.
+    through: u64,
+    /// The number of the last write that failed (0: none).
+    failed_at: u64,
 }
 
 /// Events announced so far.
@@ -431,6 +446,7 @@ impl Inner {
             return last_sequence;
         };
         changes.events = events.iter().map(|e| Arc::clone(e.event())).collect();
+        let number = self.handed.fetch_add(1, Ordering::AcqRel) + 1;
         let inner = Arc::clone(self);
         // Handed over under the lock: the store commits in sequence order.
         store.write(
@@ -441,6 +457,12 @@ impl Inner {
                     tracing::error!(%error, ?first, "a state change was not stored; its events stay in the in-memory window");
                 }
                 finish(waiters, &result, || inner.announce(&events));
+                inner.settled.send_modify(|settled| {
+                    settled.through = settled.through.max(number);
+                    if result.is_err() {
+                        settled.failed_at = number;
+                    }
+                });
             }),
         );
         drop(next);
@@ -606,6 +628,8 @@ impl EventBus {
                 }),
                 capacity: capacity.max(1),
                 store,
+                handed: AtomicU64::new(0),
+                settled: watch::Sender::new(Settled::default()),
             }),
         }
     }
@@ -645,6 +669,33 @@ impl EventBus {
             last_sequence,
             state,
         }
+    }
+
+    /// Waits until every write handed to the store so far has committed and
+    /// its events are announced, so that what a caller is told next can no
+    /// longer be undone by a crash. Writes nothing itself: it waits for the
+    /// last write handed over (writes commit in order), and fails when that
+    /// write or a later one failed. A batch open on this thread is handed
+    /// over first.
+    pub async fn settled(&self) -> Result<(), StoreError> {
+        flush_thread_batch();
+        if self.inner.store.is_none() {
+            return Ok(());
+        }
+        let target = self.inner.handed.load(Ordering::Acquire);
+        let mut settled = self.inner.settled.subscribe();
+        // The sender lives as long as the bus, which `self` holds.
+        let reached = settled
+            .wait_for(|settled| settled.through >= target)
+            .await
+            .map(|settled| *settled)
+            .map_err(|_| StoreError::Unavailable("the event bus has stopped".into()))?;
+        if target > 0 && reached.failed_at >= target {
+            return Err(StoreError::Unavailable(
+                "a write before this answer was not committed".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Opens a batch on this thread (see the module docs): until the returned
@@ -845,6 +896,44 @@ mod tests {
         .wait()
         .unwrap();
         assert_eq!(bus.last_sequence(), 4);
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_every_write_handed_over_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let bus = EventBus::new(64, Some(Arc::clone(&store) as Arc<dyn Store>));
+        // Nothing handed over yet: nothing to wait for, and nothing written.
+        bus.settled().await.unwrap();
+        assert_eq!(store.commit_count(), 0);
+        for round in 1..=20u64 {
+            // Dropped: only settled() waits for these.
+            for i in 0..5 {
+                let _ = bus.commit(
+                    Changes::default(),
+                    vec![(EventPayload::Task(task_event(i)), EventContext::default())],
+                );
+            }
+            bus.settled().await.unwrap();
+            let last = round * 5;
+            assert_eq!(store.last_event_sequence().unwrap(), last, "stored");
+            assert_eq!(
+                bus.history_after(last - 1, 1).unwrap().len(),
+                1,
+                "announced"
+            );
+        }
+        let commits = store.commit_count();
+        bus.settled().await.unwrap();
+        assert_eq!(store.commit_count(), commits, "settled writes nothing");
+        // A batch open on this thread is handed over, not waited on forever.
+        let _batch = bus.batch();
+        let _ = bus.commit(
+            Changes::default(),
+            vec![(EventPayload::Task(task_event(7)), EventContext::default())],
+        );
+        bus.settled().await.unwrap();
+        assert_eq!(store.last_event_sequence().unwrap(), 101);
     }
 
     #[tokio::test]

@@ -319,17 +319,12 @@ impl Executor {
         self.view(id)
     }
 
-    /// Waits until every write handed to the store so far is durable (writes
-    /// commit in order: an empty write committed means all before it are),
-    /// so that what a client is told next can no longer be undone by a crash.
+    /// Waits until every write handed to the store so far is durable, so
+    /// that what a client is told next can no longer be undone by a crash
+    /// ([`EventBus::settled`](crate::runtime::EventBus::settled): it writes
+    /// nothing itself).
     pub(super) async fn durable(&self) -> Result<(), RuntimeError> {
-        Ok(self
-            .shared
-            .tasks
-            .bus()
-            .commit(crate::store::Changes::default(), Vec::new())
-            .committed()
-            .await?)
+        Ok(self.shared.tasks.bus().settled().await?)
     }
 
     /// The execution a task belongs to, if any.
