@@ -149,6 +149,25 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
         listed,
         [first.execution.id.clone(), second.execution.id.clone()]
     );
+    // Listed under the state the same write gave it, not the one it was created in.
+    let by_status = |status: TaskStatus| -> Vec<String> {
+        let filter = ExecutionFilter {
+            statuses: vec![status],
+            ..ExecutionFilter::default()
+        };
+        all_executions(store, &filter, 10)
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    assert_eq!(
+        by_status(TaskStatus::Queued),
+        vec![first.execution.id.clone()]
+    );
+    assert_eq!(
+        by_status(TaskStatus::Pending),
+        vec![second.execution.id.clone()]
+    );
     assert_eq!(store.get_execution(&never.execution.id).unwrap(), None);
     assert_eq!(store.get_task(&never.tasks[0].id).unwrap(), None);
 }

@@ -107,14 +107,20 @@ pub(super) struct NewExecutionRows {
 }
 
 impl NewExecutionRows {
-    /// The rows of `new` (its execution's `tasks` are not stored).
-    pub(super) fn new(new: &NewExecutionRecord) -> Result<Self, StoreError> {
+    /// The rows of `new` (its execution's `tasks` are not stored) as it
+    /// stands after the same write changed it: the execution `changed` (when
+    /// given) and each task `changed_task` names.
+    pub(super) fn as_changed<'a>(
+        new: &'a NewExecutionRecord,
+        changed: Option<&'a WorkflowExecution>,
+        changed_task: impl Fn(&str) -> Option<&'a Task>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            execution: ExecutionRow::bare(&new.execution)?,
+            execution: ExecutionRow::bare(changed.unwrap_or(&new.execution))?,
             tasks: new
                 .tasks
                 .iter()
-                .map(TaskRow::new)
+                .map(|task| TaskRow::new(changed_task(&task.id).unwrap_or(task)))
                 .collect::<Result<_, _>>()?,
             prompt: new.prompt.clone(),
         })

@@ -42,6 +42,7 @@ mod writer;
 pub use compaction::{CompactionReport, RetentionPolicy};
 pub use options::SqliteOptions;
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -210,11 +211,43 @@ struct ChangeRows {
 
 impl ChangeRows {
     fn new(changes: &Changes) -> Result<Self, StoreError> {
+        // An execution admitted in this write is usually changed in it too
+        // (queued, or dispatched at once): its rows are inserted as they end
+        // up, instead of inserted and then updated (one row and one JSON
+        // encoding each, not two). The last change of an id wins.
+        let created_tasks: HashSet<&str> = changes
+            .new_executions
+            .iter()
+            .flat_map(|new| new.tasks.iter().map(|task| task.id.as_str()))
+            .collect();
+        let created_executions: HashSet<&str> = changes
+            .new_executions
+            .iter()
+            .map(|new| new.execution.id.as_str())
+            .collect();
+        let mut task_changes: HashMap<&str, &Task> = HashMap::new();
+        for task in &changes.tasks {
+            if created_tasks.contains(task.id.as_str()) {
+                task_changes.insert(&task.id, task);
+            }
+        }
+        let mut execution_changes: HashMap<&str, &WorkflowExecution> = HashMap::new();
+        for execution in &changes.executions {
+            if created_executions.contains(execution.id.as_str()) {
+                execution_changes.insert(&execution.id, execution);
+            }
+        }
         Ok(Self {
             new_executions: changes
                 .new_executions
                 .iter()
-                .map(executions::NewExecutionRows::new)
+                .map(|new| {
+                    executions::NewExecutionRows::as_changed(
+                        new,
+                        execution_changes.get(new.execution.id.as_str()).copied(),
+                        |id| task_changes.get(id).copied(),
+                    )
+                })
                 .collect::<Result<_, _>>()?,
             new_tasks: changes
                 .new_execution_tasks
@@ -229,11 +262,13 @@ impl ChangeRows {
             tasks: changes
                 .tasks
                 .iter()
+                .filter(|task| !task_changes.contains_key(task.id.as_str()))
                 .map(tasks::TaskRow::new)
                 .collect::<Result<_, _>>()?,
             executions: changes
                 .executions
                 .iter()
+                .filter(|execution| !execution_changes.contains_key(execution.id.as_str()))
                 .map(executions::ExecutionRow::bare)
                 .collect::<Result<_, _>>()?,
             events: changes
