@@ -380,15 +380,14 @@ impl Config {
             ),
             _ => {}
         }
-        for (key, path) in [
-            ("redis.peer_ca_file", &redis.peer_ca_file),
-            ("redis.peer_cert_file", &redis.peer_cert_file),
-            ("redis.peer_key_file", &redis.peer_key_file),
-        ] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                out.push(key, "must not be empty; leave it out instead");
-            }
-        }
+        check_paths_given(
+            out,
+            [
+                ("redis.peer_ca_file", &redis.peer_ca_file),
+                ("redis.peer_cert_file", &redis.peer_cert_file),
+                ("redis.peer_key_file", &redis.peer_key_file),
+            ],
+        );
         let history = u64::try_from(self.events.history_len).unwrap_or(u64::MAX);
         if redis.event_retention < history {
             out.push_blaming(
@@ -497,6 +496,19 @@ pub(super) fn seconds_ok(value: f64) -> bool {
 
 pub(super) fn seconds_message(value: f64) -> String {
     format!("must be a finite number of seconds greater than 0, got {value}")
+}
+
+/// Reports each optional file path that is given but empty (leaving the key
+/// out is how to say "none").
+pub(super) fn check_paths_given<'a>(
+    out: &mut Collector,
+    paths: impl IntoIterator<Item = (&'static str, &'a Option<std::path::PathBuf>)>,
+) {
+    for (key, path) in paths {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            out.push(key, "must not be empty; leave it out instead");
+        }
+    }
 }
 
 pub(super) fn check_seconds(out: &mut Collector, key: &str, value: f64) {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::validate::{Collector, check_seconds, seconds_message, seconds_ok};
+use super::validate::{Collector, check_paths_given, check_seconds, seconds_message, seconds_ok};
 use super::{AuthMode, Config, LimitsOverride, REDACTED, parse_sha256_hex};
 
 /// Longest principal or tenant name.
@@ -183,15 +183,14 @@ impl Config {
                 &["tls.client_ca_file"],
             );
         }
-        for (key, path) in [
-            ("tls.cert_file", &tls.cert_file),
-            ("tls.key_file", &tls.key_file),
-            ("tls.client_ca_file", &tls.client_ca_file),
-        ] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                out.push(key, "must not be empty; leave it out instead");
-            }
-        }
+        check_paths_given(
+            out,
+            [
+                ("tls.cert_file", &tls.cert_file),
+                ("tls.key_file", &tls.key_file),
+                ("tls.client_ca_file", &tls.client_ca_file),
+            ],
+        );
         if let Some(health) = tls.health_listen
             && health.port() != 0
             && health == self.service.listen
