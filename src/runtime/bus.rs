@@ -343,18 +343,34 @@ pub struct Commit {
 /// The outcome of one write, and who waits for it.
 #[derive(Default)]
 struct CommitState {
-    /// Set once, when the store committed (or failed).
-    outcome: Mutex<Option<Result<(), StoreError>>>,
+    /// The outcome (set once, when the store committed or failed) and
+    /// whether a thread is parked on `done` for it.
+    outcome: Mutex<Outcome>,
     /// Wakes a blocking waiter.
     done: std::sync::Condvar,
     /// Wakes an async waiter (a permit is kept when nobody waits yet).
     notify: tokio::sync::Notify,
 }
 
+#[derive(Default)]
+struct Outcome {
+    result: Option<Result<(), StoreError>>,
+    /// A blocking waiter is parked: `finish` must wake it. Most writes have
+    /// none (an async waiter, or nobody), and a condvar's notify is a
+    /// syscall even when nobody sleeps on it.
+    parked: bool,
+}
+
 impl CommitState {
     fn finish(&self, result: Result<(), StoreError>) {
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        self.done.notify_all();
+        let parked = {
+            let mut outcome = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+            outcome.result = Some(result);
+            outcome.parked
+        };
+        if parked {
+            self.done.notify_all();
+        }
         self.notify.notify_one();
     }
 
@@ -362,6 +378,7 @@ impl CommitState {
         self.outcome
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .result
             .take()
     }
 }
@@ -377,9 +394,10 @@ impl Commit {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(result) = outcome.take() {
+            if let Some(result) = outcome.result.take() {
                 return result;
             }
+            outcome.parked = true;
             outcome = self
                 .state
                 .done
