@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::lenient::{
@@ -263,23 +264,69 @@ pub enum WsMessage {
 }
 
 #[derive(Deserialize)]
-struct RawMessage {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    data: Value,
+struct RawMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    /// Left unparsed: the typed message is read from the text itself, not
+    /// through a `Value` tree built first (the socket's busiest path).
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// A message's `data`, parsed (`Value`, as history `messages` carry it) or
+/// still text (a socket frame).
+trait MessageData: Sized {
+    fn is_object(&self) -> bool;
+    fn typed<T: DeserializeOwned>(self) -> Result<T, serde_json::Error>;
+    fn into_value(self) -> Result<Value, serde_json::Error>;
+}
+
+impl MessageData for Value {
+    fn is_object(&self) -> bool {
+        Value::is_object(self)
+    }
+
+    fn typed<T: DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self)
+    }
+
+    fn into_value(self) -> Result<Value, serde_json::Error> {
+        Ok(self)
+    }
+}
+
+impl MessageData for &RawValue {
+    fn is_object(&self) -> bool {
+        // Already valid JSON without surrounding whitespace.
+        self.get().starts_with('{')
+    }
+
+    fn typed<T: DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.get())
+    }
+
+    fn into_value(self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.get())
+    }
 }
 
 impl WsMessage {
     /// Parses a text frame.
     pub fn parse(text: &str) -> Result<Self, WireError> {
-        let raw: RawMessage = serde_json::from_str(text).map_err(json_error)?;
-        Self::from_parts(&raw.kind, raw.data)
+        let raw: RawMessage<'_> = serde_json::from_str(text).map_err(json_error)?;
+        match raw.data {
+            Some(data) => Self::from_data(&raw.kind, data),
+            None => Self::from_data(&raw.kind, Value::Null),
+        }
     }
 
     /// Builds a message from its type and data (also how history `messages` are typed).
     pub fn from_parts(kind: &str, data: Value) -> Result<Self, WireError> {
-        fn typed<T: DeserializeOwned>(kind: &str, data: Value) -> Result<T, WireError> {
+        Self::from_data(kind, data)
+    }
+
+    fn from_data(kind: &str, data: impl MessageData) -> Result<Self, WireError> {
+        fn typed<T: DeserializeOwned>(kind: &str, data: impl MessageData) -> Result<T, WireError> {
             // serde reads a struct from an array too; the protocol only sends objects.
             if !data.is_object() {
                 return Err(WireError::Message {
@@ -287,7 +334,7 @@ impl WsMessage {
                     message: "data is not an object".into(),
                 });
             }
-            serde_json::from_value(data).map_err(|e| WireError::Message {
+            data.typed().map_err(|e| WireError::Message {
                 kind: kind.to_owned(),
                 message: e.to_string(),
             })
@@ -306,7 +353,7 @@ impl WsMessage {
             "feature_flags" => Self::FeatureFlags(typed(kind, data)?),
             _ => Self::Unknown {
                 kind: kind.to_owned(),
-                data,
+                data: data.into_value().map_err(json_error)?,
             },
         })
     }
@@ -373,6 +420,12 @@ mod tests {
                     WsMessage::parse(&text).unwrap_or_else(|err| panic!("{name}: {err}: {text}"));
                 let kind = msg["type"].as_str().unwrap();
                 assert_eq!(parsed.kind(), kind, "{name}");
+                // A frame is read from its text; history messages from parsed JSON: same message.
+                assert_eq!(
+                    WsMessage::from_parts(kind, msg["data"].clone()).as_ref(),
+                    Ok(&parsed),
+                    "{name}: {text}"
+                );
                 assert!(
                     !matches!(parsed, WsMessage::Unknown { .. }),
                     "{name}: {kind} is a known type"
@@ -549,7 +602,8 @@ mod tests {
             data in arb_json(),
         ) {
             let text = serde_json::json!({"type": kind, "data": data}).to_string();
-            let _ = WsMessage::parse(&text);
+            // Read from the frame's text or from parsed JSON: the same message or an error both ways.
+            prop_assert_eq!(WsMessage::parse(&text).ok(), WsMessage::from_parts(kind, data).ok());
         }
 
     }

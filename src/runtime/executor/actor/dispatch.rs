@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::comfy::client::PromptLocation;
-use crate::model::{JsonObject, NewTask, Task, TaskPriority, TaskStatus, TaskType};
+use crate::model::{JsonObject, NewTask, Task, TaskStatus, TaskType};
 use crate::runtime::executor::attempt::{self, AttemptSpec};
 use crate::runtime::executor::failure::{Failure, FailureKind};
 use crate::runtime::executor::messages::{Control, Msg, NodeTasks};
@@ -25,7 +25,7 @@ use crate::runtime::scheduler::{
 };
 use crate::telemetry::metrics;
 
-use super::{Actor, Phase, Run, live_reason};
+use super::{Actor, PRIORITIES, Phase, Run, live_reason};
 
 impl Actor {
     /// Puts `sched` in the scheduler's queue: QUEUED.
@@ -51,28 +51,45 @@ impl Actor {
     }
 
     /// Queue depth per priority and executions in flight, as gauges and as
-    /// the shared [`LoadSnapshot`] GetRuntimeInfo reads.
-    pub(super) fn publish_gauges(&self) {
-        let mut queued = Vec::with_capacity(4);
-        for priority in [
-            TaskPriority::Critical,
-            TaskPriority::High,
-            TaskPriority::Normal,
-            TaskPriority::Low,
-        ] {
-            let depth = self.scheduler.queue_depth(priority);
-            metrics::set_queue_depth(priority.as_str(), depth);
-            queued.push((priority, depth));
+    /// the shared [`LoadSnapshot`] GetRuntimeInfo reads. Runs after every
+    /// turn; only what changed since the last turn is published (a labelled
+    /// gauge is a registry lookup, the snapshot a lock and two vectors).
+    pub(super) fn publish_gauges(&mut self) {
+        let mut queued = [0; PRIORITIES.len()];
+        for (depth, priority) in queued.iter_mut().zip(PRIORITIES) {
+            *depth = self.scheduler.queue_depth(priority);
         }
-        metrics::set_tasks_running(self.scheduler.in_flight());
-        let on_backend = self
-            .shared
-            .pool
-            .backends()
+        let running = self.scheduler.in_flight();
+        let backends = self.shared.pool.backends();
+        let published = &mut self.published;
+        let unchanged = published.queued == Some(queued)
+            && published.running == Some(running)
+            && published.on_backend.len() == backends.len()
+            && backends
+                .iter()
+                .zip(&published.on_backend)
+                .all(|(backend, &n)| self.scheduler.on_backend(backend.id) == n);
+        if unchanged {
+            return;
+        }
+        for (i, priority) in PRIORITIES.into_iter().enumerate() {
+            if published.queued.is_none_or(|q| q[i] != queued[i]) {
+                metrics::set_queue_depth(priority.as_str(), queued[i]);
+            }
+        }
+        if published.running != Some(running) {
+            metrics::set_tasks_running(running);
+        }
+        published.queued = Some(queued);
+        published.running = Some(running);
+        published.on_backend = backends
             .iter()
             .map(|backend| self.scheduler.on_backend(backend.id))
             .collect();
-        self.shared.set_load(LoadSnapshot { queued, on_backend });
+        self.shared.set_load(LoadSnapshot {
+            queued: PRIORITIES.into_iter().zip(queued).collect(),
+            on_backend: published.on_backend.clone(),
+        });
     }
 
     /// Carries out the scheduler's actions.

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::{Task, TaskStatus, TransitionError};
+use crate::model::{Task, TaskPriority, TaskStatus, TransitionError};
 use crate::runtime::RuntimeError;
 use crate::runtime::bus::EventContext;
 use crate::runtime::scheduler::{
@@ -155,6 +155,24 @@ pub(crate) struct Actor {
     fresh_prompts: Vec<(ExecutionId, serde_json::Value)>,
     /// The executions submitted in this turn, answered when it ends.
     answers: Vec<Answer>,
+    /// The load as last published (see `publish_gauges`).
+    published: PublishedLoad,
+}
+
+/// The priorities, in the order of [`LoadSnapshot::queued`] (CRITICAL first).
+const PRIORITIES: [TaskPriority; 4] = [
+    TaskPriority::Critical,
+    TaskPriority::High,
+    TaskPriority::Normal,
+    TaskPriority::Low,
+];
+
+/// What `publish_gauges` last published; `None` before the first time.
+#[derive(Default)]
+struct PublishedLoad {
+    queued: Option<[usize; PRIORITIES.len()]>,
+    running: Option<usize>,
+    on_backend: Vec<usize>,
 }
 
 /// A submitted execution waiting for its answer at the end of the turn.
@@ -201,6 +219,7 @@ impl Actor {
             no_nodes: Arc::new(NodeTasks::new()),
             fresh_prompts: Vec::new(),
             answers: Vec::new(),
+            published: PublishedLoad::default(),
         }
     }
 
