@@ -1343,22 +1343,40 @@ async fn jobs_api_matches_the_capture() {
     replay.assert_ws_per_prompt(&t, "A", &ShapeOpts::default());
     replay.assert_http(&ShapeOpts::default(), &[]);
     let list = replay.exchange("GET", "/api/jobs?limit=5").actual.json();
-    let statuses: Vec<&str> = list["jobs"]
-        .as_array()
-        .expect("jobs")
+    let jobs = list["jobs"].as_array().expect("jobs");
+    let statuses: Vec<&str> = jobs
         .iter()
         .map(|j| j["status"].as_str().expect("status"))
         .collect();
-    assert_eq!(
-        statuses,
-        [
-            "pending",
-            "pending",
-            "in_progress",
-            "completed",
-            "completed"
-        ]
+    let created: Vec<f64> = jobs
+        .iter()
+        .map(|j| j["create_time"].as_f64().expect("create_time"))
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {created:?}"
     );
+    // Jobs created in the same millisecond keep the order ComfyUI lists
+    // them in (running, then pending): a replay on a busy machine can post
+    // two prompts within one, so compare the statuses run by run of equal
+    // creation times, each run in any order.
+    let expected = [
+        "pending",
+        "pending",
+        "in_progress",
+        "completed",
+        "completed",
+    ];
+    assert_eq!(statuses.len(), expected.len(), "{statuses:?}");
+    let mut at = 0;
+    for run in created.chunk_by(|a, b| a == b) {
+        let mut got = statuses[at..at + run.len()].to_vec();
+        let mut want = expected[at..at + run.len()].to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "{statuses:?} created at {created:?}");
+        at += run.len();
+    }
     fake.shutdown().await;
 }
 
