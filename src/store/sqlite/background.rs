@@ -11,6 +11,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::connections::BUSY_TIMEOUT;
+use super::writer::Command;
 
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
@@ -58,20 +59,135 @@ impl Periodic {
 
 /// Background WAL checkpoints on their own connection (PASSIVE: they never
 /// block the writer or readers), so commits stay cheap and the WAL small.
-pub(super) fn spawn_checkpointer(path: &Path) -> Result<Periodic, String> {
+///
+/// A PASSIVE checkpoint lets the WAL start over only when it has copied every
+/// frame before the next write begins. Under a steady stream of writes one
+/// always lands while it copies (the more so the larger the database, whose
+/// pages it writes back at random places), so the WAL never starts over: it
+/// grew past 5 GB while 200,000 submits were queued, every read searched its
+/// index, and the commit that finally restarted it truncated gigabytes. When a
+/// PASSIVE checkpoint finds more than `restart_bytes` in the WAL, it asks the
+/// writer (`Command::RestartWal`) to checkpoint the rest between two batches,
+/// which makes the next write start the WAL over. Writes wait for that
+/// meanwhile: little to copy (the PASSIVE one just ran) and one sync, once per
+/// [`WAL_RESTART_BYTES`] written; back-pressure where the disk cannot keep up.
+pub(super) fn spawn_checkpointer(
+    path: &Path,
+    writer: SyncSender<Command>,
+) -> Result<Periodic, String> {
+    checkpointer(path, CHECKPOINT_INTERVAL, WAL_RESTART_BYTES, writer)
+}
+
+fn checkpointer(
+    path: &Path,
+    every: Duration,
+    restart_bytes: i64,
+    writer: SyncSender<Command>,
+) -> Result<Periodic, String> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    // A WAL frame is a page and its 24-byte header.
+    let restart_frames = restart_bytes / (page_size.max(512) + 24);
     let path = path.to_path_buf();
-    Periodic::spawn(
-        "store-checkpoint",
-        CHECKPOINT_INTERVAL,
-        CHECKPOINT_INTERVAL,
-        move || {
-            if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    Periodic::spawn("store-checkpoint", every, every, move || {
+        // The frames in the WAL (copied or not): only a restart lowers it.
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(1)
+        }) {
+            Ok(frames) if frames > restart_frames => {
+                // Full queue: the writer is busy; the next round asks again.
+                let _ = writer.try_send(Command::RestartWal);
+            }
+            Ok(_) => {}
+            Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
             }
-        },
-    )
+        }
+    })
     .map_err(|e| e.to_string())
+}
+
+/// The WAL size past which a checkpoint makes the WAL start over, waiting for
+/// the write in progress (see [`spawn_checkpointer`]); four times what the
+/// WAL file is truncated back to.
+pub(super) const WAL_RESTART_BYTES: i64 = 4 * super::connections::JOURNAL_SIZE_LIMIT;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use rusqlite::Connection;
+
+    use super::checkpointer;
+    use crate::store::sqlite::writer::{Command, restart_wal};
+
+    /// The largest the WAL file gets while one connection writes without a
+    /// pause for `run`, checkpointed every 5 ms, and doing what the writer
+    /// thread does between two batches when `restart` is true.
+    fn largest_wal(restart_bytes: i64, restart: bool, run: Duration) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL;
+             CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+        )
+        .unwrap();
+        let wal = dir.path().join("wal.db-wal");
+        let (writer, commands) = mpsc::sync_channel(16);
+        let checkpoints =
+            checkpointer(&path, Duration::from_millis(5), restart_bytes, writer).unwrap();
+        let mut largest = 0;
+        let start = Instant::now();
+        let mut id = 0_i64;
+        while start.elapsed() < run {
+            // Writes one after another, as under a steady stream of submits:
+            // one always lands while a checkpoint copies. Rows are rewritten
+            // at scattered places so that every commit writes several pages.
+            let tx = conn.unchecked_transaction().unwrap();
+            for _ in 0..8 {
+                id += 1;
+                tx.execute(
+                    "INSERT OR REPLACE INTO t (id, body) VALUES (?1, zeroblob(1000))",
+                    [id.wrapping_mul(7_919) % 5_000],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+            while let Ok(command) = commands.try_recv() {
+                if restart && matches!(command, Command::RestartWal) {
+                    restart_wal(&conn);
+                }
+            }
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        checkpoints.stop();
+        largest
+    }
+
+    #[test]
+    fn a_steady_stream_of_writes_does_not_grow_the_wal_without_bound() {
+        let bound: i64 = 1024 * 1024;
+        let run = Duration::from_millis(800);
+        let largest = largest_wal(bound, true, run);
+        // The same writes without the writer's restart: PASSIVE checkpoints
+        // alone never let the WAL start over.
+        let unbounded = largest_wal(bound, false, run);
+        eprintln!("largest WAL: {largest} bytes with restarts, {unbounded} without");
+        // With them, the WAL starts over once a checkpoint finds it past the
+        // bound; what is written while that checkpoint copies comes on top.
+        assert!(
+            largest < 32 * bound as u64 && largest * 8 < unbounded,
+            "the WAL reached {largest} bytes with restarts past {bound}, {unbounded} without"
+        );
+    }
 }

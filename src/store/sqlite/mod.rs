@@ -140,7 +140,7 @@ impl SqliteStore {
             _lock: lock,
         };
         store.checkpointer = Some(
-            spawn_checkpointer(path)
+            spawn_checkpointer(path, store.commands.clone())
                 .map_err(|error| fail(format!("cannot start checkpoints: {error}")))?,
         );
         if let Some((interval, policy)) = options.compaction {

@@ -21,6 +21,10 @@ pub(super) const MAX_BATCH: usize = 1024;
 pub(super) enum Command {
     /// Run one write in the next batch.
     Write(Box<dyn WriteJob>),
+    /// After the current batch, checkpoint the whole WAL so that the next
+    /// write starts it over (sent by the checkpointer when the WAL has grown
+    /// past its bound; see `background::spawn_checkpointer`).
+    RestartWal,
     /// Finish the current batch and exit.
     Stop,
 }
@@ -159,14 +163,17 @@ pub(super) fn writer_loop(
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
     let mut stop = false;
+    let mut restart = false;
     while !stop {
         match commands.recv() {
             Ok(Command::Write(job)) => batch.push(job),
+            Ok(Command::RestartWal) => restart = true,
             Ok(Command::Stop) | Err(_) => break,
         }
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
                 Ok(Command::Write(job)) => batch.push(job),
+                Ok(Command::RestartWal) => restart = true,
                 Ok(Command::Stop) => {
                     stop = true;
                     break;
@@ -174,7 +181,24 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let committed = run_batch(conn, &mut batch, max_events);
+        if !batch.is_empty() {
+            commit_batch(conn, &mut batch, max_events, commits);
+        }
+        if std::mem::take(&mut restart) {
+            restart_wal(conn);
+        }
+    }
+}
+
+/// Commits `batch` as one transaction and answers every write in it.
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut Vec<Box<dyn WriteJob>>,
+    max_events: i64,
+    commits: &AtomicU64,
+) {
+    {
+        let committed = run_batch(conn, batch, max_events);
         match &committed {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +211,21 @@ pub(super) fn writer_loop(
         for job in batch.drain(..) {
             job.finish(commit);
         }
+    }
+}
+
+/// Checkpoints every frame of the WAL (waiting for readers still on it) so
+/// that the next write starts the WAL over from its beginning. Only the
+/// writer can count on this: the checkpointer's own attempt would need the
+/// write lock, which a busy writer takes back between two commits before
+/// the checkpointer's busy handler wakes up.
+pub(super) fn restart_wal(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => tracing::debug!("WAL restart checkpoint found a reader still on the WAL"),
+        Err(error) => tracing::warn!(%error, "WAL restart checkpoint failed"),
     }
 }
 
