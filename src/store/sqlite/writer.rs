@@ -7,15 +7,24 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::connections::BUSY_TIMEOUT;
 use crate::store::StoreError;
 
 /// Writes waiting for the writer thread; a full queue blocks the caller.
 pub(super) const WRITE_QUEUE: usize = 1024;
 /// Most writes committed in one transaction.
 pub(super) const MAX_BATCH: usize = 1024;
+/// How long a WAL restart waits for a reader still on the WAL (writes wait
+/// meanwhile).
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+/// After a restart that a reader kept from finishing (a long backup, say),
+/// how long restart requests are ignored, so that writes are not held up
+/// again at every request.
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the writer thread is asked to do.
 pub(super) enum Command {
@@ -164,6 +173,7 @@ pub(super) fn writer_loop(
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
     let mut stop = false;
     let mut restart = false;
+    let mut restart_after = Instant::now();
     while !stop {
         match commands.recv() {
             Ok(Command::Write(job)) => batch.push(job),
@@ -184,8 +194,8 @@ pub(super) fn writer_loop(
         if !batch.is_empty() {
             commit_batch(conn, &mut batch, max_events, commits);
         }
-        if std::mem::take(&mut restart) {
-            restart_wal(conn);
+        if std::mem::take(&mut restart) && Instant::now() >= restart_after && !restart_wal(conn) {
+            restart_after = Instant::now() + RESTART_BACKOFF;
         }
     }
 }
@@ -214,18 +224,28 @@ fn commit_batch(
     }
 }
 
-/// Checkpoints every frame of the WAL (waiting for readers still on it) so
-/// that the next write starts the WAL over from its beginning. Only the
-/// writer can count on this: the checkpointer's own attempt would need the
-/// write lock, which a busy writer takes back between two commits before
+/// Checkpoints every frame of the WAL (waiting up to [`RESTART_WAIT`] for
+/// readers still on it) so that the next write starts the WAL over from its
+/// beginning; false when a reader kept it from finishing, or it failed. Only
+/// the writer can count on this: the checkpointer's own attempt would need
+/// the write lock, which a busy writer takes back between two commits before
 /// the checkpointer's busy handler wakes up.
-pub(super) fn restart_wal(conn: &Connection) {
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+pub(super) fn restart_wal(conn: &Connection) -> bool {
+    let _ = conn.busy_timeout(RESTART_WAIT);
+    let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
         row.get::<_, i64>(0)
-    }) {
-        Ok(0) => {}
-        Ok(_) => tracing::debug!("WAL restart checkpoint found a reader still on the WAL"),
-        Err(error) => tracing::warn!(%error, "WAL restart checkpoint failed"),
+    });
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    match busy {
+        Ok(0) => true,
+        Ok(_) => {
+            tracing::debug!("WAL restart checkpoint found a reader still on the WAL");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "WAL restart checkpoint failed");
+            false
+        }
     }
 }
 
