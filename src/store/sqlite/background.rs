@@ -111,9 +111,9 @@ fn checkpointer(
     .map_err(|e| e.to_string())
 }
 
-/// The WAL size past which a checkpoint makes the WAL start over, waiting for
-/// the write in progress (see [`spawn_checkpointer`]); four times what the
-/// WAL file is truncated back to.
+/// The WAL size past which the checkpointer asks the writer to make the WAL
+/// start over (see [`spawn_checkpointer`]); four times what the WAL file is
+/// truncated back to when it does.
 pub(super) const WAL_RESTART_BYTES: i64 = 4 * super::connections::JOURNAL_SIZE_LIMIT;
 
 #[cfg(test)]

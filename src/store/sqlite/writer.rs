@@ -207,20 +207,18 @@ fn commit_batch(
     max_events: i64,
     commits: &AtomicU64,
 ) {
-    {
-        let committed = run_batch(conn, batch, max_events);
-        match &committed {
-            Ok(()) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(reason) => {
-                tracing::error!(%reason, writes = batch.len(), "store batch not committed");
-            }
+    let committed = run_batch(conn, batch, max_events);
+    match &committed {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
         }
-        let commit = committed.as_ref().map(|_| ()).map_err(String::as_str);
-        for job in batch.drain(..) {
-            job.finish(commit);
+        Err(reason) => {
+            tracing::error!(%reason, writes = batch.len(), "store batch not committed");
         }
+    }
+    let commit = committed.as_ref().map(|_| ()).map_err(String::as_str);
+    for job in batch.drain(..) {
+        job.finish(commit);
     }
 }
 
