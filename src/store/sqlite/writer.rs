@@ -20,7 +20,7 @@ pub(super) const WRITE_QUEUE: usize = 1024;
 pub(super) const MAX_BATCH: usize = 1024;
 /// How long a WAL restart waits for a reader still on the WAL (writes wait
 /// meanwhile).
-const RESTART_WAIT: Duration = Duration::from_millis(100);
+pub(super) const RESTART_WAIT: Duration = Duration::from_millis(100);
 /// After a restart that a reader kept from finishing (a long backup, say),
 /// how long restart requests are ignored, so that writes are not held up
 /// again at every request.
