@@ -449,6 +449,15 @@ fn put_and_get_tasks_keep_json_exact(store: &dyn Store) {
     changed.tags.clear();
     assert!(store.put_task(&changed).unwrap());
     assert!(all_tasks(store, &running, 5).is_empty());
+    // An update that keeps its status keeps it in that status's listing.
+    changed.set_progress(0.5).unwrap();
+    assert!(store.put_task(&changed).unwrap());
+    let running_now = TaskFilter {
+        statuses: vec![TaskStatus::Running],
+        ..TaskFilter::default()
+    };
+    assert_eq!(ids(&all_tasks(store, &running_now, 5)), [&original.id]);
+    assert_eq!(store.get_task(&original.id).unwrap(), Some(changed));
 
     assert!(!store.put_task(&task("never created")).unwrap());
 }
@@ -640,6 +649,40 @@ fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {
     changed.tasks = tasks.clone();
     assert!(store.put_execution(&changed).unwrap());
     changed.tasks = Vec::new();
+    assert_eq!(
+        store.get_execution(&execution.id).unwrap(),
+        Some(changed.clone())
+    );
+    // The listing columns follow an update that changes them, and stay with
+    // one that does not.
+    let listed = |statuses: Vec<TaskStatus>, workflow_id: &str| {
+        let filter = ExecutionFilter {
+            statuses,
+            workflow_id: Some(workflow_id.into()),
+            ..ExecutionFilter::default()
+        };
+        all_executions(store, &filter, 5)
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(vec![TaskStatus::Queued], &changed.workflow_id),
+        [execution.id.clone()]
+    );
+    changed.artifacts.push("out/ComfyUI_00002_.png".into());
+    assert!(store.put_execution(&changed).unwrap());
+    assert_eq!(
+        listed(vec![TaskStatus::Queued], &changed.workflow_id),
+        [execution.id.clone()]
+    );
+    changed.transition(TaskStatus::Running).unwrap();
+    assert!(store.put_execution(&changed).unwrap());
+    assert!(listed(vec![TaskStatus::Queued], &changed.workflow_id).is_empty());
+    assert_eq!(
+        listed(vec![TaskStatus::Running], &changed.workflow_id),
+        [execution.id.clone()]
+    );
     assert_eq!(store.get_execution(&execution.id).unwrap(), Some(changed));
     let unknown = new_execution("wf", &[], 0).execution;
     assert!(!store.put_execution(&unknown).unwrap());

@@ -202,20 +202,35 @@ pub(super) fn put(store: &SqliteStore, execution: &WorkflowExecution) -> Result<
 /// Replaces a stored execution with `row`, inside the writer's transaction;
 /// false when there is none.
 pub(super) fn update_execution(conn: &Connection, row: &ExecutionRow) -> Result<bool, StoreError> {
-    let changed = conn
-        .prepare_cached(
-            "UPDATE executions SET status = ?2, workflow_id = ?3, root_task_id = ?4,
-             updated_ms = ?5, body = ?6 WHERE id = ?1",
-        )?
-        .execute(params![
-            row.id,
-            row.status,
-            row.workflow_id,
-            row.root_task_id,
-            row.updated_ms,
-            row.body
-        ])?;
-    Ok(changed > 0)
+    let found: Option<(i64, String, String)> = conn
+        .prepare_cached("SELECT seq, status, workflow_id FROM executions WHERE id = ?1")?
+        .query_row([&row.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((seq, status, workflow_id)) = found else {
+        return Ok(false);
+    };
+    // An indexed column in the SET list rewrites its index entry even when
+    // its value stays (a page in the WAL each): only those that changed.
+    const UPDATE: [&str; 4] = [
+        "UPDATE executions SET root_task_id = ?4, updated_ms = ?5, body = ?6 WHERE seq = ?1",
+        "UPDATE executions SET status = ?2, root_task_id = ?4, updated_ms = ?5, body = ?6
+         WHERE seq = ?1",
+        "UPDATE executions SET workflow_id = ?3, root_task_id = ?4, updated_ms = ?5, body = ?6
+         WHERE seq = ?1",
+        "UPDATE executions SET status = ?2, workflow_id = ?3, root_task_id = ?4,
+         updated_ms = ?5, body = ?6 WHERE seq = ?1",
+    ];
+    let changed =
+        usize::from(status != row.status) | usize::from(workflow_id != row.workflow_id) << 1;
+    conn.prepare_cached(UPDATE[changed])?.execute(params![
+        seq,
+        row.status,
+        row.workflow_id,
+        row.root_task_id,
+        row.updated_ms,
+        row.body
+    ])?;
+    Ok(true)
 }
 
 /// [`Store::get_execution`].

@@ -119,18 +119,28 @@ pub(super) fn put(store: &SqliteStore, task: &Task) -> Result<bool, StoreError> 
 /// Replaces a stored task with `row`, inside the writer's transaction; false
 /// when there is none.
 pub(super) fn update_task(conn: &Connection, row: &TaskRow) -> Result<bool, StoreError> {
-    let found: Option<(i64, String)> = conn
-        .prepare_cached("SELECT seq, tags FROM tasks WHERE id = ?1")?
-        .query_row([&row.id], |r| Ok((r.get(0)?, r.get(1)?)))
+    let found: Option<(i64, String, String, Option<String>)> = conn
+        .prepare_cached("SELECT seq, tags, status, parent_id FROM tasks WHERE id = ?1")?
+        .query_row([&row.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    let Some((seq, old_tags)) = found else {
+    let Some((seq, old_tags, status, parent_id)) = found else {
         return Ok(false);
     };
-    conn.prepare_cached(
+    // An indexed column in the SET list rewrites its index entry even when
+    // its value stays (a page in the WAL each): only those that changed.
+    const UPDATE: [&str; 4] = [
+        "UPDATE tasks SET task_type = ?3, tags = ?5, updated_ms = ?6, body = ?7 WHERE seq = ?1",
+        "UPDATE tasks SET status = ?2, task_type = ?3, tags = ?5, updated_ms = ?6, body = ?7
+         WHERE seq = ?1",
+        "UPDATE tasks SET task_type = ?3, parent_id = ?4, tags = ?5, updated_ms = ?6, body = ?7
+         WHERE seq = ?1",
         "UPDATE tasks SET status = ?2, task_type = ?3, parent_id = ?4, tags = ?5,
          updated_ms = ?6, body = ?7 WHERE seq = ?1",
-    )?
-    .execute(params![
+    ];
+    let changed = usize::from(status != row.status) | usize::from(parent_id != row.parent_id) << 1;
+    conn.prepare_cached(UPDATE[changed])?.execute(params![
         seq,
         row.status,
         row.task_type,
