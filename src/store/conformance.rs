@@ -668,20 +668,20 @@ fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {
     };
     assert_eq!(
         listed(vec![TaskStatus::Queued], &changed.workflow_id),
-        [execution.id.clone()]
+        std::slice::from_ref(&execution.id)
     );
     changed.artifacts.push("out/ComfyUI_00002_.png".into());
     assert!(store.put_execution(&changed).unwrap());
     assert_eq!(
         listed(vec![TaskStatus::Queued], &changed.workflow_id),
-        [execution.id.clone()]
+        std::slice::from_ref(&execution.id)
     );
     changed.transition(TaskStatus::Running).unwrap();
     assert!(store.put_execution(&changed).unwrap());
     assert!(listed(vec![TaskStatus::Queued], &changed.workflow_id).is_empty());
     assert_eq!(
         listed(vec![TaskStatus::Running], &changed.workflow_id),
-        [execution.id.clone()]
+        std::slice::from_ref(&execution.id)
     );
     assert_eq!(store.get_execution(&execution.id).unwrap(), Some(changed));
     let unknown = new_execution("wf", &[], 0).execution;
