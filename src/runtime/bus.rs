@@ -613,6 +613,16 @@ impl Drop for Batch {
     }
 }
 
+/// A JSON object written as its JSON text, for a log field.
+struct JsonText<'a>(&'a crate::model::JsonObject);
+
+impl std::fmt::Display for JsonText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self.0).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
 impl Default for EventBus {
     fn default() -> Self {
         Self::new(DEFAULT_HISTORY, None)
@@ -752,7 +762,9 @@ impl EventBus {
 
     /// Publishes a runtime event, and logs it at its level.
     pub fn publish_runtime(&self, event: RuntimeEvent, context: EventContext) -> u64 {
-        let data = serde_json::Value::Object(event.data.clone());
+        // Formatted only when the line is written: a runtime event below the
+        // log level (an audit event under `log_level = "warning"`) costs no copy.
+        let data = JsonText(&event.data);
         match event.level {
             LogLevel::Debug => {
                 tracing::debug!(event_type = %event.event_type, %data, "{}", event.message);

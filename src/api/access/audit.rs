@@ -4,11 +4,12 @@
 //! the handler recorded through [`record_target`] while it ran. Nothing secret goes in: no key,
 //! no header, no request body.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::pin::pin;
 
-use http::HeaderMap;
+use http::{HeaderMap, Uri};
 use serde_json::Value;
 use tonic::{Code, Status};
 
@@ -23,29 +24,23 @@ pub const AUDIT_EVENT_TYPE: &str = "audit.call";
 
 tokio::task_local! {
     /// The id the current call is about, set by handlers through [`record_target`].
-    static TARGET: Target;
+    static TARGET: RefCell<Option<String>>;
 }
 
-/// The id a call is about, filled in by its handler.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Target(Arc<Mutex<Option<String>>>);
-
-impl Target {
-    pub(super) fn get(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|t| t.clone())
-    }
-}
-
-/// Runs `future` with `target` as the call's audit target.
-pub(super) fn scope<F: Future>(target: &Target, future: F) -> impl Future<Output = F::Output> {
-    TARGET.scope(target.clone(), future)
+/// Runs `future` as an audited call; gives its output and the id its handler recorded
+/// through [`record_target`], if any.
+pub(super) async fn scoped<F: Future>(future: F) -> (F::Output, Option<String>) {
+    let mut call = pin!(TARGET.scope(RefCell::new(None), future));
+    let output = call.as_mut().await;
+    let target = call.as_mut().take_value().and_then(RefCell::into_inner);
+    (output, target)
 }
 
 /// Records the id the current call is about (the last one recorded wins: an execution's id
 /// after its workflow's). Outside an audited call it does nothing.
 pub fn record_target(id: &str) {
     let _ = TARGET.try_with(|target| {
-        if let Ok(mut slot) = target.0.lock() {
+        if let Ok(mut slot) = target.try_borrow_mut() {
             *slot = Some(id.to_owned());
         }
     });
@@ -67,18 +62,15 @@ impl std::fmt::Debug for Auditor {
 /// What is known of a call before it is handled.
 #[derive(Debug)]
 pub(super) struct Entry {
-    /// Full gRPC method.
-    method: String,
+    /// The request's URI, whose path is the full gRPC method (a clone shares its bytes).
+    uri: Uri,
     /// The peer's address.
     peer: Option<SocketAddr>,
 }
 
 impl Entry {
-    pub(super) fn new(method: &str, peer: Option<SocketAddr>) -> Self {
-        Self {
-            method: method.to_owned(),
-            peer,
-        }
+    pub(super) fn new(uri: Uri, peer: Option<SocketAddr>) -> Self {
+        Self { uri, peer }
     }
 }
 
@@ -127,7 +119,7 @@ impl Auditor {
             } else {
                 "refused call"
             },
-            entry.method,
+            entry.uri.path(),
             name.as_deref().unwrap_or("an unauthenticated caller"),
             code_name(code)
         );
@@ -146,7 +138,7 @@ impl Auditor {
             .insert("tenant".into(), text(principal.map(|p| p.tenant.clone())));
         event
             .data
-            .insert("method".into(), Value::String(entry.method));
+            .insert("method".into(), Value::String(entry.uri.path().to_owned()));
         event.data.insert("target_id".into(), text(target));
         event
             .data

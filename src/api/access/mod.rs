@@ -187,22 +187,20 @@ where
         let class = classify(req.uri().path());
         let shared = self.shared.clone();
         let admitted = shared.admit(&req, class);
-        let audit = shared.audit.as_ref().map(|auditor| {
-            (
-                auditor.clone(),
-                audit::Entry::new(
-                    req.uri().path(),
-                    req.extensions().get::<PeerInfo>().and_then(|p| p.remote),
-                ),
+        // What an audit event needs of the request, taken only for a call that is audited.
+        let entry = |req: &Request<ReqBody>| {
+            audit::Entry::new(
+                req.uri().clone(),
+                req.extensions().get::<PeerInfo>().and_then(|p| p.remote),
             )
-        });
+        };
         let (principal, permit) = match admitted {
             Ok(Some((principal, permit))) => (Some(principal), permit),
             Ok(None) => (None, None),
             Err((principal, error)) => {
                 let status = access_status(&error);
-                if let Some((auditor, entry)) = audit {
-                    auditor.refused(entry, principal.as_deref(), &status);
+                if let Some(auditor) = &shared.audit {
+                    auditor.refused(entry(&req), principal.as_deref(), &status);
                 }
                 let response = status.into_http::<ResBody>();
                 return Box::pin(async move {
@@ -219,13 +217,23 @@ where
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let audited = audit.filter(|_| class.mutating).zip(principal);
-        Box::pin(async move {
-            let target = audit::Target::default();
-            let response = audit::scope(&target, inner.call(req)).await?;
-            if let Some(((auditor, entry), principal)) = audited {
-                auditor.handled(entry, &principal, target.get(), response.headers());
+        let audited = match (&shared.audit, principal) {
+            (Some(auditor), Some(principal)) if class.mutating => {
+                Some((auditor.clone(), entry(&req), principal))
             }
+            _ => None,
+        };
+        Box::pin(async move {
+            let Some((auditor, entry, principal)) = audited else {
+                let response = inner.call(req).await?;
+                return Ok(response.map(|body| PermitBody {
+                    inner: body,
+                    _permit: permit,
+                }));
+            };
+            let (response, target) = audit::scoped(inner.call(req)).await;
+            let response = response?;
+            auditor.handled(entry, &principal, target, response.headers());
             Ok(response.map(|body| PermitBody {
                 inner: body,
                 _permit: permit,
