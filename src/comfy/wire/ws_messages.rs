@@ -151,13 +151,48 @@ pub struct NodeProgress {
 }
 
 /// `progress_state` (since 0.3.45): cumulative state of every node started so far.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+///
+/// ComfyUI sends the whole map at every node's start and end, so a prompt's messages carry a
+/// number of entries that grows with the square of its nodes. Following a prompt needs only
+/// the prompt id; the nodes stay the JSON text they came as until [`ProgressState::nodes`]
+/// reads them.
+#[derive(Debug, Clone, Deserialize)]
 pub struct ProgressState {
     /// The prompt.
     pub prompt_id: String,
-    /// State per node id.
-    #[serde(default, deserialize_with = "lenient_map")]
-    pub nodes: BTreeMap<NodeId, NodeProgress>,
+    /// `nodes` as sent (`None` when absent or `null`).
+    #[serde(default)]
+    nodes: Option<Box<RawValue>>,
+}
+
+impl ProgressState {
+    /// State per node id (empty when the map is absent, `null` or a list); an error when an
+    /// entry is not a node's state.
+    pub fn nodes(&self) -> Result<BTreeMap<NodeId, NodeProgress>, WireError> {
+        /// The map, read as `lenient_map` reads it.
+        #[derive(Deserialize)]
+        struct Nodes(#[serde(deserialize_with = "lenient_map")] BTreeMap<NodeId, NodeProgress>);
+        let Some(raw) = &self.nodes else {
+            return Ok(BTreeMap::new());
+        };
+        serde_json::from_str::<Nodes>(raw.get())
+            .map(|nodes| nodes.0)
+            .map_err(|e| WireError::Message {
+                kind: "progress_state".into(),
+                message: format!("nodes: {e}"),
+            })
+    }
+}
+
+impl PartialEq for ProgressState {
+    /// The same prompt and the same JSON nodes, however they were spaced.
+    fn eq(&self, other: &Self) -> bool {
+        fn json(nodes: Option<&RawValue>) -> Option<Value> {
+            nodes.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        }
+        self.prompt_id == other.prompt_id
+            && json(self.nodes.as_deref()) == json(other.nodes.as_deref())
+    }
 }
 
 /// `executed`: a node with a UI dict finished (also sent for cached output nodes).
@@ -420,6 +455,13 @@ mod tests {
                     WsMessage::parse(&text).unwrap_or_else(|err| panic!("{name}: {err}: {text}"));
                 let kind = msg["type"].as_str().unwrap();
                 assert_eq!(parsed.kind(), kind, "{name}");
+                // The nodes of `progress_state` are read on demand: every captured one reads.
+                if let WsMessage::ProgressState(state) = &parsed {
+                    let nodes = state
+                        .nodes()
+                        .unwrap_or_else(|err| panic!("{name}: {err}: {text}"));
+                    assert_eq!(nodes.len(), msg["data"]["nodes"].as_object().unwrap().len());
+                }
                 // A frame is read from its text; history messages from parsed JSON: same message.
                 assert_eq!(
                     WsMessage::from_parts(kind, msg["data"].clone()).as_ref(),
@@ -535,7 +577,9 @@ mod tests {
         let WsMessage::ProgressState(state) = WsMessage::parse(&state.to_string()).unwrap() else {
             panic!()
         };
-        assert!(state.nodes.values().all(|n| n.state == NodeState::Finished));
+        let nodes = state.nodes().unwrap();
+        assert!(!nodes.is_empty());
+        assert!(nodes.values().all(|n| n.state == NodeState::Finished));
         let progress = events(&t)
             .iter()
             .filter_map(|e| e.get("msg"))
@@ -579,8 +623,9 @@ mod tests {
         let WsMessage::ProgressState(state) = state else {
             panic!()
         };
-        assert_eq!(state.nodes["1"].state, NodeState::Running);
-        assert_eq!(state.nodes["1"].max, 2.0);
+        let nodes = state.nodes().unwrap();
+        assert_eq!(nodes["1"].state, NodeState::Running);
+        assert_eq!(nodes["1"].max, 2.0);
     }
 
     proptest! {
