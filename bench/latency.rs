@@ -14,6 +14,11 @@
 //! of both paths sends the same prompt with a fresh `nonce`, so the fake's
 //! output cache never answers one (it keys `TestDelay` by its inputs and node
 //! id, as ComfyUI does) and both paths make the fake do the same work.
+//!
+//! Chains of 5 and 25 such nodes (each feeding the next), in windows alternating with one-node
+//! jobs, give the runtime's CPU per node beyond the first: equal at both lengths when a job
+//! costs in proportion to its nodes (ComfyUI's `progress_state` repeats every node so far, so a
+//! runtime that read it all would cost more per node the longer the chain).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +58,34 @@ pub(crate) fn workflow(nonce: u64) -> Value {
     json!({
         "1": {"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": nonce}}
     })
+}
+
+/// Node counts of the chained workflows whose CPU per node is compared: a job's cost should
+/// grow with its nodes, not with their square.
+const CHAINS: [usize; 2] = [5, 25];
+
+/// Added to chain nonces, so that no chain node repeats a one-node job's inputs.
+const CHAIN_NONCES: u64 = 1 << 48;
+
+/// `nodes` zero-duration TestDelay nodes in a chain (each feeds its `value` to the next), unique
+/// by `nonce` (at most 255 nodes).
+pub(crate) fn workflow_chain(nonce: u64, nodes: usize) -> Value {
+    let mut graph = serde_json::Map::new();
+    for k in 1..=nodes {
+        let mut inputs = json!({
+            "seconds": 0.0,
+            "steps": 1,
+            "nonce": CHAIN_NONCES + nonce * 256 + k as u64,
+        });
+        if k > 1 {
+            inputs["value"] = json!([(k - 1).to_string(), 0]);
+        }
+        graph.insert(
+            k.to_string(),
+            json!({"class_type": "TestDelay", "inputs": inputs}),
+        );
+    }
+    Value::Object(graph)
 }
 
 /// Hands out the nonces of both paths, so that no two jobs share one.
@@ -406,8 +439,13 @@ impl RuntimeClient {
 
     /// `ExecuteWorkflow` with the inline workflow; returns the execution id.
     pub(crate) async fn submit(&self, nonce: u64) -> String {
+        self.submit_workflow(&workflow(nonce)).await
+    }
+
+    /// `ExecuteWorkflow` with `workflow` inline; returns the execution id.
+    pub(crate) async fn submit_workflow(&self, workflow: &Value) -> String {
         let request = ExecuteWorkflowRequest {
-            workflow: Some(Workflow::WorkflowJson(workflow(nonce).to_string())),
+            workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
             ..ExecuteWorkflowRequest::default()
         };
         self.executions
@@ -691,6 +729,30 @@ impl Setup {
         }
     }
 
+    /// Runs `jobs` jobs of a `nodes`-node chain one at a time through the runtime, their ends
+    /// read from one SubscribeEvents stream.
+    fn chains(&self, nodes: usize, jobs: usize) -> Sequential {
+        let subscription = self.rt.block_on(Subscription::open(&self.client.events));
+        let before = self.cpu();
+        let ended = self.rt.block_on(async {
+            let mut ended = Vec::with_capacity(jobs);
+            for _ in 0..jobs {
+                let workflow = workflow_chain(self.nonces.next(), nodes);
+                let start = Instant::now();
+                let id = self.client.submit_workflow(&workflow).await;
+                ended.push((subscription.wait_end(id).await - start).as_secs_f64());
+            }
+            ended
+        });
+        let cpu = self.cpu().since(before);
+        drop(subscription);
+        Sequential {
+            ended,
+            with_history: Vec::new(),
+            cpu,
+        }
+    }
+
     /// Submits `jobs` jobs at once through `path` (Direct or Subscribed) and
     /// waits for all of them.
     fn backlog(&self, path: Path, jobs: usize) -> Backlog {
@@ -899,6 +961,8 @@ pub fn run(mode: Mode, report: &mut Report) {
         None,
     );
 
+    chains(&setup, mode, report);
+
     println!("backlog: {backlog_jobs} jobs at once");
     setup.backlog(Path::Direct, backlog_jobs);
     setup.backlog(Path::Subscribed, backlog_jobs);
@@ -960,4 +1024,62 @@ pub fn run(mode: Mode, report: &mut Report) {
         None,
     );
     setup.stop();
+}
+
+/// Runtime CPU per job of one-node jobs and of chains of `CHAINS` nodes, in alternating
+/// windows; the CPU per node beyond the first, at the short and at the long chain.
+fn chains(setup: &Setup, mode: Mode, report: &mut Report) {
+    let jobs = mode.pick(2, 60);
+    let [short, long] = CHAINS;
+    println!("chains: 1, {short} and {long} TestDelay nodes, {jobs} sequential jobs per window");
+    for nodes in CHAINS {
+        setup.chains(nodes, mode.pick(1, 5));
+    }
+    let mut one = Vec::new();
+    let mut per_node = harness::Paired::default();
+    let mut per_job = [Vec::new(), Vec::new()];
+    for pair in 0..mode.pairs() {
+        let base = setup.sequential(Path::Subscribed, jobs);
+        let base_cpu = base.cpu.runtime / jobs as f64;
+        let mut cpus = [0.0; 2];
+        for (i, nodes) in CHAINS.into_iter().enumerate() {
+            let window = setup.chains(nodes, jobs);
+            cpus[i] = window.cpu.runtime / jobs as f64;
+            per_job[i].push(cpus[i]);
+        }
+        // The nodes beyond the first: what a job's size adds to it.
+        let node = |cpu: f64, nodes: usize| (cpu - base_cpu).max(0.0) / (nodes - 1) as f64;
+        println!(
+            "pair {pair}: runtime CPU per job, 1 / {short} / {long} nodes: {} / {} / {}",
+            fmt_secs(base_cpu),
+            fmt_secs(cpus[0]),
+            fmt_secs(cpus[1]),
+        );
+        one.push(base_cpu);
+        per_node.push(node(cpus[0], short), node(cpus[1], long));
+    }
+    report.add(
+        BENCH,
+        &format!("runtime CPU per job, 1 / {short} / {long}-node chain (SubscribeEvents)"),
+        format!(
+            "{} / {} / {}",
+            fmt_secs(median(&one)),
+            fmt_secs(median(&per_job[0])),
+            fmt_secs(median(&per_job[1]))
+        ),
+        "informative",
+        None,
+    );
+    report.add(
+        BENCH,
+        &format!("runtime CPU per node beyond the first, {long}-node vs {short}-node chain"),
+        format!(
+            "{} vs {} = {:.2}x",
+            fmt_secs(per_node.b_median()),
+            fmt_secs(per_node.a_median()),
+            per_node.ratio()
+        ),
+        "informative: linear in nodes is 1x",
+        None,
+    );
 }
