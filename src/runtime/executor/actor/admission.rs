@@ -264,11 +264,17 @@ impl Actor {
 
     /// A task ended: resolve what waits for it.
     pub(super) fn task_ended(&mut self, task_id: &str) {
+        // Most tasks (every node of every execution) have nothing waiting for them: an ended
+        // task is no longer cached, so it is read from the store only when something waits.
+        let dependents = self.shared.tasks.dependents(task_id);
+        if dependents.is_empty() {
+            return;
+        }
         let Ok(Some(ended)) = self.shared.tasks.latest(task_id) else {
             return;
         };
         let status = ended.status();
-        for (waiter, kind) in self.shared.tasks.dependents(task_id) {
+        for (waiter, kind) in dependents {
             let broken = kind == DependencyType::Requires && status != TaskStatus::Completed;
             let reason = format!("required dependency {task_id} is {}", status.as_str());
             if let Some(&sched) = self.by_root.get(waiter.as_str()) {

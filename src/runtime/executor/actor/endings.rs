@@ -145,6 +145,16 @@ impl Actor {
             return;
         };
         for task_id in live.node_tasks.values() {
+            // Most nodes ended as they ran: one read says so (an ended task is read from
+            // the store), and it is left alone.
+            match self.shared.tasks.latest(task_id) {
+                Ok(Some(task)) if task.status().is_terminal() => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(task_id, %error, "node task not settled");
+                    continue;
+                }
+            }
             if succeeded {
                 // A node stopped for a retry that then ran unseen (followed
                 // again after a restart) runs again first: RETRYING cannot
