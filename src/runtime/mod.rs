@@ -594,3 +594,68 @@ impl Runtime {
         self.inner.started_at
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{JsonObject, TaskPriority, TaskStatus, TaskType};
+    use crate::store::MemoryStore;
+
+    fn client_task(name: &str, dependencies: Vec<String>) -> NewTaskRequest {
+        NewTaskRequest {
+            name: name.into(),
+            task_type: TaskType::Preprocessing,
+            priority: TaskPriority::Normal,
+            dependencies,
+            metadata: JsonObject::new(),
+            description: None,
+            tags: BTreeSet::new(),
+            parent_id: None,
+            max_retries: 0,
+            timeout_seconds: None,
+            request_id: None,
+            ownership: None,
+        }
+    }
+
+    fn status(status: TaskStatus) -> ProgressUpdate {
+        ProgressUpdate {
+            status: Some(status),
+            ..ProgressUpdate::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dependency_index_forgets_a_dependency_once_it_ended() {
+        let runtime = Runtime::new(Config::default(), Arc::new(MemoryStore::new())).unwrap();
+        let a = runtime.create_task(client_task("a", Vec::new())).unwrap();
+        let b = runtime
+            .create_task(client_task("b", vec![a.id.clone()]))
+            .unwrap();
+        assert_eq!(runtime.tasks().indexed_dependencies(), 1);
+        runtime
+            .update_task_progress(&a.id, status(TaskStatus::Running))
+            .unwrap();
+        runtime
+            .update_task_progress(&a.id, status(TaskStatus::Completed))
+            .unwrap();
+        // The executor's actor handles the end on its own task.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runtime.tasks().indexed_dependencies() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the index still holds the waiters of {}",
+                a.id
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Its waiter is untouched: a completed requirement releases it.
+        let b = runtime.tasks().latest(&b.id).unwrap().unwrap();
+        assert!(!b.status().is_terminal(), "{:?}", b.status());
+        runtime.shutdown().await;
+    }
+}

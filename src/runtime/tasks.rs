@@ -209,14 +209,26 @@ impl TaskRegistry {
             .push((waiter.to_owned(), kind));
     }
 
-    /// The tasks waiting for `dependency`, with how they wait.
-    pub(crate) fn dependents(&self, dependency: &str) -> Vec<(String, DependencyType)> {
+    /// The tasks waiting for `dependency`, with how they wait, forgotten from the index: called
+    /// once `dependency` ended, when each of them is resolved (released, cancelled, or left to
+    /// read the dependency's state when it is admitted). A task that waits for it from then on
+    /// (after a retry of it) is added anew. Without this the index kept every dependency ever
+    /// declared until the next restart.
+    pub(crate) fn take_dependents(&self, dependency: &str) -> Vec<(String, DependencyType)> {
         self.dependents
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(dependency)
-            .cloned()
+            .remove(dependency)
             .unwrap_or_default()
+    }
+
+    /// How many tasks the dependency index holds waiters for.
+    #[cfg(test)]
+    pub(crate) fn indexed_dependencies(&self) -> usize {
+        self.dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The ids `task` waits for: its REQUIRES and OPTIONAL dependencies and

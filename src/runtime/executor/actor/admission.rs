@@ -266,7 +266,7 @@ impl Actor {
     pub(super) fn task_ended(&mut self, task_id: &str) {
         // Most tasks (every node of every execution) have nothing waiting for them: an ended
         // task is no longer cached, so it is read from the store only when something waits.
-        let dependents = self.shared.tasks.dependents(task_id);
+        let dependents = self.shared.tasks.take_dependents(task_id);
         if dependents.is_empty() {
             return;
         }
