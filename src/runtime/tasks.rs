@@ -851,14 +851,14 @@ impl TaskRegistry {
 }
 
 /// Whether a task stays cached after its write committed ([`PendingWrites`]): the tasks of
-/// running executions, which the executor reads at each step. Queued work is not kept (a
-/// queue of a million would be a million cached tasks).
+/// running executions, which the executor reads at each step, and running client-reported
+/// tasks, whose every `UpdateTaskProgress` reads them. Queued work is not kept (a queue of a
+/// million would be a million cached tasks).
 fn task_is_live(task: &Task) -> bool {
     let status = task.status();
     !status.is_terminal()
         && match task.task_type {
             TaskType::Node => true,
-            TaskType::Workflow => status == TaskStatus::Running,
-            _ => false,
+            _ => status == TaskStatus::Running,
         }
 }
