@@ -461,8 +461,14 @@ impl RuntimeClient {
 
     /// One job, its end read from `subscription`; seconds to the end.
     pub(crate) async fn job_subscribed(&self, subscription: &Subscription, nonce: u64) -> f64 {
+        self.workflow_subscribed(subscription, &workflow(nonce))
+            .await
+    }
+
+    /// One job of `workflow`, its end read from `subscription`; seconds to the end.
+    async fn workflow_subscribed(&self, subscription: &Subscription, workflow: &Value) -> f64 {
         let start = Instant::now();
-        let id = self.submit(nonce).await;
+        let id = self.submit_workflow(workflow).await;
         (subscription.wait_end(id).await - start).as_secs_f64()
     }
 
@@ -738,9 +744,11 @@ impl Setup {
             let mut ended = Vec::with_capacity(jobs);
             for _ in 0..jobs {
                 let workflow = workflow_chain(self.nonces.next(), nodes);
-                let start = Instant::now();
-                let id = self.client.submit_workflow(&workflow).await;
-                ended.push((subscription.wait_end(id).await - start).as_secs_f64());
+                ended.push(
+                    self.client
+                        .workflow_subscribed(&subscription, &workflow)
+                        .await,
+                );
             }
             ended
         });
