@@ -551,6 +551,20 @@ fn a_scrape_counts_the_grpc_calls_that_were_made() {
         text.contains("comfy_reality_events_published_total{kind=\"task\"}"),
         "{text}"
     );
+    // Series the server keeps once registered count like the others.
+    assert_eq!(
+        sample(
+            &samples,
+            "comfy_reality_task_duration_seconds_count",
+            &[("type", "workflow"), ("status", "completed")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&samples, "comfy_reality_queue_wait_seconds_count", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     // No id is ever a label.
     for series in samples.values().flatten() {
         for key in series.0.keys() {

@@ -16,7 +16,9 @@ use crate::runtime::bus::{Event, EventPayload};
 use crate::runtime::events::{EventFilter, StreamItem};
 use crate::runtime::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
-use super::convert::{decode_enum, hex_decode, hex_encode, require_id, timestamp};
+use super::convert::{
+    decode_enum, hex_decode, hex_encode, json_object_text, require_id, timestamp,
+};
 
 /// Most ids or tags in one filter list.
 const MAX_FILTER_ENTRIES: usize = 256;
@@ -175,7 +177,7 @@ fn task_event_to_pb(e: &TaskEvent) -> pb::TaskEvent {
         event_type: event_type_to_pb(e.event_type).into(),
         timestamp: Some(timestamp(e.timestamp)),
         message: e.message.clone(),
-        data: serde_json::Value::Object(e.data.clone()).to_string(),
+        data: json_object_text(&e.data),
         source: e.source.clone(),
         correlation_id: e.correlation_id.clone(),
         sequence: e.sequence,
@@ -189,7 +191,7 @@ fn runtime_event_to_pb(e: &RuntimeEvent) -> pb::RuntimeEvent {
         level: level_to_pb(e.level).into(),
         event_type: e.event_type.clone(),
         message: e.message.clone(),
-        data: serde_json::Value::Object(e.data.clone()).to_string(),
+        data: json_object_text(&e.data),
         task_id: e.task_id.clone(),
         workflow_id: e.workflow_id.clone(),
         user_id: e.user_id.clone(),

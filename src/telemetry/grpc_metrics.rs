@@ -22,11 +22,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use ::metrics::{Counter, Label, SharedString, counter, histogram};
+use ::metrics::{Counter, Histogram, Label, SharedString, counter, histogram};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -77,40 +77,53 @@ impl GrpcType {
 /// `codes.Code.String()`, so dashboards written for go-grpc-prometheus match.
 /// Codes outside the gRPC range count as `Unknown` (bounded labels).
 pub fn code_label(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Canceled",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
-    }
+    CODE_LABELS[code_index(code)]
 }
 
-const CANCELED: &str = "Canceled";
-const UNKNOWN: &str = "Unknown";
+/// The `grpc_code` label of each status code, by its number.
+const CODE_LABELS: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The index in [`CODE_LABELS`] of a numeric status code (`Unknown` outside the range).
+fn code_index(code: i32) -> usize {
+    usize::try_from(code)
+        .ok()
+        .filter(|&i| i < CODE_LABELS.len())
+        .unwrap_or(UNKNOWN)
+}
+
+/// [`CODE_LABELS`] index of `Canceled`.
+const CANCELED: usize = 1;
+/// [`CODE_LABELS`] index of `Unknown`.
+const UNKNOWN: usize = 2;
 
 /// The `grpc_code` of `grpc-status` in `headers` (headers of a
 /// trailers-only response, or trailers); `None` when absent.
-fn status_label(headers: &HeaderMap) -> Option<&'static str> {
+fn status_code(headers: &HeaderMap) -> Option<usize> {
     let value = headers.get("grpc-status")?;
     Some(
         value
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<i32>().ok())
-            .map_or(UNKNOWN, code_label),
+            .map_or(UNKNOWN, code_index),
     )
 }
 
@@ -122,6 +135,80 @@ struct MethodInfo {
     /// `grpc_type`, `grpc_service`, `grpc_method`: shared by every metric
     /// of the method (cheap to clone: the values are `Arc`ed or static).
     labels: Vec<Label>,
+    /// The method's series, registered at its first call with the recorder in effect then
+    /// (the process-global one in the server; a test's local one in tests): a registration
+    /// builds and hashes the key, so a call that looked each one up paid that four or five
+    /// times.
+    series: OnceLock<MethodSeries>,
+}
+
+impl MethodInfo {
+    fn new(grpc_type: GrpcType, labels: Vec<Label>) -> Self {
+        Self {
+            grpc_type,
+            labels,
+            series: OnceLock::new(),
+        }
+    }
+
+    /// The method's series (see `series`).
+    fn series(&self) -> &MethodSeries {
+        self.series.get_or_init(MethodSeries::default)
+    }
+
+    /// `grpc_server_started_total`.
+    fn started(&self) -> &Counter {
+        self.series()
+            .started
+            .get_or_init(|| counter!(GRPC_SERVER_STARTED_TOTAL, self.labels.iter()))
+    }
+
+    /// `grpc_server_msg_received_total`.
+    fn received(&self) -> &Counter {
+        self.series()
+            .received
+            .get_or_init(|| counter!(GRPC_SERVER_MSG_RECEIVED_TOTAL, self.labels.iter()))
+    }
+
+    /// `grpc_server_msg_sent_total`.
+    fn sent(&self) -> &Counter {
+        self.series()
+            .sent
+            .get_or_init(|| counter!(GRPC_SERVER_MSG_SENT_TOTAL, self.labels.iter()))
+    }
+
+    /// `grpc_server_handling_seconds`.
+    fn handling(&self) -> &Histogram {
+        self.series()
+            .handling
+            .get_or_init(|| histogram!(GRPC_SERVER_HANDLING_SECONDS, self.labels.iter()))
+    }
+
+    /// `grpc_server_handled_total{grpc_code}` of the code at `code` in [`CODE_LABELS`].
+    fn handled(&self, code: usize) -> &Counter {
+        let code = code.min(CODE_LABELS.len() - 1);
+        self.series().handled[code].get_or_init(|| {
+            let mut labels = self.labels.clone();
+            labels.push(Label::from_static_parts("grpc_code", CODE_LABELS[code]));
+            counter!(GRPC_SERVER_HANDLED_TOTAL, labels)
+        })
+    }
+}
+
+/// The series of one method, each registered at its first use (a series, once registered, is
+/// rendered, as 0 if never counted: a method that never saw a code shows none for it).
+#[derive(Debug, Default)]
+struct MethodSeries {
+    /// `grpc_server_started_total`.
+    started: OnceLock<Counter>,
+    /// `grpc_server_msg_received_total`.
+    received: OnceLock<Counter>,
+    /// `grpc_server_msg_sent_total`.
+    sent: OnceLock<Counter>,
+    /// `grpc_server_handling_seconds`.
+    handling: OnceLock<Histogram>,
+    /// `grpc_server_handled_total` by code.
+    handled: [OnceLock<Counter>; CODE_LABELS.len()],
 }
 
 /// The served methods by request path (`/package.Service/Method`).
@@ -161,7 +248,7 @@ impl GrpcMethods {
                         ];
                         by_path.insert(
                             format!("/{full_service}/{}", method.name()),
-                            Arc::new(MethodInfo { grpc_type, labels }),
+                            Arc::new(MethodInfo::new(grpc_type, labels)),
                         );
                     }
                 }
@@ -281,7 +368,7 @@ where
         let method = self.methods.get(req.uri().path());
         let req = match &method {
             Some(info) => {
-                counter!(GRPC_SERVER_STARTED_TOTAL, info.labels.iter()).increment(1);
+                info.started().increment(1);
                 req.map(|body| CountedBody::new(body, Some(Counting::received(info))))
             }
             None => req.map(|body| CountedBody::new(body, None)),
@@ -306,7 +393,7 @@ where
             let Some(mut outcome) = outcome else {
                 return Ok(response.map(|body| CountedBody::new(body, None)));
             };
-            if let Some(code) = status_label(response.headers()) {
+            if let Some(code) = status_code(response.headers()) {
                 // Trailers-only: the status is in the headers, the body is empty.
                 outcome.finish(code);
             }
@@ -334,14 +421,13 @@ struct Outcome {
 
 impl Outcome {
     /// Records `handled{grpc_code=code}` and the handling time, once.
-    fn finish(&mut self, code: &'static str) {
+    fn finish(&mut self, code: usize) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let mut labels = self.info.labels.clone();
-        labels.push(Label::from_static_parts("grpc_code", code));
-        counter!(GRPC_SERVER_HANDLED_TOTAL, labels).increment(1);
-        histogram!(GRPC_SERVER_HANDLING_SECONDS, self.info.labels.iter())
+        self.info.handled(code).increment(1);
+        self.info
+            .handling()
             .record(self.started.elapsed().as_secs_f64());
     }
 }
@@ -409,10 +495,6 @@ pub struct Counting {
     messages: MessageCounter,
     /// Which way.
     direction: Direction,
-    /// The message counter, looked up at the first message and kept: a
-    /// stream that sends a thousand messages looks it up once (a lookup
-    /// builds the key and hashes it).
-    counter: Option<Counter>,
 }
 
 impl Counting {
@@ -420,7 +502,6 @@ impl Counting {
         Self {
             messages: MessageCounter::default(),
             direction: Direction::Received(Arc::clone(info)),
-            counter: None,
         }
     }
 
@@ -428,7 +509,6 @@ impl Counting {
         Self {
             messages: MessageCounter::default(),
             direction: Direction::Sent(outcome),
-            counter: None,
         }
     }
 
@@ -437,20 +517,17 @@ impl Counting {
         if n == 0 {
             return;
         }
-        let direction = &self.direction;
-        self.counter
-            .get_or_insert_with(|| match direction {
-                Direction::Received(info) => {
-                    counter!(GRPC_SERVER_MSG_RECEIVED_TOTAL, info.labels.iter())
-                }
-                Direction::Sent(outcome) => {
-                    counter!(GRPC_SERVER_MSG_SENT_TOTAL, outcome.info.labels.iter())
-                }
-            })
-            .increment(n);
+        let info = match &self.direction {
+            Direction::Received(info) => info,
+            Direction::Sent(outcome) => &outcome.info,
+        };
+        match self.direction {
+            Direction::Received(_) => info.received().increment(n),
+            Direction::Sent(_) => info.sent().increment(n),
+        }
     }
 
-    fn on_end(&mut self, code: &'static str) {
+    fn on_end(&mut self, code: usize) {
         if let Direction::Sent(outcome) = &mut self.direction {
             outcome.finish(code);
         }
@@ -493,7 +570,7 @@ where
                     if let Some(data) = frame.data_ref() {
                         counting.on_data(data);
                     } else if let Some(trailers) = frame.trailers_ref() {
-                        counting.on_end(status_label(trailers).unwrap_or(UNKNOWN));
+                        counting.on_end(status_code(trailers).unwrap_or(UNKNOWN));
                     }
                 }
                 Some(Err(_)) | None => counting.on_end(UNKNOWN),

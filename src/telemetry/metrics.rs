@@ -12,8 +12,11 @@
 //! no-op until a recorder is installed, so library users and tests that call
 //! `comfy_reality::run` many times in one process pay nothing.
 
+use std::sync::{OnceLock, PoisonError, RwLock};
+
 use ::metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, Recorder, Unit, counter, describe_counter, describe_gauge,
+    describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -118,10 +121,116 @@ pub fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
 /// and sets `build_info`. Call once per process, from the CLI only.
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     let handle = prometheus_builder()?.install_recorder()?;
+    let _ = INSTALLED.set(Installed::new());
     describe_metrics();
     set_build_info();
     register_zero_series();
     Ok(handle)
+}
+
+/// The series the job path records, kept once registered with the process-global recorder
+/// ([`install_recorder`]): a `counter!` with labels allocates its label values, builds the
+/// key and hashes it into the recorder's registry on every call, a few hundred nanoseconds
+/// that a job paid some twenty times. Calls made under another recorder (a test's local one,
+/// through `metrics::with_local_recorder`) register as before.
+#[derive(Debug)]
+struct Installed {
+    /// The address of the global recorder the series belong to.
+    recorder: usize,
+    /// `comfy_reality_tasks_submitted_total{type}`.
+    tasks_submitted: Series<Counter, 1>,
+    /// `comfy_reality_tasks_finished_total{type,status}`.
+    tasks_finished: Series<Counter, 2>,
+    /// `comfy_reality_task_duration_seconds{type,status}`.
+    task_duration: Series<Histogram, 2>,
+    /// `comfy_reality_queue_wait_seconds`.
+    queue_wait: Histogram,
+    /// `comfy_reality_node_duration_seconds{class_type}`.
+    node_duration: Series<Histogram, 1>,
+    /// `comfy_reality_queue_depth{priority}`.
+    queue_depth: Series<Gauge, 1>,
+    /// `comfy_reality_tasks_running`.
+    tasks_running: Gauge,
+    /// `comfy_reality_backend_queue_depth{backend}`.
+    backend_queue_depth: Series<Gauge, 1>,
+    /// `comfy_reality_events_published_total{kind}`.
+    events_published: Series<Counter, 1>,
+}
+
+/// See [`Installed`]; set once by [`install_recorder`].
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+impl Installed {
+    /// The series of the global recorder, which was just installed.
+    fn new() -> Self {
+        Self {
+            recorder: current_recorder(),
+            tasks_submitted: Series::default(),
+            tasks_finished: Series::default(),
+            task_duration: Series::default(),
+            queue_wait: histogram!(QUEUE_WAIT_SECONDS),
+            node_duration: Series::default(),
+            queue_depth: Series::default(),
+            tasks_running: gauge!(TASKS_RUNNING),
+            backend_queue_depth: Series::default(),
+            events_published: Series::default(),
+        }
+    }
+}
+
+/// The address of the recorder in effect on this thread.
+fn current_recorder() -> usize {
+    ::metrics::with_recorder(|recorder| {
+        std::ptr::from_ref::<dyn Recorder>(recorder)
+            .cast::<()>()
+            .addr()
+    })
+}
+
+/// The kept series, when the recorder in effect is the global one they belong to.
+fn installed() -> Option<&'static Installed> {
+    INSTALLED
+        .get()
+        .filter(|installed| installed.recorder == current_recorder())
+}
+
+/// Most label sets a [`Series`] keeps; more are registered per call, as without it. The
+/// labels here are low-cardinality, so this is never reached by a sound deployment.
+const MAX_KEPT_SERIES: usize = 256;
+
+/// The handles of one labelled family, by label values, registered at their first use.
+#[derive(Debug)]
+struct Series<T, const N: usize> {
+    /// Label values and handle, in registration order (a handful: a linear search is the
+    /// cheapest lookup).
+    kept: RwLock<Vec<([Box<str>; N], T)>>,
+}
+
+impl<T, const N: usize> Default for Series<T, N> {
+    fn default() -> Self {
+        Self {
+            kept: RwLock::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Clone, const N: usize> Series<T, N> {
+    /// The handle of `labels`, registered through `register` at their first use.
+    fn get(&self, labels: [&str; N], register: impl FnOnce() -> T) -> T {
+        let matches = |kept: &[Box<str>; N]| kept.iter().zip(labels).all(|(k, l)| **k == *l);
+        {
+            let kept = self.kept.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, handle)) = kept.iter().find(|(kept, _)| matches(kept)) {
+                return handle.clone();
+            }
+        }
+        let handle = register();
+        let mut kept = self.kept.write().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < MAX_KEPT_SERIES && !kept.iter().any(|(kept, _)| matches(kept)) {
+            kept.push((labels.map(Box::from), handle.clone()));
+        }
+        handle
+    }
 }
 
 /// Registers the help text and unit of every metric with the current recorder.
@@ -292,23 +401,34 @@ fn usize_gauge(n: usize) -> f64 {
 
 /// A task was accepted; `task_type` is its type (`workflow`, `node`, ...).
 pub fn task_submitted(task_type: &str) {
-    counter!(TASKS_SUBMITTED_TOTAL, "type" => task_type.to_owned()).increment(1);
+    let register = || counter!(TASKS_SUBMITTED_TOTAL, "type" => task_type.to_owned());
+    match installed() {
+        Some(series) => series.tasks_submitted.get([task_type], register),
+        None => register(),
+    }
+    .increment(1);
 }
 
 /// A task reached the terminal `status`; its run time when it ran.
 pub fn task_finished(task_type: &str, status: &str, duration_seconds: Option<f64>) {
-    counter!(
-        TASKS_FINISHED_TOTAL,
-        "type" => task_type.to_owned(),
-        "status" => status.to_owned()
-    )
+    let labels = || {
+        [
+            ("type", task_type.to_owned()),
+            ("status", status.to_owned()),
+        ]
+    };
+    let register = || counter!(TASKS_FINISHED_TOTAL, &labels());
+    match installed() {
+        Some(series) => series.tasks_finished.get([task_type, status], register),
+        None => register(),
+    }
     .increment(1);
     if let Some(seconds) = duration_seconds.filter(|s| s.is_finite() && *s >= 0.0) {
-        histogram!(
-            TASK_DURATION_SECONDS,
-            "type" => task_type.to_owned(),
-            "status" => status.to_owned()
-        )
+        let register = || histogram!(TASK_DURATION_SECONDS, &labels());
+        match installed() {
+            Some(series) => series.task_duration.get([task_type, status], register),
+            None => register(),
+        }
         .record(seconds);
     }
 }
@@ -316,25 +436,41 @@ pub fn task_finished(task_type: &str, status: &str, duration_seconds: Option<f64
 /// A task waited `seconds` in the queue before it started.
 pub fn queue_wait(seconds: f64) {
     if seconds.is_finite() && seconds >= 0.0 {
-        histogram!(QUEUE_WAIT_SECONDS).record(seconds);
+        match installed() {
+            Some(series) => series.queue_wait.record(seconds),
+            None => histogram!(QUEUE_WAIT_SECONDS).record(seconds),
+        }
     }
 }
 
 /// A node of class `class_type` ran for `seconds`.
 pub fn node_duration(class_type: &str, seconds: f64) {
     if seconds.is_finite() && seconds >= 0.0 {
-        histogram!(NODE_DURATION_SECONDS, "class_type" => class_type.to_owned()).record(seconds);
+        let register = || histogram!(NODE_DURATION_SECONDS, "class_type" => class_type.to_owned());
+        match installed() {
+            Some(series) => series.node_duration.get([class_type], register),
+            None => register(),
+        }
+        .record(seconds);
     }
 }
 
 /// `depth` tasks of `priority` wait in the queue.
 pub fn set_queue_depth(priority: &str, depth: usize) {
-    gauge!(QUEUE_DEPTH, "priority" => priority.to_owned()).set(usize_gauge(depth));
+    let register = || gauge!(QUEUE_DEPTH, "priority" => priority.to_owned());
+    match installed() {
+        Some(series) => series.queue_depth.get([priority], register),
+        None => register(),
+    }
+    .set(usize_gauge(depth));
 }
 
 /// `n` tasks are executing.
 pub fn set_tasks_running(n: usize) {
-    gauge!(TASKS_RUNNING).set(usize_gauge(n));
+    match installed() {
+        Some(series) => series.tasks_running.set(usize_gauge(n)),
+        None => gauge!(TASKS_RUNNING).set(usize_gauge(n)),
+    }
 }
 
 /// A task is retried after an error of class `error_type`.
@@ -359,7 +495,12 @@ pub fn set_backend_up(backend: &str, up: bool) {
 
 /// Backend `backend` has `depth` prompts in its own queue.
 pub fn set_backend_queue_depth(backend: &str, depth: u64) {
-    gauge!(BACKEND_QUEUE_DEPTH, "backend" => backend.to_owned()).set(as_gauge(depth));
+    let register = || gauge!(BACKEND_QUEUE_DEPTH, "backend" => backend.to_owned());
+    match installed() {
+        Some(series) => series.backend_queue_depth.get([backend], register),
+        None => register(),
+    }
+    .set(as_gauge(depth));
 }
 
 /// Backend `backend`'s WebSocket has reconnected `total` times since start
@@ -462,7 +603,12 @@ pub fn register_zero_series() {
 
 /// An event of `kind` (`task`, `runtime` or `metric`) was published.
 pub fn event_published(kind: &str) {
-    counter!(EVENTS_PUBLISHED_TOTAL, "kind" => kind.to_owned()).increment(1);
+    let register = || counter!(EVENTS_PUBLISHED_TOTAL, "kind" => kind.to_owned());
+    match installed() {
+        Some(series) => series.events_published.get([kind], register),
+        None => register(),
+    }
+    .increment(1);
 }
 
 #[cfg(test)]
