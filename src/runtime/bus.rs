@@ -16,7 +16,10 @@
 //! relay (one task, started by the first subscriber that waits). The relay
 //! sends them on the live channel (tokio `broadcast`), which wakes every
 //! receiver parked waiting: that work, one wake per waiting subscriber, is
-//! off the publisher's thread (the actor's, or a request's). Events are
+//! off the publisher's thread (the actor's, or a request's). With a few
+//! subscribers (at most `DIRECT_SUBSCRIBERS`) and nothing in the relay's
+//! hands, the publisher sends them itself: a wake or two costs less than
+//! waking the relay. Events are
 //! shared, never copied per subscriber: each is a [`SharedEvent`], which
 //! also keeps the event's wire encoding once the first subscriber made it.
 //! The window and the live channel are bounded; a subscriber that falls
@@ -52,6 +55,8 @@ pub const DEFAULT_HISTORY: usize = 8_192;
 /// from history; also the most events that wait in the relay's inbox before
 /// the publisher sends them itself.
 const LIVE_CAPACITY: usize = 4096;
+/// Most live subscribers the publisher wakes itself (see `Inner::announce`).
+const DIRECT_SUBSCRIBERS: usize = 4;
 
 /// An announced event as its readers share it: the event, and its wire
 /// encoding once a reader made it, so that a thousand subscribers encode it
@@ -208,6 +213,19 @@ impl Inner {
                 return;
             }
             if !self.relay.started.load(Ordering::Acquire) {
+                for event in events {
+                    // No subscriber is not an error.
+                    let _ = self.live.send(Arc::clone(event));
+                }
+                return;
+            }
+            // A few subscribers: waking them here costs less than waking the
+            // relay to do it. Only with nothing in the relay's hands (its inbox
+            // empty and no send of it under way), so that order holds.
+            if self.live.receiver_count() <= DIRECT_SUBSCRIBERS
+                && published.inbox.is_empty()
+                && let Ok(_sending) = self.sending.try_lock()
+            {
                 for event in events {
                     // No subscriber is not an error.
                     let _ = self.live.send(Arc::clone(event));
@@ -998,6 +1016,8 @@ mod tests {
         let bus = EventBus::new(16, None);
         let mut parked = bus.subscribe();
         let mut watcher = bus.subscribe();
+        // More subscribers than the publisher wakes by itself.
+        let _others: Vec<_> = (0..DIRECT_SUBSCRIBERS).map(|_| bus.subscribe()).collect();
         let waiter = runtime.spawn(async move {
             let mut seen = Vec::new();
             while seen.len() < 3 {
@@ -1025,6 +1045,45 @@ mod tests {
         drop(runtime);
         bus.publish_task(task_event(4), EventContext::default());
         assert_eq!(watcher.try_recv().unwrap().sequence, 4);
+    }
+
+    #[test]
+    fn a_few_subscribers_are_sent_to_by_the_publisher_in_order() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bus = EventBus::new(16, None);
+        let mut parked = bus.subscribe();
+        let mut watcher = bus.subscribe();
+        let waiter = runtime.spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 4 {
+                seen.push(parked.recv().await.unwrap().sequence);
+            }
+            seen
+        });
+        // The waiter parks in `recv`, which starts the relay.
+        runtime.block_on(tokio::task::yield_now());
+        bus.publish_task(task_event(0), EventContext::default());
+        // Sent at once, without the relay running.
+        assert_eq!(watcher.try_recv().unwrap().sequence, 1);
+        // Past the limit the relay takes over; back under it, the publisher
+        // waits until the relay has sent what it holds, so order holds.
+        let others: Vec<_> = (0..DIRECT_SUBSCRIBERS).map(|_| bus.subscribe()).collect();
+        bus.publish_task(task_event(1), EventContext::default());
+        drop(others);
+        bus.publish_task(task_event(2), EventContext::default());
+        assert!(matches!(
+            watcher.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        runtime.block_on(tokio::task::yield_now());
+        runtime.block_on(tokio::task::yield_now());
+        bus.publish_task(task_event(3), EventContext::default());
+        assert_eq!(runtime.block_on(waiter).unwrap(), [1, 2, 3, 4]);
+        for i in 2..=4 {
+            assert_eq!(watcher.try_recv().unwrap().sequence, i);
+        }
     }
 
     #[test]
