@@ -166,6 +166,8 @@ struct Inner {
     handed: AtomicU64,
     /// How far the handed writes have been committed.
     settled: watch::Sender<Settled>,
+    /// Whether `Published::retired` holds events to free.
+    retired: AtomicBool,
 }
 
 /// How far the writes handed to the store have been committed: they commit
@@ -187,6 +189,11 @@ struct Published {
     /// Announced events the relay has not sent to live subscribers yet,
     /// oldest first.
     inbox: Vec<Arc<SharedEvent>>,
+    /// Events that left the window, freed by the next commit's caller: with a
+    /// store, events are announced on its writer thread, and an event freed
+    /// there goes back to the allocator arena of the thread that made it,
+    /// contending for that arena's lock with the thread allocating in it.
+    retired: Vec<Arc<SharedEvent>>,
 }
 
 impl Inner {
@@ -201,8 +208,11 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for event in events {
-                if published.window.len() == self.capacity {
-                    published.window.pop_front();
+                if published.window.len() == self.capacity
+                    && let Some(old) = published.window.pop_front()
+                {
+                    published.retired.push(old);
+                    self.retired.store(true, Ordering::Release);
                 }
                 published.window.push_back(Arc::clone(event));
                 published.last = event.sequence;
@@ -240,6 +250,22 @@ impl Inner {
             }
         }
         self.send_inbox();
+    }
+
+    /// Frees, on this thread and outside the lock, the events that left the
+    /// window since the last call.
+    fn free_retired(&self) {
+        if !self.retired.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let retired = std::mem::take(
+            &mut self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retired,
+        );
+        drop(retired);
     }
 
     /// Sends what the inbox holds to live subscribers.
@@ -664,6 +690,7 @@ impl EventBus {
                     last,
                     window: VecDeque::new(),
                     inbox: Vec::new(),
+                    retired: Vec::new(),
                 }),
                 live,
                 sending: Mutex::new(()),
@@ -675,6 +702,7 @@ impl EventBus {
                 capacity: capacity.max(1),
                 store,
                 handed: AtomicU64::new(0),
+                retired: AtomicBool::new(false),
                 settled: watch::Sender::new(Settled::default()),
             }),
         }
@@ -696,6 +724,7 @@ impl EventBus {
         events: Vec<(EventPayload, EventContext)>,
         after: Option<After>,
     ) -> Commit {
+        self.inner.free_retired();
         let state = Arc::new(CommitState::default());
         let now = Utc::now();
         let events: Vec<Numbered> = events

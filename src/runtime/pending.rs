@@ -34,6 +34,12 @@ struct Entry<T> {
 struct Entries<T> {
     by_id: HashMap<String, Entry<T>>,
     committed: usize,
+    /// States whose entry went when their write committed, to be freed by the next
+    /// [`PendingWrites::insert`]. A commit is announced on the store's writer thread; a state
+    /// freed there goes back, chunk by chunk, to the allocator arena of the thread that made
+    /// it, taking that arena's lock against the thread allocating in it: the two threads
+    /// queued on malloc's lock (futex waits and wakes) several times per durable submit.
+    retired: Vec<T>,
 }
 
 impl<T> Default for Entries<T> {
@@ -41,6 +47,7 @@ impl<T> Default for Entries<T> {
         Self {
             by_id: HashMap::new(),
             committed: 0,
+            retired: Vec::new(),
         }
     }
 }
@@ -88,7 +95,7 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
     /// forgets it unless a newer write came since.
     pub(crate) fn insert(&self, id: String, value: T) -> Box<dyn FnOnce() + Send> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
-        {
+        let retired = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
             let replaced = entries.by_id.insert(
                 id.clone(),
@@ -101,7 +108,10 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
             if replaced.is_some_and(|old| old.committed) {
                 entries.committed -= 1;
             }
-        }
+            std::mem::take(&mut entries.retired)
+        };
+        // Freed here, on the thread that makes the states, outside the lock.
+        drop(retired);
         let entries = Arc::clone(&self.entries);
         let keep = self.keep;
         Box::new(move || {
@@ -119,8 +129,8 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
                     entries.by_id.retain(|_, entry| !entry.committed);
                     entries.committed = 0;
                 }
-            } else {
-                entries.by_id.remove(&id);
+            } else if let Some(entry) = entries.by_id.remove(&id) {
+                entries.retired.push(entry.value);
             }
         })
     }

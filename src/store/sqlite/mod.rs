@@ -45,9 +45,9 @@ pub use options::SqliteOptions;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -77,6 +77,10 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     /// Transactions the writer committed since open.
     commits: Arc<AtomicU64>,
+    /// Rows the writer has run, freed by the next [`Store::write`]'s caller: the
+    /// rows are made on the caller's thread, and freeing them on the writer's
+    /// would take the lock of the caller's allocator arena against the caller.
+    retired: Arc<Mutex<Vec<ChangeRows>>>,
     /// The background compaction, when asked for; stopped first on drop.
     compactor: Option<Periodic>,
     /// The background WAL checkpoints; stopped before the writer on drop.
@@ -134,6 +138,7 @@ impl SqliteStore {
             commands,
             writer: Some(writer),
             commits,
+            retired: Arc::default(),
             compactor: None,
             checkpointer: None,
             readers,
@@ -281,7 +286,7 @@ impl ChangeRows {
 
     /// Runs the rows' statements inside the writer's transaction; an unknown
     /// task or execution fails the whole write.
-    fn apply(self, conn: &Connection) -> Result<(), StoreError> {
+    fn apply(&self, conn: &Connection) -> Result<(), StoreError> {
         for new in &self.new_executions {
             new.insert(conn)?;
         }
@@ -424,12 +429,27 @@ impl Store for SqliteStore {
     fn write(&self, changes: Changes, committed: Committed) {
         // Rows are built (JSON encoded) here, on the caller's thread; the
         // writer thread only runs the statements.
+        let done =
+            std::mem::take(&mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(done);
         let rows = ChangeRows::new(&changes);
         let rows = match rows {
             Ok(rows) => rows,
             Err(error) => return committed(Err(error)),
         };
-        writer::defer(&self.commands, move |conn| rows.apply(conn), committed);
+        let retired = Arc::clone(&self.retired);
+        writer::defer(
+            &self.commands,
+            move |conn| {
+                let applied = rows.apply(conn);
+                retired
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(rows);
+                applied
+            },
+            committed,
+        );
     }
 
     fn last_event_sequence(&self) -> Result<u64, StoreError> {
