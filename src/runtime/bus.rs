@@ -1037,25 +1037,35 @@ mod tests {
         assert_eq!(bus.last_sequence(), 5);
     }
 
+    /// A subscriber of `bus` parked in `recv` on `runtime` (which starts the
+    /// relay), reading `n` events; gives their sequences.
+    fn parked_reader(
+        runtime: &tokio::runtime::Runtime,
+        bus: &EventBus,
+        n: usize,
+    ) -> tokio::task::JoinHandle<Vec<u64>> {
+        let mut parked = bus.subscribe();
+        let reader = runtime.spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < n {
+                seen.push(parked.recv().await.unwrap().sequence);
+            }
+            seen
+        });
+        runtime.block_on(tokio::task::yield_now());
+        reader
+    }
+
     #[test]
     fn publishing_leaves_the_waking_to_the_relay() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let bus = EventBus::new(16, None);
-        let mut parked = bus.subscribe();
+        let waiter = parked_reader(&runtime, &bus, 3);
         let mut watcher = bus.subscribe();
         // More subscribers than the publisher wakes by itself.
         let _others: Vec<_> = (0..DIRECT_SUBSCRIBERS).map(|_| bus.subscribe()).collect();
-        let waiter = runtime.spawn(async move {
-            let mut seen = Vec::new();
-            while seen.len() < 3 {
-                seen.push(parked.recv().await.unwrap().sequence);
-            }
-            seen
-        });
-        // The waiter parks in `recv`, which starts the relay.
-        runtime.block_on(tokio::task::yield_now());
         for i in 0..3 {
             bus.publish_task(task_event(i), EventContext::default());
         }
@@ -1082,17 +1092,8 @@ mod tests {
             .build()
             .unwrap();
         let bus = EventBus::new(16, None);
-        let mut parked = bus.subscribe();
+        let waiter = parked_reader(&runtime, &bus, 4);
         let mut watcher = bus.subscribe();
-        let waiter = runtime.spawn(async move {
-            let mut seen = Vec::new();
-            while seen.len() < 4 {
-                seen.push(parked.recv().await.unwrap().sequence);
-            }
-            seen
-        });
-        // The waiter parks in `recv`, which starts the relay.
-        runtime.block_on(tokio::task::yield_now());
         bus.publish_task(task_event(0), EventContext::default());
         // Sent at once, without the relay running.
         assert_eq!(watcher.try_recv().unwrap().sequence, 1);

@@ -139,7 +139,7 @@ struct MethodInfo {
     /// (the process-global one in the server; a test's local one in tests): a registration
     /// builds and hashes the key, so a call that looked each one up paid that four or five
     /// times.
-    series: OnceLock<MethodSeries>,
+    series: MethodSeries,
 }
 
 impl MethodInfo {
@@ -147,39 +147,34 @@ impl MethodInfo {
         Self {
             grpc_type,
             labels,
-            series: OnceLock::new(),
+            series: MethodSeries::default(),
         }
-    }
-
-    /// The method's series (see `series`).
-    fn series(&self) -> &MethodSeries {
-        self.series.get_or_init(MethodSeries::default)
     }
 
     /// `grpc_server_started_total`.
     fn started(&self) -> &Counter {
-        self.series()
+        self.series
             .started
             .get_or_init(|| counter!(GRPC_SERVER_STARTED_TOTAL, self.labels.iter()))
     }
 
     /// `grpc_server_msg_received_total`.
     fn received(&self) -> &Counter {
-        self.series()
+        self.series
             .received
             .get_or_init(|| counter!(GRPC_SERVER_MSG_RECEIVED_TOTAL, self.labels.iter()))
     }
 
     /// `grpc_server_msg_sent_total`.
     fn sent(&self) -> &Counter {
-        self.series()
+        self.series
             .sent
             .get_or_init(|| counter!(GRPC_SERVER_MSG_SENT_TOTAL, self.labels.iter()))
     }
 
     /// `grpc_server_handling_seconds`.
     fn handling(&self) -> &Histogram {
-        self.series()
+        self.series
             .handling
             .get_or_init(|| histogram!(GRPC_SERVER_HANDLING_SECONDS, self.labels.iter()))
     }
@@ -187,7 +182,7 @@ impl MethodInfo {
     /// `grpc_server_handled_total{grpc_code}` of the code at `code` in [`CODE_LABELS`].
     fn handled(&self, code: usize) -> &Counter {
         let code = code.min(CODE_LABELS.len() - 1);
-        self.series().handled[code].get_or_init(|| {
+        self.series.handled[code].get_or_init(|| {
             let mut labels = self.labels.clone();
             labels.push(Label::from_static_parts("grpc_code", CODE_LABELS[code]));
             counter!(GRPC_SERVER_HANDLED_TOTAL, labels)
