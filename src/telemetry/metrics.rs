@@ -194,6 +194,19 @@ fn installed() -> Option<&'static Installed> {
         .filter(|installed| installed.recorder == current_recorder())
 }
 
+/// The handle of `labels` in the family `family` picks from the kept series; registered per
+/// call, as without them, when the recorder in effect is not the global one.
+fn kept<T: Clone, const N: usize>(
+    family: fn(&Installed) -> &Series<T, N>,
+    labels: [&str; N],
+    register: impl FnOnce() -> T,
+) -> T {
+    match installed() {
+        Some(installed) => family(installed).get(labels, register),
+        None => register(),
+    }
+}
+
 /// Most label sets a [`Series`] keeps; more are registered per call, as without it. The
 /// labels here are low-cardinality, so this is never reached by a sound deployment.
 const MAX_KEPT_SERIES: usize = 256;
@@ -402,11 +415,7 @@ fn usize_gauge(n: usize) -> f64 {
 /// A task was accepted; `task_type` is its type (`workflow`, `node`, ...).
 pub fn task_submitted(task_type: &str) {
     let register = || counter!(TASKS_SUBMITTED_TOTAL, "type" => task_type.to_owned());
-    match installed() {
-        Some(series) => series.tasks_submitted.get([task_type], register),
-        None => register(),
-    }
-    .increment(1);
+    kept(|series| &series.tasks_submitted, [task_type], register).increment(1);
 }
 
 /// A task reached the terminal `status`; its run time when it ran.
@@ -418,17 +427,19 @@ pub fn task_finished(task_type: &str, status: &str, duration_seconds: Option<f64
         ]
     };
     let register = || counter!(TASKS_FINISHED_TOTAL, &labels());
-    match installed() {
-        Some(series) => series.tasks_finished.get([task_type, status], register),
-        None => register(),
-    }
+    kept(
+        |series| &series.tasks_finished,
+        [task_type, status],
+        register,
+    )
     .increment(1);
     if let Some(seconds) = duration_seconds.filter(|s| s.is_finite() && *s >= 0.0) {
         let register = || histogram!(TASK_DURATION_SECONDS, &labels());
-        match installed() {
-            Some(series) => series.task_duration.get([task_type, status], register),
-            None => register(),
-        }
+        kept(
+            |series| &series.task_duration,
+            [task_type, status],
+            register,
+        )
         .record(seconds);
     }
 }
@@ -447,22 +458,14 @@ pub fn queue_wait(seconds: f64) {
 pub fn node_duration(class_type: &str, seconds: f64) {
     if seconds.is_finite() && seconds >= 0.0 {
         let register = || histogram!(NODE_DURATION_SECONDS, "class_type" => class_type.to_owned());
-        match installed() {
-            Some(series) => series.node_duration.get([class_type], register),
-            None => register(),
-        }
-        .record(seconds);
+        kept(|series| &series.node_duration, [class_type], register).record(seconds);
     }
 }
 
 /// `depth` tasks of `priority` wait in the queue.
 pub fn set_queue_depth(priority: &str, depth: usize) {
     let register = || gauge!(QUEUE_DEPTH, "priority" => priority.to_owned());
-    match installed() {
-        Some(series) => series.queue_depth.get([priority], register),
-        None => register(),
-    }
-    .set(usize_gauge(depth));
+    kept(|series| &series.queue_depth, [priority], register).set(usize_gauge(depth));
 }
 
 /// `n` tasks are executing.
@@ -496,11 +499,7 @@ pub fn set_backend_up(backend: &str, up: bool) {
 /// Backend `backend` has `depth` prompts in its own queue.
 pub fn set_backend_queue_depth(backend: &str, depth: u64) {
     let register = || gauge!(BACKEND_QUEUE_DEPTH, "backend" => backend.to_owned());
-    match installed() {
-        Some(series) => series.backend_queue_depth.get([backend], register),
-        None => register(),
-    }
-    .set(as_gauge(depth));
+    kept(|series| &series.backend_queue_depth, [backend], register).set(as_gauge(depth));
 }
 
 /// Backend `backend`'s WebSocket has reconnected `total` times since start
@@ -604,11 +603,7 @@ pub fn register_zero_series() {
 /// An event of `kind` (`task`, `runtime` or `metric`) was published.
 pub fn event_published(kind: &str) {
     let register = || counter!(EVENTS_PUBLISHED_TOTAL, "kind" => kind.to_owned());
-    match installed() {
-        Some(series) => series.events_published.get([kind], register),
-        None => register(),
-    }
-    .increment(1);
+    kept(|series| &series.events_published, [kind], register).increment(1);
 }
 
 #[cfg(test)]
