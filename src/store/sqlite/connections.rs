@@ -73,6 +73,11 @@ pub(super) fn open_writer(
         // writer, the fsync of an automatic checkpoint stalled every write
         // queued behind it for milliseconds.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Each write in a group commit runs in its own savepoint, whose
+        // statement journal (the pages to roll back to) SQLite otherwise keeps
+        // in a temporary file: a pair of pwrite calls per page a write
+        // touched. It is never needed after the transaction, crash or not.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(mode)
     };
