@@ -4,12 +4,19 @@
 //! Unknown message types become [`WsMessage::Unknown`] and unknown fields are ignored, so newer
 //! servers keep working. Pure parsing: routing a message to the prompt it concerns is `ws`'s job.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::lenient::{
     lenient_f64, lenient_i64, lenient_map, lenient_opt_string, lenient_string, lenient_string_list,
@@ -28,17 +35,148 @@ pub struct StatusData {
 
 impl<'de> Deserialize<'de> for StatusData {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let data = Map::<String, Value>::deserialize(d)?;
-        let queue_remaining = data
-            .get("status")
-            .and_then(|s| s.get("exec_info"))
-            .and_then(|e| e.get("queue_remaining"))
-            .and_then(value_to_u64);
-        let sid = data.get("sid").and_then(Value::as_str).map(str::to_owned);
-        Ok(Self {
-            queue_remaining,
-            sid,
-        })
+        /// The two values a status carries, read as it streams by: nothing else of it is
+        /// kept (ComfyUI broadcasts one at every queue change).
+        struct StatusVisitor;
+
+        impl<'de> Visitor<'de> for StatusVisitor {
+            type Value = StatusData;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StatusData, A::Error> {
+                let mut status = StatusData::default();
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match key.0.as_ref() {
+                        "status" => {
+                            status.queue_remaining = map
+                                .next_value_seed(Inside(&["exec_info", "queue_remaining"]))?
+                                .as_ref()
+                                .and_then(value_to_u64);
+                        }
+                        "sid" => {
+                            status.sid = match map.next_value::<Value>()? {
+                                Value::String(sid) => Some(sid),
+                                _ => None,
+                            };
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(status)
+            }
+        }
+
+        d.deserialize_map(StatusVisitor)
+    }
+}
+
+/// A map key or string, borrowed from the text when it has no escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+/// The value at a path of keys inside an object, read leniently: `None` when a step is missing
+/// or not an object (what `Value::get` along the path gives), and nothing else kept.
+struct Inside<'p>(&'p [&'p str]);
+
+impl<'de> DeserializeSeed<'de> for Inside<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Inside<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        let Some((first, rest)) = self.0.split_first() else {
+            // The path ends at this object: the caller wanted it whole.
+            return Value::deserialize(MapAccessDeserializer::new(map)).map(Some);
+        };
+        let mut found = None;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            if key.0 == *first {
+                // The last of duplicate keys wins, as in a parsed `Value`.
+                found = if rest.is_empty() {
+                    Some(map.next_value::<Value>()?)
+                } else {
+                    map.next_value_seed(Inside(rest))?
+                };
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Option<Value>, E> {
+        Ok(None)
     }
 }
 
@@ -298,14 +436,147 @@ pub enum WsMessage {
     },
 }
 
-#[derive(Deserialize)]
-struct RawMessage<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    /// Left unparsed: the typed message is read from the text itself, not
-    /// through a `Value` tree built first (the socket's busiest path).
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
+/// A text frame read in one pass: `data` straight into its type when `type` came first, as
+/// ComfyUI sends it (the socket's busiest path: reading `data` as text first and then into its
+/// type lexed every frame twice); kept as text until the end when `data` came first.
+struct Frame<'e> {
+    /// Where a failure inside a known type's `data` is told, with its kind: the outer
+    /// deserializer only passes the failure on as JSON.
+    data_error: &'e Cell<Option<WireError>>,
+}
+
+impl<'de> Visitor<'de> for Frame<'_> {
+    type Value = WsMessage;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message object with a `type`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WsMessage, A::Error> {
+        let mut kind: Option<Text<'de>> = None;
+        let mut message = None;
+        let mut later: Option<&'de RawValue> = None;
+        let mut data_seen = false;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match key.0.as_ref() {
+                "type" => {
+                    if kind.is_some() {
+                        return Err(de::Error::duplicate_field("type"));
+                    }
+                    kind = Some(map.next_value()?);
+                }
+                "data" => {
+                    if std::mem::replace(&mut data_seen, true) {
+                        return Err(de::Error::duplicate_field("data"));
+                    }
+                    match &kind {
+                        Some(kind) => {
+                            message = Some(map.next_value_seed(Data {
+                                kind: &kind.0,
+                                error: self.data_error,
+                            })?);
+                        }
+                        // `null` reads as no data, as it always has.
+                        None => later = map.next_value::<Option<&'de RawValue>>()?,
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+        let read = match (message, later) {
+            (Some(message), _) => return Ok(message),
+            (None, Some(data)) => WsMessage::from_data(&kind.0, data),
+            (None, None) => WsMessage::from_data(&kind.0, Value::Null),
+        };
+        read.map_err(|error| {
+            let told = error.to_string();
+            self.data_error.set(Some(error));
+            de::Error::custom(told)
+        })
+    }
+}
+
+/// A frame's `data` read into the type its `kind` names (see [`WsMessage::from_data`]).
+struct Data<'k, 'e> {
+    /// The message `type`.
+    kind: &'k str,
+    /// Where a failure is told (see [`Frame`]).
+    error: &'e Cell<Option<WireError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Data<'_, '_> {
+    type Value = WsMessage;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<WsMessage, D::Error> {
+        let kind = self.kind;
+        let message = match kind {
+            "status" => d.deserialize_map(Object::new()).map(WsMessage::Status),
+            "execution_start" => d
+                .deserialize_map(Object::new())
+                .map(WsMessage::ExecutionStart),
+            "execution_cached" => d
+                .deserialize_map(Object::new())
+                .map(WsMessage::ExecutionCached),
+            "executing" => d.deserialize_map(Object::new()).map(WsMessage::Executing),
+            "progress" => d.deserialize_map(Object::new()).map(WsMessage::Progress),
+            "progress_state" => d
+                .deserialize_map(Object::new())
+                .map(WsMessage::ProgressState),
+            "executed" => d.deserialize_map(Object::new()).map(WsMessage::Executed),
+            "execution_success" => d
+                .deserialize_map(Object::new())
+                .map(WsMessage::ExecutionSuccess),
+            "execution_error" => d
+                .deserialize_map(Object::new())
+                .map(|e| WsMessage::ExecutionError(Box::new(e))),
+            "execution_interrupted" => d
+                .deserialize_map(Object::new())
+                .map(WsMessage::ExecutionInterrupted),
+            "feature_flags" => d
+                .deserialize_map(Object::new())
+                .map(WsMessage::FeatureFlags),
+            _ => {
+                return Option::<Value>::deserialize(d).map(|data| WsMessage::Unknown {
+                    kind: kind.to_owned(),
+                    data: data.unwrap_or(Value::Null),
+                });
+            }
+        };
+        message.map_err(|e| {
+            let message = e.to_string();
+            self.error.set(Some(WireError::Message {
+                kind: kind.to_owned(),
+                message: message.clone(),
+            }));
+            de::Error::custom(message)
+        })
+    }
+}
+
+/// A message type read from an object only: serde reads a struct from an array too, and the
+/// protocol only sends objects. Asked for as a map: with serde_json's `arbitrary_precision`, a
+/// number comes to `deserialize_any` as a map too.
+struct Object<T>(PhantomData<T>);
+
+impl<T> Object<T> {
+    fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map))
+    }
 }
 
 /// A message's `data`, parsed (`Value`, as history `messages` carry it) or
@@ -348,10 +619,19 @@ impl MessageData for &RawValue {
 impl WsMessage {
     /// Parses a text frame.
     pub fn parse(text: &str) -> Result<Self, WireError> {
-        let raw: RawMessage<'_> = serde_json::from_str(text).map_err(json_error)?;
-        match raw.data {
-            Some(data) => Self::from_data(&raw.kind, data),
-            None => Self::from_data(&raw.kind, Value::Null),
+        let data_error = Cell::new(None);
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let parsed = serde::Deserializer::deserialize_map(
+            &mut reader,
+            Frame {
+                data_error: &data_error,
+            },
+        )
+        .and_then(|message| reader.end().map(|()| message));
+        match (parsed, data_error.take()) {
+            (Ok(message), _) => Ok(message),
+            (Err(_), Some(error)) => Err(error),
+            (Err(error), None) => Err(json_error(error)),
         }
     }
 
@@ -628,6 +908,71 @@ mod tests {
         assert_eq!(nodes["1"].max, 2.0);
     }
 
+    #[test]
+    fn a_failure_inside_data_names_the_message_type_in_either_key_order() {
+        for text in [
+            r#"{"type":"progress","data":{"max":1}}"#,
+            r#"{"data":{"max":1},"type":"progress"}"#,
+        ] {
+            match WsMessage::parse(text) {
+                Err(WireError::Message { kind, message }) => {
+                    assert_eq!(kind, "progress", "{text}");
+                    assert!(message.contains("value"), "{text}: {message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Outside `data`, a frame that is not JSON is a JSON error.
+        for text in [
+            r#"{"type":"progress","data":{"value":1,"max":2}} x"#,
+            r#"{"data":{}"#,
+        ] {
+            assert!(
+                matches!(WsMessage::parse(text), Err(WireError::Json(_))),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{"type":"executing","type":"executing","data":{}}"#,
+            r#"{"type":"executing","data":{},"data":{}}"#,
+        ] {
+            assert!(WsMessage::parse(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_status_reads_its_two_values_whatever_else_it_holds() {
+        let status =
+            |data: &str| match WsMessage::parse(&format!(r#"{{"type":"status","data":{data}}}"#)) {
+                Ok(WsMessage::Status(status)) => status,
+                other => panic!("{data}: {other:?}"),
+            };
+        assert_eq!(
+            status(r#"{"status":{"exec_info":{"queue_remaining":3,"x":[1]}},"sid":"s","y":{}}"#),
+            StatusData {
+                queue_remaining: Some(3),
+                sid: Some("s".into())
+            }
+        );
+        // Shapes a newer or broken server might send read as absent, as `Value::get` reads them.
+        for odd in [
+            r#"{"status":"busy","sid":5}"#,
+            r#"{"status":{"exec_info":[1,2]},"sid":null}"#,
+            r#"{"status":{"exec_info":{"queue_remaining":"3"}}}"#,
+            r#"{"status":{"exec_info":{"queue_remaining":-1}}}"#,
+            r#"{"status":7.5}"#,
+            r#"{}"#,
+        ] {
+            assert_eq!(status(odd), StatusData::default(), "{odd}");
+        }
+        // The last of duplicate keys wins, as in parsed JSON.
+        assert_eq!(
+            status(r#"{"status":{"exec_info":{"queue_remaining":1}},"status":{"exec_info":{"queue_remaining":2}}}"#)
+                .queue_remaining,
+            Some(2)
+        );
+    }
+
     proptest! {
 
         #[test]
@@ -648,7 +993,20 @@ mod tests {
         ) {
             let text = serde_json::json!({"type": kind, "data": data}).to_string();
             // Read from the frame's text or from parsed JSON: the same message or an error both ways.
-            prop_assert_eq!(WsMessage::parse(&text).ok(), WsMessage::from_parts(kind, data).ok());
+            prop_assert_eq!(WsMessage::parse(&text).ok(), WsMessage::from_parts(kind, data.clone()).ok());
+            // `data` first is read after the loop, `type` first in one pass: the same outcome.
+            let data_first = format!(r#"{{"data":{data},"type":"{kind}"}}"#);
+            // (The wording of a failure may differ: where in the text it lies.)
+            let outcome = |parsed: Result<WsMessage, WireError>| {
+                parsed.map_err(|e| match e {
+                    WireError::Message { kind, .. } => Some(kind),
+                    _ => None,
+                })
+            };
+            prop_assert_eq!(
+                outcome(WsMessage::parse(&data_first)),
+                outcome(WsMessage::parse(&text))
+            );
         }
 
     }
