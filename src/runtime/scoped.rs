@@ -69,13 +69,13 @@ struct Reservation<'a> {
     /// The table it is counted in.
     owners: &'a Mutex<HashMap<String, OwnerActive>>,
     /// The principal.
-    owner: String,
+    owner: &'a str,
 }
 
 impl Reservation<'_> {
     fn become_execution(&self, id: &str) {
         if let Ok(mut owners) = self.owners.lock()
-            && let Some(active) = owners.get_mut(&self.owner)
+            && let Some(active) = owners.get_mut(self.owner)
         {
             active.ids.insert(id.to_owned());
         }
@@ -85,7 +85,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let Ok(mut owners) = self.owners.lock()
-            && let Some(active) = owners.get_mut(&self.owner)
+            && let Some(active) = owners.get_mut(self.owner)
         {
             active.reserved = active.reserved.saturating_sub(1);
         }
@@ -204,7 +204,7 @@ impl ScopedRuntime<'_> {
 
     /// Takes a slot of `owner`'s `max_queued` until the execution exists, pruning executions
     /// that ended when it is full.
-    fn reserve(&self, owner: &str, max: u64) -> Result<Reservation<'_>, RuntimeError> {
+    fn reserve<'a>(&'a self, owner: &'a str, max: u64) -> Result<Reservation<'a>, RuntimeError> {
         let active = &self.runtime.active_by_owner().owners;
         let mut owners = active
             .lock()
@@ -213,7 +213,11 @@ impl ScopedRuntime<'_> {
             let ids = self.active_in_store(owner)?;
             owners.insert(owner.to_owned(), OwnerActive { ids, reserved: 0 });
         }
-        let active = owners.entry(owner.to_owned()).or_default();
+        let Some(active) = owners.get_mut(owner) else {
+            return Err(RuntimeError::Unavailable(
+                "the quota table lost an owner".into(),
+            ));
+        };
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         if active.ids.len() + active.reserved >= max {
             let executor = self.runtime.executor();
@@ -232,7 +236,7 @@ impl ScopedRuntime<'_> {
         active.reserved += 1;
         Ok(Reservation {
             owners: active_owners(self.runtime),
-            owner: owner.to_owned(),
+            owner,
         })
     }
 
