@@ -60,7 +60,7 @@ use super::{
 };
 use crate::model::events::Event;
 use crate::model::{Task, WorkflowDefinition, WorkflowExecution};
-use background::{Periodic, spawn_checkpointer};
+use background::{Periodic, report_wal_frames, spawn_checkpointer};
 use compaction::{compact, spawn_compactor};
 use connections::{Readers, lock, open_writer};
 use events::last_event_sequence;
@@ -117,6 +117,7 @@ impl SqliteStore {
         }
         let lock = lock(path).map_err(fail)?;
         let mut conn = open_writer(path, options.synchronous).map_err(fail)?;
+        let frames = report_wal_frames(&mut conn).map_err(fail)?;
         migrate(&mut conn).map_err(fail)?;
         let readers = Readers::new(path);
         // A read proves the read-only connections work too (the -shm file).
@@ -145,7 +146,7 @@ impl SqliteStore {
             _lock: lock,
         };
         store.checkpointer = Some(
-            spawn_checkpointer(path, store.commands.clone())
+            spawn_checkpointer(path, store.commands.clone(), frames)
                 .map_err(|error| fail(format!("cannot start checkpoints: {error}")))?,
         );
         if let Some((interval, policy)) = options.compaction {
