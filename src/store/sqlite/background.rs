@@ -244,12 +244,11 @@ pub(super) const WAL_RESTART_BYTES: i64 = 4 * super::connections::JOURNAL_SIZE_L
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
     use rusqlite::Connection;
-
-    use std::sync::atomic::Ordering;
 
     use super::{Pace, checkpointer, report_wal_frames};
     use crate::store::sqlite::writer::{Command, restart_wal};
