@@ -332,18 +332,25 @@ mod tests {
         assert!(restart_wal(&writer), "nobody on the WAL any more");
     }
 
-    /// Writes 200 rows, then nothing: the checkpointer (paced by the writer's frames when
-    /// `paced`, with a longest wait that never comes) copies the WAL and truncates it to
-    /// nothing, and the database takes writes again.
-    fn a_quiet_wal_is_truncated(paced: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal.db");
-        let mut conn = Connection::open(&path).unwrap();
+    /// A database in `dir` in WAL mode without automatic checkpoints, with a table `t` of
+    /// rows `(id, body)`, and a connection to it.
+    fn wal_table(dir: &std::path::Path) -> (std::path::PathBuf, Connection) {
+        let path = dir.join("wal.db");
+        let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
              CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL);",
         )
         .unwrap();
+        (path, conn)
+    }
+
+    /// Writes 200 rows, then nothing: the checkpointer (paced by the writer's frames when
+    /// `paced`, with a longest wait that never comes) copies the WAL and truncates it to
+    /// nothing, and the database takes writes again.
+    fn a_quiet_wal_is_truncated(paced: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut conn) = wal_table(dir.path());
         let paced = paced.then(|| {
             let frames = report_wal_frames(&mut conn).unwrap();
             (frames, Duration::from_secs(3_600))
@@ -409,13 +416,7 @@ mod tests {
     #[test]
     fn the_writer_reports_the_wal_frames_after_each_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
-             CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL);",
-        )
-        .unwrap();
+        let (_, mut conn) = wal_table(dir.path());
         let frames = report_wal_frames(&mut conn).unwrap();
         conn.execute("INSERT INTO t (id, body) VALUES (1, zeroblob(10))", [])
             .unwrap();
