@@ -34,6 +34,17 @@
 //! instead of one per change. Their events are numbered then, still in
 //! order. Nothing waits inside a batch: [`Commit::wait`] hands the thread's
 //! batch over first, and the actor hands it over before it answers a caller.
+//!
+//! **Held writes.** What a running prompt reports (its node tasks, progress,
+//! the root's "executing on" note) is written in a deferrable batch
+//! ([`EventBus::deferrable_batch`]): nobody waits for it, so the bus holds it
+//! back, up to [`HOLD_AT_MOST`], gathering what comes meanwhile, and hands it
+//! to the store in front of the next write, when someone waits
+//! ([`Commit::wait`], [`EventBus::settled`]), or when the time is up. A fast
+//! prompt's reports then share the commit of its end instead of costing one
+//! each; subscribers hear of node progress at most that much later, and of
+//! nothing before it is durable. Writes still commit in the order they were
+//! made, and a held write is numbered when it is handed over.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -57,6 +68,10 @@ pub const DEFAULT_HISTORY: usize = 8_192;
 const LIVE_CAPACITY: usize = 4096;
 /// Most live subscribers the publisher wakes itself (see `Inner::announce`).
 const DIRECT_SUBSCRIBERS: usize = 4;
+/// Longest a deferrable write is held back before it is handed to the store
+/// (see [`EventBus::deferrable_batch`]): how late, at most, a subscriber hears
+/// of a running prompt's node progress.
+const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// An announced event as its readers share it: the event, and its wire
 /// encoding once a reader made it, so that a thousand subscribers encode it
@@ -166,6 +181,11 @@ struct Inner {
     handed: AtomicU64,
     /// How far the handed writes have been committed.
     settled: watch::Sender<Settled>,
+    /// Deferrable writes not handed to the store yet (see
+    /// [`EventBus::deferrable_batch`]), gathered into one.
+    held: Mutex<Option<Write>>,
+    /// Whether `held` holds a write: read on every write without the lock.
+    holding: AtomicBool,
     /// Whether `Published::retired` holds events to free.
     retired: AtomicBool,
 }
@@ -382,6 +402,8 @@ pub struct Commit {
     pub last_sequence: u64,
     /// Where the outcome arrives.
     state: Arc<CommitState>,
+    /// The bus, which hands over a held write its waiter would otherwise wait for.
+    bus: Arc<Inner>,
 }
 
 /// The outcome of one write, and who waits for it.
@@ -432,6 +454,7 @@ impl Commit {
     /// open on this thread is handed to the store first (the write may be in it).
     pub fn wait(self) -> Result<(), StoreError> {
         flush_thread_batch();
+        self.bus.release_held();
         let mut outcome = self
             .state
             .outcome
@@ -453,6 +476,7 @@ impl Commit {
     /// Waits, without blocking a thread, until the write is durable and its
     /// events announced.
     pub async fn committed(self) -> Result<(), StoreError> {
+        self.bus.release_held();
         loop {
             if let Some(result) = self.state.take() {
                 return result;
@@ -472,10 +496,79 @@ type Numbered = (EventPayload, EventContext, DateTime<Utc>);
 type Waiter = (Option<After>, Arc<CommitState>);
 
 impl Inner {
+    /// Holds a deferrable write back: it is handed to the store in front of
+    /// the next write, when someone waits for it, or after [`HOLD_AT_MOST`],
+    /// whichever comes first. Written at once without a store (nothing to
+    /// save) or outside a Tokio runtime (no timer).
+    fn hold(self: &Arc<Self>, write: Write) {
+        if self.store.is_none() {
+            self.write(write);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.write(write);
+            return;
+        };
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match held.as_mut() {
+            Some(into) if into.can_absorb(&write) => into.absorb(write),
+            Some(_) => {
+                // Two writes that cannot be one (see `Write::can_absorb`):
+                // the earlier goes to the store first.
+                let earlier = held.take();
+                self.holding.store(false, Ordering::Release);
+                drop(held);
+                if let Some(earlier) = earlier {
+                    self.write(earlier);
+                }
+                self.hold(write);
+            }
+            None => {
+                *held = Some(write);
+                self.holding.store(true, Ordering::Release);
+                let bus = Arc::downgrade(self);
+                runtime.spawn(async move {
+                    tokio::time::sleep(HOLD_AT_MOST).await;
+                    if let Some(bus) = bus.upgrade() {
+                        bus.release_held();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Hands the held write, if any, to the store now.
+    fn release_held(self: &Arc<Self>) {
+        if let Some(held) = self.take_held() {
+            self.write(held);
+        }
+    }
+
+    fn take_held(&self) -> Option<Write> {
+        if !self.holding.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.holding.store(false, Ordering::Release);
+        held.take()
+    }
+
     /// Numbers `events`, hands `changes` with them to the store as one write
     /// (or announces them at once without a store), and tells every waiter
-    /// the outcome, in order. Returns the last sequence.
+    /// the outcome, in order; a held write goes in front of it. Returns the
+    /// last sequence.
     fn write(self: &Arc<Self>, write: Write) -> u64 {
+        let write = match self.take_held() {
+            Some(mut held) if held.can_absorb(&write) => {
+                held.absorb(write);
+                held
+            }
+            Some(held) => {
+                self.write(held);
+                write
+            }
+            None => write,
+        };
         let Write {
             mut changes,
             events,
@@ -555,28 +648,69 @@ struct Write {
     waiters: Vec<Waiter>,
 }
 
+impl Write {
+    /// Whether `later` can be added to this write: a write carries the new
+    /// tasks of one execution at most.
+    fn can_absorb(&self, later: &Write) -> bool {
+        self.changes.new_execution_tasks.is_none() || later.changes.new_execution_tasks.is_none()
+    }
+
+    /// Adds `later` after what this write holds (see [`Write::can_absorb`]).
+    fn absorb(&mut self, later: Write) {
+        let Write {
+            changes:
+                Changes {
+                    new_executions,
+                    new_execution_tasks,
+                    tasks,
+                    executions,
+                    events: _,
+                },
+            events,
+            waiters,
+        } = later;
+        self.changes.new_executions.extend(new_executions);
+        if new_execution_tasks.is_some() {
+            self.changes.new_execution_tasks = new_execution_tasks;
+        }
+        self.changes.tasks.extend(tasks);
+        self.changes.executions.extend(executions);
+        self.events.extend(events);
+        self.waiters.extend(waiters);
+    }
+}
+
 /// Writes gathered in a thread's open batch.
 struct Gathered {
     /// The bus they belong to (another bus's writes are not gathered).
     bus: Arc<Inner>,
     /// What was gathered so far.
     write: Write,
+    /// Whether nobody waits for the batch's writes: they are held back a
+    /// while (see [`EventBus::deferrable_batch`]).
+    deferrable: bool,
 }
 
 impl Gathered {
-    fn new(bus: Arc<Inner>) -> Self {
+    fn new(bus: Arc<Inner>, deferrable: bool) -> Self {
         Self {
             bus,
             write: Write::default(),
+            deferrable,
         }
     }
 
-    /// Takes what was gathered, leaving the batch open and empty; None when empty.
-    fn take(&mut self) -> Option<(Arc<Inner>, Write)> {
+    /// Takes what was gathered, leaving the batch open and empty; None when
+    /// empty. The flag: whether the batch is deferrable.
+    fn take(&mut self) -> Option<(Arc<Inner>, Write, bool)> {
         if self.write.waiters.is_empty() {
             return None;
         }
-        Some((Arc::clone(&self.bus), std::mem::take(&mut self.write)))
+        Some((
+            Arc::clone(&self.bus),
+            std::mem::take(&mut self.write),
+            self.deferrable,
+        ))
     }
 }
 
@@ -592,9 +726,7 @@ fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
     // batch over first.
     let must_flush = BATCH.with(|batch| {
         batch.borrow().as_ref().is_some_and(|gathered| {
-            Arc::ptr_eq(&gathered.bus, bus)
-                && write.changes.new_execution_tasks.is_some()
-                && gathered.write.changes.new_execution_tasks.is_some()
+            Arc::ptr_eq(&gathered.bus, bus) && !gathered.write.can_absorb(&write)
         })
     });
     if must_flush {
@@ -604,27 +736,7 @@ fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
         let mut batch = batch.borrow_mut();
         match batch.as_mut() {
             Some(gathered) if Arc::ptr_eq(&gathered.bus, bus) => {
-                let Write {
-                    changes:
-                        Changes {
-                            new_executions,
-                            new_execution_tasks,
-                            tasks,
-                            executions,
-                            events: _,
-                        },
-                    events,
-                    waiters,
-                } = write;
-                let into = &mut gathered.write;
-                into.changes.new_executions.extend(new_executions);
-                if new_execution_tasks.is_some() {
-                    into.changes.new_execution_tasks = new_execution_tasks;
-                }
-                into.changes.tasks.extend(tasks);
-                into.changes.executions.extend(executions);
-                into.events.extend(events);
-                into.waiters.extend(waiters);
+                gathered.write.absorb(write);
                 None
             }
             _ => Some(write),
@@ -635,8 +747,12 @@ fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
 /// Hands this thread's gathered writes to the store (the batch stays open).
 fn flush_thread_batch() {
     let taken = BATCH.with(|batch| batch.borrow_mut().as_mut().and_then(Gathered::take));
-    if let Some((bus, write)) = taken {
-        bus.write(write);
+    match taken {
+        Some((bus, write, true)) => bus.hold(write),
+        Some((bus, write, false)) => {
+            bus.write(write);
+        }
+        None => {}
     }
 }
 
@@ -645,6 +761,21 @@ fn flush_thread_batch() {
 pub(crate) struct Batch {
     /// Whether this guard opened the batch (an inner guard leaves it to the outer one).
     owner: bool,
+}
+
+impl Batch {
+    /// Makes the batch deferrable, or not (see [`EventBus::deferrable_batch`]),
+    /// for what it hands over from now on. Does nothing on an inner guard.
+    pub(crate) fn set_deferrable(&self, deferrable: bool) {
+        if !self.owner {
+            return;
+        }
+        BATCH.with(|batch| {
+            if let Some(gathered) = batch.borrow_mut().as_mut() {
+                gathered.deferrable = deferrable;
+            }
+        });
+    }
 }
 
 impl Drop for Batch {
@@ -702,6 +833,8 @@ impl EventBus {
                 capacity: capacity.max(1),
                 store,
                 handed: AtomicU64::new(0),
+                held: Mutex::new(None),
+                holding: AtomicBool::new(false),
                 retired: AtomicBool::new(false),
                 settled: watch::Sender::new(Settled::default()),
             }),
@@ -743,6 +876,7 @@ impl EventBus {
         Commit {
             last_sequence,
             state,
+            bus: Arc::clone(&self.inner),
         }
     }
 
@@ -757,6 +891,7 @@ impl EventBus {
         if self.inner.store.is_none() {
             return Ok(());
         }
+        self.inner.release_held();
         let target = self.inner.handed.load(Ordering::Acquire);
         let mut settled = self.inner.settled.subscribe();
         // The sender lives as long as the bus, which `self` holds.
@@ -778,12 +913,28 @@ impl EventBus {
     /// then handed to the store as one. A batch already open on the thread
     /// stays the one (the inner guard does nothing).
     pub(crate) fn batch(&self) -> Batch {
+        self.open_batch(false)
+    }
+
+    /// [`EventBus::batch`] for writes nobody waits for (a running prompt's
+    /// reports): what it gathered is held back up to [`HOLD_AT_MOST`] and
+    /// handed to the store together with the writes that come meanwhile, as
+    /// one write: a fast prompt's reports cost one commit, not one each. It
+    /// is handed over at once when someone waits ([`Commit::wait`],
+    /// [`EventBus::settled`]) and in front of any other write, so writes
+    /// still commit in the order they were made. Inside an open batch, that
+    /// batch stays the one, as it is.
+    pub(crate) fn deferrable_batch(&self) -> Batch {
+        self.open_batch(true)
+    }
+
+    fn open_batch(&self, deferrable: bool) -> Batch {
         BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             if batch.is_some() {
                 return Batch { owner: false };
             }
-            *batch = Some(Gathered::new(Arc::clone(&self.inner)));
+            *batch = Some(Gathered::new(Arc::clone(&self.inner), deferrable));
             Batch { owner: true }
         })
     }
@@ -923,23 +1074,43 @@ mod tests {
         TaskEvent::new(format!("t{i}"), TaskEventType::Created)
     }
 
-    #[test]
-    fn a_batch_is_one_store_write_with_its_events_in_order() {
+    /// A bus on a fresh SQLite store (kept with its directory).
+    fn sqlite_bus() -> (tempfile::TempDir, Arc<crate::store::SqliteStore>, EventBus) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
-        let bus = EventBus::new(16, Some(Arc::clone(&store) as Arc<dyn Store>));
+        let bus = EventBus::new(64, Some(Arc::clone(&store) as Arc<dyn Store>));
+        (dir, store, bus)
+    }
+
+    /// One task event (task `t{i}`) in a write of its own, or in the thread's open batch.
+    fn publish(bus: &EventBus, i: u64) -> Commit {
+        bus.commit(
+            Changes::default(),
+            vec![(EventPayload::Task(task_event(i)), EventContext::default())],
+        )
+    }
+
+    /// The stored events as (sequence, task id).
+    fn stored_order(store: &crate::store::SqliteStore) -> Vec<(u64, String)> {
+        store
+            .events_after(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| match &e.payload {
+                EventPayload::Task(t) => (e.sequence, t.task_id.clone()),
+                _ => (e.sequence, String::new()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_one_store_write_with_its_events_in_order() {
+        let (_dir, store, bus) = sqlite_bus();
         let before = store.commit_count();
         let commits: Vec<Commit> = {
             let _batch = bus.batch();
             let inner = bus.batch();
-            let commits = (0..3)
-                .map(|i| {
-                    bus.commit(
-                        Changes::default(),
-                        vec![(EventPayload::Task(task_event(i)), EventContext::default())],
-                    )
-                })
-                .collect();
+            let commits = (0..3).map(|i| publish(&bus, i)).collect();
             drop(inner);
             assert_eq!(
                 bus.last_sequence(),
@@ -952,44 +1123,107 @@ mod tests {
             commit.wait().unwrap();
         }
         assert_eq!(store.commit_count() - before, 1, "one write for the batch");
-        let stored = store.events_after(0, 10).unwrap();
-        let order: Vec<(u64, String)> = stored
-            .iter()
-            .map(|e| match &e.payload {
-                EventPayload::Task(t) => (e.sequence, t.task_id.clone()),
-                _ => (e.sequence, String::new()),
-            })
-            .collect();
         assert_eq!(
-            order,
+            stored_order(&store),
             [(1, "t0".into()), (2, "t1".into()), (3, "t2".into())]
         );
         // Waiting inside a batch hands it over first instead of waiting forever.
         let _batch = bus.batch();
-        bus.commit(
-            Changes::default(),
-            vec![(EventPayload::Task(task_event(9)), EventContext::default())],
-        )
-        .wait()
-        .unwrap();
+        publish(&bus, 9).wait().unwrap();
         assert_eq!(bus.last_sequence(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferrable_writes_are_held_and_go_out_in_front_of_the_next_write() {
+        let (_dir, store, bus) = sqlite_bus();
+        for i in 0..3 {
+            let _batch = bus.deferrable_batch();
+            drop(publish(&bus, i));
+        }
+        assert!(bus.inner.holding.load(Ordering::Acquire), "held");
+        assert_eq!(
+            bus.inner.handed.load(Ordering::Acquire),
+            0,
+            "nothing handed over"
+        );
+        // The next write (nobody waits in a deferrable batch, but this one is waited
+        // for) takes the held ones with it, in front: one commit, in order.
+        publish(&bus, 3).committed().await.unwrap();
+        assert_eq!(store.commit_count(), 1, "one write for all four");
+        assert_eq!(
+            stored_order(&store),
+            [
+                (1, "t0".into()),
+                (2, "t1".into()),
+                (3, "t2".into()),
+                (4, "t3".into())
+            ]
+        );
+        assert_eq!(bus.last_sequence(), 4, "announced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_write_goes_out_on_its_own_after_a_while() {
+        let (_dir, store, bus) = sqlite_bus();
+        {
+            let _batch = bus.deferrable_batch();
+            drop(publish(&bus, 0));
+        }
+        tokio::time::sleep(HOLD_AT_MOST / 2).await;
+        assert!(bus.inner.holding.load(Ordering::Acquire), "still held");
+        tokio::time::sleep(HOLD_AT_MOST).await;
+        assert!(
+            !bus.inner.holding.load(Ordering::Acquire),
+            "handed over by the timer"
+        );
+        assert_eq!(bus.inner.handed.load(Ordering::Acquire), 1);
+        bus.settled().await.unwrap();
+        assert_eq!(stored_order(&store), [(1, "t0".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_held_write_hands_it_over() {
+        use futures_util::FutureExt as _;
+        let (_dir, store, bus) = sqlite_bus();
+        let commit = {
+            let _batch = bus.deferrable_batch();
+            publish(&bus, 0)
+        };
+        assert!(bus.inner.holding.load(Ordering::Acquire));
+        // Its first poll hands it over; no time has passed for the timer.
+        let _ = commit.committed().now_or_never();
+        assert!(!bus.inner.holding.load(Ordering::Acquire));
+        // settled() too: the held write is one it waits for.
+        {
+            let _batch = bus.deferrable_batch();
+            drop(publish(&bus, 1));
+        }
+        bus.settled().await.unwrap();
+        assert_eq!(stored_order(&store), [(1, "t0".into()), (2, "t1".into())]);
+    }
+
+    #[test]
+    fn without_a_tokio_runtime_a_deferrable_batch_is_written_at_once() {
+        let (_dir, store, bus) = sqlite_bus();
+        let commit = {
+            let _batch = bus.deferrable_batch();
+            publish(&bus, 0)
+        };
+        assert!(!bus.inner.holding.load(Ordering::Acquire));
+        commit.wait().unwrap();
+        assert_eq!(stored_order(&store), [(1, "t0".into())]);
     }
 
     #[tokio::test]
     async fn settled_waits_for_every_write_handed_over_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
-        let bus = EventBus::new(64, Some(Arc::clone(&store) as Arc<dyn Store>));
+        let (_dir, store, bus) = sqlite_bus();
         // Nothing handed over yet: nothing to wait for, and nothing written.
         bus.settled().await.unwrap();
         assert_eq!(store.commit_count(), 0);
         for round in 1..=20u64 {
             // Dropped: only settled() waits for these.
             for i in 0..5 {
-                let _ = bus.commit(
-                    Changes::default(),
-                    vec![(EventPayload::Task(task_event(i)), EventContext::default())],
-                );
+                drop(publish(&bus, i));
             }
             bus.settled().await.unwrap();
             let last = round * 5;
@@ -1005,10 +1239,7 @@ mod tests {
         assert_eq!(store.commit_count(), commits, "settled writes nothing");
         // A batch open on this thread is handed over, not waited on forever.
         let _batch = bus.batch();
-        let _ = bus.commit(
-            Changes::default(),
-            vec![(EventPayload::Task(task_event(7)), EventContext::default())],
-        );
+        drop(publish(&bus, 7));
         bus.settled().await.unwrap();
         assert_eq!(store.last_event_sequence().unwrap(), 101);
     }

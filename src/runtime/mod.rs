@@ -233,6 +233,11 @@ impl Runtime {
         self.inner.cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        // The executor's last reports may still be held back (see
+        // `EventBus::deferrable_batch`): hand them over and let them commit.
+        if let Err(error) = self.inner.tasks.bus().settled().await {
+            tracing::warn!(%error, "the last state changes before stopping were not stored");
+        }
     }
 
     /// The task registry.

@@ -210,8 +210,9 @@ async fn follow(
             event = watch.next_event() => {
                 // The message's writes (node tasks, the record, their events),
                 // and those of the messages already waiting behind it, are
-                // one store write.
-                let _batch = shared.tasks.bus().batch();
+                // one store write; nobody waits for it, so the store may
+                // commit it with the next prompt report's (or anything else's).
+                let _batch = shared.tasks.bus().deferrable_batch();
                 let mut event = event;
                 loop {
                     let Some(current) = event else {

@@ -248,14 +248,19 @@ impl Actor {
                 },
             };
             // One turn's writes (and those of messages already waiting) are one store write.
-            let _batch = self.shared.tasks.bus().batch();
+            let batch = self.shared.tasks.bus().batch();
+            // A turn of a running prompt's reports only: nobody waits for its writes.
+            let mut reports_only = matches!(&turn, Turn::Message(msg) if is_report(msg));
             match turn {
                 Turn::Ended(task_id) => self.task_ended(&task_id),
                 Turn::Message(msg) => self.handle(msg),
             }
             for _ in 1..MAX_MESSAGES_PER_TURN {
                 match rx.try_recv() {
-                    Ok(msg) => self.handle(msg),
+                    Ok(msg) => {
+                        reports_only &= is_report(&msg);
+                        self.handle(msg);
+                    }
                     Err(_) => break,
                 }
             }
@@ -263,6 +268,7 @@ impl Actor {
             self.fresh_prompts.clear();
             self.answer_submitted();
             self.publish_gauges();
+            batch.set_deferrable(reports_only);
         }
         for live in self.live.values() {
             if let Some(run) = &live.run {
@@ -399,6 +405,12 @@ impl Actor {
 }
 
 /// What events about a live execution are about.
+/// Whether `msg` reports how a running prompt goes (posted, started): what its
+/// turn writes may be held back a while (see `EventBus::deferrable_batch`).
+fn is_report(msg: &Msg) -> bool {
+    matches!(msg, Msg::Posted { .. } | Msg::Started { .. })
+}
+
 fn live_context(live: &Live) -> EventContext {
     EventContext {
         task_id: Some(live.root.to_string()),
