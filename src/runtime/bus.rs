@@ -655,7 +655,8 @@ impl Write {
         self.changes.new_execution_tasks.is_none() || later.changes.new_execution_tasks.is_none()
     }
 
-    /// Adds `later` after what this write holds (see [`Write::can_absorb`]).
+    /// Adds `later` after what this write holds (see [`Write::can_absorb`]);
+    /// a task or execution it holds already is replaced by its later state.
     fn absorb(&mut self, later: Write) {
         let Write {
             changes:
@@ -673,8 +674,24 @@ impl Write {
         if new_execution_tasks.is_some() {
             self.changes.new_execution_tasks = new_execution_tasks;
         }
-        self.changes.tasks.extend(tasks);
-        self.changes.executions.extend(executions);
+        // A task or an execution changed again is stored once, as it is now.
+        for task in tasks {
+            match self.changes.tasks.iter_mut().find(|t| t.id == task.id) {
+                Some(earlier) => *earlier = task,
+                None => self.changes.tasks.push(task),
+            }
+        }
+        for execution in executions {
+            match self
+                .changes
+                .executions
+                .iter_mut()
+                .find(|e| e.id == execution.id)
+            {
+                Some(earlier) => *earlier = execution,
+                None => self.changes.executions.push(execution),
+            }
+        }
         self.events.extend(events);
         self.waiters.extend(waiters);
     }
@@ -1200,6 +1217,31 @@ mod tests {
         }
         bus.settled().await.unwrap();
         assert_eq!(stored_order(&store), [(1, "t0".into()), (2, "t1".into())]);
+    }
+
+    #[test]
+    fn a_task_changed_twice_in_one_write_is_stored_once_as_it_is_now() {
+        let task = |name: &str| {
+            let mut new = crate::model::NewTask::new(name, crate::model::TaskType::Node);
+            new.id = Some("t1".into());
+            crate::model::Task::new(new).unwrap()
+        };
+        let write = |changed: Vec<crate::model::Task>| Write {
+            changes: Changes {
+                tasks: changed,
+                ..Changes::default()
+            },
+            ..Write::default()
+        };
+        let mut merged = write(vec![task("first")]);
+        merged.absorb(write(vec![task("second")]));
+        let names: Vec<&str> = merged
+            .changes
+            .tasks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["second"]);
     }
 
     #[test]
