@@ -186,6 +186,9 @@ struct Inner {
     held: Mutex<Option<Write>>,
     /// Whether `held` holds a write: read on every write without the lock.
     holding: AtomicBool,
+    /// Whether deferrable writes are held at all: only in front of a store
+    /// that prefers fewer writes (`Store::prefers_fewer_writes`).
+    hold_writes: bool,
     /// Whether `Published::retired` holds events to free.
     retired: AtomicBool,
 }
@@ -498,10 +501,11 @@ type Waiter = (Option<After>, Arc<CommitState>);
 impl Inner {
     /// Holds a deferrable write back: it is handed to the store in front of
     /// the next write, when someone waits for it, or after [`HOLD_AT_MOST`],
-    /// whichever comes first. Written at once without a store (nothing to
-    /// save) or outside a Tokio runtime (no timer).
+    /// whichever comes first. Written at once when the store's writes are
+    /// cheap (the memory store: nothing to save) or outside a Tokio runtime
+    /// (no timer).
     fn hold(self: &Arc<Self>, write: Write) {
-        if self.store.is_none() {
+        if !self.hold_writes {
             self.write(write);
             return;
         }
@@ -827,6 +831,7 @@ impl EventBus {
     /// store's last event.
     pub fn new(capacity: usize, store: Option<Arc<dyn Store>>) -> Self {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let hold_writes = store.as_ref().is_some_and(|s| s.prefers_fewer_writes());
         let last = store
             .as_ref()
             .and_then(|s| s.last_event_sequence().ok())
@@ -852,6 +857,7 @@ impl EventBus {
                 handed: AtomicU64::new(0),
                 held: Mutex::new(None),
                 holding: AtomicBool::new(false),
+                hold_writes,
                 retired: AtomicBool::new(false),
                 settled: watch::Sender::new(Settled::default()),
             }),
@@ -1242,6 +1248,17 @@ mod tests {
             .map(|t| t.name.as_str())
             .collect();
         assert_eq!(names, ["second"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_front_of_the_memory_store_nothing_is_held() {
+        let bus = EventBus::new(16, Some(Arc::new(MemoryStore::new()) as Arc<dyn Store>));
+        {
+            let _batch = bus.deferrable_batch();
+            drop(publish(&bus, 0));
+        }
+        assert!(!bus.inner.holding.load(Ordering::Acquire));
+        assert_eq!(bus.last_sequence(), 1, "written and announced at once");
     }
 
     #[test]

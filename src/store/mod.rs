@@ -296,6 +296,12 @@ pub trait Store: Send + Sync + 'static {
     /// Reads see a write only once it committed. `committed` may run on the
     /// caller's thread (before `write` returns) or on the store's own.
     fn write(&self, changes: Changes, committed: Committed);
+    /// Whether each write costs something of its own (a commit, a round
+    /// trip), so that writes nobody waits for are better handed over together
+    /// (see `runtime::EventBus::deferrable_batch`). False: each write is cheap.
+    fn prefers_fewer_writes(&self) -> bool {
+        false
+    }
     /// Stored events with a sequence above `after`, oldest first, at most `limit`.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// The sequence of the last stored event (0 when none).

@@ -149,8 +149,11 @@ impl Auditor {
             .data
             .insert("peer".into(), text(entry.peer.map(|p| p.to_string())));
         event.user_id = name;
-        self.runtime
-            .bus()
-            .publish_runtime(event, EventContext::default());
+        // Nobody waits for an audit event: it is held back and goes to the
+        // store with the next write (usually the next call's), not as a write
+        // of its own (see `EventBus::deferrable_batch`).
+        let bus = self.runtime.bus();
+        let _batch = bus.deferrable_batch();
+        bus.publish_runtime(event, EventContext::default());
     }
 }

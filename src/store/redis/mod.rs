@@ -632,6 +632,11 @@ impl Store for RedisStore {
         });
     }
 
+    fn prefers_fewer_writes(&self) -> bool {
+        // A script call each: a round trip to Redis and an AOF append.
+        true
+    }
+
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());

@@ -453,6 +453,11 @@ impl Store for SqliteStore {
         );
     }
 
+    fn prefers_fewer_writes(&self) -> bool {
+        // A commit each: WAL frames, a wake of the writer thread and back.
+        true
+    }
+
     fn last_event_sequence(&self) -> Result<u64, StoreError> {
         self.read(last_event_sequence)
     }
