@@ -37,8 +37,8 @@
 //!
 //! **Held writes.** What a running prompt reports (its node tasks, progress,
 //! the root's "executing on" note) is written in a deferrable batch
-//! ([`EventBus::deferrable_batch`]): nobody waits for it, so the bus holds it
-//! back, up to [`HOLD_AT_MOST`], gathering what comes meanwhile, and hands it
+//! (`EventBus::deferrable_batch`): nobody waits for it, so the bus holds it
+//! back, up to `HOLD_AT_MOST`, gathering what comes meanwhile, and hands it
 //! to the store in front of the next write, when someone waits
 //! ([`Commit::wait`], [`EventBus::settled`]), or when the time is up. A fast
 //! prompt's reports then share the commit of its end instead of costing one
@@ -405,8 +405,10 @@ pub struct Commit {
     pub last_sequence: u64,
     /// Where the outcome arrives.
     state: Arc<CommitState>,
-    /// The bus, which hands over a held write its waiter would otherwise wait for.
-    bus: Arc<Inner>,
+    /// The bus, which hands over a held write its waiter would otherwise wait
+    /// for; `None` when it holds none (see `Inner::hold_writes`), so that a
+    /// publish does not touch the bus's reference count.
+    bus: Option<Arc<Inner>>,
 }
 
 /// The outcome of one write, and who waits for it.
@@ -457,7 +459,9 @@ impl Commit {
     /// open on this thread is handed to the store first (the write may be in it).
     pub fn wait(self) -> Result<(), StoreError> {
         flush_thread_batch();
-        self.bus.release_held();
+        if let Some(bus) = &self.bus {
+            bus.release_held();
+        }
         let mut outcome = self
             .state
             .outcome
@@ -479,7 +483,9 @@ impl Commit {
     /// Waits, without blocking a thread, until the write is durable and its
     /// events announced.
     pub async fn committed(self) -> Result<(), StoreError> {
-        self.bus.release_held();
+        if let Some(bus) = &self.bus {
+            bus.release_held();
+        }
         loop {
             if let Some(result) = self.state.take() {
                 return result;
@@ -899,7 +905,7 @@ impl EventBus {
         Commit {
             last_sequence,
             state,
-            bus: Arc::clone(&self.inner),
+            bus: self.inner.hold_writes.then(|| Arc::clone(&self.inner)),
         }
     }
 
