@@ -525,12 +525,8 @@ impl Inner {
             Some(_) => {
                 // Two writes that cannot be one (see `Write::can_absorb`):
                 // the earlier goes to the store first.
-                let earlier = held.take();
-                self.holding.store(false, Ordering::Release);
                 drop(held);
-                if let Some(earlier) = earlier {
-                    self.write(earlier);
-                }
+                self.release_held();
                 self.hold(write);
             }
             None => {
@@ -1189,6 +1185,40 @@ mod tests {
             ]
         );
         assert_eq!(bus.last_sequence(), 4, "announced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_held_writes_that_cannot_be_one_go_out_in_order() {
+        let (_dir, _store, bus) = sqlite_bus();
+        // Each carries an execution's new tasks, which a write holds for one execution only.
+        for (i, execution) in [(0, "e0"), (1, "e1")] {
+            let _batch = bus.deferrable_batch();
+            drop(bus.commit(
+                Changes {
+                    new_execution_tasks: Some((execution.into(), Vec::new())),
+                    ..Changes::default()
+                },
+                vec![(EventPayload::Task(task_event(i)), EventContext::default())],
+            ));
+        }
+        assert_eq!(
+            bus.inner.handed.load(Ordering::Acquire),
+            1,
+            "the earlier handed over"
+        );
+        assert!(bus.inner.holding.load(Ordering::Acquire), "the later held");
+        // Whatever the store made of them, they were numbered in the order they were made.
+        let _ = bus.settled().await;
+        let order: Vec<(u64, String)> = bus
+            .history_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| match &e.payload {
+                EventPayload::Task(t) => (e.sequence, t.task_id.clone()),
+                _ => (e.sequence, String::new()),
+            })
+            .collect();
+        assert_eq!(order, [(1, "t0".into()), (2, "t1".into())]);
     }
 
     #[tokio::test(start_paused = true)]

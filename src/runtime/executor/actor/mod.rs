@@ -404,13 +404,13 @@ impl Actor {
     }
 }
 
-/// What events about a live execution are about.
 /// Whether `msg` reports how a running prompt goes (posted, started): what its
 /// turn writes may be held back a while (see `EventBus::deferrable_batch`).
 fn is_report(msg: &Msg) -> bool {
     matches!(msg, Msg::Posted { .. } | Msg::Started { .. })
 }
 
+/// What events about a live execution are about.
 fn live_context(live: &Live) -> EventContext {
     EventContext {
         task_id: Some(live.root.to_string()),
