@@ -206,6 +206,57 @@ struct MethodSeries {
     handled: [OnceLock<Counter>; CODE_LABELS.len()],
 }
 
+/// The parts of `google.protobuf.FileDescriptorSet` that name services and
+/// their methods, with the descriptor's field numbers. Decoding only these
+/// skips the message types (most of a set's bytes): prost passes over fields a
+/// message does not declare, so start-up does not build and drop every
+/// descriptor of the API.
+mod services {
+    /// `FileDescriptorSet`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FileSet {
+        /// `file`.
+        #[prost(message, repeated, tag = "1")]
+        pub file: Vec<File>,
+    }
+
+    /// `FileDescriptorProto`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct File {
+        /// `package`.
+        #[prost(string, tag = "2")]
+        pub package: String,
+        /// `service`.
+        #[prost(message, repeated, tag = "6")]
+        pub service: Vec<Service>,
+    }
+
+    /// `ServiceDescriptorProto`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Service {
+        /// `name`.
+        #[prost(string, tag = "1")]
+        pub name: String,
+        /// `method`.
+        #[prost(message, repeated, tag = "2")]
+        pub method: Vec<Method>,
+    }
+
+    /// `MethodDescriptorProto`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Method {
+        /// `name`.
+        #[prost(string, tag = "1")]
+        pub name: String,
+        /// `client_streaming`.
+        #[prost(bool, tag = "5")]
+        pub client_streaming: bool,
+        /// `server_streaming`.
+        #[prost(bool, tag = "6")]
+        pub server_streaming: bool,
+    }
+}
+
 /// The served methods by request path (`/package.Service/Method`).
 #[derive(Debug, Clone, Default)]
 pub struct GrpcMethods {
@@ -218,31 +269,31 @@ impl GrpcMethods {
     pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
         let mut by_path = HashMap::new();
         for encoded in sets {
-            let set = prost_types::FileDescriptorSet::decode(*encoded)?;
+            let set = services::FileSet::decode(*encoded)?;
             for file in &set.file {
-                let package = file.package();
+                let package = file.package.as_str();
                 for service in &file.service {
                     let full_service = if package.is_empty() {
-                        service.name().to_owned()
+                        service.name.clone()
                     } else {
-                        format!("{package}.{}", service.name())
+                        format!("{package}.{}", service.name)
                     };
                     let service_label = SharedString::from(Arc::<str>::from(full_service.as_str()));
                     for method in &service.method {
                         let grpc_type = GrpcType::from_streaming(
-                            method.client_streaming(),
-                            method.server_streaming(),
+                            method.client_streaming,
+                            method.server_streaming,
                         );
                         let labels = vec![
                             Label::from_static_parts("grpc_type", grpc_type.as_str()),
                             Label::new("grpc_service", service_label.clone()),
                             Label::new(
                                 "grpc_method",
-                                SharedString::from(Arc::<str>::from(method.name())),
+                                SharedString::from(Arc::<str>::from(method.name.as_str())),
                             ),
                         ];
                         by_path.insert(
-                            format!("/{full_service}/{}", method.name()),
+                            format!("/{full_service}/{}", method.name),
                             Arc::new(MethodInfo::new(grpc_type, labels)),
                         );
                     }
@@ -625,7 +676,27 @@ mod tests {
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             ),
         ] {
-            GrpcMethods::from_descriptor_sets(&[set]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let methods =
+                GrpcMethods::from_descriptor_sets(&[set]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // The partial decode finds what the full descriptor says, method by method.
+            let full = prost_types::FileDescriptorSet::decode(set).expect(name);
+            let mut described = Vec::new();
+            for file in &full.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let path =
+                            format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                        let grpc_type = GrpcType::from_streaming(
+                            method.client_streaming(),
+                            method.server_streaming(),
+                        );
+                        assert_eq!(methods.grpc_type(&path), Some(grpc_type), "{name}: {path}");
+                        described.push(path);
+                    }
+                }
+            }
+            assert!(!described.is_empty(), "{name}: no methods");
+            assert_eq!(methods.by_path.len(), described.len(), "{name}");
         }
         let methods = GrpcMethods::served();
         let cases = [
