@@ -46,8 +46,8 @@ pub enum TelemetryError {
 /// Log lines the writer thread may be behind by before new ones are dropped.
 /// The buffer is allocated (and touched) whole at start, 32 bytes a line:
 /// tracing-appender's default of 128,000 lines was 4 MiB of the idle
-/// process's 22 MiB. The writer drains a line in microseconds, so 4,096 lines
-/// is a burst of that many lines logged faster than stderr takes them.
+/// process's 22 MiB. The writer drains a line in microseconds: lines are lost
+/// only past a burst of 4,096 logged faster than stderr takes them.
 const LOG_BUFFER_LINES: usize = 4_096;
 
 /// Installs the global subscriber. Keep the returned guard alive for the
