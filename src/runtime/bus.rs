@@ -1115,16 +1115,21 @@ mod tests {
         )
     }
 
+    /// An event as (sequence, task id; empty for other events).
+    fn numbered(event: &Event) -> (u64, String) {
+        match &event.payload {
+            EventPayload::Task(t) => (event.sequence, t.task_id.clone()),
+            _ => (event.sequence, String::new()),
+        }
+    }
+
     /// The stored events as (sequence, task id).
     fn stored_order(store: &crate::store::SqliteStore) -> Vec<(u64, String)> {
         store
             .events_after(0, 100)
             .unwrap()
             .iter()
-            .map(|e| match &e.payload {
-                EventPayload::Task(t) => (e.sequence, t.task_id.clone()),
-                _ => (e.sequence, String::new()),
-            })
+            .map(numbered)
             .collect()
     }
 
@@ -1213,10 +1218,7 @@ mod tests {
             .history_after(0, 10)
             .unwrap()
             .iter()
-            .map(|e| match &e.payload {
-                EventPayload::Task(t) => (e.sequence, t.task_id.clone()),
-                _ => (e.sequence, String::new()),
-            })
+            .map(|e| numbered(e))
             .collect();
         assert_eq!(order, [(1, "t0".into()), (2, "t1".into())]);
     }
