@@ -17,8 +17,16 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The runtime's binary, built by cargo for this bench target.
-pub const RUNTIME_BIN: &str = env!("CARGO_BIN_EXE_comfy-reality");
+/// The runtime's binary: the one cargo built for this bench target, or another build named
+/// by [`RUNTIME_BIN_ENV`] (to compare two builds with one suite binary).
+pub fn runtime_bin() -> PathBuf {
+    std::env::var_os(RUNTIME_BIN_ENV).map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_comfy-reality")),
+        PathBuf::from,
+    )
+}
+/// The environment variable naming another runtime binary for [`runtime_bin`].
+pub const RUNTIME_BIN_ENV: &str = "COMFY_BENCH_RUNTIME_BIN";
 /// The fake ComfyUI's binary (its own crate of the workspace; built beside
 /// this one by `cargo test` at the root and by `scripts/bench.sh`).
 pub fn fake_bin() -> PathBuf {
@@ -306,7 +314,7 @@ pub fn start_runtime(store: StoreKind, backends: &[&str], extra_toml: &str) -> R
     }
     let config = dir.path().join("bench.toml");
     std::fs::write(&config, toml).expect("write config");
-    let mut command = Command::new(RUNTIME_BIN);
+    let mut command = Command::new(runtime_bin());
     command
         .arg("--config")
         .arg(&config)

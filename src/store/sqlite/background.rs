@@ -238,9 +238,21 @@ fn truncate_idle_wal(conn: &Connection, path: &Path) {
 }
 
 /// The WAL size past which the checkpointer asks the writer to make the WAL
-/// start over (see [`spawn_checkpointer`]); four times what the WAL file is
-/// truncated back to when it does.
-pub(super) const WAL_RESTART_BYTES: i64 = 4 * super::connections::JOURNAL_SIZE_LIMIT;
+/// start over (see [`spawn_checkpointer`]); half of what the WAL file is
+/// truncated back to when it does, so that the file a busy writer made is
+/// kept and written over, not cut and grown again.
+///
+/// Appending to the WAL file costs far more than writing over it: each new
+/// page of the file is a new page of the page cache, allocated, zeroed where
+/// a frame does not cover it, and reserved on disk. When the WAL restarted at
+/// 256 MiB and was cut back to 64 MiB, three quarters of every frame written
+/// under a steady load grew the file, and growing was the largest part of the
+/// writer thread's time (`ext4_da_write_begin`, `__filemap_get_folio`,
+/// `zero_user_segments`, the cut itself in `walLimitSize`). A WAL restarted
+/// at 64 MiB and never cut below 128 MiB (the checkpointer may ask for the
+/// restart up to one interval late) grows once and is then written over, in
+/// pages the kernel still caches.
+pub(super) const WAL_RESTART_BYTES: i64 = super::connections::JOURNAL_SIZE_LIMIT / 2;
 
 #[cfg(test)]
 mod tests {

@@ -17,8 +17,9 @@ use crate::store::StoreError;
 pub(super) const MAX_IDLE_READERS: usize = 8;
 /// How long a connection waits on a lock held elsewhere (a checkpoint).
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The WAL file is truncated back to this size after a checkpoint.
-pub(super) const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// The WAL file is truncated back to this size after a checkpoint; twice the
+/// size at which the WAL restarts (see `background::WAL_RESTART_BYTES`).
+pub(super) const JOURNAL_SIZE_LIMIT: i64 = 128 * 1024 * 1024;
 /// Prepared statements cached per connection.
 pub(super) const STATEMENT_CACHE: usize = 64;
 
