@@ -242,11 +242,11 @@ fn truncate_idle_wal(conn: &Connection, path: &Path) {
 /// truncated back to when it does, so that the file a busy writer made is
 /// kept and written over, not cut and grown again.
 ///
-/// Appending to the WAL file costs far more than writing over it: each new
-/// page of the file is a new page of the page cache, allocated, zeroed where
-/// a frame does not cover it, and reserved on disk. When the WAL restarted at
+/// Appending to the WAL file costs more than writing over it: each new page
+/// of the file is a new page of the page cache, allocated, zeroed where a
+/// frame does not cover it, and reserved on disk. When the WAL restarted at
 /// 256 MiB and was cut back to 64 MiB, three quarters of every frame written
-/// under a steady load grew the file, and growing was the largest part of the
+/// under a steady load grew the file, and growing was about a quarter of the
 /// writer thread's time (`ext4_da_write_begin`, `__filemap_get_folio`,
 /// `zero_user_segments`, the cut itself in `walLimitSize`). A WAL restarted
 /// at 64 MiB and never cut below 128 MiB (the checkpointer may ask for the
