@@ -245,7 +245,7 @@ fn truncate_idle_wal(conn: &Connection, path: &Path) {
 /// Appending to the WAL file costs more than writing over it: each new page
 /// of the file is a new page of the page cache, allocated, zeroed where a
 /// frame does not cover it, and reserved on disk. When the WAL restarted at
-/// 256 MiB and was cut back to 64 MiB, three quarters of every frame written
+/// 256 MiB and was cut back to 64 MiB, three quarters of the frames written
 /// under a steady load grew the file, and growing was about a quarter of the
 /// writer thread's time (`ext4_da_write_begin`, `__filemap_get_folio`,
 /// `zero_user_segments`, the cut itself in `walLimitSize`). A WAL restarted
