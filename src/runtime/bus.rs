@@ -1272,7 +1272,7 @@ mod tests {
         };
         let write = |changed: Vec<crate::model::Task>| Write {
             changes: Changes {
-                tasks: changed,
+                tasks: changed.into_iter().map(Arc::new).collect(),
                 ..Changes::default()
             },
             ..Write::default()

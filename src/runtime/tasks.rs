@@ -138,8 +138,9 @@ pub struct TaskRegistry {
     /// commit.
     write_gate: Mutex<()>,
     /// Task states handed to the store whose write has not committed yet;
-    /// read-modify-write and the executor read through it.
-    pending: PendingWrites<Task>,
+    /// read-modify-write and the executor read through it. Each state is
+    /// shared with its write (`Changes::tasks`), not copied for it.
+    pending: PendingWrites<Arc<Task>>,
     /// Where every task event goes.
     bus: EventBus,
     /// Told the id of every task that reaches a terminal state (the
@@ -158,7 +159,7 @@ impl TaskRegistry {
         Self {
             store,
             write_gate: Mutex::new(()),
-            pending: PendingWrites::keeping(task_is_live),
+            pending: PendingWrites::keeping(|task: &Arc<Task>| task_is_live(task)),
             bus,
             ended: OnceLock::new(),
             holds: Mutex::new(HashMap::new()),
@@ -345,15 +346,15 @@ impl TaskRegistry {
     /// The task and its event are one write; the caller decides whether to
     /// wait for it (a client's call does, the executor does not).
     fn save(&self, task: &Task, before: &Task) -> Commit {
-        self.save_with(task, before, None)
+        self.save_with(Arc::new(task.clone()), before, None)
     }
 
     /// [`TaskRegistry::save`], with `extra` merged into the data of a
     /// progress event (a node's step `value` and `max`).
-    fn save_with(&self, task: &Task, before: &Task, extra: Option<&JsonObject>) -> Commit {
+    fn save_with(&self, task: Arc<Task>, before: &Task, extra: Option<&JsonObject>) -> Commit {
         let mut events = Vec::new();
         if task.status() != before.status() {
-            if let Some(event) = Self::transition_event(task) {
+            if let Some(event) = Self::transition_event(&task) {
                 events.push(event);
             }
         } else if task.progress() != before.progress()
@@ -370,7 +371,7 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
-            Self::add_node_identity(task, &mut event);
+            Self::add_node_identity(&task, &mut event);
             if let Some(extra) = extra {
                 for (key, value) in extra {
                     event.data.insert(key.clone(), value.clone());
@@ -378,15 +379,15 @@ impl TaskRegistry {
             }
             events.push(event);
         }
-        let context = task_context(task);
+        let context = task_context(&task);
         let events = events
             .into_iter()
             .map(|event| (EventPayload::Task(event), context.clone()))
             .collect();
-        let forget = self.pending.insert(task.id.clone(), task.clone());
+        let forget = self.pending.insert(task.id.clone(), Arc::clone(&task));
         let commit = self.bus.commit_then(
             Changes {
-                tasks: vec![task.clone()],
+                tasks: vec![Arc::clone(&task)],
                 ..Changes::default()
             },
             events,
@@ -409,20 +410,20 @@ impl TaskRegistry {
     /// so that the next read-modify-write starts from it, not from the
     /// store; the returned closure forgets it unless a newer write came since.
     pub(crate) fn remember(&self, task: &Task) -> Box<dyn FnOnce() + Send> {
-        self.pending.insert(task.id.clone(), task.clone())
+        self.pending.insert(task.id.clone(), Arc::new(task.clone()))
     }
 
     /// The newest state of a task: the one waiting for its commit, else the
     /// stored one. The executor and read-modify-write read through this.
-    pub(crate) fn latest(&self, id: &str) -> Result<Option<Task>, RuntimeError> {
+    pub(crate) fn latest(&self, id: &str) -> Result<Option<Arc<Task>>, RuntimeError> {
         match self.pending.get(id) {
             Some(task) => Ok(Some(task)),
-            None => Ok(self.store.get_task(id)?),
+            None => Ok(self.store.get_task(id)?.map(Arc::new)),
         }
     }
 
     /// [`TaskRegistry::latest`], NOT_FOUND when there is none.
-    fn latest_or_not_found(&self, id: &str) -> Result<Task, RuntimeError> {
+    fn latest_or_not_found(&self, id: &str) -> Result<Arc<Task>, RuntimeError> {
         self.latest(id)?
             .ok_or_else(|| RuntimeError::task_not_found(id))
     }
@@ -430,7 +431,7 @@ impl TaskRegistry {
     /// Read-modify-write of one task under the write gate: `change` edits it,
     /// then it is stored and announced (see [`TaskRegistry::save`]). When
     /// `change` fails nothing is stored.
-    pub(crate) fn update<F>(&self, id: &str, change: F) -> Result<Task, RuntimeError>
+    pub(crate) fn update<F>(&self, id: &str, change: F) -> Result<(), RuntimeError>
     where
         F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
     {
@@ -444,20 +445,20 @@ impl TaskRegistry {
         id: &str,
         change: F,
         extra: Option<&JsonObject>,
-    ) -> Result<Task, RuntimeError>
+    ) -> Result<(), RuntimeError>
     where
         F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
     {
         let _gate = self.gate()?;
         let before = self.latest_or_not_found(id)?;
-        let mut task = before.clone();
+        let mut task = Task::clone(&before);
         change(&mut task)?;
-        if task != before {
+        if task != *before {
             // The executor does not wait: the write commits with others,
             // and its event is announced once it has.
-            drop(self.save_with(&task, &before, extra));
+            drop(self.save_with(Arc::new(task), &before, extra));
         }
-        Ok(task)
+        Ok(())
     }
 
     /// Stores the NODE tasks of an execution and their CREATED events as
@@ -466,7 +467,7 @@ impl TaskRegistry {
     pub(crate) fn create_execution_tasks(&self, execution_id: &str, tasks: &[Task]) {
         let forget: Vec<_> = tasks
             .iter()
-            .map(|task| self.pending.insert(task.id.clone(), task.clone()))
+            .map(|task| self.pending.insert(task.id.clone(), Arc::new(task.clone())))
             .collect();
         let events = tasks
             .iter()
@@ -497,7 +498,7 @@ impl TaskRegistry {
         let forget: Vec<_> = record
             .tasks
             .iter()
-            .map(|task| self.pending.insert(task.id.clone(), task.clone()))
+            .map(|task| self.pending.insert(task.id.clone(), Arc::new(task.clone())))
             .collect();
         let events = record
             .tasks
@@ -698,7 +699,7 @@ impl TaskRegistry {
         }
         let gate = self.gate()?;
         let before = self.latest_or_not_found(id)?;
-        let mut task = before.clone();
+        let mut task = Task::clone(&before);
         if matches!(
             update.status,
             Some(TaskStatus::Queued | TaskStatus::Running | TaskStatus::Completed)
@@ -757,10 +758,11 @@ impl TaskRegistry {
             task.error_type = update.error_type.or(task.error_type);
         }
         task.touch();
-        let commit = self.save(&task, &before);
+        let task = Arc::new(task);
+        let commit = self.save_with(Arc::clone(&task), &before, None);
         drop(gate);
         commit.wait()?;
-        Ok(task)
+        Ok(Arc::unwrap_or_clone(task))
     }
 
     /// Cancels a task and its unfinished descendants. A finished task is
@@ -768,10 +770,11 @@ impl TaskRegistry {
     /// [`MAX_CANCEL_CASCADE`] is refused before anything is cancelled.
     pub fn cancel(&self, id: &str, reason: Option<String>) -> Result<Task, RuntimeError> {
         let gate = self.gate()?;
-        let mut task = self.latest_or_not_found(id)?;
-        if task.status().is_terminal() {
-            return Ok(task);
+        let latest = self.latest_or_not_found(id)?;
+        if latest.status().is_terminal() {
+            return Ok(Arc::unwrap_or_clone(latest));
         }
+        let mut task = Arc::unwrap_or_clone(latest);
         let commits = self.cancel_tree(&mut task, reason)?;
         drop(gate);
         wait_all(commits)?;
@@ -806,9 +809,10 @@ impl TaskRegistry {
         }
         let mut commits = vec![self.cancel_one(task, reason)?];
         for child_id in descendants {
-            if let Some(mut child) = self.latest(&child_id)?
+            if let Some(child) = self.latest(&child_id)?
                 && !child.status().is_terminal()
             {
+                let mut child = Arc::unwrap_or_clone(child);
                 commits.push(
                     self.cancel_one(&mut child, Some(format!("parent task {id} cancelled")))?,
                 );
@@ -837,7 +841,7 @@ impl TaskRegistry {
     pub fn retry(&self, id: &str) -> Result<Task, RuntimeError> {
         let gate = self.gate()?;
         let before = self.latest_or_not_found(id)?;
-        let mut task = before.clone();
+        let mut task = Task::clone(&before);
         task.retry().map_err(|e| RuntimeError::FailedPrecondition {
             kind: ObjectKind::Task,
             id: id.to_owned(),

@@ -3,6 +3,8 @@
 //! `RedisStore` (on a real `redis-server`, one per check),
 //! so the durable store answers exactly as the reference one does.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::Utc;
 use serde_json::Value;
@@ -106,8 +108,8 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
         Changes {
             new_executions: vec![first.clone(), second.clone()],
             new_execution_tasks: Some((first.execution.id.clone(), vec![node.clone()])),
-            tasks: vec![queued.clone()],
-            executions: vec![updated.clone()],
+            tasks: vec![Arc::new(queued.clone())],
+            executions: vec![Arc::new(updated.clone())],
             events: vec![std::sync::Arc::new(event(1))],
         },
         answer(1),
@@ -116,7 +118,7 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
     store.write(
         Changes {
             new_executions: vec![never.clone()],
-            tasks: vec![task("never stored")],
+            tasks: vec![Arc::new(task("never stored"))],
             ..Changes::default()
         },
         answer(2),
@@ -193,8 +195,8 @@ fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
     store.write(
         Changes {
             new_execution_tasks: Some((execution.id.clone(), vec![node.clone()])),
-            tasks: vec![running.clone()],
-            executions: vec![updated.clone()],
+            tasks: vec![Arc::new(running.clone())],
+            executions: vec![Arc::new(updated.clone())],
             events: vec![std::sync::Arc::new(event(1)), std::sync::Arc::new(event(2))],
             ..Changes::default()
         },
@@ -203,7 +205,7 @@ fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
     // An unknown task fails the whole write: its event is not kept either.
     store.write(
         Changes {
-            tasks: vec![task("never stored")],
+            tasks: vec![Arc::new(task("never stored"))],
             events: vec![std::sync::Arc::new(event(3))],
             ..Changes::default()
         },

@@ -23,7 +23,7 @@ type VersionKey = (u64, u64, u64);
 #[derive(Default)]
 struct Inner {
     /// Tasks by creation sequence number: the listing order.
-    tasks: BTreeMap<u64, Task>,
+    tasks: BTreeMap<u64, Arc<Task>>,
     /// Task id -> creation sequence number.
     task_index: HashMap<String, u64>,
     /// Parent task id -> its children's ids in creation order (parent_id
@@ -36,7 +36,7 @@ struct Inner {
     /// Workflows by (id, numeric version).
     workflows: BTreeMap<(String, VersionKey), WorkflowDefinition>,
     /// Executions by creation sequence number, with their prompt JSON.
-    executions: BTreeMap<u64, (WorkflowExecution, Bytes)>,
+    executions: BTreeMap<u64, (Arc<WorkflowExecution>, Bytes)>,
     /// Execution id -> creation sequence number.
     execution_index: HashMap<String, u64>,
     /// Task id (root or node) -> its execution's id.
@@ -60,7 +60,7 @@ impl Inner {
                 .or_default()
                 .push(task.id.clone());
         }
-        self.tasks.insert(seq, task);
+        self.tasks.insert(seq, Arc::new(task));
     }
 
     /// Inserts a new execution, its tasks and prompt, and its key; returns
@@ -88,12 +88,16 @@ impl Inner {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.execution_index.insert(execution.id.clone(), seq);
-        self.executions.insert(seq, (execution.clone(), prompt));
+        self.executions
+            .insert(seq, (Arc::new(execution.clone()), prompt));
         execution
     }
 
     fn task(&self, id: &str) -> Option<&Task> {
-        self.task_index.get(id).and_then(|seq| self.tasks.get(seq))
+        self.task_index
+            .get(id)
+            .and_then(|seq| self.tasks.get(seq))
+            .map(Arc::as_ref)
     }
 
     fn push_event(&mut self, event: Arc<Event>) {
@@ -158,7 +162,9 @@ impl Inner {
             }
         }
         for mut execution in changes.executions {
-            execution.tasks = Vec::new();
+            if !execution.tasks.is_empty() {
+                Arc::make_mut(&mut execution).tasks = Vec::new();
+            }
             if let Some(seq) = self.execution_index.get(&execution.id).copied()
                 && let Some((stored, _)) = self.executions.get_mut(&seq)
             {
@@ -171,7 +177,7 @@ impl Inner {
         Ok(())
     }
 
-    fn execution(&self, id: &str) -> Option<&(WorkflowExecution, Bytes)> {
+    fn execution(&self, id: &str) -> Option<&(Arc<WorkflowExecution>, Bytes)> {
         self.execution_index
             .get(id)
             .and_then(|seq| self.executions.get(seq))
@@ -213,7 +219,7 @@ impl Store for MemoryStore {
                 .task_index
                 .get(task_id)
                 .and_then(|seq| inner.tasks.get(seq))
-                .cloned();
+                .map(|task| Task::clone(task));
             if let Some(existing) = existing {
                 return Ok(CreateOutcome::Existing {
                     task: existing,
@@ -235,7 +241,7 @@ impl Store for MemoryStore {
         let Some(seq) = inner.task_index.get(&task.id).copied() else {
             return Ok(false);
         };
-        inner.tasks.insert(seq, task.clone());
+        inner.tasks.insert(seq, Arc::new(task.clone()));
         Ok(true)
     }
 
@@ -245,7 +251,7 @@ impl Store for MemoryStore {
             .task_index
             .get(id)
             .and_then(|seq| inner.tasks.get(seq))
-            .cloned())
+            .map(|task| Task::clone(task)))
     }
 
     fn child_ids(&self, parent_id: &str) -> Result<Vec<String>, StoreError> {
@@ -276,7 +282,7 @@ impl Store for MemoryStore {
                 more = true;
                 break;
             }
-            items.push(task.clone());
+            items.push(Task::clone(task));
             last = Some(*seq);
         }
         Ok(Page {
@@ -296,7 +302,7 @@ impl Store for MemoryStore {
             && let Some((existing, _)) = inner.execution(id)
         {
             return Ok(ExecutionCreateOutcome::Existing {
-                execution: existing.clone(),
+                execution: WorkflowExecution::clone(existing),
                 same_body: *fingerprint == key.fingerprint,
             });
         }
@@ -326,14 +332,18 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         if let Some((stored, _)) = inner.executions.get_mut(&seq) {
-            *stored = execution.clone();
-            stored.tasks = Vec::new();
+            let mut execution = execution.clone();
+            execution.tasks = Vec::new();
+            *stored = Arc::new(execution);
         }
         Ok(true)
     }
 
     fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError> {
-        Ok(self.lock()?.execution(id).map(|(e, _)| e.clone()))
+        Ok(self
+            .lock()?
+            .execution(id)
+            .map(|(e, _)| WorkflowExecution::clone(e)))
     }
 
     fn execution_prompt(&self, id: &str) -> Result<Option<Bytes>, StoreError> {
@@ -375,7 +385,7 @@ impl Store for MemoryStore {
                 more = true;
                 break;
             }
-            items.push(execution.clone());
+            items.push(WorkflowExecution::clone(execution));
             last = Some(*seq);
         }
         Ok(Page {

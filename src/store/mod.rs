@@ -203,10 +203,12 @@ pub struct Changes {
     /// is first dispatched): the execution's id and the tasks, stored like
     /// [`Store::add_execution_tasks`] does.
     pub new_execution_tasks: Option<(String, Vec<Task>)>,
-    /// Tasks replaced (matched by id; an unknown id fails the write).
-    pub tasks: Vec<Task>,
-    /// Executions replaced (matched by id; an unknown id fails the write).
-    pub executions: Vec<WorkflowExecution>,
+    /// Tasks replaced (matched by id; an unknown id fails the write). Shared:
+    /// the runtime keeps the same state as the newest until the write commits.
+    pub tasks: Vec<Arc<Task>>,
+    /// Executions replaced (matched by id; an unknown id fails the write),
+    /// shared like `tasks`.
+    pub executions: Vec<Arc<WorkflowExecution>>,
     /// Events appended, in increasing sequence order.
     pub events: Vec<Arc<Event>>,
 }

@@ -103,8 +103,9 @@ pub(crate) struct Shared {
     pub pool: Pool,
     /// Serialises read-modify-write of execution records.
     exec_gate: Mutex<()>,
-    /// Execution records handed to the store whose write has not committed.
-    pending: PendingWrites<WorkflowExecution>,
+    /// Execution records handed to the store whose write has not committed,
+    /// each shared with its write (`Changes::executions`).
+    pending: PendingWrites<Arc<WorkflowExecution>>,
     /// Prompts of new executions whose write has not committed.
     pending_prompts: PendingWrites<bytes::Bytes>,
     /// Executions admitted and not yet ended (bounded by max_queue_len +
@@ -130,7 +131,7 @@ impl Shared {
             settings,
             pool,
             exec_gate: Mutex::new(()),
-            pending: PendingWrites::keeping(|execution: &WorkflowExecution| {
+            pending: PendingWrites::keeping(|execution: &Arc<WorkflowExecution>| {
                 execution.status() == crate::model::TaskStatus::Running
             }),
             pending_prompts: PendingWrites::default(),
@@ -159,7 +160,9 @@ impl Shared {
     pub(crate) fn create_execution(&self, mut record: NewExecutionRecord) {
         record.execution.tasks = Vec::new();
         let id = record.execution.id.clone();
-        let forget_execution = self.pending.insert(id.clone(), record.execution.clone());
+        let forget_execution = self
+            .pending
+            .insert(id.clone(), Arc::new(record.execution.clone()));
         let forget_prompt = self.pending_prompts.insert(id, record.prompt.clone());
         self.tasks.create_execution(
             record,
@@ -186,7 +189,8 @@ impl Shared {
         &self,
         execution: &WorkflowExecution,
     ) -> Box<dyn FnOnce() + Send> {
-        self.pending.insert(execution.id.clone(), execution.clone())
+        self.pending
+            .insert(execution.id.clone(), Arc::new(execution.clone()))
     }
 
     /// Read-modify-write of one execution record under the gate; the write
@@ -195,7 +199,7 @@ impl Shared {
         &self,
         id: &str,
         change: F,
-    ) -> Result<WorkflowExecution, RuntimeError>
+    ) -> Result<Arc<WorkflowExecution>, RuntimeError>
     where
         F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
     {
@@ -209,7 +213,7 @@ impl Shared {
         &self,
         id: &str,
         change: F,
-    ) -> Result<(WorkflowExecution, Option<Commit>), RuntimeError>
+    ) -> Result<(Arc<WorkflowExecution>, Option<Commit>), RuntimeError>
     where
         F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
     {
@@ -217,18 +221,19 @@ impl Shared {
             .exec_gate
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut execution = self
+        let before = self
             .latest_execution(id)?
             .ok_or_else(|| RuntimeError::execution_not_found(id))?;
-        let before = execution.clone();
+        let mut execution = WorkflowExecution::clone(&before);
         change(&mut execution)?;
-        if execution == before {
-            return Ok((execution, None));
+        if execution == *before {
+            return Ok((before, None));
         }
-        let forget = self.pending.insert(id.to_owned(), execution.clone());
+        let execution = Arc::new(execution);
+        let forget = self.pending.insert(id.to_owned(), Arc::clone(&execution));
         let commit = self.tasks.bus().commit_then(
             Changes {
-                executions: vec![execution.clone()],
+                executions: vec![Arc::clone(&execution)],
                 ..Changes::default()
             },
             Vec::new(),
@@ -242,10 +247,10 @@ impl Shared {
     pub(crate) fn latest_execution(
         &self,
         id: &str,
-    ) -> Result<Option<WorkflowExecution>, RuntimeError> {
+    ) -> Result<Option<Arc<WorkflowExecution>>, RuntimeError> {
         match self.pending.get(id) {
             Some(execution) => Ok(Some(execution)),
-            None => Ok(self.store.get_execution(id)?),
+            None => Ok(self.store.get_execution(id)?.map(Arc::new)),
         }
     }
 

@@ -383,7 +383,7 @@ fn apply_args(changes: &Changes, retention: u64) -> Result<Vec<Vec<u8>>, StoreEr
     args.push(changes.tasks.len().to_string().into_bytes());
     for task in &changes.tasks {
         args.push(task.id.clone().into_bytes());
-        args.push(encode("task", &task.id, task)?);
+        args.push(encode("task", &task.id, &**task)?);
     }
     args.push(changes.executions.len().to_string().into_bytes());
     for execution in &changes.executions {

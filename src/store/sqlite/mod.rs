@@ -269,13 +269,13 @@ impl ChangeRows {
                 .tasks
                 .iter()
                 .filter(|task| !task_changes.contains_key(task.id.as_str()))
-                .map(tasks::TaskRow::new)
+                .map(|task| tasks::TaskRow::new(task))
                 .collect::<Result<_, _>>()?,
             executions: changes
                 .executions
                 .iter()
                 .filter(|execution| !execution_changes.contains_key(execution.id.as_str()))
-                .map(executions::ExecutionRow::bare)
+                .map(|execution| executions::ExecutionRow::bare(execution))
                 .collect::<Result<_, _>>()?,
             events: changes
                 .events

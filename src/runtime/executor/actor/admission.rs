@@ -115,12 +115,12 @@ impl Actor {
         for answer in std::mem::take(&mut self.answers) {
             let mut tasks = Vec::new();
             if let Ok(Some(root)) = self.shared.tasks.latest(&answer.root_id) {
-                tasks.push(root);
+                tasks.push(Arc::unwrap_or_clone(root));
             }
             let live = self.live.get(&answer.sched);
             for task_id in live.iter().flat_map(|live| live.node_tasks.values()) {
                 if let Ok(Some(task)) = self.shared.tasks.latest(task_id) {
-                    tasks.push(task);
+                    tasks.push(Arc::unwrap_or_clone(task));
                 }
             }
             let submitted = Submitted {
@@ -128,7 +128,8 @@ impl Actor {
                     .shared
                     .latest_execution(&answer.execution_id)
                     .ok()
-                    .flatten(),
+                    .flatten()
+                    .map(Arc::unwrap_or_clone),
                 tasks,
                 position: self
                     .scheduler
@@ -336,7 +337,12 @@ impl Actor {
             None => Vec::new(),
         };
         let required = self.intern(RequiredClasses::new(classes));
-        Ok(Some((root_id, required, node_tasks, root)))
+        Ok(Some((
+            root_id,
+            required,
+            node_tasks,
+            Arc::unwrap_or_clone(root),
+        )))
     }
 
     /// The shared copy of `required`: executions of one workflow hold one

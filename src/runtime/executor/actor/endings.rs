@@ -6,6 +6,7 @@
 //! actor's state from its parent and the executor's lower modules, never
 //! another part.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
@@ -193,7 +194,7 @@ impl Actor {
         &self,
         sched: ExecutionId,
         status: TaskStatus,
-    ) -> Option<crate::model::WorkflowExecution> {
+    ) -> Option<Arc<crate::model::WorkflowExecution>> {
         let live = self.live.get(&sched)?;
         let result = self.shared.update_execution(&live.id, |execution| {
             if execution.status() != status {
@@ -219,7 +220,7 @@ impl Actor {
 
     /// Forgets an ended execution (its record ended by
     /// [`Actor::record_end`], given as `ended`) and announces its end.
-    fn finish(&mut self, sched: ExecutionId, ended: Option<crate::model::WorkflowExecution>) {
+    fn finish(&mut self, sched: ExecutionId, ended: Option<Arc<crate::model::WorkflowExecution>>) {
         let Some(live) = self.live.remove(&sched) else {
             return;
         };

@@ -28,7 +28,7 @@ impl Actor {
             return;
         };
         let root = self.shared.tasks.latest(&live.root).ok().flatten();
-        let retries_left = root.as_ref().is_some_and(Task::retries_left);
+        let retries_left = root.as_deref().is_some_and(Task::retries_left);
         if !failure.transient || !retries_left {
             self.end_failed(sched, failure);
             return;
