@@ -79,6 +79,26 @@ async fn an_execution_runs_to_completion_with_node_tasks_and_artifacts() {
     assert_eq!(bytes, on_disk);
 }
 
+/// ComfyUI's `progress_state` lists every node started so far: with 200 nodes its last ones
+/// are larger than the socket's 16 KiB read buffer and each arrives over several reads.
+#[tokio::test]
+async fn socket_messages_larger_than_the_read_buffer_arrive_whole() {
+    let h = harness(1, |_| {}).await;
+    let graph: serde_json::Map<String, Value> = (1..=200u64)
+        .map(|k| {
+            (
+                k.to_string(),
+                json!({"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": k}}),
+            )
+        })
+        .collect();
+    let execution = h.execute(&Value::Object(graph), TaskPriority::Normal).await;
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.completed_tasks, 201, "the root and every node");
+    assert_eq!(done.progress, 1.0);
+}
+
 #[tokio::test]
 async fn artifact_paths_outside_the_execution_are_refused() {
     let h = harness(1, |_| {}).await;

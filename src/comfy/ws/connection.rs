@@ -11,6 +11,7 @@ use reqwest::header::AUTHORIZATION;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::comfy::capabilities::Capabilities;
@@ -20,6 +21,13 @@ use crate::comfy::wire::feature_flags_message;
 
 /// The backend's WebSocket.
 pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Most bytes the socket reads at once. tungstenite zeroes the free part of its read buffer, up
+/// to this much, before every read (including the one that finds nothing more to read), and
+/// keeps a buffer of this size per socket: its default of 128 KiB cost a job more in `memset`
+/// than parsing the frames did. ComfyUI's text messages are a few KiB (a large graph's
+/// `progress_state` about 10 KiB); a preview image takes a few reads instead of one.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Opens the socket: re-detects capabilities (the server may have changed), connects, and sends
 /// `feature_flags` first when the server supports preview metadata.
@@ -52,7 +60,12 @@ pub(super) async fn connect(
     }
     let (mut socket, _) = tokio::time::timeout(
         client.timeout(),
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector),
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)),
+            true,
+            connector,
+        ),
     )
     .await
     .map_err(|_| ws_error("handshake timed out".into()))?
