@@ -110,7 +110,7 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
             new_execution_tasks: Some((first.execution.id.clone(), vec![node.clone()])),
             tasks: vec![Arc::new(queued.clone())],
             executions: vec![Arc::new(updated.clone())],
-            events: vec![std::sync::Arc::new(event(1))],
+            events: vec![Arc::new(event(1))],
         },
         answer(1),
     );
@@ -197,7 +197,7 @@ fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
             new_execution_tasks: Some((execution.id.clone(), vec![node.clone()])),
             tasks: vec![Arc::new(running.clone())],
             executions: vec![Arc::new(updated.clone())],
-            events: vec![std::sync::Arc::new(event(1)), std::sync::Arc::new(event(2))],
+            events: vec![Arc::new(event(1)), Arc::new(event(2))],
             ..Changes::default()
         },
         answer(1),
@@ -206,14 +206,14 @@ fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
     store.write(
         Changes {
             tasks: vec![Arc::new(task("never stored"))],
-            events: vec![std::sync::Arc::new(event(3))],
+            events: vec![Arc::new(event(3))],
             ..Changes::default()
         },
         answer(2),
     );
     store.write(
         Changes {
-            events: vec![std::sync::Arc::new(event(4))],
+            events: vec![Arc::new(event(4))],
             ..Changes::default()
         },
         answer(3),

@@ -337,12 +337,7 @@ impl Actor {
             None => Vec::new(),
         };
         let required = self.intern(RequiredClasses::new(classes));
-        Ok(Some((
-            root_id,
-            required,
-            node_tasks,
-            Arc::unwrap_or_clone(root),
-        )))
+        Ok(Some((root_id, required, node_tasks, root)))
     }
 
     /// The shared copy of `required`: executions of one workflow hold one
@@ -358,7 +353,7 @@ impl Actor {
 
 /// A stored execution as the actor loads it: root task id, required classes,
 /// node id -> NODE task id, and the root task.
-type Loaded = (String, RequiredClasses, NodeTasks, Task);
+type Loaded = (String, RequiredClasses, NodeTasks, Arc<Task>);
 
 /// The part of a stored prompt's node that admission reads.
 #[derive(serde::Deserialize)]
