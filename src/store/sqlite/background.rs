@@ -20,6 +20,9 @@ use super::writer::{Command, RESTART_WAIT};
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// The longest the checkpointer waits for a quiet moment before it copies anyway.
 const CHECKPOINT_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+/// How long the WAL must sit idle (every frame copied, nothing written) before the
+/// checkpointer truncates it to nothing; see [`spawn_checkpointer`].
+const IDLE_TRUNCATE_AFTER: Duration = Duration::from_secs(10);
 
 /// A background thread that runs a step every interval until stopped
 /// (compaction, WAL checkpoints).
@@ -77,15 +80,20 @@ impl Periodic {
 /// meanwhile: little to copy (the PASSIVE one just ran) and one sync, once per
 /// [`WAL_RESTART_BYTES`] written; back-pressure where the disk cannot keep up.
 ///
-/// When a whole interval passes with every frame copied and nothing written,
-/// the checkpointer truncates the WAL to nothing (`wal_checkpoint(TRUNCATE)`,
-/// waiting at most [`RESTART_WAIT`] for a reader). A WAL frame is a page and
-/// a 24-byte header, so frames never fill whole pages of the file: writing
-/// one over an older frame whose page the kernel no longer caches reads that
-/// page from disk first. After a minute idle, the first 400 one-node jobs cost
-/// the writer thread twice its CPU (a third of it submitting those reads) and
-/// each job 1 ms more; written to an empty WAL, frames append instead. An
-/// idle runtime also keeps no WAL on disk.
+/// When the WAL has sat idle for [`IDLE_TRUNCATE_AFTER`] with every frame
+/// copied and nothing written, the checkpointer truncates it to nothing
+/// (`wal_checkpoint(TRUNCATE)`, waiting at most [`RESTART_WAIT`] for a
+/// reader). A WAL frame is a page and a 24-byte header, so frames never fill
+/// whole pages of the file: writing one over an older frame whose page the
+/// kernel no longer caches reads that page from disk first. After a minute
+/// idle, the first 400 one-node jobs cost the writer thread twice its CPU (a
+/// third of it submitting those reads) and each job 1 ms more; written to an
+/// empty WAL, frames append instead. An idle runtime also keeps no WAL on
+/// disk. A short pause does not truncate: its pages are still cached, and
+/// writing over them costs less than appending (each new page of the file is
+/// allocated, zeroed and reserved on disk). After every pause of half a
+/// second (two quiet rounds, the rule before), a window of 300 one-node jobs
+/// appended all its frames.
 ///
 /// A checkpoint copies pages while jobs are committing: on two cores its reads, writes and
 /// fsyncs (which hold up the file system's journal, and so the writer's next WAL append) added
@@ -103,6 +111,7 @@ pub(super) fn spawn_checkpointer(
         path,
         CHECKPOINT_INTERVAL,
         WAL_RESTART_BYTES,
+        IDLE_TRUNCATE_AFTER,
         writer,
         Some((frames, CHECKPOINT_AT_LEAST_EVERY)),
     )
@@ -170,6 +179,7 @@ fn checkpointer(
     path: &Path,
     every: Duration,
     restart_bytes: i64,
+    idle_after: Duration,
     writer: SyncSender<Command>,
     paced: Option<(WalFrames, Duration)>,
 ) -> Result<Periodic, String> {
@@ -184,8 +194,9 @@ fn checkpointer(
     // Only the idle truncation waits on the busy handler (PASSIVE never does).
     conn.busy_timeout(RESTART_WAIT).map_err(|e| e.to_string())?;
     let path = path.to_path_buf();
-    // The WAL's frames when the last round found every one copied.
-    let mut copied_before = None;
+    // The WAL's frames when a round found every one copied, and since when it
+    // has stayed so.
+    let mut copied_since: Option<(i64, Instant)> = None;
     let mut pace =
         paced.map(|(frames, longest)| (frames, Pace::new(longest, restart_frames, Instant::now())));
     Periodic::spawn("store-checkpoint", every, every, move || {
@@ -193,7 +204,7 @@ fn checkpointer(
             && !pace.due(frames.load(Ordering::Relaxed), Instant::now())
         {
             // Commits came since the last round: not the moment, unless due.
-            copied_before = None;
+            copied_since = None;
             return;
         }
         // The frames in the WAL (copied or not): only a restart lowers it.
@@ -201,20 +212,26 @@ fn checkpointer(
             Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
         }) {
             Ok((frames, _)) if frames > restart_frames => {
-                copied_before = None;
+                copied_since = None;
                 // Full queue: the writer is busy; the next round asks again.
                 let _ = writer.try_send(Command::RestartWal);
             }
             Ok((frames, copied)) if frames > 0 && frames == copied => {
-                if copied_before.replace(frames) == Some(frames) {
-                    // Idle for a whole interval: the next write appends.
-                    copied_before = None;
+                let now = Instant::now();
+                let since = match copied_since {
+                    Some((seen, since)) if seen == frames => since,
+                    _ => now,
+                };
+                copied_since = Some((frames, since));
+                if now.saturating_duration_since(since) >= idle_after {
+                    // Idle long enough: the next write appends.
+                    copied_since = None;
                     truncate_idle_wal(&conn, &path);
                 }
             }
-            Ok(_) => copied_before = None,
+            Ok(_) => copied_since = None,
             Err(error) => {
-                copied_before = None;
+                copied_since = None;
                 tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
             }
         }
@@ -256,6 +273,7 @@ pub(super) const WAL_RESTART_BYTES: i64 = super::connections::JOURNAL_SIZE_LIMIT
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::Ordering;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -283,8 +301,15 @@ mod tests {
         .unwrap();
         let wal = dir.path().join("wal.db-wal");
         let (writer, commands) = mpsc::sync_channel(16);
-        let checkpoints =
-            checkpointer(&path, Duration::from_millis(5), restart_bytes, writer, None).unwrap();
+        let checkpoints = checkpointer(
+            &path,
+            Duration::from_millis(5),
+            restart_bytes,
+            Duration::MAX,
+            writer,
+            None,
+        )
+        .unwrap();
         let mut largest = 0;
         let start = Instant::now();
         let mut id = 0_i64;
@@ -358,8 +383,8 @@ mod tests {
     }
 
     /// Writes 200 rows, then nothing: the checkpointer (paced by the writer's frames when
-    /// `paced`, with a longest wait that never comes) copies the WAL and truncates it to
-    /// nothing, and the database takes writes again.
+    /// `paced`, with a longest wait that never comes) copies the WAL and, once it has sat
+    /// idle for 50 ms, truncates it to nothing, and the database takes writes again.
     fn a_quiet_wal_is_truncated(paced: bool) {
         let dir = tempfile::tempdir().unwrap();
         let (path, mut conn) = wal_table(dir.path());
@@ -370,18 +395,32 @@ mod tests {
         let wal = dir.path().join("wal.db-wal");
         let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
         let (writer, _commands) = mpsc::sync_channel(16);
-        let checkpoints =
-            checkpointer(&path, Duration::from_millis(5), i64::MAX, writer, paced).unwrap();
+        let idle_after = Duration::from_millis(50);
+        let checkpoints = checkpointer(
+            &path,
+            Duration::from_millis(5),
+            i64::MAX,
+            idle_after,
+            writer,
+            paced,
+        )
+        .unwrap();
         for id in 0..200 {
             conn.execute("INSERT INTO t (id, body) VALUES (?1, zeroblob(1000))", [id])
                 .unwrap();
         }
+        let written = Instant::now();
         assert!(wal_len() > 0, "the writes went to the WAL");
         let deadline = Instant::now() + Duration::from_secs(10);
         while wal_len() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(wal_len(), 0, "the idle WAL was not truncated");
+        assert!(
+            written.elapsed() >= idle_after,
+            "truncated {:?} after the last write, before it had been idle for {idle_after:?}",
+            written.elapsed()
+        );
         // The database has every row, and takes writes again.
         conn.execute("INSERT INTO t (id, body) VALUES (200, zeroblob(10))", [])
             .unwrap();
@@ -400,6 +439,44 @@ mod tests {
     #[test]
     fn a_paced_checkpointer_copies_and_truncates_the_wal_once_the_writer_is_quiet() {
         a_quiet_wal_is_truncated(true);
+    }
+
+    #[test]
+    fn a_short_pause_leaves_the_wal_to_be_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut conn) = wal_table(dir.path());
+        let frames = report_wal_frames(&mut conn).unwrap();
+        let wal = dir.path().join("wal.db-wal");
+        let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let (writer, _commands) = mpsc::sync_channel(16);
+        let checkpoints = checkpointer(
+            &path,
+            Duration::from_millis(5),
+            i64::MAX,
+            Duration::from_secs(3_600),
+            writer,
+            Some((Arc::clone(&frames), Duration::from_secs(3_600))),
+        )
+        .unwrap();
+        for id in 0..200 {
+            conn.execute("INSERT INTO t (id, body) VALUES (?1, zeroblob(1000))", [id])
+                .unwrap();
+        }
+        let before = wal_len();
+        assert!(before > 0, "the writes went to the WAL");
+        // Forty quiet rounds: the WAL is copied but stays, to be written over.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(wal_len(), before, "a short pause truncated the WAL");
+        // Copied: the next write starts the WAL over instead of appending.
+        conn.execute("INSERT INTO t (id, body) VALUES (200, zeroblob(10))", [])
+            .unwrap();
+        let after = frames.load(Ordering::Relaxed);
+        assert!(
+            after < 5,
+            "{after} frames after the pause: the WAL did not start over"
+        );
+        assert_eq!(wal_len(), before, "the WAL file kept its length");
+        checkpoints.stop();
     }
 
     #[test]
