@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use comfy_reality::pb::{
@@ -641,6 +641,56 @@ async fn cancel_task_on_a_node_task_cancels_the_whole_running_execution() {
         .execute(&image_workflow("after-node-cancel"), TaskPriority::Normal)
         .await;
     assert_eq!(status(&h.wait_end(&next.id).await), TaskStatus::Completed);
+}
+
+/// The NODE tasks of an ended execution by node id: (status, progress message).
+fn nodes_by_id(execution: &WorkflowExecution) -> BTreeMap<String, (TaskStatus, String)> {
+    execution.tasks[1..]
+        .iter()
+        .map(|task| {
+            let metadata: Value = serde_json::from_str(&task.metadata).expect("metadata");
+            let node = metadata["node_id"].as_str().expect("node_id").to_owned();
+            let message = task.progress_message.clone().unwrap_or_default();
+            (node, (task_status(task), message))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn node_tasks_that_never_ran_are_settled_when_their_execution_ends() {
+    let h = harness(1, |_| {}).await;
+    // Node 3 feeds no output: ComfyUI never executes it.
+    let mut unused = image_workflow("settled");
+    unused["3"] = json!({"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}});
+    let execution = h.execute(&unused, TaskPriority::Normal).await;
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+    let nodes = nodes_by_id(&done);
+    assert_eq!(nodes["1"].0, TaskStatus::Completed, "{nodes:?}");
+    assert_eq!(nodes["2"].0, TaskStatus::Completed, "{nodes:?}");
+    assert_eq!(
+        nodes["3"],
+        (
+            TaskStatus::Cancelled,
+            "not executed: no output of the prompt needed it".to_owned()
+        ),
+        "{nodes:?}"
+    );
+
+    // Node 2 comes after the node that fails: it never runs.
+    let execution = h.execute(&failing_workflow(), TaskPriority::Normal).await;
+    let done = h.wait_end(&execution.id).await;
+    assert_eq!(status(&done), TaskStatus::Failed, "{done:?}");
+    let nodes = nodes_by_id(&done);
+    assert_eq!(nodes["1"].0, TaskStatus::Failed, "{nodes:?}");
+    assert_eq!(
+        nodes["2"],
+        (
+            TaskStatus::Cancelled,
+            "not run: the execution failed".to_owned()
+        ),
+        "{nodes:?}"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 //! [`failure`](super::failure), [`shared`](super::shared) and
 //! [`pool`](super::pool); the actor imports this module, never the reverse.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,6 +136,7 @@ pub(crate) async fn run(
                 sched,
                 attempt,
                 outcome: Outcome::Failed(post_failure(&error)),
+                ended: HashSet::new(),
             });
             return;
         }
@@ -164,6 +165,7 @@ pub(crate) async fn run(
         sched,
         attempt,
         outcome,
+        ended: follower.ended,
     });
 }
 
@@ -550,6 +552,8 @@ struct Follower<'a> {
     progress: HashMap<String, f64>,
     /// The node executing now.
     running: Option<String>,
+    /// The NODE tasks this attempt left ended (terminal), for the actor.
+    ended: HashSet<String>,
 }
 
 impl<'a> Follower<'a> {
@@ -560,21 +564,33 @@ impl<'a> Follower<'a> {
             node_tasks: &spec.node_tasks,
             progress: HashMap::new(),
             running: None,
+            ended: HashSet::new(),
         }
     }
 
-    /// Applies `change` to the node's task; errors are logged (a node task
-    /// that cannot move, e.g. already COMPLETED by an earlier attempt, keeps
-    /// its state).
-    fn node_task<F>(&self, node: &str, change: F)
+    /// Applies `change` to the node's task, noting it when that leaves the
+    /// task ended; errors are logged (a node task that cannot move, e.g.
+    /// already COMPLETED by an earlier attempt, keeps its state).
+    fn node_task<F>(&mut self, node: &str, change: F)
     where
         F: FnOnce(&mut crate::model::Task) -> Result<(), RuntimeError>,
     {
         let Some(task_id) = self.node_tasks.get(node) else {
             return;
         };
-        if let Err(error) = self.shared.tasks.update(task_id, change) {
-            tracing::debug!(task_id, %error, "node task not updated");
+        let mut ended = false;
+        let updated = self.shared.tasks.update(task_id, |task| {
+            change(task)?;
+            ended = task.status().is_terminal();
+            Ok(())
+        });
+        match updated {
+            Ok(()) => {
+                if ended && !self.ended.contains(task_id) {
+                    self.ended.insert(task_id.clone());
+                }
+            }
+            Err(error) => tracing::debug!(task_id, %error, "node task not updated"),
         }
     }
 

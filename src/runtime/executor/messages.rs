@@ -7,6 +7,8 @@
 //! ids and the model: every task of the executor imports this module, and it
 //! imports none of them.
 
+use std::collections::HashSet;
+
 use tokio::sync::oneshot;
 
 use crate::model::{JsonObject, Task, WorkflowExecution};
@@ -126,6 +128,9 @@ pub(crate) enum Msg {
         attempt: u64,
         /// How it ended.
         outcome: Outcome,
+        /// The NODE tasks this attempt left ended (terminal): the actor
+        /// does not read them again to settle the execution's nodes.
+        ended: HashSet<String>,
     },
     /// A take-back ended: `taken` when the prompt left the backend's queue.
     TakeBackDone {

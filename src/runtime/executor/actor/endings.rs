@@ -6,6 +6,7 @@
 //! actor's state from its parent and the executor's lower modules, never
 //! another part.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -21,8 +22,15 @@ use crate::telemetry::metrics;
 use super::{Actor, Live, execution_transition, illegal, live_context, live_reason};
 
 impl Actor {
-    /// An attempt ended: its outcome decides the execution's end (or a retry).
-    pub(super) fn finished(&mut self, sched: ExecutionId, attempt: u64, outcome: Outcome) {
+    /// An attempt ended: its outcome decides the execution's end (or a
+    /// retry); `ended`, the NODE tasks it left ended.
+    pub(super) fn finished(
+        &mut self,
+        sched: ExecutionId,
+        attempt: u64,
+        outcome: Outcome,
+        ended: HashSet<String>,
+    ) {
         let Some(live) = self.live.get_mut(&sched) else {
             return;
         };
@@ -42,6 +50,13 @@ impl Actor {
             .live
             .get(&sched)
             .is_some_and(|l| l.cancel_reason.is_some());
+        self.ended_nodes = ended;
+        self.end_attempt(sched, outcome, cancelled);
+        self.ended_nodes = HashSet::new();
+    }
+
+    /// Ends `sched` (or retries it) as its attempt's `outcome` says.
+    fn end_attempt(&mut self, sched: ExecutionId, outcome: Outcome, cancelled: bool) {
         match outcome {
             Outcome::Success { outputs, artifacts } => {
                 self.end_completed(sched, outputs, artifacts)
@@ -146,8 +161,11 @@ impl Actor {
             return;
         };
         for task_id in live.node_tasks.values() {
-            // Most nodes ended as they ran: one read says so (an ended task is read from
-            // the store), and it is left alone.
+            // Most nodes ended as they ran: the attempt says so, or else one read
+            // (an ended task is read from the store), and it is left alone.
+            if self.ended_nodes.contains(task_id) {
+                continue;
+            }
             match self.shared.tasks.latest(task_id) {
                 Ok(Some(task)) if task.status().is_terminal() => continue,
                 Ok(_) => {}

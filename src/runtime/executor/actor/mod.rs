@@ -157,6 +157,9 @@ pub(crate) struct Actor {
     answers: Vec<Answer>,
     /// The load as last published (see `publish_gauges`).
     published: PublishedLoad,
+    /// While an attempt's end is handled: the NODE tasks it left ended, which
+    /// settling the nodes skips instead of reading each from the store.
+    ended_nodes: HashSet<String>,
 }
 
 /// The priorities, in the order of [`LoadSnapshot::queued`] (CRITICAL first).
@@ -220,6 +223,7 @@ impl Actor {
             fresh_prompts: Vec::new(),
             answers: Vec::new(),
             published: PublishedLoad::default(),
+            ended_nodes: HashSet::new(),
         }
     }
 
@@ -331,7 +335,8 @@ impl Actor {
                 sched,
                 attempt,
                 outcome,
-            } => self.finished(sched, attempt, outcome),
+                ended,
+            } => self.finished(sched, attempt, outcome, ended),
             Msg::TakeBackDone {
                 sched,
                 attempt,
