@@ -185,6 +185,9 @@ struct Inner {
     held: Mutex<Option<Write>>,
     /// Whether `held` holds a write: read on every write without the lock.
     holding: AtomicBool,
+    /// Counts the holds begun (changed under `held`'s lock): a hold's timer
+    /// releases only the write held since it began, not a later one.
+    holds: AtomicU64,
     /// Whether deferrable writes are held at all: only in front of a store
     /// that prefers fewer writes (`Store::prefers_fewer_writes`).
     hold_writes: bool,
@@ -376,6 +379,7 @@ impl EventBus {
                 handed: AtomicU64::new(0),
                 held: Mutex::new(None),
                 holding: AtomicBool::new(false),
+                holds: AtomicU64::new(0),
                 hold_writes,
                 retired: AtomicBool::new(false),
                 settled: watch::Sender::new(Settled::default()),

@@ -150,6 +150,40 @@ async fn a_held_write_goes_out_on_its_own_after_a_while() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hold_handed_over_early_does_not_cut_the_next_hold_short() {
+    let (_dir, store, bus) = sqlite_bus();
+    {
+        let _batch = bus.deferrable_batch();
+        drop(publish(&bus, 0));
+    }
+    // Handed over before its time, in front of a write that is not deferred.
+    tokio::time::sleep(HOLD_AT_MOST / 2).await;
+    drop(publish(&bus, 1));
+    assert!(!bus.inner.holding.load(Ordering::Acquire));
+    // The next job's reports are held from here, for their own whole time.
+    {
+        let _batch = bus.deferrable_batch();
+        drop(publish(&bus, 2));
+    }
+    tokio::time::sleep(HOLD_AT_MOST * 3 / 4).await;
+    assert!(
+        bus.inner.holding.load(Ordering::Acquire),
+        "the first hold's timer handed over the second hold"
+    );
+    assert_eq!(bus.inner.handed.load(Ordering::Acquire), 1);
+    tokio::time::sleep(HOLD_AT_MOST / 2).await;
+    assert!(
+        !bus.inner.holding.load(Ordering::Acquire),
+        "handed over by its own timer"
+    );
+    bus.settled().await.unwrap();
+    assert_eq!(
+        stored_order(&store),
+        [(1, "t0".into()), (2, "t1".into()), (3, "t2".into())]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn waiting_for_a_held_write_hands_it_over() {
     use futures_util::FutureExt as _;
     let (_dir, store, bus) = sqlite_bus();

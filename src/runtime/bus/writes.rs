@@ -45,14 +45,33 @@ impl Inner {
             None => {
                 *held = Some(write);
                 self.holding.store(true, Ordering::Release);
+                let hold = self.holds.fetch_add(1, Ordering::Relaxed) + 1;
                 let bus = Arc::downgrade(self);
                 runtime.spawn(async move {
                     tokio::time::sleep(HOLD_AT_MOST).await;
                     if let Some(bus) = bus.upgrade() {
-                        bus.release_held();
+                        bus.release_hold(hold);
                     }
                 });
             }
+        }
+    }
+
+    /// A hold's time is up: hands its write to the store, unless it went
+    /// already and a later hold began, which its own timer releases (a
+    /// sequence of jobs holds one after the other: the timer of one cut the
+    /// next one's hold short, a commit of its own for a part of its reports).
+    fn release_hold(self: &Arc<Self>, hold: u64) {
+        let write = {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.holds.load(Ordering::Relaxed) != hold {
+                return;
+            }
+            self.holding.store(false, Ordering::Release);
+            held.take()
+        };
+        if let Some(write) = write {
+            self.write(write);
         }
     }
 
