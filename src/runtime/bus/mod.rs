@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 
 pub use crate::model::events::{Event, EventContext, EventPayload};
 use crate::model::{LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent};
@@ -178,8 +178,12 @@ struct Inner {
     /// Writes handed to the store so far (numbered under `next`, in the
     /// order the store commits them).
     handed: AtomicU64,
-    /// How far the handed writes have been committed.
-    settled: watch::Sender<Settled>,
+    /// How far the handed writes have been committed, and how many wait to
+    /// hear of it.
+    settled: Mutex<Settled>,
+    /// Wakes [`EventBus::settled`]'s waiters when `settled` moves; notified
+    /// only while one waits (a write with nobody waiting takes one lock).
+    settled_moved: Notify,
     /// Deferrable writes not handed to the store yet (see
     /// [`EventBus::deferrable_batch`]), gathered into one.
     held: Mutex<Option<Write>>,
@@ -197,12 +201,28 @@ struct Inner {
 
 /// How far the writes handed to the store have been committed: they commit
 /// in the order they were handed, so one number says it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct Settled {
     /// Every write up to this number has committed or failed.
     through: u64,
     /// The number of the last write that failed (0: none).
     failed_at: u64,
+    /// How many [`EventBus::settled`] calls wait for a later write.
+    waiting: usize,
+}
+
+/// Counts one [`EventBus::settled`] call in `Settled::waiting` until it
+/// returns or is dropped.
+struct Waiting<'a>(&'a Inner);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting -= 1;
+    }
 }
 
 /// Events announced so far.
@@ -222,6 +242,22 @@ struct Published {
 }
 
 impl Inner {
+    /// Records that write `number` committed (or failed), and wakes the
+    /// [`EventBus::settled`] calls waiting, if any.
+    fn settle(&self, number: u64, failed: bool) {
+        let waiting = {
+            let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+            settled.through = settled.through.max(number);
+            if failed {
+                settled.failed_at = number;
+            }
+            settled.waiting > 0
+        };
+        if waiting {
+            self.settled_moved.notify_waiters();
+        }
+    }
+
     /// Puts committed events in the window and hands them to live
     /// subscribers, under one lock so that both see sequence order: into the
     /// relay's inbox when the relay runs (sending them itself when the relay
@@ -326,7 +362,7 @@ pub use commit::Commit;
 use commit::CommitState;
 use relay::Relay;
 pub(crate) use writes::Batch;
-use writes::{BATCH, Gathered, Numbered, Write, flush_thread_batch, gather};
+use writes::{BATCH, Gathered, Numbered, Waiter, Write, flush_thread_batch, gather};
 
 #[cfg(test)]
 mod tests;
@@ -382,7 +418,8 @@ impl EventBus {
                 holds: AtomicU64::new(0),
                 hold_writes,
                 retired: AtomicBool::new(false),
-                settled: watch::Sender::new(Settled::default()),
+                settled: Mutex::new(Settled::default()),
+                settled_moved: Notify::new(),
             }),
         }
     }
@@ -403,8 +440,25 @@ impl EventBus {
         events: Vec<(EventPayload, EventContext)>,
         after: Option<After>,
     ) -> Commit {
-        self.inner.free_retired();
         let state = Arc::new(CommitState::default());
+        let last_sequence = self.hand(changes, events, vec![(after, Arc::clone(&state))]);
+        Commit {
+            last_sequence,
+            state,
+            bus: self.inner.hold_writes.then(|| Arc::clone(&self.inner)),
+        }
+    }
+
+    /// Numbers `events` (now, or when the thread's batch is handed over) and
+    /// hands them with `changes` to the store as one write, which tells
+    /// `waiters` its outcome; returns the last sequence (0 inside a batch).
+    fn hand(
+        &self,
+        changes: Changes,
+        events: Vec<(EventPayload, EventContext)>,
+        waiters: Vec<Waiter>,
+    ) -> u64 {
+        self.inner.free_retired();
         let now = Utc::now();
         let events: Vec<Numbered> = events
             .into_iter()
@@ -413,16 +467,11 @@ impl EventBus {
         let write = Write {
             changes,
             events,
-            waiters: vec![(after, Arc::clone(&state))],
+            waiters,
         };
-        let last_sequence = match gather(&self.inner, write) {
+        match gather(&self.inner, write) {
             None => 0,
             Some(write) => self.inner.write(write),
-        };
-        Commit {
-            last_sequence,
-            state,
-            bus: self.inner.hold_writes.then(|| Arc::clone(&self.inner)),
         }
     }
 
@@ -439,14 +488,28 @@ impl EventBus {
         }
         self.inner.release_held();
         let target = self.inner.handed.load(Ordering::Acquire);
-        let mut settled = self.inner.settled.subscribe();
-        // The sender lives as long as the bus, which `self` holds.
-        let reached = settled
-            .wait_for(|settled| settled.through >= target)
-            .await
-            .map(|settled| *settled)
-            .map_err(|_| StoreError::Unavailable("the event bus has stopped".into()))?;
-        if target > 0 && reached.failed_at >= target {
+        let mut waiting = None;
+        let failed_at = loop {
+            // Made before the check: a write that settles after it wakes this.
+            let moved = self.inner.settled_moved.notified();
+            {
+                let mut settled = self
+                    .inner
+                    .settled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if settled.through >= target {
+                    break settled.failed_at;
+                }
+                if waiting.is_none() {
+                    settled.waiting += 1;
+                    waiting = Some(Waiting(&self.inner));
+                }
+            }
+            moved.await;
+        };
+        drop(waiting);
+        if target > 0 && failed_at >= target {
             return Err(StoreError::Unavailable(
                 "a write before this answer was not committed".into(),
             ));
@@ -493,10 +556,10 @@ impl EventBus {
     }
 
     /// Writes one event on its own and announces it once durable, without
-    /// waiting; returns its sequence.
+    /// waiting; returns its sequence. Nobody can wait for it, so it carries
+    /// no [`Commit`]'s state.
     fn publish(&self, payload: EventPayload, context: EventContext) -> u64 {
-        self.commit(Changes::default(), vec![(payload, context)])
-            .last_sequence
+        self.hand(Changes::default(), vec![(payload, context)], Vec::new())
     }
 
     /// Publishes a task event about a task with `context`.

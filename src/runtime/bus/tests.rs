@@ -70,6 +70,27 @@ fn a_batch_is_one_store_write_with_its_events_in_order() {
     assert_eq!(bus.last_sequence(), 4);
 }
 
+#[tokio::test]
+async fn events_published_alone_inside_a_batch_are_written_when_it_ends() {
+    let (_dir, store, bus) = sqlite_bus();
+    let mut live = bus.subscribe();
+    for deferrable in [false, true] {
+        let batch = if deferrable {
+            bus.deferrable_batch()
+        } else {
+            bus.batch()
+        };
+        // A publish has nobody waiting for it: the batch holds no waiter.
+        bus.publish_task(task_event(u64::from(deferrable)), EventContext::default());
+        drop(batch);
+    }
+    bus.settled().await.unwrap();
+    assert_eq!(stored_order(&store), [(1, "t0".into()), (2, "t1".into())]);
+    for sequence in [1, 2] {
+        assert_eq!(live.recv().await.unwrap().sequence, sequence);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn deferrable_writes_are_held_and_go_out_in_front_of_the_next_write() {
     let (_dir, store, bus) = sqlite_bus();
@@ -280,6 +301,30 @@ async fn settled_waits_for_every_write_handed_over_and_writes_nothing() {
     drop(publish(&bus, 7));
     bus.settled().await.unwrap();
     assert_eq!(store.last_event_sequence().unwrap(), 101);
+}
+
+#[tokio::test]
+async fn a_settled_call_dropped_while_it_waits_is_no_longer_counted() {
+    use futures_util::FutureExt as _;
+    let (_dir, _store, bus) = sqlite_bus();
+    let waiting = || bus.inner.settled.lock().unwrap().waiting;
+    for _ in 0..100 {
+        // Enough writes that the writer thread is still at them when polled.
+        for i in 0..200 {
+            drop(publish(&bus, i));
+        }
+        let mut call = Box::pin(bus.settled());
+        if (&mut call).now_or_never().is_some() {
+            continue;
+        }
+        assert_eq!(waiting(), 1, "a call that waits is counted");
+        drop(call);
+        assert_eq!(waiting(), 0, "a dropped call is not");
+        bus.settled().await.unwrap();
+        assert_eq!(waiting(), 0, "a call that returned is not");
+        return;
+    }
+    panic!("settled() never had to wait for 200 writes");
 }
 
 #[tokio::test]

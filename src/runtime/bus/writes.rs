@@ -150,12 +150,7 @@ impl Inner {
                     tracing::error!(%error, ?first, "a state change was not stored; its events stay in the in-memory window");
                 }
                 finish(waiters, &result, || inner.announce(&events));
-                inner.settled.send_modify(|settled| {
-                    settled.through = settled.through.max(number);
-                    if result.is_err() {
-                        settled.failed_at = number;
-                    }
-                });
+                inner.settle(number, result.is_err());
             }),
         );
         drop(next);
@@ -187,6 +182,12 @@ pub(super) struct Write {
 }
 
 impl Write {
+    /// Whether there is nothing in it: no change, no event and nobody
+    /// waiting (a publish has no waiter, a commit may have no change).
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiters.is_empty() && self.events.is_empty() && self.changes.is_empty()
+    }
+
     /// Whether `later` can be added to this write: a write carries the new
     /// tasks of one execution at most.
     pub(super) fn can_absorb(&self, later: &Write) -> bool {
@@ -258,7 +259,7 @@ impl Gathered {
     /// Takes what was gathered, leaving the batch open and empty; None when
     /// empty. The flag: whether the batch is deferrable.
     fn take(&mut self) -> Option<(Arc<Inner>, Write, bool)> {
-        if self.write.waiters.is_empty() {
+        if self.write.is_empty() {
             return None;
         }
         Some((
