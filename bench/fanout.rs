@@ -478,6 +478,45 @@ struct Server {
     client: TaskServiceClient<Channel>,
     /// The tasks the publisher reports progress on, one per lane.
     tasks: Vec<String>,
+    /// The client whose calls the steady windows time (see [`Timed`]); set
+    /// outside the load generator's runtime.
+    timed: Option<Timed>,
+}
+
+/// A client of its own for the timed `UpdateTaskProgress` calls: its
+/// connection and its calls run on a thread of their own, not on the load
+/// generator's one thread with the subscribers' streams. There, the reply to
+/// a timed call waited behind the deliveries of the event it published (the
+/// current-thread scheduler runs up to 61 ready tasks before it polls the
+/// future it blocks on again): a delay of the load generator's, growing with
+/// the subscribers, that the RPC's latency does not have.
+struct Timed {
+    /// One worker thread: it drives the client's connection and runs its calls.
+    rt: tokio::runtime::Runtime,
+    /// The client, connected from `rt`.
+    client: TaskServiceClient<Channel>,
+}
+
+impl Timed {
+    /// Connects to `endpoint` from a runtime of its own. Not from inside
+    /// another runtime.
+    fn connect(endpoint: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let client = rt.block_on(async { TaskServiceClient::new(connect(endpoint).await) });
+        Self { rt, client }
+    }
+
+    /// [`publish`] on this client's thread.
+    async fn publish(&self, id: String, counter: u64) -> Result<Duration, Status> {
+        self.rt
+            .spawn(publish(self.client.clone(), id, counter))
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("timed call failed: {e}"))))
+    }
 }
 
 impl Server {
@@ -508,6 +547,7 @@ impl Server {
             endpoint,
             client,
             tasks,
+            timed: None,
         }
     }
 }
@@ -634,7 +674,11 @@ async fn steady(server: &Server, subs: &Subscribers, calls: usize, rate: f64) ->
         next += period;
         tokio::time::sleep_until(next).await;
         let id = server.tasks[i % server.tasks.len()].clone();
-        match publish(server.client.clone(), id, i as u64).await {
+        let call = match &server.timed {
+            Some(timed) => timed.publish(id, i as u64).await,
+            None => publish(server.client.clone(), id, i as u64).await,
+        };
+        match call {
             Ok(rtt) => rtts.push(rtt.as_secs_f64()),
             Err(status) => eprintln!("fanout: UpdateTaskProgress failed: {status}"),
         }
@@ -905,7 +949,7 @@ pub fn run(mode: Mode, report: &mut Report) {
     let rt = harness::client_runtime();
     let baseline_proc = harness::start_baseline("broadcast");
     let runtime_proc = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], QUIET);
-    let (a, b) = rt.block_on(async {
+    let (mut a, mut b) = rt.block_on(async {
         let a = Server::connect(
             "baseline",
             baseline_proc.proc.pid(),
@@ -922,6 +966,10 @@ pub fn run(mode: Mode, report: &mut Report) {
         .await;
         (a, b)
     });
+
+    // The steady windows time their calls from a client of their own (see `Timed`).
+    a.timed = Some(Timed::connect(&a.endpoint));
+    b.timed = Some(Timed::connect(&b.endpoint));
 
     // Idle memory first, on fresh processes (freed memory is not returned).
     println!("  idle subscriptions: {}", sizes.idle);
