@@ -684,7 +684,10 @@ pub fn rewrite_filename_prefixes(
             continue;
         };
         let sanitized = sanitize_path(prefix);
-        let new_prefix = if sanitized.starts_with(&format!("{folder}/")) {
+        let in_folder = sanitized
+            .strip_prefix(folder.as_str())
+            .is_some_and(|rest| rest.starts_with('/'));
+        let new_prefix = if in_folder {
             sanitized
         } else if sanitized.is_empty() {
             format!("{folder}/{DEFAULT_FILENAME_PREFIX}")
@@ -700,6 +703,20 @@ pub fn rewrite_filename_prefixes(
 /// A relative `/`-separated path with no empty, `.` or `..` component, no
 /// backslash, no control character and no `:`.
 fn sanitize_path(raw: &str) -> String {
+    let unsafe_char = |c: char| c == '\\' || c == ':' || c.is_control();
+    // Most prefixes are already clean: one scan (by byte when ASCII), one copy.
+    let has_unsafe = if raw.is_ascii() {
+        raw.bytes().any(|b| unsafe_char(char::from(b)))
+    } else {
+        raw.chars().any(unsafe_char)
+    };
+    if !has_unsafe
+        && raw
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+    {
+        return raw.to_owned();
+    }
     raw.split(['/', '\\'])
         .filter(|part| !part.is_empty() && *part != "." && *part != "..")
         .map(|part| {
@@ -1322,6 +1339,21 @@ mod tests {
             prompt_of(json!({"1": {"class_type": "S", "inputs": {"filename_prefix": "p"}}}));
         let got = rewrite_filename_prefixes(&mut prompt, "../a/../../b");
         assert_eq!(got[0].1, "comfy-reality/a_b/p");
+    }
+
+    proptest! {
+        /// A clean path comes back as it is, without the split; any other is rebuilt part by
+        /// part, as before the shortcut.
+        #[test]
+        fn sanitized_paths_match_a_part_by_part_rebuild(raw in "[a-z./\\\\:\\n\u{85}é]{0,12}") {
+            let rebuilt = raw
+                .split(['/', '\\'])
+                .filter(|part| !part.is_empty() && *part != "." && *part != "..")
+                .map(|part| part.replace(|c: char| c.is_control() || c == ':', "_"))
+                .collect::<Vec<_>>()
+                .join("/");
+            prop_assert_eq!(sanitize_path(&raw), rebuilt);
+        }
     }
 
     #[test]

@@ -108,12 +108,13 @@ pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>, base: &str) -> GraphA
 
     for id in &ordered {
         let Some(node) = nodes.get(*id) else { continue };
-        let inputs = format!("{}.inputs", key_path(base, id));
+        // Built only for a problem: most graphs have none.
+        let inputs = || format!("{}.inputs", key_path(base, id));
         for (input, src, idx) in node.links() {
             let Some(slot) = idx.as_u64() else {
                 problems.push(GraphProblem {
                     kind: GraphProblemKind::BadOutputIndex,
-                    field: key_path(&inputs, input),
+                    field: key_path(&inputs(), input),
                     description: format!(
                         "node {} input {} links to output index {} of node {}, which is not a non-negative integer",
                         shown(id),
@@ -127,7 +128,7 @@ pub(super) fn analyze(nodes: &BTreeMap<String, ComfyNode>, base: &str) -> GraphA
             if !nodes.contains_key(src) {
                 problems.push(GraphProblem {
                     kind: GraphProblemKind::MissingNode,
-                    field: key_path(&inputs, input),
+                    field: key_path(&inputs(), input),
                     description: format!(
                         "node {} input {} links to missing node {}",
                         shown(id),

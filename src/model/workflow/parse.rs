@@ -159,37 +159,38 @@ pub(super) fn parse_api_graph(text: &str) -> Result<ParsedGraph, ValidationError
     };
     let mut nodes = BTreeMap::new();
     for (id, node) in graph {
-        let path = key_path(&base, &id);
+        // Built only for a problem: most graphs have none.
+        let path = || key_path(&base, &id);
         if id.trim().is_empty() {
-            problems.push(path.clone(), "node id must not be empty");
+            problems.push(path(), "node id must not be empty");
         }
         let Value::Object(mut node) = node else {
-            problems.push(path, "node must be an object");
+            problems.push(path(), "node must be an object");
             continue;
         };
         let class_type = match node.remove("class_type") {
             Some(Value::String(c)) if !c.trim().is_empty() => Some(c),
             Some(Value::String(_)) => {
-                problems.push(format!("{path}.class_type"), "must not be empty");
+                problems.push(format!("{}.class_type", path()), "must not be empty");
                 None
             }
             Some(_) => {
-                problems.push(format!("{path}.class_type"), "must be a string");
+                problems.push(format!("{}.class_type", path()), "must be a string");
                 None
             }
             None => {
-                problems.push(format!("{path}.class_type"), "is required");
+                problems.push(format!("{}.class_type", path()), "is required");
                 None
             }
         };
         let inputs = match node.remove("inputs") {
             Some(Value::Object(inputs)) => Some(inputs),
             Some(_) => {
-                problems.push(format!("{path}.inputs"), "must be an object");
+                problems.push(format!("{}.inputs", path()), "must be an object");
                 None
             }
             None => {
-                problems.push(format!("{path}.inputs"), "is required (an object)");
+                problems.push(format!("{}.inputs", path()), "is required (an object)");
                 None
             }
         };
@@ -197,7 +198,7 @@ pub(super) fn parse_api_graph(text: &str) -> Result<ParsedGraph, ValidationError
             None => Some(JsonObject::new()),
             Some(Value::Object(meta)) => Some(meta),
             Some(_) => {
-                problems.push(format!("{path}._meta"), "must be an object");
+                problems.push(format!("{}._meta", path()), "must be an object");
                 None
             }
         };
