@@ -431,9 +431,15 @@ impl Executor {
         // Written into a byte buffer: `to_string` goes through `Display`, a
         // formatter call per token (3.8% of a submit's CPU for a 1 KiB graph).
         // (A JSON value always encodes; the error is for form's sake.)
-        let prompt = Bytes::from(serde_json::to_vec(&prompt_value).map_err(|error| {
-            ValidationError::single(WORKFLOW_FIELD, format!("cannot be encoded: {error}"))
-        })?);
+        // Its exact length (the encoder doubles its buffer as it goes): the actor may hold it
+        // until the execution is dispatched, and the memory store keeps it.
+        let prompt = Bytes::from(
+            serde_json::to_vec(&prompt_value)
+                .map_err(|error| {
+                    ValidationError::single(WORKFLOW_FIELD, format!("cannot be encoded: {error}"))
+                })?
+                .into_boxed_slice(),
+        );
         let key = request
             .idempotency_key
             .zip(fingerprint)
@@ -441,6 +447,7 @@ impl Executor {
                 key: super::scoped_key(&key, request.ownership.as_ref()),
                 fingerprint,
             });
+        let encoded_prompt = prompt.clone();
         let record = NewExecutionRecord {
             execution: execution.clone(),
             tasks: tasks.clone(),
@@ -464,6 +471,7 @@ impl Executor {
             unstored,
             required: prepared.required,
             prompt: prompt_value,
+            encoded_prompt,
         };
         if let ExecutionCreateOutcome::Created(execution) = &outcome {
             for dep in &root.dependencies {

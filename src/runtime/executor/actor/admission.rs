@@ -52,6 +52,7 @@ impl Actor {
             unstored,
             required,
             prompt,
+            encoded_prompt,
         } = admitted;
         // Stored by the handle before this actor's recovery read the store (a submit that
         // arrived while a runtime taking over was still starting): recovery admitted it
@@ -90,10 +91,11 @@ impl Actor {
             &root,
             Admission::Fresh,
         );
-        // Kept for a dispatch in this turn only: a queued execution does not
-        // hold its prompt.
+        // Parsed, kept for a dispatch in this turn only; encoded, held (within a budget) for a
+        // later one, which then does not read the store.
         if self.live.contains_key(&sched) {
             self.fresh_prompts.push((sched, prompt));
+            self.held_prompts.hold(sched, encoded_prompt);
         }
         self.answers.push(Answer {
             sched,

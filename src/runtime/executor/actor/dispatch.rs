@@ -107,7 +107,8 @@ impl Actor {
         }
     }
 
-    /// Hands `sched` to `backend_id`: reads its stored prompt, creates its
+    /// Hands `sched` to `backend_id`: takes its prompt (parsed in this turn,
+    /// else held since its submission, else read from the store), creates its
     /// NODE tasks on the first dispatch and spawns the attempt. RUNNING.
     fn dispatch(&mut self, sched: ExecutionId, backend_id: BackendId) {
         let Some(backend) = self.shared.pool.get(backend_id).cloned() else {
@@ -118,15 +119,17 @@ impl Actor {
             let _ = self.scheduler.prompt_finished(backend_id, sched);
             return;
         };
+        let held = self.held_prompts.take(sched);
         let fresh = self
             .fresh_prompts
             .iter()
             .position(|(id, _)| *id == sched)
             .map(|at| self.fresh_prompts.swap_remove(at).1);
-        let prompt = match fresh {
+        let prompt = match (fresh, held) {
             // Submitted in this turn: the handle's copy, not read back.
-            Some(prompt) => Ok(prompt),
-            None => match self.shared.execution_prompt(&live.id) {
+            (Some(prompt), _) => Ok(prompt),
+            (None, Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
+            (None, None) => match self.shared.execution_prompt(&live.id) {
                 Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
                 Ok(None) => Ok(Value::Null),
                 Err(error) => {

@@ -242,6 +242,7 @@ impl Actor {
         let Some(live) = self.live.remove(&sched) else {
             return;
         };
+        self.held_prompts.take(sched);
         self.by_id.remove(&live.id);
         self.by_root.remove(&live.root);
         self.deferred_starts.retain(|(s, _)| *s != sched);

@@ -153,6 +153,8 @@ pub(crate) struct Actor {
     /// The prompts of executions submitted in this turn, for a dispatch in
     /// the same turn; emptied when it ends.
     fresh_prompts: Vec<(ExecutionId, serde_json::Value)>,
+    /// The encoded prompts of executions waiting for their first dispatch.
+    held_prompts: HeldPrompts,
     /// The executions submitted in this turn, answered when it ends.
     answers: Vec<Answer>,
     /// The load as last published (see `publish_gauges`).
@@ -176,6 +178,43 @@ struct PublishedLoad {
     queued: Option<[usize; PRIORITIES.len()]>,
     running: Option<usize>,
     on_backend: Vec<usize>,
+}
+
+/// The most bytes of encoded prompts the actor holds (see [`HeldPrompts`]): 8,192 prompts of
+/// 1 KiB, a few hundred bytes per queued execution at 100,000 queued.
+const HELD_PROMPT_BYTES: usize = 8 << 20;
+
+/// The encoded prompts of executions submitted to this runtime, held from their submission
+/// to their first dispatch (or their end), so that dispatching one that waited in the queue
+/// does not read the store on the actor's thread. At most [`HELD_PROMPT_BYTES`] in all; a
+/// prompt beyond it, a retry and an execution recovered after a restart are read from the
+/// store when dispatched.
+#[derive(Default)]
+struct HeldPrompts {
+    /// By execution.
+    prompts: HashMap<ExecutionId, bytes::Bytes>,
+    /// Their lengths added up.
+    bytes: usize,
+}
+
+impl HeldPrompts {
+    /// Holds `prompt` for `sched` when it fits in what is left of the budget.
+    fn hold(&mut self, sched: ExecutionId, prompt: bytes::Bytes) {
+        if self.bytes + prompt.len() > HELD_PROMPT_BYTES {
+            return;
+        }
+        self.bytes += prompt.len();
+        if let Some(replaced) = self.prompts.insert(sched, prompt) {
+            self.bytes -= replaced.len();
+        }
+    }
+
+    /// The prompt held for `sched`, no longer held.
+    fn take(&mut self, sched: ExecutionId) -> Option<bytes::Bytes> {
+        let prompt = self.prompts.remove(&sched)?;
+        self.bytes -= prompt.len();
+        Some(prompt)
+    }
 }
 
 /// A submitted execution waiting for its answer at the end of the turn.
@@ -221,6 +260,7 @@ impl Actor {
             interned: HashSet::new(),
             no_nodes: Arc::new(NodeTasks::new()),
             fresh_prompts: Vec::new(),
+            held_prompts: HeldPrompts::default(),
             answers: Vec::new(),
             published: PublishedLoad::default(),
             ended_nodes: HashSet::new(),
@@ -461,4 +501,33 @@ enum Turn {
     Ended(String),
     /// A message.
     Message(Msg),
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{HELD_PROMPT_BYTES, HeldPrompts};
+    use crate::runtime::scheduler::ExecutionId;
+
+    #[test]
+    fn held_prompts_stay_within_their_budget_and_free_it_when_taken() {
+        let mut held = HeldPrompts::default();
+        let half = Bytes::from(vec![b'x'; HELD_PROMPT_BYTES / 2]);
+        held.hold(ExecutionId(1), half.clone());
+        held.hold(ExecutionId(2), half.clone());
+        // Full: a third is not held, and its dispatch reads the store.
+        held.hold(ExecutionId(3), Bytes::from_static(b"{}"));
+        assert_eq!(held.take(ExecutionId(3)), None);
+        assert_eq!(held.bytes, HELD_PROMPT_BYTES);
+        // Taken once: the budget it used is free again.
+        assert_eq!(held.take(ExecutionId(1)), Some(half.clone()));
+        assert_eq!(held.take(ExecutionId(1)), None);
+        assert_eq!(held.bytes, HELD_PROMPT_BYTES / 2);
+        held.hold(ExecutionId(3), Bytes::from_static(b"{}"));
+        assert_eq!(held.take(ExecutionId(3)), Some(Bytes::from_static(b"{}")));
+        // Held again for the same execution: counted once.
+        held.hold(ExecutionId(2), Bytes::from_static(b"{}"));
+        assert_eq!(held.bytes, 2);
+    }
 }
