@@ -52,24 +52,31 @@ impl Problems {
 }
 
 /// Whether `text` nests arrays/objects deeper than `limit`, by scanning the
-/// text (no parse, no recursion). Brackets inside strings do not count.
+/// text (no parse, no recursion). Brackets inside strings do not count; a
+/// string is skipped to its next quote or backslash at a time (`memchr`), not
+/// byte by byte: prompts and file names make most of a workflow's bytes.
 fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for b in text.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        at += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // An unterminated string: nothing after it counts.
+                let Some(found) = bytes
+                    .get(at..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                else {
+                    return false;
+                };
+                at += found + 1;
+                if bytes[at - 1] == b'"' {
+                    break;
+                }
+                // A backslash: the byte it escapes is part of the string.
+                at += 1;
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -420,5 +427,44 @@ mod tests {
         fn never_panics_on_graph_shaped_json(value in arb_graph()) {
             check_invariants(&value.to_string());
         }
+
+        /// The depth scan that skips strings with `memchr` counts like one that looks at
+        /// every byte, escapes and unterminated strings included.
+        #[test]
+        fn depth_scan_matches_a_byte_by_byte_scan(
+            text in r#"[\[\]{}"\\a]{0,40}"#,
+            limit in 0usize..5,
+        ) {
+            prop_assert_eq!(nests_deeper_than(&text, limit), deeper_byte_by_byte(&text, limit));
+        }
+    }
+
+    /// The scan as it was before it skipped strings with `memchr`.
+    fn deeper_byte_by_byte(text: &str, limit: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for b in text.bytes() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
     }
 }
