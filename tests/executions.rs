@@ -267,6 +267,38 @@ async fn a_node_exception_fails_without_retry_and_names_the_node() {
 }
 
 #[tokio::test]
+async fn a_workflow_over_the_node_limit_is_rejected_and_one_at_it_runs() {
+    let h = harness(1, |config| config.scheduling.max_workflow_nodes = 2).await;
+    // image_workflow has two nodes: at the limit.
+    let at_limit = h
+        .execute(&image_workflow("limit"), TaskPriority::Normal)
+        .await;
+    assert_eq!(at_limit.tasks.len(), 3, "root + 2 node tasks");
+    assert_eq!(
+        status(&h.wait_end(&at_limit.id).await),
+        TaskStatus::Completed
+    );
+    let mut over = image_workflow("over");
+    over["9"] =
+        json!({"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": 9}});
+    let status = h
+        .execute_with(ExecuteWorkflowRequest {
+            workflow: Some(Workflow::WorkflowJson(over.to_string())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        common::bad_request_violations(&status),
+        [(
+            "workflow_json".to_owned(),
+            "has 3 nodes; at most 2 are accepted".to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
 async fn invalid_workflows_are_rejected_with_field_paths() {
     let h = harness(1, |_| {}).await;
     let unknown = json!({

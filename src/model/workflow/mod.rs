@@ -321,16 +321,36 @@ impl WorkflowDefinition {
         self.nodes
             .iter()
             .map(|(id, node)| {
-                let mut entry = JsonObject::new();
-                entry.insert("class_type".into(), Value::String(node.class_type.clone()));
-                entry.insert("inputs".into(), Value::Object(node.inputs.clone()));
-                if !node.metadata.is_empty() {
-                    entry.insert("_meta".into(), Value::Object(node.metadata.clone()));
-                }
-                (id.clone(), Value::Object(entry))
+                let entry = api_entry(
+                    node.class_type.clone(),
+                    node.inputs.clone(),
+                    node.metadata.clone(),
+                );
+                (id.clone(), entry)
             })
             .collect()
     }
+
+    /// [`to_api_prompt`](Self::to_api_prompt), moving the nodes into it
+    /// instead of copying them: the definition is left without nodes (for a
+    /// caller done with them, as a submit is once it has its prompt).
+    pub fn take_api_prompt(&mut self) -> JsonObject {
+        std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(|(id, node)| (id, api_entry(node.class_type, node.inputs, node.metadata)))
+            .collect()
+    }
+}
+
+/// One node of a POST /prompt `prompt` object.
+fn api_entry(class_type: String, inputs: JsonObject, metadata: JsonObject) -> Value {
+    let mut entry = JsonObject::with_capacity(3);
+    entry.insert("class_type".into(), Value::String(class_type));
+    entry.insert("inputs".into(), Value::Object(inputs));
+    if !metadata.is_empty() {
+        entry.insert("_meta".into(), Value::Object(metadata));
+    }
+    Value::Object(entry)
 }
 
 impl TryFrom<WorkflowRecord> for WorkflowDefinition {

@@ -116,11 +116,13 @@ impl Executor {
             .collect()
     }
 
-    /// Runs every check on `workflow` with `options`; `execution_id` names the
-    /// output folder of the rewritten filename prefixes.
+    /// Runs every check on `workflow`, whose nodes are `prompt` (its POST
+    /// /prompt form), with `options`; `execution_id` names the output folder
+    /// of the rewritten filename prefixes.
     fn prepare(
         &self,
         workflow: &WorkflowDefinition,
+        mut prompt: JsonObject,
         options: &ExecutionOptions,
         execution_id: &str,
     ) -> Result<Prepared, ValidationError> {
@@ -136,12 +138,12 @@ impl Executor {
                 ),
             );
         }
-        if workflow.nodes.len() > settings.max_workflow_nodes {
+        if prompt.len() > settings.max_workflow_nodes {
             errors.push(
                 WORKFLOW_FIELD,
                 format!(
                     "has {} nodes; at most {} are accepted",
-                    workflow.nodes.len(),
+                    prompt.len(),
                     settings.max_workflow_nodes
                 ),
             );
@@ -156,18 +158,18 @@ impl Executor {
             errors.push(problem.field.clone(), problem.description.clone());
         }
         check_options(options, &mut errors);
-        let mut prompt = workflow.to_api_prompt();
+        // Before the overrides, which change inputs only.
+        let required: Vec<String> = prompt
+            .values()
+            .filter_map(|node| node.get("class_type").and_then(Value::as_str))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if let Err(e) = apply_overrides(&mut prompt, &options.overrides) {
             errors.extend(e);
         }
         rewrite_filename_prefixes(&mut prompt, execution_id);
-        let required: Vec<String> = workflow
-            .nodes
-            .values()
-            .map(|n| n.class_type.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
         let backends: Vec<String> = catalogues
             .iter()
             .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
@@ -221,7 +223,7 @@ impl Executor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        match self.prepare(workflow, options, "validation") {
+        match self.prepare(workflow, workflow.to_api_prompt(), options, "validation") {
             Ok(prepared) => ValidationReport {
                 problems: ValidationError::new(),
                 required_classes: prepared.required,
@@ -249,7 +251,7 @@ impl Executor {
     pub async fn submit(
         &self,
         request: ExecuteRequest,
-        workflow: WorkflowDefinition,
+        mut workflow: WorkflowDefinition,
         registered: bool,
     ) -> Result<ExecutionView, RuntimeError> {
         let execution_id = crate::model::new_id();
@@ -275,7 +277,10 @@ impl Executor {
             };
         }
         let mut errors = ValidationError::new();
-        let prepared = match self.prepare(&workflow, &request.options, &execution_id) {
+        // The nodes move into the prompt (the checks read them there): the
+        // definition is used for its name, id and version from here on.
+        let prompt = workflow.take_api_prompt();
+        let prepared = match self.prepare(&workflow, prompt, &request.options, &execution_id) {
             Ok(prepared) => Some(prepared),
             Err(e) => {
                 errors.extend(e);
@@ -381,6 +386,7 @@ impl Executor {
         execution_id: String,
         fingerprint: Option<String>,
     ) -> Result<(ExecutionCreateOutcome, Admitted), RuntimeError> {
+        let nodes = prepared.prompt.len();
         let max_retries = prepared
             .options
             .max_retries
@@ -497,7 +503,7 @@ impl Executor {
                 execution_id = %execution.id,
                 workflow_id = %execution.workflow_id,
                 task_id = %root.id,
-                nodes = workflow.nodes.len(),
+                nodes,
                 "execution created"
             );
         }
