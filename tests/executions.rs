@@ -281,14 +281,7 @@ async fn a_workflow_over_the_node_limit_is_rejected_and_one_at_it_runs() {
     let mut over = image_workflow("over");
     over["9"] =
         json!({"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": 9}});
-    let status = h
-        .execute_with(ExecuteWorkflowRequest {
-            workflow: Some(Workflow::WorkflowJson(over.to_string())),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = h.refused(&over).await;
     assert_eq!(
         common::bad_request_violations(&status),
         [(
@@ -305,14 +298,7 @@ async fn invalid_workflows_are_rejected_with_field_paths() {
         "1": {"class_type": "NoSuchNode", "inputs": {}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
     });
-    let status = h
-        .execute_with(ExecuteWorkflowRequest {
-            workflow: Some(Workflow::WorkflowJson(unknown.to_string())),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = h.refused(&unknown).await;
     let fields = common::bad_request_violations(&status);
     assert!(
         fields
@@ -324,14 +310,7 @@ async fn invalid_workflows_are_rejected_with_field_paths() {
     let dangling = json!({
         "2": {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "x"}}
     });
-    let status = h
-        .execute_with(ExecuteWorkflowRequest {
-            workflow: Some(Workflow::WorkflowJson(dangling.to_string())),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = h.refused(&dangling).await;
     assert_eq!(
         common::bad_request_violations(&status),
         [(

@@ -100,6 +100,20 @@ impl Harness {
         .expect("execute")
     }
 
+    /// Submits `workflow` inline, expecting a refusal with INVALID_ARGUMENT,
+    /// and returns it (its violations name the fields).
+    pub async fn refused(&self, workflow: &Value) -> tonic::Status {
+        let status = self
+            .execute_with(ExecuteWorkflowRequest {
+                workflow: Some(Workflow::WorkflowJson(workflow.to_string())),
+                ..Default::default()
+            })
+            .await
+            .expect_err("the workflow is refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status
+    }
+
     pub async fn execute_with(
         &self,
         request: ExecuteWorkflowRequest,
