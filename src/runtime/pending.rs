@@ -12,9 +12,10 @@
 //! entry is never older than the store; dropping one is always safe (the
 //! store has it), which bounds the cache at [`MAX_KEPT`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::model::FastMap;
 
 /// Most committed entries kept as live; past it they are all dropped (and
 /// read from the store again).
@@ -32,7 +33,7 @@ struct Entry<T> {
 
 /// The entries and how many of them are committed.
 struct Entries<T> {
-    by_id: HashMap<String, Entry<T>>,
+    by_id: FastMap<String, Entry<T>>,
     committed: usize,
     /// States whose entry went when their write committed, to be freed by the next
     /// [`PendingWrites::insert`]. A commit is announced on the store's writer thread; a state
@@ -45,7 +46,7 @@ struct Entries<T> {
 impl<T> Default for Entries<T> {
     fn default() -> Self {
         Self {
-            by_id: HashMap::new(),
+            by_id: FastMap::default(),
             committed: 0,
             retired: Vec::new(),
         }

@@ -3,7 +3,7 @@
 //! Every read-modify-write of a task runs under one write gate, so two
 //! concurrent updates of one task cannot lose each other's changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::mpsc;
@@ -20,6 +20,7 @@ use super::bus::{After, Commit, EventBus, EventContext, EventPayload};
 use super::fingerprint::Fingerprint;
 use super::pending::PendingWrites;
 use super::{ObjectKind, RuntimeError};
+use crate::model::FastMap;
 
 /// Most tasks one CancelTask call cancels, its own descendants included;
 /// bounds the work of one call on a pathological tree.
@@ -147,10 +148,10 @@ pub struct TaskRegistry {
     /// executor resolves dependencies from it).
     ended: OnceLock<mpsc::UnboundedSender<String>>,
     /// Task id -> the tasks that declared they block it (BLOCKS dependencies).
-    holds: Mutex<HashMap<String, Vec<String>>>,
+    holds: Mutex<FastMap<String, Vec<String>>>,
     /// Task id -> the tasks waiting for it to end, with how they wait
     /// (a hold is recorded as OPTIONAL: the held task waits for any end).
-    dependents: Mutex<HashMap<String, Vec<(String, DependencyType)>>>,
+    dependents: Mutex<FastMap<String, Vec<(String, DependencyType)>>>,
 }
 
 impl TaskRegistry {
@@ -162,8 +163,8 @@ impl TaskRegistry {
             pending: PendingWrites::keeping(|task: &Arc<Task>| task_is_live(task)),
             bus,
             ended: OnceLock::new(),
-            holds: Mutex::new(HashMap::new()),
-            dependents: Mutex::new(HashMap::new()),
+            holds: Mutex::new(FastMap::default()),
+            dependents: Mutex::new(FastMap::default()),
         }
     }
 

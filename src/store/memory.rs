@@ -11,6 +11,7 @@ use super::{
     NewExecutionRecord, Page, Store, StoreError, TaskFilter, WorkflowCursor, WorkflowFilter,
     version_key,
 };
+use crate::model::FastMap;
 use crate::model::events::Event;
 use crate::model::{Task, WorkflowDefinition, WorkflowExecution};
 
@@ -25,10 +26,10 @@ struct Inner {
     /// Tasks by creation sequence number: the listing order.
     tasks: BTreeMap<u64, Arc<Task>>,
     /// Task id -> creation sequence number.
-    task_index: HashMap<String, u64>,
+    task_index: FastMap<String, u64>,
     /// Parent task id -> its children's ids in creation order (parent_id
     /// never changes, so the index is written once per task).
-    children: HashMap<String, Vec<String>>,
+    children: FastMap<String, Vec<String>>,
     /// The next creation sequence number.
     next_seq: u64,
     /// Idempotency key -> (fingerprint, task id).
@@ -38,9 +39,9 @@ struct Inner {
     /// Executions by creation sequence number, with their prompt JSON.
     executions: BTreeMap<u64, (Arc<WorkflowExecution>, Bytes)>,
     /// Execution id -> creation sequence number.
-    execution_index: HashMap<String, u64>,
+    execution_index: FastMap<String, u64>,
     /// Task id (root or node) -> its execution's id.
-    task_execution: HashMap<String, String>,
+    task_execution: FastMap<String, String>,
     /// Execution idempotency key -> (fingerprint, execution id).
     execution_keys: HashMap<String, (String, String)>,
     /// The newest events, oldest first (shared with the bus's window).

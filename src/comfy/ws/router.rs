@@ -6,7 +6,7 @@
 //! Pure state, driven by the socket task: it must do no I/O and never await. What needs I/O
 //! (reading history, reconciling, delivering a terminal event) it returns as an [`Action`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -23,6 +23,7 @@ use crate::comfy::wire::{
     BinaryFrame, ExecutionError, ExecutionInterrupted, HistoryEntry, HistoryOutcome, NodeId,
     NodeOutput, WsMessage,
 };
+use crate::model::FastMap;
 
 /// Messages kept for prompt ids nobody watches yet (for re-keying on old servers).
 const ORPHAN_CAPACITY: usize = 256;
@@ -146,8 +147,8 @@ pub(super) enum Action {
 /// Routing state: who watches what, and which prompt runs now.
 pub(super) struct Router {
     counters: Arc<SocketCounters>,
-    watches: HashMap<String, Watch>,
-    keys: HashMap<u64, String>,
+    watches: FastMap<String, Watch>,
+    keys: FastMap<u64, String>,
     next_key: u64,
     /// Recent messages for prompt ids nobody watches.
     orphans: VecDeque<WsMessage>,
@@ -166,8 +167,8 @@ impl Router {
     pub(super) fn new(counters: Arc<SocketCounters>) -> Self {
         Self {
             counters,
-            watches: HashMap::new(),
-            keys: HashMap::new(),
+            watches: FastMap::default(),
+            keys: FastMap::default(),
             next_key: 0,
             orphans: VecDeque::new(),
             running: None,

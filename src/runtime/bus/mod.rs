@@ -48,7 +48,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
@@ -148,6 +148,7 @@ impl LiveEvents {
 
 impl Drop for LiveEvents {
     fn drop(&mut self) {
+        self.relay.subscribers.fetch_sub(1, Ordering::SeqCst);
         crate::telemetry::metrics::event_subscriber_closed();
     }
 }
@@ -280,7 +281,10 @@ impl Inner {
                 crate::telemetry::metrics::event_published(event.kind());
             }
             // Nobody to tell: a subscriber that comes later reads the window.
-            if self.live.receiver_count() == 0 {
+            // Read after the window took the events: a subscription that
+            // counts itself later reads them there.
+            let subscribers = self.relay.subscribers.load(Ordering::SeqCst);
+            if subscribers == 0 {
                 return;
             }
             if !self.relay.started.load(Ordering::Acquire) {
@@ -293,7 +297,7 @@ impl Inner {
             // A few subscribers: waking them here costs less than waking the
             // relay to do it. Only with nothing in the relay's hands (its inbox
             // empty and no send of it under way), so that order holds.
-            if self.live.receiver_count() <= DIRECT_SUBSCRIBERS
+            if subscribers <= DIRECT_SUBSCRIBERS
                 && published.inbox.is_empty()
                 && let Ok(_sending) = self.sending.try_lock()
             {
@@ -409,6 +413,7 @@ impl EventBus {
                     bus: bus.clone(),
                     wake: Notify::new(),
                     started: AtomicBool::new(false),
+                    subscribers: AtomicUsize::new(0),
                 }),
                 capacity: capacity.max(1),
                 store,
@@ -606,6 +611,8 @@ impl EventBus {
     /// dropped.
     pub fn subscribe(&self) -> LiveEvents {
         crate::telemetry::metrics::event_subscriber_opened();
+        // Counted before its receiver exists (see `announce`).
+        self.inner.relay.subscribers.fetch_add(1, Ordering::SeqCst);
         LiveEvents {
             rx: self.inner.live.subscribe(),
             relay: Arc::clone(&self.inner.relay),

@@ -1,6 +1,6 @@
 //! The relay: the task that wakes the live subscribers, off the publisher's thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, Weak};
 
 use tokio::sync::Notify;
@@ -19,6 +19,10 @@ pub(super) struct Relay {
     pub(super) wake: Notify,
     /// Whether the relay task runs.
     pub(super) started: AtomicBool,
+    /// Live subscriptions ([`super::LiveEvents`] not dropped yet). Announcing
+    /// reads it instead of the live channel's receiver count, which takes
+    /// the channel's lock (the one every parked subscriber took to park).
+    pub(super) subscribers: AtomicUsize,
 }
 
 impl std::fmt::Debug for Relay {

@@ -100,8 +100,9 @@ pub use outcomes::{
 };
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use crate::model::FastMap;
 use crate::model::TaskPriority;
 use backends::Backend;
 use queue::{Group, QueueKey};
@@ -157,9 +158,9 @@ pub struct Scheduler {
     /// The next submit sequence number.
     next_seq: u64,
     /// Every execution held, queued or dispatched.
-    entries: HashMap<ExecutionId, Entry>,
+    entries: FastMap<ExecutionId, Entry>,
     /// Queued executions by required classes; no group is empty.
-    groups: HashMap<RequiredClasses, Group>,
+    groups: FastMap<RequiredClasses, Group>,
     /// Every backend ever reported up or reporting its devices, by id.
     backends: BTreeMap<BackendId, Backend>,
     /// How devices and GPU memory steer placement.
@@ -179,8 +180,8 @@ impl Scheduler {
         Self {
             config,
             next_seq: 0,
-            entries: HashMap::new(),
-            groups: HashMap::new(),
+            entries: FastMap::default(),
+            groups: FastMap::default(),
             backends: BTreeMap::new(),
             gpu: GpuPolicy::default(),
             queued: [0; TaskPriority::ALL.len()],

@@ -34,7 +34,7 @@ mod gpu;
 mod recovery;
 mod retry;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ use crate::runtime::scheduler::{
 
 use super::messages::{Control, Msg, NodeTasks};
 use super::shared::Shared;
+use crate::model::FastMap;
 
 /// How an execution enters the actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,11 +137,11 @@ pub(crate) struct Actor {
     /// Queue order, slots and backends (pure logic).
     scheduler: Scheduler,
     /// The executions it holds, by scheduler id.
-    live: HashMap<ExecutionId, Live>,
+    live: FastMap<ExecutionId, Live>,
     /// Execution id -> scheduler id.
-    by_id: HashMap<Arc<str>, ExecutionId>,
+    by_id: FastMap<Arc<str>, ExecutionId>,
     /// Root task id -> scheduler id (for dependencies).
-    by_root: HashMap<Arc<str>, ExecutionId>,
+    by_root: FastMap<Arc<str>, ExecutionId>,
     /// The next scheduler id.
     next_sched: u64,
     /// Starts reported before the prompt ahead of them on the backend was
@@ -192,7 +193,7 @@ const HELD_PROMPT_BYTES: usize = 8 << 20;
 #[derive(Default)]
 struct HeldPrompts {
     /// By execution.
-    prompts: HashMap<ExecutionId, bytes::Bytes>,
+    prompts: FastMap<ExecutionId, bytes::Bytes>,
     /// Their lengths added up.
     bytes: usize,
 }
@@ -252,9 +253,9 @@ impl Actor {
             tx,
             tracker,
             scheduler,
-            live: HashMap::new(),
-            by_id: HashMap::new(),
-            by_root: HashMap::new(),
+            live: FastMap::default(),
+            by_id: FastMap::default(),
+            by_root: FastMap::default(),
             next_sched: 1,
             deferred_starts: Vec::new(),
             interned: HashSet::new(),
