@@ -323,10 +323,11 @@ impl Runtime {
     /// ExecuteWorkflow.
     pub async fn execute(&self, request: ExecuteRequest) -> Result<ExecutionView, RuntimeError> {
         let (workflow, registered) = self.resolve(&request.workflow)?;
-        self.inner
-            .executor
-            .submit(request, workflow, registered)
-            .await
+        // On the heap: its state (the request, the workflow, what is prepared
+        // from them) is kilobytes, which every future around it (this one,
+        // the scoped runtime's, the handler's, tonic's) would otherwise hold
+        // and copy when it is created and moved.
+        Box::pin(self.inner.executor.submit(request, workflow, registered)).await
     }
 
     /// ValidateWorkflow.
