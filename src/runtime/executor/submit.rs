@@ -328,8 +328,7 @@ impl Executor {
             }
         };
         match outcome {
-            ExecutionCreateOutcome::Created(execution) => {
-                let id = execution.id.clone();
+            Creation::New(id) => {
                 let (reply, answer) = oneshot::channel();
                 self.tx
                     .send(Msg::Submit {
@@ -362,7 +361,7 @@ impl Executor {
                     } => self.view_with_position(&id).await,
                 }
             }
-            ExecutionCreateOutcome::Existing {
+            Creation::Existing {
                 execution,
                 same_body,
             } => {
@@ -385,7 +384,7 @@ impl Executor {
         prepared: Prepared,
         execution_id: String,
         fingerprint: Option<String>,
-    ) -> Result<(ExecutionCreateOutcome, Admitted), RuntimeError> {
+    ) -> Result<(Creation, Admitted), RuntimeError> {
         let nodes = prepared.prompt.len();
         let max_retries = prepared
             .options
@@ -421,7 +420,6 @@ impl Executor {
         root.ownership = request.ownership.clone();
         // NODE tasks are created when the execution is first dispatched
         // (`node_tasks`): a queued execution costs one task, not one per node.
-        let tasks = vec![root.clone()];
         let config = prepared.options.to_json();
         let mut execution = WorkflowExecution::new(NewExecution {
             id: Some(execution_id),
@@ -456,7 +454,7 @@ impl Executor {
         let encoded_prompt = prompt.clone();
         let record = NewExecutionRecord {
             execution: execution.clone(),
-            tasks: tasks.clone(),
+            tasks: vec![root.clone()],
             prompt,
         };
         execution.tasks = Vec::new();
@@ -464,22 +462,32 @@ impl Executor {
         // any other is stored by the actor, with what it does to it, in one
         // write.
         let (outcome, unstored) = match key {
-            Some(key) => (self.shared.store.create_execution(record, Some(key))?, None),
-            None => (
-                ExecutionCreateOutcome::Created(execution.clone()),
-                Some(record),
+            Some(key) => (
+                match self.shared.store.create_execution(record, Some(key))? {
+                    ExecutionCreateOutcome::Created(execution) => Creation::New(execution.id),
+                    ExecutionCreateOutcome::Existing {
+                        execution,
+                        same_body,
+                    } => Creation::Existing {
+                        execution: Box::new(execution),
+                        same_body,
+                    },
+                },
+                None,
             ),
+            None => (Creation::New(execution.id.clone()), Some(record)),
         };
         let stored = unstored.is_none();
         let admitted = Admitted {
             execution,
-            root: root.clone(),
+            root,
             unstored,
             required: prepared.required,
             prompt: prompt_value,
             encoded_prompt,
         };
-        if let ExecutionCreateOutcome::Created(execution) = &outcome {
+        if let Creation::New(_) = &outcome {
+            let (execution, root) = (&admitted.execution, &admitted.root);
             for dep in &root.dependencies {
                 match dep.dependency_type {
                     DependencyType::Blocks => {
@@ -497,7 +505,9 @@ impl Executor {
                 }
             }
             if stored {
-                self.shared.tasks.announce_created(&tasks);
+                self.shared
+                    .tasks
+                    .announce_created(std::slice::from_ref(root));
             }
             tracing::info!(
                 execution_id = %execution.id,
@@ -509,6 +519,20 @@ impl Executor {
         }
         Ok((outcome, admitted))
     }
+}
+
+/// What `create` did: made a new execution (its id), or found the one its
+/// idempotency key already names.
+enum Creation {
+    /// Created: stored, or handed to the actor to store.
+    New(String),
+    /// The key's execution, and whether its request was the same.
+    Existing {
+        /// The execution the key names (boxed: the rare case).
+        execution: Box<WorkflowExecution>,
+        /// Whether the fingerprints match.
+        same_body: bool,
+    },
 }
 
 /// The error for an idempotency key reused with another request.
