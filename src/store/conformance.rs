@@ -75,6 +75,7 @@ conformance!(
     task_listing_pages_in_creation_order_with_filters,
     child_ids_in_creation_order,
     executions_are_created_with_their_tasks_and_prompt,
+    an_execution_is_read_with_its_root_and_the_roots_children,
     node_tasks_added_later_belong_to_their_execution,
     idempotent_execution_create,
     execution_listing_pages_in_creation_order_with_filters,
@@ -603,6 +604,38 @@ fn child_ids_in_creation_order(store: &dyn Store) {
     assert_eq!(store.child_ids(&parent.id).unwrap(), children);
     assert_eq!(store.child_ids(&other.id).unwrap().len(), 1);
     assert!(store.child_ids("nobody").unwrap().is_empty());
+}
+
+/// `Store::execution_with_tasks`: the execution, its root, then the root's
+/// children in creation order, NODE tasks added later included; what the
+/// single reads give, and `None` for an unknown execution.
+fn an_execution_is_read_with_its_root_and_the_roots_children(store: &dyn Store) {
+    let new = new_execution("wf", &[], 2);
+    let tasks = new.tasks.clone();
+    let execution = created_execution(store.create_execution(new, None).unwrap());
+    let (answers, answered) = std::sync::mpsc::channel();
+    let later = task_with("later node", TaskType::Node, &[], Some(&tasks[0].id));
+    store.write(
+        Changes {
+            new_execution_tasks: Some((execution.id.clone(), vec![later.clone()])),
+            ..Changes::default()
+        },
+        Box::new(move |result| answers.send(result.is_ok()).unwrap()),
+    );
+    assert!(answered.recv().unwrap());
+    let (read, with) = store
+        .execution_with_tasks(&execution.id)
+        .unwrap()
+        .expect("the execution is there");
+    assert_eq!(read, execution);
+    let expected: Vec<Task> = tasks.iter().cloned().chain([later]).collect();
+    assert_eq!(with, expected);
+    let singly: Vec<Task> = std::iter::once(tasks[0].id.clone())
+        .chain(store.child_ids(&tasks[0].id).unwrap())
+        .map(|id| store.get_task(&id).unwrap().unwrap())
+        .collect();
+    assert_eq!(with, singly);
+    assert_eq!(store.execution_with_tasks("missing").unwrap(), None);
 }
 
 fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {

@@ -269,6 +269,31 @@ pub trait Store: Send + Sync + 'static {
     fn put_execution(&self, execution: &WorkflowExecution) -> Result<bool, StoreError>;
     /// One execution by id (its `tasks` empty: read them as tasks).
     fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError>;
+    /// An execution (its `tasks` empty) with its root task first and then the
+    /// root's children in creation order, as an execution's view shows them;
+    /// `None` when there is no such execution. A store that can reads them
+    /// together, as of one moment (SQLite: one read transaction instead of
+    /// one per statement).
+    fn execution_with_tasks(
+        &self,
+        id: &str,
+    ) -> Result<Option<(WorkflowExecution, Vec<Task>)>, StoreError> {
+        let Some(execution) = self.get_execution(id)? else {
+            return Ok(None);
+        };
+        let mut tasks = Vec::new();
+        if let Some(root_id) = &execution.root_task_id {
+            if let Some(root) = self.get_task(root_id)? {
+                tasks.push(root);
+            }
+            for child in self.child_ids(root_id)? {
+                if let Some(task) = self.get_task(&child)? {
+                    tasks.push(task);
+                }
+            }
+        }
+        Ok(Some((execution, tasks)))
+    }
     /// The prompt JSON of an execution.
     fn execution_prompt(&self, id: &str) -> Result<Option<Bytes>, StoreError>;
     /// The execution a task (root or node) belongs to.

@@ -246,12 +246,15 @@ impl Executor {
 
     /// One execution with its tasks.
     pub fn view(&self, id: &str) -> Result<ExecutionView, RuntimeError> {
-        let execution = self
+        let (execution, tasks) = self
             .shared
             .store
-            .get_execution(id)?
+            .execution_with_tasks(id)?
             .ok_or_else(|| RuntimeError::execution_not_found(id))?;
-        self.assemble(execution)
+        Ok(ExecutionView {
+            execution: with_tasks(execution, tasks),
+            queue_position: None,
+        })
     }
 
     fn assemble(&self, execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {

@@ -394,6 +394,13 @@ impl Store for SqliteStore {
         executions::get(self, id)
     }
 
+    fn execution_with_tasks(
+        &self,
+        id: &str,
+    ) -> Result<Option<(WorkflowExecution, Vec<Task>)>, StoreError> {
+        executions::with_tasks(self, id)
+    }
+
     fn execution_prompt(&self, id: &str) -> Result<Option<Bytes>, StoreError> {
         executions::prompt(self, id)
     }

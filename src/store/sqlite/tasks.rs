@@ -159,13 +159,29 @@ pub(super) fn update_task(conn: &Connection, row: &TaskRow) -> Result<bool, Stor
 
 /// [`Store::get_task`].
 pub(super) fn get(store: &SqliteStore, id: &str) -> Result<Option<Task>, StoreError> {
-    store.read(|conn| {
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
-            .query_row([id], |row| row.get(0))
-            .optional()?;
-        body.map(|body| decode("task", id, &body)).transpose()
-    })
+    store.read(|conn| get_on(conn, id))
+}
+
+/// [`Store::get_task`] on a reader's connection.
+pub(super) fn get_on(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    body.map(|body| decode("task", id, &body)).transpose()
+}
+
+/// The children of `parent_id` themselves, in creation order, on a reader's connection.
+pub(super) fn children_on(conn: &Connection, parent_id: &str) -> Result<Vec<Task>, StoreError> {
+    let mut statement =
+        conn.prepare_cached("SELECT id, body FROM tasks WHERE parent_id = ?1 ORDER BY seq")?;
+    let mut rows = statement.query([parent_id])?;
+    let mut children = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id = row.get_ref(0)?.as_str()?;
+        children.push(decode("task", id, row.get_ref(1)?.as_str()?)?);
+    }
+    Ok(children)
 }
 
 /// [`Store::child_ids`], in creation order.
