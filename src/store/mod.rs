@@ -227,6 +227,22 @@ impl Changes {
 /// Told the outcome of a [`Store::write`] once it is durable (or failed).
 pub type Committed = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// The task `root_id` names, then its children in creation order, read one
+/// at a time (none without a root): the tasks of an execution's view.
+pub fn root_and_children<S: Store + ?Sized>(
+    store: &S,
+    root_id: Option<&str>,
+) -> Result<Vec<Task>, StoreError> {
+    let mut tasks = Vec::new();
+    if let Some(root_id) = root_id {
+        tasks.extend(store.get_task(root_id)?);
+        for child in store.child_ids(root_id)? {
+            tasks.extend(store.get_task(&child)?);
+        }
+    }
+    Ok(tasks)
+}
+
 /// Storage for the runtime's state. Methods are synchronous and short; each
 /// is atomic on its own.
 pub trait Store: Send + Sync + 'static {
@@ -281,17 +297,7 @@ pub trait Store: Send + Sync + 'static {
         let Some(execution) = self.get_execution(id)? else {
             return Ok(None);
         };
-        let mut tasks = Vec::new();
-        if let Some(root_id) = &execution.root_task_id {
-            if let Some(root) = self.get_task(root_id)? {
-                tasks.push(root);
-            }
-            for child in self.child_ids(root_id)? {
-                if let Some(task) = self.get_task(&child)? {
-                    tasks.push(task);
-                }
-            }
-        }
+        let tasks = root_and_children(self, execution.root_task_id.as_deref())?;
         Ok(Some((execution, tasks)))
     }
     /// The prompt JSON of an execution.

@@ -258,18 +258,10 @@ impl Executor {
     }
 
     fn assemble(&self, execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {
-        let store = &self.shared.store;
-        let mut tasks = Vec::new();
-        if let Some(root_id) = execution.root_task_id.clone() {
-            if let Some(root) = store.get_task(&root_id)? {
-                tasks.push(root);
-            }
-            for child in store.child_ids(&root_id)? {
-                if let Some(task) = store.get_task(&child)? {
-                    tasks.push(task);
-                }
-            }
-        }
+        let tasks = crate::store::root_and_children(
+            &*self.shared.store,
+            execution.root_task_id.as_deref(),
+        )?;
         Ok(ExecutionView {
             execution: with_tasks(execution, tasks),
             queue_position: None,
