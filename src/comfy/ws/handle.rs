@@ -89,7 +89,21 @@ impl BackendSocketHandle {
         prompt: &Value,
         extra_data: Option<&Value>,
     ) -> Result<(PromptWatch, PromptResponse), ComfyError> {
-        let mut watch = self.watch(&prompt_id.hyphenated().to_string()).await?;
+        let watch = self.watch(&prompt_id.hyphenated().to_string()).await?;
+        self.post(watch, prompt_id, prompt, extra_data).await
+    }
+
+    /// The rest of [`submit`](Self::submit) for a prompt watched already (under `prompt_id`,
+    /// through [`watch`](Self::watch)): posts it with this socket's clientId, then confirms.
+    /// For a caller with something else to wait for in between, so that the socket task's
+    /// round trip for the watch is not left for after it.
+    pub async fn post(
+        &self,
+        mut watch: PromptWatch,
+        prompt_id: Uuid,
+        prompt: &Value,
+        extra_data: Option<&Value>,
+    ) -> Result<(PromptWatch, PromptResponse), ComfyError> {
         let client_id = self.client_id();
         let response = self
             .client

@@ -102,19 +102,22 @@ pub(crate) async fn run(
     let attempt = spec.attempt;
     let posted = tokio::select! {
         result = async {
-            if let Some(recorded) = recorded
-                && let Err(error) = recorded.committed().await
-            {
-                tracing::warn!(execution_id = %spec.execution_id, %error, "prompt id not stored; posting anyway");
-            }
-            tracing::debug!(execution_id = %spec.execution_id, "prompt id stored; posting");
             // Messages for a clientId without a socket are dropped by ComfyUI:
             // wait (briefly) for the socket; reconciliation covers the rest.
             let _ = tokio::time::timeout(SOCKET_WAIT, backend.socket.wait_connected()).await;
-            match &spec.attach {
-                Some(prompt_id) => attach(&backend, prompt_id).await,
-                None => backend.socket.submit(spec.prompt_id, &spec.prompt, None).await,
+            if let Some(prompt_id) = &spec.attach {
+                stored(recorded, &spec.execution_id).await;
+                return attach(&backend, prompt_id).await;
             }
+            // Watched before the post (a fast prompt must not finish unseen) and
+            // while the write that records the prompt id commits: the socket
+            // task's round trip is not left for after it, when only the post is.
+            let watch = backend
+                .socket
+                .watch(&spec.prompt_id.hyphenated().to_string())
+                .await?;
+            stored(recorded, &spec.execution_id).await;
+            backend.socket.post(watch, spec.prompt_id, &spec.prompt, None).await
         } => result,
         () = abandon.cancelled() => return,
     };
@@ -167,6 +170,17 @@ pub(crate) async fn run(
         outcome,
         ended: follower.ended,
     });
+}
+
+/// Waits until `recorded` (the write that records the prompt id) is durable;
+/// a failed write is logged, and the prompt posted anyway.
+async fn stored(recorded: Option<Commit>, execution_id: &str) {
+    if let Some(recorded) = recorded
+        && let Err(error) = recorded.committed().await
+    {
+        tracing::warn!(%execution_id, %error, "prompt id not stored; posting anyway");
+    }
+    tracing::debug!(%execution_id, "prompt id stored; posting");
 }
 
 /// How following the prompt ended.
