@@ -664,4 +664,55 @@ mod tests {
         assert!(!b.status().is_terminal(), "{:?}", b.status());
         runtime.shutdown().await;
     }
+
+    /// The server's scheduler (one worker thread) runs a task woken by a message next; the
+    /// actor's yield lets the other calls' tasks that are ready run first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn submissions_ready_together_share_one_turn_and_one_commit() {
+        const CALLS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let mut config = Config::default();
+        // Nothing listens there: the executions stay queued.
+        config.servers = vec![crate::config::ServerConfig::with_url("http://127.0.0.1:9")];
+        config.scheduling.probe_interval_seconds = 3600.0;
+        let shared: Arc<dyn Store> = store.clone();
+        let runtime = Runtime::new(config, shared).unwrap();
+        let request = ExecuteRequest {
+            workflow: WorkflowSource::Inline(
+                r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}"#
+                    .into(),
+            ),
+            options: ExecutionOptions::default(),
+            priority: TaskPriority::Normal,
+            tags: BTreeSet::new(),
+            idempotency_key: None,
+            dependencies: Vec::new(),
+            name: None,
+            ownership: None,
+        };
+        // The start-up's writes are behind this one.
+        runtime.execute(request.clone()).await.unwrap();
+        let before = store.commit_count();
+        // The calls' tasks are ready together, as those of one read of a connection are.
+        let launcher = {
+            let (runtime, request) = (runtime.clone(), request.clone());
+            tokio::spawn(async move {
+                (0..CALLS)
+                    .map(|_| {
+                        let (runtime, request) = (runtime.clone(), request.clone());
+                        tokio::spawn(async move { runtime.execute(request).await })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        for call in launcher.await.unwrap() {
+            call.await.unwrap().unwrap();
+        }
+        // One for the turn; one more allowed for a write of the backend's socket task.
+        let commits = store.commit_count() - before;
+        assert!(commits <= 2, "{CALLS} submissions took {commits} commits");
+        runtime.shutdown().await;
+    }
 }
