@@ -635,6 +635,9 @@ fn an_execution_is_read_with_its_root_and_the_roots_children(store: &dyn Store) 
         .map(|id| store.get_task(&id).unwrap().unwrap())
         .collect();
     assert_eq!(with, singly);
+    // The same tasks by their root alone (an execution listed, read already).
+    assert_eq!(store.root_and_children(&tasks[0].id).unwrap(), expected);
+    assert!(store.root_and_children("missing").unwrap().is_empty());
     assert_eq!(store.execution_with_tasks("missing").unwrap(), None);
 }
 

@@ -227,22 +227,6 @@ impl Changes {
 /// Told the outcome of a [`Store::write`] once it is durable (or failed).
 pub type Committed = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-/// The task `root_id` names, then its children in creation order, read one
-/// at a time (none without a root): the tasks of an execution's view.
-pub fn root_and_children<S: Store + ?Sized>(
-    store: &S,
-    root_id: Option<&str>,
-) -> Result<Vec<Task>, StoreError> {
-    let mut tasks = Vec::new();
-    if let Some(root_id) = root_id {
-        tasks.extend(store.get_task(root_id)?);
-        for child in store.child_ids(root_id)? {
-            tasks.extend(store.get_task(&child)?);
-        }
-    }
-    Ok(tasks)
-}
-
 /// Storage for the runtime's state. Methods are synchronous and short; each
 /// is atomic on its own.
 pub trait Store: Send + Sync + 'static {
@@ -285,6 +269,18 @@ pub trait Store: Send + Sync + 'static {
     fn put_execution(&self, execution: &WorkflowExecution) -> Result<bool, StoreError>;
     /// One execution by id (its `tasks` empty: read them as tasks).
     fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError>;
+    /// The task `root_id` names, then its children in creation order: the
+    /// tasks of an execution's view (none without a root). A store that can
+    /// reads them together, as of one moment (SQLite: one read transaction
+    /// instead of one per statement); by default, one at a time.
+    fn root_and_children(&self, root_id: &str) -> Result<Vec<Task>, StoreError> {
+        let mut tasks = Vec::new();
+        tasks.extend(self.get_task(root_id)?);
+        for child in self.child_ids(root_id)? {
+            tasks.extend(self.get_task(&child)?);
+        }
+        Ok(tasks)
+    }
     /// An execution (its `tasks` empty) with its root task first and then the
     /// root's children in creation order, as an execution's view shows them;
     /// `None` when there is no such execution. A store that can reads them
@@ -297,7 +293,10 @@ pub trait Store: Send + Sync + 'static {
         let Some(execution) = self.get_execution(id)? else {
             return Ok(None);
         };
-        let tasks = root_and_children(self, execution.root_task_id.as_deref())?;
+        let tasks = match execution.root_task_id.as_deref() {
+            Some(root_id) => self.root_and_children(root_id)?,
+            None => Vec::new(),
+        };
         Ok(Some((execution, tasks)))
     }
     /// The prompt JSON of an execution.

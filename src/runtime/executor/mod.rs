@@ -258,10 +258,10 @@ impl Executor {
     }
 
     fn assemble(&self, execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {
-        let tasks = crate::store::root_and_children(
-            &*self.shared.store,
-            execution.root_task_id.as_deref(),
-        )?;
+        let tasks = match execution.root_task_id.as_deref() {
+            Some(root_id) => self.shared.store.root_and_children(root_id)?,
+            None => Vec::new(),
+        };
         Ok(ExecutionView {
             execution: with_tasks(execution, tasks),
             queue_position: None,

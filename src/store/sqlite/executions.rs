@@ -248,34 +248,21 @@ fn get_on(conn: &Connection, id: &str) -> Result<Option<WorkflowExecution>, Stor
 }
 
 /// [`Store::execution_with_tasks`]: the execution, its root and the root's
-/// children in one read transaction, so that they are of one moment and the
-/// WAL index's read lock is taken once, not once per statement (the view a
-/// `WatchExecution` stream sends at every change of the execution).
+/// children in one read transaction (the view a `WatchExecution` stream sends
+/// at every change of the execution).
 pub(super) fn with_tasks(
     store: &SqliteStore,
     id: &str,
 ) -> Result<Option<(WorkflowExecution, Vec<Task>)>, StoreError> {
-    store.read(|conn| {
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        let read = (|| -> Result<Option<(WorkflowExecution, Vec<Task>)>, StoreError> {
-            let Some(execution) = get_on(conn, id)? else {
-                return Ok(None);
-            };
-            let mut tasks = Vec::new();
-            if let Some(root_id) = &execution.root_task_id {
-                tasks.extend(super::tasks::get_on(conn, root_id)?);
-                tasks.extend(super::tasks::children_on(conn, root_id)?);
-            }
-            Ok(Some((execution, tasks)))
-        })();
-        // A read transaction: ending it cannot lose anything, and the
-        // connection goes back to the pool outside any transaction.
-        let ended = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut end| end.execute([]));
-        let read = read?;
-        ended?;
-        Ok(read)
+    store.read_together(|conn| {
+        let Some(execution) = get_on(conn, id)? else {
+            return Ok(None);
+        };
+        let tasks = match &execution.root_task_id {
+            Some(root_id) => super::tasks::root_and_children_on(conn, root_id)?,
+            None => Vec::new(),
+        };
+        Ok(Some((execution, tasks)))
     })
 }
 

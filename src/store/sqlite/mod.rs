@@ -199,6 +199,27 @@ impl SqliteStore {
     ) -> Result<R, StoreError> {
         self.readers.with(work)
     }
+
+    /// [`read`](Self::read) in one read transaction: what `work` reads is of
+    /// one moment, and the WAL index's read lock is taken once, not once per
+    /// statement.
+    fn read_together<R>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.readers.with(|conn| {
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let read = work(conn);
+            // A read transaction: ending it cannot lose anything, and the
+            // connection goes back to the pool outside any transaction.
+            let ended = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut end| end.execute([]));
+            let read = read?;
+            ended?;
+            Ok(read)
+        })
+    }
 }
 
 /// [`Changes`] as rows, ready for the writer thread.
@@ -392,6 +413,10 @@ impl Store for SqliteStore {
 
     fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError> {
         executions::get(self, id)
+    }
+
+    fn root_and_children(&self, root_id: &str) -> Result<Vec<Task>, StoreError> {
+        self.read_together(|conn| tasks::root_and_children_on(conn, root_id))
     }
 
     fn execution_with_tasks(

@@ -163,7 +163,7 @@ pub(super) fn get(store: &SqliteStore, id: &str) -> Result<Option<Task>, StoreEr
 }
 
 /// [`Store::get_task`] on a reader's connection.
-pub(super) fn get_on(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
+fn get_on(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
     let body: Option<String> = conn
         .prepare_cached("SELECT body FROM tasks WHERE id = ?1")?
         .query_row([id], |row| row.get(0))
@@ -171,8 +171,19 @@ pub(super) fn get_on(conn: &Connection, id: &str) -> Result<Option<Task>, StoreE
     body.map(|body| decode("task", id, &body)).transpose()
 }
 
+/// [`Store::root_and_children`] on a reader's connection: the root, then
+/// its children (one query for their bodies).
+pub(super) fn root_and_children_on(
+    conn: &Connection,
+    root_id: &str,
+) -> Result<Vec<Task>, StoreError> {
+    let mut tasks: Vec<Task> = get_on(conn, root_id)?.into_iter().collect();
+    tasks.extend(children_on(conn, root_id)?);
+    Ok(tasks)
+}
+
 /// The children of `parent_id` themselves, in creation order, on a reader's connection.
-pub(super) fn children_on(conn: &Connection, parent_id: &str) -> Result<Vec<Task>, StoreError> {
+fn children_on(conn: &Connection, parent_id: &str) -> Result<Vec<Task>, StoreError> {
     let mut statement =
         conn.prepare_cached("SELECT id, body FROM tasks WHERE parent_id = ?1 ORDER BY seq")?;
     let mut rows = statement.query([parent_id])?;
