@@ -29,7 +29,8 @@ pub struct StoreConfig {
     /// Finished tasks and executions (completed, failed, cancelled), and events, are deleted
     /// this many days after they last changed. Default: 30. Bound: >= 1.
     pub retention_days: u32,
-    /// Most events kept; the oldest beyond it are deleted. Default: 1000000. Bound: >= 1.
+    /// Most events kept; the oldest beyond it are deleted, 1% of it (at most 1,024) at a
+    /// time, so 99-100% of it stays. Default: 1000000. Bound: >= 1.
     pub max_events: u64,
     /// How far a commit waits for the disk: `normal` (survives a crash of the process; the
     /// last commits can be lost on power loss) or `full` (survives power loss, slower).

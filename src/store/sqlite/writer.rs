@@ -291,13 +291,39 @@ pub(super) fn run_batch(
     })
 }
 
-/// Keeps at most `max_events` events: once per batch, a range delete at the
-/// low end of the table that usually removes as many rows as the batch added.
+/// Most events one trim deletes beyond those over the cap: the cap is kept by
+/// deleting a chunk (1% of `max_events`, at most this many) whenever a batch
+/// takes the table over it. Deleting a few rows at every commit rewrote the
+/// table's first leaf pages and their parent, and freed one page at a time:
+/// about 3 of a commit's 30 WAL frames once the table sat at its cap.
+const TRIM_CHUNK: i64 = 1024;
+
+/// Keeps at most `max_events` events. Once per batch, the table's lowest and
+/// highest sequences (one seek each) say whether the batch took it over the
+/// cap; when it did, a range delete at the low end brings it back to
+/// `max_events` less a chunk ([`TRIM_CHUNK`]), so that the next trims are
+/// that many events apart. At least the newest event stays.
 pub(super) fn trim_events(conn: &Connection, max_events: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "DELETE FROM events WHERE sequence <= (SELECT MAX(sequence) FROM events) - ?1",
-    )?
-    .execute([max_events])?;
+    let (lowest, highest): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(
+            // Two subqueries: each is one seek, where MIN and MAX of one
+            // SELECT would scan the table.
+            "SELECT (SELECT MIN(sequence) FROM events), (SELECT MAX(sequence) FROM events)",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let (Some(lowest), Some(highest)) = (lowest, highest) else {
+        return Ok(());
+    };
+    // Sequences are kept above `highest - max_events`: at most `max_events`
+    // rows, gaps or not.
+    if lowest > highest.saturating_sub(max_events) {
+        return Ok(());
+    }
+    let keep = max_events
+        .saturating_sub((max_events / 100).clamp(1, TRIM_CHUNK))
+        .max(1);
+    conn.prepare_cached("DELETE FROM events WHERE sequence <= ?1")?
+        .execute([highest.saturating_sub(keep)])?;
     Ok(())
 }
 
@@ -430,20 +456,45 @@ mod tests {
     fn events_beyond_max_events_are_dropped_as_they_are_appended() {
         let dir = tempfile::tempdir().unwrap();
         let options = SqliteOptions {
-            max_events: 3,
+            max_events: 300,
             ..SqliteOptions::default()
         };
         let store = SqliteStore::open_with(&dir.path().join("store.db"), options).unwrap();
-        for sequence in 1..=7 {
+        let kept = |store: &SqliteStore| -> Vec<u64> {
+            store
+                .events_after(0, 1000)
+                .unwrap()
+                .iter()
+                .map(|e| e.sequence)
+                .collect()
+        };
+        for sequence in 1..=700 {
             store.append_event(&event(sequence)).unwrap();
+            let now = kept(&store);
+            // Never over the cap, the newest always there, the oldest gone
+            // first; a trim takes 1% (3 events) more than the cap asks.
+            assert!(now.len() <= 300, "{} events after {sequence}", now.len());
+            assert!(now.len() >= 297.min(sequence as usize));
+            assert_eq!(now.last(), Some(&sequence));
+            assert!(now.windows(2).all(|w| w[1] == w[0] + 1));
         }
-        let kept: Vec<u64> = store
-            .events_after(0, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.sequence)
-            .collect();
-        assert_eq!(kept, [5, 6, 7]);
-        assert_eq!(store.last_event_sequence().unwrap(), 7);
+        // A trim every 4 events (at 301, 305, ..., 697), each deleting 4:
+        // after 697 the table held 401..=697, then 698..=700 came.
+        assert_eq!(kept(&store).first(), Some(&401));
+        assert_eq!(store.last_event_sequence().unwrap(), 700);
+
+        // The smallest cap keeps exactly the newest event.
+        let one = SqliteStore::open_with(
+            &dir.path().join("one.db"),
+            SqliteOptions {
+                max_events: 1,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap();
+        for sequence in 1..=5 {
+            one.append_event(&event(sequence)).unwrap();
+            assert_eq!(kept(&one), [sequence]);
+        }
     }
 }
