@@ -468,6 +468,8 @@ mod tests {
                 .map(|e| e.sequence)
                 .collect()
         };
+        let mut trims = 0;
+        let mut oldest = 1;
         for sequence in 1..=700 {
             store.append_event(&event(sequence)).unwrap();
             let now = kept(&store);
@@ -477,7 +479,14 @@ mod tests {
             assert!(now.len() >= 297.min(sequence as usize));
             assert_eq!(now.last(), Some(&sequence));
             assert!(now.windows(2).all(|w| w[1] == w[0] + 1));
+            if now[0] != oldest {
+                trims += 1;
+                oldest = now[0];
+            }
         }
+        // Trimmed in chunks: one delete per 4 appends past the cap, not one
+        // per append.
+        assert_eq!(trims, 100);
         // A trim every 4 events (at 301, 305, ..., 697), each deleting 4:
         // after 697 the table held 401..=697, then 698..=700 came.
         assert_eq!(kept(&store).first(), Some(&401));
