@@ -553,6 +553,15 @@ impl EventBus {
         })
     }
 
+    /// Whether the writes this thread's open batch gathered so far (not yet
+    /// handed to the store) create execution `id`. A write made on this thread
+    /// now joins them, and a batch is handed over and stored whole, as one
+    /// atomic write: it becomes durable together with that creation, neither
+    /// before nor after it.
+    pub(crate) fn gathering_creation_of(&self, id: &str) -> bool {
+        writes::gathering_creation_of(&self.inner, id)
+    }
+
     /// Hands the writes gathered so far in this thread's batch to the store
     /// now; the batch stays open. Called before answering a caller who will
     /// wait for what was written.

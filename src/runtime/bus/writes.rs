@@ -300,6 +300,21 @@ pub(super) fn gather(bus: &Arc<Inner>, write: Write) -> Option<Write> {
     })
 }
 
+/// Whether this thread's open batch of `bus` gathered the creation of execution `id`.
+pub(super) fn gathering_creation_of(bus: &Arc<Inner>, id: &str) -> bool {
+    BATCH.with(|batch| {
+        batch.borrow().as_ref().is_some_and(|gathered| {
+            Arc::ptr_eq(&gathered.bus, bus)
+                && gathered
+                    .write
+                    .changes
+                    .new_executions
+                    .iter()
+                    .any(|record| record.execution.id == id)
+        })
+    })
+}
+
 /// Hands this thread's gathered writes to the store (the batch stays open).
 pub(super) fn flush_thread_batch() {
     let taken = BATCH.with(|batch| batch.borrow_mut().as_mut().and_then(Gathered::take));

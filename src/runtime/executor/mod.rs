@@ -432,3 +432,6 @@ fn with_tasks(mut execution: WorkflowExecution, tasks: Vec<Task>) -> WorkflowExe
     }
     execution
 }
+
+#[cfg(test)]
+mod tests;

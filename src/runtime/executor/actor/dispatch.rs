@@ -183,7 +183,12 @@ impl Actor {
         tracing::info!(execution_id = %execution_id, backend = %name, attempt = spec.attempt, "dispatching");
         // The prompt id is recorded before the prompt is posted (the attempt
         // waits for that write), so a restart looks for it on the backend
-        // instead of posting it again.
+        // instead of posting it again. Not when the execution was submitted in
+        // this turn and its creation is still in the turn's batch: the record
+        // then commits with the creation, in one transaction, and the prompt is
+        // posted while they commit. A crash before that commit keeps neither:
+        // nothing is run again after a restart, and the submit, never answered,
+        // leaves a prompt that ComfyUI runs unclaimed.
         let prompt_text = prompt_id.hyphenated().to_string();
         // With the socket's client id as well: the post's answer then has nothing to add (see
         // `posted`), and a job makes one write fewer.
@@ -197,7 +202,10 @@ impl Actor {
                 execution.client_id = client_id;
                 Ok(())
             }) {
-            Ok((_, commit)) => spec.recorded = commit,
+            Ok((_, commit)) => {
+                spec.recorded = commit
+                    .filter(|_| !self.shared.tasks.bus().gathering_creation_of(&execution_id));
+            }
             Err(error) => tracing::warn!(%execution_id, %error, "execution not updated"),
         }
         self.tracker.spawn(attempt::run(

@@ -1,0 +1,195 @@
+//! When a prompt is posted against when the write recording its prompt id
+//! commits, on the SQLite store in front of the fake ComfyUI. The store's
+//! writer is held up by a second connection that holds the file's write lock
+//! (`BEGIN IMMEDIATE`); the writer waits for it (its busy timeout is 5 s).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep};
+
+use crate::config::{Config, ServerConfig};
+use crate::model::{TaskPriority, TaskStatus};
+use crate::runtime::{ExecuteRequest, ExecutionOptions, Runtime, WorkflowSource};
+use crate::store::{SqliteStore, Store};
+
+/// Longest wait for anything that takes milliseconds.
+const HANG_GUARD: Duration = Duration::from_secs(20);
+
+fn request(seconds: f64, nonce: u64) -> ExecuteRequest {
+    let workflow = json!({
+        "1": {"class_type": "TestDelay", "inputs": {"seconds": seconds, "steps": 1, "nonce": nonce}}
+    });
+    ExecuteRequest {
+        workflow: WorkflowSource::Inline(workflow.to_string()),
+        options: ExecutionOptions::default(),
+        priority: TaskPriority::Normal,
+        tags: BTreeSet::new(),
+        idempotency_key: None,
+        dependencies: Vec::new(),
+        name: None,
+        ownership: None,
+    }
+}
+
+/// The runtime on a new SQLite store at `path`, with the fake as its one backend.
+fn runtime(path: &Path, fake: &FakeComfy, max_concurrent: usize) -> Runtime {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path).unwrap());
+    let mut config = Config::default();
+    config.servers = vec![ServerConfig::with_url(fake.base_url())];
+    config.runtime.max_concurrent_tasks = max_concurrent;
+    Runtime::new(config, store).unwrap()
+}
+
+/// Waits until execution `id` ends; its status.
+async fn ended(runtime: &Runtime, id: &str) -> TaskStatus {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let status = runtime.executor().view(id).unwrap().execution.status();
+        if status.is_terminal() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{id} still {status:?}");
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The prompts the fake has: (in its queue, running or pending; in its history).
+async fn on_fake(fake: &FakeComfy) -> (usize, usize) {
+    let get = |path: &str| {
+        let url = format!("{}{path}", fake.base_url());
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let queue = get("/queue").await;
+    let queued = ["queue_running", "queue_pending"]
+        .iter()
+        .map(|key| queue[key].as_array().map_or(0, Vec::len))
+        .sum();
+    let history = get("/history").await.as_object().map_or(0, |h| h.len());
+    (queued, history)
+}
+
+/// Waits until the fake has `want` prompts in its history.
+async fn history_reaches(fake: &FakeComfy, want: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if on_fake(fake).await.1 >= want {
+            return true;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Holds the store file's write lock until dropped or released.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(path: &Path) -> Self {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        Self(conn)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("COMMIT").unwrap();
+    }
+}
+
+/// An execution submitted while its backend is free is dispatched in the turn that
+/// creates it: the record of its prompt id is in the creation's write, and the prompt
+/// goes to ComfyUI while that write commits. The submit itself is answered only once
+/// it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_execution_is_posted_while_its_creation_commits() {
+    let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let runtime = runtime(&path, &fake, 10);
+    // The backend is up once a first job ran.
+    let first = runtime.execute(request(0.0, 1)).await.unwrap();
+    assert_eq!(
+        ended(&runtime, &first.execution.id).await,
+        TaskStatus::Completed
+    );
+
+    let lock = WriteLock::take(&path);
+    let call = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.execute(request(0.0, 2)).await }
+    });
+    assert!(
+        history_reaches(&fake, 2, Duration::from_secs(3)).await,
+        "the prompt waited for its execution's commit"
+    );
+    assert!(
+        !call.is_finished(),
+        "the submit was answered before its execution was stored"
+    );
+    lock.release();
+    let second = tokio::time::timeout(HANG_GUARD, call)
+        .await
+        .expect("hang guard")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ended(&runtime, &second.execution.id).await,
+        TaskStatus::Completed
+    );
+    runtime.shutdown().await;
+    fake.shutdown().await;
+}
+
+/// An execution stored earlier (queued behind another) is posted only once the write
+/// recording its prompt id is durable: a restart then finds the prompt on its backend
+/// instead of posting it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
+    let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    // One execution on the backends at a time: the second waits in the runtime's queue.
+    let runtime = runtime(&path, &fake, 1);
+    let first = runtime.execute(request(0.0, 1)).await.unwrap();
+    assert_eq!(
+        ended(&runtime, &first.execution.id).await,
+        TaskStatus::Completed
+    );
+
+    let running = runtime.execute(request(0.3, 2)).await.unwrap();
+    let queued = runtime.execute(request(0.0, 3)).await.unwrap();
+    assert_eq!(queued.execution.status(), TaskStatus::Queued);
+    let lock = WriteLock::take(&path);
+    // The running one ends on ComfyUI; the runtime hears of it and dispatches the
+    // queued one, whose record cannot commit.
+    assert!(history_reaches(&fake, 2, HANG_GUARD).await);
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        on_fake(&fake).await,
+        (0, 2),
+        "the queued execution's prompt was posted before its id was stored"
+    );
+    lock.release();
+    assert_eq!(
+        ended(&runtime, &running.execution.id).await,
+        TaskStatus::Completed
+    );
+    assert_eq!(
+        ended(&runtime, &queued.execution.id).await,
+        TaskStatus::Completed
+    );
+    assert_eq!(on_fake(&fake).await, (0, 3));
+    runtime.shutdown().await;
+    fake.shutdown().await;
+}
