@@ -39,8 +39,10 @@ fn request(seconds: f64, nonce: u64) -> ExecuteRequest {
 /// The runtime on a new SQLite store at `path`, with the fake as its one backend.
 fn runtime(path: &Path, fake: &FakeComfy, max_concurrent: usize) -> Runtime {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path).unwrap());
-    let mut config = Config::default();
-    config.servers = vec![ServerConfig::with_url(fake.base_url())];
+    let mut config = Config {
+        servers: vec![ServerConfig::with_url(fake.base_url())],
+        ..Config::default()
+    };
     config.runtime.max_concurrent_tasks = max_concurrent;
     Runtime::new(config, store).unwrap()
 }
