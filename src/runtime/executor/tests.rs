@@ -169,10 +169,21 @@ async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
         TaskStatus::Completed
     );
 
-    let running = runtime.execute(request(0.3, 2)).await.unwrap();
+    // Long enough for the lock to be taken while it runs, on any machine.
+    let running = runtime.execute(request(1.0, 2)).await.unwrap();
+    let deadline = Instant::now() + HANG_GUARD;
+    while on_fake(&fake).await != (1, 1) {
+        assert!(Instant::now() < deadline, "the first prompt never ran");
+        sleep(Duration::from_millis(5)).await;
+    }
     let queued = runtime.execute(request(0.0, 3)).await.unwrap();
     assert_eq!(queued.execution.status(), TaskStatus::Queued);
     let lock = WriteLock::take(&path);
+    assert_eq!(
+        on_fake(&fake).await,
+        (1, 1),
+        "the queued execution was dispatched before the lock was taken"
+    );
     // The running one ends on ComfyUI; the runtime hears of it and dispatches the
     // queued one, whose record cannot commit.
     assert!(history_reaches(&fake, 2, HANG_GUARD).await);
