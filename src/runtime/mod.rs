@@ -678,20 +678,10 @@ mod tests {
         config.scheduling.probe_interval_seconds = 3600.0;
         let shared: Arc<dyn Store> = store.clone();
         let runtime = Runtime::new(config, shared).unwrap();
-        let request = ExecuteRequest {
-            workflow: WorkflowSource::Inline(
-                r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}"#
-                    .into(),
-            ),
-            options: ExecutionOptions::default(),
-            priority: TaskPriority::Normal,
-            tags: BTreeSet::new(),
-            idempotency_key: None,
-            dependencies: Vec::new(),
-            name: None,
-            ownership: None,
-        };
+        let request = ExecuteRequest::inline(
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}"#,
+        );
         // The start-up's writes are behind this one.
         runtime.execute(request.clone()).await.unwrap();
         let before = store.commit_count();

@@ -102,6 +102,23 @@ pub struct ExecuteRequest {
     pub ownership: Option<crate::model::Ownership>,
 }
 
+impl ExecuteRequest {
+    /// An inline workflow (API-format JSON) with everything else at its default: NORMAL
+    /// priority, default options, and no tags, idempotency key, dependencies, name or owner.
+    pub fn inline(workflow_json: impl Into<String>) -> Self {
+        Self {
+            workflow: WorkflowSource::Inline(workflow_json.into()),
+            options: ExecutionOptions::default(),
+            priority: TaskPriority::Normal,
+            tags: BTreeSet::new(),
+            idempotency_key: None,
+            dependencies: Vec::new(),
+            name: None,
+            ownership: None,
+        }
+    }
+}
+
 /// The key an idempotency key is stored under: the tenant's own namespace, so that two
 /// tenants using the same key never meet.
 pub(crate) fn scoped_key(key: &str, ownership: Option<&crate::model::Ownership>) -> String {

@@ -3,7 +3,6 @@
 //! writer is held up by a second connection that holds the file's write lock
 //! (`BEGIN IMMEDIATE`); the writer waits for it (its busy timeout is 5 s).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +12,8 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
 use crate::config::{Config, ServerConfig};
-use crate::model::{TaskPriority, TaskStatus};
-use crate::runtime::{ExecuteRequest, ExecutionOptions, Runtime, WorkflowSource};
+use crate::model::TaskStatus;
+use crate::runtime::{ExecuteRequest, Runtime};
 use crate::store::{SqliteStore, Store};
 
 /// Longest wait for anything that takes milliseconds.
@@ -24,16 +23,7 @@ fn request(seconds: f64, nonce: u64) -> ExecuteRequest {
     let workflow = json!({
         "1": {"class_type": "TestDelay", "inputs": {"seconds": seconds, "steps": 1, "nonce": nonce}}
     });
-    ExecuteRequest {
-        workflow: WorkflowSource::Inline(workflow.to_string()),
-        options: ExecutionOptions::default(),
-        priority: TaskPriority::Normal,
-        tags: BTreeSet::new(),
-        idempotency_key: None,
-        dependencies: Vec::new(),
-        name: None,
-        ownership: None,
-    }
+    ExecuteRequest::inline(workflow.to_string())
 }
 
 /// The runtime on a new SQLite store at `path`, with the fake as its one backend.
