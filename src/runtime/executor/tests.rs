@@ -72,11 +72,15 @@ async fn on_fake(fake: &FakeComfy) -> (usize, usize) {
     (queued, history)
 }
 
-/// Waits until the fake has `want` prompts in its history.
-async fn history_reaches(fake: &FakeComfy, want: usize, within: Duration) -> bool {
+/// Waits until what the fake has (see [`on_fake`]) passes `test`; whether it did within `within`.
+async fn fake_reaches(
+    fake: &FakeComfy,
+    within: Duration,
+    test: impl Fn((usize, usize)) -> bool,
+) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if on_fake(fake).await.1 >= want {
+        if test(on_fake(fake).await) {
             return true;
         }
         sleep(Duration::from_millis(5)).await;
@@ -121,8 +125,12 @@ async fn a_new_execution_is_posted_while_its_creation_commits() {
         let runtime = runtime.clone();
         async move { runtime.execute(request(0.0, 2)).await }
     });
+    // Within the store's busy timeout (5 s), past which the held-up commit would fail.
     assert!(
-        history_reaches(&fake, 2, Duration::from_secs(3)).await,
+        fake_reaches(&fake, Duration::from_secs(4), |(queued, history)| {
+            queued + history == 2
+        })
+        .await,
         "the prompt waited for its execution's commit"
     );
     assert!(
@@ -161,11 +169,10 @@ async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
 
     // Long enough for the lock to be taken while it runs, on any machine.
     let running = runtime.execute(request(1.0, 2)).await.unwrap();
-    let deadline = Instant::now() + HANG_GUARD;
-    while on_fake(&fake).await != (1, 1) {
-        assert!(Instant::now() < deadline, "the first prompt never ran");
-        sleep(Duration::from_millis(5)).await;
-    }
+    assert!(
+        fake_reaches(&fake, HANG_GUARD, |seen| seen == (1, 1)).await,
+        "the first prompt never ran"
+    );
     let queued = runtime.execute(request(0.0, 3)).await.unwrap();
     assert_eq!(queued.execution.status(), TaskStatus::Queued);
     let lock = WriteLock::take(&path);
@@ -176,7 +183,7 @@ async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
     );
     // The running one ends on ComfyUI; the runtime hears of it and dispatches the
     // queued one, whose record cannot commit.
-    assert!(history_reaches(&fake, 2, HANG_GUARD).await);
+    assert!(fake_reaches(&fake, HANG_GUARD, |(_, history)| history == 2).await);
     sleep(Duration::from_millis(300)).await;
     assert_eq!(
         on_fake(&fake).await,
