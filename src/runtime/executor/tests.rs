@@ -3,7 +3,7 @@
 //! writer is held up by a second connection that holds the file's write lock
 //! (`BEGIN IMMEDIATE`); the writer waits for it (its busy timeout is 5 s).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +26,47 @@ fn request(seconds: f64, nonce: u64) -> ExecuteRequest {
     ExecuteRequest::inline(workflow.to_string())
 }
 
-/// The runtime on a new SQLite store at `path`, with the fake as its one backend.
-fn runtime(path: &Path, fake: &FakeComfy, max_concurrent: usize) -> Runtime {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path).unwrap());
-    let mut config = Config {
-        servers: vec![ServerConfig::with_url(fake.base_url())],
-        ..Config::default()
-    };
-    config.runtime.max_concurrent_tasks = max_concurrent;
-    Runtime::new(config, store).unwrap()
+/// The fake ComfyUI and a runtime on a new SQLite store with it as its one backend, which
+/// ran a first job to the end (the backend is up).
+struct Setup {
+    fake: FakeComfy,
+    /// Holds the store's folder.
+    _dir: tempfile::TempDir,
+    /// The store's file.
+    path: PathBuf,
+    runtime: Runtime,
+}
+
+impl Setup {
+    /// With at most `max_concurrent` executions on the backends at once.
+    async fn start(max_concurrent: usize) -> Self {
+        let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        let mut config = Config {
+            servers: vec![ServerConfig::with_url(fake.base_url())],
+            ..Config::default()
+        };
+        config.runtime.max_concurrent_tasks = max_concurrent;
+        let runtime = Runtime::new(config, store).unwrap();
+        let first = runtime.execute(request(0.0, 1)).await.unwrap();
+        assert_eq!(
+            ended(&runtime, &first.execution.id).await,
+            TaskStatus::Completed
+        );
+        Self {
+            fake,
+            _dir: dir,
+            path,
+            runtime,
+        }
+    }
+
+    async fn stop(self) {
+        self.runtime.shutdown().await;
+        self.fake.shutdown().await;
+    }
 }
 
 /// Waits until execution `id` ends; its status.
@@ -109,25 +141,16 @@ impl WriteLock {
 /// it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_execution_is_posted_while_its_creation_commits() {
-    let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let runtime = runtime(&path, &fake, 10);
-    // The backend is up once a first job ran.
-    let first = runtime.execute(request(0.0, 1)).await.unwrap();
-    assert_eq!(
-        ended(&runtime, &first.execution.id).await,
-        TaskStatus::Completed
-    );
-
-    let lock = WriteLock::take(&path);
+    let setup = Setup::start(10).await;
+    let (fake, runtime) = (&setup.fake, &setup.runtime);
+    let lock = WriteLock::take(&setup.path);
     let call = tokio::spawn({
         let runtime = runtime.clone();
         async move { runtime.execute(request(0.0, 2)).await }
     });
     // Within the store's busy timeout (5 s), past which the held-up commit would fail.
     assert!(
-        fake_reaches(&fake, Duration::from_secs(4), |(queued, history)| {
+        fake_reaches(fake, Duration::from_secs(4), |(queued, history)| {
             queued + history == 2
         })
         .await,
@@ -144,11 +167,10 @@ async fn a_new_execution_is_posted_while_its_creation_commits() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        ended(&runtime, &second.execution.id).await,
+        ended(runtime, &second.execution.id).await,
         TaskStatus::Completed
     );
-    runtime.shutdown().await;
-    fake.shutdown().await;
+    setup.stop().await;
 }
 
 /// An execution stored earlier (queued behind another) is posted only once the write
@@ -156,50 +178,41 @@ async fn a_new_execution_is_posted_while_its_creation_commits() {
 /// instead of posting it a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
-    let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
     // One execution on the backends at a time: the second waits in the runtime's queue.
-    let runtime = runtime(&path, &fake, 1);
-    let first = runtime.execute(request(0.0, 1)).await.unwrap();
-    assert_eq!(
-        ended(&runtime, &first.execution.id).await,
-        TaskStatus::Completed
-    );
-
+    let setup = Setup::start(1).await;
+    let (fake, runtime) = (&setup.fake, &setup.runtime);
     // Long enough for the lock to be taken while it runs, on any machine.
     let running = runtime.execute(request(1.0, 2)).await.unwrap();
     assert!(
-        fake_reaches(&fake, HANG_GUARD, |seen| seen == (1, 1)).await,
+        fake_reaches(fake, HANG_GUARD, |seen| seen == (1, 1)).await,
         "the first prompt never ran"
     );
     let queued = runtime.execute(request(0.0, 3)).await.unwrap();
     assert_eq!(queued.execution.status(), TaskStatus::Queued);
-    let lock = WriteLock::take(&path);
+    let lock = WriteLock::take(&setup.path);
     assert_eq!(
-        on_fake(&fake).await,
+        on_fake(fake).await,
         (1, 1),
         "the queued execution was dispatched before the lock was taken"
     );
     // The running one ends on ComfyUI; the runtime hears of it and dispatches the
     // queued one, whose record cannot commit.
-    assert!(fake_reaches(&fake, HANG_GUARD, |(_, history)| history == 2).await);
+    assert!(fake_reaches(fake, HANG_GUARD, |(_, history)| history == 2).await);
     sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        on_fake(&fake).await,
+        on_fake(fake).await,
         (0, 2),
         "the queued execution's prompt was posted before its id was stored"
     );
     lock.release();
     assert_eq!(
-        ended(&runtime, &running.execution.id).await,
+        ended(runtime, &running.execution.id).await,
         TaskStatus::Completed
     );
     assert_eq!(
-        ended(&runtime, &queued.execution.id).await,
+        ended(runtime, &queued.execution.id).await,
         TaskStatus::Completed
     );
-    assert_eq!(on_fake(&fake).await, (0, 3));
-    runtime.shutdown().await;
-    fake.shutdown().await;
+    assert_eq!(on_fake(fake).await, (0, 3));
+    setup.stop().await;
 }
