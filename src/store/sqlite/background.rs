@@ -183,60 +183,105 @@ fn checkpointer(
     writer: SyncSender<Command>,
     paced: Option<(WalFrames, Duration)>,
 ) -> Result<Periodic, String> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
-    let page_size: i64 = conn
-        .query_row("PRAGMA page_size", [], |row| row.get(0))
-        .map_err(|e| e.to_string())?;
-    // A WAL frame is a page and its 24-byte header.
-    let restart_frames = restart_bytes / (page_size.max(512) + 24);
-    // Only the idle truncation waits on the busy handler (PASSIVE never does).
-    conn.busy_timeout(RESTART_WAIT).map_err(|e| e.to_string())?;
-    let path = path.to_path_buf();
-    // The WAL's frames when a round found every one copied, and since when it
-    // has stayed so.
-    let mut copied_since: Option<(i64, Instant)> = None;
-    let mut pace =
-        paced.map(|(frames, longest)| (frames, Pace::new(longest, restart_frames, Instant::now())));
+    let mut checkpointer = Checkpointer::open(path, restart_bytes, idle_after, writer, paced)?;
     Periodic::spawn("store-checkpoint", every, every, move || {
-        if let Some((frames, pace)) = &mut pace
+        checkpointer.round()
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The checkpointer's connection and what it remembers between rounds; [`Checkpointer::round`]
+/// is one round (the background thread runs one every interval).
+struct Checkpointer {
+    /// Its own connection to the store file.
+    conn: Connection,
+    /// The store file, for the log lines.
+    path: std::path::PathBuf,
+    /// Frames past which the writer is asked to start the WAL over.
+    restart_frames: i64,
+    /// How long the WAL sits copied and untouched before it is truncated.
+    idle_after: Duration,
+    /// The writer's commands, for [`Command::RestartWal`].
+    writer: SyncSender<Command>,
+    /// The writer's frame count and the pace of the copies, when paced.
+    pace: Option<(WalFrames, Pace)>,
+    /// The WAL's frames when a round found every one copied, and since when it has stayed so.
+    copied_since: Option<(i64, Instant)>,
+}
+
+impl Checkpointer {
+    fn open(
+        path: &Path,
+        restart_bytes: i64,
+        idle_after: Duration,
+        writer: SyncSender<Command>,
+        paced: Option<(WalFrames, Duration)>,
+    ) -> Result<Self, String> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(|e| e.to_string())?;
+        // A WAL frame is a page and its 24-byte header.
+        let restart_frames = restart_bytes / (page_size.max(512) + 24);
+        // Only the idle truncation waits on the busy handler (PASSIVE never does).
+        conn.busy_timeout(RESTART_WAIT).map_err(|e| e.to_string())?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+            restart_frames,
+            idle_after,
+            writer,
+            pace: paced.map(|(frames, longest)| {
+                (frames, Pace::new(longest, restart_frames, Instant::now()))
+            }),
+            copied_since: None,
+        })
+    }
+
+    /// One round: a PASSIVE checkpoint when due, then the writer asked to start a WAL past the
+    /// bound over, or a WAL copied and idle long enough truncated.
+    fn round(&mut self) {
+        if let Some((frames, pace)) = &mut self.pace
             && !pace.due(frames.load(Ordering::Relaxed), Instant::now())
         {
             // Commits came since the last round: not the moment, unless due.
-            copied_since = None;
+            self.copied_since = None;
             return;
         }
         // The frames in the WAL (copied or not): only a restart lowers it.
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-        }) {
-            Ok((frames, _)) if frames > restart_frames => {
-                copied_since = None;
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            }) {
+            Ok((frames, _)) if frames > self.restart_frames => {
+                self.copied_since = None;
                 // Full queue: the writer is busy; the next round asks again.
-                let _ = writer.try_send(Command::RestartWal);
+                let _ = self.writer.try_send(Command::RestartWal);
             }
             Ok((frames, copied)) if frames > 0 && frames == copied => {
                 let now = Instant::now();
-                let since = match copied_since {
+                let since = match self.copied_since {
                     Some((seen, since)) if seen == frames => since,
                     _ => now,
                 };
-                copied_since = Some((frames, since));
-                if now.saturating_duration_since(since) >= idle_after {
+                self.copied_since = Some((frames, since));
+                if now.saturating_duration_since(since) >= self.idle_after {
                     // Idle long enough: the next write appends.
-                    copied_since = None;
-                    truncate_idle_wal(&conn, &path);
+                    self.copied_since = None;
+                    truncate_idle_wal(&self.conn, &self.path);
                 }
             }
-            Ok(_) => copied_since = None,
+            Ok(_) => self.copied_since = None,
             Err(error) => {
-                copied_since = None;
-                tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+                self.copied_since = None;
+                let path = self.path.display();
+                tracing::warn!(path = %path, %error, "WAL checkpoint failed");
             }
         }
-    })
-    .map_err(|e| e.to_string())
+    }
 }
 
 /// Truncates a WAL whose every frame is in the database file to nothing. A
@@ -280,13 +325,14 @@ mod tests {
 
     use rusqlite::Connection;
 
-    use super::{Pace, checkpointer, report_wal_frames};
+    use super::{Checkpointer, Pace, checkpointer, report_wal_frames};
     use crate::store::sqlite::writer::{Command, restart_wal};
 
-    /// The largest the WAL file gets while one connection writes without a
-    /// pause for `run`, checkpointed every 5 ms, and doing what the writer
-    /// thread does between two batches when `restart` is true.
-    fn largest_wal(restart_bytes: i64, restart: bool, run: Duration) -> u64 {
+    /// The largest the WAL file gets over 300 commits of eight scattered rows
+    /// each, a checkpointer round every fourth commit, and a reader on the WAL
+    /// at every commit; the writer does what the writer thread does between two
+    /// batches when `restart` is true. Also the WAL restarts it made.
+    fn largest_wal(restart_bytes: i64, restart: bool) -> (u64, usize) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.db");
         let conn = Connection::open(&path).unwrap();
@@ -299,24 +345,26 @@ mod tests {
              CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL);",
         )
         .unwrap();
+        let reader = Connection::open(&path).unwrap();
         let wal = dir.path().join("wal.db-wal");
         let (writer, commands) = mpsc::sync_channel(16);
-        let checkpoints = checkpointer(
-            &path,
-            Duration::from_millis(5),
-            restart_bytes,
-            Duration::MAX,
-            writer,
-            None,
-        )
-        .unwrap();
-        let mut largest = 0;
-        let start = Instant::now();
+        let mut checkpointer =
+            Checkpointer::open(&path, restart_bytes, Duration::MAX, writer, None).unwrap();
+        let (mut largest, mut restarts) = (0, 0);
         let mut id = 0_i64;
-        while start.elapsed() < run {
-            // Writes one after another, as under a steady stream of submits:
-            // one always lands while a checkpoint copies. Rows are rewritten
-            // at scattered places so that every commit writes several pages.
+        for commit in 0..300 {
+            // A reader on the WAL while the next write begins (the server's
+            // readers, or, as SQLite sees it, a write that lands while a
+            // checkpoint copies): the write cannot start the WAL over, even
+            // with every frame copied, and appends.
+            reader.execute_batch("BEGIN").unwrap();
+            let _: i64 = reader
+                .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+                .unwrap();
+            if commit % 4 == 0 {
+                checkpointer.round();
+            }
+            // Rows rewritten at scattered places: every commit writes several pages.
             let tx = conn.unchecked_transaction().unwrap();
             for _ in 0..8 {
                 id += 1;
@@ -327,15 +375,15 @@ mod tests {
                 .unwrap();
             }
             tx.commit().unwrap();
+            reader.execute_batch("COMMIT").unwrap();
             while let Ok(command) = commands.try_recv() {
-                if restart && matches!(command, Command::RestartWal) {
-                    restart_wal(&conn);
+                if restart && matches!(command, Command::RestartWal) && restart_wal(&conn) {
+                    restarts += 1;
                 }
             }
             largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
         }
-        checkpoints.stop();
-        largest
+        (largest, restarts)
     }
 
     #[test]
@@ -526,17 +574,18 @@ mod tests {
     #[test]
     fn a_steady_stream_of_writes_does_not_grow_the_wal_without_bound() {
         let bound: i64 = 1024 * 1024;
-        let run = Duration::from_millis(800);
-        let largest = largest_wal(bound, true, run);
+        let (largest, restarts) = largest_wal(bound, true);
         // The same writes without the writer's restart: PASSIVE checkpoints
         // alone never let the WAL start over.
-        let unbounded = largest_wal(bound, false, run);
-        eprintln!("largest WAL: {largest} bytes with restarts, {unbounded} without");
-        // With them, the WAL starts over once a checkpoint finds it past the
-        // bound; what is written while that checkpoint copies comes on top.
+        let (unbounded, _) = largest_wal(bound, false);
+        eprintln!("largest WAL: {largest} bytes with {restarts} restarts, {unbounded} without");
+        // With them, the WAL starts over once a round finds it past the bound;
+        // what is written until the writer's next turn comes on top (here at
+        // most four commits of about twenty pages).
         assert!(
-            largest < 32 * bound as u64 && largest * 8 < unbounded,
-            "the WAL reached {largest} bytes with restarts past {bound}, {unbounded} without"
+            restarts >= 3 && largest < 2 * bound as u64 && 4 * largest < unbounded,
+            "the WAL reached {largest} bytes with {restarts} restarts past {bound}, \
+             {unbounded} without"
         );
     }
 }
