@@ -112,24 +112,39 @@ impl Inner {
     fn apply(&mut self, changes: Changes) -> Result<(), StoreError> {
         let unknown =
             |what: &str, id: &str| StoreError::Unavailable(format!("{what} {id} is not stored"));
-        let new_ids: std::collections::HashSet<&str> = changes
-            .new_execution_tasks
-            .iter()
-            .flat_map(|(_, tasks)| tasks.iter().map(|t| t.id.as_str()))
-            .chain(
-                changes
-                    .new_executions
-                    .iter()
-                    .flat_map(|new| new.tasks.iter().map(|t| t.id.as_str())),
-            )
-            .collect();
-        let new_executions: std::collections::HashSet<&str> = changes
-            .new_executions
-            .iter()
-            .map(|new| new.execution.id.as_str())
-            .collect();
-        let known_execution =
-            |id: &str| self.execution_index.contains_key(id) || new_executions.contains(id);
+        // The ids this write creates, gathered only when an id is not stored
+        // yet (most writes change what is stored, or only add events).
+        let new_ids = std::cell::OnceCell::new();
+        let new_task = |id: &str| {
+            new_ids
+                .get_or_init(|| {
+                    changes
+                        .new_execution_tasks
+                        .iter()
+                        .flat_map(|(_, tasks)| tasks.iter().map(|t| t.id.as_str()))
+                        .chain(
+                            changes
+                                .new_executions
+                                .iter()
+                                .flat_map(|new| new.tasks.iter().map(|t| t.id.as_str())),
+                        )
+                        .collect::<std::collections::HashSet<&str>>()
+                })
+                .contains(id)
+        };
+        let new_executions = std::cell::OnceCell::new();
+        let known_execution = |id: &str| {
+            self.execution_index.contains_key(id)
+                || new_executions
+                    .get_or_init(|| {
+                        changes
+                            .new_executions
+                            .iter()
+                            .map(|new| new.execution.id.as_str())
+                            .collect::<std::collections::HashSet<&str>>()
+                    })
+                    .contains(id)
+        };
         if let Some((execution_id, _)) = &changes.new_execution_tasks
             && !known_execution(execution_id)
         {
@@ -138,7 +153,7 @@ impl Inner {
         if let Some(task) = changes
             .tasks
             .iter()
-            .find(|t| !self.task_index.contains_key(&t.id) && !new_ids.contains(t.id.as_str()))
+            .find(|t| !self.task_index.contains_key(&t.id) && !new_task(&t.id))
         {
             return Err(unknown("task", &task.id));
         }

@@ -168,8 +168,10 @@ struct Inner {
     /// Live subscribers.
     live: broadcast::Sender<Arc<SharedEvent>>,
     /// Held by whoever moves events from the inbox to `live`, until they are
-    /// sent, so that they go out in sequence order.
-    sending: Mutex<()>,
+    /// sent, so that they go out in sequence order; it holds the emptied
+    /// inbox of the last send, swapped for the full one, so that the inbox
+    /// keeps its allocation.
+    sending: Mutex<Vec<Arc<SharedEvent>>>,
     /// The task that sends what the inbox holds.
     relay: Arc<Relay>,
     /// Most events kept in memory.
@@ -335,15 +337,16 @@ impl Inner {
 
     /// Sends what the inbox holds to live subscribers.
     fn send_inbox(&self) {
-        let _sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
-        let events = std::mem::take(
+        let mut sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(
+            &mut *sending,
             &mut self
                 .published
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .inbox,
         );
-        for event in events {
+        for event in sending.drain(..) {
             // No subscriber is not an error.
             let _ = self.live.send(event);
         }
@@ -408,7 +411,7 @@ impl EventBus {
                     retired: Vec::new(),
                 }),
                 live,
-                sending: Mutex::new(()),
+                sending: Mutex::new(Vec::new()),
                 relay: Arc::new(Relay {
                     bus: bus.clone(),
                     wake: Notify::new(),
