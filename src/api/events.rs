@@ -64,7 +64,7 @@ impl EventService for EventApi {
             .runtime
             .subscribe_events(filter, request.after_sequence)?;
         // One step per item: the caller's visibility, then the wire.
-        let stream = ReceiverStream::new(items).filter_map(move |item| match item {
+        let stream = items.filter_map(move |item| match item {
             Ok(StreamItem::Event(event)) if !visibility.sees(&event) => None,
             Ok(item) => Some(Ok(stream_item_to_pb(&item))),
             Err(error) => Some(Err(Status::from(error))),

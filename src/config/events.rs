@@ -16,7 +16,10 @@ pub struct EventsConfig {
     /// Events kept in memory (older ones are read from the store). Default: 8192 (about 10 MB when full; a subscriber further behind is caught up from the store).
     /// Bound: >= 16.
     pub history_len: usize,
-    /// Events buffered per subscriber before it is caught up from history. Default: 256.
+    /// Most events waiting for one subscriber's client at once: a page of history while it
+    /// catches up (at most 512 are read at once whatever the setting). Live events wait in the
+    /// live channel shared by every subscriber; one that falls behind it is caught up from
+    /// history. Default: 256.
     /// Bound: 1..=65536.
     pub subscriber_buffer: usize,
     /// An idle subscription gets a heartbeat this often, in seconds. Default: 15.

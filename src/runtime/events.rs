@@ -4,20 +4,22 @@
 //! A subscription that resumes after sequence `n` gets every matching event
 //! after `n` exactly once and in order: it registers for live events first,
 //! then replays history (the in-memory window, then the store) and, when live,
-//! skips what it already passed. A subscriber that falls behind the live
-//! channel (because its client reads slowly and its bounded buffer is full)
-//! never makes the server buffer more: it is caught up from history, and when
-//! history no longer reaches back far enough, its stream ends with
-//! [`RuntimeError::SubscriberBehind`] naming the last sequence it passed.
+//! skips what it already passed. A subscription is a stream that reads the bus
+//! when its client's stream is polled, with no task or channel of its own. One
+//! whose client reads slowly falls behind the live channel (shared by every
+//! subscriber) and never makes the server buffer more for it: it is caught up
+//! from history, a page at a time, and when history no longer reaches back far
+//! enough, its stream ends with [`RuntimeError::SubscriberBehind`] naming the
+//! last sequence it passed.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::model::{EventCategory, LogLevel, TaskEventType};
 
@@ -114,7 +116,9 @@ pub enum StreamItem {
 /// How a subscription behaves.
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
-    /// Items buffered for the client.
+    /// Most events that wait for the client at once: a page of history while
+    /// it catches up (at most 512). Live events wait in the bus's live
+    /// channel, shared by every subscriber, until the client reads them.
     pub buffer: usize,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
@@ -124,8 +128,12 @@ pub struct SubscribeOptions {
     pub closing: CancellationToken,
 }
 
+/// A subscription's items, read by whoever polls it (the client's stream):
+/// no task and no channel of its own between the bus and the client.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<StreamItem, RuntimeError>> + Send>>;
+
 /// Starts a subscription: events after `after` (or from now when `None`)
-/// that pass `filter`, on a bounded channel; the pump runs on `tracker`.
+/// that pass `filter`, as a stream that reads the bus when polled.
 ///
 /// # Errors
 /// [`RuntimeError::OutOfRange`] when `after` is older than what is kept;
@@ -138,8 +146,7 @@ pub fn subscribe(
     filter: EventFilter,
     after: Option<u64>,
     options: SubscribeOptions,
-    tracker: &TaskTracker,
-) -> Result<mpsc::Receiver<Result<StreamItem, RuntimeError>>, RuntimeError> {
+) -> Result<Subscription, RuntimeError> {
     if options.closing.is_cancelled() {
         return Err(RuntimeError::Unavailable(
             "the server is shutting down".into(),
@@ -160,148 +167,161 @@ pub fn subscribe(
         }
         None => bus.last_sequence(),
     };
-    let (tx, rx) = mpsc::channel(options.buffer.max(1));
-    let bus = bus.clone();
-    tracker.spawn(async move {
-        let mut pump = Pump {
-            bus,
-            filter,
-            tx,
-            last: start,
-            heartbeat: options.heartbeat,
-            closing: options.closing,
-        };
-        pump.run(live).await;
+    let reader = Box::new(Reader {
+        bus: bus.clone(),
+        filter,
+        live,
+        last: start,
+        heartbeat: options.heartbeat,
+        page: options.buffer.clamp(1, CATCH_UP_PAGE),
+        ready: VecDeque::new(),
+        catching_up: true,
+        held: None,
+        ended: false,
+        // A child of the drain's token: checking a token takes its lock, and
+        // the drain's is shared by every stream; a child's is this stream's.
+        closing: Box::pin(options.closing.child_token().cancelled_owned()),
+        beat: None,
+        active: tokio::time::Instant::now(),
     });
-    Ok(rx)
+    Ok(Box::pin(futures_util::stream::unfold(
+        reader,
+        |mut reader| async move {
+            let item = reader.next_item().await?;
+            Some((item, reader))
+        },
+    )))
 }
 
-/// The task behind one subscription.
-struct Pump {
+/// A subscription between two items: where it is in the sequence, what is
+/// ready for the client, and the waits it keeps from one item to the next
+/// (the heartbeat timer is re-armed only when it fires, an event since then
+/// pushing the beat back; the wait for the drain is registered once). Each
+/// live event then costs one receive and no lock that other streams take.
+struct Reader {
     bus: EventBus,
     filter: EventFilter,
-    tx: mpsc::Sender<Result<StreamItem, RuntimeError>>,
+    live: LiveEvents,
     /// The last sequence passed (delivered or filtered out).
     last: u64,
     /// Idle time before a heartbeat.
     heartbeat: Duration,
-    /// Cancelled when the server starts draining.
-    closing: CancellationToken,
+    /// Events read from history at once: at most this many wait for the
+    /// client (`events.subscriber_buffer`).
+    page: usize,
+    /// Items for the client, oldest first.
+    ready: VecDeque<Result<StreamItem, RuntimeError>>,
+    /// Replaying history (at the start, after a lag) until it is exhausted.
+    catching_up: bool,
+    /// A live event that came before the history in front of it was replayed.
+    held: Option<Arc<SharedEvent>>,
+    /// Nothing comes after `ready`.
+    ended: bool,
+    /// The drain's wait.
+    closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The heartbeat timer, armed at the first read.
+    beat: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last live event or heartbeat came.
+    active: tokio::time::Instant,
 }
 
-impl Pump {
-    /// Replays history, then forwards live events until the stream ends.
-    ///
-    /// The futures the loop waits on are made once, not once per event: the
-    /// heartbeat timer is re-armed only when it fires (an event since then
-    /// pushes the beat back), and the waits for the client to leave and for
-    /// the drain are registered once. Each event then costs one receive and
-    /// one send, and no lock that other streams take.
-    async fn run(&mut self, mut live: LiveEvents) {
-        if !self.catch_up().await {
-            return;
-        }
-        // A child of the drain's token: checking a token takes its lock, and
-        // the drain's is shared by every stream; a child's is this stream's.
-        let closing = self.closing.child_token().cancelled_owned();
-        let client = self.tx.clone();
-        let gone = client.closed();
-        let beat = tokio::time::sleep(self.heartbeat);
-        tokio::pin!(closing, gone, beat);
-        let mut active = tokio::time::Instant::now();
+impl Reader {
+    /// The next item: history first, then live events that pass the filter,
+    /// a heartbeat when idle; `None` when the stream ends.
+    async fn next_item(&mut self) -> Option<Result<StreamItem, RuntimeError>> {
         loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            if self.ended {
+                return None;
+            }
+            if self.catching_up {
+                self.replay_page();
+                // A long replay of events the filter drops yields to the
+                // other tasks now and then.
+                tokio::task::consume_budget().await;
+                continue;
+            }
+            if let Some(event) = self.held.take() {
+                self.forward(event);
+                continue;
+            }
+            let heartbeat = self.heartbeat;
+            let beat = self
+                .beat
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(heartbeat)));
             tokio::select! {
                 biased;
-                () = &mut closing => {
-                    // Whatever is already in the channel still reaches the
-                    // client first: the status comes after the last event.
+                () = &mut self.closing => {
+                    // What was ready already reached the client: the status
+                    // comes after the last event.
+                    self.ended = true;
                     let end = RuntimeError::StreamClosed { last_sequence: self.last };
-                    let _ = self.tx.send(Err(end)).await;
-                    return;
+                    return Some(Err(end));
                 }
-                () = &mut gone => return,
-                received = live.recv() => {
-                    active = tokio::time::Instant::now();
+                received = self.live.recv() => {
+                    self.active = tokio::time::Instant::now();
                     match received {
-                        Ok(event) => {
-                            if !self.forward(event).await {
-                                return;
-                            }
-                        }
-                        Err(RecvError::Lagged(_)) => {
-                            if !self.catch_up().await {
-                                return;
-                            }
-                        }
-                        Err(RecvError::Closed) => return,
+                        Ok(event) => self.forward(event),
+                        Err(RecvError::Lagged(_)) => self.catching_up = true,
+                        Err(RecvError::Closed) => self.ended = true,
                     }
                 }
-                () = &mut beat => {
-                    let due = active + self.heartbeat;
+                () = beat.as_mut() => {
+                    let due = self.active + self.heartbeat;
                     if due > tokio::time::Instant::now() {
                         beat.as_mut().reset(due);
                         continue;
                     }
-                    let heartbeat = StreamItem::Heartbeat { last_sequence: self.last };
-                    if self.tx.send(Ok(heartbeat)).await.is_err() {
-                        return;
-                    }
-                    active = tokio::time::Instant::now();
-                    beat.as_mut().reset(active + self.heartbeat);
+                    self.active = tokio::time::Instant::now();
+                    beat.as_mut().reset(self.active + self.heartbeat);
+                    return Some(Ok(StreamItem::Heartbeat { last_sequence: self.last }));
                 }
             }
         }
     }
 
-    /// Delivers a live event unless it was passed already, catching up from
-    /// history first when some were missed; false when the stream must end.
-    async fn forward(&mut self, event: Arc<SharedEvent>) -> bool {
+    /// Passes a live event unless it was passed already; when some before it
+    /// were missed, history is replayed first and the event kept for after.
+    fn forward(&mut self, event: Arc<SharedEvent>) {
         if event.sequence <= self.last {
-            return true;
+            return;
         }
         if event.sequence > self.last + 1 {
             // Missed some (should not happen without a lag): history has them.
-            if !self.catch_up().await {
-                return false;
-            }
-            if event.sequence <= self.last {
-                return true;
-            }
+            self.held = Some(event);
+            self.catching_up = true;
+            return;
         }
-        self.deliver(event).await
+        self.pass(event);
     }
 
-    /// Sends `event` if it matches; false when the client is gone.
-    async fn deliver(&mut self, event: Arc<SharedEvent>) -> bool {
+    /// Readies `event` for the client if it matches; it is passed either way.
+    fn pass(&mut self, event: Arc<SharedEvent>) {
         let sequence = event.sequence;
-        if self.filter.matches(&event) && self.tx.send(Ok(StreamItem::Event(event))).await.is_err()
-        {
-            return false;
+        if self.filter.matches(&event) {
+            self.ready.push_back(Ok(StreamItem::Event(event)));
         }
         self.last = sequence;
-        true
     }
 
-    /// Replays history after `last` until it is exhausted; false when the
-    /// stream must end (client gone, or history no longer reaches back).
-    async fn catch_up(&mut self) -> bool {
-        loop {
-            match self.bus.history_after(self.last, CATCH_UP_PAGE) {
-                Ok(events) if events.is_empty() => return true,
-                Ok(events) => {
-                    for event in events {
-                        if !self.deliver(event).await {
-                            return false;
-                        }
-                    }
+    /// Reads the next page of history after `last`: the end of the replay when
+    /// it is empty, the end of the stream when history no longer reaches back.
+    fn replay_page(&mut self) {
+        match self.bus.history_after(self.last, self.page) {
+            Ok(events) if events.is_empty() => self.catching_up = false,
+            Ok(events) => {
+                for event in events {
+                    self.pass(event);
                 }
-                Err(_) => {
-                    let end = RuntimeError::SubscriberBehind {
-                        last_sequence: self.last,
-                    };
-                    let _ = self.tx.send(Err(end)).await;
-                    return false;
-                }
+            }
+            Err(_) => {
+                let end = RuntimeError::SubscriberBehind {
+                    last_sequence: self.last,
+                };
+                self.ready.push_back(Err(end));
+                self.ended = true;
             }
         }
     }
@@ -361,6 +381,7 @@ pub fn list(
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt as _;
     use proptest::prelude::*;
 
     use super::*;
@@ -389,6 +410,14 @@ mod tests {
         )
     }
 
+    /// Why a subscription was refused.
+    fn refusal(subscribed: Result<Subscription, RuntimeError>) -> RuntimeError {
+        match subscribed {
+            Ok(_) => panic!("subscribed"),
+            Err(refused) => refused,
+        }
+    }
+
     fn options() -> SubscribeOptions {
         SubscribeOptions {
             buffer: 4,
@@ -397,12 +426,9 @@ mod tests {
         }
     }
 
-    async fn collect(
-        rx: &mut mpsc::Receiver<Result<StreamItem, RuntimeError>>,
-        until: u64,
-    ) -> Vec<u64> {
+    async fn collect(rx: &mut Subscription, until: u64) -> Vec<u64> {
         let mut seen = Vec::new();
-        while let Some(item) = rx.recv().await {
+        while let Some(item) = rx.next().await {
             if let Ok(StreamItem::Event(event)) = item {
                 seen.push(event.sequence);
                 if event.sequence >= until {
@@ -451,14 +477,7 @@ mod tests {
         for i in 1..=40 {
             publish(&bus, i);
         }
-        let refused = subscribe(
-            &bus,
-            EventFilter::default(),
-            Some(3),
-            options(),
-            &TaskTracker::new(),
-        )
-        .unwrap_err();
+        let refused = refusal(subscribe(&bus, EventFilter::default(), Some(3), options()));
         assert!(
             matches!(
                 refused,
@@ -477,14 +496,7 @@ mod tests {
         for i in 1..=5 {
             publish(&bus, i);
         }
-        let refused = subscribe(
-            &bus,
-            EventFilter::default(),
-            Some(6),
-            options(),
-            &TaskTracker::new(),
-        )
-        .unwrap_err();
+        let refused = refusal(subscribe(&bus, EventFilter::default(), Some(6), options()));
         assert!(
             matches!(
                 refused,
@@ -496,16 +508,7 @@ mod tests {
             "{refused}"
         );
         // The newest itself is a valid resume point: nothing to replay yet.
-        assert!(
-            subscribe(
-                &bus,
-                EventFilter::default(),
-                Some(5),
-                options(),
-                &TaskTracker::new()
-            )
-            .is_ok()
-        );
+        assert!(subscribe(&bus, EventFilter::default(), Some(5), options(),).is_ok());
     }
 
     #[tokio::test]
@@ -515,7 +518,6 @@ mod tests {
             publish(&bus, i);
         }
         let closing = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let mut rx = subscribe(
             &bus,
             EventFilter {
@@ -527,30 +529,27 @@ mod tests {
                 closing: closing.clone(),
                 ..options()
             },
-            &tracker,
         )
         .unwrap();
         for expected in [2, 3] {
-            match rx.recv().await {
+            match rx.next().await {
                 Some(Ok(StreamItem::Event(event))) => assert_eq!(event.sequence, expected),
                 other => panic!("{other:?}"),
             }
         }
         closing.cancel();
-        match rx.recv().await {
+        match rx.next().await {
             Some(Err(RuntimeError::StreamClosed { last_sequence })) => {
                 assert_eq!(last_sequence, 3);
             }
             other => panic!("{other:?}"),
         }
         assert!(
-            rx.recv().await.is_none(),
+            rx.next().await.is_none(),
             "the stream ends after the status"
         );
-        tracker.close();
-        tracker.wait().await;
         // And no new subscription starts once draining.
-        let refused = subscribe(
+        let refused = refusal(subscribe(
             &bus,
             EventFilter::default(),
             None,
@@ -558,9 +557,7 @@ mod tests {
                 closing,
                 ..options()
             },
-            &tracker,
-        )
-        .unwrap_err();
+        ));
         assert!(matches!(refused, RuntimeError::Unavailable(_)), "{refused}");
     }
 
@@ -572,15 +569,8 @@ mod tests {
             include_node_events: true,
             ..EventFilter::default()
         };
-        let mut slow = subscribe(
-            &bus,
-            filter.clone(),
-            Some(0),
-            options(),
-            &TaskTracker::new(),
-        )
-        .unwrap();
-        let mut fast = subscribe(&bus, filter, Some(0), options(), &TaskTracker::new()).unwrap();
+        let mut slow = subscribe(&bus, filter.clone(), Some(0), options()).unwrap();
+        let mut fast = subscribe(&bus, filter, Some(0), options()).unwrap();
         let reader = tokio::spawn(async move { collect(&mut fast, 10_000).await });
         // Far more than the live channel and the window hold, while the slow
         // subscriber reads nothing and the fast one keeps up.
@@ -592,8 +582,8 @@ mod tests {
         }
         let everything: Vec<u64> = (1..=10_000).collect();
         assert_eq!(reader.await.unwrap(), everything);
-        // The slow one held at most its buffer; it is caught up from the store.
-        assert!(slow.len() <= options().buffer);
+        // The slow one, not read meanwhile, held nothing: it lagged behind
+        // the live channel and is caught up from the store.
         let seen = collect(&mut slow, 10_000).await;
         assert_eq!(seen, everything);
     }
@@ -601,20 +591,13 @@ mod tests {
     #[tokio::test]
     async fn without_history_a_slow_subscriber_ends_with_its_position() {
         let bus = EventBus::new(16, None);
-        let mut rx = subscribe(
-            &bus,
-            EventFilter::default(),
-            Some(0),
-            options(),
-            &TaskTracker::new(),
-        )
-        .unwrap();
+        let mut rx = subscribe(&bus, EventFilter::default(), Some(0), options()).unwrap();
         for i in 1..=10_000 {
             publish(&bus, i);
         }
         let mut last_event = 0;
         loop {
-            match rx.recv().await {
+            match rx.next().await {
                 Some(Ok(StreamItem::Event(event))) => last_event = event.sequence,
                 Some(Ok(StreamItem::Heartbeat { .. })) => {}
                 Some(Err(RuntimeError::SubscriberBehind { last_sequence })) => {
@@ -640,10 +623,9 @@ mod tests {
                 heartbeat: Duration::from_millis(20),
                 closing: CancellationToken::new(),
             },
-            &TaskTracker::new(),
         )
         .unwrap();
-        match rx.recv().await {
+        match rx.next().await {
             Some(Ok(StreamItem::Heartbeat { last_sequence })) => assert_eq!(last_sequence, 1),
             other => panic!("{other:?}"),
         }
@@ -666,17 +648,16 @@ mod tests {
                 heartbeat,
                 closing: CancellationToken::new(),
             },
-            &TaskTracker::new(),
         )
         .unwrap();
         tokio::time::sleep(heartbeat / 2).await;
         publish(&bus, 2);
-        match rx.recv().await {
+        match rx.next().await {
             Some(Ok(StreamItem::Event(event))) => assert_eq!(event.sequence, 2),
             other => panic!("{other:?}"),
         }
         let event_seen = tokio::time::Instant::now();
-        match rx.recv().await {
+        match rx.next().await {
             Some(Ok(StreamItem::Heartbeat { last_sequence })) => assert_eq!(last_sequence, 2),
             other => panic!("{other:?}"),
         }
@@ -734,7 +715,7 @@ mod tests {
                 }
                 let resume = (before as f64 * resume_frac) as u64;
                 let filter = EventFilter { include_node_events: true, ..EventFilter::default() };
-                let mut rx = subscribe(&bus, filter, Some(resume), options(), &TaskTracker::new()).unwrap();
+                let mut rx = subscribe(&bus, filter, Some(resume), options()).unwrap();
                 let publisher = {
                     let bus = bus.clone();
                     tokio::spawn(async move {

@@ -451,8 +451,7 @@ impl Runtime {
         &self,
         filter: events::EventFilter,
         after: Option<u64>,
-    ) -> Result<tokio::sync::mpsc::Receiver<Result<events::StreamItem, RuntimeError>>, RuntimeError>
-    {
+    ) -> Result<events::Subscription, RuntimeError> {
         let config = &self.inner.config.events;
         events::subscribe(
             self.bus(),
@@ -463,7 +462,6 @@ impl Runtime {
                 heartbeat: config.heartbeat(),
                 closing: self.inner.streams_closing.clone(),
             },
-            &self.inner.tracker,
         )
     }
 
