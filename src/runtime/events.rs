@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::model::{EventCategory, LogLevel, TaskEventType};
@@ -247,6 +247,23 @@ impl Reader {
                 self.forward(event);
                 continue;
             }
+            // Events already in the live channel come at once.
+            match self.live.try_recv() {
+                Ok(event) => {
+                    self.active = tokio::time::Instant::now();
+                    self.forward(event);
+                    continue;
+                }
+                Err(TryRecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    continue;
+                }
+                Err(TryRecvError::Closed) => {
+                    self.ended = true;
+                    continue;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
             let heartbeat = self.heartbeat;
             let beat = self
                 .beat
@@ -263,7 +280,17 @@ impl Reader {
                 received = self.live.recv() => {
                     self.active = tokio::time::Instant::now();
                     match received {
-                        Ok(event) => self.forward(event),
+                        Ok(event) => {
+                            self.forward(event);
+                            if !self.ready.is_empty() && self.bus.relays() {
+                                // Woken by a publish among many subscribers: the
+                                // other streams it woke take theirs first, so
+                                // that each HTTP/2 connection writes their
+                                // frames together (one `writev` for about five
+                                // deliveries with 100 subscribers, not 2.6).
+                                tokio::task::yield_now().await;
+                            }
+                        }
                         Err(RecvError::Lagged(_)) => self.catching_up = true,
                         Err(RecvError::Closed) => self.ended = true,
                     }
@@ -586,6 +613,32 @@ mod tests {
         // the live channel and is caught up from the store.
         let seen = collect(&mut slow, 10_000).await;
         assert_eq!(seen, everything);
+    }
+
+    #[tokio::test]
+    async fn many_subscribers_each_get_every_event_once_in_order() {
+        // More than the publisher wakes itself: every stream yields once
+        // when a publish wakes it, and still passes each event once.
+        let bus = EventBus::new(64, None);
+        let filter = EventFilter {
+            include_node_events: true,
+            ..EventFilter::default()
+        };
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let mut subscription = subscribe(&bus, filter.clone(), None, options()).unwrap();
+                tokio::spawn(async move { collect(&mut subscription, 50).await })
+            })
+            .collect();
+        for i in 1..=50 {
+            publish(&bus, i);
+            if i.is_multiple_of(8) {
+                tokio::task::yield_now().await;
+            }
+        }
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), (1..=50).collect::<Vec<u64>>());
+        }
     }
 
     #[tokio::test]

@@ -631,6 +631,13 @@ impl EventBus {
         }
     }
 
+    /// Whether a publish now reaches live subscribers through the relay
+    /// (more of them than the publisher wakes itself): each is woken among
+    /// many by the same send.
+    pub(crate) fn relays(&self) -> bool {
+        self.inner.relay.subscribers.load(Ordering::Relaxed) > DIRECT_SUBSCRIBERS
+    }
+
     /// How many live subscriptions exist.
     pub fn subscribers(&self) -> usize {
         self.inner.live.receiver_count()
