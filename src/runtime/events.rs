@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::model::{EventCategory, LogLevel, TaskEventType};
@@ -247,23 +247,6 @@ impl Reader {
                 self.forward(event);
                 continue;
             }
-            // Events already in the live channel come at once.
-            match self.live.try_recv() {
-                Ok(event) => {
-                    self.active = tokio::time::Instant::now();
-                    self.forward(event);
-                    continue;
-                }
-                Err(TryRecvError::Lagged(_)) => {
-                    self.catching_up = true;
-                    continue;
-                }
-                Err(TryRecvError::Closed) => {
-                    self.ended = true;
-                    continue;
-                }
-                Err(TryRecvError::Empty) => {}
-            }
             let heartbeat = self.heartbeat;
             let beat = self
                 .beat
@@ -277,12 +260,12 @@ impl Reader {
                     let end = RuntimeError::StreamClosed { last_sequence: self.last };
                     return Some(Err(end));
                 }
-                received = self.live.recv() => {
+                (received, waited) = receive(&mut self.live) => {
                     self.active = tokio::time::Instant::now();
                     match received {
                         Ok(event) => {
                             self.forward(event);
-                            if !self.ready.is_empty() && self.bus.relays() {
+                            if waited && !self.ready.is_empty() && self.bus.relays() {
                                 // Woken by a publish among many subscribers: the
                                 // other streams it woke take theirs first, so
                                 // that each HTTP/2 connection writes their
@@ -352,6 +335,21 @@ impl Reader {
             }
         }
     }
+}
+
+/// The next live event, and whether it had to be waited for (the stream was
+/// woken for it) rather than found already in the live channel.
+async fn receive(live: &mut LiveEvents) -> (Result<Arc<SharedEvent>, RecvError>, bool) {
+    let mut recv = std::pin::pin!(live.recv());
+    let mut waited = false;
+    std::future::poll_fn(|cx| match recv.as_mut().poll(cx) {
+        std::task::Poll::Ready(received) => std::task::Poll::Ready((received, waited)),
+        std::task::Poll::Pending => {
+            waited = true;
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// One page of history.
