@@ -234,11 +234,14 @@ impl AsyncWrite for Connection {
         }
     }
 
+    /// Always false, so that HTTP/2 copies a frame's payload of less than 1 KiB into its
+    /// write buffer. Over vectored I/O, h2 copies only payloads under 256 bytes and sends a
+    /// larger one as a buffer of its own, after which nothing more can be buffered until a
+    /// write: a unary response of a few hundred bytes (a submit's execution) then took one
+    /// `writev` for its headers and message and a second for its trailers, and the
+    /// responses and events ready together could not share a write.
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s, _) => s.is_write_vectored(),
-            Self::Tls(s, _) => s.is_write_vectored(),
-        }
+        false
     }
 }
 

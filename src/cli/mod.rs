@@ -261,16 +261,29 @@ pub enum ClientCommand {
     Artifacts(artifacts::ArtifactsCommand),
 }
 
+/// The server's async runtime for `service.worker_threads` (0: one thread per core). One thread
+/// runs tokio's current-thread scheduler: a task woken there runs after those already waiting,
+/// so the responses and events that one turn makes ready are all handed to their connection
+/// before its task, woken by the first, flushes them, in one write. The multi-thread scheduler
+/// runs a woken task next (its LIFO slot), so a connection woken by its first response flushed
+/// each response alone.
+fn async_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let _log_guard = crate::telemetry::init(&config.runtime)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.service.worker_threads > 0 {
-        runtime.worker_threads(config.service.worker_threads);
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        async_runtime(config.service.worker_threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // The store first: a locked, corrupt or unwritable one (or a Redis that cannot be
         // reached) stops startup with its path before any address is announced.
@@ -406,5 +419,30 @@ mod cli_definition_tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    /// One thread is the current-thread scheduler (what lets a connection write the responses
+    /// of one turn together); 0 and more than one are the multi-thread scheduler.
+    #[test]
+    fn one_worker_thread_is_the_current_thread_scheduler() {
+        let flavor = |threads| {
+            let runtime = super::async_runtime(threads).expect("runtime");
+            let flavor = runtime.handle().runtime_flavor();
+            let workers = runtime.metrics().num_workers();
+            (flavor, workers)
+        };
+        assert_eq!(flavor(1), (RuntimeFlavor::CurrentThread, 1));
+        assert_eq!(flavor(2), (RuntimeFlavor::MultiThread, 2));
+        let (all, workers) = flavor(0);
+        assert_eq!(all, RuntimeFlavor::MultiThread);
+        assert_eq!(
+            workers,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
     }
 }
