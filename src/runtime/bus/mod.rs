@@ -185,8 +185,11 @@ struct Inner {
     /// hear of it.
     settled: Mutex<Settled>,
     /// Wakes [`EventBus::settled`]'s waiters when `settled` moves; notified
-    /// only while one waits (a write with nobody waiting takes one lock).
+    /// only while one waits (a write with nobody waiting takes one lock), by
+    /// the settler when it runs.
     settled_moved: Notify,
+    /// The task that notifies `settled_moved` from the waiters' runtime.
+    settler: Arc<Settler>,
     /// Deferrable writes not handed to the store yet (see
     /// [`EventBus::deferrable_batch`]), gathered into one.
     held: Mutex<Option<Write>>,
@@ -257,7 +260,7 @@ impl Inner {
             settled.waiting > 0
         };
         if waiting {
-            self.settled_moved.notify_waiters();
+            self.settler.wake_waiters(self);
         }
     }
 
@@ -355,19 +358,22 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The relay ends once it finds the bus gone.
+        // The relay and the settler end once they find the bus gone.
         self.relay.wake.notify_one();
+        self.settler.wake.notify_one();
     }
 }
 
 mod commit;
 mod relay;
+mod settler;
 mod writes;
 
 pub(crate) use commit::After;
 pub use commit::Commit;
 use commit::CommitState;
 use relay::Relay;
+use settler::Settler;
 pub(crate) use writes::Batch;
 use writes::{BATCH, Gathered, Numbered, Waiter, Write, flush_thread_batch, gather};
 
@@ -428,6 +434,7 @@ impl EventBus {
                 retired: AtomicBool::new(false),
                 settled: Mutex::new(Settled::default()),
                 settled_moved: Notify::new(),
+                settler: Arc::new(Settler::new(bus.clone())),
             }),
         }
     }
@@ -514,6 +521,7 @@ impl EventBus {
                     waiting = Some(Waiting(&self.inner));
                 }
             }
+            self.inner.settler.start();
             moved.await;
         };
         drop(waiting);

@@ -327,6 +327,99 @@ async fn a_settled_call_dropped_while_it_waits_is_no_longer_counted() {
     panic!("settled() never had to wait for 200 writes");
 }
 
+/// Holds the store file's write lock (`BEGIN IMMEDIATE` from a connection of its own) until
+/// released: the writer waits for it.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(dir: &tempfile::TempDir) -> Self {
+        let conn = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        Self(conn)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("COMMIT").unwrap();
+    }
+}
+
+/// A `settled` call off any runtime, polled by hand on a thread of its own, which parks
+/// between polls: it must wait (a write is held back by the file's lock), and is woken once
+/// the lock goes (at most 10 s; the thread is left behind when the call never returns).
+fn settled_without_a_runtime(dir: &tempfile::TempDir, bus: &EventBus) {
+    let lock = WriteLock::take(dir);
+    drop(publish(bus, 1));
+    let (waits, waiting) = std::sync::mpsc::channel();
+    let (done, finished) = std::sync::mpsc::channel();
+    let bus = bus.clone();
+    std::thread::spawn(move || {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Arc::new(Unpark(std::thread::current())).into();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut call = std::pin::pin!(bus.settled());
+        let mut polls = 0;
+        let outcome = loop {
+            if let std::task::Poll::Ready(outcome) = call.as_mut().poll(&mut cx) {
+                break outcome;
+            }
+            polls += 1;
+            if polls == 1 {
+                let _ = waits.send(());
+            }
+            std::thread::park();
+        };
+        let _ = done.send(outcome);
+    });
+    waiting
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the call waits for the held write");
+    lock.release();
+    finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a settled call off any runtime is woken")
+        .unwrap();
+}
+
+#[test]
+fn settled_calls_are_woken_by_the_settler_on_their_runtime_or_by_the_writer_without_one() {
+    use futures_util::FutureExt as _;
+    let (dir, store, bus) = sqlite_bus();
+    let started = || bus.inner.settler.started.load(Ordering::SeqCst);
+    // No runtime: nothing to start the settler on; the writer wakes the call.
+    settled_without_a_runtime(&dir, &bus);
+    assert!(!started());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let lock = WriteLock::take(&dir);
+        drop(publish(&bus, 2));
+        let mut call = Box::pin(bus.settled());
+        assert!((&mut call).now_or_never().is_none(), "the call waits");
+        assert!(started(), "a call that waits starts the settler");
+        lock.release();
+        tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .expect("the settler wakes the call")
+            .unwrap();
+    });
+    // Its runtime gone, the settler is too, and the writer wakes the calls again.
+    drop(runtime);
+    assert!(!started());
+    settled_without_a_runtime(&dir, &bus);
+    assert_eq!(
+        store.last_event_sequence().unwrap(),
+        3,
+        "every write settled"
+    );
+}
+
 #[tokio::test]
 async fn numbers_keeps_and_broadcasts_in_order() {
     let bus = EventBus::new(3, None);
