@@ -356,6 +356,27 @@ impl Inner {
     }
 }
 
+/// Spawns the task `task` makes on the current tokio runtime, if `started` is not set yet and
+/// there is a runtime, and sets `started` (the relay's and the settler's start). The task is
+/// not tracked: it holds nothing but the bus's wake-up, and ends with the bus.
+fn spawn_once<F>(started: &AtomicBool, task: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if started.load(Ordering::SeqCst) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if started
+        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        runtime.spawn(task());
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // The relay and the settler end once they find the bus gone.

@@ -5,7 +5,7 @@ use std::sync::{Arc, PoisonError, Weak};
 
 use tokio::sync::Notify;
 
-use super::Inner;
+use super::{Inner, spawn_once};
 
 /// The relay: one task that moves announced events from the inbox to the
 /// live channel, so that waking every parked subscriber is its work and not
@@ -37,22 +37,10 @@ impl Relay {
     /// Starts the relay on the current tokio runtime, if it does not run yet
     /// and there is one.
     pub(super) fn start(self: &Arc<Self>) {
-        if self.started.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self
-            .started
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        spawn_once(&self.started, || {
             let running = Running(Arc::clone(self));
-            // Not tracked: it holds nothing but the bus's wake-up, and ends
-            // with the bus.
-            runtime.spawn(async move { running.0.run().await });
-        }
+            async move { running.0.run().await }
+        });
     }
 
     async fn run(&self) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::Notify;
 
-use super::Inner;
+use super::{Inner, spawn_once};
 
 /// The store's writer learns of a commit on its own thread. Woken from there, each call
 /// waiting in `settled` was a wake-up from another thread, which tokio's current-thread
@@ -47,21 +47,10 @@ impl Settler {
     /// Starts the settler on the current tokio runtime, if it does not run yet and there is
     /// one.
     pub(super) fn start(self: &Arc<Self>) {
-        if self.started.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self
-            .started
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
+        spawn_once(&self.started, || {
             let running = Running(Arc::clone(self));
-            // Not tracked: it holds nothing but the bus's wake-up, and ends with the bus.
-            runtime.spawn(async move { running.0.run().await });
-        }
+            async move { running.0.run().await }
+        });
     }
 
     /// Wakes the calls waiting in `settled` on `bus`: through the task when it runs, else
