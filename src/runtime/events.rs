@@ -183,6 +183,8 @@ pub fn subscribe(
         closing: Box::pin(options.closing.child_token().cancelled_owned()),
         beat: None,
         active: tokio::time::Instant::now(),
+        yields: tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread),
     });
     Ok(Box::pin(futures_util::stream::unfold(
         reader,
@@ -223,6 +225,11 @@ struct Reader {
     beat: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the last live event or heartbeat came.
     active: tokio::time::Instant,
+    /// Whether a stream woken by a publish among many subscribers yields before it passes the
+    /// event: on a multi-thread runtime, which runs a woken task next (its LIFO slot). The
+    /// current-thread runtime (one worker thread, the default) runs the other streams woken
+    /// first anyway, and their connections after them.
+    yields: bool,
 }
 
 impl Reader {
@@ -265,7 +272,11 @@ impl Reader {
                     match received {
                         Ok(event) => {
                             self.forward(event);
-                            if waited && !self.ready.is_empty() && self.bus.relays() {
+                            if self.yields
+                                && waited
+                                && !self.ready.is_empty()
+                                && self.bus.relays()
+                            {
                                 // Woken by a publish among many subscribers: the
                                 // other streams it woke take theirs first, so
                                 // that each HTTP/2 connection writes their
