@@ -217,4 +217,11 @@ pub fn run(mode: Mode, report: &mut Report) {
         "(informative)",
         None,
     );
+    crate::progress::run(
+        mode,
+        report,
+        &rt,
+        (&memory.proc, memory.endpoint()),
+        (&durable.proc, durable.endpoint()),
+    );
 }

@@ -24,6 +24,7 @@ mod harness;
 mod latency;
 mod memory;
 mod peer;
+mod progress;
 mod redis;
 mod submit;
 
