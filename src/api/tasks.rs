@@ -37,7 +37,7 @@ impl TaskService for TaskApi {
         let runtime = self.runtime.scoped(super::caller(&request));
         let new_task =
             convert::create_task_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
-        let task = runtime.create_task(new_task)?;
+        let task = runtime.create_task(new_task).await?;
         record_span("task_id", &task.id);
         Ok(Response::new(CreateTaskResponse {
             task: Some(task_to_pb(&task)),
@@ -83,7 +83,7 @@ impl TaskService for TaskApi {
         let (id, update) =
             convert::progress_update(request.into_inner()).map_err(|e| invalid_argument(&e))?;
         record_span("task_id", &id);
-        let task = runtime.update_task_progress(&id, update)?;
+        let task = runtime.update_task_progress(&id, update).await?;
         Ok(Response::new(UpdateTaskProgressResponse {
             task: Some(task_to_pb(&task)),
         }))

@@ -37,7 +37,7 @@ impl WorkflowService for WorkflowApi {
         let runtime = self.runtime.scoped(super::caller(&request));
         let register = convert::register_workflow_request(request.into_inner())
             .map_err(|e| invalid_argument(&e))?;
-        let workflow = runtime.register_workflow(register)?;
+        let workflow = runtime.register_workflow(register).await?;
         record_span("workflow_id", &workflow.id);
         Ok(Response::new(RegisterWorkflowResponse {
             workflow: Some(workflow_to_pb(&workflow)),
@@ -84,7 +84,9 @@ impl WorkflowService for WorkflowApi {
         let request = request.into_inner();
         let id = convert::require_id("id", &request.id).map_err(|e| invalid_argument(&e))?;
         record_span("workflow_id", &id);
-        let deleted_versions = runtime.delete_workflow(&id, request.version.as_deref())?;
+        let deleted_versions = runtime
+            .delete_workflow(&id, request.version.as_deref())
+            .await?;
         Ok(Response::new(DeleteWorkflowResponse { deleted_versions }))
     }
 

@@ -42,6 +42,31 @@ pub(crate) fn fingerprint_of(bytes: &[u8]) -> u64 {
     u64::from_str_radix(&hex, 16).unwrap_or(0)
 }
 
+/// Runs `work`, a call that waits on the store (a write of its own, committed
+/// before it returns), on Tokio's blocking threads: the async thread, which
+/// runs every connection and the executor, serves them meanwhile. Outside a
+/// Tokio runtime it runs here. It runs in the caller's span (its logs carry
+/// the call's request id). A panic in `work` goes on in the caller.
+pub(crate) async fn off_thread<T, F>(work: F) -> Result<T, RuntimeError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return work();
+    };
+    let span = tracing::Span::current();
+    match runtime.spawn_blocking(move || span.in_scope(work)).await {
+        Ok(outcome) => outcome,
+        Err(stopped) => match stopped.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(RuntimeError::Unavailable(
+                "the runtime is shutting down".into(),
+            )),
+        },
+    }
+}
+
 /// The store `meta` key of the secret forwarding replicas sign callers' certificate names with.
 pub const FORWARD_SECRET_META: &str = "forward_secret";
 
@@ -371,8 +396,10 @@ impl Runtime {
     }
 
     /// CreateTask: a client-reported task. Its parent may not be a task of an
-    /// execution (an execution's tasks are its root and its nodes).
-    pub fn create_task(&self, request: NewTaskRequest) -> Result<Task, RuntimeError> {
+    /// execution (an execution's tasks are its root and its nodes). The store
+    /// creates it in a write of its own (its idempotency key is checked in
+    /// it), waited for on a blocking thread ([`off_thread`]).
+    pub async fn create_task(&self, request: NewTaskRequest) -> Result<Task, RuntimeError> {
         if let Some(parent) = &request.parent_id
             && let Some(execution_id) = self.inner.executor.execution_of_task(parent)?
         {
@@ -384,12 +411,13 @@ impl Runtime {
             )
             .into());
         }
-        self.inner.tasks.create(request)
+        let tasks = Arc::clone(&self.inner.tasks);
+        off_thread(move || tasks.create(request)).await
     }
 
     /// UpdateTaskProgress: only for client-reported tasks; the runtime alone
     /// reports on the tasks of executions.
-    pub fn update_task_progress(
+    pub async fn update_task_progress(
         &self,
         id: &str,
         update: ProgressUpdate,
@@ -403,7 +431,7 @@ impl Runtime {
                 ),
             });
         }
-        self.inner.tasks.update_progress(id, update)
+        self.inner.tasks.update_progress(id, update).await
     }
 
     /// CancelTask: a task of an execution (root or node) cancels the whole
@@ -419,7 +447,7 @@ impl Runtime {
                 self.inner.executor.cancel(&execution_id, reason).await?;
                 self.inner.tasks.get(id)
             }
-            None => self.inner.tasks.cancel(id, reason),
+            None => self.inner.tasks.cancel(id, reason).await,
         }
     }
 
@@ -442,7 +470,7 @@ impl Runtime {
                 self.inner.executor.retry(&execution_id).await?;
                 self.inner.tasks.get(id)
             }
-            None => self.inner.tasks.retry(id),
+            None => self.inner.tasks.retry(id).await,
         }
     }
 
@@ -636,16 +664,22 @@ mod tests {
     #[tokio::test]
     async fn the_dependency_index_forgets_a_dependency_once_it_ended() {
         let runtime = Runtime::new(Config::default(), Arc::new(MemoryStore::new())).unwrap();
-        let a = runtime.create_task(client_task("a", Vec::new())).unwrap();
+        let a = runtime
+            .create_task(client_task("a", Vec::new()))
+            .await
+            .unwrap();
         let b = runtime
             .create_task(client_task("b", vec![a.id.clone()]))
+            .await
             .unwrap();
         assert_eq!(runtime.tasks().indexed_dependencies(), 1);
         runtime
             .update_task_progress(&a.id, status(TaskStatus::Running))
+            .await
             .unwrap();
         runtime
             .update_task_progress(&a.id, status(TaskStatus::Completed))
+            .await
             .unwrap();
         // The executor's actor handles the end on its own task.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -702,6 +736,74 @@ mod tests {
         // reconnects may make meanwhile.
         let commits = store.commit_count() - before;
         assert!(commits <= 2, "{CALLS} submissions took {commits} commits");
+        runtime.shutdown().await;
+    }
+
+    /// The task API's writes (a progress report, a cancel, a retry, a create) wait for their
+    /// commit without holding the one async thread: while the store file's write lock is
+    /// taken from elsewhere, each call waits and the thread goes on; once the lock goes,
+    /// each is answered with its write durable. (A call that blocked the thread on its
+    /// commit would hold the first poll until the writer gave up, after its 5 s busy
+    /// timeout, and that poll would answer.)
+    #[tokio::test]
+    async fn task_writes_wait_for_their_commit_without_holding_the_thread() {
+        use futures_util::FutureExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Arc::new(crate::store::SqliteStore::open(&path).unwrap());
+        let shared: Arc<dyn Store> = store.clone();
+        let runtime = Runtime::new(Config::default(), shared).unwrap();
+        let running = runtime
+            .create_task(client_task("running", Vec::new()))
+            .await
+            .unwrap();
+        runtime
+            .update_task_progress(&running.id, status(TaskStatus::Running))
+            .await
+            .unwrap();
+        let failed = runtime
+            .create_task(NewTaskRequest {
+                max_retries: 1,
+                ..client_task("failed", Vec::new())
+            })
+            .await
+            .unwrap();
+        runtime
+            .update_task_progress(&failed.id, status(TaskStatus::Failed))
+            .await
+            .unwrap();
+        let pending = runtime
+            .create_task(client_task("pending", Vec::new()))
+            .await
+            .unwrap();
+        runtime.bus().settled().await.unwrap();
+
+        let lock = rusqlite::Connection::open(&path).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let half = ProgressUpdate {
+            progress: Some(0.5),
+            ..ProgressUpdate::default()
+        };
+        let mut report = Box::pin(runtime.update_task_progress(&running.id, half));
+        let mut cancel = Box::pin(runtime.cancel_task(&pending.id, None));
+        let mut retry = Box::pin(runtime.retry_task(&failed.id));
+        let mut create = Box::pin(runtime.create_task(client_task("new", Vec::new())));
+        assert!((&mut report).now_or_never().is_none(), "the report waits");
+        assert!((&mut cancel).now_or_never().is_none(), "the cancel waits");
+        assert!((&mut retry).now_or_never().is_none(), "the retry waits");
+        assert!((&mut create).now_or_never().is_none(), "the create waits");
+        lock.execute_batch("COMMIT").unwrap();
+        let wait = Duration::from_secs(10);
+        let report = tokio::time::timeout(wait, report).await.unwrap().unwrap();
+        let cancel = tokio::time::timeout(wait, cancel).await.unwrap().unwrap();
+        let retry = tokio::time::timeout(wait, retry).await.unwrap().unwrap();
+        let create = tokio::time::timeout(wait, create).await.unwrap().unwrap();
+        // Each answer was durable when it was given.
+        let stored = |id: &str| store.get_task(id).unwrap().unwrap();
+        assert_eq!(stored(&report.id).progress(), 0.5);
+        assert_eq!(stored(&cancel.id).status(), TaskStatus::Cancelled);
+        assert_eq!(stored(&retry.id).status(), TaskStatus::Retrying);
+        assert_eq!(stored(&create.id).status(), TaskStatus::Pending);
         runtime.shutdown().await;
     }
 }

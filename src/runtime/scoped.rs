@@ -339,7 +339,7 @@ impl ScopedRuntime<'_> {
     }
 
     /// Creates a client task owned by the caller; its parent and dependencies must be visible.
-    pub fn create_task(&self, mut request: NewTaskRequest) -> Result<Task, RuntimeError> {
+    pub async fn create_task(&self, mut request: NewTaskRequest) -> Result<Task, RuntimeError> {
         self.check_dependencies(
             request
                 .dependencies
@@ -354,7 +354,7 @@ impl ScopedRuntime<'_> {
                 ),
         )?;
         request.ownership = self.caller.ownership.clone();
-        self.runtime.create_task(request)
+        self.runtime.create_task(request).await
     }
 
     /// One task.
@@ -376,13 +376,13 @@ impl ScopedRuntime<'_> {
     }
 
     /// Reports a client task's progress.
-    pub fn update_task_progress(
+    pub async fn update_task_progress(
         &self,
         id: &str,
         update: ProgressUpdate,
     ) -> Result<Task, RuntimeError> {
         self.visible_task(id)?;
-        self.runtime.update_task_progress(id, update)
+        self.runtime.update_task_progress(id, update).await
     }
 
     /// Cancels a task (an execution's: the execution).
@@ -402,8 +402,9 @@ impl ScopedRuntime<'_> {
     }
 
     /// Registers a workflow owned by the caller; a new version of another tenant's workflow
-    /// id reads as an unknown id.
-    pub fn register_workflow(
+    /// id reads as an unknown id. Stored in a write of its own, waited for on a blocking
+    /// thread ([`off_thread`](super::off_thread)).
+    pub async fn register_workflow(
         &self,
         mut request: RegisterWorkflowRequest,
     ) -> Result<WorkflowDefinition, RuntimeError> {
@@ -414,7 +415,8 @@ impl ScopedRuntime<'_> {
             return Err(RuntimeError::workflow_not_found(id, None));
         }
         request.ownership = self.caller.ownership.clone();
-        self.runtime.workflows().register(request)
+        let runtime = self.runtime.clone();
+        super::off_thread(move || runtime.workflows().register(request)).await
     }
 
     /// One workflow version.
@@ -439,8 +441,8 @@ impl ScopedRuntime<'_> {
         Ok(page)
     }
 
-    /// Deletes workflow versions.
-    pub fn delete_workflow(
+    /// Deletes workflow versions, in a write of their own waited for on a blocking thread.
+    pub async fn delete_workflow(
         &self,
         id: &str,
         version: Option<&str>,
@@ -451,7 +453,12 @@ impl ScopedRuntime<'_> {
             }
             self.visible_workflow(id, None)?;
         }
-        self.runtime.workflows().delete(id, version)
+        let (runtime, id, version) = (
+            self.runtime.clone(),
+            id.to_owned(),
+            version.map(str::to_owned),
+        );
+        super::off_thread(move || runtime.workflows().delete(&id, version.as_deref())).await
     }
 
     /// A page of events, the caller's tenant's only.

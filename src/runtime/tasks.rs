@@ -117,11 +117,26 @@ pub(crate) fn task_context(task: &Task) -> EventContext {
     }
 }
 
-/// Waits for every write in `commits`; the first failure is returned.
+/// Waits for every write in `commits`, blocking the thread (for calls that
+/// run on a blocking thread); the first failure is returned.
 fn wait_all(commits: Vec<Commit>) -> Result<(), RuntimeError> {
     let mut first = Ok(());
     for commit in commits {
         if let Err(error) = commit.wait()
+            && first.is_ok()
+        {
+            first = Err(error.into());
+        }
+    }
+    first
+}
+
+/// [`wait_all`] without holding the thread: the async thread serves other
+/// calls meanwhile, and the writes of calls waiting together commit together.
+async fn committed_all(commits: Vec<Commit>) -> Result<(), RuntimeError> {
+    let mut first = Ok(());
+    for commit in commits {
+        if let Err(error) = commit.committed().await
             && first.is_ok()
         {
             first = Err(error.into());
@@ -682,8 +697,24 @@ impl TaskRegistry {
         Ok(self.store.list_tasks(filter, after, limit)?)
     }
 
-    /// Applies a client's report to its task.
-    pub fn update_progress(&self, id: &str, update: ProgressUpdate) -> Result<Task, RuntimeError> {
+    /// Applies a client's report to its task; answers once it is durable,
+    /// without holding the thread while its write commits.
+    pub async fn update_progress(
+        &self,
+        id: &str,
+        update: ProgressUpdate,
+    ) -> Result<Task, RuntimeError> {
+        let (task, commit) = self.apply_progress(id, update)?;
+        commit.committed().await?;
+        Ok(Arc::unwrap_or_clone(task))
+    }
+
+    /// [`TaskRegistry::update_progress`] up to its write, under the write gate.
+    fn apply_progress(
+        &self,
+        id: &str,
+        update: ProgressUpdate,
+    ) -> Result<(Arc<Task>, Commit), RuntimeError> {
         let failing = update.status == Some(TaskStatus::Failed);
         let mut violations = ValidationError::default();
         if update.error.is_some() && !failing {
@@ -762,24 +793,35 @@ impl TaskRegistry {
         let task = Arc::new(task);
         let commit = self.save_with(Arc::clone(&task), &before, None);
         drop(gate);
-        commit.wait()?;
-        Ok(Arc::unwrap_or_clone(task))
+        Ok((task, commit))
     }
 
     /// Cancels a task and its unfinished descendants. A finished task is
     /// returned unchanged. All or nothing: a tree larger than
     /// [`MAX_CANCEL_CASCADE`] is refused before anything is cancelled.
-    pub fn cancel(&self, id: &str, reason: Option<String>) -> Result<Task, RuntimeError> {
-        let gate = self.gate()?;
+    /// Answers once the cancellations are durable, without holding the thread.
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Task, RuntimeError> {
+        let (task, commits) = self.cancel_now(id, reason)?;
+        committed_all(commits).await?;
+        Ok(task)
+    }
+
+    /// [`TaskRegistry::cancel`] up to its writes, under the write gate: they
+    /// are handed to the store, not waited for (the executor's actor, whose
+    /// callers wait for the store to settle, must not block on a commit).
+    pub(crate) fn cancel_now(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<(Task, Vec<Commit>), RuntimeError> {
+        let _gate = self.gate()?;
         let latest = self.latest_or_not_found(id)?;
         if latest.status().is_terminal() {
-            return Ok(Arc::unwrap_or_clone(latest));
+            return Ok((Arc::unwrap_or_clone(latest), Vec::new()));
         }
         let mut task = Arc::unwrap_or_clone(latest);
         let commits = self.cancel_tree(&mut task, reason)?;
-        drop(gate);
-        wait_all(commits)?;
-        Ok(task)
+        Ok((task, commits))
     }
 
     /// Cancels `task` (not terminal) and its unfinished descendants, under
@@ -838,9 +880,18 @@ impl TaskRegistry {
         Ok(commit)
     }
 
-    /// Moves a failed task with retries left to RETRYING.
-    pub fn retry(&self, id: &str) -> Result<Task, RuntimeError> {
-        let gate = self.gate()?;
+    /// Moves a failed task with retries left to RETRYING; answers once that
+    /// is durable, without holding the thread.
+    pub async fn retry(&self, id: &str) -> Result<Task, RuntimeError> {
+        let (task, commit) = self.retry_now(id)?;
+        commit.committed().await?;
+        Ok(task)
+    }
+
+    /// [`TaskRegistry::retry`] up to its write, under the write gate: the
+    /// write is handed to the store, not waited for.
+    pub(crate) fn retry_now(&self, id: &str) -> Result<(Task, Commit), RuntimeError> {
+        let _gate = self.gate()?;
         let before = self.latest_or_not_found(id)?;
         let mut task = Task::clone(&before);
         task.retry().map_err(|e| RuntimeError::FailedPrecondition {
@@ -849,9 +900,7 @@ impl TaskRegistry {
             reason: e.to_string(),
         })?;
         let commit = self.save(&task, &before);
-        drop(gate);
-        commit.wait()?;
-        Ok(task)
+        Ok((task, commit))
     }
 }
 

@@ -312,14 +312,16 @@ impl Executor {
                 retry_after: self.shared.retry_after(),
             });
         }
-        let created = self.create(
-            request,
-            &workflow,
-            registered,
-            prepared,
-            execution_id,
-            fingerprint,
-        );
+        let created = self
+            .create(
+                request,
+                &workflow,
+                registered,
+                prepared,
+                execution_id,
+                fingerprint,
+            )
+            .await;
         let (outcome, admitted) = match created {
             Ok(created) => created,
             Err(e) => {
@@ -376,7 +378,7 @@ impl Executor {
     }
 
     /// Builds and stores the execution and its tasks.
-    fn create(
+    async fn create(
         &self,
         request: ExecuteRequest,
         workflow: &WorkflowDefinition,
@@ -458,12 +460,17 @@ impl Executor {
             prompt,
         };
         execution.tasks = Vec::new();
-        // A keyed create needs the store's answer (the key may be taken);
-        // any other is stored by the actor, with what it does to it, in one
-        // write.
+        // A keyed create needs the store's answer (the key may be taken): a
+        // write of its own, waited for on a blocking thread. Any other is
+        // stored by the actor, with what it does to it, in one write.
         let (outcome, unstored) = match key {
             Some(key) => (
-                match self.shared.store.create_execution(record, Some(key))? {
+                match crate::runtime::off_thread({
+                    let store = Arc::clone(&self.shared.store);
+                    move || Ok(store.create_execution(record, Some(key))?)
+                })
+                .await?
+                {
                     ExecutionCreateOutcome::Created(execution) => Creation::New(execution.id),
                     ExecutionCreateOutcome::Existing {
                         execution,

@@ -299,11 +299,12 @@ impl Actor {
                 {
                     match self.shared.store.execution_of_task(&waiter) {
                         Ok(Some(_)) => {}
-                        _ => {
-                            if let Err(error) = self.shared.tasks.cancel(&waiter, Some(reason)) {
+                        _ => match self.shared.tasks.cancel_now(&waiter, Some(reason)) {
+                            Ok((_, commits)) => drop(commits),
+                            Err(error) => {
                                 tracing::warn!(task_id = %waiter, %error, "dependent task not cancelled");
                             }
-                        }
+                        },
                     }
                 }
             }

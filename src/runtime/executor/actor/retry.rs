@@ -119,9 +119,15 @@ impl Actor {
                 retry_after: Duration::from_secs(5),
             });
         }
-        if let Err(error) = self.shared.tasks.retry(&root_id) {
-            self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
-            return Err(error);
+        match self.shared.tasks.retry_now(&root_id) {
+            // Not waited for here, on the actor's thread: writes commit in
+            // order, and `Executor::retry` answers once every write handed
+            // over so far (this one and the execution's below) is durable.
+            Ok((_, commit)) => drop(commit),
+            Err(error) => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return Err(error);
+            }
         }
         self.shared.update_execution(execution_id, |execution| {
             execution
