@@ -398,7 +398,7 @@ impl Runtime {
     /// CreateTask: a client-reported task. Its parent may not be a task of an
     /// execution (an execution's tasks are its root and its nodes). The store
     /// creates it in a write of its own (its idempotency key is checked in
-    /// it), waited for on a blocking thread ([`off_thread`]).
+    /// it), waited for on a blocking thread (`off_thread`).
     pub async fn create_task(&self, request: NewTaskRequest) -> Result<Task, RuntimeError> {
         if let Some(parent) = &request.parent_id
             && let Some(execution_id) = self.inner.executor.execution_of_task(parent)?

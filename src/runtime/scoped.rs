@@ -403,7 +403,7 @@ impl ScopedRuntime<'_> {
 
     /// Registers a workflow owned by the caller; a new version of another tenant's workflow
     /// id reads as an unknown id. Stored in a write of its own, waited for on a blocking
-    /// thread ([`off_thread`](super::off_thread)).
+    /// thread (`runtime::off_thread`).
     pub async fn register_workflow(
         &self,
         mut request: RegisterWorkflowRequest,
