@@ -806,4 +806,52 @@ mod tests {
         assert_eq!(stored(&create.id).status(), TaskStatus::Pending);
         runtime.shutdown().await;
     }
+
+    /// A keyed submit stores its execution in a write of its own, on a blocking thread; the
+    /// hand-over to the executor goes with it, so a caller that goes away while the write
+    /// waits (the store file's write lock held from a second connection) still leaves the
+    /// execution queued in the executor, not only stored.
+    #[tokio::test]
+    async fn a_keyed_submit_dropped_while_it_commits_is_still_queued() {
+        use futures_util::FutureExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&path).unwrap());
+        let mut config = Config::default();
+        // Nothing listens there: the executions stay queued.
+        config.servers = vec![crate::config::ServerConfig::with_url("http://127.0.0.1:9")];
+        config.scheduling.probe_interval_seconds = 3600.0;
+        let runtime = Runtime::new(config, store).unwrap();
+        let mut request = ExecuteRequest::inline(
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}"#,
+        );
+        // The start-up's writes are behind this one.
+        runtime.execute(request.clone()).await.unwrap();
+        request.idempotency_key = Some("dropped".into());
+
+        let lock = rusqlite::Connection::open(&path).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut call = Box::pin(runtime.execute(request.clone()));
+        assert!((&mut call).now_or_never().is_none(), "the submit waits");
+        drop(call);
+        lock.execute_batch("COMMIT").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // The replay of the key answers with the stored execution and, once the
+            // executor holds it, its place in the queue.
+            let view = runtime.execute(request.clone()).await.unwrap();
+            assert_eq!(view.execution.status(), TaskStatus::Queued);
+            if view.queue_position.is_some() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "execution {} is stored but not queued",
+                view.execution.id
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        runtime.shutdown().await;
+    }
 }

@@ -312,32 +312,37 @@ impl Executor {
                 retry_after: self.shared.retry_after(),
             });
         }
-        let created = self
-            .create(
+        // A keyed create is a store write of its own (the store settles the
+        // key), waited for on a blocking thread: the write and the hand-over to
+        // the actor run there together, so that a caller that goes away while
+        // the write commits cannot leave a stored execution the actor never
+        // heard of. Any other is stored by the actor, with what it does to it,
+        // in one write, and is handed over here.
+        let handed = if request.idempotency_key.is_some() {
+            let executor = self.clone();
+            crate::runtime::off_thread(move || {
+                executor.hand_over(
+                    request,
+                    &workflow,
+                    registered,
+                    prepared,
+                    execution_id,
+                    fingerprint,
+                )
+            })
+            .await?
+        } else {
+            self.hand_over(
                 request,
                 &workflow,
                 registered,
                 prepared,
                 execution_id,
                 fingerprint,
-            )
-            .await;
-        let (outcome, admitted) = match created {
-            Ok(created) => created,
-            Err(e) => {
-                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
-                return Err(e);
-            }
+            )?
         };
-        match outcome {
-            Creation::New(id) => {
-                let (reply, answer) = oneshot::channel();
-                self.tx
-                    .send(Msg::Submit {
-                        admitted: Box::new(admitted),
-                        reply,
-                    })
-                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+        match handed {
+            Handed::New { id, answer } => {
                 let submitted = answer
                     .await
                     .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
@@ -363,11 +368,10 @@ impl Executor {
                     } => self.view_with_position(&id).await,
                 }
             }
-            Creation::Existing {
+            Handed::Existing {
                 execution,
                 same_body,
             } => {
-                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
                 if same_body {
                     self.view(&execution.id)
                 } else {
@@ -377,8 +381,60 @@ impl Executor {
         }
     }
 
-    /// Builds and stores the execution and its tasks.
-    async fn create(
+    /// Creates the execution (stored here when keyed) and hands a new one to
+    /// the actor, with nothing in between that a dropped caller could cut
+    /// short. The admission slot taken for it is given back when nothing was
+    /// handed over.
+    fn hand_over(
+        &self,
+        request: ExecuteRequest,
+        workflow: &WorkflowDefinition,
+        registered: bool,
+        prepared: Prepared,
+        execution_id: String,
+        fingerprint: Option<String>,
+    ) -> Result<Handed, RuntimeError> {
+        let created = self.create(
+            request,
+            workflow,
+            registered,
+            prepared,
+            execution_id,
+            fingerprint,
+        );
+        let (outcome, admitted) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        match outcome {
+            Creation::New(id) => {
+                let (reply, answer) = oneshot::channel();
+                self.tx
+                    .send(Msg::Submit {
+                        admitted: Box::new(admitted),
+                        reply,
+                    })
+                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
+                Ok(Handed::New { id, answer })
+            }
+            Creation::Existing {
+                execution,
+                same_body,
+            } => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                Ok(Handed::Existing {
+                    execution,
+                    same_body,
+                })
+            }
+        }
+    }
+
+    /// Builds the execution and its tasks; stores them when the request is keyed.
+    fn create(
         &self,
         request: ExecuteRequest,
         workflow: &WorkflowDefinition,
@@ -461,16 +517,12 @@ impl Executor {
         };
         execution.tasks = Vec::new();
         // A keyed create needs the store's answer (the key may be taken): a
-        // write of its own, waited for on a blocking thread. Any other is
-        // stored by the actor, with what it does to it, in one write.
+        // write of its own, waited for (on a blocking thread: see `submit`).
+        // Any other is stored by the actor, with what it does to it, in one
+        // write.
         let (outcome, unstored) = match key {
             Some(key) => (
-                match crate::runtime::off_thread({
-                    let store = Arc::clone(&self.shared.store);
-                    move || Ok(store.create_execution(record, Some(key))?)
-                })
-                .await?
-                {
+                match self.shared.store.create_execution(record, Some(key))? {
                     ExecutionCreateOutcome::Created(execution) => Creation::New(execution.id),
                     ExecutionCreateOutcome::Existing {
                         execution,
@@ -526,6 +578,26 @@ impl Executor {
         }
         Ok((outcome, admitted))
     }
+}
+
+/// What `hand_over` did: handed a new execution to the actor (its id, and
+/// where the actor's answer comes), or found the one its idempotency key
+/// already names.
+enum Handed {
+    /// Handed to the actor.
+    New {
+        /// The execution's id.
+        id: String,
+        /// The actor's answer.
+        answer: oneshot::Receiver<Submitted>,
+    },
+    /// The key's execution, and whether its request was the same.
+    Existing {
+        /// The execution the key names (boxed: the rare case).
+        execution: Box<WorkflowExecution>,
+        /// Whether the fingerprints match.
+        same_body: bool,
+    },
 }
 
 /// What `create` did: made a new execution (its id), or found the one its
