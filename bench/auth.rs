@@ -4,8 +4,6 @@
 //! same runtime without authentication, in alternating windows. Executions stay queued, as in
 //! benchmark 1.
 
-use std::time::Instant;
-
 use comfy_reality::pb::ExecuteWorkflowRequest;
 use comfy_reality::pb::execution_service_client::ExecutionServiceClient;
 use futures_util::StreamExt as _;
@@ -55,15 +53,7 @@ fn window(
     calls: usize,
     key: bool,
 ) -> Window {
-    let cpu = proc.cpu();
-    let start = Instant::now();
-    rt.block_on(submit_many(client, request, calls, key));
-    let wall = start.elapsed().as_secs_f64();
-    let cpu = proc.cpu() - cpu;
-    Window {
-        cpu_per_call: cpu / calls as f64,
-        throughput: calls as f64 / wall,
-    }
+    crate::submit::timed(rt, proc, calls, submit_many(client, request, calls, key))
 }
 
 /// Runs benchmark 7.

@@ -5,8 +5,6 @@
 //! throughput shows whether its calls wait without holding the server's
 //! thread.
 
-use std::time::Instant;
-
 use comfy_reality::pb::task_service_client::TaskServiceClient;
 use comfy_reality::pb::{CreateTaskRequest, TaskType, UpdateTaskProgressRequest};
 use futures_util::StreamExt as _;
@@ -86,15 +84,7 @@ impl Lanes {
 
     /// One measured window of `calls` reports against the server `proc`.
     pub fn window(&mut self, rt: &tokio::runtime::Runtime, proc: &Proc, calls: usize) -> Window {
-        let cpu = proc.cpu();
-        let start = Instant::now();
-        rt.block_on(self.report(calls));
-        let wall = start.elapsed().as_secs_f64();
-        let cpu = proc.cpu() - cpu;
-        Window {
-            cpu_per_call: cpu / calls as f64,
-            throughput: calls as f64 / wall,
-        }
+        crate::submit::timed(rt, proc, calls, self.report(calls))
     }
 }
 

@@ -113,9 +113,19 @@ pub fn window(
     request: &ExecuteWorkflowRequest,
     calls: usize,
 ) -> Window {
+    timed(rt, proc, calls, submit_many(client, request, calls))
+}
+
+/// Runs `load`, `calls` calls to the server `proc`, as one measured window.
+pub fn timed(
+    rt: &tokio::runtime::Runtime,
+    proc: &Proc,
+    calls: usize,
+    load: impl std::future::Future<Output = ()>,
+) -> Window {
     let cpu = proc.cpu();
     let start = Instant::now();
-    rt.block_on(submit_many(client, request, calls));
+    rt.block_on(load);
     let wall = start.elapsed().as_secs_f64();
     let cpu = proc.cpu() - cpu;
     Window {

@@ -318,28 +318,19 @@ impl Executor {
         // the write commits cannot leave a stored execution the actor never
         // heard of. Any other is stored by the actor, with what it does to it,
         // in one write, and is handed over here.
-        let handed = if request.idempotency_key.is_some() {
+        let creating = Creating {
+            request,
+            workflow,
+            registered,
+            prepared,
+            execution_id,
+            fingerprint,
+        };
+        let handed = if creating.request.idempotency_key.is_some() {
             let executor = self.clone();
-            crate::runtime::off_thread(move || {
-                executor.hand_over(
-                    request,
-                    &workflow,
-                    registered,
-                    prepared,
-                    execution_id,
-                    fingerprint,
-                )
-            })
-            .await?
+            crate::runtime::off_thread(move || executor.hand_over(creating)).await?
         } else {
-            self.hand_over(
-                request,
-                &workflow,
-                registered,
-                prepared,
-                execution_id,
-                fingerprint,
-            )?
+            self.hand_over(creating)?
         };
         match handed {
             Handed::New { id, answer } => {
@@ -385,24 +376,8 @@ impl Executor {
     /// the actor, with nothing in between that a dropped caller could cut
     /// short. The admission slot taken for it is given back when nothing was
     /// handed over.
-    fn hand_over(
-        &self,
-        request: ExecuteRequest,
-        workflow: &WorkflowDefinition,
-        registered: bool,
-        prepared: Prepared,
-        execution_id: String,
-        fingerprint: Option<String>,
-    ) -> Result<Handed, RuntimeError> {
-        let created = self.create(
-            request,
-            workflow,
-            registered,
-            prepared,
-            execution_id,
-            fingerprint,
-        );
-        let (outcome, admitted) = match created {
+    fn hand_over(&self, creating: Creating) -> Result<Handed, RuntimeError> {
+        let (outcome, admitted) = match self.create(creating) {
             Ok(created) => created,
             Err(e) => {
                 self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
@@ -434,15 +409,16 @@ impl Executor {
     }
 
     /// Builds the execution and its tasks; stores them when the request is keyed.
-    fn create(
-        &self,
-        request: ExecuteRequest,
-        workflow: &WorkflowDefinition,
-        registered: bool,
-        prepared: Prepared,
-        execution_id: String,
-        fingerprint: Option<String>,
-    ) -> Result<(Creation, Admitted), RuntimeError> {
+    fn create(&self, creating: Creating) -> Result<(Creation, Admitted), RuntimeError> {
+        let Creating {
+            request,
+            workflow,
+            registered,
+            prepared,
+            execution_id,
+            fingerprint,
+        } = creating;
+        let workflow = &workflow;
         let nodes = prepared.prompt.len();
         let max_retries = prepared
             .options
@@ -578,6 +554,22 @@ impl Executor {
         }
         Ok((outcome, admitted))
     }
+}
+
+/// A submission checked and given its place in the backlog, to be created.
+struct Creating {
+    /// The request.
+    request: ExecuteRequest,
+    /// Its workflow (its nodes moved into `prepared`).
+    workflow: WorkflowDefinition,
+    /// Whether the workflow is a registered one.
+    registered: bool,
+    /// The prompt and options, checked.
+    prepared: Prepared,
+    /// The new execution's id.
+    execution_id: String,
+    /// The request's fingerprint (keyed requests only).
+    fingerprint: Option<String>,
 }
 
 /// What `hand_over` did: handed a new execution to the actor (its id, and
