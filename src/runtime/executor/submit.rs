@@ -313,11 +313,11 @@ impl Executor {
             });
         }
         // A keyed create is a store write of its own (the store settles the
-        // key), waited for on a blocking thread: the write and the hand-over to
-        // the actor run there together, so that a caller that goes away while
-        // the write commits cannot leave a stored execution the actor never
-        // heard of. Any other is stored by the actor, with what it does to it,
-        // in one write, and is handed over here.
+        // key), waited for here, on the async thread, with the hand-over to
+        // the actor right after it: nothing between them can be cut short or
+        // interleave with the actor (on a blocking thread, the Redis store's
+        // failover test saw an execution completed twice). Any other is
+        // stored by the actor, with what it does to it, in one write.
         let creating = Creating {
             request,
             workflow,
@@ -326,12 +326,7 @@ impl Executor {
             execution_id,
             fingerprint,
         };
-        let handed = if creating.request.idempotency_key.is_some() {
-            let executor = self.clone();
-            crate::runtime::off_thread(move || executor.hand_over(creating)).await?
-        } else {
-            self.hand_over(creating)?
-        };
+        let handed = self.hand_over(creating)?;
         match handed {
             Handed::New { id, answer } => {
                 let submitted = answer
@@ -373,9 +368,8 @@ impl Executor {
     }
 
     /// Creates the execution (stored here when keyed) and hands a new one to
-    /// the actor, with nothing in between that a dropped caller could cut
-    /// short. The admission slot taken for it is given back when nothing was
-    /// handed over.
+    /// the actor, synchronously: nothing in between can be cut short. The
+    /// admission slot taken for it is given back when nothing was handed over.
     fn hand_over(&self, creating: Creating) -> Result<Handed, RuntimeError> {
         let (outcome, admitted) = match self.create(creating) {
             Ok(created) => created,
@@ -493,7 +487,7 @@ impl Executor {
         };
         execution.tasks = Vec::new();
         // A keyed create needs the store's answer (the key may be taken): a
-        // write of its own, waited for (on a blocking thread: see `submit`).
+        // write of its own, waited for (see `submit`).
         // Any other is stored by the actor, with what it does to it, in one
         // write.
         let (outcome, unstored) = match key {
