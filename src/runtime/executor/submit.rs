@@ -312,23 +312,30 @@ impl Executor {
                 retry_after: self.shared.retry_after(),
             });
         }
-        // A keyed create is a store write of its own (the store settles the
-        // key), waited for here, on the async thread, with the hand-over to
-        // the actor right after it: nothing between them can be cut short or
-        // interleave with the actor (on a blocking thread, the Redis store's
-        // failover test saw an execution completed twice). Any other is
-        // stored by the actor, with what it does to it, in one write.
-        let creating = Creating {
+        let created = self.create(
             request,
-            workflow,
+            &workflow,
             registered,
             prepared,
             execution_id,
             fingerprint,
+        );
+        let (outcome, admitted) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
         };
-        let handed = self.hand_over(creating)?;
-        match handed {
-            Handed::New { id, answer } => {
+        match outcome {
+            Creation::New(id) => {
+                let (reply, answer) = oneshot::channel();
+                self.tx
+                    .send(Msg::Submit {
+                        admitted: Box::new(admitted),
+                        reply,
+                    })
+                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
                 let submitted = answer
                     .await
                     .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
@@ -354,10 +361,11 @@ impl Executor {
                     } => self.view_with_position(&id).await,
                 }
             }
-            Handed::Existing {
+            Creation::Existing {
                 execution,
                 same_body,
             } => {
+                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
                 if same_body {
                     self.view(&execution.id)
                 } else {
@@ -367,52 +375,16 @@ impl Executor {
         }
     }
 
-    /// Creates the execution (stored here when keyed) and hands a new one to
-    /// the actor, synchronously: nothing in between can be cut short. The
-    /// admission slot taken for it is given back when nothing was handed over.
-    fn hand_over(&self, creating: Creating) -> Result<Handed, RuntimeError> {
-        let (outcome, admitted) = match self.create(creating) {
-            Ok(created) => created,
-            Err(e) => {
-                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
-                return Err(e);
-            }
-        };
-        match outcome {
-            Creation::New(id) => {
-                let (reply, answer) = oneshot::channel();
-                self.tx
-                    .send(Msg::Submit {
-                        admitted: Box::new(admitted),
-                        reply,
-                    })
-                    .map_err(|_| RuntimeError::Unavailable("the executor has stopped".into()))?;
-                Ok(Handed::New { id, answer })
-            }
-            Creation::Existing {
-                execution,
-                same_body,
-            } => {
-                self.shared.backlog.fetch_sub(1, Ordering::SeqCst);
-                Ok(Handed::Existing {
-                    execution,
-                    same_body,
-                })
-            }
-        }
-    }
-
-    /// Builds the execution and its tasks; stores them when the request is keyed.
-    fn create(&self, creating: Creating) -> Result<(Creation, Admitted), RuntimeError> {
-        let Creating {
-            request,
-            workflow,
-            registered,
-            prepared,
-            execution_id,
-            fingerprint,
-        } = creating;
-        let workflow = &workflow;
+    /// Builds and stores the execution and its tasks.
+    fn create(
+        &self,
+        request: ExecuteRequest,
+        workflow: &WorkflowDefinition,
+        registered: bool,
+        prepared: Prepared,
+        execution_id: String,
+        fingerprint: Option<String>,
+    ) -> Result<(Creation, Admitted), RuntimeError> {
         let nodes = prepared.prompt.len();
         let max_retries = prepared
             .options
@@ -486,10 +458,12 @@ impl Executor {
             prompt,
         };
         execution.tasks = Vec::new();
-        // A keyed create needs the store's answer (the key may be taken): a
-        // write of its own, waited for (see `submit`).
-        // Any other is stored by the actor, with what it does to it, in one
-        // write.
+        // A keyed create needs the store's answer (the key may be taken);
+        // any other is stored by the actor, with what it does to it, in one
+        // write. The keyed write blocks the async thread: run elsewhere, it
+        // and the hand-over to the actor could interleave with the actor (a
+        // Redis replica's recovery saw an execution completed twice; README,
+        // "The task API waits without holding the thread").
         let (outcome, unstored) = match key {
             Some(key) => (
                 match self.shared.store.create_execution(record, Some(key))? {
@@ -548,42 +522,6 @@ impl Executor {
         }
         Ok((outcome, admitted))
     }
-}
-
-/// A submission checked and given its place in the backlog, to be created.
-struct Creating {
-    /// The request.
-    request: ExecuteRequest,
-    /// Its workflow (its nodes moved into `prepared`).
-    workflow: WorkflowDefinition,
-    /// Whether the workflow is a registered one.
-    registered: bool,
-    /// The prompt and options, checked.
-    prepared: Prepared,
-    /// The new execution's id.
-    execution_id: String,
-    /// The request's fingerprint (keyed requests only).
-    fingerprint: Option<String>,
-}
-
-/// What `hand_over` did: handed a new execution to the actor (its id, and
-/// where the actor's answer comes), or found the one its idempotency key
-/// already names.
-enum Handed {
-    /// Handed to the actor.
-    New {
-        /// The execution's id.
-        id: String,
-        /// The actor's answer.
-        answer: oneshot::Receiver<Submitted>,
-    },
-    /// The key's execution, and whether its request was the same.
-    Existing {
-        /// The execution the key names (boxed: the rare case).
-        execution: Box<WorkflowExecution>,
-        /// Whether the fingerprints match.
-        same_body: bool,
-    },
 }
 
 /// What `create` did: made a new execution (its id), or found the one its
