@@ -256,10 +256,22 @@ pub struct Fake {
 
 /// Starts a fake ComfyUI on a free port, writing into a temporary folder.
 pub fn start_fake() -> Fake {
+    start_fake_scaled(1.0)
+}
+
+/// [`start_fake`] with its TestDelay sleeps and progress throttle (0.1 s, as ComfyUI's)
+/// multiplied by `time_scale`.
+pub fn start_fake_scaled(time_scale: f64) -> Fake {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(fake_bin());
     command
-        .args(["--port", "0", "--output-dir"])
+        .args([
+            "--port",
+            "0",
+            "--time-scale",
+            &time_scale.to_string(),
+            "--output-dir",
+        ])
         .arg(dir.path().join("output"));
     let mut proc = Proc::spawn("fake ComfyUI", command, Some(dir));
     let url = proc.read_after("listening on ");

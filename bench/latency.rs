@@ -88,6 +88,26 @@ pub(crate) fn workflow_chain(nonce: u64, nodes: usize) -> Value {
     Value::Object(graph)
 }
 
+/// Progress steps of the one-node workflow whose CPU per step is measured: a sampler reports
+/// 20 to 50 a node.
+const STEPS: u32 = 20;
+
+/// The fake's time scale in this benchmark: its progress throttle (ComfyUI's 0.1 s between
+/// two progress messages) becomes 5 ms, longer than the runtime holds a progress write back
+/// (4 ms), so that each step is a write of its own as a real sampler's is (tens of
+/// milliseconds apart); a stepped node (2 s before the scale) sleeps 100 ms.
+const TIME_SCALE: f64 = 0.05;
+
+/// One TestDelay node that sleeps `0.1 * STEPS` seconds (before the fake's time scale) in
+/// `steps` progress steps, each a progress message of its own, unique by `nonce`.
+pub(crate) fn workflow_steps(nonce: u64, steps: u32) -> Value {
+    json!({
+        "1": {"class_type": "TestDelay",
+              "inputs": {"seconds": 0.1 * f64::from(STEPS), "steps": steps,
+                         "nonce": CHAIN_NONCES + nonce * 256}}
+    })
+}
+
 /// Hands out the nonces of both paths, so that no two jobs share one.
 #[derive(Debug, Default)]
 pub(crate) struct Nonces {
@@ -661,7 +681,9 @@ impl Idle {
 impl Setup {
     /// Starts the fake and the runtime (durable store) and connects both clients.
     pub(crate) fn start() -> Self {
-        let fake = harness::start_fake();
+        // Its progress throttle 5 ms (`TIME_SCALE`). Zero-second jobs do not sleep at any
+        // scale.
+        let fake = harness::start_fake_scaled(TIME_SCALE);
         let runtime = harness::start_runtime(StoreKind::Sqlite, &[&fake.url], "");
         let rt = harness::client_runtime();
         let direct = rt.block_on(Direct::connect(&fake.url));
@@ -738,12 +760,18 @@ impl Setup {
     /// Runs `jobs` jobs of a `nodes`-node chain one at a time through the runtime, their ends
     /// read from one SubscribeEvents stream.
     fn chains(&self, nodes: usize, jobs: usize) -> Sequential {
+        self.jobs_of(|nonce| workflow_chain(nonce, nodes), jobs)
+    }
+
+    /// Runs `jobs` jobs of the workflows `make` builds (from a fresh nonce each) one at a time
+    /// through the runtime, their ends read from one SubscribeEvents stream.
+    fn jobs_of(&self, make: impl Fn(u64) -> Value, jobs: usize) -> Sequential {
         let subscription = self.rt.block_on(Subscription::open(&self.client.events));
         let before = self.cpu();
         let ended = self.rt.block_on(async {
             let mut ended = Vec::with_capacity(jobs);
             for _ in 0..jobs {
-                let workflow = workflow_chain(self.nonces.next(), nodes);
+                let workflow = make(self.nonces.next());
                 ended.push(
                     self.client
                         .workflow_subscribed(&subscription, &workflow)
@@ -1043,9 +1071,11 @@ fn chains(setup: &Setup, mode: Mode, report: &mut Report) {
     for nodes in CHAINS {
         setup.chains(nodes, mode.pick(1, 5));
     }
+    setup.jobs_of(|nonce| workflow_steps(nonce, STEPS), mode.pick(1, 5));
     let mut one = Vec::new();
     let mut per_node = harness::Paired::default();
     let mut per_job = [Vec::new(), Vec::new()];
+    let mut per_step = Vec::new();
     for pair in 0..mode.pairs() {
         let base = setup.sequential(Path::Subscribed, jobs);
         let base_cpu = base.cpu.runtime / jobs as f64;
@@ -1055,16 +1085,27 @@ fn chains(setup: &Setup, mode: Mode, report: &mut Report) {
             cpus[i] = window.cpu.runtime / jobs as f64;
             per_job[i].push(cpus[i]);
         }
+        // Two nodes of the same length, one of `STEPS` steps and one of 2: the runtime's CPU
+        // while they sleep is the same in both.
+        let stepped = setup.jobs_of(|nonce| workflow_steps(nonce, STEPS), jobs);
+        let stepped_cpu = stepped.cpu.runtime / jobs as f64;
+        let two = setup.jobs_of(|nonce| workflow_steps(nonce, 2), jobs);
+        let two_cpu = two.cpu.runtime / jobs as f64;
         // The nodes beyond the first: what a job's size adds to it.
         let node = |cpu: f64, nodes: usize| (cpu - base_cpu).max(0.0) / (nodes - 1) as f64;
         println!(
-            "pair {pair}: runtime CPU per job, 1 / {short} / {long} nodes: {} / {} / {}",
+            "pair {pair}: runtime CPU per job, 1 / {short} / {long} nodes: {} / {} / {}; \
+             1 node of 2 / {STEPS} steps: {} / {}",
             fmt_secs(base_cpu),
             fmt_secs(cpus[0]),
             fmt_secs(cpus[1]),
+            fmt_secs(two_cpu),
+            fmt_secs(stepped_cpu),
         );
         one.push(base_cpu);
         per_node.push(node(cpus[0], short), node(cpus[1], long));
+        // What each progress step of a sampler adds to a job.
+        per_step.push((stepped_cpu - two_cpu).max(0.0) / f64::from(STEPS - 2));
     }
     report.add(
         BENCH,
@@ -1088,6 +1129,15 @@ fn chains(setup: &Setup, mode: Mode, report: &mut Report) {
             per_node.ratio()
         ),
         "informative: linear in nodes is 1x",
+        None,
+    );
+    report.add(
+        BENCH,
+        &format!(
+            "runtime CPU per progress step, one node of {STEPS} vs 2 steps (5 ms apart or more)"
+        ),
+        fmt_secs(median(&per_step)),
+        "informative",
         None,
     );
 }
