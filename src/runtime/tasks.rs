@@ -584,6 +584,8 @@ impl TaskRegistry {
     }
 
     /// Creates a task in PENDING. Dependencies and the parent must exist.
+    /// Blocks until the store committed it (a write of its own): call it off
+    /// the async thread, as `Runtime::create_task` does.
     pub fn create(&self, request: NewTaskRequest) -> Result<Task, RuntimeError> {
         let fingerprint = request.fingerprint();
         let mut violations = ValidationError::default();
@@ -806,10 +808,21 @@ impl TaskRegistry {
         Ok(task)
     }
 
-    /// [`TaskRegistry::cancel`] up to its writes, under the write gate: they
-    /// are handed to the store, not waited for (the executor's actor, whose
-    /// callers wait for the store to settle, must not block on a commit).
-    pub(crate) fn cancel_now(
+    /// [`TaskRegistry::cancel`] for the executor's actor, which never waits for
+    /// a commit (whoever answers a client about it waits for the store to
+    /// settle): the cancellations are handed to the store, not waited for.
+    pub(crate) fn cancel_unwaited(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<(), RuntimeError> {
+        let (_, commits) = self.cancel_now(id, reason)?;
+        drop(commits);
+        Ok(())
+    }
+
+    /// [`TaskRegistry::cancel`] up to its writes, under the write gate.
+    fn cancel_now(
         &self,
         id: &str,
         reason: Option<String>,

@@ -299,12 +299,13 @@ impl Actor {
                 {
                     match self.shared.store.execution_of_task(&waiter) {
                         Ok(Some(_)) => {}
-                        _ => match self.shared.tasks.cancel_now(&waiter, Some(reason)) {
-                            Ok((_, commits)) => drop(commits),
-                            Err(error) => {
+                        _ => {
+                            if let Err(error) =
+                                self.shared.tasks.cancel_unwaited(&waiter, Some(reason))
+                            {
                                 tracing::warn!(task_id = %waiter, %error, "dependent task not cancelled");
                             }
-                        },
+                        }
                     }
                 }
             }

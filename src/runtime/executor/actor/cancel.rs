@@ -82,7 +82,7 @@ impl Actor {
             "cancelling an execution the executor did not hold"
         );
         if let Some(root) = &execution.root_task_id
-            && let Err(error) = self.shared.tasks.cancel_now(root, reason).map(drop)
+            && let Err(error) = self.shared.tasks.cancel_unwaited(root, reason)
         {
             tracing::error!(execution_id, %error, "root task not cancelled");
         }

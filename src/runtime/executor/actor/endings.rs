@@ -146,9 +146,7 @@ impl Actor {
         tracing::info!(execution_id = %live.id, %reason, "execution cancelled");
         let root = live.root.clone();
         let ended = self.record_end(sched, TaskStatus::Cancelled);
-        // Handed to the store, not waited for: whoever answers a client
-        // about it waits for the store to settle.
-        if let Err(error) = self.shared.tasks.cancel_now(&root, Some(reason)).map(drop) {
+        if let Err(error) = self.shared.tasks.cancel_unwaited(&root, Some(reason)) {
             tracing::error!(execution_id = %ended.as_ref().map(|e| e.id.clone()).unwrap_or_default(), %error, "root task not cancelled");
         }
         self.finish(sched, ended);
