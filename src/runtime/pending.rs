@@ -9,8 +9,13 @@
 //! its commit, so the executor's steps read it from memory instead of the
 //! store; it goes once a state that fails the test (an end) has committed.
 //! Every change of a task or execution record goes through here, so a kept
-//! entry is never older than the store; dropping one is always safe (the
-//! store has it), which bounds the cache at [`MAX_KEPT`].
+//! entry is never older than the store. It may be newer: a running node's
+//! progress step is written as its event alone, its record brought up to
+//! date by the next write that changes more (see `executor::attempt`), and
+//! readers of durable state (GetTask, GetExecution, the lists) take the
+//! kept state over the record ([`PendingWrites::get_committed`]). Dropping
+//! an entry therefore loses at most such a step's progress in the record
+//! (its event has it); that bounds the cache at [`MAX_KEPT`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +34,12 @@ struct Entry<T> {
     value: T,
     /// Its write committed (it stays only because it is live).
     committed: bool,
+    /// Its write left the object's record alone (events only): once committed, the record is
+    /// older than `value`.
+    unwritten: bool,
+    /// While `value`'s write is queued: the state before it when that one was committed and
+    /// unwritten (what a reader of durable state sees meanwhile; the record is older).
+    durable: Option<T>,
 }
 
 /// The entries and how many of them are committed.
@@ -91,25 +102,80 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
             .map(|entry| entry.value.clone())
     }
 
+    /// The newest durable state of `id` when it is newer than the object's record: the state
+    /// a write that left the record alone (a running node's progress step, see
+    /// [`PendingWrites::insert_unwritten`]) committed. `None`: the record is the newest durable
+    /// state.
+    pub(crate) fn get_committed(&self, id: &str) -> Option<T> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.by_id.get(id)?;
+        if entry.committed {
+            entry.unwritten.then(|| entry.value.clone())
+        } else {
+            entry.durable.clone()
+        }
+    }
+
     /// Records that `value` was handed to the store as the state of `id`;
     /// the returned closure, run once that write committed (or failed),
     /// forgets it unless a newer write came since.
     pub(crate) fn insert(&self, id: String, value: T) -> Box<dyn FnOnce() + Send> {
+        self.insert_as(id, value, false)
+    }
+
+    /// [`PendingWrites::insert`] for a write that leaves the object's record alone: `value`
+    /// is newer than the record once that write committed, and is kept (when live) until a
+    /// write of the record replaces it.
+    pub(crate) fn insert_unwritten(&self, id: String, value: T) -> Box<dyn FnOnce() + Send> {
+        self.insert_as(id, value, true)
+    }
+
+    fn insert_as(&self, id: String, value: T, unwritten: bool) -> Box<dyn FnOnce() + Send> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let retired = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut retired = std::mem::take(&mut entries.retired);
             let replaced = entries.by_id.insert(
                 id.clone(),
                 Entry {
                     number,
                     value,
                     committed: false,
+                    unwritten,
+                    durable: None,
                 },
             );
-            if replaced.is_some_and(|old| old.committed) {
-                entries.committed -= 1;
+            if let Some(old) = replaced {
+                if old.committed {
+                    entries.committed -= 1;
+                }
+                // The newest durable state newer than the record stays readable until this
+                // write commits.
+                let durable = match old {
+                    Entry {
+                        committed: true,
+                        unwritten: true,
+                        value,
+                        ..
+                    } => Some(value),
+                    Entry {
+                        committed: true,
+                        value,
+                        ..
+                    } => {
+                        retired.push(value);
+                        None
+                    }
+                    Entry { value, durable, .. } => {
+                        retired.push(value);
+                        durable
+                    }
+                };
+                if let Some(entry) = entries.by_id.get_mut(&id) {
+                    entry.durable = durable;
+                }
             }
-            std::mem::take(&mut entries.retired)
+            retired
         };
         // Freed here, on the thread that makes the states, outside the lock.
         drop(retired);
@@ -125,6 +191,8 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
             }
             if keep(&entry.value) {
                 entry.committed = true;
+                let durable = entry.durable.take();
+                entries.retired.extend(durable);
                 entries.committed += 1;
                 if entries.committed > MAX_KEPT {
                     entries.by_id.retain(|_, entry| !entry.committed);
@@ -132,6 +200,7 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
                 }
             } else if let Some(entry) = entries.by_id.remove(&id) {
                 entries.retired.push(entry.value);
+                entries.retired.extend(entry.durable);
             }
         })
     }
@@ -178,6 +247,35 @@ mod tests {
         assert_eq!(pending.get("b"), Some(3));
         newer();
         assert_eq!(pending.get("b"), Some(3));
+    }
+
+    #[test]
+    fn a_state_whose_record_was_left_alone_is_read_as_durable_until_a_record_write_commits() {
+        let pending = PendingWrites::keeping(|value: &i32| *value < 10);
+        pending.insert("a".into(), 1)();
+        assert_eq!(pending.get_committed("a"), None, "the record has it");
+        let step = pending.insert_unwritten("a".into(), 2);
+        assert_eq!(pending.get_committed("a"), None, "not durable yet");
+        step();
+        assert_eq!(pending.get_committed("a"), Some(2), "newer than the record");
+        let next = pending.insert_unwritten("a".into(), 3);
+        assert_eq!(pending.get_committed("a"), Some(2), "the last durable one");
+        next();
+        assert_eq!(pending.get_committed("a"), Some(3));
+        let record = pending.insert("a".into(), 4);
+        assert_eq!(
+            pending.get_committed("a"),
+            Some(3),
+            "until the record commits"
+        );
+        record();
+        assert_eq!(pending.get_committed("a"), None, "the record has it");
+        assert_eq!(pending.get("a"), Some(4), "still live");
+        pending.insert_unwritten("a".into(), 5)();
+        let end = pending.insert("a".into(), 10);
+        end();
+        assert_eq!(pending.get_committed("a"), None);
+        assert_eq!(pending.get("a"), None, "ended: read from the store again");
     }
 
     #[test]

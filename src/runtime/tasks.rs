@@ -362,12 +362,24 @@ impl TaskRegistry {
     /// The task and its event are one write; the caller decides whether to
     /// wait for it (a client's call does, the executor does not).
     fn save(&self, task: &Task, before: &Task) -> Commit {
-        self.save_with(Arc::new(task.clone()), before, None)
+        self.save_with(Arc::new(task.clone()), before, None, true)
     }
 
     /// [`TaskRegistry::save`], with `extra` merged into the data of a
-    /// progress event (a node's step `value` and `max`).
-    fn save_with(&self, task: Arc<Task>, before: &Task, extra: Option<&JsonObject>) -> Commit {
+    /// progress event (a node's step `value` and `max`). With `record`
+    /// false and only the progress changed on a live task, the write carries
+    /// the event alone: the task's record stays as it is, its new state is
+    /// kept in `pending` (read by the next change and by readers of durable
+    /// state, see [`PendingWrites::get_committed`]) and stored by the
+    /// task's next write.
+    fn save_with(
+        &self,
+        task: Arc<Task>,
+        before: &Task,
+        extra: Option<&JsonObject>,
+        record: bool,
+    ) -> Commit {
+        let record = record || task.status() != before.status() || !task_is_live(&task);
         let mut events = Vec::new();
         if task.status() != before.status() {
             if let Some(event) = Self::transition_event(&task) {
@@ -400,10 +412,19 @@ impl TaskRegistry {
             .into_iter()
             .map(|event| (EventPayload::Task(event), context.clone()))
             .collect();
-        let forget = self.pending.insert(task.id.clone(), Arc::clone(&task));
+        let forget = if record {
+            self.pending.insert(task.id.clone(), Arc::clone(&task))
+        } else {
+            self.pending
+                .insert_unwritten(task.id.clone(), Arc::clone(&task))
+        };
         let commit = self.bus.commit_then(
             Changes {
-                tasks: vec![Arc::clone(&task)],
+                tasks: if record {
+                    vec![Arc::clone(&task)]
+                } else {
+                    Vec::new()
+                },
                 ..Changes::default()
             },
             events,
@@ -451,16 +472,19 @@ impl TaskRegistry {
     where
         F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
     {
-        self.update_with_event_data(id, change, None)
+        self.update_with_event_data(id, change, None, true)
     }
 
     /// [`TaskRegistry::update`]; when it produces a progress event, `extra`
-    /// is merged into the event's data.
+    /// is merged into the event's data. With `record` false a change of
+    /// progress alone is written as its event, the record left for the
+    /// task's next write (see [`TaskRegistry::save_with`]).
     pub(crate) fn update_with_event_data<F>(
         &self,
         id: &str,
         change: F,
         extra: Option<&JsonObject>,
+        record: bool,
     ) -> Result<(), RuntimeError>
     where
         F: FnOnce(&mut Task) -> Result<(), RuntimeError>,
@@ -472,7 +496,7 @@ impl TaskRegistry {
         if task != *before {
             // The executor does not wait: the write commits with others,
             // and its event is announced once it has.
-            drop(self.save_with(Arc::new(task), &before, extra));
+            drop(self.save_with(Arc::new(task), &before, extra, record));
         }
         Ok(())
     }
@@ -682,11 +706,25 @@ impl TaskRegistry {
         }
     }
 
-    /// One task.
+    /// One task, as durable: its record, or the newer state a progress
+    /// step left in memory (see [`TaskRegistry::save_with`]).
     pub fn get(&self, id: &str) -> Result<Task, RuntimeError> {
+        if let Some(task) = self.pending.get_committed(id) {
+            return Ok(Arc::unwrap_or_clone(task));
+        }
         self.store
             .get_task(id)?
             .ok_or_else(|| RuntimeError::task_not_found(id))
+    }
+
+    /// `tasks` read from the store, each replaced by the newer durable state
+    /// a progress step left in memory, if any.
+    pub(crate) fn durable_states(&self, tasks: &mut [Task]) {
+        for task in tasks {
+            if let Some(newer) = self.pending.get_committed(&task.id) {
+                *task = Arc::unwrap_or_clone(newer);
+            }
+        }
     }
 
     /// A page of tasks in creation order.
@@ -696,7 +734,9 @@ impl TaskRegistry {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page<Task, u64>, RuntimeError> {
-        Ok(self.store.list_tasks(filter, after, limit)?)
+        let mut page = self.store.list_tasks(filter, after, limit)?;
+        self.durable_states(&mut page.items);
+        Ok(page)
     }
 
     /// Applies a client's report to its task; answers once it is durable,
@@ -793,7 +833,7 @@ impl TaskRegistry {
         }
         task.touch();
         let task = Arc::new(task);
-        let commit = self.save_with(Arc::clone(&task), &before, None);
+        let commit = self.save_with(Arc::clone(&task), &before, None, true);
         drop(gate);
         Ok((task, commit))
     }

@@ -1,6 +1,7 @@
 //! One attempt of one execution on one backend: post the prompt (never with
 //! `front`), follow its events, keep the NODE tasks and the execution's
-//! progress up to date, enforce the running-time limit and the stall
+//! progress up to date (a progress step is written as its event, the
+//! records at most every `RECORD_EVERY`), enforce the running-time limit and the stall
 //! detector, download the artifacts, and report to the actor.
 //!
 //! The actor decides everything about the execution's status; the attempt
@@ -41,6 +42,15 @@ const SOCKET_WAIT: Duration = Duration::from_secs(5);
 
 /// How long to wait for ComfyUI to confirm an interrupt before reporting anyway.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
+
+/// How often, at most, a running node's progress steps write the records of
+/// its task and of the execution. A step is written as its progress event
+/// (which carries the task's and the execution's progress); the records
+/// follow at this pace and at the node's next change of state. In between,
+/// this runtime's GetTask, GetExecution and lists read the newer state from
+/// memory; another replica of a shared store, or the store after a crash,
+/// has the records' progress, at most this much older.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// What the attempt needs to know.
 pub(crate) struct AttemptSpec {
@@ -568,6 +578,12 @@ struct Follower<'a> {
     running: Option<String>,
     /// The NODE tasks this attempt left ended (terminal), for the actor.
     ended: HashSet<String>,
+    /// When each node's task record was last written, by node id: a
+    /// progress step writes its event alone until `RECORD_EVERY` has passed.
+    written: HashMap<String, Instant>,
+    /// When the execution's record was last written by this attempt's
+    /// progress.
+    execution_written: Instant,
 }
 
 impl<'a> Follower<'a> {
@@ -579,6 +595,21 @@ impl<'a> Follower<'a> {
             progress: HashMap::new(),
             running: None,
             ended: HashSet::new(),
+            written: HashMap::new(),
+            execution_written: Instant::now(),
+        }
+    }
+
+    /// Whether a progress step that was written `at` is due to write the
+    /// record again (noting now if so); never written: due.
+    fn record_due(at: Option<&mut Instant>) -> bool {
+        match at {
+            Some(at) if at.elapsed() < RECORD_EVERY => false,
+            Some(at) => {
+                *at = Instant::now();
+                true
+            }
+            None => true,
         }
     }
 
@@ -615,18 +646,15 @@ impl<'a> Follower<'a> {
         (sum / total).clamp(0.0, 1.0)
     }
 
+    /// The node's progress, and the execution's with it (its record written
+    /// at most every `RECORD_EVERY`: the end writes it anyway).
     fn set_progress(&mut self, node: &str, value: f64) {
         self.progress.insert(node.to_owned(), value.clamp(0.0, 1.0));
         let overall = self.overall();
+        let record = Self::record_due(Some(&mut self.execution_written));
         if let Err(error) = self
             .shared
-            .update_execution(self.execution_id, |execution| {
-                // Progress never goes backwards within an execution's life.
-                if overall > execution.progress() {
-                    execution.set_progress(overall)?;
-                }
-                Ok(())
-            })
+            .execution_progress(self.execution_id, overall, record)
         {
             tracing::debug!(execution_id = self.execution_id, %error, "execution progress not updated");
         }
@@ -653,6 +681,7 @@ impl<'a> Follower<'a> {
             self.node_done(&previous);
         }
         self.running = Some(node.to_owned());
+        self.written.insert(node.to_owned(), Instant::now());
         // A retry of the execution runs a failed node again: RETRYING first,
         // as its own change so that its event is published.
         self.node_task(node, |task| {
@@ -690,6 +719,9 @@ impl<'a> Follower<'a> {
         step.insert("max".into(), Value::from(max));
         step.insert("execution_progress".into(), Value::from(self.overall()));
         if let Some(task_id) = self.node_tasks.get(&node) {
+            // A step is its event; the task's record follows at most every
+            // `RECORD_EVERY`, and at the node's end.
+            let record = Self::record_due(self.written.get_mut(&node));
             let updated = self.shared.tasks.update_with_event_data(
                 task_id,
                 |task| {
@@ -700,6 +732,7 @@ impl<'a> Follower<'a> {
                     Ok(())
                 },
                 Some(&step),
+                record,
             );
             if let Err(error) = updated {
                 tracing::debug!(task_id, %error, "node task not updated");

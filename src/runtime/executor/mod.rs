@@ -263,11 +263,13 @@ impl Executor {
 
     /// One execution with its tasks.
     pub fn view(&self, id: &str) -> Result<ExecutionView, RuntimeError> {
-        let (execution, tasks) = self
+        let (execution, mut tasks) = self
             .shared
             .store
             .execution_with_tasks(id)?
             .ok_or_else(|| RuntimeError::execution_not_found(id))?;
+        let execution = self.shared.durable_state(execution);
+        self.shared.tasks.durable_states(&mut tasks);
         Ok(ExecutionView {
             execution: with_tasks(execution, tasks),
             queue_position: None,
@@ -275,10 +277,12 @@ impl Executor {
     }
 
     fn assemble(&self, execution: WorkflowExecution) -> Result<ExecutionView, RuntimeError> {
-        let tasks = match execution.root_task_id.as_deref() {
+        let execution = self.shared.durable_state(execution);
+        let mut tasks = match execution.root_task_id.as_deref() {
             Some(root_id) => self.shared.store.root_and_children(root_id)?,
             None => Vec::new(),
         };
+        self.shared.tasks.durable_states(&mut tasks);
         Ok(ExecutionView {
             execution: with_tasks(execution, tasks),
             queue_position: None,

@@ -217,6 +217,48 @@ impl Shared {
     where
         F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
     {
+        self.change_execution(id, change, true)
+    }
+
+    /// A running execution's progress, `overall`, when it is more than the
+    /// execution has (progress never goes backwards within an execution's
+    /// life). With `record` false the execution's record is left alone: its
+    /// new state is kept in memory, stored by the execution's next write, and
+    /// read meanwhile by readers of durable state (`durable_state`); it is
+    /// durable once the thread's batch, which carries the node's progress
+    /// event, commits.
+    pub(crate) fn execution_progress(
+        &self,
+        id: &str,
+        overall: f64,
+        record: bool,
+    ) -> Result<(), RuntimeError> {
+        self.change_execution(
+            id,
+            |execution| {
+                if overall > execution.progress() {
+                    execution.set_progress(overall)?;
+                }
+                Ok(())
+            },
+            record,
+        )
+        .map(drop)
+    }
+
+    /// Read-modify-write of an execution under the gate; see
+    /// [`Shared::update_execution_then`] and, for `record`,
+    /// [`Shared::execution_progress`] (the record is written anyway unless
+    /// the execution is running: the cache keeps only a running one).
+    fn change_execution<F>(
+        &self,
+        id: &str,
+        change: F,
+        record: bool,
+    ) -> Result<(Arc<WorkflowExecution>, Option<Commit>), RuntimeError>
+    where
+        F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
+    {
         let _gate = self
             .exec_gate
             .lock()
@@ -230,16 +272,35 @@ impl Shared {
             return Ok((before, None));
         }
         let execution = Arc::new(execution);
-        let forget = self.pending.insert(id.to_owned(), Arc::clone(&execution));
+        let record = record || execution.status() != crate::model::TaskStatus::Running;
+        let (forget, executions) = if record {
+            let forget = self.pending.insert(id.to_owned(), Arc::clone(&execution));
+            (forget, vec![Arc::clone(&execution)])
+        } else {
+            let forget = self
+                .pending
+                .insert_unwritten(id.to_owned(), Arc::clone(&execution));
+            // Nothing to write: the forget runs with the writes gathered around it.
+            (forget, Vec::new())
+        };
         let commit = self.tasks.bus().commit_then(
             Changes {
-                executions: vec![Arc::clone(&execution)],
+                executions,
                 ..Changes::default()
             },
             Vec::new(),
             Some(forget),
         );
         Ok((execution, Some(commit)))
+    }
+
+    /// `execution` as read from the store, or the newer durable state that
+    /// progress left in memory (see [`Shared::execution_progress`]).
+    pub(crate) fn durable_state(&self, execution: WorkflowExecution) -> WorkflowExecution {
+        match self.pending.get_committed(&execution.id) {
+            Some(newer) => WorkflowExecution::clone(&newer),
+            None => execution,
+        }
     }
 
     /// The newest state of an execution record: the one waiting for its

@@ -216,3 +216,84 @@ async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
     assert_eq!(on_fake(fake).await, (0, 3));
     setup.stop().await;
 }
+
+/// A running node's progress step is written as its event alone: the records of its task
+/// and of its execution keep their progress (they follow at most every second, and at the
+/// node's end), while this runtime's reads (GetTask, GetExecution, the lists) already
+/// have the step, and the end stores it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_step_is_its_event_and_the_records_follow_at_the_end() {
+    use crate::model::TaskEventType;
+    use crate::model::events::EventPayload;
+    use crate::store::TaskFilter;
+
+    let setup = Setup::start(10).await;
+    let runtime = &setup.runtime;
+    let mut live = runtime.bus().subscribe();
+    // Four steps 150 ms apart: each well within a second of the node's start.
+    let workflow = json!({
+        "1": {"class_type": "TestDelay", "inputs": {"seconds": 0.6, "steps": 4, "nonce": 2}}
+    });
+    let view = runtime
+        .execute(ExecuteRequest::inline(workflow.to_string()))
+        .await
+        .unwrap();
+    let execution_id = view.execution.id.clone();
+    let node = view
+        .execution
+        .tasks
+        .iter()
+        .find(|task| task.metadata.get("node_id") == Some(&json!("1")))
+        .expect("the node's task")
+        .id
+        .clone();
+    // The first step of the node, announced (so durable).
+    let step = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let event = live.recv().await.unwrap();
+            if let EventPayload::Task(event) = &event.payload
+                && event.task_id == node
+                && event.event_type == TaskEventType::Progress
+                && event.data.get("value").is_some()
+            {
+                return event.data["progress"].as_f64().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("no progress step");
+    assert!(step > 0.0 && step < 1.0, "{step}");
+    let store = runtime.tasks().store();
+    let record = store.get_task(&node).unwrap().unwrap();
+    assert_eq!(record.status(), TaskStatus::Running);
+    assert_eq!(record.progress(), 0.0, "the step rewrote the task's record");
+    let execution_record = store.get_execution(&execution_id).unwrap().unwrap();
+    assert_eq!(
+        execution_record.progress(),
+        0.0,
+        "the step rewrote the execution's record"
+    );
+    // Reads of durable state have the step.
+    assert!(runtime.tasks().get(&node).unwrap().progress() >= step);
+    let read = runtime.executor().view(&execution_id).unwrap();
+    assert!(read.execution.progress() > 0.0);
+    let in_view = read.execution.tasks.iter().find(|t| t.id == node).unwrap();
+    assert!(in_view.progress() >= step);
+    let filter = TaskFilter {
+        parent_id: view.execution.root_task_id.clone(),
+        ..TaskFilter::default()
+    };
+    let listed = runtime.tasks().list(&filter, None, 100).unwrap();
+    let in_list = listed.items.iter().find(|t| t.id == node).unwrap();
+    assert!(in_list.progress() >= step);
+    // The end stores the node's and the execution's final state.
+    assert_eq!(ended(runtime, &execution_id).await, TaskStatus::Completed);
+    let record = store.get_task(&node).unwrap().unwrap();
+    assert_eq!(
+        (record.status(), record.progress()),
+        (TaskStatus::Completed, 1.0)
+    );
+    let execution_record = store.get_execution(&execution_id).unwrap().unwrap();
+    assert_eq!(execution_record.progress(), 1.0);
+    setup.stop().await;
+}
