@@ -706,8 +706,8 @@ impl TaskRegistry {
         }
     }
 
-    /// One task, as durable: its record, or the newer state a progress
-    /// step left in memory (see [`TaskRegistry::save_with`]).
+    /// One task, as durable: its record, or the newer state a running
+    /// node's progress step left in memory (a step writes its event alone).
     pub fn get(&self, id: &str) -> Result<Task, RuntimeError> {
         if let Some(task) = self.pending.get_committed(id) {
             return Ok(Arc::unwrap_or_clone(task));
