@@ -412,19 +412,18 @@ impl TaskRegistry {
             .into_iter()
             .map(|event| (EventPayload::Task(event), context.clone()))
             .collect();
-        let forget = if record {
-            self.pending.insert(task.id.clone(), Arc::clone(&task))
+        let (forget, tasks) = if record {
+            let forget = self.pending.insert(task.id.clone(), Arc::clone(&task));
+            (forget, vec![Arc::clone(&task)])
         } else {
-            self.pending
-                .insert_unwritten(task.id.clone(), Arc::clone(&task))
+            let forget = self
+                .pending
+                .insert_unwritten(task.id.clone(), Arc::clone(&task));
+            (forget, Vec::new())
         };
         let commit = self.bus.commit_then(
             Changes {
-                tasks: if record {
-                    vec![Arc::clone(&task)]
-                } else {
-                    Vec::new()
-                },
+                tasks,
                 ..Changes::default()
             },
             events,
