@@ -108,6 +108,9 @@ pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 /// (idempotency keys) stay on std's hasher.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A hash set of such keys; see [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Longest name (task, workflow, tag, metric) in characters, after stripping.
 pub const MAX_NAME_CHARS: usize = 256;
 

@@ -5,12 +5,13 @@
 //! [`Ownership`], and a principal's queued plus running executions are held under its
 //! `max_queued`. Admins and callers without authentication see everything.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::model::events::Event;
-use crate::model::{Ownership, Scope, Task, TaskStatus, ValidationError, WorkflowDefinition};
+use crate::model::{
+    FastMap, FastSet, Ownership, Scope, Task, TaskStatus, ValidationError, WorkflowDefinition,
+};
 use crate::store::{ExecutionFilter, Page, TaskFilter, WorkflowCursor, WorkflowFilter};
 
 use super::artifacts::OpenArtifact;
@@ -46,19 +47,19 @@ impl Caller {
 #[derive(Default)]
 pub(super) struct ActiveByOwner {
     /// Per principal, read from the store on first use.
-    owners: Mutex<HashMap<String, OwnerActive>>,
+    owners: Mutex<FastMap<String, OwnerActive>>,
 }
 
 /// One principal's executions that may still be queued or running.
 #[derive(Default)]
 struct OwnerActive {
     /// Their ids; ids of ended executions are pruned when the principal reaches its limit.
-    ids: HashSet<String>,
+    ids: FastSet<String>,
     /// Submits in progress, each holding a slot until its execution exists.
     reserved: usize,
 }
 
-fn active_owners(runtime: &Runtime) -> &Mutex<HashMap<String, OwnerActive>> {
+fn active_owners(runtime: &Runtime) -> &Mutex<FastMap<String, OwnerActive>> {
     &runtime.active_by_owner().owners
 }
 
@@ -67,7 +68,7 @@ fn active_owners(runtime: &Runtime) -> &Mutex<HashMap<String, OwnerActive>> {
 /// the execution instead.
 struct Reservation<'a> {
     /// The table it is counted in.
-    owners: &'a Mutex<HashMap<String, OwnerActive>>,
+    owners: &'a Mutex<FastMap<String, OwnerActive>>,
     /// The principal.
     owner: &'a str,
 }
@@ -241,7 +242,7 @@ impl ScopedRuntime<'_> {
     }
 
     /// The owner's queued and running executions in the store (read once per owner).
-    fn active_in_store(&self, owner: &str) -> Result<HashSet<String>, RuntimeError> {
+    fn active_in_store(&self, owner: &str) -> Result<FastSet<String>, RuntimeError> {
         let filter = ExecutionFilter {
             statuses: vec![
                 TaskStatus::Pending,
@@ -251,7 +252,7 @@ impl ScopedRuntime<'_> {
             ],
             ..ExecutionFilter::default()
         };
-        let mut ids = HashSet::new();
+        let mut ids = FastSet::default();
         let mut after = None;
         loop {
             let page = self.runtime.list_executions(&filter, after, 1000)?;
@@ -492,7 +493,7 @@ pub struct EventVisibility {
     /// The caller's scope.
     scope: Scope,
     /// Visibility of each execution and task id looked up.
-    known: Arc<Mutex<HashMap<String, bool>>>,
+    known: Arc<Mutex<FastMap<String, bool>>>,
 }
 
 /// Most ids an [`EventVisibility`] remembers before it starts afresh.
