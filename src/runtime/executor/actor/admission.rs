@@ -220,7 +220,7 @@ impl Actor {
         };
         self.by_id.insert(live.id.clone(), sched);
         self.by_root.insert(live.root.clone(), sched);
-        self.live.insert(sched, live);
+        self.live.insert(sched, Box::new(live));
         if admission == Admission::Recovering {
             if let Some(live) = self.live.get_mut(&sched) {
                 live.phase = Phase::Recovering;

@@ -398,7 +398,7 @@ impl Actor {
             }
             Ok(TakenBackOutcome::Cancelled) => {
                 self.apply_deferred_starts(backend);
-                let reason = live_reason(self.live.get(&sched));
+                let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
                 self.end_cancelled(sched, reason);
             }
             Err(error) => tracing::debug!(%error, "take-back not applied"),

@@ -136,8 +136,11 @@ pub(crate) struct Actor {
     tracker: TaskTracker,
     /// Queue order, slots and backends (pure logic).
     scheduler: Scheduler,
-    /// The executions it holds, by scheduler id.
-    live: FastMap<ExecutionId, Live>,
+    /// The executions it holds, by scheduler id. Boxed: a `Live` is over 200 bytes, and a
+    /// table of them holds a bucket for each of its slots (twice the entries at most), every
+    /// page of it touched: at a million queued, half a gigabyte, and each insert wrote its
+    /// `Live` into a cold page of it.
+    live: FastMap<ExecutionId, Box<Live>>,
     /// Execution id -> scheduler id.
     by_id: FastMap<Arc<str>, ExecutionId>,
     /// Root task id -> scheduler id (for dependencies).
@@ -442,7 +445,7 @@ impl Actor {
     fn context(&self, sched: ExecutionId) -> EventContext {
         self.live
             .get(&sched)
-            .map_or_else(EventContext::default, live_context)
+            .map_or_else(EventContext::default, |live| live_context(live))
     }
 
     /// Applies `change` to `sched`'s root task; a failure is logged.

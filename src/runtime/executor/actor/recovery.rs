@@ -236,7 +236,7 @@ impl Actor {
                 self.end_completed(sched, outputs, artifacts)
             }
             Outcome::Interrupted | Outcome::Failed(_) if cancelled => {
-                let reason = live_reason(self.live.get(&sched));
+                let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
                 self.end_cancelled(sched, reason);
             }
             Outcome::Interrupted => self.end_failed(
