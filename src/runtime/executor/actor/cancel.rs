@@ -54,7 +54,7 @@ impl Actor {
                     if let Some(run) = live.run.take() {
                         run.abandon.cancel();
                     }
-                    let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
+                    let reason = self.cancel_reason(sched);
                     self.end_cancelled(sched, reason);
                 }
                 CancelOutcome::TakingBack { .. } | CancelOutcome::Interrupting { .. } => {

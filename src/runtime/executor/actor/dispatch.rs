@@ -25,7 +25,7 @@ use crate::runtime::scheduler::{
 };
 use crate::telemetry::metrics;
 
-use super::{Actor, PRIORITIES, Phase, Run, live_reason};
+use super::{Actor, PRIORITIES, Phase, Run};
 
 impl Actor {
     /// Puts `sched` in the scheduler's queue: QUEUED.
@@ -398,7 +398,7 @@ impl Actor {
             }
             Ok(TakenBackOutcome::Cancelled) => {
                 self.apply_deferred_starts(backend);
-                let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
+                let reason = self.cancel_reason(sched);
                 self.end_cancelled(sched, reason);
             }
             Err(error) => tracing::debug!(%error, "take-back not applied"),

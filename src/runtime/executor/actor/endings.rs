@@ -19,7 +19,7 @@ use crate::runtime::executor::messages::Outcome;
 use crate::runtime::scheduler::ExecutionId;
 use crate::telemetry::metrics;
 
-use super::{Actor, Live, execution_transition, illegal, live_context, live_reason};
+use super::{Actor, Live, execution_transition, illegal, live_context};
 
 impl Actor {
     /// An attempt ended: its outcome decides the execution's end (or a
@@ -62,7 +62,7 @@ impl Actor {
                 self.end_completed(sched, outputs, artifacts)
             }
             Outcome::Interrupted if cancelled => {
-                let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
+                let reason = self.cancel_reason(sched);
                 self.end_cancelled(sched, reason);
             }
             Outcome::Interrupted => self.end_failed(
@@ -73,7 +73,7 @@ impl Actor {
                 ),
             ),
             Outcome::Failed(_) if cancelled => {
-                let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
+                let reason = self.cancel_reason(sched);
                 self.end_cancelled(sched, reason);
             }
             Outcome::Failed(failure) => self.failed(sched, &failure),

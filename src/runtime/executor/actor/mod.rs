@@ -441,6 +441,11 @@ impl Actor {
         });
     }
 
+    /// Why `sched` was cancelled: the reason its cancel gave, or the default one.
+    fn cancel_reason(&self, sched: ExecutionId) -> String {
+        live_reason(self.live.get(&sched).map(AsRef::as_ref))
+    }
+
     /// What events about `sched` are about.
     fn context(&self, sched: ExecutionId) -> EventContext {
         self.live

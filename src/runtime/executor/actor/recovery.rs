@@ -24,7 +24,7 @@ use crate::runtime::executor::messages::{Found, Msg, Outcome};
 use crate::runtime::executor::pool::Backend;
 use crate::runtime::scheduler::{BackendId, ExecutionId, ExecutionKey};
 
-use super::{Actor, Admission, Phase, Run, live_reason};
+use super::{Actor, Admission, Phase, Run};
 
 impl Actor {
     /// Takes back every execution the store says has not ended: PENDING and
@@ -236,7 +236,7 @@ impl Actor {
                 self.end_completed(sched, outputs, artifacts)
             }
             Outcome::Interrupted | Outcome::Failed(_) if cancelled => {
-                let reason = live_reason(self.live.get(&sched).map(AsRef::as_ref));
+                let reason = self.cancel_reason(sched);
                 self.end_cancelled(sched, reason);
             }
             Outcome::Interrupted => self.end_failed(
