@@ -104,7 +104,7 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
 
     /// The newest durable state of `id` when it is newer than the object's record: the state
     /// a write that left the record alone (a running node's progress step, see
-    /// [`PendingWrites::insert_unwritten`]) committed. `None`: the record is the newest durable
+    /// [`PendingWrites::insert_with`]) committed. `None`: the record is the newest durable
     /// state.
     pub(crate) fn get_committed(&self, id: &str) -> Option<T> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -120,17 +120,19 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
     /// the returned closure, run once that write committed (or failed),
     /// forgets it unless a newer write came since.
     pub(crate) fn insert(&self, id: String, value: T) -> Box<dyn FnOnce() + Send> {
-        self.insert_as(id, value, false)
+        self.insert_with(id, value, true)
     }
 
-    /// [`PendingWrites::insert`] for a write that leaves the object's record alone: `value`
-    /// is newer than the record once that write committed, and is kept (when live) until a
-    /// write of the record replaces it.
-    pub(crate) fn insert_unwritten(&self, id: String, value: T) -> Box<dyn FnOnce() + Send> {
-        self.insert_as(id, value, true)
-    }
-
-    fn insert_as(&self, id: String, value: T, unwritten: bool) -> Box<dyn FnOnce() + Send> {
+    /// [`PendingWrites::insert`]; with `record` false the write leaves the object's record
+    /// alone (it carries events only): `value` is then newer than the record once that write
+    /// committed, and is kept (when live) until a write of the record replaces it.
+    pub(crate) fn insert_with(
+        &self,
+        id: String,
+        value: T,
+        record: bool,
+    ) -> Box<dyn FnOnce() + Send> {
+        let unwritten = !record;
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let retired = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -254,11 +256,11 @@ mod tests {
         let pending = PendingWrites::keeping(|value: &i32| *value < 10);
         pending.insert("a".into(), 1)();
         assert_eq!(pending.get_committed("a"), None, "the record has it");
-        let step = pending.insert_unwritten("a".into(), 2);
+        let step = pending.insert_with("a".into(), 2, false);
         assert_eq!(pending.get_committed("a"), None, "not durable yet");
         step();
         assert_eq!(pending.get_committed("a"), Some(2), "newer than the record");
-        let next = pending.insert_unwritten("a".into(), 3);
+        let next = pending.insert_with("a".into(), 3, false);
         assert_eq!(pending.get_committed("a"), Some(2), "the last durable one");
         next();
         assert_eq!(pending.get_committed("a"), Some(3));
@@ -271,7 +273,7 @@ mod tests {
         record();
         assert_eq!(pending.get_committed("a"), None, "the record has it");
         assert_eq!(pending.get("a"), Some(4), "still live");
-        pending.insert_unwritten("a".into(), 5)();
+        pending.insert_with("a".into(), 5, false)();
         let end = pending.insert("a".into(), 10);
         end();
         assert_eq!(pending.get_committed("a"), None);

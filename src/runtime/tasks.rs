@@ -412,14 +412,13 @@ impl TaskRegistry {
             .into_iter()
             .map(|event| (EventPayload::Task(event), context.clone()))
             .collect();
-        let (forget, tasks) = if record {
-            let forget = self.pending.insert(task.id.clone(), Arc::clone(&task));
-            (forget, vec![Arc::clone(&task)])
+        let forget = self
+            .pending
+            .insert_with(task.id.clone(), Arc::clone(&task), record);
+        let tasks = if record {
+            vec![Arc::clone(&task)]
         } else {
-            let forget = self
-                .pending
-                .insert_unwritten(task.id.clone(), Arc::clone(&task));
-            (forget, Vec::new())
+            Vec::new()
         };
         let commit = self.bus.commit_then(
             Changes {

@@ -273,15 +273,15 @@ impl Shared {
         }
         let execution = Arc::new(execution);
         let record = record || execution.status() != crate::model::TaskStatus::Running;
-        let (forget, executions) = if record {
-            let forget = self.pending.insert(id.to_owned(), Arc::clone(&execution));
-            (forget, vec![Arc::clone(&execution)])
+        let forget = self
+            .pending
+            .insert_with(id.to_owned(), Arc::clone(&execution), record);
+        // Without its record the write is empty: the forget runs with the writes gathered
+        // around it.
+        let executions = if record {
+            vec![Arc::clone(&execution)]
         } else {
-            let forget = self
-                .pending
-                .insert_unwritten(id.to_owned(), Arc::clone(&execution));
-            // Nothing to write: the forget runs with the writes gathered around it.
-            (forget, Vec::new())
+            Vec::new()
         };
         let commit = self.tasks.bus().commit_then(
             Changes {
