@@ -17,6 +17,7 @@
 //! an entry therefore loses at most such a step's progress in the record
 //! (its event has it); that bounds the cache at [`MAX_KEPT`].
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -135,46 +136,47 @@ impl<T: Clone + Send + 'static> PendingWrites<T> {
         let unwritten = !record;
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let retired = {
-            let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let entries = &mut *guard;
             let mut retired = std::mem::take(&mut entries.retired);
-            let replaced = entries.by_id.insert(
-                id.clone(),
-                Entry {
-                    number,
-                    value,
-                    committed: false,
-                    unwritten,
-                    durable: None,
-                },
-            );
-            if let Some(old) = replaced {
-                if old.committed {
-                    entries.committed -= 1;
+            let fresh = Entry {
+                number,
+                value,
+                committed: false,
+                unwritten,
+                durable: None,
+            };
+            match entries.by_id.entry(id.clone()) {
+                MapEntry::Vacant(slot) => {
+                    slot.insert(fresh);
                 }
-                // The newest durable state newer than the record stays readable until this
-                // write commits.
-                let durable = match old {
-                    Entry {
-                        committed: true,
-                        unwritten: true,
-                        value,
-                        ..
-                    } => Some(value),
-                    Entry {
-                        committed: true,
-                        value,
-                        ..
-                    } => {
-                        retired.push(value);
-                        None
+                MapEntry::Occupied(mut slot) => {
+                    let old = std::mem::replace(slot.get_mut(), fresh);
+                    if old.committed {
+                        entries.committed -= 1;
                     }
-                    Entry { value, durable, .. } => {
-                        retired.push(value);
-                        durable
-                    }
-                };
-                if let Some(entry) = entries.by_id.get_mut(&id) {
-                    entry.durable = durable;
+                    // The newest durable state newer than the record stays readable until
+                    // this write commits.
+                    slot.get_mut().durable = match old {
+                        Entry {
+                            committed: true,
+                            unwritten: true,
+                            value,
+                            ..
+                        } => Some(value),
+                        Entry {
+                            committed: true,
+                            value,
+                            ..
+                        } => {
+                            retired.push(value);
+                            None
+                        }
+                        Entry { value, durable, .. } => {
+                            retired.push(value);
+                            durable
+                        }
+                    };
                 }
             }
             retired
