@@ -246,7 +246,9 @@ pub enum EventPayload {
     /// A task's lifecycle event.
     Task(TaskEvent),
     /// Something operators care about (backend up or down, retries, errors).
-    Runtime(RuntimeEvent),
+    /// Boxed: a runtime event is nearly twice a task event's size, and every
+    /// event (each a task's in the job path) would otherwise take its room.
+    Runtime(Box<RuntimeEvent>),
     /// A measurement (node duration, queue wait, execution time).
     Metric(PerformanceMetric),
 }
@@ -321,6 +323,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Every event in the job path is a task's: the payload takes no more room
+    /// than a task event (a rarer, larger variant is boxed).
+    #[test]
+    fn a_payload_is_the_size_of_a_task_event() {
+        assert!(
+            std::mem::size_of::<EventPayload>() <= std::mem::size_of::<TaskEvent>() + 8,
+            "EventPayload is {} bytes, TaskEvent {}",
+            std::mem::size_of::<EventPayload>(),
+            std::mem::size_of::<TaskEvent>()
+        );
+    }
 
     #[test]
     fn log_levels_are_ordered_and_parse() {

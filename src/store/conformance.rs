@@ -325,7 +325,7 @@ pub(super) fn event(sequence: u64) -> Event {
     Event {
         sequence,
         timestamp: Utc::now(),
-        payload: EventPayload::Runtime(runtime),
+        payload: EventPayload::Runtime(Box::new(runtime)),
         context: EventContext::default(),
     }
 }

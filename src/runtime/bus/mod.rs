@@ -632,7 +632,7 @@ impl EventBus {
                 tracing::error!(event_type = %event.event_type, %data, "{}", event.message);
             }
         }
-        self.publish(EventPayload::Runtime(event), context)
+        self.publish(EventPayload::Runtime(Box::new(event)), context)
     }
 
     /// Publishes a performance metric, and logs it at debug level.
