@@ -26,6 +26,9 @@ use crate::model::FastMap;
 /// bounds the work of one call on a pathological tree.
 pub const MAX_CANCEL_CASCADE: usize = 10_000;
 
+/// The metadata keys of a NODE task that its events carry in their data.
+const NODE_IDENTITY: [&str; 2] = ["node_id", "class_type"];
+
 /// A validated CreateTask request, in domain terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTaskRequest {
@@ -327,6 +330,7 @@ impl TaskRegistry {
         let mut event = TaskEvent::for_transition(task)?;
         event.source = Some("runtime".into());
         event.message = task.error.clone().or_else(|| task.progress_message.clone());
+        event.data = Self::event_data(task, 1 + usize::from(task.error_type.is_some()));
         if let Some(error_type) = &task.error_type {
             event.data.insert(
                 "error_type".into(),
@@ -349,11 +353,24 @@ impl TaskRegistry {
     /// A NODE task's events say which node it is (`node_id`, `class_type`),
     /// so that a watcher needs no lookup.
     fn add_node_identity(task: &Task, event: &mut TaskEvent) {
-        for key in ["node_id", "class_type"] {
+        for key in NODE_IDENTITY {
             if let Some(value) = task.metadata.get(key) {
                 event.data.insert(key.into(), value.clone());
             }
         }
+    }
+
+    /// An empty `data` for an event of `task` with room for exactly its
+    /// entries: `own` of the event's own, then `parent_id` and the node's
+    /// identity when the task has them. Events are kept (the bus's window,
+    /// the memory store), and a map grown an entry at a time has room for up
+    /// to twice what it holds (a one-entry map, three entries of 104 bytes).
+    fn event_data(task: &Task, own: usize) -> JsonObject {
+        let identity = NODE_IDENTITY
+            .iter()
+            .filter(|key| task.metadata.contains_key(**key))
+            .count();
+        JsonObject::with_capacity(own + usize::from(task.parent_id.is_some()) + identity)
     }
 
     /// Stores `task` (changed from `before`) and announces it: a transition
@@ -391,6 +408,7 @@ impl TaskRegistry {
             let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Progress);
             event.source = Some("runtime".into());
             event.message = task.progress_message.clone();
+            event.data = Self::event_data(&task, 1 + extra.map_or(0, JsonObject::len));
             event
                 .data
                 .insert("progress".into(), serde_json::Value::from(task.progress()));
@@ -568,6 +586,7 @@ impl TaskRegistry {
     fn created_event(task: &Task) -> TaskEvent {
         let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Created);
         event.source = Some("runtime".into());
+        event.data = Self::event_data(task, 1);
         event.data.insert(
             "type".into(),
             serde_json::Value::from(task.task_type.as_str()),

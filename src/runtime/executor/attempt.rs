@@ -714,7 +714,7 @@ impl<'a> Follower<'a> {
         }
         let fraction = (value / max).clamp(0.0, 1.0);
         self.progress.insert(node.clone(), fraction);
-        let mut step = JsonObject::new();
+        let mut step = JsonObject::with_capacity(3);
         step.insert("value".into(), Value::from(value));
         step.insert("max".into(), Value::from(max));
         step.insert("execution_progress".into(), Value::from(self.overall()));

@@ -401,7 +401,8 @@ impl Executor {
                 "inline workflow".to_owned()
             }
         });
-        let mut metadata = JsonObject::new();
+        // Sized: kept with the task (a map grown an entry at a time has room for three).
+        let mut metadata = JsonObject::with_capacity(2);
         metadata.insert("execution_id".into(), Value::from(execution_id.clone()));
         metadata.insert("workflow_id".into(), Value::from(workflow.id.clone()));
         let mut root = Task::new(NewTask {

@@ -464,7 +464,8 @@ fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task>
             .and_then(Value::as_str)
             .filter(|t| !t.trim().is_empty())
             .unwrap_or(class_type);
-        let mut metadata = JsonObject::new();
+        // Sized: kept with the task (grown an entry at a time, four would have room for seven).
+        let mut metadata = JsonObject::with_capacity(4);
         metadata.insert("execution_id".into(), Value::from(execution_id));
         metadata.insert("workflow_id".into(), workflow_id.clone());
         metadata.insert("node_id".into(), Value::from(node_id.clone()));
