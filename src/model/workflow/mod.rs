@@ -41,7 +41,7 @@ pub use graph::{GraphProblem, GraphProblemKind, NO_OUTPUT_NODE, shown};
 pub use node::{ComfyNode, OUTPUT_NODE_CLASSES, is_output_class};
 pub use parse::{MAX_REPORTED_PROBLEMS, MAX_WORKFLOW_JSON_BYTES, MAX_WORKFLOW_NODES};
 
-use graph::analyze;
+use graph::{GraphAnalysis, analyze};
 use node::WORKFLOW_JSON;
 use parse::{graph_base, parse_api_graph};
 
@@ -258,21 +258,24 @@ impl WorkflowDefinition {
     /// that holds the nodes.
     fn revalidate_under(&mut self, base: &str) {
         let analysis = analyze(&self.nodes, base);
-        for (id, node) in &mut self.nodes {
-            node.outputs = analysis
-                .consumed
-                .get(id)
-                .map(|slots| slots.iter().map(u64::to_string).collect())
-                .unwrap_or_default();
+        let outputs: Vec<Vec<String>> = self
+            .nodes
+            .keys()
+            .map(|id| analysis.slots_of(id).map(|slot| slot.to_string()).collect())
+            .collect();
+        let GraphAnalysis {
+            edges, problems, ..
+        } = analysis;
+        for (node, outputs) in self.nodes.values_mut().zip(outputs) {
+            node.outputs = outputs;
         }
-        self.edges = analysis.edges;
-        self.is_valid = analysis.problems.is_empty();
-        self.validation_errors = analysis
-            .problems
+        self.edges = edges;
+        self.is_valid = problems.is_empty();
+        self.validation_errors = problems
             .iter()
             .map(|problem| problem.description.clone())
             .collect();
-        self.graph_problems = analysis.problems;
+        self.graph_problems = problems;
     }
 
     /// Ids of the output nodes (see [`is_output_class`]), in id order.
