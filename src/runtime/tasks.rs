@@ -462,8 +462,8 @@ impl TaskRegistry {
     /// Remembers `task` as just stored (by a write the caller waited for),
     /// so that the next read-modify-write starts from it, not from the
     /// store; the returned closure forgets it unless a newer write came since.
-    pub(crate) fn remember(&self, task: &Task) -> Box<dyn FnOnce() + Send> {
-        self.pending.insert(task.id.clone(), Arc::new(task.clone()))
+    pub(crate) fn remember(&self, task: &Arc<Task>) -> Box<dyn FnOnce() + Send> {
+        self.pending.insert(task.id.clone(), Arc::clone(task))
     }
 
     /// The newest state of a task: the one waiting for its commit, else the
@@ -520,10 +520,10 @@ impl TaskRegistry {
     /// Stores the NODE tasks of an execution and their CREATED events as
     /// one write, without waiting for it (they are read through
     /// [`TaskRegistry::latest`] until it commits).
-    pub(crate) fn create_execution_tasks(&self, execution_id: &str, tasks: &[Task]) {
+    pub(crate) fn create_execution_tasks(&self, execution_id: &str, tasks: Vec<Arc<Task>>) {
         let forget: Vec<_> = tasks
             .iter()
-            .map(|task| self.pending.insert(task.id.clone(), Arc::new(task.clone())))
+            .map(|task| self.pending.insert(task.id.clone(), Arc::clone(task)))
             .collect();
         let events = tasks
             .iter()
@@ -534,12 +534,12 @@ impl TaskRegistry {
                 )
             })
             .collect();
-        for task in tasks {
+        for task in &tasks {
             crate::telemetry::metrics::task_submitted(task.task_type.as_str());
         }
         drop(self.bus.commit_then(
             Changes {
-                new_execution_tasks: Some((execution_id.to_owned(), tasks.to_vec())),
+                new_execution_tasks: Some((execution_id.to_owned(), tasks)),
                 ..Changes::default()
             },
             events,
@@ -554,7 +554,7 @@ impl TaskRegistry {
         let forget: Vec<_> = record
             .tasks
             .iter()
-            .map(|task| self.pending.insert(task.id.clone(), Arc::new(task.clone())))
+            .map(|task| self.pending.insert(task.id.clone(), Arc::clone(task)))
             .collect();
         let events = record
             .tasks

@@ -99,7 +99,7 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
     };
     let first = new_execution("wf", &["blue"], 1);
     let second = new_execution("wf", &[], 0);
-    let root = first.tasks[0].clone();
+    let root = Task::clone(&first.tasks[0]);
     let mut queued = root.clone();
     queued.transition(TaskStatus::Queued).unwrap();
     let mut updated = first.execution.clone();
@@ -108,7 +108,7 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
     store.write(
         Changes {
             new_executions: vec![first.clone(), second.clone()],
-            new_execution_tasks: Some((first.execution.id.clone(), vec![node.clone()])),
+            new_execution_tasks: Some((first.execution.id.clone(), vec![Arc::new(node.clone())])),
             tasks: vec![Arc::new(queued.clone())],
             executions: vec![Arc::new(updated.clone())],
             events: vec![Arc::new(event(1))],
@@ -180,7 +180,7 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
 /// nothing; every write is answered, in the order it was handed over.
 fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
     let new = new_execution("wf", &[], 0);
-    let root = new.tasks[0].clone();
+    let root = Task::clone(&new.tasks[0]);
     let execution = created_execution(store.create_execution(new, None).unwrap());
     let (answers, answered) = std::sync::mpsc::channel();
     let answer = |n: u32| -> super::Committed {
@@ -195,7 +195,7 @@ fn changes_are_written_whole_and_answered_in_order(store: &dyn Store) {
     let node = task_with("node", TaskType::Node, &[], Some(&root.id));
     store.write(
         Changes {
-            new_execution_tasks: Some((execution.id.clone(), vec![node.clone()])),
+            new_execution_tasks: Some((execution.id.clone(), vec![Arc::new(node.clone())])),
             tasks: vec![Arc::new(running.clone())],
             executions: vec![Arc::new(updated.clone())],
             events: vec![Arc::new(event(1)), Arc::new(event(2))],
@@ -298,7 +298,7 @@ pub(super) fn new_execution(workflow_id: &str, tags: &[&str], nodes: usize) -> N
     .expect("a valid execution");
     NewExecutionRecord {
         execution,
-        tasks,
+        tasks: tasks.into_iter().map(Arc::new).collect(),
         prompt: Bytes::from(format!(
             r#"{{"1":{{"class_type":"SaveImage","seed":{}}}}}"#,
             u64::MAX
@@ -611,13 +611,13 @@ fn child_ids_in_creation_order(store: &dyn Store) {
 /// single reads give, and `None` for an unknown execution.
 fn an_execution_is_read_with_its_root_and_the_roots_children(store: &dyn Store) {
     let new = new_execution("wf", &[], 2);
-    let tasks = new.tasks.clone();
+    let tasks: Vec<Task> = new.tasks.iter().map(|task| Task::clone(task)).collect();
     let execution = created_execution(store.create_execution(new, None).unwrap());
     let (answers, answered) = std::sync::mpsc::channel();
     let later = task_with("later node", TaskType::Node, &[], Some(&tasks[0].id));
     store.write(
         Changes {
-            new_execution_tasks: Some((execution.id.clone(), vec![later.clone()])),
+            new_execution_tasks: Some((execution.id.clone(), vec![Arc::new(later.clone())])),
             ..Changes::default()
         },
         Box::new(move |result| answers.send(result.is_ok()).unwrap()),
@@ -645,7 +645,7 @@ fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {
     let standalone = created(store.create_task(task("standalone"), None).unwrap());
     let mut new = new_execution("wf", &["blue"], 2);
     let prompt = new.prompt.clone();
-    let tasks = new.tasks.clone();
+    let tasks: Vec<Task> = new.tasks.iter().map(|task| Task::clone(task)).collect();
     // Tasks are stored as tasks, never inside the execution.
     new.execution.tasks = vec![standalone.clone()];
     let execution = created_execution(store.create_execution(new, key("e1", "fp")).unwrap());

@@ -51,7 +51,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn insert_task(&mut self, task: Task) {
+    fn insert_task(&mut self, task: Arc<Task>) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.task_index.insert(task.id.clone(), seq);
@@ -61,16 +61,16 @@ impl Inner {
                 .or_default()
                 .push(task.id.clone());
         }
-        self.tasks.insert(seq, Arc::new(task));
+        self.tasks.insert(seq, task);
     }
 
     /// Inserts a new execution, its tasks and prompt, and its key; returns
-    /// the execution as stored.
+    /// the execution as stored (shared: a write's new executions need no copy).
     fn insert_execution(
         &mut self,
         new: NewExecutionRecord,
         idempotency: Option<IdempotencyKey>,
-    ) -> WorkflowExecution {
+    ) -> Arc<WorkflowExecution> {
         let NewExecutionRecord {
             mut execution,
             tasks,
@@ -89,8 +89,9 @@ impl Inner {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.execution_index.insert(execution.id.clone(), seq);
+        let execution = Arc::new(execution);
         self.executions
-            .insert(seq, (Arc::new(execution.clone()), prompt));
+            .insert(seq, (Arc::clone(&execution), prompt));
         execution
     }
 
@@ -248,7 +249,7 @@ impl Store for MemoryStore {
                 .idempotency
                 .insert(key.key, (key.fingerprint, task.id.clone()));
         }
-        inner.insert_task(task.clone());
+        inner.insert_task(Arc::new(task.clone()));
         Ok(CreateOutcome::Created(task))
     }
 
@@ -322,9 +323,9 @@ impl Store for MemoryStore {
                 same_body: *fingerprint == key.fingerprint,
             });
         }
-        Ok(ExecutionCreateOutcome::Created(
-            inner.insert_execution(new, idempotency),
-        ))
+        Ok(ExecutionCreateOutcome::Created(WorkflowExecution::clone(
+            &inner.insert_execution(new, idempotency),
+        )))
     }
 
     fn add_execution_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {
@@ -333,7 +334,7 @@ impl Store for MemoryStore {
             inner
                 .task_execution
                 .insert(task.id.clone(), execution_id.to_owned());
-            inner.insert_task(task.clone());
+            inner.insert_task(Arc::new(task.clone()));
         }
         Ok(())
     }

@@ -159,8 +159,9 @@ pub struct ExecutionFilter {
 pub struct NewExecutionRecord {
     /// The execution (its `tasks` field is not stored: tasks live as tasks).
     pub execution: WorkflowExecution,
-    /// Its root task first, then one task per node.
-    pub tasks: Vec<Task>,
+    /// Its root task first, then one task per node. Shared: the runtime
+    /// keeps the same states as the newest until the write commits.
+    pub tasks: Vec<Arc<Task>>,
     /// The ComfyUI prompt to submit, as JSON bytes (overrides applied,
     /// filename prefixes rewritten).
     pub prompt: Bytes,
@@ -202,7 +203,7 @@ pub struct Changes {
     /// New tasks of an existing execution (its NODE tasks, created when it
     /// is first dispatched): the execution's id and the tasks, stored like
     /// [`Store::add_execution_tasks`] does.
-    pub new_execution_tasks: Option<(String, Vec<Task>)>,
+    pub new_execution_tasks: Option<(String, Vec<Arc<Task>>)>,
     /// Tasks replaced (matched by id; an unknown id fails the write). Shared:
     /// the runtime keeps the same state as the newest until the write commits.
     pub tasks: Vec<Arc<Task>>,

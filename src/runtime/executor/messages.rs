@@ -8,6 +8,7 @@
 //! imports none of them.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -28,7 +29,7 @@ pub(crate) struct Admitted {
     /// The execution record as stored.
     pub(crate) execution: WorkflowExecution,
     /// Its root task as stored.
-    pub(crate) root: Task,
+    pub(crate) root: Arc<Task>,
     /// The record to store, when the handle has not stored it (a submission
     /// without an idempotency key: the actor's write of the turn stores it
     /// with what the turn does to it, one commit).

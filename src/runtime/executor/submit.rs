@@ -453,9 +453,11 @@ impl Executor {
                 fingerprint,
             });
         let encoded_prompt = prompt.clone();
+        // One root task, shared by the record, the actor and the pending writes.
+        let root = Arc::new(root);
         let record = NewExecutionRecord {
             execution: execution.clone(),
-            tasks: vec![root.clone()],
+            tasks: vec![Arc::clone(&root)],
             prompt,
         };
         execution.tasks = Vec::new();
@@ -511,7 +513,7 @@ impl Executor {
             if stored {
                 self.shared
                     .tasks
-                    .announce_created(std::slice::from_ref(root));
+                    .announce_created(std::slice::from_ref(root.as_ref()));
             }
             tracing::info!(
                 execution_id = %execution.id,

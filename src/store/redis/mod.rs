@@ -343,7 +343,7 @@ fn create_args(
     for task in &new.tasks {
         args.push(task.id.clone().into_bytes());
         args.push(task.parent_id.clone().unwrap_or_default().into_bytes());
-        args.push(encode("task", &task.id, task)?);
+        args.push(encode("task", &task.id, task.as_ref())?);
     }
     Ok(args)
 }
@@ -362,7 +362,7 @@ fn apply_args(changes: &Changes, retention: u64) -> Result<Vec<Vec<u8>>, StoreEr
         for task in &new.tasks {
             args.push(task.id.clone().into_bytes());
             args.push(task.parent_id.clone().unwrap_or_default().into_bytes());
-            args.push(encode("task", &task.id, task)?);
+            args.push(encode("task", &task.id, task.as_ref())?);
         }
     }
     match &changes.new_execution_tasks {
@@ -372,7 +372,7 @@ fn apply_args(changes: &Changes, retention: u64) -> Result<Vec<Vec<u8>>, StoreEr
             for task in tasks {
                 args.push(task.id.clone().into_bytes());
                 args.push(task.parent_id.clone().unwrap_or_default().into_bytes());
-                args.push(encode("task", &task.id, task)?);
+                args.push(encode("task", &task.id, task.as_ref())?);
             }
         }
         None => {
@@ -517,7 +517,10 @@ impl Store for RedisStore {
 
     fn add_execution_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {
         let changes = Changes {
-            new_execution_tasks: Some((execution_id.to_owned(), tasks.to_vec())),
+            new_execution_tasks: Some((
+                execution_id.to_owned(),
+                tasks.iter().cloned().map(Arc::new).collect(),
+            )),
             ..Changes::default()
         };
         let reply = self.call(Kind::Apply, apply_args(&changes, self.retention)?)?;

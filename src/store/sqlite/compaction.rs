@@ -281,6 +281,7 @@ pub(super) fn spawn_compactor(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use chrono::{TimeDelta, Utc};
@@ -340,7 +341,7 @@ mod tests {
             let tasks = std::mem::take(&mut new.tasks);
             new.tasks = tasks
                 .into_iter()
-                .map(|t| aged(t, TaskStatus::Completed, age))
+                .map(|t| Arc::new(aged(Arc::unwrap_or_clone(t), TaskStatus::Completed, age)))
                 .collect();
             for step in [TaskStatus::Queued, TaskStatus::Running, status] {
                 if new.execution.status() != status {

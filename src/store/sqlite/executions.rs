@@ -70,7 +70,7 @@ pub(super) fn create(
     let row = ExecutionRow::new(&execution)?;
     let tasks = tasks
         .iter()
-        .map(TaskRow::new)
+        .map(|task| TaskRow::new(task))
         .collect::<Result<Vec<_>, _>>()?;
     store.write(move |conn| {
         if let Some(key) = &idempotency {

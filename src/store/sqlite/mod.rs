@@ -281,7 +281,7 @@ impl ChangeRows {
                 .as_ref()
                 .map(|(id, new)| {
                     new.iter()
-                        .map(tasks::TaskRow::new)
+                        .map(|task| tasks::TaskRow::new(task))
                         .collect::<Result<Vec<_>, _>>()
                         .map(|rows| (id.clone(), rows))
                 })

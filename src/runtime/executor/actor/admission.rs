@@ -64,7 +64,7 @@ impl Actor {
             self.answers.push(Answer {
                 sched,
                 execution_id: execution.id,
-                root_id: root.id,
+                root_id: root.id.clone(),
                 forget: [noop, Box::new(|| {})],
                 reply,
             });
@@ -100,7 +100,7 @@ impl Actor {
         self.answers.push(Answer {
             sched,
             execution_id: execution.id,
-            root_id: root.id,
+            root_id: root.id.clone(),
             forget,
             reply,
         });

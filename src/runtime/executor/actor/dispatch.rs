@@ -426,9 +426,10 @@ impl Actor {
                 return;
             }
         };
-        let nodes = node_tasks(&root, &live.id, prompt);
-        // Stored with their CREATED events in one write, not waited for.
-        self.shared.tasks.create_execution_tasks(&live.id, &nodes);
+        let nodes: Vec<Arc<Task>> = node_tasks(&root, &live.id, prompt)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let map: NodeTasks = nodes
             .iter()
             .filter_map(|task| {
@@ -436,6 +437,8 @@ impl Actor {
                 Some((node.to_owned(), task.id.clone()))
             })
             .collect();
+        // Stored with their CREATED events in one write, not waited for.
+        self.shared.tasks.create_execution_tasks(&live.id, nodes);
         if let Some(live) = self.live.get_mut(&sched) {
             live.node_tasks = Arc::new(map);
         }
