@@ -330,7 +330,8 @@ impl TaskRegistry {
         let mut event = TaskEvent::for_transition(task)?;
         event.source = Some("runtime".into());
         event.message = task.error.clone().or_else(|| task.progress_message.clone());
-        event.data = Self::event_data(task, 1 + usize::from(task.error_type.is_some()));
+        let identity = Self::node_identity(task);
+        event.data = Self::event_data(task, 1 + usize::from(task.error_type.is_some()), &identity);
         if let Some(error_type) = &task.error_type {
             event.data.insert(
                 "error_type".into(),
@@ -346,15 +347,24 @@ impl TaskRegistry {
                 .data
                 .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
         }
-        Self::add_node_identity(task, &mut event);
+        Self::add_node_identity(identity, &mut event);
         Some(event)
     }
 
     /// A NODE task's events say which node it is (`node_id`, `class_type`),
-    /// so that a watcher needs no lookup.
-    fn add_node_identity(task: &Task, event: &mut TaskEvent) {
-        for key in NODE_IDENTITY {
-            if let Some(value) = task.metadata.get(key) {
+    /// so that a watcher needs no lookup: the values in `task`'s metadata
+    /// (none for other tasks), looked up once for an event.
+    fn node_identity(task: &Task) -> [(&'static str, Option<&serde_json::Value>); 2] {
+        NODE_IDENTITY.map(|key| (key, task.metadata.get(key)))
+    }
+
+    /// Adds a task's [`node_identity`](Self::node_identity) to its event's data.
+    fn add_node_identity(
+        identity: [(&'static str, Option<&serde_json::Value>); 2],
+        event: &mut TaskEvent,
+    ) {
+        for (key, value) in identity {
+            if let Some(value) = value {
                 event.data.insert(key.into(), value.clone());
             }
         }
@@ -362,14 +372,15 @@ impl TaskRegistry {
 
     /// An empty `data` for an event of `task` with room for exactly its
     /// entries: `own` of the event's own, then `parent_id` and the node's
-    /// identity when the task has them. Events are kept (the bus's window,
+    /// `identity` when the task has them. Events are kept (the bus's window,
     /// the memory store), and a map grown an entry at a time has room for up
     /// to twice what it holds (a one-entry map, three entries of 104 bytes).
-    fn event_data(task: &Task, own: usize) -> JsonObject {
-        let identity = NODE_IDENTITY
-            .iter()
-            .filter(|key| task.metadata.contains_key(**key))
-            .count();
+    fn event_data(
+        task: &Task,
+        own: usize,
+        identity: &[(&'static str, Option<&serde_json::Value>); 2],
+    ) -> JsonObject {
+        let identity = identity.iter().filter(|(_, value)| value.is_some()).count();
         JsonObject::with_capacity(own + usize::from(task.parent_id.is_some()) + identity)
     }
 
@@ -408,7 +419,8 @@ impl TaskRegistry {
             let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Progress);
             event.source = Some("runtime".into());
             event.message = task.progress_message.clone();
-            event.data = Self::event_data(&task, 1 + extra.map_or(0, JsonObject::len));
+            let identity = Self::node_identity(&task);
+            event.data = Self::event_data(&task, 1 + extra.map_or(0, JsonObject::len), &identity);
             event
                 .data
                 .insert("progress".into(), serde_json::Value::from(task.progress()));
@@ -417,7 +429,7 @@ impl TaskRegistry {
                     .data
                     .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
             }
-            Self::add_node_identity(&task, &mut event);
+            Self::add_node_identity(identity, &mut event);
             if let Some(extra) = extra {
                 for (key, value) in extra {
                     event.data.insert(key.clone(), value.clone());
@@ -586,7 +598,8 @@ impl TaskRegistry {
     fn created_event(task: &Task) -> TaskEvent {
         let mut event = TaskEvent::new(task.id.clone(), TaskEventType::Created);
         event.source = Some("runtime".into());
-        event.data = Self::event_data(task, 1);
+        let identity = Self::node_identity(task);
+        event.data = Self::event_data(task, 1, &identity);
         event.data.insert(
             "type".into(),
             serde_json::Value::from(task.task_type.as_str()),
@@ -596,7 +609,7 @@ impl TaskRegistry {
                 .data
                 .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
         }
-        Self::add_node_identity(task, &mut event);
+        Self::add_node_identity(identity, &mut event);
         event
     }
 
