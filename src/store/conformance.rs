@@ -102,7 +102,7 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
     let root = Task::clone(&first.tasks[0]);
     let mut queued = root.clone();
     queued.transition(TaskStatus::Queued).unwrap();
-    let mut updated = first.execution.clone();
+    let mut updated = WorkflowExecution::clone(&first.execution);
     updated.transition(TaskStatus::Queued).unwrap();
     let node = task_with("later node", TaskType::Node, &[], Some(&root.id));
     store.write(
@@ -297,7 +297,7 @@ pub(super) fn new_execution(workflow_id: &str, tags: &[&str], nodes: usize) -> N
     })
     .expect("a valid execution");
     NewExecutionRecord {
-        execution,
+        execution: Arc::new(execution),
         tasks: tasks.into_iter().map(Arc::new).collect(),
         prompt: Bytes::from(format!(
             r#"{{"1":{{"class_type":"SaveImage","seed":{}}}}}"#,
@@ -647,7 +647,7 @@ fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {
     let prompt = new.prompt.clone();
     let tasks: Vec<Task> = new.tasks.iter().map(|task| Task::clone(task)).collect();
     // Tasks are stored as tasks, never inside the execution.
-    new.execution.tasks = vec![standalone.clone()];
+    Arc::make_mut(&mut new.execution).tasks = vec![standalone.clone()];
     let execution = created_execution(store.create_execution(new, key("e1", "fp")).unwrap());
     assert!(execution.tasks.is_empty());
     assert_eq!(
@@ -722,7 +722,7 @@ fn executions_are_created_with_their_tasks_and_prompt(store: &dyn Store) {
         std::slice::from_ref(&execution.id)
     );
     assert_eq!(store.get_execution(&execution.id).unwrap(), Some(changed));
-    let unknown = new_execution("wf", &[], 0).execution;
+    let unknown = Arc::unwrap_or_clone(new_execution("wf", &[], 0).execution);
     assert!(!store.put_execution(&unknown).unwrap());
 }
 

@@ -76,7 +76,9 @@ impl Inner {
             tasks,
             prompt,
         } = new;
-        execution.tasks = Vec::new();
+        if !execution.tasks.is_empty() {
+            Arc::make_mut(&mut execution).tasks = Vec::new();
+        }
         for task in tasks {
             self.task_execution
                 .insert(task.id.clone(), execution.id.clone());
@@ -89,7 +91,6 @@ impl Inner {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.execution_index.insert(execution.id.clone(), seq);
-        let execution = Arc::new(execution);
         self.executions
             .insert(seq, (Arc::clone(&execution), prompt));
         execution

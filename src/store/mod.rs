@@ -158,7 +158,8 @@ pub struct ExecutionFilter {
 #[derive(Debug, Clone)]
 pub struct NewExecutionRecord {
     /// The execution (its `tasks` field is not stored: tasks live as tasks).
-    pub execution: WorkflowExecution,
+    /// Shared, as the tasks are.
+    pub execution: Arc<WorkflowExecution>,
     /// Its root task first, then one task per node. Shared: the runtime
     /// keeps the same states as the newest until the write commits.
     pub tasks: Vec<Arc<Task>>,

@@ -27,7 +27,7 @@ pub(crate) type NodeTasks = indexmap::IndexMap<String, String>;
 /// actor is to store it.
 pub(crate) struct Admitted {
     /// The execution record as stored.
-    pub(crate) execution: WorkflowExecution,
+    pub(crate) execution: Arc<WorkflowExecution>,
     /// Its root task as stored.
     pub(crate) root: Arc<Task>,
     /// The record to store, when the handle has not stored it (a submission

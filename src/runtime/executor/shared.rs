@@ -158,11 +158,13 @@ impl Shared {
     /// events) as one write, without waiting for it: read through the
     /// pending writes until it commits.
     pub(crate) fn create_execution(&self, mut record: NewExecutionRecord) {
-        record.execution.tasks = Vec::new();
+        if !record.execution.tasks.is_empty() {
+            Arc::make_mut(&mut record.execution).tasks = Vec::new();
+        }
         let id = record.execution.id.clone();
         let forget_execution = self
             .pending
-            .insert(id.clone(), Arc::new(record.execution.clone()));
+            .insert(id.clone(), Arc::clone(&record.execution));
         let forget_prompt = self.pending_prompts.insert(id, record.prompt.clone());
         self.tasks.create_execution(
             record,
@@ -187,10 +189,10 @@ impl Shared {
     /// store; the returned closure forgets it unless a newer write came since.
     pub(crate) fn remember_execution(
         &self,
-        execution: &WorkflowExecution,
+        execution: &Arc<WorkflowExecution>,
     ) -> Box<dyn FnOnce() + Send> {
         self.pending
-            .insert(execution.id.clone(), Arc::new(execution.clone()))
+            .insert(execution.id.clone(), Arc::clone(execution))
     }
 
     /// Read-modify-write of one execution record under the gate; the write

@@ -453,14 +453,15 @@ impl Executor {
                 fingerprint,
             });
         let encoded_prompt = prompt.clone();
-        // One root task, shared by the record, the actor and the pending writes.
+        // One execution and one root task (no tasks inside the execution: they
+        // live as tasks), shared by the record, the actor and the pending writes.
+        let execution = Arc::new(execution);
         let root = Arc::new(root);
         let record = NewExecutionRecord {
-            execution: execution.clone(),
+            execution: Arc::clone(&execution),
             tasks: vec![Arc::clone(&root)],
             prompt,
         };
-        execution.tasks = Vec::new();
         // A keyed create needs the store's answer (the key may be taken);
         // any other is stored by the actor, with what it does to it, in one
         // write. The keyed write blocks the async thread: run elsewhere, it

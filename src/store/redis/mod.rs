@@ -503,7 +503,7 @@ impl Store for RedisStore {
             .map(|k| k.fingerprint.clone())
             .unwrap_or_default();
         let args = create_args(&new, idempotency)?;
-        let mut execution = new.execution;
+        let mut execution = Arc::unwrap_or_clone(new.execution);
         execution.tasks = Vec::new();
         let reply = self.call(Kind::CreateExecution, args)?;
         match status(&reply) {

@@ -343,12 +343,13 @@ mod tests {
                 .into_iter()
                 .map(|t| Arc::new(aged(Arc::unwrap_or_clone(t), TaskStatus::Completed, age)))
                 .collect();
+            let execution = Arc::make_mut(&mut new.execution);
             for step in [TaskStatus::Queued, TaskStatus::Running, status] {
-                if new.execution.status() != status {
-                    new.execution.transition(step).unwrap();
+                if execution.status() != status {
+                    execution.transition(step).unwrap();
                 }
             }
-            new.execution.updated_at = Some(Utc::now() - age);
+            execution.updated_at = Some(Utc::now() - age);
             created_execution(store.create_execution(new, key(key_name, "fp")).unwrap())
         };
         let gone = execution(TaskStatus::Completed, old, "old-done");

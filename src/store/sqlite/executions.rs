@@ -3,6 +3,8 @@
 //! blob; idempotency keys in `execution_keys`), their writes and their reads.
 //! Deleting finished executions is compaction's job, not this module's.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -62,10 +64,11 @@ pub(super) fn create(
     idempotency: Option<IdempotencyKey>,
 ) -> Result<ExecutionCreateOutcome, StoreError> {
     let NewExecutionRecord {
-        mut execution,
+        execution,
         tasks,
         prompt,
     } = new;
+    let mut execution = Arc::unwrap_or_clone(execution);
     execution.tasks = Vec::new();
     let row = ExecutionRow::new(&execution)?;
     let tasks = tasks

@@ -63,7 +63,7 @@ impl Actor {
             let noop: Box<dyn FnOnce() + Send> = Box::new(|| {});
             self.answers.push(Answer {
                 sched,
-                execution_id: execution.id,
+                execution_id: execution.id.clone(),
                 root_id: root.id.clone(),
                 forget: [noop, Box::new(|| {})],
                 reply,
@@ -99,7 +99,7 @@ impl Actor {
         }
         self.answers.push(Answer {
             sched,
-            execution_id: execution.id,
+            execution_id: execution.id.clone(),
             root_id: root.id.clone(),
             forget,
             reply,
