@@ -342,12 +342,7 @@ impl TaskRegistry {
             "status".into(),
             serde_json::Value::from(task.status().as_str()),
         );
-        if let Some(parent) = &task.parent_id {
-            event
-                .data
-                .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
-        }
-        Self::add_node_identity(identity, &mut event);
+        Self::add_lineage(task, identity, &mut event);
         Some(event)
     }
 
@@ -358,11 +353,19 @@ impl TaskRegistry {
         NODE_IDENTITY.map(|key| (key, task.metadata.get(key)))
     }
 
-    /// Adds a task's [`node_identity`](Self::node_identity) to its event's data.
-    fn add_node_identity(
+    /// Adds to an event's data what every event of `task` carries after its
+    /// own entries: the task's `parent_id`, then its
+    /// [`node_identity`](Self::node_identity).
+    fn add_lineage(
+        task: &Task,
         identity: [(&'static str, Option<&serde_json::Value>); 2],
         event: &mut TaskEvent,
     ) {
+        if let Some(parent) = &task.parent_id {
+            event
+                .data
+                .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
+        }
         for (key, value) in identity {
             if let Some(value) = value {
                 event.data.insert(key.into(), value.clone());
@@ -424,12 +427,7 @@ impl TaskRegistry {
             event
                 .data
                 .insert("progress".into(), serde_json::Value::from(task.progress()));
-            if let Some(parent) = &task.parent_id {
-                event
-                    .data
-                    .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
-            }
-            Self::add_node_identity(identity, &mut event);
+            Self::add_lineage(&task, identity, &mut event);
             if let Some(extra) = extra {
                 for (key, value) in extra {
                     event.data.insert(key.clone(), value.clone());
@@ -604,12 +602,7 @@ impl TaskRegistry {
             "type".into(),
             serde_json::Value::from(task.task_type.as_str()),
         );
-        if let Some(parent) = &task.parent_id {
-            event
-                .data
-                .insert("parent_id".into(), serde_json::Value::from(parent.clone()));
-        }
-        Self::add_node_identity(identity, &mut event);
+        Self::add_lineage(task, identity, &mut event);
         event
     }
 
