@@ -8,7 +8,9 @@
 //! (`workflow/mod.rs`) imports this module.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::model::{JsonObject, MAX_JSON_DEPTH, ValidationError, key_path};
@@ -128,6 +130,18 @@ pub(super) fn parse_api_graph(text: &str) -> Result<ParsedGraph, ValidationError
             format!("must not nest deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
+    if let Some(nodes) = plain_graph(text) {
+        return Ok(ParsedGraph {
+            nodes,
+            base: WORKFLOW_JSON.to_owned(),
+        });
+    }
+    parse_any_graph(text)
+}
+
+/// [`parse_api_graph`] after its size checks, for any JSON: through a JSON
+/// tree, every violation reported on its path.
+fn parse_any_graph(text: &str) -> Result<ParsedGraph, ValidationError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ValidationError::single(WORKFLOW_JSON, format!("is not valid JSON: {e}")))?;
     let Value::Object(mut top) = value else {
@@ -224,6 +238,151 @@ pub(super) fn parse_api_graph(text: &str) -> Result<ParsedGraph, ValidationError
     }
     problems.finish().into_result()?;
     Ok(ParsedGraph { nodes, base })
+}
+
+/// The nodes of a plain graph (the shape almost every submit has: a top
+/// object of uniquely keyed nodes, none named `prompt`, each with a non-blank
+/// string `class_type`, an `inputs` object and at most an object `_meta`),
+/// read straight into [`ComfyNode`]s: no JSON tree of the graph and its nodes
+/// to take apart again, keys a node does not use skipped unread. `None` for
+/// anything else, which [`parse_any_graph`] then reads and reports on: the
+/// same nodes as it finds for a plain graph (a proptest holds the two
+/// together).
+fn plain_graph(text: &str) -> Option<BTreeMap<String, ComfyNode>> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let PlainGraph(nodes) = PlainGraph::deserialize(&mut reader).ok()?;
+    reader.end().ok()?;
+    Some(nodes)
+}
+
+/// What [`plain_graph`] reads; any error means "not plain".
+struct PlainGraph(BTreeMap<String, ComfyNode>);
+
+/// A node of a [`PlainGraph`].
+struct PlainNode {
+    class_type: String,
+    inputs: JsonObject,
+    metadata: JsonObject,
+}
+
+/// The keys of a node that [`PlainNode`] keeps; others are skipped.
+enum NodeKey {
+    ClassType,
+    Inputs,
+    Meta,
+    Other,
+}
+
+/// Not a plain graph: [`parse_any_graph`] reads it.
+fn not_plain<E: de::Error>() -> E {
+    E::custom("not a plain graph")
+}
+
+impl<'de> Deserialize<'de> for PlainGraph {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Nodes;
+        impl<'de> Visitor<'de> for Nodes {
+            type Value = PlainGraph;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of nodes")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainGraph, A::Error> {
+                let mut nodes = BTreeMap::new();
+                while let Some(id) = map.next_key::<String>()? {
+                    if id == "prompt" || id.trim().is_empty() || nodes.len() == MAX_WORKFLOW_NODES {
+                        return Err(not_plain());
+                    }
+                    let PlainNode {
+                        class_type,
+                        inputs,
+                        metadata,
+                    } = map.next_value()?;
+                    match nodes.entry(id) {
+                        Entry::Occupied(_) => return Err(not_plain()),
+                        Entry::Vacant(slot) => {
+                            let id = slot.key().clone();
+                            slot.insert(ComfyNode {
+                                id,
+                                class_type,
+                                inputs,
+                                outputs: Vec::new(),
+                                metadata,
+                            });
+                        }
+                    }
+                }
+                if nodes.is_empty() {
+                    return Err(not_plain());
+                }
+                Ok(PlainGraph(nodes))
+            }
+        }
+        deserializer.deserialize_map(Nodes)
+    }
+}
+
+impl<'de> Deserialize<'de> for PlainNode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Node;
+        impl<'de> Visitor<'de> for Node {
+            type Value = PlainNode;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a node object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainNode, A::Error> {
+                let (mut class_type, mut inputs, mut metadata) = (None, None, None);
+                // A repeated key: the last one counts, as in a JSON object read whole.
+                while let Some(key) = map.next_key::<NodeKey>()? {
+                    match key {
+                        NodeKey::ClassType => class_type = Some(map.next_value::<String>()?),
+                        NodeKey::Inputs => inputs = Some(map.next_value::<JsonObject>()?),
+                        NodeKey::Meta => metadata = Some(map.next_value::<JsonObject>()?),
+                        NodeKey::Other => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                match (class_type, inputs) {
+                    (Some(class_type), Some(inputs)) if !class_type.trim().is_empty() => {
+                        Ok(PlainNode {
+                            class_type,
+                            inputs,
+                            metadata: metadata.unwrap_or_default(),
+                        })
+                    }
+                    _ => Err(not_plain()),
+                }
+            }
+        }
+        deserializer.deserialize_map(Node)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = NodeKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a node key")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<NodeKey, E> {
+                Ok(match key {
+                    "class_type" => NodeKey::ClassType,
+                    "inputs" => NodeKey::Inputs,
+                    "_meta" => NodeKey::Meta,
+                    _ => NodeKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(Key)
+    }
 }
 
 #[cfg(test)]
@@ -411,7 +570,99 @@ mod tests {
         }
     }
 
+    /// Graph text with what a plain graph may also hold (`_meta`, keys a node does not
+    /// use, a key given twice) and what makes one not plain (ids given twice, a node named
+    /// `prompt`, a blank or non-string class, inputs or `_meta` not objects).
+    fn arb_graph_text() -> impl Strategy<Value = String> {
+        let object = prop_oneof![
+            2 => Just(r#"{}"#.to_owned()),
+            2 => Just(
+                r#"{"a": 1.50, "b": ["1", 0], "seed": 123456789012345678901234567890}"#.to_owned()
+            ),
+            1 => arb_json().prop_map(|v| v.to_string()),
+        ];
+        let node = (
+            prop_oneof![
+                4 => Just(r#""SaveImage""#),
+                4 => Just(r#""ImageInvert""#),
+                1 => Just(r#""""#),
+                1 => Just(r#"" ""#),
+                1 => Just("7")
+            ],
+            prop::option::weighted(0.9, object.clone()),
+            prop::option::of(object),
+            prop::option::of(arb_json().prop_map(|v| v.to_string())),
+            any::<bool>(),
+        )
+            .prop_map(|(class, inputs, meta, other, twice)| {
+                let mut fields = vec![format!(r#""class_type": {class}"#)];
+                if twice {
+                    fields.insert(0, r#""class_type": "Earlier""#.to_owned());
+                }
+                fields.extend(inputs.map(|i| format!(r#""inputs": {i}"#)));
+                fields.extend(meta.map(|m| format!(r#""_meta": {m}"#)));
+                fields.extend(other.map(|o| format!(r#""is_changed": {o}"#)));
+                format!("{{{}}}", fields.join(", "))
+            });
+        let id = prop_oneof![
+            1 => Just("1".to_owned()),
+            1 => Just("prompt".to_owned()),
+            1 => Just(" ".to_owned()),
+            12 => "[0-9]{1,3}",
+        ];
+        prop::collection::vec((id, node), 0..5).prop_map(|nodes| {
+            let entries: Vec<String> = nodes
+                .into_iter()
+                .map(|(id, node)| format!("{}: {node}", Value::String(id)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        })
+    }
+
+    #[test]
+    fn plain_graphs_are_read_without_a_tree() {
+        let plain = [
+            r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 64}}}"#,
+            r#"{"1": {"class_type": "A", "inputs": {}, "_meta": {"title": "t"}, "is_changed": [1]},
+                "2": {"inputs": {"image": ["1", 0]}, "class_type": "SaveImage"}}"#,
+        ];
+        for text in plain {
+            let nodes = plain_graph(text).expect(text);
+            let tree = parse_any_graph(text).expect(text);
+            assert_eq!(nodes, tree.nodes, "{text}");
+        }
+        let other = [
+            r#"{"prompt": {"1": {"class_type": "A", "inputs": {}}}}"#,
+            r#"{"prompt": {"class_type": "A", "inputs": {}}}"#,
+            r#"{"1": {"class_type": "A", "inputs": {}}, "1": {"class_type": "B", "inputs": {}}}"#,
+            r#"{" ": {"class_type": "A", "inputs": {}}}"#,
+            r#"{"1": {"class_type": " ", "inputs": {}}}"#,
+            r#"{"1": {"class_type": "A"}}"#,
+            r#"{"1": {"class_type": "A", "inputs": {}, "_meta": null}}"#,
+            r#"{"1": 5}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"{"1": {"class_type": "A", "inputs": {}}} x"#,
+        ];
+        for text in other {
+            assert!(plain_graph(text).is_none(), "{text}");
+        }
+    }
+
     proptest! {
+        /// Whatever the plain read accepts, the read through a JSON tree finds the same
+        /// nodes in, and it has no problem with.
+        #[test]
+        fn the_plain_read_agrees_with_the_tree(text in arb_graph_text()) {
+            if let Some(nodes) = plain_graph(&text) {
+                let tree = parse_any_graph(&text);
+                prop_assert!(tree.is_ok(), "{}: {:?}", text, tree.err());
+                let tree = tree.expect("checked");
+                prop_assert_eq!(tree.base, WORKFLOW_JSON);
+                prop_assert_eq!(tree.nodes, nodes);
+            }
+        }
+
         #[test]
         fn never_panics_on_arbitrary_strings(text in ".{0,200}") {
             check_invariants(&text);
