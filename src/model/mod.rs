@@ -291,7 +291,15 @@ pub fn validate_name(field: &str, raw: &str) -> Result<String, ValidationError> 
 /// (with version 4 ids every submit rewrote four random index pages), and
 /// ids within one millisecond still differ (a counter, then random bits).
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    uuid_text(uuid::Uuid::now_v7())
+}
+
+/// `uuid` as an id: hyphenated, lowercase. Written into a buffer of its size
+/// and copied once (`to_string` goes through the formatter and grows its
+/// string as it writes).
+pub fn uuid_text(uuid: uuid::Uuid) -> String {
+    let mut text = uuid::Uuid::encode_buffer();
+    uuid.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// Checks an identifier as given (ids are never rewritten): non-empty, no
@@ -527,6 +535,7 @@ mod tests {
         }
         let id = uuid::Uuid::parse_str(&ids[0]).expect("a UUID");
         assert_eq!(id.get_version_num(), 7);
+        assert_eq!(ids[0], id.hyphenated().to_string(), "hyphenated, lowercase");
         assert!(validate_id("id", &ids[0]).is_ok());
     }
 

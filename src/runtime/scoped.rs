@@ -54,9 +54,41 @@ pub(super) struct ActiveByOwner {
 #[derive(Default)]
 struct OwnerActive {
     /// Their ids; ids of ended executions are pruned when the principal reaches its limit.
-    ids: FastSet<String>,
+    ids: FastSet<ActiveId>,
     /// Submits in progress, each holding a slot until its execution exists.
     reserved: usize,
+}
+
+/// An execution id as the quota table keeps it: one the runtime made (a UUID, lowercase and
+/// hyphenated) as its 128 bits, no string to allocate, compare or hash per submit; any other
+/// as given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ActiveId {
+    /// A UUID in its canonical text (36 characters, lowercase).
+    Uuid(u128),
+    /// Any other id.
+    Other(Box<str>),
+}
+
+impl ActiveId {
+    fn new(id: &str) -> Self {
+        // Only the canonical text: it is the one `text` gives back.
+        if id.len() == 36
+            && !id.bytes().any(|b| b.is_ascii_uppercase())
+            && let Ok(uuid) = uuid::Uuid::try_parse(id)
+        {
+            return Self::Uuid(uuid.as_u128());
+        }
+        Self::Other(id.into())
+    }
+
+    /// The id as the runtime knows it.
+    fn text(&self) -> String {
+        match self {
+            Self::Uuid(bits) => crate::model::uuid_text(uuid::Uuid::from_u128(*bits)),
+            Self::Other(id) => id.to_string(),
+        }
+    }
 }
 
 fn active_owners(runtime: &Runtime) -> &Mutex<FastMap<String, OwnerActive>> {
@@ -78,7 +110,7 @@ impl Reservation<'_> {
         if let Ok(mut owners) = self.owners.lock()
             && let Some(active) = owners.get_mut(self.owner)
         {
-            active.ids.insert(id.to_owned());
+            active.ids.insert(ActiveId::new(id));
         }
     }
 }
@@ -224,7 +256,7 @@ impl ScopedRuntime<'_> {
             let executor = self.runtime.executor();
             active.ids.retain(|id| {
                 executor
-                    .view(id)
+                    .view(&id.text())
                     .is_ok_and(|v| !v.execution.status().is_terminal())
             });
         }
@@ -242,7 +274,7 @@ impl ScopedRuntime<'_> {
     }
 
     /// The owner's queued and running executions in the store (read once per owner).
-    fn active_in_store(&self, owner: &str) -> Result<FastSet<String>, RuntimeError> {
+    fn active_in_store(&self, owner: &str) -> Result<FastSet<ActiveId>, RuntimeError> {
         let filter = ExecutionFilter {
             statuses: vec![
                 TaskStatus::Pending,
@@ -265,7 +297,7 @@ impl ScopedRuntime<'_> {
                             .as_ref()
                             .is_some_and(|o| o.owner == owner)
                     })
-                    .map(|v| v.execution.id.clone()),
+                    .map(|v| ActiveId::new(&v.execution.id)),
             );
             match page.next {
                 Some(next) => after = Some(next),
@@ -541,5 +573,30 @@ impl EventVisibility {
             known.insert(id.clone(), visible);
         }
         visible
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActiveId;
+
+    #[test]
+    fn an_active_id_gives_back_the_id_it_was_made_from() {
+        let made = crate::model::new_id();
+        let upper = made.to_uppercase();
+        let simple = made.replace('-', "");
+        let braced = format!("{{{made}}}");
+        for id in [made.as_str(), &upper, &simple, &braced, "job-7", ""] {
+            assert_eq!(ActiveId::new(id).text(), id);
+        }
+        assert!(matches!(ActiveId::new(&made), ActiveId::Uuid(_)));
+        // Other spellings of the same UUID are other ids.
+        for other in [&upper, &simple, &braced] {
+            assert!(
+                matches!(ActiveId::new(other), ActiveId::Other(_)),
+                "{other}"
+            );
+            assert_ne!(ActiveId::new(other), ActiveId::new(&made));
+        }
     }
 }

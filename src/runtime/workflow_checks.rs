@@ -670,11 +670,17 @@ pub fn rewrite_filename_prefixes(
     prompt: &mut JsonObject,
     execution_id: &str,
 ) -> Vec<(String, String)> {
-    let folder = match sanitize_path(execution_id) {
-        id if id.is_empty() => format!("{OUTPUT_ROOT}/_"),
+    // Joined by hand, each string sized once: this runs on every submit.
+    let id = sanitize_path(execution_id);
+    let mut folder = String::with_capacity(OUTPUT_ROOT.len() + 1 + id.len().max(1));
+    folder.push_str(OUTPUT_ROOT);
+    folder.push('/');
+    if id.is_empty() {
+        folder.push('_');
+    } else {
         // The id is one folder, whatever separators it held.
-        id => format!("{OUTPUT_ROOT}/{}", id.replace('/', "_")),
-    };
+        folder.extend(id.chars().map(|c| if c == '/' { '_' } else { c }));
+    }
     let mut rewritten = Vec::new();
     for (id, node) in prompt.iter_mut() {
         let Some(Value::String(prefix)) = node
@@ -689,10 +695,17 @@ pub fn rewrite_filename_prefixes(
             .is_some_and(|rest| rest.starts_with('/'));
         let new_prefix = if in_folder {
             sanitized
-        } else if sanitized.is_empty() {
-            format!("{folder}/{DEFAULT_FILENAME_PREFIX}")
         } else {
-            format!("{folder}/{sanitized}")
+            let name = if sanitized.is_empty() {
+                DEFAULT_FILENAME_PREFIX
+            } else {
+                sanitized.as_str()
+            };
+            let mut joined = String::with_capacity(folder.len() + 1 + name.len());
+            joined.push_str(&folder);
+            joined.push('/');
+            joined.push_str(name);
+            joined
         };
         prefix.clone_from(&new_prefix);
         rewritten.push((id.clone(), new_prefix));

@@ -112,17 +112,21 @@ impl Auditor {
         level: LogLevel,
     ) {
         let name = principal.map(|p| p.name.clone());
-        let message = format!(
-            "{} {} by {}: {}",
+        // "<call|refused call> <method> by <principal>: <outcome>", sized once (every
+        // mutating call makes one).
+        let parts = [
             if code == Code::Ok {
-                "call"
+                "call "
             } else {
-                "refused call"
+                "refused call "
             },
             entry.uri.path(),
+            " by ",
             name.as_deref().unwrap_or("an unauthenticated caller"),
-            code_name(code)
-        );
+            ": ",
+            code_name(code),
+        ];
+        let message = parts.concat();
         let Ok(event) = RuntimeEvent::new(EventCategory::Audit, AUDIT_EVENT_TYPE, message) else {
             return;
         };
