@@ -670,6 +670,26 @@ pub fn rewrite_filename_prefixes(
     prompt: &mut JsonObject,
     execution_id: &str,
 ) -> Vec<(String, String)> {
+    let mut rewritten = Vec::new();
+    rewrite_prefixes_with(prompt, execution_id, |id, prefix| {
+        rewritten.push((id.to_owned(), prefix.to_owned()));
+    });
+    rewritten
+}
+
+/// [`rewrite_filename_prefixes`] without the list of what it rewrote: a
+/// submit's, which only posts the prompt.
+pub fn rewrite_filename_prefixes_in_place(prompt: &mut JsonObject, execution_id: &str) {
+    rewrite_prefixes_with(prompt, execution_id, |_, _| {});
+}
+
+/// Rewrites the prefixes (see [`rewrite_filename_prefixes`]), telling `each`
+/// every node id and its new prefix.
+fn rewrite_prefixes_with(
+    prompt: &mut JsonObject,
+    execution_id: &str,
+    mut each: impl FnMut(&str, &str),
+) {
     // Joined by hand, each string sized once: this runs on every submit.
     let id = sanitize_path(execution_id);
     let mut folder = String::with_capacity(OUTPUT_ROOT.len() + 1 + id.len().max(1));
@@ -681,7 +701,6 @@ pub fn rewrite_filename_prefixes(
         // The id is one folder, whatever separators it held.
         folder.extend(id.chars().map(|c| if c == '/' { '_' } else { c }));
     }
-    let mut rewritten = Vec::new();
     for (id, node) in prompt.iter_mut() {
         let Some(Value::String(prefix)) = node
             .get_mut("inputs")
@@ -707,10 +726,9 @@ pub fn rewrite_filename_prefixes(
             joined.push_str(name);
             joined
         };
-        prefix.clone_from(&new_prefix);
-        rewritten.push((id.clone(), new_prefix));
+        *prefix = new_prefix;
+        each(id, prefix);
     }
-    rewritten
 }
 
 /// A relative `/`-separated path with no empty, `.` or `..` component, no
@@ -1305,9 +1323,13 @@ mod tests {
             "5": {"class_type": "Y", "inputs": {"other": "x"}}
         });
         let mut a = prompt_of(graph.clone());
+        let mut in_place = prompt_of(graph.clone());
         let mut b = prompt_of(graph);
         let ra = rewrite_filename_prefixes(&mut a, "exec-a");
         let rb = rewrite_filename_prefixes(&mut b, "exec-b");
+        // The submit's form, which lists nothing, rewrites alike.
+        rewrite_filename_prefixes_in_place(&mut in_place, "exec-a");
+        assert_eq!(in_place, a);
         assert_eq!(
             ra,
             [

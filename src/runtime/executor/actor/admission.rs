@@ -115,11 +115,12 @@ impl Actor {
         }
         self.shared.tasks.bus().flush_batch();
         for answer in std::mem::take(&mut self.answers) {
-            let mut tasks = Vec::new();
+            let live = self.live.get(&answer.sched);
+            // Sized once: a task is large, and a vector grown from empty takes room for four.
+            let mut tasks = Vec::with_capacity(1 + live.map_or(0, |live| live.node_tasks.len()));
             if let Ok(Some(root)) = self.shared.tasks.latest(&answer.root_id) {
                 tasks.push(Arc::unwrap_or_clone(root));
             }
-            let live = self.live.get(&answer.sched);
             for task_id in live.iter().flat_map(|live| live.node_tasks.values()) {
                 if let Ok(Some(task)) = self.shared.tasks.latest(task_id) {
                     tasks.push(Arc::unwrap_or_clone(task));
