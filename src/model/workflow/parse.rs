@@ -244,7 +244,7 @@ fn parse_any_graph(text: &str) -> Result<ParsedGraph, ValidationError> {
 /// object of uniquely keyed nodes, none named `prompt`, each with a non-blank
 /// string `class_type`, an `inputs` object and at most an object `_meta`),
 /// read straight into [`ComfyNode`]s: no JSON tree of the graph and its nodes
-/// to take apart again, keys a node does not use skipped unread. `None` for
+/// to take apart again, keys a node does not use read and dropped. `None` for
 /// anything else, which [`parse_any_graph`] then reads and reports on: the
 /// same nodes as it finds for a plain graph (a proptest holds the two
 /// together).
@@ -278,6 +278,12 @@ fn not_plain<E: de::Error>() -> E {
     E::custom("not a plain graph")
 }
 
+/// A key serde_json gives a meaning of its own when it opens an object (an exact number, a
+/// raw value): such an object is read by the tree read, as it always was.
+fn is_reserved(key: &str) -> bool {
+    key.starts_with("$serde_json::private::")
+}
+
 impl<'de> Deserialize<'de> for PlainGraph {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Nodes;
@@ -291,7 +297,11 @@ impl<'de> Deserialize<'de> for PlainGraph {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainGraph, A::Error> {
                 let mut nodes = BTreeMap::new();
                 while let Some(id) = map.next_key::<String>()? {
-                    if id == "prompt" || id.trim().is_empty() || nodes.len() == MAX_WORKFLOW_NODES {
+                    if id == "prompt"
+                        || id.trim().is_empty()
+                        || is_reserved(&id)
+                        || nodes.len() == MAX_WORKFLOW_NODES
+                    {
                         return Err(not_plain());
                     }
                     let PlainNode {
@@ -336,13 +346,21 @@ impl<'de> Deserialize<'de> for PlainNode {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainNode, A::Error> {
                 let (mut class_type, mut inputs, mut metadata) = (None, None, None);
                 // A repeated key: the last one counts, as in a JSON object read whole.
+                // Objects are read as `Value`s, as the tree read reads them (serde_json's
+                // own keys for exact numbers and raw values mean something there), and a
+                // key a node does not use is read whole too (skipping it unread would not
+                // check its string escapes as the tree read does).
+                let object = |value: Value| match value {
+                    Value::Object(object) => Ok(object),
+                    _ => Err(not_plain()),
+                };
                 while let Some(key) = map.next_key::<NodeKey>()? {
                     match key {
                         NodeKey::ClassType => class_type = Some(map.next_value::<String>()?),
-                        NodeKey::Inputs => inputs = Some(map.next_value::<JsonObject>()?),
-                        NodeKey::Meta => metadata = Some(map.next_value::<JsonObject>()?),
+                        NodeKey::Inputs => inputs = Some(object(map.next_value()?)?),
+                        NodeKey::Meta => metadata = Some(object(map.next_value()?)?),
                         NodeKey::Other => {
-                            map.next_value::<de::IgnoredAny>()?;
+                            map.next_value::<Value>()?;
                         }
                     }
                 }
@@ -377,6 +395,7 @@ impl<'de> Deserialize<'de> for NodeKey {
                     "class_type" => NodeKey::ClassType,
                     "inputs" => NodeKey::Inputs,
                     "_meta" => NodeKey::Meta,
+                    _ if is_reserved(key) => return Err(not_plain()),
                     _ => NodeKey::Other,
                 })
             }
@@ -576,6 +595,8 @@ mod tests {
     fn arb_graph_text() -> impl Strategy<Value = String> {
         let object = prop_oneof![
             2 => Just(r#"{}"#.to_owned()),
+            1 => Just(r#"{"$serde_json::private::Number": "5"}"#.to_owned()),
+            1 => Just(r#"{"$serde_json::private::RawValue": "{\"a\": 1}"}"#.to_owned()),
             2 => Just(
                 r#"{"a": 1.50, "b": ["1", 0], "seed": 123456789012345678901234567890}"#.to_owned()
             ),
@@ -591,7 +612,11 @@ mod tests {
             ],
             prop::option::weighted(0.9, object.clone()),
             prop::option::of(object),
-            prop::option::of(arb_json().prop_map(|v| v.to_string())),
+            prop::option::of(prop_oneof![
+                4 => arb_json().prop_map(|v| v.to_string()),
+                1 => Just(r#""\udc00""#.to_owned()),
+                1 => Just(r#"["\ud800\udc00", "\ud800"]"#.to_owned()),
+            ]),
             any::<bool>(),
         )
             .prop_map(|(class, inputs, meta, other, twice)| {
@@ -607,6 +632,7 @@ mod tests {
         let id = prop_oneof![
             1 => Just("1".to_owned()),
             1 => Just("prompt".to_owned()),
+            1 => Just("$serde_json::private::Number".to_owned()),
             1 => Just(" ".to_owned()),
             12 => "[0-9]{1,3}",
         ];
@@ -647,6 +673,36 @@ mod tests {
         for text in other {
             assert!(plain_graph(text).is_none(), "{text}");
         }
+        // What serde_json reads its own way (its keys for exact numbers and raw values,
+        // string escapes in a value nobody uses) goes the tree's way, with its outcome.
+        let unusual = [
+            r#"{"1": {"class_type": "A", "inputs": {}, "x": "\udc00"}}"#,
+            r#"{"1": {"class_type": "A", "inputs": {"$serde_json::private::RawValue": "{\"seed\": 1}"}}}"#,
+            r#"{"1": {"class_type": "A", "inputs": {}, "_meta": {"$serde_json::private::RawValue": "{}"}}}"#,
+            r#"{"1": {"class_type": "A", "inputs": {"$serde_json::private::Number": "5"}}}"#,
+            r#"{"1": {"$serde_json::private::Number": "1", "class_type": "A", "inputs": {}}}"#,
+            r#"{"$serde_json::private::RawValue": {"class_type": "A", "inputs": {}}}"#,
+        ];
+        for text in unusual {
+            assert_same_outcome(text);
+        }
+    }
+
+    /// `parse_api_graph` (the plain read first) and the tree read alone give the same nodes,
+    /// or the same problems.
+    fn assert_same_outcome(text: &str) {
+        match (parse_api_graph(text), parse_any_graph(text)) {
+            (Ok(first), Ok(tree)) => {
+                assert_eq!(first.base, tree.base, "{text}");
+                assert_eq!(first.nodes, tree.nodes, "{text}");
+            }
+            (Err(first), Err(tree)) => assert_eq!(first.to_string(), tree.to_string(), "{text}"),
+            (first, tree) => panic!(
+                "{text}: {:?} against {:?}",
+                first.map(|p| p.nodes),
+                tree.map(|p| p.nodes)
+            ),
+        }
     }
 
     proptest! {
@@ -661,6 +717,7 @@ mod tests {
                 prop_assert_eq!(tree.base, WORKFLOW_JSON);
                 prop_assert_eq!(tree.nodes, nodes);
             }
+            assert_same_outcome(&text);
         }
 
         #[test]
