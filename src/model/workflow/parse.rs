@@ -265,7 +265,7 @@ struct PlainNode {
     metadata: JsonObject,
 }
 
-/// The keys of a node that [`PlainNode`] keeps; others are skipped.
+/// The keys of a node that [`PlainNode`] keeps; the values of others are read and dropped.
 enum NodeKey {
     ClassType,
     Inputs,
