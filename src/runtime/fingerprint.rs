@@ -24,7 +24,19 @@ impl Fingerprint {
 
     /// The digest as 16 hex digits.
     pub fn finish(self) -> String {
-        format!("{:016x}", self.0)
+        self.finish_after("")
+    }
+
+    /// `prefix` and the digest's 16 hex digits, in one string of its size.
+    pub fn finish_after(self, prefix: &str) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(prefix.len() + 16);
+        text.push_str(prefix);
+        for shift in (0..16).rev() {
+            let digit = (self.0 >> (shift * 4)) & 0xf;
+            text.push(char::from(HEX[digit as usize]));
+        }
+        text
     }
 }
 
@@ -42,5 +54,13 @@ mod tests {
             Fingerprint::default().field(b"ab").field(b"c").finish()
         );
         assert_eq!(ab_c.len(), 16);
+        // As `{:016x}` writes it, leading zeros included.
+        for digest in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(Fingerprint(digest).finish(), format!("{digest:016x}"));
+            assert_eq!(
+                Fingerprint(digest).finish_after("inline-"),
+                format!("inline-{digest:016x}")
+            );
+        }
     }
 }

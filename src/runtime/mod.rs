@@ -334,12 +334,9 @@ impl Runtime {
                 }
                 let mut workflow =
                     WorkflowDefinition::from_api_json(NewWorkflow::new("inline workflow"), json)?;
-                workflow.id = format!(
-                    "inline-{}",
-                    fingerprint::Fingerprint::default()
-                        .field(json.as_bytes())
-                        .finish()
-                );
+                workflow.id = fingerprint::Fingerprint::default()
+                    .field(json.as_bytes())
+                    .finish_after("inline-");
                 Ok((workflow, false))
             }
         }

@@ -438,13 +438,13 @@ impl Executor {
         // (A JSON value always encodes; the error is for form's sake.)
         // Its exact length (the encoder doubles its buffer as it goes): the actor may hold it
         // until the execution is dispatched, and the memory store keeps it.
-        let prompt = Bytes::from(
-            serde_json::to_vec(&prompt_value)
-                .map_err(|error| {
-                    ValidationError::single(WORKFLOW_FIELD, format!("cannot be encoded: {error}"))
-                })?
-                .into_boxed_slice(),
-        );
+        // Room for about what the workflow's text held, and the rewritten prefixes: written
+        // without growing the buffer from 128 bytes by doubling on the way.
+        let mut encoded = Vec::with_capacity(workflow.workflow_json.len() + 64 * nodes);
+        serde_json::to_writer(&mut encoded, &prompt_value).map_err(|error| {
+            ValidationError::single(WORKFLOW_FIELD, format!("cannot be encoded: {error}"))
+        })?;
+        let prompt = Bytes::from(encoded.into_boxed_slice());
         let key = request
             .idempotency_key
             .zip(fingerprint)
