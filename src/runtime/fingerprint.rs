@@ -2,6 +2,8 @@
 //! the same body must give the same fingerprint across processes and
 //! versions, which `std::hash` does not promise.
 
+use std::fmt::Write as _;
+
 /// Accumulates fields into a stable digest.
 #[derive(Debug, Clone, Copy)]
 pub struct Fingerprint(u64);
@@ -29,13 +31,10 @@ impl Fingerprint {
 
     /// `prefix` and the digest's 16 hex digits, in one string of its size.
     pub fn finish_after(self, prefix: &str) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = String::with_capacity(prefix.len() + 16);
         text.push_str(prefix);
-        for shift in (0..16).rev() {
-            let digit = (self.0 >> (shift * 4)) & 0xf;
-            text.push(char::from(HEX[digit as usize]));
-        }
+        // Writing into a String cannot fail.
+        let _ = write!(text, "{:016x}", self.0);
         text
     }
 }

@@ -531,22 +531,7 @@ impl TaskRegistry {
     /// one write, without waiting for it (they are read through
     /// [`TaskRegistry::latest`] until it commits).
     pub(crate) fn create_execution_tasks(&self, execution_id: &str, tasks: Vec<Arc<Task>>) {
-        let forget: Vec<_> = tasks
-            .iter()
-            .map(|task| self.pending.insert(task.id.clone(), Arc::clone(task)))
-            .collect();
-        let events = tasks
-            .iter()
-            .map(|task| {
-                (
-                    EventPayload::Task(Self::created_event(task)),
-                    task_context(task),
-                )
-            })
-            .collect();
-        for task in &tasks {
-            crate::telemetry::metrics::task_submitted(task.task_type.as_str());
-        }
+        let (forget, events) = self.creating(&tasks);
         drop(self.bus.commit_then(
             Changes {
                 new_execution_tasks: Some((execution_id.to_owned(), tasks)),
@@ -561,24 +546,7 @@ impl TaskRegistry {
     /// one write, without waiting for it (the tasks are read through
     /// [`TaskRegistry::latest`] until it commits; `after` runs then too).
     pub(crate) fn create_execution(&self, record: NewExecutionRecord, after: After) {
-        let forget: Vec<_> = record
-            .tasks
-            .iter()
-            .map(|task| self.pending.insert(task.id.clone(), Arc::clone(task)))
-            .collect();
-        let events = record
-            .tasks
-            .iter()
-            .map(|task| {
-                (
-                    EventPayload::Task(Self::created_event(task)),
-                    task_context(task),
-                )
-            })
-            .collect();
-        for task in &record.tasks {
-            crate::telemetry::metrics::task_submitted(task.task_type.as_str());
-        }
+        let (forget, events) = self.creating(&record.tasks);
         drop(self.bus.commit_then(
             Changes {
                 new_executions: vec![record],
@@ -590,6 +558,27 @@ impl TaskRegistry {
                 after();
             })),
         ));
+    }
+
+    /// What a write creating `tasks` carries besides them: their pending
+    /// states, read until it commits (the returned calls forget them), and their
+    /// CREATED events; the tasks are counted as submitted.
+    fn creating(&self, tasks: &[Arc<Task>]) -> (Vec<After>, Vec<(EventPayload, EventContext)>) {
+        let forget = tasks
+            .iter()
+            .map(|task| self.pending.insert(task.id.clone(), Arc::clone(task)))
+            .collect();
+        let events = tasks
+            .iter()
+            .map(|task| {
+                crate::telemetry::metrics::task_submitted(task.task_type.as_str());
+                (
+                    EventPayload::Task(Self::created_event(task)),
+                    task_context(task),
+                )
+            })
+            .collect();
+        (forget, events)
     }
 
     /// A task's CREATED event.
