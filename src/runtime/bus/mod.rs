@@ -19,7 +19,8 @@
 //! off the publisher's thread (the actor's, or a request's). With a few
 //! subscribers (at most `DIRECT_SUBSCRIBERS`) and nothing in the relay's
 //! hands, the publisher sends them itself: a wake or two costs less than
-//! waking the relay. Events are
+//! waking the relay. (Not several events from outside the runtime: each send
+//! could wake its thread again; see `Inner::announce`.) Events are
 //! shared, never copied per subscriber: each is a [`SharedEvent`], which
 //! also keeps the event's wire encoding once the first subscriber made it.
 //! The window and the live channel are bounded; a subscriber that falls
@@ -300,9 +301,15 @@ impl Inner {
                 return;
             }
             // A few subscribers: waking them here costs less than waking the
-            // relay to do it. Only with nothing in the relay's hands (its inbox
-            // empty and no send of it under way), so that order holds.
+            // relay to do it, for one event, or for several on a thread of the
+            // runtime (where a wake only schedules the subscriber's task). On
+            // another thread (the store's writer) each send may wake the
+            // runtime's thread, which takes the CPU and runs the subscriber
+            // before the next send: one wake of the relay hands it them all.
+            // Only with nothing in the relay's hands (its inbox empty and no
+            // send of it under way), so that order holds.
             if subscribers <= DIRECT_SUBSCRIBERS
+                && (events.len() == 1 || tokio::runtime::Handle::try_current().is_ok())
                 && published.inbox.is_empty()
                 && let Ok(_sending) = self.sending.try_lock()
             {

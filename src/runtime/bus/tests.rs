@@ -524,6 +524,44 @@ fn a_few_subscribers_are_sent_to_by_the_publisher_in_order() {
 }
 
 #[test]
+fn several_events_from_outside_the_runtime_go_through_the_relay() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let bus = EventBus::new(16, None);
+    let waiter = parked_reader(&runtime, &bus, 3);
+    let mut watcher = bus.subscribe();
+    // One event from this thread (no runtime here): sent at once.
+    bus.publish_task(task_event(0), EventContext::default());
+    assert_eq!(watcher.try_recv().unwrap().sequence, 1);
+    // Two in one write: handed to the relay, which sends them when the
+    // runtime runs it (one wake instead of one per event).
+    {
+        let _batch = bus.batch();
+        bus.publish_task(task_event(1), EventContext::default());
+        bus.publish_task(task_event(2), EventContext::default());
+    }
+    assert_eq!(bus.last_sequence(), 3);
+    assert!(matches!(
+        watcher.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    ));
+    assert_eq!(runtime.block_on(waiter).unwrap(), [1, 2, 3]);
+    for i in 2..=3 {
+        assert_eq!(watcher.try_recv().unwrap().sequence, i);
+    }
+    // On a thread of the runtime, both go out at once.
+    runtime.block_on(async {
+        let _batch = bus.batch();
+        bus.publish_task(task_event(3), EventContext::default());
+        bus.publish_task(task_event(4), EventContext::default());
+    });
+    for i in 4..=5 {
+        assert_eq!(watcher.try_recv().unwrap().sequence, i);
+    }
+}
+
+#[test]
 fn many_subscribers_get_every_event_in_order_from_publishing_threads() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

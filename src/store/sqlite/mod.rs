@@ -45,7 +45,7 @@ pub use options::SqliteOptions;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -77,10 +77,11 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     /// Transactions the writer committed since open.
     commits: Arc<AtomicU64>,
-    /// Rows the writer has run, freed by the next [`Store::write`]'s caller: the
-    /// rows are made on the caller's thread, and freeing them on the writer's
-    /// would take the lock of the caller's allocator arena against the caller.
-    retired: Arc<Mutex<Vec<ChangeRows>>>,
+    /// Writes the writer has run, freed by the next [`Store::write`]'s caller,
+    /// the thread that made them (rows the writer built are freed there).
+    retired: Arc<Mutex<Vec<Handed>>>,
+    /// Whether the writer thread waits for a write (see [`Store::write`]).
+    writer_idle: Arc<AtomicBool>,
     /// The background compaction, when asked for; stopped first on drop.
     compactor: Option<Periodic>,
     /// The background WAL checkpoints; stopped before the writer on drop.
@@ -130,9 +131,11 @@ impl SqliteStore {
         let max_events = i64::try_from(options.max_events.max(1)).unwrap_or(i64::MAX);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
+        let writer_idle = Arc::new(AtomicBool::new(false));
+        let idle = Arc::clone(&writer_idle);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&conn, &queue, max_events, &counter))
+            .spawn(move || writer_loop(&conn, &queue, max_events, &counter, &idle))
             .map_err(|error| fail(format!("cannot start the writer thread: {error}")))?;
         let mut store = Self {
             path: path.to_path_buf(),
@@ -140,6 +143,7 @@ impl SqliteStore {
             writer: Some(writer),
             commits,
             retired: Arc::default(),
+            writer_idle,
             compactor: None,
             checkpointer: None,
             readers,
@@ -223,6 +227,14 @@ impl SqliteStore {
 }
 
 /// [`Changes`] as rows, ready for the writer thread.
+/// A write as handed to the writer thread.
+enum Handed {
+    /// Its rows, built by the caller.
+    Rows(ChangeRows),
+    /// Its changes, for the writer to build the rows of.
+    Changes(Changes),
+}
+
 struct ChangeRows {
     /// New executions.
     new_executions: Vec<executions::NewExecutionRows>,
@@ -460,25 +472,35 @@ impl Store for SqliteStore {
     }
 
     fn write(&self, changes: Changes, committed: Committed) {
-        // Rows are built (JSON encoded) here, on the caller's thread; the
-        // writer thread only runs the statements.
         let done =
             std::mem::take(&mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner));
         drop(done);
-        let rows = ChangeRows::new(&changes);
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(error) => return committed(Err(error)),
+        // The rows (JSON encoded) are built by whichever thread is free: an
+        // idle writer builds them after its wake-up while the caller goes
+        // on; a busy one finds them built when it comes to this write, its
+        // previous commit and this encoding having run side by side.
+        let handed = if self.writer_idle.load(Ordering::Relaxed) {
+            Handed::Changes(changes)
+        } else {
+            match ChangeRows::new(&changes) {
+                Ok(rows) => Handed::Rows(rows),
+                Err(error) => return committed(Err(error)),
+            }
         };
         let retired = Arc::clone(&self.retired);
         writer::defer(
             &self.commands,
             move |conn| {
-                let applied = rows.apply(conn);
+                let applied = match &handed {
+                    Handed::Rows(rows) => rows.apply(conn),
+                    Handed::Changes(changes) => {
+                        ChangeRows::new(changes).and_then(|rows| rows.apply(conn))
+                    }
+                };
                 retired
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(rows);
+                    .push(handed);
                 applied
             },
             committed,
@@ -628,5 +650,75 @@ mod tests {
             assert!(message.contains(&path.display().to_string()), "{message}");
         }
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_write_is_encoded_by_whichever_thread_is_free() {
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Barrier, mpsc};
+        use std::time::{Duration, Instant};
+
+        use super::{Handed, writer};
+        use crate::store::Changes;
+
+        let (_dir, store) = super::test_support::temp_store();
+        let until = |idle: bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while store.writer_idle.load(Ordering::Relaxed) != idle {
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer never became idle={idle}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let (told, outcomes) = mpsc::channel();
+        let write = |sequence: u64| {
+            let told = told.clone();
+            Store::write(
+                &store,
+                Changes {
+                    events: vec![Arc::new(event(sequence))],
+                    ..Changes::default()
+                },
+                Box::new(move |result| told.send((sequence, result.is_ok())).unwrap()),
+            );
+        };
+        let handed = || {
+            let retired = store.retired.lock().unwrap();
+            retired
+                .iter()
+                .map(|handed| matches!(handed, Handed::Rows(_)))
+                .collect::<Vec<_>>()
+        };
+        // An idle writer gets the changes and encodes them itself.
+        until(true);
+        write(1);
+        assert_eq!(outcomes.recv().unwrap(), (1, true));
+        assert_eq!(handed(), [false]);
+        // A busy one finds the rows built by the caller.
+        let barrier = Arc::new(Barrier::new(2));
+        let held = Arc::clone(&barrier);
+        writer::defer(
+            &store.commands,
+            move |_| {
+                held.wait();
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        until(false);
+        write(2);
+        barrier.wait();
+        assert_eq!(outcomes.recv().unwrap(), (2, true));
+        // The first write's changes were freed by the second write's caller.
+        assert_eq!(handed(), [true]);
+        let sequences: Vec<u64> = store
+            .events_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(sequences, [1, 2]);
     }
 }

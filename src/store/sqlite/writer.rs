@@ -5,7 +5,7 @@
 //! to the record modules.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -163,19 +163,24 @@ where
 }
 
 /// Runs batches until told to stop: waits for one write, takes every write
-/// queued behind it, commits them together, then answers them all.
+/// queued behind it, commits them together, then answers them all. `idle`
+/// says whether it is waiting for a write.
 pub(super) fn writer_loop(
     conn: &Connection,
     commands: &Receiver<Command>,
     max_events: i64,
     commits: &AtomicU64,
+    idle: &AtomicBool,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
     let mut stop = false;
     let mut restart = false;
     let mut restart_after = Instant::now();
     while !stop {
-        match commands.recv() {
+        idle.store(true, Ordering::Relaxed);
+        let first = commands.recv();
+        idle.store(false, Ordering::Relaxed);
+        match first {
             Ok(Command::Write(job)) => batch.push(job),
             Ok(Command::RestartWal) => restart = true,
             Ok(Command::Stop) | Err(_) => break,
