@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use super::connections::BUSY_TIMEOUT;
+use super::queue::Sender;
 use super::writer::{Command, RESTART_WAIT};
 
 /// How often the checkpointer looks at the WAL (and copies it back into the database file
@@ -104,7 +105,7 @@ impl Periodic {
 /// rewritten by many commits is then copied once instead of every 250 ms.
 pub(super) fn spawn_checkpointer(
     path: &Path,
-    writer: SyncSender<Command>,
+    writer: Sender<Command>,
     frames: WalFrames,
 ) -> Result<Periodic, String> {
     checkpointer(
@@ -180,7 +181,7 @@ fn checkpointer(
     every: Duration,
     restart_bytes: i64,
     idle_after: Duration,
-    writer: SyncSender<Command>,
+    writer: Sender<Command>,
     paced: Option<(WalFrames, Duration)>,
 ) -> Result<Periodic, String> {
     let mut checkpointer = Checkpointer::open(path, restart_bytes, idle_after, writer, paced)?;
@@ -202,7 +203,7 @@ struct Checkpointer {
     /// How long the WAL sits copied and untouched before it is truncated.
     idle_after: Duration,
     /// The writer's commands, for [`Command::RestartWal`].
-    writer: SyncSender<Command>,
+    writer: Sender<Command>,
     /// The writer's frame count and the pace of the copies, when paced.
     pace: Option<(WalFrames, Pace)>,
     /// The WAL's frames when a round found every one copied, and since when it has stayed so.
@@ -214,7 +215,7 @@ impl Checkpointer {
         path: &Path,
         restart_bytes: i64,
         idle_after: Duration,
-        writer: SyncSender<Command>,
+        writer: Sender<Command>,
         paced: Option<(WalFrames, Duration)>,
     ) -> Result<Self, String> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -320,12 +321,12 @@ pub(super) const WAL_RESTART_BYTES: i64 = super::connections::JOURNAL_SIZE_LIMIT
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
     use rusqlite::Connection;
 
     use super::{Checkpointer, Pace, checkpointer, report_wal_frames};
+    use crate::store::sqlite::queue;
     use crate::store::sqlite::writer::{Command, restart_wal};
 
     /// The largest the WAL file gets over 300 commits of eight scattered rows
@@ -347,7 +348,7 @@ mod tests {
         .unwrap();
         let reader = Connection::open(&path).unwrap();
         let wal = dir.path().join("wal.db-wal");
-        let (writer, commands) = mpsc::sync_channel(16);
+        let (writer, commands) = queue::bounded(16);
         let mut checkpointer =
             Checkpointer::open(&path, restart_bytes, Duration::MAX, writer, None).unwrap();
         let (mut largest, mut restarts) = (0, 0);
@@ -376,7 +377,7 @@ mod tests {
             }
             tx.commit().unwrap();
             reader.execute_batch("COMMIT").unwrap();
-            while let Ok(command) = commands.try_recv() {
+            while let Some(command) = commands.try_recv() {
                 if restart && matches!(command, Command::RestartWal) && restart_wal(&conn) {
                     restarts += 1;
                 }
@@ -442,7 +443,7 @@ mod tests {
         });
         let wal = dir.path().join("wal.db-wal");
         let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
-        let (writer, _commands) = mpsc::sync_channel(16);
+        let (writer, _commands) = queue::bounded(16);
         let idle_after = Duration::from_millis(50);
         let checkpoints = checkpointer(
             &path,
@@ -496,7 +497,7 @@ mod tests {
         let frames = report_wal_frames(&mut conn).unwrap();
         let wal = dir.path().join("wal.db-wal");
         let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
-        let (writer, _commands) = mpsc::sync_channel(16);
+        let (writer, _commands) = queue::bounded(16);
         let checkpoints = checkpointer(
             &path,
             Duration::from_millis(5),

@@ -5,7 +5,6 @@
 //! it never touches workflows or unfinished work.
 
 use std::path::Path;
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -13,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::background::Periodic;
 use super::events::EVENT_HIGH_WATER;
+use super::queue::Sender;
 use super::writer::{Command, submit};
 use crate::config::StoreConfig;
 use crate::model::TaskStatus;
@@ -88,7 +88,7 @@ fn cutoff_ms(now: DateTime<Utc>, age: Duration) -> Option<i64> {
 /// Deletes what `policy` no longer keeps, as of `now`, one small step per
 /// write, then hands the freed pages back when anything went.
 pub(super) fn compact(
-    commands: &SyncSender<Command>,
+    commands: &Sender<Command>,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
 ) -> Result<CompactionReport, StoreError> {
@@ -253,7 +253,7 @@ fn compact_events(conn: &Connection, keep: i64, cutoff: Option<i64>) -> Result<u
 
 /// Background compaction: retention in small steps through the writer.
 pub(super) fn spawn_compactor(
-    commands: SyncSender<Command>,
+    commands: Sender<Command>,
     interval: Duration,
     policy: RetentionPolicy,
     path: &Path,

@@ -16,12 +16,13 @@
 //!
 //! Where things are: `options` (how a store is opened), `schema` (tables and
 //! migrations), `connections` (the lock file, the write connection's pragmas,
-//! the read pool), `writer` (the writer thread and group commit), one module
-//! per kind of record with its rows, writes and reads (`tasks`, `executions`,
-//! `workflows`, `events`, `meta`), `query` and `codec` (listing queries, JSON
-//! columns, error mapping), `compaction` (retention) and `background` (the
-//! periodic threads). This file holds `SqliteStore` itself: opening, closing,
-//! and the `Store` impl, which only routes each call to its record's module.
+//! the read pool), `writer` (the writer thread and group commit) and `queue`
+//! (its queue of commands), one module per kind of record with its rows,
+//! writes and reads (`tasks`, `executions`, `workflows`, `events`, `meta`),
+//! `query` and `codec` (listing queries, JSON columns, error mapping),
+//! `compaction` (retention) and `background` (the periodic threads). This
+//! file holds `SqliteStore` itself: opening, closing, and the `Store` impl,
+//! which only routes each call to its record's module.
 
 mod background;
 mod codec;
@@ -32,6 +33,7 @@ mod executions;
 mod meta;
 mod options;
 mod query;
+mod queue;
 mod schema;
 mod tasks;
 #[cfg(test)]
@@ -46,7 +48,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -72,7 +73,7 @@ pub struct SqliteStore {
     /// The database file.
     path: PathBuf,
     /// Writes for the writer thread.
-    commands: SyncSender<Command>,
+    commands: queue::Sender<Command>,
     /// The writer thread; taken when the store is dropped.
     writer: Option<JoinHandle<()>>,
     /// Transactions the writer committed since open.
@@ -126,7 +127,7 @@ impl SqliteStore {
             .with(last_event_sequence)
             .map_err(|error| fail(error.to_string()))?;
 
-        let (commands, queue) = mpsc::sync_channel(WRITE_QUEUE);
+        let (commands, queue) = queue::bounded(WRITE_QUEUE);
         // At least the newest event stays, so its sequence is never reused.
         let max_events = i64::try_from(options.max_events.max(1)).unwrap_or(i64::MAX);
         let commits = Arc::new(AtomicU64::new(0));

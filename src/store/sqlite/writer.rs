@@ -6,12 +6,13 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
 use super::connections::BUSY_TIMEOUT;
+use super::queue::{Receiver, Sender};
 use crate::store::StoreError;
 
 /// Writes waiting for the writer thread; a full queue blocks the caller.
@@ -54,7 +55,7 @@ pub(super) struct Job<R, F> {
     /// What the work returned, held until the batch commits.
     outcome: Option<Result<R, StoreError>>,
     /// Where the caller waits.
-    reply: SyncSender<Result<R, StoreError>>,
+    reply: mpsc::SyncSender<Result<R, StoreError>>,
 }
 
 impl<R, F> WriteJob for Job<R, F>
@@ -130,7 +131,7 @@ where
 
 /// Queues `work` without waiting; `committed` is told its outcome (at once,
 /// on this thread, when the writer has stopped).
-pub(super) fn defer<F>(commands: &SyncSender<Command>, work: F, committed: crate::store::Committed)
+pub(super) fn defer<F>(commands: &Sender<Command>, work: F, committed: crate::store::Committed)
 where
     F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
 {
@@ -139,13 +140,13 @@ where
         failed: None,
         committed: Some(committed),
     });
-    if let Err(mpsc::SendError(Command::Write(job))) = commands.send(Command::Write(job)) {
+    if let Err(Command::Write(job)) = commands.send(Command::Write(job)) {
         job.finish(Err("the store writer has stopped"));
     }
 }
 
 /// Sends `work` to the writer and waits until its batch committed.
-pub(super) fn submit<R, F>(commands: &SyncSender<Command>, work: F) -> Result<R, StoreError>
+pub(super) fn submit<R, F>(commands: &Sender<Command>, work: F) -> Result<R, StoreError>
 where
     R: Send + 'static,
     F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -162,9 +163,9 @@ where
     answer.recv().map_err(|_| stopped())?
 }
 
-/// Runs batches until told to stop: waits for one write, takes every write
-/// queued behind it, commits them together, then answers them all. `idle`
-/// says whether it is waiting for a write.
+/// Runs batches until told to stop (or every sender is gone): waits for a
+/// write, takes every write queued with it, commits them together, then
+/// answers them all. `idle` says whether it is waiting for a write.
 pub(super) fn writer_loop(
     conn: &Connection,
     commands: &Receiver<Command>,
@@ -173,27 +174,21 @@ pub(super) fn writer_loop(
     idle: &AtomicBool,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
-    let mut stop = false;
+    let mut received = Vec::new();
     let mut restart = false;
     let mut restart_after = Instant::now();
-    while !stop {
+    loop {
         idle.store(true, Ordering::Relaxed);
-        let first = commands.recv();
+        let mut stop = !commands.recv_into(&mut received, MAX_BATCH);
         idle.store(false, Ordering::Relaxed);
-        match first {
-            Ok(Command::Write(job)) => batch.push(job),
-            Ok(Command::RestartWal) => restart = true,
-            Ok(Command::Stop) | Err(_) => break,
-        }
-        while batch.len() < MAX_BATCH {
-            match commands.try_recv() {
-                Ok(Command::Write(job)) => batch.push(job),
-                Ok(Command::RestartWal) => restart = true,
-                Ok(Command::Stop) => {
+        for command in received.drain(..) {
+            match command {
+                Command::Write(job) => batch.push(job),
+                Command::RestartWal => restart = true,
+                Command::Stop => {
                     stop = true;
                     break;
                 }
-                Err(_) => break,
             }
         }
         if !batch.is_empty() {
@@ -201,6 +196,9 @@ pub(super) fn writer_loop(
         }
         if std::mem::take(&mut restart) && Instant::now() >= restart_after && !restart_wal(conn) {
             restart_after = Instant::now() + RESTART_BACKOFF;
+        }
+        if stop {
+            break;
         }
     }
 }

@@ -1,0 +1,254 @@
+//! The writer thread's queue of commands: a deque under a lock and two
+//! condition variables. std's channel wakes a waiting receiver while it still
+//! holds the lock of its list of waiters; where the woken thread runs at once
+//! on the waker's CPU (a small VM's scheduler does that), the writer ran its
+//! whole batch there and, back at the queue, found that lock still held by
+//! the preempted sender: a futex wait, a futex wake and two more context
+//! switches per write. Here a sender wakes the writer after letting go of the
+//! lock, and the writer takes every command waiting in one go.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+/// What both ends share.
+struct Shared<T> {
+    /// The queue and who waits on it.
+    state: Mutex<State<T>>,
+    /// Signalled when an item comes (or the last sender goes) while the
+    /// receiver waits.
+    ready: Condvar,
+    /// Signalled when room is made (or the receiver goes) while a sender waits.
+    room: Condvar,
+    /// Most items queued; a sender waits for room beyond it.
+    capacity: usize,
+}
+
+/// The queue's state, under `Shared::state`.
+struct State<T> {
+    /// Queued items, oldest first.
+    items: VecDeque<T>,
+    /// Senders alive.
+    senders: usize,
+    /// Whether the receiver is alive.
+    open: bool,
+    /// Whether the receiver waits and nobody has signalled it yet.
+    waiting: bool,
+    /// Senders waiting for room.
+    blocked: usize,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Queues items for the receiver; cloned for each sending thread.
+pub(super) struct Sender<T>(Arc<Shared<T>>);
+
+/// Takes the queued items (one receiver).
+pub(super) struct Receiver<T>(Arc<Shared<T>>);
+
+/// A queue of at most `capacity` items (at least one).
+pub(super) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            senders: 1,
+            open: true,
+            waiting: false,
+            blocked: 0,
+        }),
+        ready: Condvar::new(),
+        room: Condvar::new(),
+        capacity: capacity.max(1),
+    });
+    (Sender(Arc::clone(&shared)), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    /// Queues `item`, waiting while the queue is full; gives it back when the
+    /// receiver is gone.
+    pub(super) fn send(&self, item: T) -> Result<(), T> {
+        let mut state = self.0.lock();
+        while state.open && state.items.len() >= self.0.capacity {
+            state.blocked += 1;
+            state = self
+                .0
+                .room
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.blocked -= 1;
+        }
+        self.push(state, item)
+    }
+
+    /// Queues `item` unless the queue is full or the receiver is gone (then
+    /// gives it back).
+    pub(super) fn try_send(&self, item: T) -> Result<(), T> {
+        let state = self.0.lock();
+        if state.items.len() >= self.0.capacity {
+            return Err(item);
+        }
+        self.push(state, item)
+    }
+
+    fn push(&self, mut state: MutexGuard<'_, State<T>>, item: T) -> Result<(), T> {
+        if !state.open {
+            return Err(item);
+        }
+        state.items.push_back(item);
+        let wake = std::mem::replace(&mut state.waiting, false);
+        drop(state);
+        // After the lock is let go, so that the woken receiver finds it free.
+        if wake {
+            self.0.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.0.lock().senders += 1;
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.senders -= 1;
+        let wake = state.senders == 0 && std::mem::replace(&mut state.waiting, false);
+        drop(state);
+        if wake {
+            self.0.ready.notify_one();
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits until an item is queued, then moves the queued items (at most
+    /// `max`, at least one) into `into`, oldest first. False, with nothing
+    /// moved, once the queue is empty and every sender is gone.
+    pub(super) fn recv_into(&self, into: &mut Vec<T>, max: usize) -> bool {
+        let mut state = self.0.lock();
+        while state.items.is_empty() {
+            if state.senders == 0 {
+                return false;
+            }
+            state.waiting = true;
+            state = self
+                .0
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.waiting = false;
+        let take = state.items.len().min(max.max(1));
+        into.extend(state.items.drain(..take));
+        self.made_room(state);
+        true
+    }
+
+    /// The oldest queued item, if any, without waiting.
+    #[cfg(test)]
+    pub(super) fn try_recv(&self) -> Option<T> {
+        let mut state = self.0.lock();
+        let item = state.items.pop_front();
+        self.made_room(state);
+        item
+    }
+
+    /// Wakes the senders waiting for room, after letting go of the lock.
+    fn made_room(&self, state: MutexGuard<'_, State<T>>) {
+        let wake = state.blocked > 0;
+        drop(state);
+        if wake {
+            self.0.room.notify_all();
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.open = false;
+        let items = std::mem::take(&mut state.items);
+        let wake = state.blocked > 0;
+        drop(state);
+        // Dropped outside the lock: an item's drop may send again.
+        drop(items);
+        if wake {
+            self.0.room.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::bounded;
+
+    #[test]
+    fn items_come_out_in_order_in_batches_of_at_most_max() {
+        let (tx, rx) = bounded(8);
+        for i in 0..5 {
+            tx.send(i).unwrap();
+        }
+        let mut got = Vec::new();
+        assert!(rx.recv_into(&mut got, 3));
+        assert_eq!(got, [0, 1, 2]);
+        assert!(rx.recv_into(&mut got, 3));
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_waiting_receiver_is_woken_by_a_send_and_by_the_last_sender_going() {
+        let (tx, rx) = bounded(8);
+        let other = tx.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while rx.recv_into(&mut got, 8) {}
+            got
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        tx.send(1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        other.send(2).unwrap();
+        drop(tx);
+        std::thread::sleep(Duration::from_millis(20));
+        // One sender is left: the receiver still waits.
+        assert!(!reader.is_finished());
+        drop(other);
+        assert_eq!(reader.join().unwrap(), [1, 2]);
+    }
+
+    #[test]
+    fn a_full_queue_holds_the_sender_until_there_is_room() {
+        let (tx, rx) = bounded(2);
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        assert_eq!(tx.try_send(3), Err(3));
+        let sender = std::thread::spawn(move || {
+            tx.send(3).unwrap();
+            tx
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!sender.is_finished());
+        assert_eq!(rx.try_recv(), Some(1));
+        let tx = sender.join().unwrap();
+        let mut got = Vec::new();
+        assert!(rx.recv_into(&mut got, 8));
+        assert_eq!(got, [2, 3]);
+        // Once the receiver is gone, nothing is queued and a waiting sender
+        // gets its item back.
+        tx.send(4).unwrap();
+        tx.send(5).unwrap();
+        let sender = std::thread::spawn(move || tx.send(6));
+        std::thread::sleep(Duration::from_millis(20));
+        drop(rx);
+        assert_eq!(sender.join().unwrap(), Err(6));
+    }
+}
