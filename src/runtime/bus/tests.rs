@@ -463,14 +463,28 @@ fn parked_reader(
     reader
 }
 
-#[test]
-fn publishing_leaves_the_waking_to_the_relay() {
+/// A bus on a current-thread runtime, a subscriber parked there reading `n`
+/// events (which starts the relay), and a subscriber that reads by polling.
+fn relayed_bus(
+    n: usize,
+) -> (
+    tokio::runtime::Runtime,
+    EventBus,
+    tokio::task::JoinHandle<Vec<u64>>,
+    LiveEvents,
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let bus = EventBus::new(16, None);
-    let waiter = parked_reader(&runtime, &bus, 3);
-    let mut watcher = bus.subscribe();
+    let waiter = parked_reader(&runtime, &bus, n);
+    let watcher = bus.subscribe();
+    (runtime, bus, waiter, watcher)
+}
+
+#[test]
+fn publishing_leaves_the_waking_to_the_relay() {
+    let (runtime, bus, waiter, mut watcher) = relayed_bus(3);
     // More subscribers than the publisher wakes by itself.
     let _others: Vec<_> = (0..DIRECT_SUBSCRIBERS).map(|_| bus.subscribe()).collect();
     for i in 0..3 {
@@ -495,12 +509,7 @@ fn publishing_leaves_the_waking_to_the_relay() {
 
 #[test]
 fn a_few_subscribers_are_sent_to_by_the_publisher_in_order() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let bus = EventBus::new(16, None);
-    let waiter = parked_reader(&runtime, &bus, 4);
-    let mut watcher = bus.subscribe();
+    let (runtime, bus, waiter, mut watcher) = relayed_bus(4);
     bus.publish_task(task_event(0), EventContext::default());
     // Sent at once, without the relay running.
     assert_eq!(watcher.try_recv().unwrap().sequence, 1);
@@ -525,12 +534,7 @@ fn a_few_subscribers_are_sent_to_by_the_publisher_in_order() {
 
 #[test]
 fn several_events_from_outside_the_runtime_go_through_the_relay() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let bus = EventBus::new(16, None);
-    let waiter = parked_reader(&runtime, &bus, 3);
-    let mut watcher = bus.subscribe();
+    let (runtime, bus, waiter, mut watcher) = relayed_bus(3);
     // One event from this thread (no runtime here): sent at once.
     bus.publish_task(task_event(0), EventContext::default());
     assert_eq!(watcher.try_recv().unwrap().sequence, 1);
