@@ -480,18 +480,18 @@ impl Store for SqliteStore {
         // idle writer builds them after its wake-up while the caller goes
         // on; a busy one finds them built when it comes to this write, its
         // previous commit and this encoding having run side by side.
+        // A write whose rows cannot be built still goes through the queue, so
+        // that its failure is told in order, after the writes before it.
         let handed = if self.writer_idle.load(Ordering::Relaxed) {
-            Handed::Changes(changes)
+            Ok(Handed::Changes(changes))
         } else {
-            match ChangeRows::new(&changes) {
-                Ok(rows) => Handed::Rows(rows),
-                Err(error) => return committed(Err(error)),
-            }
+            ChangeRows::new(&changes).map(Handed::Rows)
         };
         let retired = Arc::clone(&self.retired);
         writer::defer(
             &self.commands,
             move |conn| {
+                let handed = handed?;
                 let applied = match &handed {
                     Handed::Rows(rows) => rows.apply(conn),
                     Handed::Changes(changes) => {
@@ -548,8 +548,13 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::SqliteStore;
-    use super::test_support::{all_task_names, open_error};
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Barrier, mpsc};
+    use std::time::{Duration, Instant};
+
+    use super::test_support::{all_task_names, open_error, temp_store};
+    use super::{Handed, SqliteStore};
+    use crate::store::Changes;
     use crate::store::conformance::{
         created, created_execution, event, key, new_execution, task, workflow,
     };
@@ -653,38 +658,51 @@ mod tests {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Keeps the writer busy in a batch of its own until the returned barrier
+    /// is waited on (once).
+    fn hold_writer(store: &SqliteStore) -> Arc<Barrier> {
+        let (started, held) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (job_started, job_held) = (Arc::clone(&started), Arc::clone(&held));
+        super::writer::defer(
+            &store.commands,
+            move |_| {
+                job_started.wait();
+                job_held.wait();
+                Ok(())
+            },
+            Box::new(|_| {}),
+        );
+        started.wait();
+        held
+    }
+
+    /// Waits until the writer waits for work.
+    fn wait_idle(store: &SqliteStore) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.writer_idle.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "the writer never became idle");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Hands `store` a write of the event `sequence`; `told` gets the
+    /// sequence and whether it committed.
+    fn write_event(store: &SqliteStore, told: &mpsc::Sender<(u64, bool)>, sequence: u64) {
+        let told = told.clone();
+        Store::write(
+            store,
+            Changes {
+                events: vec![Arc::new(event(sequence))],
+                ..Changes::default()
+            },
+            Box::new(move |result| told.send((sequence, result.is_ok())).unwrap()),
+        );
+    }
+
     #[test]
     fn a_write_is_encoded_by_whichever_thread_is_free() {
-        use std::sync::atomic::Ordering;
-        use std::sync::{Arc, Barrier, mpsc};
-        use std::time::{Duration, Instant};
-
-        use super::{Handed, writer};
-        use crate::store::Changes;
-
-        let (_dir, store) = super::test_support::temp_store();
-        let until = |idle: bool| {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while store.writer_idle.load(Ordering::Relaxed) != idle {
-                assert!(
-                    Instant::now() < deadline,
-                    "the writer never became idle={idle}"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
+        let (_dir, store) = temp_store();
         let (told, outcomes) = mpsc::channel();
-        let write = |sequence: u64| {
-            let told = told.clone();
-            Store::write(
-                &store,
-                Changes {
-                    events: vec![Arc::new(event(sequence))],
-                    ..Changes::default()
-                },
-                Box::new(move |result| told.send((sequence, result.is_ok())).unwrap()),
-            );
-        };
         let handed = || {
             let retired = store.retired.lock().unwrap();
             retired
@@ -693,24 +711,14 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // An idle writer gets the changes and encodes them itself.
-        until(true);
-        write(1);
+        wait_idle(&store);
+        write_event(&store, &told, 1);
         assert_eq!(outcomes.recv().unwrap(), (1, true));
         assert_eq!(handed(), [false]);
         // A busy one finds the rows built by the caller.
-        let barrier = Arc::new(Barrier::new(2));
-        let held = Arc::clone(&barrier);
-        writer::defer(
-            &store.commands,
-            move |_| {
-                held.wait();
-                Ok(())
-            },
-            Box::new(|_| {}),
-        );
-        until(false);
-        write(2);
-        barrier.wait();
+        let held = hold_writer(&store);
+        write_event(&store, &told, 2);
+        held.wait();
         assert_eq!(outcomes.recv().unwrap(), (2, true));
         // The first write's changes were freed by the second write's caller.
         assert_eq!(handed(), [true]);
@@ -721,5 +729,31 @@ mod tests {
             .map(|e| e.sequence)
             .collect();
         assert_eq!(sequences, [1, 2]);
+    }
+
+    #[test]
+    fn a_write_that_cannot_be_encoded_fails_in_its_turn() {
+        let (_dir, store) = temp_store();
+        let (told, outcomes) = mpsc::channel();
+        // A sequence the events table cannot hold: its row cannot be built.
+        let unstorable = u64::MAX;
+        // Built by the caller (the writer busy) and by the writer (idle).
+        let held = hold_writer(&store);
+        write_event(&store, &told, 1);
+        write_event(&store, &told, unstorable);
+        held.wait();
+        wait_idle(&store);
+        write_event(&store, &told, 2);
+        write_event(&store, &told, unstorable);
+        let told: Vec<(u64, bool)> = outcomes.iter().take(4).collect();
+        assert_eq!(
+            told,
+            [
+                (1, true),
+                (unstorable, false),
+                (2, true),
+                (unstorable, false)
+            ]
+        );
     }
 }
