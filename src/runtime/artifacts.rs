@@ -483,7 +483,7 @@ mod tests {
     use super::*;
     use crate::comfy::ws::{BackendSocket, PromptEvent, SocketSettings};
     use crate::config::ServerConfig;
-    use crate::runtime::workflow_checks::rewrite_filename_prefixes;
+    use crate::runtime::workflow_checks::{filename_prefixes, rewrite_filename_prefixes};
     use comfy_reality_fake_comfyui::{FakeComfy, FakeOptions};
 
     /// Guards every wait on the fake against a hang; never expected to expire.
@@ -683,7 +683,8 @@ mod tests {
                 .as_object()
                 .cloned()
                 .unwrap();
-            let rewritten = rewrite_filename_prefixes(&mut prompt, &id);
+            rewrite_filename_prefixes(&mut prompt, &id);
+            let rewritten = filename_prefixes(&prompt);
             prop_assert_eq!(&rewritten[0].1, &format!("{OUTPUT_ROOT}/{folder}/x"));
         }
     }

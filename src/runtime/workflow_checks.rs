@@ -657,8 +657,7 @@ pub fn apply_overrides(
 /// Rewrites every string `filename_prefix` input of a POST /prompt `prompt`
 /// object to `comfy-reality/<execution_id>/<original prefix, sanitized>`, so
 /// two executions never write the same files in a shared ComfyUI output folder
-/// and one execution's outputs all lie under one subfolder. Returns `(node id,
-/// new prefix)` for each rewritten input, in prompt order.
+/// and one execution's outputs all lie under one subfolder.
 ///
 /// Sanitizing (of the prefix and of the execution id) turns backslashes into
 /// `/` and drops empty, `.` and `..` components, so the result has no leading
@@ -666,30 +665,7 @@ pub fn apply_overrides(
 /// characters and `:` become `_`. An empty prefix becomes `ComfyUI`. A prefix
 /// already under this execution's folder is kept, so rewriting twice changes
 /// nothing. Linked `filename_prefix` inputs are left alone.
-pub fn rewrite_filename_prefixes(
-    prompt: &mut JsonObject,
-    execution_id: &str,
-) -> Vec<(String, String)> {
-    let mut rewritten = Vec::new();
-    rewrite_prefixes_with(prompt, execution_id, |id, prefix| {
-        rewritten.push((id.to_owned(), prefix.to_owned()));
-    });
-    rewritten
-}
-
-/// [`rewrite_filename_prefixes`] without the list of what it rewrote: a
-/// submit's, which only posts the prompt.
-pub fn rewrite_filename_prefixes_in_place(prompt: &mut JsonObject, execution_id: &str) {
-    rewrite_prefixes_with(prompt, execution_id, |_, _| {});
-}
-
-/// Rewrites the prefixes (see [`rewrite_filename_prefixes`]), telling `each`
-/// every node id and its new prefix.
-fn rewrite_prefixes_with(
-    prompt: &mut JsonObject,
-    execution_id: &str,
-    mut each: impl FnMut(&str, &str),
-) {
+pub fn rewrite_filename_prefixes(prompt: &mut JsonObject, execution_id: &str) {
     // Joined by hand, each string sized once: this runs on every submit.
     let id = sanitize_path(execution_id);
     let mut folder = String::with_capacity(OUTPUT_ROOT.len() + 1 + id.len().max(1));
@@ -701,7 +677,7 @@ fn rewrite_prefixes_with(
         // The id is one folder, whatever separators it held.
         folder.extend(id.chars().map(|c| if c == '/' { '_' } else { c }));
     }
-    for (id, node) in prompt.iter_mut() {
+    for node in prompt.values_mut() {
         let Some(Value::String(prefix)) = node
             .get_mut("inputs")
             .and_then(|inputs| inputs.get_mut("filename_prefix"))
@@ -727,8 +703,22 @@ fn rewrite_prefixes_with(
             joined
         };
         *prefix = new_prefix;
-        each(id, prefix);
     }
+}
+
+/// `(node id, prefix)` of every string `filename_prefix` input of `prompt`, in
+/// prompt order: after [`rewrite_filename_prefixes`], what it rewrote.
+#[cfg(test)]
+pub(crate) fn filename_prefixes(prompt: &JsonObject) -> Vec<(String, String)> {
+    prompt
+        .iter()
+        .filter_map(
+            |(id, node)| match node.get("inputs")?.get("filename_prefix")? {
+                Value::String(prefix) => Some((id.clone(), prefix.clone())),
+                _ => None,
+            },
+        )
+        .collect()
 }
 
 /// A relative `/`-separated path with no empty, `.` or `..` component, no
@@ -1323,13 +1313,10 @@ mod tests {
             "5": {"class_type": "Y", "inputs": {"other": "x"}}
         });
         let mut a = prompt_of(graph.clone());
-        let mut in_place = prompt_of(graph.clone());
         let mut b = prompt_of(graph);
-        let ra = rewrite_filename_prefixes(&mut a, "exec-a");
-        let rb = rewrite_filename_prefixes(&mut b, "exec-b");
-        // The submit's form, which lists nothing, rewrites alike.
-        rewrite_filename_prefixes_in_place(&mut in_place, "exec-a");
-        assert_eq!(in_place, a);
+        rewrite_filename_prefixes(&mut a, "exec-a");
+        rewrite_filename_prefixes(&mut b, "exec-b");
+        let (ra, rb) = (filename_prefixes(&a), filename_prefixes(&b));
         assert_eq!(
             ra,
             [
@@ -1345,7 +1332,8 @@ mod tests {
         let set_a: BTreeSet<&String> = ra.iter().map(|(_, p)| p).collect();
         assert!(rb.iter().all(|(_, p)| !set_a.contains(p)));
         // Rewriting again is a no-op.
-        assert_eq!(rewrite_filename_prefixes(&mut a, "exec-a"), ra);
+        rewrite_filename_prefixes(&mut a, "exec-a");
+        assert_eq!(filename_prefixes(&a), ra);
     }
 
     #[test]
@@ -1366,13 +1354,15 @@ mod tests {
         for (raw, want) in cases {
             let mut prompt = prompt_of(json!({"1": {"class_type": "SaveImage",
                                                     "inputs": {"filename_prefix": raw}}}));
-            let got = rewrite_filename_prefixes(&mut prompt, "e");
+            rewrite_filename_prefixes(&mut prompt, "e");
+            let got = filename_prefixes(&prompt);
             assert_eq!(got[0].1, want, "{raw:?}");
         }
         // A hostile execution id stays one folder.
         let mut prompt =
             prompt_of(json!({"1": {"class_type": "S", "inputs": {"filename_prefix": "p"}}}));
-        let got = rewrite_filename_prefixes(&mut prompt, "../a/../../b");
+        rewrite_filename_prefixes(&mut prompt, "../a/../../b");
+        let got = filename_prefixes(&prompt);
         assert_eq!(got[0].1, "comfy-reality/a_b/p");
     }
 
@@ -1472,7 +1462,8 @@ mod tests {
             }
             let mut prompt = graph.clone();
             let _ = apply_overrides(&mut prompt, &graph);
-            for (_, prefix) in rewrite_filename_prefixes(&mut prompt, &exec) {
+            rewrite_filename_prefixes(&mut prompt, &exec);
+            for (_, prefix) in filename_prefixes(&prompt) {
                 prop_assert!(prefix.starts_with("comfy-reality/"));
                 prop_assert!(!prefix.contains('\\'));
                 prop_assert!(prefix.split('/').all(|p| !p.is_empty() && p != "." && p != ".."));

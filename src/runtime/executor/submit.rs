@@ -22,7 +22,7 @@ use crate::model::{
 use crate::runtime::fingerprint::Fingerprint;
 use crate::runtime::workflow_checks::{
     OVERRIDES_FIELD, ObjectInfoCatalogue, WORKFLOW_FIELD, apply_overrides,
-    check_prompt_against_object_info, rewrite_filename_prefixes_in_place,
+    check_prompt_against_object_info, rewrite_filename_prefixes,
 };
 use crate::runtime::{ObjectKind, RuntimeError};
 use crate::store::{ExecutionCreateOutcome, IdempotencyKey, NewExecutionRecord};
@@ -169,7 +169,7 @@ impl Executor {
         if let Err(e) = apply_overrides(&mut prompt, &options.overrides) {
             errors.extend(e);
         }
-        rewrite_filename_prefixes_in_place(&mut prompt, execution_id);
+        rewrite_filename_prefixes(&mut prompt, execution_id);
         let backends: Vec<String> = catalogues
             .iter()
             .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))

@@ -227,7 +227,6 @@ impl SqliteStore {
     }
 }
 
-/// [`Changes`] as rows, ready for the writer thread.
 /// A write as handed to the writer thread.
 enum Handed {
     /// Its rows, built by the caller.
@@ -236,6 +235,7 @@ enum Handed {
     Changes(Changes),
 }
 
+/// [`Changes`] as rows, ready for the writer thread.
 struct ChangeRows {
     /// New executions.
     new_executions: Vec<executions::NewExecutionRows>,
