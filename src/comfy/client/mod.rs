@@ -2,9 +2,10 @@
 //! capability detection, retries for idempotent calls, and safe file downloads.
 //!
 //! Rules this module keeps:
-//! - One `reqwest::Client` per backend; credentials (`api_key` as `Authorization: Bearer`,
-//!   `auth_header` as a raw `Authorization`) live only in its default headers, marked sensitive,
-//!   and never in a log line, an error or `Debug` output.
+//! - One `reqwest::Client` per backend (and, for the `POST /prompt` of a plain-http backend,
+//!   one hyper client: see `direct`); credentials (`api_key` as `Authorization: Bearer`,
+//!   `auth_header` as a raw `Authorization`) live only in its default headers (and the hyper
+//!   client's request), marked sensitive, and never in a log line, an error or `Debug` output.
 //! - Only idempotent calls are retried (GETs, queue delete, targeted interrupt, free), with
 //!   exponential backoff and jitter, `max_retries` times. `POST /prompt` is never retried
 //!   blindly: after an ambiguous failure the client looks the (client-chosen) prompt id up in
@@ -18,11 +19,13 @@
 //!
 //! The client is split by what the calls are about: `error` (the error
 //! type), `request` (sending, retries, limits), `server_info` (capabilities
-//! and the server's catalogue), `submit` (`POST /prompt`), `queue` (queue,
+//! and the server's catalogue), `submit` (`POST /prompt`), `direct` (that
+//! `POST` through hyper without reqwest, on a plain-http backend), `queue` (queue,
 //! history, jobs, interrupt), `files` (`/view`, uploads) and `checks` (the
 //! argument checks).
 
 mod checks;
+mod direct;
 mod error;
 mod files;
 mod queue;
@@ -74,6 +77,9 @@ struct Inner {
     verify_ssl: bool,
     /// Capabilities from the last detection; `None` until the first one.
     capabilities: RwLock<Option<Capabilities>>,
+    /// `POST /prompt` through hyper directly, where reqwest would send it the same way (a
+    /// plain-http backend, no proxy); `None` sends it with `http`.
+    direct: Option<direct::DirectPost>,
 }
 
 impl fmt::Debug for ComfyClient {
@@ -187,8 +193,10 @@ impl ComfyClient {
             .build()
             .map_err(|e| ComfyError::Config(format!("http client: {}", error_chain(&e))))?;
 
+        let direct = direct::DirectPost::for_base(&base, ws_authorization.clone(), timeout);
         Ok(Self {
             inner: Arc::new(Inner {
+                direct,
                 http,
                 display: redact(&base),
                 base,
@@ -272,7 +280,16 @@ mod tests {
             format!("Basic {}", base64(b"u:s3cr3t"))
         );
         assert!(!format!("{client:?}").contains("s3cr3t"));
+        // The direct POST carries what reqwest would send: the URL's credentials as Basic.
+        let proxied = direct::PROXY_VARIABLES
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+        assert_eq!(client.inner.direct.is_some(), !proxied);
+        if let Some(direct) = &client.inner.direct {
+            assert_eq!(direct.authorization.as_ref(), Some(basic));
+        }
         let tls = ComfyClient::new(&ServerConfig::with_url("https://h")).unwrap();
+        assert!(tls.inner.direct.is_none(), "https keeps reqwest");
         assert_eq!(tls.ws_url("x").as_str(), "wss://h/ws?clientId=x");
         assert_eq!(
             tls.endpoint(&["history", "a/b"]).unwrap().as_str(),

@@ -18,7 +18,7 @@ use super::{ComfyClient, ComfyError};
 use crate::comfy::wire;
 
 /// Largest JSON body read from the server (the full `/object_info` is about 1.6 MB).
-const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+pub(super) const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
 /// Most bytes of an error body kept in [`ComfyError::Http`].
 pub(super) const MAX_ERROR_BODY: usize = 2048;
 /// First retry delay; the backoff doubles from here.
@@ -156,12 +156,16 @@ impl ComfyClient {
                 _ => break,
             }
         }
-        body.truncate(MAX_ERROR_BODY);
+        self.http_error_body(route, status, &body)
+    }
+
+    /// The error for a non-success `status` whose body is `body` (its start is kept).
+    pub(super) fn http_error_body(&self, route: &str, status: u16, body: &[u8]) -> ComfyError {
         ComfyError::Http {
             server: self.inner.display.clone(),
             route: route.to_owned(),
             status,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).into_owned(),
         }
     }
 
@@ -185,7 +189,16 @@ impl ComfyClient {
         response: Response,
     ) -> Result<T, ComfyError> {
         let body = self.bytes_body(route, response).await?;
-        wire::from_slice(&body).map_err(|e| self.protocol(route, e.to_string()))
+        self.json_slice(route, &body)
+    }
+
+    /// `body` parsed as `T`.
+    pub(super) fn json_slice<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &[u8],
+    ) -> Result<T, ComfyError> {
+        wire::from_slice(body).map_err(|e| self.protocol(route, e.to_string()))
     }
 
     /// The whole body (at most `MAX_JSON_BODY` bytes).

@@ -7,12 +7,14 @@
 //! sends `front` or `number`.
 
 use backon::BackoffBuilder;
+use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::request::MAX_ERROR_BODY;
+use super::direct::DirectError;
+use super::request::MAX_JSON_BODY;
 use super::{ComfyClient, ComfyError, PromptLocation};
 use crate::comfy::wire::{self, PromptRequest, PromptResponse, ValidationErrorBody};
 
@@ -55,17 +57,19 @@ impl ComfyClient {
         }
         let capabilities = self.capabilities().await?;
         let id = prompt_id.hyphenated().to_string();
-        let body = serde_json::to_vec(&PromptRequest {
-            prompt,
-            client_id,
-            prompt_id: Some(&id),
-            extra_data,
-            partial_execution_targets: None,
-        })
-        .map_err(|e| ComfyError::InvalidArgument {
-            field: "prompt",
-            message: e.to_string(),
-        })?;
+        let body = Bytes::from(
+            serde_json::to_vec(&PromptRequest {
+                prompt,
+                client_id,
+                prompt_id: Some(&id),
+                extra_data,
+                partial_execution_targets: None,
+            })
+            .map_err(|e| ComfyError::InvalidArgument {
+                field: "prompt",
+                message: e.to_string(),
+            })?,
+        );
 
         let mut delays = self.backoff().build();
         let mut resubmission = false;
@@ -111,32 +115,62 @@ impl ComfyClient {
     }
 
     /// One `POST /prompt` of the encoded request, answers mapped to errors.
-    async fn post_prompt_once(&self, body: &[u8]) -> Result<PromptResponse, ComfyError> {
+    async fn post_prompt_once(&self, body: &Bytes) -> Result<PromptResponse, ComfyError> {
         const ROUTE: &str = "prompt";
-        let request = self
-            .inner
-            .http
-            .post(self.endpoint(&[ROUTE])?)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.to_vec())
-            .timeout(self.inner.timeout);
-        let response = self.send(ROUTE, request).await?;
-        match response.status() {
-            StatusCode::OK => self.json_body(ROUTE, response).await,
-            StatusCode::BAD_REQUEST => {
-                let body = self.bytes_body(ROUTE, response).await?;
-                match wire::from_slice::<ValidationErrorBody>(&body) {
-                    Ok(validation) => Err(ComfyError::Validation(Box::new(validation))),
-                    Err(_) => Err(ComfyError::Http {
-                        server: self.inner.display.clone(),
-                        route: ROUTE.into(),
-                        status: 400,
-                        body: String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)])
-                            .into_owned(),
-                    }),
+        let (status, body) = match &self.inner.direct {
+            Some(direct) => {
+                let answer = direct
+                    .post(body.clone(), self.inner.timeout, MAX_JSON_BODY)
+                    .await
+                    .map_err(|error| match error {
+                        DirectError::Timeout => ComfyError::Timeout {
+                            server: self.inner.display.clone(),
+                            route: ROUTE.into(),
+                            timeout: self.inner.timeout,
+                        },
+                        DirectError::Transport(message) => ComfyError::Transport {
+                            server: self.inner.display.clone(),
+                            route: ROUTE.into(),
+                            message,
+                        },
+                    })?;
+                let body = match answer.body {
+                    Some(body) => body,
+                    None if answer.status == StatusCode::OK
+                        || answer.status == StatusCode::BAD_REQUEST =>
+                    {
+                        return Err(
+                            self.protocol(ROUTE, format!("body larger than {MAX_JSON_BODY} bytes"))
+                        );
+                    }
+                    None => Bytes::new(),
+                };
+                (answer.status, body)
+            }
+            None => {
+                let request = self
+                    .inner
+                    .http
+                    .post(self.endpoint(&[ROUTE])?)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .timeout(self.inner.timeout);
+                let response = self.send(ROUTE, request).await?;
+                match response.status() {
+                    status @ (StatusCode::OK | StatusCode::BAD_REQUEST) => {
+                        (status, Bytes::from(self.bytes_body(ROUTE, response).await?))
+                    }
+                    _ => return Err(self.http_error(ROUTE, response).await),
                 }
             }
-            _ => Err(self.http_error(ROUTE, response).await),
+        };
+        match status {
+            StatusCode::OK => self.json_slice(ROUTE, &body),
+            StatusCode::BAD_REQUEST => match wire::from_slice::<ValidationErrorBody>(&body) {
+                Ok(validation) => Err(ComfyError::Validation(Box::new(validation))),
+                Err(_) => Err(self.http_error_body(ROUTE, 400, &body)),
+            },
+            other => Err(self.http_error_body(ROUTE, other.as_u16(), &body)),
         }
     }
 }
