@@ -207,12 +207,29 @@ impl Inner {
 pub struct MemoryStore {
     /// All state; every method holds the lock briefly and never across an await.
     inner: Mutex<Inner>,
+    /// Reads of one task or execution (`get_task`, `get_execution`), for the tests of who
+    /// reads the store.
+    #[cfg(test)]
+    record_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many times one task or execution was read (test builds only).
+    #[cfg(test)]
+    pub(crate) fn record_reads(&self) -> usize {
+        self.record_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a read of one record (test builds only).
+    fn count_read(&self) {
+        #[cfg(test)]
+        self.record_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
@@ -264,6 +281,7 @@ impl Store for MemoryStore {
     }
 
     fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.count_read();
         let inner = self.lock()?;
         Ok(inner
             .task_index
@@ -358,6 +376,7 @@ impl Store for MemoryStore {
     }
 
     fn get_execution(&self, id: &str) -> Result<Option<WorkflowExecution>, StoreError> {
+        self.count_read();
         Ok(self
             .lock()?
             .execution(id)

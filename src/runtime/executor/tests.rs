@@ -297,3 +297,20 @@ async fn a_progress_step_is_its_event_and_the_records_follow_at_the_end() {
     assert_eq!(execution_record.progress(), 1.0);
     setup.stop().await;
 }
+
+/// A submission is answered from the states its turn wrote, never read back from the store:
+/// the memory store commits a write as it is handed over, and a QUEUED state is not kept once
+/// committed, so an answer built after the hand-over read the execution and its root task back.
+#[tokio::test]
+async fn a_submission_is_answered_without_reading_the_store() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    // No backend: the execution stays QUEUED.
+    let runtime = Runtime::new(Config::default(), Arc::clone(&store) as Arc<dyn Store>).unwrap();
+    for nonce in 0..3 {
+        let before = store.record_reads();
+        let submitted = runtime.execute(request(0.0, nonce)).await.unwrap();
+        assert_eq!(submitted.execution.status(), TaskStatus::Queued);
+        assert_eq!(store.record_reads(), before, "submission {nonce}");
+    }
+    runtime.shutdown().await;
+}

@@ -113,36 +113,53 @@ impl Actor {
         if self.answers.is_empty() {
             return;
         }
+        // What each caller is told is read before the turn's writes are handed over: until
+        // then every state they hold is among the pending writes. Once handed over, the writer
+        // may commit them while the answers are built (on the other core, under load), and a
+        // state whose write committed, not kept as live, was read back from the store here,
+        // on the runtime's thread: a read per answer late in a turn of many.
+        let answers: Vec<(Answer, Submitted)> = std::mem::take(&mut self.answers)
+            .into_iter()
+            .map(|answer| {
+                let submitted = self.submitted(&answer);
+                (answer, submitted)
+            })
+            .collect();
         self.shared.tasks.bus().flush_batch();
-        for answer in std::mem::take(&mut self.answers) {
-            let live = self.live.get(&answer.sched);
-            // Sized once: a task is large, and a vector grown from empty takes room for four.
-            let mut tasks = Vec::with_capacity(1 + live.map_or(0, |live| live.node_tasks.len()));
-            if let Ok(Some(root)) = self.shared.tasks.latest(&answer.root_id) {
-                tasks.push(Arc::unwrap_or_clone(root));
-            }
-            for task_id in live.iter().flat_map(|live| live.node_tasks.values()) {
-                if let Ok(Some(task)) = self.shared.tasks.latest(task_id) {
-                    tasks.push(Arc::unwrap_or_clone(task));
-                }
-            }
-            let submitted = Submitted {
-                execution: self
-                    .shared
-                    .latest_execution(&answer.execution_id)
-                    .ok()
-                    .flatten()
-                    .map(Arc::unwrap_or_clone),
-                tasks,
-                position: self
-                    .scheduler
-                    .position(answer.sched)
-                    .and_then(|p| u32::try_from(p).ok()),
-            };
+        for (answer, submitted) in answers {
             for forget in answer.forget {
                 forget();
             }
             let _ = answer.reply.send(submitted);
+        }
+    }
+
+    /// What the caller of `answer` is told: the execution, its root task and NODE tasks as
+    /// the turn left them, and its place in the queue.
+    fn submitted(&self, answer: &Answer) -> Submitted {
+        let live = self.live.get(&answer.sched);
+        // Sized once: a task is large, and a vector grown from empty takes room for four.
+        let mut tasks = Vec::with_capacity(1 + live.map_or(0, |live| live.node_tasks.len()));
+        if let Ok(Some(root)) = self.shared.tasks.latest(&answer.root_id) {
+            tasks.push(Arc::unwrap_or_clone(root));
+        }
+        for task_id in live.iter().flat_map(|live| live.node_tasks.values()) {
+            if let Ok(Some(task)) = self.shared.tasks.latest(task_id) {
+                tasks.push(Arc::unwrap_or_clone(task));
+            }
+        }
+        Submitted {
+            execution: self
+                .shared
+                .latest_execution(&answer.execution_id)
+                .ok()
+                .flatten()
+                .map(Arc::unwrap_or_clone),
+            tasks,
+            position: self
+                .scheduler
+                .position(answer.sched)
+                .and_then(|p| u32::try_from(p).ok()),
         }
     }
 
