@@ -600,3 +600,61 @@ async fn a_server_error_on_submit_is_typed_and_not_retried() {
     assert!(queue.queue_running.is_empty() && queue.queue_pending.is_empty());
     h.stop().await;
 }
+
+/// A backend behind a hop that redirects every request (307: same method, same body) to the
+/// fake. The prompt's POST, which goes through hyper directly on a plain-http backend, is sent
+/// again through reqwest, which follows redirects as it does for every other route.
+#[tokio::test]
+async fn a_redirected_prompt_post_follows_the_redirect() {
+    use axum::http::{StatusCode, Uri, header::LOCATION};
+    use axum::response::IntoResponse;
+
+    let fake = FakeComfy::start(FakeOptions::default())
+        .await
+        .expect("the fake starts");
+    let target = fake.base_url().trim_end_matches('/').to_owned();
+    let hop = axum::Router::new().fallback(move |uri: Uri| {
+        let target = target.clone();
+        async move {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(LOCATION, format!("{target}{path}"))],
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hop_url = format!("http://{}/", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, hop).await });
+
+    let client = ComfyClient::new(&ServerConfig {
+        url: hop_url,
+        timeout_seconds: 5.0,
+        ..ServerConfig::default()
+    })
+    .expect("a client");
+    let prompt_id = Uuid::new_v4();
+    let response = tokio::time::timeout(
+        HANG_GUARD,
+        client.submit_prompt(prompt_id, "redirected", &delay_prompt(0.0, 1), None),
+    )
+    .await
+    .expect("hang guard")
+    .expect("the prompt is accepted through the redirect");
+    assert_eq!(response.prompt_id, prompt_id.hyphenated().to_string());
+    // It reached the fake: the fake knows the prompt.
+    let found = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            match client.locate(&response.prompt_id).await.expect("lookup") {
+                PromptLocation::Unknown => tokio::time::sleep(Duration::from_millis(20)).await,
+                found => return found,
+            }
+        }
+    })
+    .await
+    .expect("hang guard");
+    assert!(!matches!(found, PromptLocation::Unknown));
+    server.abort();
+    fake.shutdown().await;
+}

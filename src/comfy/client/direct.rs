@@ -17,16 +17,25 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode, Uri};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::{Instant, timeout_at};
 use url::Url;
+
+use super::request::{MAX_ERROR_BODY, MAX_JSON_BODY};
 
 /// How long an idle connection stays in the pool (reqwest's default).
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// TCP keep-alive probes of a connection, as reqwest sets them: after 15 s idle, every 15 s, 3
+/// unanswered ones close it (a pooled connection to a host gone away is found out while idle,
+/// not by the next request's timeout).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// The environment variables reqwest's system proxy reads for an `http` URL.
 pub(super) const PROXY_VARIABLES: [&str; 4] =
@@ -51,10 +60,13 @@ pub(super) enum DirectError {
     Transport(String),
 }
 
-/// An answer: its status and at most `limit` bytes of its body, `None` for a longer body.
+/// An answer, with its body as far as it matters for its status.
 #[derive(Debug)]
 pub(super) struct DirectAnswer {
     pub(super) status: StatusCode,
+    /// For a 200 or a 400 (whose body is read): the whole body, `None` when it is longer than
+    /// `MAX_JSON_BODY`. For any other status (the status is the answer): the start of the
+    /// body, at most `MAX_ERROR_BODY` bytes, read as far as it could be.
     pub(super) body: Option<Bytes>,
 }
 
@@ -89,6 +101,9 @@ impl DirectPost {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_keepalive(Some(KEEPALIVE));
+        connector.set_keepalive_interval(Some(KEEPALIVE));
+        connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
@@ -106,6 +121,7 @@ impl DirectPost {
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(value) = &self.authorization {
             headers.insert(AUTHORIZATION, value.clone());
@@ -113,29 +129,34 @@ impl DirectPost {
         request
     }
 
-    /// Posts `body` and reads the answer, within `timeout` in all; at most `limit` bytes of
-    /// the body are kept.
+    /// Posts `body` and reads the answer, within `timeout` in all. A body that breaks or
+    /// stalls is an error for a 200 or a 400 (whose body is the answer); for any other status
+    /// the status is the answer, with what could be read of its body in the time left.
     pub(super) async fn post(
         &self,
         body: Bytes,
         timeout: Duration,
-        limit: usize,
     ) -> Result<DirectAnswer, DirectError> {
-        let exchange = async {
-            let response = self
-                .client
-                .request(self.request(body))
-                .await
-                .map_err(|error| classify(&error))?;
-            let status = response.status();
-            let body = read_limited(response.into_body(), limit)
-                .await
-                .map_err(|error| DirectError::Transport(super::error_chain(&error)))?;
-            Ok(DirectAnswer { status, body })
-        };
-        tokio::time::timeout(timeout, exchange)
+        let deadline = Instant::now() + timeout;
+        let response = timeout_at(deadline, self.client.request(self.request(body)))
             .await
-            .unwrap_or(Err(DirectError::Timeout))
+            .map_err(|_| DirectError::Timeout)?
+            .map_err(|error| classify(&error))?;
+        let status = response.status();
+        let body = response.into_body();
+        if status == StatusCode::OK || status == StatusCode::BAD_REQUEST {
+            let body = timeout_at(deadline, read_limited(body, MAX_JSON_BODY))
+                .await
+                .map_err(|_| DirectError::Timeout)?
+                .map_err(|error| DirectError::Transport(super::error_chain(&error)))?;
+            return Ok(DirectAnswer { status, body });
+        }
+        let mut start = Vec::new();
+        let _ = timeout_at(deadline, read_start(body, &mut start)).await;
+        Ok(DirectAnswer {
+            status,
+            body: Some(Bytes::from(start)),
+        })
     }
 }
 
@@ -153,11 +174,14 @@ fn classify(error: &hyper_util::client::legacy::Error) -> DirectError {
     DirectError::Transport(super::error_chain(error))
 }
 
-/// At most `limit` bytes of `body`; `None` once it is longer.
+/// At most `limit` bytes of `body`; `None` once it is longer (or says it will be).
 async fn read_limited(
     mut body: hyper::body::Incoming,
     limit: usize,
 ) -> Result<Option<Bytes>, hyper::Error> {
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(None);
+    }
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -179,6 +203,22 @@ async fn read_limited(
         }
     }
     Ok(Some(first.unwrap_or_else(|| Bytes::from(joined))))
+}
+
+/// Reads the start of an error answer's body into `start`, at most [`MAX_ERROR_BODY`] bytes,
+/// until it ends or breaks (best effort: what was read stays).
+async fn read_start(mut body: hyper::body::Incoming, start: &mut Vec<u8>) {
+    while start.len() < MAX_ERROR_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = MAX_ERROR_BODY - start.len();
+                    start.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(_)) | None => return,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -242,7 +282,7 @@ mod tests {
             answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\n{\"number\": 1}").await;
         let post = direct(url.as_str(), Some("Bearer s3cr3t")).unwrap();
         let answer = post
-            .post(Bytes::from_static(b"{}"), Duration::from_secs(5), 1024)
+            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(answer.status, StatusCode::OK);
@@ -261,18 +301,51 @@ mod tests {
             "{request}"
         );
         assert!(request.contains("content-length: 2\r\n"), "{request}");
+        assert!(request.contains("accept: */*\r\n"), "{request}");
     }
 
     #[tokio::test]
-    async fn a_body_over_the_limit_is_not_kept() {
-        let (url, _read) =
-            answer_once(b"HTTP/1.1 500 Oops\r\ncontent-length: 10\r\n\r\n0123456789").await;
+    async fn an_error_status_is_the_answer_with_the_start_of_its_body() {
+        // Longer than kept: its start comes back.
+        let long: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 500 Oops\r\ncontent-length: 3000\r\n\r\n{}",
+                "x".repeat(3000)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let (url, _read) = answer_once(long).await;
         let post = direct(url.as_str(), None).unwrap();
         let answer = post
-            .post(Bytes::from_static(b"{}"), Duration::from_secs(5), 9)
+            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.body.unwrap().len(), MAX_ERROR_BODY);
+
+        // A body that breaks off: still the status, with what came of it.
+        let (url, _read) =
+            answer_once(b"HTTP/1.1 401 No\r\ncontent-length: 100\r\n\r\nnot allowed").await;
+        let post = direct(url.as_str(), None).unwrap();
+        let answer = post
+            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.body.unwrap(), Bytes::from_static(b"not allowed"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_the_limit_is_not_kept() {
+        let (url, _read) =
+            answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\n\r\n{").await;
+        let post = direct(url.as_str(), None).unwrap();
+        let answer = post
+            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
         assert!(answer.body.is_none());
     }
 
@@ -282,7 +355,7 @@ mod tests {
         let silent = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
         let post = direct(silent.as_str(), None).unwrap();
         let outcome = post
-            .post(Bytes::from_static(b"{}"), Duration::from_millis(200), 1024)
+            .post(Bytes::from_static(b"{}"), Duration::from_millis(200))
             .await;
         assert!(matches!(outcome, Err(DirectError::Timeout)), "{outcome:?}");
 
@@ -290,7 +363,7 @@ mod tests {
         drop(listener);
         let post = direct(closed.as_str(), None).unwrap();
         match post
-            .post(Bytes::from_static(b"{}"), Duration::from_secs(5), 1024)
+            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
             .await
         {
             Err(DirectError::Transport(message)) => {

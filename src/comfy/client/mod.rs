@@ -70,8 +70,8 @@ struct Inner {
     /// The `Authorization` value (sensitive) from `auth_header` or `api_key`.
     authorization: Option<HeaderValue>,
     /// The `Authorization` value for the WebSocket handshake: `authorization`, or Basic
-    /// credentials from the URL's user info (reqwest does the same for HTTP), which the
-    /// WebSocket URL never carries.
+    /// credentials from the URL's user info, which the WebSocket URL never carries. (reqwest,
+    /// for HTTP, sends the URL's credentials when there are both.)
     ws_authorization: Option<HeaderValue>,
     /// Whether TLS certificates are checked.
     verify_ssl: bool,
@@ -160,21 +160,24 @@ impl ComfyClient {
                     percent_decode(base.password().unwrap_or(""))
                 )
             });
-        let ws_authorization = match (&authorization, url_credentials) {
-            (Some(value), _) => Some(value.clone()),
-            (None, Some(credentials)) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Basic {}", base64(credentials.as_bytes())))
-                        .map_err(|_| {
-                            ComfyError::Config(
-                                "the url's credentials cannot be sent as an http header".into(),
-                            )
-                        })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            (None, None) => None,
-        };
+        let url_basic = url_credentials
+            .map(|credentials| {
+                HeaderValue::from_str(&format!("Basic {}", base64(credentials.as_bytes())))
+                    .map(|mut value| {
+                        value.set_sensitive(true);
+                        value
+                    })
+                    .map_err(|_| {
+                        ComfyError::Config(
+                            "the url's credentials cannot be sent as an http header".into(),
+                        )
+                    })
+            })
+            .transpose()?;
+        let ws_authorization = authorization.clone().or_else(|| url_basic.clone());
+        // What reqwest sends over HTTP: the URL's credentials on the request win over the
+        // default header (which only fills a header the request does not have).
+        let http_authorization = url_basic.or_else(|| authorization.clone());
 
         let timeout = config.timeout();
         if timeout.is_zero() {
@@ -193,7 +196,7 @@ impl ComfyClient {
             .build()
             .map_err(|e| ComfyError::Config(format!("http client: {}", error_chain(&e))))?;
 
-        let direct = direct::DirectPost::for_base(&base, ws_authorization.clone(), timeout);
+        let direct = direct::DirectPost::for_base(&base, http_authorization, timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 direct,
@@ -331,6 +334,34 @@ mod tests {
         let error = ComfyClient::new(&config).unwrap_err();
         assert!(!error.to_string().contains("s3cr3t"), "{error}");
         assert!(error.to_string().contains("auth_header"), "{error}");
+    }
+
+    #[test]
+    fn the_prompt_post_sends_the_credential_reqwest_would() {
+        // Both the URL's credentials and a key: reqwest puts the URL's on the request, and its
+        // default header (the key) only fills a header the request lacks.
+        let mut config = ServerConfig::with_url("http://u:p@h:1");
+        config.api_key = Some(Secret::new("s3cr3t"));
+        let client = ComfyClient::new(&config).unwrap();
+        let basic = format!("Basic {}", base64(b"u:p"));
+        if let Some(direct) = &client.inner.direct {
+            let sent = direct.authorization.as_ref().unwrap();
+            assert_eq!(sent.to_str().unwrap(), basic);
+            assert!(sent.is_sensitive());
+        }
+        // The WebSocket handshake keeps the key first.
+        let ws = client.ws_authorization().unwrap();
+        assert_eq!(ws.to_str().unwrap(), "Bearer s3cr3t");
+        // The key alone.
+        let client = ComfyClient::new(&ServerConfig {
+            api_key: Some(Secret::new("s3cr3t")),
+            ..ServerConfig::with_url("http://h:1")
+        })
+        .unwrap();
+        if let Some(direct) = &client.inner.direct {
+            let sent = direct.authorization.as_ref().unwrap();
+            assert_eq!(sent.to_str().unwrap(), "Bearer s3cr3t");
+        }
     }
 
     #[test]

@@ -117,10 +117,10 @@ impl ComfyClient {
     /// One `POST /prompt` of the encoded request, answers mapped to errors.
     async fn post_prompt_once(&self, body: &Bytes) -> Result<PromptResponse, ComfyError> {
         const ROUTE: &str = "prompt";
-        let (status, body) = match &self.inner.direct {
-            Some(direct) => {
-                let answer = direct
-                    .post(body.clone(), self.inner.timeout, MAX_JSON_BODY)
+        let direct = match &self.inner.direct {
+            Some(direct) => Some(
+                direct
+                    .post(body.clone(), self.inner.timeout)
                     .await
                     .map_err(|error| match error {
                         DirectError::Timeout => ComfyError::Timeout {
@@ -133,21 +133,22 @@ impl ComfyClient {
                             route: ROUTE.into(),
                             message,
                         },
-                    })?;
-                let body = match answer.body {
-                    Some(body) => body,
-                    None if answer.status == StatusCode::OK
-                        || answer.status == StatusCode::BAD_REQUEST =>
-                    {
-                        return Err(
-                            self.protocol(ROUTE, format!("body larger than {MAX_JSON_BODY} bytes"))
-                        );
-                    }
-                    None => Bytes::new(),
-                };
-                (answer.status, body)
-            }
-            None => {
+                    })?,
+            ),
+            None => None,
+        };
+        let (status, body) = match direct {
+            // A redirect (the hop did not take the prompt) goes the way of every other route:
+            // reqwest follows it.
+            Some(answer) if !answer.status.is_redirection() => match answer.body {
+                Some(body) => (answer.status, body),
+                None => {
+                    return Err(
+                        self.protocol(ROUTE, format!("body larger than {MAX_JSON_BODY} bytes"))
+                    );
+                }
+            },
+            _ => {
                 let request = self
                     .inner
                     .http

@@ -304,8 +304,15 @@ async fn a_progress_step_is_its_event_and_the_records_follow_at_the_end() {
 #[tokio::test]
 async fn a_submission_is_answered_without_reading_the_store() {
     let store = Arc::new(crate::store::MemoryStore::new());
-    // No backend: the execution stays QUEUED.
-    let runtime = Runtime::new(Config::default(), Arc::clone(&store) as Arc<dyn Store>).unwrap();
+    // A backend nothing listens on: the execution stays QUEUED.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = Config {
+        servers: vec![ServerConfig::with_url(url)],
+        ..Config::default()
+    };
+    let runtime = Runtime::new(config, Arc::clone(&store) as Arc<dyn Store>).unwrap();
     for nonce in 0..3 {
         let before = store.record_reads();
         let submitted = runtime.execute(request(0.0, nonce)).await.unwrap();
