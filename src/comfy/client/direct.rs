@@ -276,6 +276,15 @@ mod tests {
         (url, read)
     }
 
+    /// What a post of `{}` gets from a server that answers it with `answer`.
+    async fn posted_to(answer: &'static [u8]) -> DirectAnswer {
+        let (url, _read) = answer_once(answer).await;
+        let post = direct(url.as_str(), None).unwrap();
+        post.post(Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_request_carries_its_credential_and_the_answer_comes_back_whole() {
         let (url, read) =
@@ -315,36 +324,19 @@ mod tests {
             .into_bytes()
             .into_boxed_slice(),
         );
-        let (url, _read) = answer_once(long).await;
-        let post = direct(url.as_str(), None).unwrap();
-        let answer = post
-            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let answer = posted_to(long).await;
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(answer.body.unwrap().len(), MAX_ERROR_BODY);
 
         // A body that breaks off: still the status, with what came of it.
-        let (url, _read) =
-            answer_once(b"HTTP/1.1 401 No\r\ncontent-length: 100\r\n\r\nnot allowed").await;
-        let post = direct(url.as_str(), None).unwrap();
-        let answer = post
-            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let answer = posted_to(b"HTTP/1.1 401 No\r\ncontent-length: 100\r\n\r\nnot allowed").await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
         assert_eq!(answer.body.unwrap(), Bytes::from_static(b"not allowed"));
     }
 
     #[tokio::test]
     async fn an_answer_longer_than_the_limit_is_not_kept() {
-        let (url, _read) =
-            answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\n\r\n{").await;
-        let post = direct(url.as_str(), None).unwrap();
-        let answer = post
-            .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let answer = posted_to(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\n\r\n{").await;
         assert_eq!(answer.status, StatusCode::OK);
         assert!(answer.body.is_none());
     }
