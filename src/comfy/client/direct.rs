@@ -5,14 +5,15 @@
 //! its redirect layer formats and parses the request's URL again for every request, it turns
 //! the `Url` into a `Uri` by parsing it, and it wraps the request and the response in futures
 //! and layers (retry, redirect, per-request timer) this route has no use for. Here the URI is
-//! parsed once per backend, and a request is its method, URI, two headers and the body.
+//! parsed once per backend, and a request is its method, URI, headers and the body.
 //!
 //! Only where reqwest would send the request the same way: a plain `http` base URL, and no proxy
 //! named in the environment (reqwest's system proxy reads `http_proxy`, `HTTP_PROXY`,
 //! `all_proxy` and `ALL_PROXY`). An `https` backend (certificates, `verify_ssl`) and a proxied
 //! one keep reqwest, as does every other route. What the request carries is what reqwest sends:
-//! the `Authorization` of `auth_header` or `api_key`, else Basic credentials from the URL's user
-//! info (never in the URI itself), and `Content-Type: application/json`.
+//! Basic credentials from the URL's user info (never in the URI itself), else the
+//! `Authorization` of `auth_header` or `api_key`; `Accept: */*`; `Content-Type:
+//! application/json`.
 
 use std::time::Duration;
 
@@ -20,14 +21,14 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, timeout_at};
 use url::Url;
 
-use super::request::{MAX_ERROR_BODY, MAX_JSON_BODY};
+use super::request::{MAX_ERROR_BODY, MAX_JSON_BODY, NoAnswer};
 
 /// How long an idle connection stays in the pool (reqwest's default).
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -49,15 +50,6 @@ pub(super) struct DirectPost {
     uri: Uri,
     /// The `Authorization` value, if any (sensitive).
     pub(super) authorization: Option<HeaderValue>,
-}
-
-/// Why a direct `POST` got no whole answer.
-#[derive(Debug)]
-pub(super) enum DirectError {
-    /// No answer in time (connecting included).
-    Timeout,
-    /// The connection failed or closed; the message names the causes.
-    Transport(String),
 }
 
 /// An answer, with its body as far as it matters for its status.
@@ -136,19 +128,19 @@ impl DirectPost {
         &self,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<DirectAnswer, DirectError> {
+    ) -> Result<DirectAnswer, NoAnswer> {
         let deadline = Instant::now() + timeout;
         let response = timeout_at(deadline, self.client.request(self.request(body)))
             .await
-            .map_err(|_| DirectError::Timeout)?
+            .map_err(|_| NoAnswer::Timeout)?
             .map_err(|error| classify(&error))?;
         let status = response.status();
         let body = response.into_body();
         if status == StatusCode::OK || status == StatusCode::BAD_REQUEST {
             let body = timeout_at(deadline, read_limited(body, MAX_JSON_BODY))
                 .await
-                .map_err(|_| DirectError::Timeout)?
-                .map_err(|error| DirectError::Transport(super::error_chain(&error)))?;
+                .map_err(|_| NoAnswer::Timeout)?
+                .map_err(|error| NoAnswer::Transport(super::error_chain(error.as_ref())))?;
             return Ok(DirectAnswer { status, body });
         }
         let mut start = Vec::new();
@@ -161,48 +153,34 @@ impl DirectPost {
 }
 
 /// A client error as reqwest reports it: a connect that timed out is a timeout.
-fn classify(error: &hyper_util::client::legacy::Error) -> DirectError {
+fn classify(error: &hyper_util::client::legacy::Error) -> NoAnswer {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {
-            return DirectError::Timeout;
+            return NoAnswer::Timeout;
         }
         source = cause.source();
     }
-    DirectError::Transport(super::error_chain(error))
+    NoAnswer::Transport(super::error_chain(error))
 }
 
 /// At most `limit` bytes of `body`; `None` once it is longer (or says it will be).
 async fn read_limited(
-    mut body: hyper::body::Incoming,
+    body: hyper::body::Incoming,
     limit: usize,
-) -> Result<Option<Bytes>, hyper::Error> {
+) -> Result<Option<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+    // A declared length over the limit is refused before reading (`Limited` counts frames).
     if body.size_hint().lower() > limit as u64 {
         return Ok(None);
     }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
-        if held + data.len() > limit {
-            return Ok(None);
-        }
-        // The usual answer is one frame: kept as it came, without a copy.
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            Some(earlier) => {
-                joined.extend_from_slice(&earlier);
-                joined.extend_from_slice(&data);
-            }
-            None => joined.extend_from_slice(&data),
-        }
+    // A body of one frame (the usual answer) comes back as it came, without a copy.
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Some(collected.to_bytes())),
+        Err(error) if error.is::<LengthLimitError>() => Ok(None),
+        Err(error) => Err(error),
     }
-    Ok(Some(first.unwrap_or_else(|| Bytes::from(joined))))
 }
 
 /// Reads the start of an error answer's body into `start`, at most [`MAX_ERROR_BODY`] bytes,
@@ -349,7 +327,7 @@ mod tests {
         let outcome = post
             .post(Bytes::from_static(b"{}"), Duration::from_millis(200))
             .await;
-        assert!(matches!(outcome, Err(DirectError::Timeout)), "{outcome:?}");
+        assert!(matches!(outcome, Err(NoAnswer::Timeout)), "{outcome:?}");
 
         let closed = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
         drop(listener);
@@ -358,7 +336,7 @@ mod tests {
             .post(Bytes::from_static(b"{}"), Duration::from_secs(5))
             .await
         {
-            Err(DirectError::Transport(message)) => {
+            Err(NoAnswer::Transport(message)) => {
                 assert!(message.contains("refused"), "{message}");
             }
             other => panic!("{:?}", other.map(|a| a.status)),

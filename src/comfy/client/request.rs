@@ -26,6 +26,15 @@ const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
+/// Why a request got no answer.
+#[derive(Debug)]
+pub(super) enum NoAnswer {
+    /// None in time (connecting included).
+    Timeout,
+    /// The connection failed or closed; the message names the causes.
+    Transport(String),
+}
+
 /// The error's message and its causes, joined; reqwest puts the useful part ("connection
 /// refused") in the causes.
 pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -53,20 +62,35 @@ impl ComfyClient {
         Ok(url)
     }
 
-    /// The error for a request that got no answer.
+    /// The error for a request reqwest got no answer to.
     pub(super) fn transport(&self, route: &str, error: reqwest::Error) -> ComfyError {
-        if error.is_timeout() {
-            return ComfyError::Timeout {
+        let why = if error.is_timeout() {
+            NoAnswer::Timeout
+        } else {
+            NoAnswer::Transport(error_chain(&error.without_url()))
+        };
+        self.no_answer(route, why)
+    }
+
+    /// The error for a request that got no answer, whichever client sent it.
+    pub(super) fn no_answer(&self, route: &str, why: NoAnswer) -> ComfyError {
+        match why {
+            NoAnswer::Timeout => ComfyError::Timeout {
                 server: self.inner.display.clone(),
                 route: route.to_owned(),
                 timeout: self.inner.timeout,
-            };
+            },
+            NoAnswer::Transport(message) => ComfyError::Transport {
+                server: self.inner.display.clone(),
+                route: route.to_owned(),
+                message,
+            },
         }
-        ComfyError::Transport {
-            server: self.inner.display.clone(),
-            route: route.to_owned(),
-            message: error_chain(&error.without_url()),
-        }
+    }
+
+    /// The error for a body longer than `MAX_JSON_BODY`.
+    pub(super) fn too_large(&self, route: &str) -> ComfyError {
+        self.protocol(route, format!("body larger than {MAX_JSON_BODY} bytes"))
     }
 
     /// The error for a 200 whose body is not what the protocol says.
@@ -209,7 +233,7 @@ impl ComfyClient {
     ) -> Result<Vec<u8>, ComfyError> {
         self.read_limited(route, response, MAX_JSON_BODY)
             .await?
-            .ok_or_else(|| self.protocol(route, format!("body larger than {MAX_JSON_BODY} bytes")))
+            .ok_or_else(|| self.too_large(route))
     }
 
     /// `GET` with retries, expecting 200 and a JSON body.

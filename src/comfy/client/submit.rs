@@ -13,8 +13,6 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::direct::DirectError;
-use super::request::MAX_JSON_BODY;
 use super::{ComfyClient, ComfyError, PromptLocation};
 use crate::comfy::wire::{self, PromptRequest, PromptResponse, ValidationErrorBody};
 
@@ -117,61 +115,45 @@ impl ComfyClient {
     /// One `POST /prompt` of the encoded request, answers mapped to errors.
     async fn post_prompt_once(&self, body: &Bytes) -> Result<PromptResponse, ComfyError> {
         const ROUTE: &str = "prompt";
-        let direct = match &self.inner.direct {
-            Some(direct) => Some(
-                direct
-                    .post(body.clone(), self.inner.timeout)
-                    .await
-                    .map_err(|error| match error {
-                        DirectError::Timeout => ComfyError::Timeout {
-                            server: self.inner.display.clone(),
-                            route: ROUTE.into(),
-                            timeout: self.inner.timeout,
-                        },
-                        DirectError::Transport(message) => ComfyError::Transport {
-                            server: self.inner.display.clone(),
-                            route: ROUTE.into(),
-                            message,
-                        },
-                    })?,
-            ),
-            None => None,
-        };
-        let (status, body) = match direct {
+        if let Some(direct) = &self.inner.direct {
+            let answer = direct
+                .post(body.clone(), self.inner.timeout)
+                .await
+                .map_err(|why| self.no_answer(ROUTE, why))?;
             // A redirect (the hop did not take the prompt) goes the way of every other route:
-            // reqwest follows it.
-            Some(answer) if !answer.status.is_redirection() => match answer.body {
-                Some(body) => (answer.status, body),
-                None => {
-                    return Err(
-                        self.protocol(ROUTE, format!("body larger than {MAX_JSON_BODY} bytes"))
-                    );
-                }
-            },
-            _ => {
-                let request = self
-                    .inner
-                    .http
-                    .post(self.endpoint(&[ROUTE])?)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-                    .timeout(self.inner.timeout);
-                let response = self.send(ROUTE, request).await?;
-                match response.status() {
-                    status @ (StatusCode::OK | StatusCode::BAD_REQUEST) => {
-                        (status, Bytes::from(self.bytes_body(ROUTE, response).await?))
-                    }
-                    _ => return Err(self.http_error(ROUTE, response).await),
-                }
+            // through reqwest, which follows it.
+            if !answer.status.is_redirection() {
+                let body = answer.body.ok_or_else(|| self.too_large(ROUTE))?;
+                return self.prompt_answer(answer.status, &body);
             }
-        };
+        }
+        let request = self
+            .inner
+            .http
+            .post(self.endpoint(&[ROUTE])?)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .timeout(self.inner.timeout);
+        let response = self.send(ROUTE, request).await?;
+        match response.status() {
+            status @ (StatusCode::OK | StatusCode::BAD_REQUEST) => {
+                let body = self.bytes_body(ROUTE, response).await?;
+                self.prompt_answer(status, &body)
+            }
+            _ => Err(self.http_error(ROUTE, response).await),
+        }
+    }
+
+    /// What an answer to `POST /prompt` with `status` and `body` says.
+    fn prompt_answer(&self, status: StatusCode, body: &[u8]) -> Result<PromptResponse, ComfyError> {
+        const ROUTE: &str = "prompt";
         match status {
-            StatusCode::OK => self.json_slice(ROUTE, &body),
-            StatusCode::BAD_REQUEST => match wire::from_slice::<ValidationErrorBody>(&body) {
+            StatusCode::OK => self.json_slice(ROUTE, body),
+            StatusCode::BAD_REQUEST => match wire::from_slice::<ValidationErrorBody>(body) {
                 Ok(validation) => Err(ComfyError::Validation(Box::new(validation))),
-                Err(_) => Err(self.http_error_body(ROUTE, 400, &body)),
+                Err(_) => Err(self.http_error_body(ROUTE, 400, body)),
             },
-            other => Err(self.http_error_body(ROUTE, other.as_u16(), &body)),
+            other => Err(self.http_error_body(ROUTE, other.as_u16(), body)),
         }
     }
 }
