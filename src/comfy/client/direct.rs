@@ -28,10 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, timeout_at};
 use url::Url;
 
-use super::request::{MAX_ERROR_BODY, MAX_JSON_BODY, NoAnswer};
+use super::request::{MAX_ERROR_BODY, MAX_JSON_BODY, NoAnswer, POOL_IDLE};
 
-/// How long an idle connection stays in the pool (reqwest's default).
-const POOL_IDLE: Duration = Duration::from_secs(90);
 /// TCP keep-alive probes of a connection, as reqwest sets them: after 15 s idle, every 15 s, 3
 /// unanswered ones close it (a pooled connection to a host gone away is found out while idle,
 /// not by the next request's timeout).

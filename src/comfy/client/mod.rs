@@ -190,6 +190,7 @@ impl ComfyClient {
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(timeout)
+            .pool_idle_timeout(request::POOL_IDLE)
             // Streams (`view`) have no total timeout, but a stalled one times out.
             .read_timeout(timeout)
             .danger_accept_invalid_certs(!config.verify_ssl)
