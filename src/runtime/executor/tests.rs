@@ -40,6 +40,7 @@ struct Setup {
 impl Setup {
     /// With at most `max_concurrent` executions on the backends at once.
     async fn start(max_concurrent: usize) -> Self {
+        logs();
         let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
@@ -52,7 +53,7 @@ impl Setup {
         let runtime = Runtime::new(config, store).unwrap();
         let first = runtime.execute(request(0.0, 1)).await.unwrap();
         assert_eq!(
-            ended(&runtime, &first.execution.id).await,
+            ended(&runtime, &fake, &first.execution.id).await,
             TaskStatus::Completed
         );
         Self {
@@ -69,38 +70,92 @@ impl Setup {
     }
 }
 
-/// Waits until execution `id` ends; its status.
-async fn ended(runtime: &Runtime, id: &str) -> TaskStatus {
+/// Waits until execution `id` ends; its status. At the hang guard it fails with what the
+/// runtime holds of the execution and what the fake did with its prompt (see [`hang_report`]).
+async fn ended(runtime: &Runtime, fake: &FakeComfy, id: &str) -> TaskStatus {
     let deadline = Instant::now() + HANG_GUARD;
     loop {
         let status = runtime.executor().view(id).unwrap().execution.status();
         if status.is_terminal() {
             return status;
         }
-        assert!(Instant::now() < deadline, "{id} still {status:?}");
+        if Instant::now() >= deadline {
+            panic!("{}", hang_report(runtime, fake, id).await);
+        }
         sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// An execution that did not end in time, as far as the test can see it: its status, backend
+/// and prompt id, its tasks, the backends as the runtime sees them, and the prompt in the
+/// fake's history and queue. Tells apart a prompt the fake never finished from an end the
+/// runtime did not hear of (the runtime's log lines are in the test's output too, see
+/// [`logs`]).
+async fn hang_report(runtime: &Runtime, fake: &FakeComfy, id: &str) -> String {
+    let execution = runtime.executor().view(id).unwrap().execution;
+    let mut report = format!(
+        "{id} still {:?} on {:?}, prompt {:?}",
+        execution.status(),
+        execution.backend,
+        execution.prompt_id
+    );
+    for task in &execution.tasks {
+        report += &format!(
+            "\n  task {} {:?}, progress {} ({:?})",
+            task.name,
+            task.status(),
+            task.progress(),
+            task.progress_message
+        );
+    }
+    for (name, state) in runtime.executor().backends() {
+        report += &format!(
+            "\n  backend {name}: probed {}, up {}, last error {:?}",
+            state.probed, state.up, state.last_error
+        );
+    }
+    if let Some(prompt) = &execution.prompt_id {
+        let history = fake_json(fake, &format!("/history/{prompt}")).await;
+        report += &format!("\n  the fake's history of the prompt: {history}");
+    }
+    report += &format!("\n  the fake's queue: {}", fake_json(fake, "/queue").await);
+    report
+}
+
+/// The fake's JSON answer at `path`.
+async fn fake_json(fake: &FakeComfy, path: &str) -> Value {
+    reqwest::get(format!("{}{path}", fake.base_url()))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+}
+
+/// Logs go to the test's captured output (shown when it fails); `RUST_LOG` filters,
+/// `comfy_reality=info` by default. The subscriber is the process's: every test of the
+/// library that logs after it is installed writes to its own captured output.
+fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("comfy_reality=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// The prompts the fake has: (in its queue, running or pending; in its history).
 async fn on_fake(fake: &FakeComfy) -> (usize, usize) {
-    let get = |path: &str| {
-        let url = format!("{}{path}", fake.base_url());
-        async move {
-            reqwest::get(url)
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let queue = get("/queue").await;
+    let queue = fake_json(fake, "/queue").await;
     let queued = ["queue_running", "queue_pending"]
         .iter()
         .map(|key| queue[key].as_array().map_or(0, Vec::len))
         .sum();
-    let history = get("/history").await.as_object().map_or(0, |h| h.len());
+    let history = fake_json(fake, "/history")
+        .await
+        .as_object()
+        .map_or(0, |h| h.len());
     (queued, history)
 }
 
@@ -167,7 +222,7 @@ async fn a_new_execution_is_posted_while_its_creation_commits() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        ended(runtime, &second.execution.id).await,
+        ended(runtime, &setup.fake, &second.execution.id).await,
         TaskStatus::Completed
     );
     setup.stop().await;
@@ -206,11 +261,11 @@ async fn a_queued_execution_is_posted_once_its_prompt_id_is_stored() {
     );
     lock.release();
     assert_eq!(
-        ended(runtime, &running.execution.id).await,
+        ended(runtime, fake, &running.execution.id).await,
         TaskStatus::Completed
     );
     assert_eq!(
-        ended(runtime, &queued.execution.id).await,
+        ended(runtime, fake, &queued.execution.id).await,
         TaskStatus::Completed
     );
     assert_eq!(on_fake(fake).await, (0, 3));
@@ -287,7 +342,10 @@ async fn a_progress_step_is_its_event_and_the_records_follow_at_the_end() {
     let in_list = listed.items.iter().find(|t| t.id == node).unwrap();
     assert!(in_list.progress() >= step);
     // The end stores the node's and the execution's final state.
-    assert_eq!(ended(runtime, &execution_id).await, TaskStatus::Completed);
+    assert_eq!(
+        ended(runtime, &setup.fake, &execution_id).await,
+        TaskStatus::Completed
+    );
     let record = store.get_task(&node).unwrap().unwrap();
     assert_eq!(
         (record.status(), record.progress()),
