@@ -140,23 +140,24 @@ pub fn check_prompt_against_object_info(
     let mut problems = Problems::default();
     let mut nodes = BTreeMap::new();
     for (id, node) in prompt {
-        let path = key_path(base, id);
+        // Built only for a problem: a valid prompt allocates none.
+        let path = || key_path(base, id);
         let view = match node {
             Value::Object(node) => {
                 let class_type = node.get("class_type").and_then(Value::as_str);
                 let inputs = node.get("inputs").and_then(Value::as_object);
                 if class_type.is_none() {
-                    problems.push(join_path(&path, "class_type"), "must be a string".into());
+                    problems.push(join_path(&path(), "class_type"), "must be a string".into());
                 }
                 if inputs.is_none() {
-                    problems.push(join_path(&path, "inputs"), "must be an object".into());
+                    problems.push(join_path(&path(), "inputs"), "must be an object".into());
                 }
                 class_type
                     .zip(inputs)
                     .map(|(class_type, inputs)| NodeView { class_type, inputs })
             }
             _ => {
-                problems.push(path, "node must be an object".into());
+                problems.push(path(), "node must be an object".into());
                 None
             }
         };
@@ -219,10 +220,12 @@ fn check_nodes(
 
     let mut has_output = false;
     for (id, node) in ordered {
-        let path = key_path(base, id);
+        // The paths are built only for a problem: a valid node allocates none.
+        let path = || key_path(base, id);
+        let input_path = |name: &str| key_path(&join_path(&path(), "inputs"), name);
         let Some(info) = catalogue.get(node.class_type) else {
             problems.push(
-                join_path(&path, "class_type"),
+                join_path(&path(), "class_type"),
                 format!(
                     "unknown node class {}: no backend's object_info has it (is the custom node installed?)",
                     quoted(node.class_type)
@@ -231,11 +234,10 @@ fn check_nodes(
             continue;
         };
         has_output |= info.output_node;
-        let inputs_path = join_path(&path, "inputs");
         for name in info.input.required.keys() {
             if !node.inputs.contains_key(name) {
                 problems.push(
-                    key_path(&inputs_path, name),
+                    input_path(name),
                     format!("required input of {} is missing", node.class_type),
                 );
             }
@@ -244,13 +246,12 @@ fn check_nodes(
             let Some(spec) = info.input(name) else {
                 continue;
             };
-            let field = key_path(&inputs_path, name);
             let problem = match value {
                 Value::Array(items) => check_link(items, spec, nodes, catalogue),
                 literal => check_literal(literal, spec),
             };
             if let Some(description) = problem {
-                problems.push(field, description);
+                problems.push(input_path(name), description);
             }
         }
     }
@@ -344,7 +345,8 @@ fn check_literal(value: &Value, spec: &InputSpec) -> Option<String> {
     let (fits, expected) = match type_name {
         "INT" => (
             matches!(value, Value::Number(n)
-                if parse_decimal(&n.to_string()).is_some_and(|d| d.is_integer())),
+                if n.is_i64() || n.is_u64()
+                    || parse_decimal(n.as_str()).is_some_and(|d| d.is_integer())),
             "an integer",
         ),
         "FLOAT" => (value.is_number(), "a number"),
@@ -354,7 +356,7 @@ fn check_literal(value: &Value, spec: &InputSpec) -> Option<String> {
     };
     if !fits {
         let got = match value {
-            Value::Number(n) => shown(&n.to_string()),
+            Value::Number(n) => shown(n.as_str()),
             other => json_kind(other).to_owned(),
         };
         return Some(format!("expected {type_name} ({expected}), got {got}"));
@@ -367,34 +369,41 @@ fn check_literal(value: &Value, spec: &InputSpec) -> Option<String> {
 
 /// Checks a number against the input's `min` and `max`, exactly.
 fn check_bounds(number: &Number, spec: &InputSpec) -> Option<String> {
-    let text = number.to_string();
-    let value = parse_decimal(&text)?;
+    let text = number.as_str();
     if let Some(min) = spec.min()
-        && let Some(bound) = parse_decimal(&min.to_string())
-        && value < bound
+        && exact_order(number, min) == Some(Ordering::Less)
     {
         return Some(format!(
             "value {} is smaller than the minimum {min}",
-            shown(&text)
+            shown(text)
         ));
     }
     if let Some(max) = spec.max()
-        && let Some(bound) = parse_decimal(&max.to_string())
-        && value > bound
+        && exact_order(number, max) == Some(Ordering::Greater)
     {
         return Some(format!(
             "value {} is bigger than the maximum {max}",
-            shown(&text)
+            shown(text)
         ));
     }
     None
+}
+
+/// How two JSON numbers order, exactly (as written, not as floats): as integers when both
+/// are (no copy, the common case of a seed or a step count against its bounds), else as
+/// decimals. `None` when one is not a number [`parse_decimal`] reads.
+fn exact_order(a: &Number, b: &Number) -> Option<Ordering> {
+    if let (Some(a), Some(b)) = (a.as_i128(), b.as_i128()) {
+        return Some(a.cmp(&b));
+    }
+    Some(parse_decimal(a.as_str())?.cmp(&parse_decimal(b.as_str())?))
 }
 
 /// JSON equality with numbers compared by value (`1` equals `1.0`, as in Python).
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
-            match (parse_decimal(&x.to_string()), parse_decimal(&y.to_string())) {
+            match (parse_decimal(x.as_str()), parse_decimal(y.as_str())) {
                 (Some(x), Some(y)) => x == y,
                 _ => x == y,
             }
@@ -1395,6 +1404,24 @@ mod tests {
         assert!(!d("1.5").is_integer());
         for bad in ["", "-", ".", "1e", "e5", "1.2.3", "0x10", "1e+-1", "abc"] {
             assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        /// The integer shortcut of [`exact_order`] orders as the decimals do, across integers
+        /// past `i64` and `u64`, fractions and exponents.
+        #[test]
+        fn exact_order_agrees_with_the_decimals(
+            a in "-?[0-9]{1,40}(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?",
+            b in "-?[0-9]{1,40}(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?",
+        ) {
+            let (Ok(Value::Number(x)), Ok(Value::Number(y))) =
+                (serde_json::from_str::<Value>(&a), serde_json::from_str::<Value>(&b))
+            else {
+                return Ok(());
+            };
+            let decimals = parse_decimal(x.as_str()).unwrap().cmp(&parse_decimal(y.as_str()).unwrap());
+            prop_assert_eq!(exact_order(&x, &y), Some(decimals), "{} vs {}", a, b);
         }
     }
 

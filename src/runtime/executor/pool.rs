@@ -152,10 +152,18 @@ impl Backend {
 
     /// A copy of the current state.
     pub fn state(&self) -> BackendState {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.read_state(BackendState::clone)
+    }
+
+    /// What `read` makes of its state now, without copying the state (its last error and
+    /// devices are copied by [`Backend::state`]).
+    pub fn read_state<R>(&self, read: impl FnOnce(&BackendState) -> R) -> R {
+        read(
+            &self
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn set_state(&self, change: impl FnOnce(&mut BackendState)) {
@@ -180,7 +188,7 @@ impl Backend {
     /// Starts watching the GPU memory of its ComfyUI process; `None` when the process is not
     /// known on this host or this host has no GPUs to watch.
     pub fn watch_gpu_memory(&self) -> Option<ProcessPeak> {
-        self.gpu.watch_process(self.state().pid?)
+        self.gpu.watch_process(self.read_state(|state| state.pid)?)
     }
 }
 
@@ -312,7 +320,7 @@ fn client_id(instance: Uuid, url: &str) -> Uuid {
 /// Probes `backend` every `interval` (or when woken) and reports changes.
 async fn probe_loop(backend: &Backend, tx: &mpsc::UnboundedSender<Msg>, interval: Duration) {
     loop {
-        let was_up = backend.state().up;
+        let was_up = backend.read_state(|state| state.up);
         match probe(backend, was_up).await {
             Ok(Some(catalogue)) => {
                 let classes: Vec<String> = catalogue.class_names().map(str::to_owned).collect();

@@ -411,7 +411,7 @@ impl Shared {
             .pool
             .backends()
             .iter()
-            .filter(|b| b.state().up)
+            .filter(|b| b.read_state(|state| state.up))
             .count()
             .max(1) as f64;
         Duration::from_secs_f64((mean / up).clamp(1.0, 60.0))

@@ -110,8 +110,10 @@ impl Executor {
             .backends()
             .iter()
             .filter_map(|b| {
-                let state = b.state();
-                state.catalogue.map(|c| (b.name.clone(), state.up, c))
+                b.read_state(|state| {
+                    let catalogue = state.catalogue.clone()?;
+                    Some((b.name.clone(), state.up, catalogue))
+                })
             })
             .collect()
     }
@@ -466,7 +468,7 @@ impl Executor {
         // any other is stored by the actor, with what it does to it, in one
         // write. The keyed write blocks the async thread: run elsewhere, it
         // and the hand-over to the actor could interleave with the actor (a
-        // Redis replica's recovery saw an execution completed twice; README,
+        // Redis replica's recovery saw an execution completed twice; PERFORMANCE.md,
         // "The task API waits without holding the thread").
         let (outcome, unstored) = match key {
             Some(key) => (

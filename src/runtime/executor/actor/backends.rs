@@ -96,7 +96,7 @@ impl Actor {
             .pool
             .backends()
             .iter()
-            .all(|b| b.state().catalogue.is_some());
+            .all(|b| b.read_state(|state| state.catalogue.is_some()));
         if !all_known {
             return;
         }
