@@ -219,7 +219,7 @@ impl Shared {
     where
         F: FnOnce(&mut WorkflowExecution) -> Result<(), RuntimeError>,
     {
-        self.change_execution(id, change, true)
+        self.change_execution(id, |_| false, change, true)
     }
 
     /// A running execution's progress, `overall`, when it is more than the
@@ -237,12 +237,12 @@ impl Shared {
     ) -> Result<(), RuntimeError> {
         self.change_execution(
             id,
+            // Most reports do not raise it (a node's start, a step of a later node that
+            // weighs less): they copy nothing. Not a number raises nothing either.
             |execution| {
-                if overall > execution.progress() {
-                    execution.set_progress(overall)?;
-                }
-                Ok(())
+                overall.partial_cmp(&execution.progress()) != Some(std::cmp::Ordering::Greater)
             },
+            |execution| execution.set_progress(overall).map_err(RuntimeError::from),
             record,
         )
         .map(drop)
@@ -251,10 +251,13 @@ impl Shared {
     /// Read-modify-write of an execution under the gate; see
     /// [`Shared::update_execution_then`] and, for `record`,
     /// [`Shared::execution_progress`] (the record is written anyway unless
-    /// the execution is running: the cache keeps only a running one).
+    /// the execution is running: the cache keeps only a running one). When
+    /// `unchanged` says of the current state that `change` would leave it as
+    /// it is, nothing is copied or written.
     fn change_execution<F>(
         &self,
         id: &str,
+        unchanged: impl FnOnce(&WorkflowExecution) -> bool,
         change: F,
         record: bool,
     ) -> Result<(Arc<WorkflowExecution>, Option<Commit>), RuntimeError>
@@ -268,6 +271,9 @@ impl Shared {
         let before = self
             .latest_execution(id)?
             .ok_or_else(|| RuntimeError::execution_not_found(id))?;
+        if unchanged(&before) {
+            return Ok((before, None));
+        }
         let mut execution = WorkflowExecution::clone(&before);
         change(&mut execution)?;
         if execution == *before {
