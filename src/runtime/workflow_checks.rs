@@ -281,7 +281,7 @@ fn check_link(
     let Some(slot) = index.as_u64() else {
         return Some(format!(
             "link output index {} must be a non-negative integer",
-            shown(&index.to_string())
+            shown(index.as_str())
         ));
     };
     let Some(source_node) = nodes.get(source.as_str()) else {

@@ -22,10 +22,12 @@ pub(super) const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
 /// Most bytes of an error body kept in [`ComfyError::Http`].
 pub(super) const MAX_ERROR_BODY: usize = 2048;
 /// How long an idle connection to a backend stays pooled, on both HTTP paths (reqwest's and
-/// the direct `POST /prompt`'s). Below the 75 s after which ComfyUI's server (aiohttp's
-/// keep-alive default, as nginx's in front of it) closes an idle connection: the runtime lets
-/// go of it first, so a request never goes out on a connection the server is closing at that
-/// moment (such a request fails without an answer, and a prompt's POST then costs a lookup).
+/// the direct `POST /prompt`'s; the pool never hands out one idle longer). Below the 75 s after
+/// which ComfyUI's server (aiohttp's keep-alive default, as nginx's in front of it) closes an
+/// idle connection, so the runtime normally lets go of it first instead of sending a request
+/// on a connection the server is closing at that moment. A request that still meets a closed
+/// one (a proxy with a shorter idle timeout, a response body read long after it was sent)
+/// fails without an answer, as any other ([`NoAnswer`]): a prompt's POST then costs a lookup.
 /// reqwest's default, 90 s, was above it.
 pub(super) const POOL_IDLE: Duration = Duration::from_secs(60);
 /// First retry delay; the backoff doubles from here.

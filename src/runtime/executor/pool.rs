@@ -156,7 +156,8 @@ impl Backend {
     }
 
     /// What `read` makes of its state now, without copying the state (its last error and
-    /// devices are copied by [`Backend::state`]).
+    /// devices are copied by [`Backend::state`]). `read` runs under the state's lock: it must
+    /// not read or change this backend's state again.
     pub fn read_state<R>(&self, read: impl FnOnce(&BackendState) -> R) -> R {
         read(
             &self

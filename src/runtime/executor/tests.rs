@@ -115,10 +115,13 @@ async fn hang_report(runtime: &Runtime, fake: &FakeComfy, id: &str) -> String {
         );
     }
     if let Some(prompt) = &execution.prompt_id {
-        let history = fake_json(fake, &format!("/history/{prompt}")).await;
+        let history = fake_json_or_why(fake, &format!("/history/{prompt}")).await;
         report += &format!("\n  the fake's history of the prompt: {history}");
     }
-    report += &format!("\n  the fake's queue: {}", fake_json(fake, "/queue").await);
+    report += &format!(
+        "\n  the fake's queue: {}",
+        fake_json_or_why(fake, "/queue").await
+    );
     report
 }
 
@@ -132,9 +135,23 @@ async fn fake_json(fake: &FakeComfy, path: &str) -> Value {
         .unwrap()
 }
 
+/// [`fake_json`] for a report: within 5 s, an error written as text (the fake may be what
+/// hangs).
+async fn fake_json_or_why(fake: &FakeComfy, path: &str) -> String {
+    let read = async {
+        let answer = reqwest::get(format!("{}{path}", fake.base_url())).await?;
+        answer.json::<Value>().await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(value)) => value.to_string(),
+        Ok(Err(error)) => format!("not read: {error}"),
+        Err(_) => "not read within 5 s".to_owned(),
+    }
+}
+
 /// Logs go to the test's captured output (shown when it fails); `RUST_LOG` filters,
-/// `comfy_reality=info` by default. The subscriber is the process's: every test of the
-/// library that logs after it is installed writes to its own captured output.
+/// `comfy_reality=info` by default. The subscriber is the process's: a line goes to the
+/// captured output of the test whose thread (or a thread it spawned) logs it.
 fn logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("comfy_reality=info"));
