@@ -6,7 +6,7 @@ use clap::Parser;
 
 /// mimalloc rather than the C library's allocator: the job path allocates in
 /// many small pieces from a few threads, where glibc's arenas cost 5-10% of the
-/// runtime's CPU per job (README, Performance).
+/// runtime's CPU per job (PERFORMANCE.md, "mimalloc, descriptor names only").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -36,7 +36,7 @@ pub struct ServiceConfig {
     /// Store writes, log writing and GPU sampling have threads of their own either way; store
     /// reads run on these threads. One thread is the cheapest per job: work handed from one
     /// thread to another costs a wake-up and a context switch, and orchestrating GPUs needs far
-    /// less than a core (README, "One async thread"; ARCHITECTURE.md, "Threads"). With 1,
+    /// less than a core (PERFORMANCE.md, "One async thread"; ARCHITECTURE.md, "Threads"). With 1,
     /// tokio's current-thread scheduler runs them, so that the responses and events one turn
     /// makes ready for a connection leave in one write.
     pub worker_threads: usize,
