@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Heap allocations per one-node job and per submit, counted, not sampled.
+
+The runtime's CPU per job is spread over hundreds of functions, and much of what is left is
+memory going cold while a job waits for its backend: each allocation touches a block that is
+no longer cached. The number of allocations is a figure that does not move with the machine's
+load, so an A/B of two builds needs one run each. This script counts every call of mimalloc's
+allocation path (`_mi_page_malloc_zero`, through a perf uprobe) in the runtime:
+
+- per one-node job: a durable-store runtime in front of the fake ComfyUI (`--time-scale
+  0.005`), jobs one at a time from the Python SDK (submit, then wait for the COMPLETED event on
+  a stream opened before), as `job_timeline.py` runs them;
+- per submit: a memory-store runtime whose one backend is down (nothing runs), benchmark 1's
+  1 KiB workflow submitted from the Python SDK, 16 in flight.
+
+With `--sites N` it also records where the job's allocations are made (perf's call chains of
+the probe) and prints the N sites that make most, each as the first function of the runtime's
+own code on the chain and its caller.
+
+    .tools/venv/bin/python scripts/allocations.py [--runtime BIN] [--fake BIN]
+        [--jobs N] [--submits N] [--sites N]
+
+The runtime must keep its symbols (the release profile strips them):
+
+    CARGO_PROFILE_RELEASE_STRIP=false cargo build --release --locked \\
+        --target-dir target/symbols -p comfy-reality --bin comfy-reality
+
+is the default `--runtime`; the fake is `cargo build --release --locked -p
+comfy-reality-fake-comfyui`'s (the benchmarks build it too). Needs root (uprobes), `perf` on the PATH, and a Python with grpcio
+and protobuf (the SDK's dependencies); the SDK itself is read from clients/python.
+"""
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from job_timeline import ROOT, free_port, run_jobs, wait_port
+
+PROBE = "comfy_alloc:malloc"
+# Benchmark 1's workflow (bench/submit.rs): seven nodes, its text about 1 KiB.
+SUBMIT_NODES = 7
+
+
+def submit_workflow():
+    nodes = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}}}
+    for i in range(2, SUBMIT_NODES):
+        nodes[str(i)] = {"class_type": "ImageInvert", "inputs": {"image": [str(i - 1), 0]}}
+    prefix = "bench/submit"
+    while True:
+        nodes[str(SUBMIT_NODES)] = {
+            "class_type": "SaveImage",
+            "inputs": {"images": [str(SUBMIT_NODES - 1), 0], "filename_prefix": prefix},
+        }
+        if len(json.dumps(nodes, separators=(",", ":"))) >= 1024:
+            return nodes
+        prefix += "x"
+
+
+async def run_submits(address, submits):
+    from comfy_reality import AsyncClient
+
+    workflow = submit_workflow()
+    async with AsyncClient(address) as client:
+        in_flight = asyncio.Semaphore(16)
+
+        async def one():
+            async with in_flight:
+                await client.execute(workflow)
+
+        await asyncio.gather(*(one() for _ in range(submits)))
+
+
+def start_runtime(binary, scratch, name, store, backend):
+    port = free_port()
+    config = f"{scratch}/{name}.toml"
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(
+            f'[service]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\n'
+            f'data_dir = "{scratch}/{name}-data"\n'
+            f'[runtime]\nqueue_type = "{store}"\nlog_level = "warning"\n'
+            f'[scheduling]\nmax_queue_len = 1000000\n'
+            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n'
+        )
+    runtime = subprocess.Popen(
+        [binary, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_port(port, "the runtime")
+    return runtime, f"127.0.0.1:{port}"
+
+
+def stop(process):
+    process.terminate()
+    process.wait()
+
+
+def counted(pid, scratch, work):
+    """Allocations the runtime `pid` makes while `work()` runs."""
+    out = f"{scratch}/stat.csv"
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PROBE, "-p", str(pid), "-o", out])
+    try:
+        work()
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    with open(out, encoding="utf-8") as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) > 2 and fields[2] == PROBE:
+                return int(fields[0])
+    sys.exit(f"perf counted nothing for {PROBE}")
+
+
+def sites(pid, scratch, work, top):
+    """The `top` places that allocate most while `work()` runs, with their share."""
+    data = f"{scratch}/sites.data"
+    perf = subprocess.Popen(
+        ["perf", "record", "-q", "-g", "-e", PROBE, "-p", str(pid), "-o", data],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        work()
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    text = subprocess.run(
+        ["perf", "script", "-i", data, "-F", "tid,ip,sym", "--no-inline"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    places, total = collections.Counter(), 0
+    for sample in text.split("\n\n"):
+        # A sample: its thread id, then one "address symbol" line per frame, innermost first.
+        frames = [
+            line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else "?"
+            for line in sample.splitlines()[1:]
+            if line.strip()
+        ]
+        if not frames:
+            continue
+        total += 1
+        own = [f for f in frames if "comfy_reality" in f]
+        if not own:
+            places["(not the runtime's own code)"] += 1
+            continue
+        caller = f"  <-  {own[1][:90]}" if len(own) > 1 else ""
+        places[own[0][:90] + caller] += 1
+    return total, places.most_common(top)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime", default=os.path.join(ROOT, "target/symbols/release/comfy-reality"))
+    parser.add_argument("--fake", default=os.path.join(ROOT, "target/release/comfy-reality-fake-comfyui"))
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--submits", type=int, default=5000)
+    parser.add_argument("--sites", type=int, default=0, help="print the N places that allocate most per job")
+    args = parser.parse_args()
+    for binary in (args.runtime, args.fake):
+        if not os.path.exists(binary):
+            sys.exit(f"{binary} not found (see this script's documentation for the build)")
+    subprocess.run(["perf", "probe", "-q", "-d", PROBE], stderr=subprocess.DEVNULL, check=False)
+    added = subprocess.run(
+        ["perf", "probe", "-q", "-x", args.runtime, "-a", f"{PROBE}=_mi_page_malloc_zero"],
+        capture_output=True, text=True, check=False,
+    )
+    if added.returncode != 0:
+        sys.exit(f"no uprobe on mimalloc's allocation path (a stripped runtime?): {added.stderr.strip()}")
+    scratch = tempfile.mkdtemp(prefix="allocations-")
+    try:
+        fake_port = free_port()
+        fake = subprocess.Popen(
+            [args.fake, "--port", str(fake_port), "--time-scale", "0.005", "--output-dir", f"{scratch}/out"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(fake_port, "the fake")
+            runtime, address = start_runtime(
+                args.runtime, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}"
+            )
+            try:
+                asyncio.run(run_jobs(address, 200))
+                jobs = counted(runtime.pid, scratch, lambda: asyncio.run(run_jobs(address, args.jobs)))
+                found = None
+                if args.sites:
+                    found = sites(
+                        runtime.pid, scratch, lambda: asyncio.run(run_jobs(address, args.jobs)), args.sites
+                    )
+            finally:
+                stop(runtime)
+        finally:
+            stop(fake)
+        # A backend nothing listens on: the submissions stay queued.
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        runtime, address = start_runtime(args.runtime, scratch, "submits", "memory", down)
+        try:
+            asyncio.run(run_submits(address, 3000))
+            submits = counted(runtime.pid, scratch, lambda: asyncio.run(run_submits(address, args.submits)))
+        finally:
+            stop(runtime)
+        print(f"allocations per one-node job (durable store): {jobs / args.jobs:.1f} over {args.jobs} jobs")
+        print(f"allocations per submit (memory store, 1 KiB workflow): {submits / args.submits:.1f} over {args.submits}")
+        if found:
+            total, places = found
+            print(f"where a job's allocations are made (per job, of {total / args.jobs:.1f}):")
+            for place, count in places:
+                print(f"  {count / args.jobs:7.1f}  {place}")
+    finally:
+        subprocess.run(["perf", "probe", "-q", "-d", PROBE], stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(["rm", "-rf", scratch], check=False)
+
+
+if __name__ == "__main__":
+    main()
