@@ -110,8 +110,8 @@ def test_a_file_that_is_not_json_is_refused_before_anything_is_sent(tmp_path: pa
 
 
 def test_watch_follows_a_running_execution_to_its_end(client: Client) -> None:
-    # 10 s x 0.05 = half a second of TestDelay in five steps: running when the watch begins.
-    execution = client.execute(delay_workflow(10, steps=5, nonce=int(uuid.uuid4().int % 2**32)))
+    # 20 s x 0.05 = a second of TestDelay in five steps: running when the watch begins.
+    execution = client.execute(delay_workflow(20, steps=5, nonce=int(uuid.uuid4().int % 2**32)))
     events = list(client.watch(execution.id))
     assert_watched_to_the_end(events, execution, TaskEventType.TASK_EVENT_TYPE_COMPLETED)
     steps = [
