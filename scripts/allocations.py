@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 
-from job_timeline import ROOT, free_port, run_jobs, wait_port
+from job_timeline import ROOT, run_jobs, start_fake, start_runtime, stop
 
 PROBE = "comfy_alloc:malloc"
 # Benchmark 1's workflow (bench/submit.rs): seven nodes, its text about 1 KiB.
@@ -77,38 +77,20 @@ async def run_submits(address, submits):
         await asyncio.gather(*(one() for _ in range(submits)))
 
 
-def start_runtime(binary, scratch, name, store, backend):
-    port = free_port()
-    config = f"{scratch}/{name}.toml"
-    with open(config, "w", encoding="utf-8") as f:
-        f.write(
-            f'[service]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\n'
-            f'data_dir = "{scratch}/{name}-data"\n'
-            f'[runtime]\nqueue_type = "{store}"\nlog_level = "warning"\n'
-            f'[scheduling]\nmax_queue_len = 1000000\n'
-            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n'
-        )
-    runtime = subprocess.Popen(
-        [binary, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_port(port, "the runtime")
-    return runtime, f"127.0.0.1:{port}"
-
-
-def stop(process):
-    process.terminate()
-    process.wait()
-
-
-def counted(pid, scratch, work):
-    """Allocations the runtime `pid` makes while `work()` runs."""
-    out = f"{scratch}/stat.csv"
-    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PROBE, "-p", str(pid), "-o", out])
+def perf_during(command, work):
+    """Runs perf's `command` (attached to a process) while `work()` runs, then stops it."""
+    perf = subprocess.Popen(["perf", *command], stdout=subprocess.DEVNULL)
     try:
         work()
     finally:
         perf.send_signal(signal.SIGINT)
         perf.wait()
+
+
+def counted(pid, scratch, work):
+    """Allocations the runtime `pid` makes while `work()` runs."""
+    out = f"{scratch}/stat.csv"
+    perf_during(["stat", "-x", ",", "-e", PROBE, "-p", str(pid), "-o", out], work)
     with open(out, encoding="utf-8") as f:
         for line in f:
             fields = line.strip().split(",")
@@ -120,15 +102,7 @@ def counted(pid, scratch, work):
 def sites(pid, scratch, work, top):
     """The `top` places that allocate most while `work()` runs, with their share."""
     data = f"{scratch}/sites.data"
-    perf = subprocess.Popen(
-        ["perf", "record", "-q", "-g", "-e", PROBE, "-p", str(pid), "-o", data],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        work()
-    finally:
-        perf.send_signal(signal.SIGINT)
-        perf.wait()
+    perf_during(["record", "-q", "-g", "-e", PROBE, "-p", str(pid), "-o", data], work)
     text = subprocess.run(
         ["perf", "script", "-i", data, "-F", "tid,ip,sym", "--no-inline"],
         capture_output=True, text=True, check=True,
@@ -173,13 +147,8 @@ def main():
         sys.exit(f"no uprobe on mimalloc's allocation path (a stripped runtime?): {added.stderr.strip()}")
     scratch = tempfile.mkdtemp(prefix="allocations-")
     try:
-        fake_port = free_port()
-        fake = subprocess.Popen(
-            [args.fake, "--port", str(fake_port), "--time-scale", "0.005", "--output-dir", f"{scratch}/out"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        fake, fake_port = start_fake(args.fake, scratch)
         try:
-            wait_port(fake_port, "the fake")
             runtime, address = start_runtime(
                 args.runtime, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}"
             )

@@ -60,6 +60,42 @@ def wait_port(port, what, deadline=10.0):
     sys.exit(f"{what} did not listen on {port}")
 
 
+def start_fake(binary, scratch):
+    """The fake ComfyUI at `--time-scale 0.005` on a free port, listening: (process, port)."""
+    port = free_port()
+    fake = subprocess.Popen(
+        [binary, "--port", str(port), "--time-scale", "0.005", "--output-dir", f"{scratch}/out"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, "the fake")
+    return fake, port
+
+
+def start_runtime(binary, scratch, name, store, backend):
+    """A runtime on a free port, on the `store` queue type, its one backend at `backend`,
+    listening: (process, address)."""
+    port = free_port()
+    config = f"{scratch}/{name}.toml"
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(
+            f'[service]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\n'
+            f'data_dir = "{scratch}/{name}-data"\n'
+            f'[runtime]\nqueue_type = "{store}"\nlog_level = "warning"\n'
+            f'[scheduling]\nmax_queue_len = 1000000\n'
+            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n'
+        )
+    runtime = subprocess.Popen(
+        [binary, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_port(port, "the runtime")
+    return runtime, f"127.0.0.1:{port}"
+
+
+def stop(process):
+    process.terminate()
+    process.wait()
+
+
 async def run_jobs(address, jobs):
     from comfy_reality import AsyncClient
 
@@ -200,23 +236,11 @@ def main():
     parser.add_argument("--jobs", type=int, default=30)
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="job-timeline-")
-    fake_port, port = free_port(), free_port()
-    fake = subprocess.Popen(
-        [args.fake, "--port", str(fake_port), "--time-scale", "0.005", "--output-dir", f"{scratch}/out"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    config = f"{scratch}/runtime.toml"
-    with open(config, "w", encoding="utf-8") as f:
-        f.write(
-            f'[service]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\ndata_dir = "{scratch}/data"\n'
-            f'[runtime]\nqueue_type = "sqlite"\nlog_level = "warning"\n'
-            f'[[servers]]\nname = "b0"\nurl = "http://127.0.0.1:{fake_port}"\n'
-        )
-    runtime = subprocess.Popen([args.runtime, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake, fake_port = start_fake(args.fake, scratch)
+    runtime = None
     try:
-        wait_port(fake_port, "the fake")
-        wait_port(port, "the runtime")
-        asyncio.run(run_jobs(f"127.0.0.1:{port}", 200))
+        runtime, address = start_runtime(args.runtime, scratch, "runtime", "sqlite", f"http://127.0.0.1:{fake_port}")
+        asyncio.run(run_jobs(address, 200))
         writer = next(
             int(tid) for tid in os.listdir(f"/proc/{runtime.pid}/task")
             if open(f"/proc/{runtime.pid}/task/{tid}/comm", encoding="utf-8").read().strip() == "store-writer"
@@ -227,7 +251,7 @@ def main():
              "--exclude-perf", "-a", "-o", data, "--", "sleep", str(2 + args.jobs * 0.02)],
         )
         time.sleep(0.5)
-        asyncio.run(run_jobs(f"127.0.0.1:{port}", args.jobs))
+        asyncio.run(run_jobs(address, args.jobs))
         perf.wait()
         text = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,cpu,time,event,trace"],
                               capture_output=True, text=True, check=True).stdout
@@ -259,10 +283,9 @@ def main():
             sys.exit(f"could not tell the connections apart: {fds}")
         report(segments(records, runtime.pid, writer, fake.pid, fds))
     finally:
-        runtime.terminate()
-        fake.terminate()
-        runtime.wait()
-        fake.wait()
+        for process in (runtime, fake):
+            if process is not None:
+                stop(process)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ use comfy_reality::pb::{
     CancelExecutionRequest, ExecuteWorkflowRequest, Task, TaskPriority, TaskStatus,
     WorkflowExecution, execute_workflow_request::Workflow,
 };
-use comfy_reality_fake_comfyui::FakeComfy;
+use comfy_reality_fake_comfyui::{FakeComfy, capture_test_logs};
 use common::exec::{Harness, delay_workflow, harness, image_workflow, status};
 use serde_json::{Value, json};
 
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn pipelining_hands_the_next_prompt_to_the_backend_while_one_executes() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| c.runtime.max_concurrent_tasks = 2).await;
     let a = h
         .execute(&delay_workflow(1.5, 1), TaskPriority::Normal)
@@ -74,7 +74,7 @@ async fn pipelining_hands_the_next_prompt_to_the_backend_while_one_executes() {
 
 #[tokio::test]
 async fn a_critical_execution_takes_back_a_low_one_waiting_in_the_backend_queue() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| c.runtime.max_concurrent_tasks = 2).await;
     let a = h
         .execute(&delay_workflow(2.0, 1), TaskPriority::Normal)
@@ -132,7 +132,7 @@ async fn a_critical_execution_takes_back_a_low_one_waiting_in_the_backend_queue(
 
 #[tokio::test]
 async fn two_backends_share_the_load() {
-    logs();
+    capture_test_logs();
     let h = harness(2, |c| c.runtime.max_concurrent_tasks = 4).await;
     let mut ids = Vec::new();
     for nonce in 0..4 {
@@ -167,7 +167,7 @@ async fn two_backends_share_the_load() {
 
 #[tokio::test]
 async fn a_backend_refusing_connections_mid_run_moves_its_execution_to_the_other() {
-    logs();
+    capture_test_logs();
     let h = harness(2, |c| {
         // One probe fails at once instead of after its own retries.
         for server in &mut c.servers {
@@ -196,7 +196,7 @@ async fn a_backend_refusing_connections_mid_run_moves_its_execution_to_the_other
 
 #[tokio::test]
 async fn a_backend_shut_down_mid_run_moves_its_execution_to_the_other() {
-    logs();
+    capture_test_logs();
     let mut h = harness(2, |c| {
         for server in &mut c.servers {
             server.max_retries = 0;
@@ -227,7 +227,7 @@ async fn a_backend_shut_down_mid_run_moves_its_execution_to_the_other() {
 
 #[tokio::test]
 async fn http_500_on_post_prompt_is_retried_until_it_succeeds() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| {
         no_background_probes(c);
         // Room to clear the fault before the retry is due.
@@ -259,7 +259,7 @@ async fn http_500_on_post_prompt_is_retried_until_it_succeeds() {
 
 #[tokio::test]
 async fn http_500_on_post_prompt_without_retries_fails_as_backend_unavailable() {
-    logs();
+    capture_test_logs();
     let h = harness(1, no_background_probes).await;
     h.fakes[0].faults().set_http_500(true);
     let e = execute_config(
@@ -281,7 +281,7 @@ async fn http_500_on_post_prompt_without_retries_fails_as_backend_unavailable() 
 
 #[tokio::test]
 async fn a_backend_restart_loses_the_prompts_which_are_retried() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| c.runtime.max_concurrent_tasks = 2).await;
     let a = h
         .execute(&delay_workflow(1.0, 1), TaskPriority::Normal)
@@ -309,7 +309,7 @@ async fn a_backend_restart_loses_the_prompts_which_are_retried() {
 
 #[tokio::test]
 async fn a_prompt_lost_in_a_restart_without_retries_fails_as_prompt_lost() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |_| {}).await;
     let e = execute_config(
         &h,
@@ -331,7 +331,7 @@ async fn a_prompt_lost_in_a_restart_without_retries_fails_as_prompt_lost() {
 
 #[tokio::test]
 async fn out_of_memory_is_retried_then_fails_as_out_of_memory() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |_| {}).await;
     // 16384 x 16384 RGB is 768 MiB: over the fake's 256 MiB, it fails the way
     // torch does when an allocation cannot be served.
@@ -353,7 +353,7 @@ async fn out_of_memory_is_retried_then_fails_as_out_of_memory() {
 
 #[tokio::test]
 async fn an_unreachable_backend_is_retried_on_another() {
-    logs();
+    capture_test_logs();
     let h = harness(2, |c| {
         no_background_probes(c);
         c.runtime.task_retry_delay_seconds = 0.5;
@@ -375,7 +375,7 @@ async fn an_unreachable_backend_is_retried_on_another() {
 
 #[tokio::test]
 async fn an_unreachable_backend_without_retries_fails_as_backend_unavailable() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| {
         no_background_probes(c);
         c.servers[0].max_retries = 0;
@@ -405,7 +405,7 @@ async fn an_unreachable_backend_without_retries_fails_as_backend_unavailable() {
 
 #[tokio::test]
 async fn a_timeout_interrupts_the_right_prompt() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| c.runtime.max_concurrent_tasks = 2).await;
     let a = execute_config(
         &h,
@@ -445,7 +445,7 @@ async fn a_timeout_interrupts_the_right_prompt() {
 
 #[tokio::test]
 async fn a_silent_backend_stalls_the_execution_and_its_prompt_is_interrupted() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| {
         c.scheduling.stall_timeout_seconds = 0.5;
         // The socket's own reconciliation would otherwise find the prompt first.
@@ -472,7 +472,7 @@ async fn a_silent_backend_stalls_the_execution_and_its_prompt_is_interrupted() {
 
 #[tokio::test]
 async fn a_backend_going_silent_mid_run_stalls_the_execution() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| {
         c.scheduling.stall_timeout_seconds = 0.5;
         c.servers[0].silence_timeout_seconds = 60.0;
@@ -502,7 +502,7 @@ async fn a_backend_going_silent_mid_run_stalls_the_execution() {
 
 #[tokio::test]
 async fn a_prompt_waiting_behind_a_long_one_is_not_stalled() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| {
         c.runtime.max_concurrent_tasks = 2;
         c.scheduling.stall_timeout_seconds = 0.5;
@@ -535,7 +535,7 @@ async fn a_prompt_waiting_behind_a_long_one_is_not_stalled() {
 
 #[tokio::test]
 async fn cancel_during_a_retry_back_off_is_immediate() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| {
         no_background_probes(c);
         c.runtime.task_retry_delay_seconds = 30.0;
@@ -560,7 +560,7 @@ async fn cancel_during_a_retry_back_off_is_immediate() {
 
 #[tokio::test]
 async fn cancel_an_execution_waiting_in_the_backend_queue() {
-    logs();
+    capture_test_logs();
     let h = harness(1, |c| c.runtime.max_concurrent_tasks = 2).await;
     let a = h
         .execute(&delay_workflow(1.0, 1), TaskPriority::Normal)
@@ -603,18 +603,6 @@ async fn cancel_an_execution_waiting_in_the_backend_queue() {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Logs go to the test's captured output (shown when it fails); `RUST_LOG`
-/// filters, `comfy_reality=info` by default.
-fn logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("comfy_reality=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
-}
 
 /// Probes only on demand (start, suspected failures), so a fault armed before
 /// a submit is met by `POST /prompt`, not by a probe.

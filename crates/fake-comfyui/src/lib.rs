@@ -105,6 +105,21 @@ pub const BINARY_NAME: &str = "comfy-reality-fake-comfyui";
 /// The environment variable that names the fake's binary explicitly.
 pub const BINARY_ENV: &str = "COMFY_REALITY_FAKE_COMFYUI";
 
+/// Sends log lines to the running test's captured output (shown when it fails), for the tests
+/// of the workspace that run the runtime and this fake in their process. `RUST_LOG` filters,
+/// `comfy_reality=info` by default. The subscriber is the process's, installed by the first
+/// call: a line goes to the captured output of the test whose thread (or a thread it spawned)
+/// logs it.
+pub fn capture_test_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("comfy_reality=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// Where the fake's binary is, for tests and benchmarks of other crates of the
 /// workspace that start it as a process (cargo only tells a package the paths
 /// of its own binaries): `$COMFY_REALITY_FAKE_COMFYUI` when set, else next to

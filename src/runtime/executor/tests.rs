@@ -40,7 +40,7 @@ struct Setup {
 impl Setup {
     /// With at most `max_concurrent` executions on the backends at once.
     async fn start(max_concurrent: usize) -> Self {
-        logs();
+        comfy_reality_fake_comfyui::capture_test_logs();
         let fake = FakeComfy::start(FakeOptions::default()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
@@ -90,7 +90,7 @@ async fn ended(runtime: &Runtime, fake: &FakeComfy, id: &str) -> TaskStatus {
 /// and prompt id, its tasks, the backends as the runtime sees them, and the prompt in the
 /// fake's history and queue. Tells apart a prompt the fake never finished from an end the
 /// runtime did not hear of (the runtime's log lines are in the test's output too, see
-/// [`logs`]).
+/// `capture_test_logs`).
 async fn hang_report(runtime: &Runtime, fake: &FakeComfy, id: &str) -> String {
     let execution = runtime.executor().view(id).unwrap().execution;
     let mut report = format!(
@@ -115,62 +115,46 @@ async fn hang_report(runtime: &Runtime, fake: &FakeComfy, id: &str) -> String {
         );
     }
     if let Some(prompt) = &execution.prompt_id {
-        let history = fake_json_or_why(fake, &format!("/history/{prompt}")).await;
+        let history = fake_json_text(fake, &format!("/history/{prompt}")).await;
         report += &format!("\n  the fake's history of the prompt: {history}");
     }
     report += &format!(
         "\n  the fake's queue: {}",
-        fake_json_or_why(fake, "/queue").await
+        fake_json_text(fake, "/queue").await
     );
     report
 }
 
-/// The fake's JSON answer at `path`.
-async fn fake_json(fake: &FakeComfy, path: &str) -> Value {
-    reqwest::get(format!("{}{path}", fake.base_url()))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()
-}
-
-/// [`fake_json`] for a report: within 5 s, an error written as text (the fake may be what
-/// hangs).
-async fn fake_json_or_why(fake: &FakeComfy, path: &str) -> String {
+/// The fake's JSON answer at `path`, within 5 s (the fake may be what hangs); an error as text.
+async fn fake_json(fake: &FakeComfy, path: &str) -> Result<Value, String> {
     let read = async {
         let answer = reqwest::get(format!("{}{path}", fake.base_url())).await?;
         answer.json::<Value>().await
     };
     match tokio::time::timeout(Duration::from_secs(5), read).await {
-        Ok(Ok(value)) => value.to_string(),
-        Ok(Err(error)) => format!("not read: {error}"),
-        Err(_) => "not read within 5 s".to_owned(),
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(format!("not read: {error}")),
+        Err(_) => Err("not read within 5 s".to_owned()),
     }
 }
 
-/// Logs go to the test's captured output (shown when it fails); `RUST_LOG` filters,
-/// `comfy_reality=info` by default. The subscriber is the process's: a line goes to the
-/// captured output of the test whose thread (or a thread it spawned) logs it.
-fn logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("comfy_reality=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
+/// [`fake_json`] for a report: the answer, or why there is none.
+async fn fake_json_text(fake: &FakeComfy, path: &str) -> String {
+    fake_json(fake, path)
+        .await
+        .map_or_else(|why| why, |value| value.to_string())
 }
 
 /// The prompts the fake has: (in its queue, running or pending; in its history).
 async fn on_fake(fake: &FakeComfy) -> (usize, usize) {
-    let queue = fake_json(fake, "/queue").await;
+    let queue = fake_json(fake, "/queue").await.unwrap();
     let queued = ["queue_running", "queue_pending"]
         .iter()
         .map(|key| queue[key].as_array().map_or(0, Vec::len))
         .sum();
     let history = fake_json(fake, "/history")
         .await
+        .unwrap()
         .as_object()
         .map_or(0, |h| h.len());
     (queued, history)
