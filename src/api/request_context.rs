@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -23,13 +23,27 @@ pub const DURATION_HEADER: &str = "x-duration-ms";
 /// Response header: the API version.
 pub const API_VERSION_HEADER: &str = "x-api-version";
 
+// The names as `HeaderName`s: a header inserted under a `&str` name that is not a standard
+// one is copied into a name of its own on every insert.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const DURATION: HeaderName = HeaderName::from_static(DURATION_HEADER);
+const API_VERSION_NAME: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
+
 /// Longest caller-supplied request id kept; longer or non-visible-ASCII ids
 /// are replaced by a fresh UUID.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The request id of the current call, stored in request extensions.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id (visible ASCII).
+    pub fn as_str(&self) -> &str {
+        // Only visible ASCII is kept or made (`request_id_of`).
+        self.0.to_str().unwrap_or_default()
+    }
+}
 
 /// Layer that adds [`RequestContextService`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,18 +64,40 @@ pub struct RequestContextService<S> {
     inner: S,
 }
 
-fn request_id_of<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= MAX_REQUEST_ID_LEN
-                && v.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(crate::model::new_id)
+/// The caller's request id when it is usable (shared with the request's
+/// header, not copied), else a fresh UUID.
+fn request_id_of<B>(req: &Request<B>) -> RequestId {
+    let caller = req.headers().get(&REQUEST_ID).filter(|v| {
+        let id = v.as_bytes().trim_ascii();
+        !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(u8::is_ascii_graphic)
+    });
+    RequestId(match caller {
+        // Surrounding whitespace is not part of the id.
+        Some(value) if value.as_bytes().trim_ascii().len() == value.len() => value.clone(),
+        Some(value) => HeaderValue::from_bytes(value.as_bytes().trim_ascii())
+            .unwrap_or_else(|_| fresh_request_id()),
+        None => fresh_request_id(),
+    })
+}
+
+fn fresh_request_id() -> HeaderValue {
+    // A UUID is visible ASCII; taken over without a copy.
+    HeaderValue::try_from(crate::model::new_id())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+/// `elapsed` in milliseconds with three decimals, e.g. `1.234`: written from
+/// whole microseconds (a float written with a fixed number of decimals takes
+/// the formatter's exact, slow path).
+fn duration_value(elapsed: std::time::Duration) -> HeaderValue {
+    use std::io::Write as _;
+    let micros = elapsed.as_micros();
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    // 48 bytes hold any u128 and the fraction.
+    let _ = write!(cursor, "{}.{:03}", micros / 1000, micros % 1000);
+    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&text[..written]).unwrap_or_else(|_| HeaderValue::from_static("0.000"))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>
@@ -83,13 +119,14 @@ where
         let request_id = request_id_of(&req);
         let span = tracing::info_span!(
             "grpc",
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             method = %req.uri().path(),
             task_id = tracing::field::Empty,
             workflow_id = tracing::field::Empty,
             execution_id = tracing::field::Empty,
         );
-        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let response_id = request_id.0.clone();
+        req.extensions_mut().insert(request_id);
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -97,16 +134,12 @@ where
             async move {
                 let result = inner.call(req).await;
                 result.map(|mut response| {
-                    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let elapsed = started.elapsed();
                     let headers = response.headers_mut();
-                    if let Ok(value) = HeaderValue::from_str(&request_id) {
-                        headers.insert(REQUEST_ID_HEADER, value);
-                    }
-                    if let Ok(value) = HeaderValue::from_str(&format!("{elapsed_ms:.3}")) {
-                        headers.insert(DURATION_HEADER, value);
-                    }
-                    headers.insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
-                    tracing::debug!(duration_ms = elapsed_ms, "call handled");
+                    headers.insert(REQUEST_ID, response_id);
+                    headers.insert(DURATION, duration_value(elapsed));
+                    headers.insert(API_VERSION_NAME, HeaderValue::from_static(API_VERSION));
+                    tracing::debug!(duration_ms = elapsed.as_secs_f64() * 1000.0, "call handled");
                     response
                 })
             }
@@ -129,7 +162,33 @@ mod tests {
 
     #[test]
     fn caller_request_id_is_kept() {
-        assert_eq!(request_id_of(&req_with(Some("abc-123"))), "abc-123");
+        assert_eq!(
+            request_id_of(&req_with(Some("abc-123"))).as_str(),
+            "abc-123"
+        );
+        assert_eq!(
+            request_id_of(&req_with(Some(" abc-123\t"))).as_str(),
+            "abc-123"
+        );
+    }
+
+    #[test]
+    fn the_duration_is_milliseconds_with_three_decimals() {
+        use std::time::Duration;
+        for (elapsed, text) in [
+            (Duration::ZERO, "0.000"),
+            (Duration::from_nanos(999), "0.000"),
+            (Duration::from_micros(7), "0.007"),
+            (Duration::from_micros(1_234), "1.234"),
+            (Duration::from_micros(12_345_678), "12345.678"),
+            (Duration::MAX, "18446744073709551615999.999"),
+        ] {
+            assert_eq!(
+                duration_value(elapsed).to_str().ok(),
+                Some(text),
+                "{elapsed:?}"
+            );
+        }
     }
 
     #[test]
@@ -141,7 +200,8 @@ mod tests {
             Some(&"x".repeat(200)[..]),
         ] {
             let id = request_id_of(&req_with(bad));
-            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{bad:?} -> {id}");
+            let id = id.as_str();
+            assert!(uuid::Uuid::parse_str(id).is_ok(), "{bad:?} -> {id}");
         }
     }
 }
