@@ -7,6 +7,7 @@
 //! legal; it does not decide when to make them (that is the runtime's job).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -394,8 +395,10 @@ pub struct Task {
     pub error_type: Option<String>,
     /// Timing and resource use.
     pub metrics: TaskMetrics,
-    /// Free-form metadata.
-    pub metadata: JsonObject,
+    /// Free-form metadata, set when the task is made and not changed after: shared by the
+    /// task's copies (a task is copied on every change of its state; a NODE task's metadata
+    /// was most of a copy's allocations). Change it with `Arc::make_mut`.
+    pub metadata: Arc<JsonObject>,
     /// When the task was created.
     pub created_at: DateTime<Utc>,
     /// When the task last changed.
@@ -432,7 +435,7 @@ impl Task {
             error: None,
             error_type: None,
             metrics: TaskMetrics::default(),
-            metadata: new.metadata,
+            metadata: Arc::new(new.metadata),
             created_at: Utc::now(),
             updated_at: None,
             ownership: None,
@@ -472,7 +475,7 @@ impl Task {
             error: record.error,
             error_type: record.error_type,
             metrics: record.metrics,
-            metadata: record.metadata,
+            metadata: Arc::new(record.metadata),
             created_at: record.created_at,
             updated_at: record.updated_at,
             ownership: record.ownership,
@@ -503,7 +506,7 @@ impl Task {
             error: self.error.clone(),
             error_type: self.error_type.clone(),
             metrics: self.metrics.clone(),
-            metadata: self.metadata.clone(),
+            metadata: JsonObject::clone(&self.metadata),
             created_at: self.created_at,
             updated_at: self.updated_at,
             ownership: self.ownership.clone(),
@@ -1247,8 +1250,7 @@ mod tests {
     #[test]
     fn serde_round_trip_validates() {
         let mut t = task("s");
-        t.metadata
-            .insert("seed".into(), json!(18446744073709551615u64));
+        Arc::make_mut(&mut t.metadata).insert("seed".into(), json!(18446744073709551615u64));
         t.transition(TaskStatus::Running).unwrap();
         t.set_progress(0.5).unwrap();
         let text = serde_json::to_string(&t).unwrap();

@@ -421,10 +421,9 @@ fn put_and_get_tasks_keep_json_exact(store: &dyn Store) {
     let mut original = task("exact");
     let big: Value = serde_json::from_str("123456789012345678901234567890.000000000000000000001")
         .expect("arbitrary precision");
-    original
-        .metadata
-        .insert("seed".into(), Value::from(u64::MAX));
-    original.metadata.insert("big".into(), big.clone());
+    let metadata = std::sync::Arc::make_mut(&mut original.metadata);
+    metadata.insert("seed".into(), Value::from(u64::MAX));
+    metadata.insert("big".into(), big.clone());
     let original = created(store.create_task(original, None).unwrap());
     assert_eq!(
         store.get_task(&original.id).unwrap().as_ref(),
