@@ -13,9 +13,10 @@ allocation path (`_mi_page_malloc_zero`, through a perf uprobe) in the runtime:
 - per submit: a memory-store runtime whose one backend is down (nothing runs), benchmark 1's
   1 KiB workflow submitted from the Python SDK, 16 in flight.
 
-With `--sites N` it also records where the job's allocations are made (perf's call chains of
-the probe) and prints the N sites that make most, each as the first function of the runtime's
-own code on the chain and its caller.
+With `--sites N` it also records where a job's and a submit's allocations are made (perf's
+call chains of the probe, which need a build with frame pointers: `RUSTFLAGS="-C
+force-frame-pointers=yes"`) and prints the N sites that make most, each as the first function
+of the runtime's own code on the chain and its caller.
 
     .tools/venv/bin/python scripts/allocations.py [--runtime BIN] [--fake BIN]
         [--jobs N] [--submits N] [--sites N]
@@ -25,7 +26,8 @@ The runtime must keep its symbols (the release profile strips them):
     CARGO_PROFILE_RELEASE_STRIP=false cargo build --release --locked \\
         --target-dir target/symbols -p comfy-reality --bin comfy-reality
 
-is the default `--runtime`; the fake is `cargo build --release --locked -p
+is the default `--runtime` (a build whose only DWARF is the standard library's is probed and run
+as a copy without it, `objcopy --strip-debug`: perf would look the function up there); the fake is `cargo build --release --locked -p
 comfy-reality-fake-comfyui`'s (the benchmarks build it too). Needs root (uprobes), `perf` on the PATH, and a Python with grpcio
 and protobuf (the SDK's dependencies); the SDK itself is read from clients/python.
 """
@@ -127,6 +129,33 @@ def sites(pid, scratch, work, top):
     return total, places.most_common(top)
 
 
+def probe_allocations(runtime, scratch):
+    """Puts the uprobe on `runtime`'s allocation path; returns the binary to run. perf reads a
+    binary's DWARF when it has some, and a release build without debug info still carries the
+    standard library's, where mimalloc's C code is not: perf then finds no such function. A copy
+    without the DWARF (`objcopy --strip-debug`, the symbols kept) is probed and run instead."""
+    subprocess.run(["perf", "probe", "-q", "-d", PROBE], stderr=subprocess.DEVNULL, check=False)
+
+    def probe(binary):
+        return subprocess.run(
+            ["perf", "probe", "-q", "-x", binary, "-a", f"{PROBE}=_mi_page_malloc_zero"],
+            capture_output=True, text=True, check=False,
+        )
+
+    added = probe(runtime)
+    if added.returncode == 0:
+        return runtime
+    copy = f"{scratch}/comfy-reality"
+    subprocess.run(["objcopy", "--strip-debug", runtime, copy], check=True)
+    again = probe(copy)
+    if again.returncode != 0:
+        sys.exit(
+            "no uprobe on mimalloc's allocation path (a stripped runtime?): "
+            f"{added.stderr.strip()} / {again.stderr.strip()}"
+        )
+    return copy
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", default=os.path.join(ROOT, "target/symbols/release/comfy-reality"))
@@ -138,15 +167,9 @@ def main():
     for binary in (args.runtime, args.fake):
         if not os.path.exists(binary):
             sys.exit(f"{binary} not found (see this script's documentation for the build)")
-    subprocess.run(["perf", "probe", "-q", "-d", PROBE], stderr=subprocess.DEVNULL, check=False)
-    added = subprocess.run(
-        ["perf", "probe", "-q", "-x", args.runtime, "-a", f"{PROBE}=_mi_page_malloc_zero"],
-        capture_output=True, text=True, check=False,
-    )
-    if added.returncode != 0:
-        sys.exit(f"no uprobe on mimalloc's allocation path (a stripped runtime?): {added.stderr.strip()}")
     scratch = tempfile.mkdtemp(prefix="allocations-")
     try:
+        args.runtime = probe_allocations(args.runtime, scratch)
         fake, fake_port = start_fake(args.fake, scratch)
         try:
             runtime, address = start_runtime(
@@ -172,15 +195,21 @@ def main():
         try:
             asyncio.run(run_submits(address, 3000))
             submits = counted(runtime.pid, scratch, lambda: asyncio.run(run_submits(address, args.submits)))
+            found_submits = None
+            if args.sites:
+                found_submits = sites(
+                    runtime.pid, scratch, lambda: asyncio.run(run_submits(address, args.submits)), args.sites
+                )
         finally:
             stop(runtime)
         print(f"allocations per one-node job (durable store): {jobs / args.jobs:.1f} over {args.jobs} jobs")
         print(f"allocations per submit (memory store, 1 KiB workflow): {submits / args.submits:.1f} over {args.submits}")
-        if found:
-            total, places = found
-            print(f"where a job's allocations are made (per job, of {total / args.jobs:.1f}):")
-            for place, count in places:
-                print(f"  {count / args.jobs:7.1f}  {place}")
+        for what, found_in, calls in (("a job", found, args.jobs), ("a submit", found_submits, args.submits)):
+            if found_in:
+                total, places = found_in
+                print(f"where {what}'s allocations are made (per call, of {total / calls:.1f}):")
+                for place, count in places:
+                    print(f"  {count / calls:7.1f}  {place}")
     finally:
         subprocess.run(["perf", "probe", "-q", "-d", PROBE], stderr=subprocess.DEVNULL, check=False)
         subprocess.run(["rm", "-rf", scratch], check=False)

@@ -411,11 +411,9 @@ impl TaskRegistry {
         record: bool,
     ) -> Commit {
         let record = record || task.status() != before.status() || !task_is_live(&task);
-        let mut events = Vec::new();
-        if task.status() != before.status() {
-            if let Some(event) = Self::transition_event(&task) {
-                events.push(event);
-            }
+        // At most one event: a transition, else a change of progress.
+        let event = if task.status() != before.status() {
+            Self::transition_event(&task)
         } else if task.progress() != before.progress()
             || task.progress_message != before.progress_message
         {
@@ -433,13 +431,14 @@ impl TaskRegistry {
                     event.data.insert(key.clone(), value.clone());
                 }
             }
-            events.push(event);
-        }
-        let context = task_context(&task);
-        let events = events
-            .into_iter()
-            .map(|event| (EventPayload::Task(event), context.clone()))
-            .collect();
+            Some(event)
+        } else {
+            None
+        };
+        // The event's context made for it alone (not made for a write without an event).
+        let events = event.map_or_else(Vec::new, |event| {
+            vec![(EventPayload::Task(event), task_context(&task))]
+        });
         let forget = self
             .pending
             .insert_with(task.id.clone(), Arc::clone(&task), record);
