@@ -26,9 +26,10 @@ The runtime must keep its symbols (the release profile strips them):
     CARGO_PROFILE_RELEASE_STRIP=false cargo build --release --locked \\
         --target-dir target/symbols -p comfy-reality --bin comfy-reality
 
-is the default `--runtime` (a build whose only DWARF is the standard library's is probed and run
-as a copy without it, `objcopy --strip-debug`: perf would look the function up there); the fake is `cargo build --release --locked -p
-comfy-reality-fake-comfyui`'s (the benchmarks build it too). Needs root (uprobes), `perf` on the PATH, and a Python with grpcio
+is the default `--runtime` (a build whose only DWARF is the standard library's is probed and
+run as a copy without it, `objcopy --strip-debug`: perf would look the function up there); the
+fake is `cargo build --release --locked -p comfy-reality-fake-comfyui`'s (the benchmarks build
+it too). Needs root (uprobes), `perf` and `objcopy` on the PATH, and a Python with grpcio
 and protobuf (the SDK's dependencies); the SDK itself is read from clients/python.
 """
 
@@ -162,7 +163,7 @@ def main():
     parser.add_argument("--fake", default=os.path.join(ROOT, "target/release/comfy-reality-fake-comfyui"))
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--submits", type=int, default=5000)
-    parser.add_argument("--sites", type=int, default=0, help="print the N places that allocate most per job")
+    parser.add_argument("--sites", type=int, default=0, help="print the N places that allocate most per job and per submit")
     args = parser.parse_args()
     for binary in (args.runtime, args.fake):
         if not os.path.exists(binary):

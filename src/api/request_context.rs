@@ -87,7 +87,7 @@ fn fresh_request_id() -> HeaderValue {
 }
 
 /// `elapsed` in milliseconds with three decimals, e.g. `1.234`: written from
-/// whole microseconds (a float written with a fixed number of decimals takes
+/// whole microseconds (truncated) (a float written with a fixed number of decimals takes
 /// the formatter's exact, slow path).
 fn duration_value(elapsed: std::time::Duration) -> HeaderValue {
     use std::io::Write as _;
@@ -119,7 +119,7 @@ where
         let request_id = request_id_of(&req);
         let span = tracing::info_span!(
             "grpc",
-            request_id = request_id.as_str(),
+            request_id = %request_id.as_str(),
             method = %req.uri().path(),
             task_id = tracing::field::Empty,
             workflow_id = tracing::field::Empty,

@@ -10,6 +10,7 @@ use crate::model::{JsonObject, ValidationError, key_path};
 // ---------------------------------------------------------------------------------------------
 // Overrides
 // ---------------------------------------------------------------------------------------------
+
 /// Applies per-execution input overrides (`{"<node id>": {"<input name>":
 /// <value>}}`, from an execute request's `config`) to a POST /prompt `prompt`
 /// object, setting or adding each input.
@@ -26,7 +27,7 @@ use crate::model::{JsonObject, ValidationError, key_path};
 ///   nothing, and its output type was what made the graph valid).
 ///
 /// Values are copied as they are, so numbers keep their exact text. Inputs the
-/// node did not have are added; run [`check_prompt_against_object_info`]
+/// node did not have are added; run [`check_prompt_against_object_info`](super::check_prompt_against_object_info)
 /// afterwards to judge the result.
 pub fn apply_overrides(
     prompt: &mut JsonObject,

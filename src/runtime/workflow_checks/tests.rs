@@ -1,3 +1,6 @@
+//! Tests of the checks against object_info, the exact comparisons of numbers, the overrides and
+//! the `filename_prefix` rewrite, on a catalogue from the captured `object_info.json`.
+
 use std::path::PathBuf;
 
 use proptest::prelude::*;
