@@ -16,7 +16,9 @@ allocation path (`_mi_page_malloc_zero`, through a perf uprobe) in the runtime:
 With `--sites N` it also records where a job's and a submit's allocations are made (perf's
 call chains of the probe, which need a build with frame pointers: `RUSTFLAGS="-C
 force-frame-pointers=yes"`) and prints the N sites that make most, each as the first function
-of the runtime's own code on the chain and its caller.
+of the runtime's own code on the chain and its caller. Under the submits' load perf loses some
+of the recorded chains (the total it prints after "of" is below the count): read the sites as
+shares.
 
     .tools/venv/bin/python scripts/allocations.py [--runtime BIN] [--fake BIN]
         [--jobs N] [--submits N] [--sites N]
@@ -130,6 +132,14 @@ def sites(pid, scratch, work, top):
     return total, places.most_common(top)
 
 
+def measure(pid, scratch, run, warm_up, calls, top):
+    """`run(warm_up)` to warm the runtime `pid` up, then its allocations over `run(calls)`, and,
+    when `top`, where they are made over another `run(calls)` (see `sites`; else None)."""
+    run(warm_up)
+    count = counted(pid, scratch, lambda: run(calls))
+    return count, (sites(pid, scratch, lambda: run(calls), top) if top else None)
+
+
 def probe_allocations(runtime, scratch):
     """Puts the uprobe on `runtime`'s allocation path; returns the binary to run. perf reads a
     binary's DWARF when it has some, and a release build without debug info still carries the
@@ -177,13 +187,9 @@ def main():
                 args.runtime, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}"
             )
             try:
-                asyncio.run(run_jobs(address, 200))
-                jobs = counted(runtime.pid, scratch, lambda: asyncio.run(run_jobs(address, args.jobs)))
-                found = None
-                if args.sites:
-                    found = sites(
-                        runtime.pid, scratch, lambda: asyncio.run(run_jobs(address, args.jobs)), args.sites
-                    )
+                jobs, found = measure(
+                    runtime.pid, scratch, lambda n: asyncio.run(run_jobs(address, n)), 200, args.jobs, args.sites
+                )
             finally:
                 stop(runtime)
         finally:
@@ -194,13 +200,9 @@ def main():
             down = f"http://127.0.0.1:{closed.getsockname()[1]}"
         runtime, address = start_runtime(args.runtime, scratch, "submits", "memory", down)
         try:
-            asyncio.run(run_submits(address, 3000))
-            submits = counted(runtime.pid, scratch, lambda: asyncio.run(run_submits(address, args.submits)))
-            found_submits = None
-            if args.sites:
-                found_submits = sites(
-                    runtime.pid, scratch, lambda: asyncio.run(run_submits(address, args.submits)), args.sites
-                )
+            submits, found_submits = measure(
+                runtime.pid, scratch, lambda n: asyncio.run(run_submits(address, n)), 3000, args.submits, args.sites
+            )
         finally:
             stop(runtime)
         print(f"allocations per one-node job (durable store): {jobs / args.jobs:.1f} over {args.jobs} jobs")

@@ -86,9 +86,9 @@ fn fresh_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
-/// `elapsed` in milliseconds with three decimals, e.g. `1.234`: written from
-/// whole microseconds (truncated) (a float written with a fixed number of decimals takes
-/// the formatter's exact, slow path).
+/// `elapsed` in milliseconds with three decimals, e.g. `1.234`, truncated to the
+/// microsecond: written from whole microseconds, as a float written with a fixed number
+/// of decimals takes the formatter's exact, slow path.
 fn duration_value(elapsed: std::time::Duration) -> HeaderValue {
     use std::io::Write as _;
     let micros = elapsed.as_micros();
