@@ -88,8 +88,10 @@ pub struct RuntimeEvent {
     /// Stack trace, for error events (never sent with secrets in it).
     pub stack_trace: Option<String>,
     /// When it was created.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// When it was last changed.
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Position in the event history, assigned by the event bus (0 until then).
     pub sequence: u64,
@@ -174,6 +176,7 @@ pub struct PerformanceMetric {
     /// Its unit, e.g. `seconds`; stripped, non-empty.
     pub unit: String,
     /// When it was measured.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub timestamp: DateTime<Utc>,
     /// The task it was measured for.
     pub task_id: Option<String>,
@@ -274,6 +277,7 @@ pub struct Event {
     /// Global position, from 1, strictly increasing.
     pub sequence: u64,
     /// When it was published.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub timestamp: DateTime<Utc>,
     /// What happened.
     pub payload: EventPayload,

@@ -178,8 +178,10 @@ pub struct TaskDependency {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskMetrics {
     /// When the task first started running.
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub start_time: Option<DateTime<Utc>>,
     /// When the task last entered a terminal state.
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub end_time: Option<DateTime<Utc>>,
     /// CPU time used, in seconds.
     pub cpu_time: Option<f64>,
@@ -343,8 +345,10 @@ pub struct TaskRecord {
     /// See [`Task::metadata`].
     pub metadata: JsonObject,
     /// See [`Task::created_at`].
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// See [`Task::updated_at`].
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Who created it (not in the seed); `None` for work created without authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -400,8 +404,10 @@ pub struct Task {
     /// was most of a copy's allocations). Change it with `Arc::make_mut`.
     pub metadata: Arc<JsonObject>,
     /// When the task was created.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// When the task last changed.
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// Who created it (not in the seed); `None` for work created without authentication.
     pub ownership: Option<super::ownership::Ownership>,
@@ -755,6 +761,7 @@ pub struct TaskEvent {
     /// What happened.
     pub event_type: TaskEventType,
     /// When it happened.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub timestamp: DateTime<Utc>,
     /// Human-readable detail.
     pub message: Option<String>,

@@ -77,8 +77,10 @@ pub struct ExecutionRecord {
     /// See [`WorkflowExecution::environment`].
     pub environment: BTreeMap<String, String>,
     /// See [`WorkflowExecution::created_at`].
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// See [`WorkflowExecution::updated_at`].
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// See [`WorkflowExecution::workflow_version`].
     #[serde(default)]
@@ -128,8 +130,10 @@ pub struct WorkflowExecution {
     /// Environment variables for the run.
     pub environment: BTreeMap<String, String>,
     /// When the run was created.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// When the run last changed.
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// The registered version that runs; `None` for an inline workflow (not in the seed).
     pub workflow_version: Option<String>,

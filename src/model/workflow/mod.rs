@@ -92,6 +92,7 @@ pub struct WorkflowRecord {
     /// See [`WorkflowDefinition::author`].
     pub author: Option<String>,
     /// See [`WorkflowDefinition::created_at`].
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// See [`WorkflowDefinition::workflow_json`].
     pub workflow_json: String,
@@ -137,6 +138,7 @@ pub struct WorkflowDefinition {
     /// Who wrote it.
     pub author: Option<String>,
     /// When it was registered.
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// The ComfyUI API-format JSON text exactly as received (possibly
     /// `{"prompt": ...}`-wrapped).
