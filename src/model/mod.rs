@@ -82,7 +82,7 @@ macro_rules! string_enum {
 pub mod events;
 pub mod ownership;
 pub mod task;
-pub(crate) mod timestamp;
+mod timestamp;
 pub mod workflow;
 
 pub use events::{EventCategory, LogLevel, PerformanceMetric, RuntimeEvent};
