@@ -259,9 +259,13 @@ def main():
         # the one the runtime reads calls on).
         to_fake = [(fd, local) for fd, local, peer in sockets(runtime.pid) if peer == fake_port]
         records = parse(text, {runtime.pid, fake.pid})
-        # The POST's connection is the one the runtime writes a request on; the socket's the other.
-        written = {fields[0] for _, pid, tid, kind, fields in records if pid == runtime.pid and kind == "writev"}
-        http = next((fd for fd, _ in to_fake if fd in written), None)
+        # The POSTs' connection is the one the runtime writes most requests on (a probe's or a
+        # second pooled connection may write a few); the socket's is another.
+        written = {}
+        for _, pid, tid, kind, fields in records:
+            if pid == runtime.pid and kind == "writev":
+                written[fields[0]] = written.get(fields[0], 0) + 1
+        http = max((fd for fd, _ in to_fake if fd in written), key=written.get, default=None)
         # The socket's: the one it reads most from (a probe's connection may be open too).
         reads = {}
         for _, pid, tid, kind, fields in records:
