@@ -24,6 +24,7 @@ and protobuf (the SDK's dependencies); the SDK itself is read from clients/pytho
 
 import argparse
 import asyncio
+import collections
 import os
 import re
 import socket
@@ -259,21 +260,22 @@ def main():
         # the one the runtime reads calls on).
         to_fake = [(fd, local) for fd, local, peer in sockets(runtime.pid) if peer == fake_port]
         records = parse(text, {runtime.pid, fake.pid})
+        # The runtime's requests written and reads that returned data, per connection.
+        calls = collections.Counter(
+            (kind, fields[0]) for _, pid, tid, kind, fields in records
+            if pid == runtime.pid and (kind == "writev" or (kind == "recvfrom" and fields[1] > 0))
+        )
         # The POSTs' connection is the one the runtime writes most requests on (a probe's or a
-        # second pooled connection may write a few); the socket's is another.
-        written = {}
-        for _, pid, tid, kind, fields in records:
-            if pid == runtime.pid and kind == "writev":
-                written[fields[0]] = written.get(fields[0], 0) + 1
-        http = max((fd for fd, _ in to_fake if fd in written), key=written.get, default=None)
-        # The socket's: the one it reads most from (a probe's connection may be open too).
-        reads = {}
-        for _, pid, tid, kind, fields in records:
-            if pid == runtime.pid and kind == "recvfrom" and fields[1] > 0:
-                reads[fields[0]] = reads.get(fields[0], 0) + 1
+        # second pooled connection may write a few); the socket's is the one of the others it
+        # reads most from.
+        http = max(
+            (fd for fd, _ in to_fake if calls["writev", fd]),
+            key=lambda fd: calls["writev", fd],
+            default=None,
+        )
         ws_fd, ws_local = max(
             ((fd, local) for fd, local in to_fake if fd != http),
-            key=lambda pair: reads.get(pair[0], 0),
+            key=lambda pair: calls["recvfrom", pair[0]],
             default=(None, None),
         )
         fake_ws = next((fd for fd, local, peer in sockets(fake.pid) if peer == ws_local), None)
