@@ -7,6 +7,7 @@ records them system-wide with perf's tracepoints (raw_syscalls, sched_switch, sc
 prints, per job, the medians of the segments a job waits through:
 
 - the submit read by the runtime -> the prompt's POST written to ComfyUI, and -> its answer;
+- the POST -> read by the fake (how long the fake waited for a CPU);
 - the POST -> the fake's first socket message of the job's end (the fake's own time);
 - that message -> read by the runtime -> the store's writer woken with the end -> the completion
   event written to the subscriber;
@@ -202,7 +203,9 @@ def segments(records, runtime, writer, fake, fds):
             elif kind == "recvfrom" and fd == fds["ws"] and ret > 0 and "fake_done" in job:
                 job.setdefault("ws_read", t)
         elif pid == fake and job is not None and "post" in job and "fake_done" not in job:
-            if kind == "sendto" and fd == fds["fake_ws"] and t - job["post"] > FAKE_END_AFTER:
+            if kind == "recvfrom" and fd == fds["fake_http"] and ret > 0:
+                job.setdefault("fake_read", t)
+            elif kind == "sendto" and fd == fds["fake_ws"] and t - job["post"] > FAKE_END_AFTER:
                 job["fake_done"] = t
     # The first read is the client's SubscribeEvents call, not a submit.
     return [j for j in jobs[1:] if "event_out" in j]
@@ -212,6 +215,7 @@ def report(jobs):
     rows = [
         ("submit read -> POST written", "recv", "post"),
         ("submit read -> its answer written", "recv", "answer"),
+        ("POST -> read by the fake", "post", "fake_read"),
         ("POST -> the fake's end (its own time)", "post", "fake_done"),
         ("the fake's end -> read by the runtime", "fake_done", "ws_read"),
         ("read -> the writer woken", "ws_read", "writer_woken"),
@@ -278,13 +282,16 @@ def main():
             key=lambda pair: calls["recvfrom", pair[0]],
             default=(None, None),
         )
-        fake_ws = next((fd for fd, local, peer in sockets(fake.pid) if peer == ws_local), None)
+        fake_sockets = sockets(fake.pid)
+        fake_ws = next((fd for fd, local, peer in fake_sockets if peer == ws_local), None)
+        http_local = next((local for fd, local in to_fake if fd == http), None)
+        fake_http = next((fd for fd, local, peer in fake_sockets if peer == http_local), None)
         client = next(
             (fields[0] for _, pid, tid, kind, fields in records
              if pid == runtime.pid and tid == runtime.pid and kind == "recvfrom" and fields[0] not in (http, ws_fd)),
             None,
         )
-        fds = {"client": client, "http": http, "ws": ws_fd, "fake_ws": fake_ws}
+        fds = {"client": client, "http": http, "ws": ws_fd, "fake_ws": fake_ws, "fake_http": fake_http}
         if None in fds.values():
             sys.exit(f"could not tell the connections apart: {fds}")
         report(segments(records, runtime.pid, writer, fake.pid, fds))

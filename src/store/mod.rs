@@ -10,10 +10,12 @@ mod conformance;
 mod memory;
 mod redis;
 mod sqlite;
+pub(crate) mod wakes;
 
 pub use memory::MemoryStore;
 pub use redis::{LeaseHolder, RedisCandidate, RedisOptions, RedisStore};
 pub use sqlite::{CompactionReport, RetentionPolicy, SqliteOptions, SqliteStore};
+pub use wakes::{OwedWakes, WakeHold, hold_wakes};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -732,6 +732,28 @@ mod tests {
     }
 
     #[test]
+    fn a_write_in_a_hold_of_wakes_commits_once_the_wake_is_given() {
+        let (_dir, store) = temp_store();
+        let (told, outcomes) = mpsc::channel();
+        wait_idle(&store);
+        let hold = crate::store::hold_wakes();
+        write_event(&store, &told, 1);
+        let owed = hold.release();
+        // Queued for the writer, which sleeps on until the wake it is owed.
+        assert!(outcomes.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(owed);
+        assert_eq!(outcomes.recv().unwrap(), (1, true));
+        // A write some thread waits for wakes the writer even in a hold.
+        let _hold = crate::store::hold_wakes();
+        let count = store.write(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })?)
+        });
+        assert_eq!(count.unwrap(), 1);
+    }
+
+    #[test]
     fn a_write_that_cannot_be_encoded_fails_in_its_turn() {
         let (_dir, store) = temp_store();
         let (told, outcomes) = mpsc::channel();

@@ -108,6 +108,44 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T: Send + 'static> Sender<T> {
+    /// [`send`](Self::send), but while this thread holds the wakes
+    /// ([`hold_wakes`](crate::store::hold_wakes)) a waiting receiver is not woken: the wake
+    /// is owed to the hold. The receiver stays marked waiting meanwhile, so that another
+    /// sender's item wakes it at once (the owed wake then does nothing).
+    pub(super) fn send_owing_wake(&self, item: T) -> Result<(), T> {
+        if !crate::store::wakes::holding() {
+            return self.send(item);
+        }
+        let mut state = self.0.lock();
+        if !state.open || state.items.len() >= self.0.capacity {
+            // Gone, or full: the receiver is awake (or never will be); `send` sorts it out.
+            drop(state);
+            return self.send(item);
+        }
+        state.items.push_back(item);
+        let waiting = state.waiting;
+        drop(state);
+        if waiting {
+            let shared = Arc::clone(&self.0);
+            if let Err(wake) = crate::store::wakes::owe(Box::new(move || shared.wake())) {
+                wake();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T> Shared<T> {
+    /// Wakes the receiver if it still waits and nobody signalled it yet.
+    fn wake(&self) {
+        let wake = std::mem::replace(&mut self.lock().waiting, false);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+}
+
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         self.0.lock().senders += 1;
@@ -223,6 +261,56 @@ mod tests {
         assert!(!reader.is_finished());
         drop(other);
         assert_eq!(reader.join().unwrap(), [1, 2]);
+    }
+
+    /// A receiver on a thread of its own, passing each batch it takes on.
+    fn receiving(rx: super::Receiver<i32>) -> std::sync::mpsc::Receiver<Vec<i32>> {
+        let (batches, taken) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while rx.recv_into(&mut got, 8) {
+                if batches.send(std::mem::take(&mut got)).is_err() {
+                    break;
+                }
+            }
+        });
+        taken
+    }
+
+    #[test]
+    fn an_item_sent_in_a_hold_of_wakes_is_taken_once_the_owed_wake_is_given() {
+        let (tx, rx) = bounded(8);
+        let taken = receiving(rx);
+        std::thread::sleep(Duration::from_millis(20));
+        let hold = crate::store::hold_wakes();
+        tx.send_owing_wake(1).unwrap();
+        tx.send_owing_wake(2).unwrap();
+        let owed = hold.release();
+        assert!(!owed.is_empty());
+        // Queued, the receiver not woken.
+        assert!(taken.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(owed);
+        assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [1, 2]);
+        // Outside a hold it wakes the receiver itself.
+        tx.send_owing_wake(3).unwrap();
+        assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [3]);
+    }
+
+    #[test]
+    fn another_senders_item_wakes_a_receiver_whose_wake_is_owed() {
+        let (tx, rx) = bounded(8);
+        let taken = receiving(rx);
+        std::thread::sleep(Duration::from_millis(20));
+        let hold = crate::store::hold_wakes();
+        tx.send_owing_wake(1).unwrap();
+        let other = tx.clone();
+        std::thread::spawn(move || other.send(2).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [1, 2]);
+        // The owed wake, given later, finds nothing to do.
+        drop(hold.release());
+        assert!(taken.recv_timeout(Duration::from_millis(50)).is_err());
     }
 
     #[test]

@@ -140,7 +140,7 @@ where
         failed: None,
         committed: Some(committed),
     });
-    if let Err(Command::Write(job)) = commands.send(Command::Write(job)) {
+    if let Err(Command::Write(job)) = commands.send_owing_wake(Command::Write(job)) {
         job.finish(Err("the store writer has stopped"));
     }
 }

@@ -208,6 +208,7 @@ impl Actor {
             }
             Err(error) => tracing::warn!(%execution_id, %error, "execution not updated"),
         }
+        self.posts_at_once |= spec.recorded.is_none();
         self.tracker.spawn(attempt::run(
             Arc::clone(&self.shared),
             Arc::clone(&backend),

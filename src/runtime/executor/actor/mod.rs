@@ -44,10 +44,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::model::{Task, TaskPriority, TaskStatus, TransitionError};
 use crate::runtime::RuntimeError;
-use crate::runtime::bus::EventContext;
+use crate::runtime::bus::{Batch, EventContext};
 use crate::runtime::scheduler::{
     BackendId, ExecutionId, RequiredClasses, Scheduler, SchedulerConfig,
 };
+
+use crate::store::{OwedWakes, WakeHold};
 
 use super::messages::{Control, Msg, NodeTasks};
 use super::shared::Shared;
@@ -166,6 +168,10 @@ pub(crate) struct Actor {
     /// While an attempt's end is handled: the NODE tasks it left ended, which
     /// settling the nodes skips instead of reading each from the store.
     ended_nodes: HashSet<String>,
+    /// Whether this turn spawned an attempt that posts its prompt without waiting for a
+    /// commit (its execution's creation is in the turn's write): the store's writer is then
+    /// woken after that post (see `run`).
+    posts_at_once: bool,
 }
 
 /// The priorities, in the order of [`LoadSnapshot::queued`] (CRITICAL first).
@@ -268,6 +274,7 @@ impl Actor {
             answers: Vec::new(),
             published: PublishedLoad::default(),
             ended_nodes: HashSet::new(),
+            posts_at_once: false,
         }
     }
 
@@ -323,15 +330,34 @@ impl Actor {
             }
             self.pump();
             self.fresh_prompts.clear();
-            self.answer_submitted();
-            self.publish_gauges();
-            batch.set_deferrable(reports_only);
+            let owed = self.end_turn(batch, reports_only);
+            if owed.as_ref().is_some_and(|owed| !owed.is_empty()) {
+                // The attempts spawned in this turn post their prompts (see `end_turn`).
+                tokio::task::yield_now().await;
+            }
+            drop(owed);
         }
         for live in self.live.values() {
             if let Some(run) = &live.run {
                 run.abandon.cancel();
             }
         }
+    }
+
+    /// Ends a turn: answers its submissions and hands its writes to the store (`batch`
+    /// closes). When the turn spawned attempts that post at once, the writes still go to the
+    /// store in their order, but the store's writer thread is not woken yet: the wake is
+    /// returned, for the caller to give after letting those attempts post their prompts.
+    /// Woken first, on a small machine the writer took the CPU from this thread before the
+    /// post was written, or from ComfyUI before it read it, for the length of a commit nobody
+    /// waits for yet (a submit's answer does, and still goes once it is durable).
+    fn end_turn(&mut self, batch: Batch, reports_only: bool) -> Option<OwedWakes> {
+        let hold = std::mem::take(&mut self.posts_at_once).then(crate::store::hold_wakes);
+        self.answer_submitted();
+        self.publish_gauges();
+        batch.set_deferrable(reports_only);
+        drop(batch);
+        hold.map(WakeHold::release)
     }
 
     /// Hands one message to its handler. A caller waiting for a reply gets it
