@@ -15,7 +15,7 @@ pub(crate) mod wakes;
 pub use memory::MemoryStore;
 pub use redis::{LeaseHolder, RedisCandidate, RedisOptions, RedisStore};
 pub use sqlite::{CompactionReport, RetentionPolicy, SqliteOptions, SqliteStore};
-pub use wakes::{OwedWakes, WakeHold, hold_wakes};
+pub(crate) use wakes::{OwedWakes, WakeHold, hold_wakes};
 
 use std::path::PathBuf;
 use std::sync::Arc;

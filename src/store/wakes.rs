@@ -3,9 +3,13 @@
 //! A write handed to the SQLite store wakes its writer thread, and on a small machine the
 //! woken writer runs at once, often in front of the thread that woke it or of whatever that
 //! thread just set going. A caller with something more urgent to finish first (the executor's
-//! actor: the prompt's POST to ComfyUI, which the job's latency waits for, where the commit it
-//! hands over is waited for by nobody yet) holds the wakes while it hands its writes over, and
-//! gives them once that is done. The writes are queued, in order, at once: only the wake waits.
+//! actor: a fresh submission's POST to ComfyUI, which the job's latency waits for, where only
+//! the submit's answer waits for the commit) holds the wakes while it hands its writes over,
+//! and gives them once that is done. The writes are queued, in order, at once: only the wake
+//! waits. Nothing may wait for a write inside a hold: [`Commit::wait`] gives the wakes owed so
+//! far before it blocks.
+//!
+//! [`Commit::wait`]: crate::runtime::bus::Commit::wait
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -21,10 +25,12 @@ thread_local! {
 /// Until the returned guard is let go, a write this thread hands to a store
 /// ([`Store::write`](super::Store::write)) is queued without waking the store's writer thread:
 /// the wake is owed, and given when the [`OwedWakes`] that [`WakeHold::release`] returns is
-/// dropped. A write some thread waits for synchronously, and any other thread's write, wake
-/// the writer as before (an owed wake then finds it awake and does nothing). Inside a hold,
-/// another hold changes nothing. The guard stays on its thread; dropped without
-/// [`release`](WakeHold::release), it gives the wakes at once.
+/// dropped. A synchronous store write ([`SqliteStore`](super::SqliteStore)'s own, which waits
+/// for its answer) and any other thread's write wake the writer as before (an owed wake then
+/// finds it awake and does nothing); [`Commit::wait`](crate::runtime::bus::Commit::wait) gives
+/// the wakes owed so far before it blocks. Inside a hold, another hold changes nothing. The
+/// guard stays on its thread; dropped without [`release`](WakeHold::release), it gives the
+/// wakes at once.
 pub fn hold_wakes() -> WakeHold {
     let owner = HELD.with(|held| {
         let mut held = held.borrow_mut();
@@ -90,6 +96,13 @@ impl Drop for OwedWakes {
     }
 }
 
+/// Gives the wakes owed to this thread's hold so far, now; the hold goes on. For whoever is
+/// about to block on a write inside a hold.
+pub(crate) fn give_owed() {
+    let owed = HELD.with(|held| held.borrow_mut().as_mut().map(std::mem::take));
+    drop(OwedWakes(owed.unwrap_or_default()));
+}
+
 /// Whether this thread holds the wakes now.
 pub(crate) fn holding() -> bool {
     HELD.with(|held| held.borrow().is_some())
@@ -139,6 +152,20 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 0);
         drop(owed);
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn wakes_given_inside_a_hold_are_given_once() {
+        let (count, wake) = counter();
+        let hold = hold_wakes();
+        assert!(owe(wake()).is_ok());
+        super::give_owed();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(holding(), "the hold goes on");
+        let owed = hold.release();
+        assert!(owed.is_empty());
+        drop(owed);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -68,12 +68,14 @@ impl CommitState {
 
 impl Commit {
     /// Blocks until the write is durable and its events announced. A batch
-    /// open on this thread is handed to the store first (the write may be in it).
+    /// open on this thread is handed to the store first (the write may be in it),
+    /// and the store's writer woken if this thread holds its wake back.
     pub fn wait(self) -> Result<(), StoreError> {
         flush_thread_batch();
         if let Some(bus) = &self.bus {
             bus.release_held();
         }
+        crate::store::wakes::give_owed();
         let mut outcome = self
             .state
             .outcome

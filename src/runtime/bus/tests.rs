@@ -70,6 +70,22 @@ fn a_batch_is_one_store_write_with_its_events_in_order() {
     assert_eq!(bus.last_sequence(), 4);
 }
 
+#[test]
+fn waiting_for_a_commit_inside_a_hold_of_wakes_wakes_the_store_writer() {
+    let (_dir, store, bus) = sqlite_bus();
+    let hold = crate::store::hold_wakes();
+    // Handed over with the writer's wake owed to the hold: the wait gives it instead of
+    // waiting forever, alone and from inside a batch.
+    publish(&bus, 1).wait().unwrap();
+    let commit = {
+        let _batch = bus.batch();
+        publish(&bus, 2)
+    };
+    commit.wait().unwrap();
+    drop(hold.release());
+    assert_eq!(stored_order(&store), [(1, "t1".into()), (2, "t2".into())]);
+}
+
 #[tokio::test]
 async fn events_published_alone_inside_a_batch_are_written_when_it_ends() {
     let (_dir, store, bus) = sqlite_bus();

@@ -735,15 +735,18 @@ mod tests {
     fn a_write_in_a_hold_of_wakes_commits_once_the_wake_is_given() {
         let (_dir, store) = temp_store();
         let (told, outcomes) = mpsc::channel();
-        wait_idle(&store);
+        store.commands.until_receiver_waits();
         let hold = crate::store::hold_wakes();
         write_event(&store, &told, 1);
         let owed = hold.release();
+        assert!(!owed.is_empty());
         // Queued for the writer, which sleeps on until the wake it is owed.
-        assert!(outcomes.recv_timeout(Duration::from_millis(100)).is_err());
+        assert_eq!(store.commands.queued(), 1);
+        assert!(store.commands.receiver_waits());
         drop(owed);
         assert_eq!(outcomes.recv().unwrap(), (1, true));
         // A write some thread waits for wakes the writer even in a hold.
+        store.commands.until_receiver_waits();
         let _hold = crate::store::hold_wakes();
         let count = store.write(|conn| {
             Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |row| {

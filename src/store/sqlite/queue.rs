@@ -5,7 +5,9 @@
 //! whole batch there and, back at the queue, found that lock still held by
 //! the preempted sender: a futex wait, a futex wake and two more context
 //! switches per write. Here a sender wakes the writer after letting go of the
-//! lock, and the writer takes every command waiting in one go.
+//! lock (or, inside a hold of wakes, leaves the wake to the hold: see
+//! `Sender::send_owing_wake`), and the writer takes every command waiting in
+//! one go.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -119,8 +121,10 @@ impl<T: Send + 'static> Sender<T> {
         }
         let mut state = self.0.lock();
         if !state.open || state.items.len() >= self.0.capacity {
-            // Gone, or full: the receiver is awake (or never will be); `send` sorts it out.
+            // Gone, or full: `send` sorts it out (waits for room), the receiver woken first in
+            // case this hold's own items filled the queue and their wake is owed.
             drop(state);
+            self.0.wake();
             return self.send(item);
         }
         state.items.push_back(item);
@@ -142,6 +146,31 @@ impl<T> Shared<T> {
         let wake = std::mem::replace(&mut self.lock().waiting, false);
         if wake {
             self.ready.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+impl<T> Sender<T> {
+    /// Whether the receiver waits for a signal now.
+    pub(super) fn receiver_waits(&self) -> bool {
+        self.0.lock().waiting
+    }
+
+    /// Items queued now.
+    pub(super) fn queued(&self) -> usize {
+        self.0.lock().items.len()
+    }
+
+    /// Returns once the receiver waits (panics after ten seconds).
+    pub(super) fn until_receiver_waits(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.receiver_waits() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the receiver never waited"
+            );
+            std::thread::yield_now();
         }
     }
 }
@@ -175,12 +204,16 @@ impl<T> Receiver<T> {
             if state.senders == 0 {
                 return false;
             }
+            // Until signalled: neither a spurious wake-up nor an item queued with its wake
+            // owed ends the wait.
             state.waiting = true;
-            state = self
-                .0
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            while state.waiting {
+                state = self
+                    .0
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
         }
         state.waiting = false;
         let take = state.items.len().min(max.max(1));
@@ -281,17 +314,19 @@ mod tests {
     fn an_item_sent_in_a_hold_of_wakes_is_taken_once_the_owed_wake_is_given() {
         let (tx, rx) = bounded(8);
         let taken = receiving(rx);
-        std::thread::sleep(Duration::from_millis(20));
+        tx.until_receiver_waits();
         let hold = crate::store::hold_wakes();
         tx.send_owing_wake(1).unwrap();
         tx.send_owing_wake(2).unwrap();
         let owed = hold.release();
         assert!(!owed.is_empty());
-        // Queued, the receiver not woken.
-        assert!(taken.recv_timeout(Duration::from_millis(100)).is_err());
+        // Queued, and the receiver not woken: it waits until signalled.
+        assert!(tx.receiver_waits());
+        assert_eq!(tx.queued(), 2);
         drop(owed);
         assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [1, 2]);
         // Outside a hold it wakes the receiver itself.
+        tx.until_receiver_waits();
         tx.send_owing_wake(3).unwrap();
         assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [3]);
     }
@@ -300,7 +335,7 @@ mod tests {
     fn another_senders_item_wakes_a_receiver_whose_wake_is_owed() {
         let (tx, rx) = bounded(8);
         let taken = receiving(rx);
-        std::thread::sleep(Duration::from_millis(20));
+        tx.until_receiver_waits();
         let hold = crate::store::hold_wakes();
         tx.send_owing_wake(1).unwrap();
         let other = tx.clone();
@@ -308,9 +343,30 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [1, 2]);
-        // The owed wake, given later, finds nothing to do.
+        // The owed wake, given later, finds nothing queued: the receiver waits on, and the
+        // next item still wakes it.
+        tx.until_receiver_waits();
         drop(hold.release());
-        assert!(taken.recv_timeout(Duration::from_millis(50)).is_err());
+        tx.send(3).unwrap();
+        assert_eq!(taken.recv_timeout(Duration::from_secs(10)).unwrap(), [3]);
+    }
+
+    #[test]
+    fn a_hold_that_fills_the_queue_wakes_the_receiver_for_room() {
+        let (tx, rx) = bounded(2);
+        let taken = receiving(rx);
+        tx.until_receiver_waits();
+        let hold = crate::store::hold_wakes();
+        tx.send_owing_wake(1).unwrap();
+        tx.send_owing_wake(2).unwrap();
+        // Full, with the receiver's wake owed: the third send wakes it and waits for room.
+        tx.send_owing_wake(3).unwrap();
+        drop(hold.release());
+        let mut got: Vec<i32> = Vec::new();
+        while got.len() < 3 {
+            got.extend(taken.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        assert_eq!(got, [1, 2, 3]);
     }
 
     #[test]

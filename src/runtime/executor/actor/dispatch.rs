@@ -186,7 +186,8 @@ impl Actor {
         // instead of posting it again. Not when the execution was submitted in
         // this turn and its creation is still in the turn's batch: the record
         // then commits with the creation, in one transaction, and the prompt is
-        // posted while they commit. A crash before that commit keeps neither:
+        // posted first, the store's writer woken to commit them right after
+        // (`Actor::end_turn`). A crash before that commit keeps neither:
         // nothing is run again after a restart, and the submit, never answered,
         // leaves a prompt that ComfyUI runs unclaimed.
         let prompt_text = prompt_id.hyphenated().to_string();

@@ -48,7 +48,6 @@ use crate::runtime::bus::{Batch, EventContext};
 use crate::runtime::scheduler::{
     BackendId, ExecutionId, RequiredClasses, Scheduler, SchedulerConfig,
 };
-
 use crate::store::{OwedWakes, WakeHold};
 
 use super::messages::{Control, Msg, NodeTasks};
@@ -169,8 +168,8 @@ pub(crate) struct Actor {
     /// settling the nodes skips instead of reading each from the store.
     ended_nodes: HashSet<String>,
     /// Whether this turn spawned an attempt that posts its prompt without waiting for a
-    /// commit (its execution's creation is in the turn's write): the store's writer is then
-    /// woken after that post (see `run`).
+    /// commit (its execution's creation is in the turn's write, or its prompt id could not be
+    /// recorded): the store's writer is then woken after that post (see `end_turn`).
     posts_at_once: bool,
 }
 
