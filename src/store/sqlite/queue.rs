@@ -68,21 +68,19 @@ pub(super) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     (Sender(Arc::clone(&shared)), Receiver(shared))
 }
 
-impl<T> Sender<T> {
+impl<T: Send + 'static> Sender<T> {
     /// Queues `item`, waiting while the queue is full; gives it back when the
     /// receiver is gone.
     pub(super) fn send(&self, item: T) -> Result<(), T> {
-        let mut state = self.0.lock();
-        while state.open && state.items.len() >= self.0.capacity {
-            state.blocked += 1;
-            state = self
-                .0
-                .room
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-            state.blocked -= 1;
-        }
-        self.push(state, item)
+        self.queue(item, false)
+    }
+
+    /// [`send`](Self::send), but while this thread holds the wakes
+    /// ([`hold_wakes`](crate::store::hold_wakes)) a waiting receiver is not woken: the wake
+    /// is owed to the hold. The receiver stays marked waiting meanwhile, so that another
+    /// sender's item wakes it at once (the owed wake then does nothing).
+    pub(super) fn send_owing_wake(&self, item: T) -> Result<(), T> {
+        self.queue(item, true)
     }
 
     /// Queues `item` unless the queue is full or the receiver is gone (then
@@ -92,50 +90,50 @@ impl<T> Sender<T> {
         if state.items.len() >= self.0.capacity {
             return Err(item);
         }
-        self.push(state, item)
+        self.push(state, item, false)
     }
 
-    fn push(&self, mut state: MutexGuard<'_, State<T>>, item: T) -> Result<(), T> {
+    fn queue(&self, item: T, may_owe: bool) -> Result<(), T> {
+        let mut state = self.0.lock();
+        while state.open && state.items.len() >= self.0.capacity {
+            // A receiver still waiting behind a full queue had its wake owed to a hold
+            // (this thread's own, whose items filled it): woken now, or the wait is forever.
+            if std::mem::replace(&mut state.waiting, false) {
+                self.0.ready.notify_one();
+            }
+            state.blocked += 1;
+            state = self
+                .0
+                .room
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.blocked -= 1;
+        }
+        self.push(state, item, may_owe)
+    }
+
+    /// Queues `item` and wakes a waiting receiver, after letting go of the lock; with
+    /// `may_owe`, inside this thread's hold of wakes, the wake is owed to the hold instead.
+    fn push(&self, mut state: MutexGuard<'_, State<T>>, item: T, may_owe: bool) -> Result<(), T> {
         if !state.open {
             return Err(item);
         }
         state.items.push_back(item);
-        let wake = std::mem::replace(&mut state.waiting, false);
-        drop(state);
-        // After the lock is let go, so that the woken receiver finds it free.
-        if wake {
-            self.0.ready.notify_one();
+        if !state.waiting {
+            return Ok(());
         }
-        Ok(())
-    }
-}
-
-impl<T: Send + 'static> Sender<T> {
-    /// [`send`](Self::send), but while this thread holds the wakes
-    /// ([`hold_wakes`](crate::store::hold_wakes)) a waiting receiver is not woken: the wake
-    /// is owed to the hold. The receiver stays marked waiting meanwhile, so that another
-    /// sender's item wakes it at once (the owed wake then does nothing).
-    pub(super) fn send_owing_wake(&self, item: T) -> Result<(), T> {
-        if !crate::store::wakes::holding() {
-            return self.send(item);
-        }
-        let mut state = self.0.lock();
-        if !state.open || state.items.len() >= self.0.capacity {
-            // Gone, or full: `send` sorts it out (waits for room), the receiver woken first in
-            // case this hold's own items filled the queue and their wake is owed.
+        if may_owe && crate::store::wakes::holding() {
             drop(state);
-            self.0.wake();
-            return self.send(item);
-        }
-        state.items.push_back(item);
-        let waiting = state.waiting;
-        drop(state);
-        if waiting {
             let shared = Arc::clone(&self.0);
             if let Err(wake) = crate::store::wakes::owe(Box::new(move || shared.wake())) {
                 wake();
             }
+            return Ok(());
         }
+        state.waiting = false;
+        drop(state);
+        // After the lock is let go, so that the woken receiver finds it free.
+        self.0.ready.notify_one();
         Ok(())
     }
 }
