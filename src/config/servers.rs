@@ -27,7 +27,8 @@ pub struct ServerConfig {
     pub timeout_seconds: f64,
     /// Retries of a failed request. Default: 3. Bound: >= 0 (the type forbids negatives).
     pub max_retries: u32,
-    /// Whether the server's TLS certificate is verified. Default: true.
+    /// Whether the server's TLS certificate is verified (HTTP and the WebSocket), against the
+    /// system's root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set). Default: true.
     pub verify_ssl: bool,
     /// API key sent to the server. Default: none. Bound: not empty, and not the `[REDACTED]`
     /// placeholder a printed configuration holds. Never printed.

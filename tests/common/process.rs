@@ -27,6 +27,11 @@ impl ServerProcess {
     /// `COMFY_REALITY_TEST_LOGS=DIR` in the environment, each process logs at
     /// info to a file of its own in DIR instead (for a failure's post-mortem).
     pub fn start(config: &Path) -> Self {
+        Self::start_with(config, |_| {})
+    }
+
+    /// [`ServerProcess::start`], the command changed by `tweak` first (its environment).
+    pub fn start_with(config: &Path, tweak: impl FnOnce(&mut std::process::Command)) -> Self {
         let (level, stderr) = match std::env::var_os("COMFY_REALITY_TEST_LOGS") {
             Some(dir) => {
                 let path = Path::new(&dir).join(format!(
@@ -41,14 +46,15 @@ impl ServerProcess {
             }
             None => ("warning", Stdio::null()),
         };
-        let mut child = super::clean_command()
+        let mut command = super::clean_command();
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .args(["--log-level", level])
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("the binary starts");
+            .stderr(stderr);
+        tweak(&mut command);
+        let mut child = command.spawn().expect("the binary starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)

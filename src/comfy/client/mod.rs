@@ -6,6 +6,8 @@
 //!   one hyper client: see `direct`); credentials (`api_key` as `Authorization: Bearer`,
 //!   `auth_header` as a raw `Authorization`) live only in its default headers (and the hyper
 //!   client's request), marked sensitive, and never in a log line, an error or `Debug` output.
+//!   Its TLS is `comfy::tls`'s (the process's platform roots, read once and only when needed),
+//!   as the WebSocket's is.
 //! - Only idempotent calls are retried (GETs, queue delete, targeted interrupt, free), with
 //!   exponential backoff and jitter, `max_retries` times. `POST /prompt` is never retried
 //!   blindly: after an ambiguous failure the client looks the (client-chosen) prompt id up in
@@ -41,6 +43,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use url::Url;
 
 use crate::comfy::capabilities::Capabilities;
+use crate::comfy::tls;
 use crate::config::ServerConfig;
 
 pub use error::ComfyError;
@@ -187,13 +190,26 @@ impl ComfyClient {
         if let Some(value) = &authorization {
             headers.insert(AUTHORIZATION, value.clone());
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(timeout)
             .pool_idle_timeout(request::POOL_IDLE)
             // Streams (`view`) have no total timeout, but a stalled one times out.
-            .read_timeout(timeout)
-            .danger_accept_invalid_certs(!config.verify_ssl)
+            .read_timeout(timeout);
+        if config.verify_ssl {
+            // The platform's roots, read once per process when a handshake first needs them
+            // (see `comfy::tls`), not by every client as it is built; HTTP/1.1 as reqwest offers.
+            let mut tls = tls::verified_client_config()
+                .map_err(|e| ComfyError::Config(format!("tls configuration: {e}")))?;
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            http = http.tls_backend_preconfigured(tls);
+            if base.scheme() == "https" {
+                tls::preload_platform_roots();
+            }
+        } else {
+            http = http.danger_accept_invalid_certs(true);
+        }
+        let http = http
             .build()
             .map_err(|e| ComfyError::Config(format!("http client: {}", error_chain(&e))))?;
 

@@ -4,6 +4,7 @@
 //! One socket at a time, nothing more: when to connect, reconnect or give up is the socket task's
 //! decision, and no message is read here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -41,10 +42,14 @@ pub(super) async fn connect(
         message,
     };
     let url = client.ws_url(client_id);
-    // verify_ssl = false: accept any certificate, as the HTTP client does.
-    let connector = if url.scheme() == "wss" && !client.verify_ssl() {
-        let config = tls::unverified_client_config()
-            .map_err(|e| ws_error(format!("tls configuration: {e}")))?;
+    // The HTTP client's choice: the platform's roots, or (verify_ssl = false) any certificate.
+    let connector = if url.scheme() == "wss" {
+        let config = if client.verify_ssl() {
+            tls::verified_client_config().map(Arc::new)
+        } else {
+            tls::unverified_client_config()
+        }
+        .map_err(|e| ws_error(format!("tls configuration: {e}")))?;
         Some(tokio_tungstenite::Connector::Rustls(config))
     } else {
         None
