@@ -69,9 +69,10 @@ pub fn run(mode: Mode, report: &mut Report) {
          [[auth.principals]]\nname = \"bench\"\nrole = \"submitter\"\napi_key_sha256 = [\"{hash}\"]\n"
     );
     println!("{calls} calls per window, {IN_FLIGHT} in flight, memory store");
-    let rt = harness::client_runtime();
     let open = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], BIG_QUEUE);
     let secured = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], &secured_toml);
+    // After the processes: dropped before them (see `harness::client_runtime`).
+    let rt = harness::client_runtime();
     let open_client = rt.block_on(connect(open.endpoint()));
     let secured_client = rt.block_on(connect(secured.endpoint()));
     let warm = calls / 4;

@@ -40,7 +40,6 @@ async fn wait_serving(endpoint: String) -> Instant {
 
 /// Runs benchmark 5.
 pub fn run(mode: Mode, report: &mut Report) {
-    let rt = harness::client_runtime();
     let fake: Fake = harness::start_fake();
     let mut start = harness::Paired::default();
     let mut rss = harness::Paired::default();
@@ -48,8 +47,12 @@ pub fn run(mode: Mode, report: &mut Report) {
         let spawned = Instant::now();
         let hello = harness::start_baseline("hello");
         let hello_up = spawned.elapsed().as_secs_f64();
+        // One client runtime per pair, dropped once SERVING is seen: its health connection
+        // closed, the runtime idles as it would and stops when asked (`harness::client_runtime`).
+        let rt = harness::client_runtime();
         let runtime = harness::start_runtime(StoreKind::Sqlite, &[&fake.url], "");
         let serving = rt.block_on(wait_serving(runtime.endpoint()));
+        drop(rt);
         let to_serving = serving.duration_since(runtime.started).as_secs_f64();
         // Idle: started, backend connected, nothing submitted.
         std::thread::sleep(Duration::from_millis(mode.pick(100, 1_000)));

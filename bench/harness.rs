@@ -381,6 +381,11 @@ pub fn start_baseline(role: &str) -> Baseline {
 /// A one-thread tokio runtime for a load generator: its own CPU stays small
 /// next to the servers' on a 2-core machine, and in-process measurements
 /// (receivers and publisher on one thread) mirror one server worker.
+///
+/// Drop it before the runtime processes it talked to (declare it after them, or drop it by
+/// hand): a process asked to stop drains its connections first, and a connection whose client
+/// end belongs to a runtime nobody polls never answers the drain (HTTP/2's GOAWAY and its
+/// ping), so the process would wait out its whole grace (10 s) before it stops.
 pub fn client_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -88,4 +88,6 @@ pub fn run(mode: Mode, report: &mut Report) {
         "(informative)",
         None,
     );
+    // Before the runtimes (see `harness::client_runtime`).
+    drop((client, fresh_client, rt));
 }

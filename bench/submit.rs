@@ -144,10 +144,11 @@ pub fn run(mode: Mode, report: &mut Report) {
         "workflow: {} bytes; {calls} calls per window, {IN_FLIGHT} in flight",
         workflow.len()
     );
-    let rt = harness::client_runtime();
     let hello = harness::start_baseline("hello");
     let memory = harness::start_runtime(StoreKind::Memory, &[CLOSED_BACKEND], BIG_QUEUE);
     let durable = harness::start_runtime(StoreKind::Sqlite, &[CLOSED_BACKEND], BIG_QUEUE);
+    // After the processes: dropped before them (see `harness::client_runtime`).
+    let rt = harness::client_runtime();
     let hello_client = rt.block_on(connect(hello.endpoint()));
     let memory_client = rt.block_on(connect(memory.endpoint()));
     let durable_client = rt.block_on(connect(durable.endpoint()));
