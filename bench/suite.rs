@@ -10,7 +10,9 @@
 //! Options after `--`: `--only NAME[,NAME]` (submit, latency, fanout,
 //! memory, footprint, peer, auth, redis), `--smoke` (tiny sizes under `cargo bench`),
 //! `--queued N` (the largest queue of benchmarks 1 and 4; default 1,000,000),
-//! `--markdown FILE` (also write the table there).
+//! `--markdown FILE` (also write the table there). Under `cargo bench` (with `--bench`) any
+//! other argument, or a name `--only` does not know, stops the suite before it starts; under
+//! `cargo test` the test harness's own flags pass.
 //!
 //! This executable is also each baseline server: with `COMFY_BENCH_ROLE`
 //! set it serves that baseline instead of running the suite.
@@ -61,13 +63,6 @@ fn main() {
             .expect("--queued takes a number of executions");
         harness::set_queued(queued);
     }
-    let selected = |name: &str| {
-        only.as_ref()
-            .is_none_or(|only| only.iter().any(|o| o == name))
-    };
-
-    println!("comfy-reality benchmark suite ({mode:?} run)");
-    let mut report = Report::new(mode);
     let benchmarks: [(&str, Benchmark); 8] = [
         ("submit", submit::run),
         ("latency", latency::run),
@@ -78,6 +73,23 @@ fn main() {
         ("auth", auth::run),
         ("redis", redis::run),
     ];
+    let names: Vec<&str> = benchmarks.iter().map(|(name, _)| *name).collect();
+    if args.iter().any(|a| a == "--bench")
+        && let Err(problem) = check_args(&args, &names)
+    {
+        eprintln!(
+            "{problem}\noptions: --only NAME[,NAME] ({}), --smoke, --queued N, --markdown FILE",
+            names.join(" ")
+        );
+        std::process::exit(2);
+    }
+    let selected = |name: &str| {
+        only.as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    };
+
+    println!("comfy-reality benchmark suite ({mode:?} run)");
+    let mut report = Report::new(mode);
     for (name, run) in benchmarks {
         if selected(name) {
             println!("\n== {name}");
@@ -96,6 +108,32 @@ fn main() {
 
 /// One benchmark's entry point.
 type Benchmark = fn(Mode, &mut Report);
+
+/// Whether `args` (as `cargo bench` passes them) are all the suite's: its flags, each option
+/// with its value, and only benchmark names in `--only`.
+fn check_args(args: &[String], names: &[&str]) -> Result<(), String> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" | "--smoke" => {}
+            "--only" | "--queued" | "--markdown" => {
+                let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                if arg == "--only"
+                    && let Some(unknown) = value.split(',').find(|n| !names.contains(n))
+                {
+                    return Err(format!("--only: no benchmark is called {unknown:?}"));
+                }
+                if arg == "--queued" && value.parse::<usize>().is_err() {
+                    return Err(format!(
+                        "--queued takes a number of executions, not {value:?}"
+                    ));
+                }
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(())
+}
 
 /// Serves one baseline server (this process was started by the suite).
 fn serve_role(role: &str) {
