@@ -47,16 +47,16 @@ pub fn run(mode: Mode, report: &mut Report) {
         let spawned = Instant::now();
         let hello = harness::start_baseline("hello");
         let hello_up = spawned.elapsed().as_secs_f64();
-        // One client runtime per pair, dropped once SERVING is seen: its health connection
-        // closed, the runtime idles as it would and stops when asked (`harness::client_runtime`).
+        // One client runtime per pair, dropped before the processes: its health connection
+        // closed, the runtime stops when asked (see `harness::client_runtime`).
         let rt = harness::client_runtime();
         let runtime = harness::start_runtime(StoreKind::Sqlite, &[&fake.url], "");
         let serving = rt.block_on(wait_serving(runtime.endpoint()));
-        drop(rt);
         let to_serving = serving.duration_since(runtime.started).as_secs_f64();
         // Idle: started, backend connected, nothing submitted.
         std::thread::sleep(Duration::from_millis(mode.pick(100, 1_000)));
         let (hello_rss, runtime_rss) = (hello.proc.rss() as f64, runtime.proc.rss() as f64);
+        drop(rt);
         println!(
             "pair {pair}: start to SERVING {} (hello-world to listening {}), idle RSS {} (hello-world {})",
             fmt_secs(to_serving),

@@ -38,6 +38,26 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let benchmarks: [(&str, Benchmark); 8] = [
+        ("submit", submit::run),
+        ("latency", latency::run),
+        ("fanout", fanout::run),
+        ("memory", memory::run),
+        ("footprint", footprint::run),
+        ("peer", peer::run),
+        ("auth", auth::run),
+        ("redis", redis::run),
+    ];
+    let names: Vec<&str> = benchmarks.iter().map(|(name, _)| *name).collect();
+    if args.iter().any(|a| a == "--bench")
+        && let Err(problem) = check_args(&args, &names)
+    {
+        eprintln!(
+            "{problem}\noptions: --only NAME[,NAME] ({}), --smoke, --queued N, --markdown FILE",
+            names.join(" ")
+        );
+        std::process::exit(2);
+    }
     let mode = if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--smoke") {
         Mode::Full
     } else {
@@ -62,26 +82,6 @@ fn main() {
             .parse()
             .expect("--queued takes a number of executions");
         harness::set_queued(queued);
-    }
-    let benchmarks: [(&str, Benchmark); 8] = [
-        ("submit", submit::run),
-        ("latency", latency::run),
-        ("fanout", fanout::run),
-        ("memory", memory::run),
-        ("footprint", footprint::run),
-        ("peer", peer::run),
-        ("auth", auth::run),
-        ("redis", redis::run),
-    ];
-    let names: Vec<&str> = benchmarks.iter().map(|(name, _)| *name).collect();
-    if args.iter().any(|a| a == "--bench")
-        && let Err(problem) = check_args(&args, &names)
-    {
-        eprintln!(
-            "{problem}\noptions: --only NAME[,NAME] ({}), --smoke, --queued N, --markdown FILE",
-            names.join(" ")
-        );
-        std::process::exit(2);
     }
     let selected = |name: &str| {
         only.as_ref()

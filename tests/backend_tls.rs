@@ -184,7 +184,7 @@ async fn a_tls_backend_is_verified_against_the_platform_roots_on_http_and_websoc
     })
     .await;
     let error = down.last_error.unwrap_or_default();
-    assert!(error.contains("certificate"), "{error}");
+    assert!(error.contains("invalid peer certificate"), "{error}");
     server.kill();
 
     // verify_ssl = false: any certificate, on both; the job ends COMPLETED.

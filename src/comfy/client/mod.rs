@@ -198,7 +198,8 @@ impl ComfyClient {
             .read_timeout(timeout);
         if config.verify_ssl {
             // The platform's roots, read once per process when a handshake first needs them
-            // (see `comfy::tls`), not by every client as it is built; HTTP/1.1 as reqwest offers.
+            // (see `comfy::tls`), not by every client as it is built; HTTP/1.1 as reqwest offers
+            // it (built without its `http2` feature: offer `h2` too if that ever changes).
             let mut tls = tls::verified_client_config()
                 .map_err(|e| ComfyError::Config(format!("tls configuration: {e}")))?;
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
