@@ -453,7 +453,10 @@ async fn follow_to_end(
     for id in &ids {
         let execution = get_execution(client, id).await?;
         show.seed(&execution);
-        if is_terminal(execution.status) {
+        // With a replay (`after`, read before the submit) an execution that has already ended
+        // still has every event on the stream, its end last: followed to it, so that a job
+        // faster than this read is shown like any other. Without one, it is done.
+        if is_terminal(execution.status) && after.is_none() {
             ended.insert(id.clone(), execution);
         } else {
             pending.insert(id.clone());
