@@ -63,9 +63,19 @@ async fn tls_front(ca: &TestCa, backend: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// A durable runtime whose one backend is `https://{front}`, `verify_ssl` as given, with
-/// `SSL_CERT_FILE` (the platform's roots, as rustls-native-certs reads them) set to `roots`.
-fn start_runtime(dir: &Path, front: SocketAddr, verify_ssl: bool, roots: &Path) -> ServerProcess {
+/// A durable runtime in `base/case` whose one backend is `https://{front}`, `verify_ssl` as
+/// given, with `SSL_CERT_FILE` (the platform's roots, as rustls-native-certs reads them) set to
+/// `roots`.
+fn start_runtime(
+    base: &Path,
+    case: &str,
+    front: SocketAddr,
+    verify_ssl: bool,
+    roots: &Path,
+) -> ServerProcess {
+    let dir = base.join(case);
+    std::fs::create_dir(&dir).expect("the case's directory");
+    let dir = dir.as_path();
     let config = write(
         dir,
         "config.toml",
@@ -167,18 +177,14 @@ async fn a_tls_backend_is_verified_against_the_platform_roots_on_http_and_websoc
 
     // Verified against roots holding the test's CA: the probe (HTTP) and the job's progress
     // (the WebSocket) both pass, and the job ends COMPLETED.
-    let verified = dir.path().join("verified");
-    std::fs::create_dir(&verified).expect("dir");
-    let server = start_runtime(&verified, front, true, &ours);
+    let server = start_runtime(dir.path(), "verified", front, true, &ours);
     wait_backend(&server, |b| b.state() == BackendState::Up).await;
     assert_eq!(run_job(&server, 1).await, TaskStatus::Completed);
     server.kill();
 
     // Roots that do not vouch for the backend: DOWN, and the probe's error names the
     // certificate.
-    let refused = dir.path().join("refused");
-    std::fs::create_dir(&refused).expect("dir");
-    let server = start_runtime(&refused, front, true, &theirs);
+    let server = start_runtime(dir.path(), "refused", front, true, &theirs);
     let down = wait_backend(&server, |b| {
         b.state() == BackendState::Down && b.last_error.is_some()
     })
@@ -188,9 +194,7 @@ async fn a_tls_backend_is_verified_against_the_platform_roots_on_http_and_websoc
     server.kill();
 
     // verify_ssl = false: any certificate, on both; the job ends COMPLETED.
-    let unverified = dir.path().join("unverified");
-    std::fs::create_dir(&unverified).expect("dir");
-    let server = start_runtime(&unverified, front, false, &theirs);
+    let server = start_runtime(dir.path(), "unverified", front, false, &theirs);
     wait_backend(&server, |b| b.state() == BackendState::Up).await;
     assert_eq!(run_job(&server, 2).await, TaskStatus::Completed);
     server.kill();

@@ -30,10 +30,8 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The platform's root certificates, behind a verifier made on first use: reading and parsing
 /// them costs milliseconds, and a process whose backends are all plain `http` never needs them.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct PlatformRoots {
-    /// The provider whose algorithms check handshake signatures.
-    provider: Arc<CryptoProvider>,
     /// The verifier over the platform's roots, made once.
     verifier: OnceLock<Verifier>,
     /// Held while the roots are read, so that they are read once.
@@ -41,18 +39,10 @@ struct PlatformRoots {
 }
 
 impl PlatformRoots {
-    fn new(provider: Arc<CryptoProvider>) -> Self {
-        Self {
-            provider,
-            verifier: OnceLock::new(),
-            reading: Mutex::new(()),
-        }
-    }
-
     /// The verifier, made (the roots read) by the first caller; the others wait for it. When
     /// none can be made (no root certificate found) the error is the caller's, and the next
     /// caller reads the roots again: a root file provided later is found without a restart.
-    fn verifier(&self) -> Result<&Verifier, rustls::Error> {
+    fn verifier(&self, provider: &Arc<CryptoProvider>) -> Result<&Verifier, rustls::Error> {
         if let Some(verifier) = self.verifier.get() {
             return Ok(verifier);
         }
@@ -60,18 +50,41 @@ impl PlatformRoots {
         if let Some(verifier) = self.verifier.get() {
             return Ok(verifier);
         }
-        let verifier = Verifier::new(Arc::clone(&self.provider))?;
+        let verifier = Verifier::new(Arc::clone(provider))?;
         Ok(self.verifier.get_or_init(|| verifier))
-    }
-
-    /// Whether the roots have been read.
-    #[cfg(test)]
-    fn loaded(&self) -> bool {
-        self.verifier.get().is_some()
     }
 }
 
-impl ServerCertVerifier for PlatformRoots {
+/// Which certificate chains a backend connection accepts.
+#[derive(Debug)]
+enum Chains {
+    /// Those the platform's roots vouch for, for the server's name (`verify_ssl = true`).
+    Platform(PlatformRoots),
+    /// Any (`verify_ssl = false`).
+    Any,
+}
+
+/// The certificate check of a backend connection: the chain as `chains` says; the handshake's
+/// signatures, and the schemes the client hello offers, from the crypto provider in both cases
+/// (as the platform verifier's own are on Linux: the hello, sent before any certificate is seen,
+/// reads nothing from disk).
+#[derive(Debug)]
+struct BackendCertificates {
+    /// The provider whose algorithms check signatures.
+    provider: Arc<CryptoProvider>,
+    /// Which chains are accepted.
+    chains: Chains,
+}
+
+impl BackendCertificates {
+    /// Whether the platform's roots have been read (never, for `Chains::Any`).
+    #[cfg(test)]
+    fn loaded(&self) -> bool {
+        matches!(&self.chains, Chains::Platform(roots) if roots.verifier.get().is_some())
+    }
+}
+
+impl ServerCertVerifier for BackendCertificates {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -80,18 +93,18 @@ impl ServerCertVerifier for PlatformRoots {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.verifier()?.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )
+        match &self.chains {
+            Chains::Platform(roots) => roots.verifier(&self.provider)?.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            Chains::Any => Ok(ServerCertVerified::assertion()),
+        }
     }
 
-    // The signatures and the schemes offered come from the provider, as the platform
-    // verifier's own do on Linux: the client hello, sent before any certificate is seen, reads
-    // nothing from disk.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
@@ -127,10 +140,15 @@ impl ServerCertVerifier for PlatformRoots {
     }
 }
 
-/// The process's one [`PlatformRoots`].
-fn platform_roots() -> &'static Arc<PlatformRoots> {
-    static ROOTS: OnceLock<Arc<PlatformRoots>> = OnceLock::new();
-    ROOTS.get_or_init(|| Arc::new(PlatformRoots::new(provider())))
+/// The process's one verifier over the platform's roots.
+fn platform_roots() -> &'static Arc<BackendCertificates> {
+    static ROOTS: OnceLock<Arc<BackendCertificates>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        Arc::new(BackendCertificates {
+            provider: provider(),
+            chains: Chains::Platform(PlatformRoots::default()),
+        })
+    })
 }
 
 /// Reads the platform's roots on a thread of its own, once per process, so that the first
@@ -140,91 +158,45 @@ fn platform_roots() -> &'static Arc<PlatformRoots> {
 pub fn preload_platform_roots() {
     static STARTED: Once = Once::new();
     STARTED.call_once(|| {
-        let roots = Arc::clone(platform_roots());
+        let certificates = Arc::clone(platform_roots());
         let _ = std::thread::Builder::new()
             .name("tls-roots".into())
             .spawn(move || {
-                if let Err(error) = roots.verifier() {
+                if let Chains::Platform(roots) = &certificates.chains
+                    && let Err(error) = roots.verifier(&certificates.provider)
+                {
                     tracing::warn!(%error, "no root certificate to verify https backends with");
                 }
             });
     });
 }
 
+/// A client configuration whose certificate check is `verifier`; no ALPN (set it for HTTP).
+fn client_config(
+    verifier: Arc<BackendCertificates>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&verifier.provider))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
 /// A client configuration that verifies the server's certificate against the platform's roots,
 /// read on first use and shared by every client of the process; no ALPN (set it for HTTP).
 pub fn verified_client_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    let roots: Arc<dyn ServerCertVerifier> = Arc::clone(platform_roots()) as _;
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(roots)
-        .with_no_client_auth())
-}
-
-/// Accepts every certificate chain; verifies handshake signatures.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    /// The provider whose algorithms check signatures.
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    client_config(Arc::clone(platform_roots()))
 }
 
 /// A client configuration that does not verify the server's certificate.
 pub fn unverified_client_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let provider = provider();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    client_config(Arc::new(BackendCertificates {
+        provider: provider(),
+        chains: Chains::Any,
+    }))
+    .map(Arc::new)
 }
 
 #[cfg(test)]
@@ -233,9 +205,9 @@ mod tests {
 
     #[test]
     fn any_certificate_is_accepted_and_schemes_come_from_the_provider() {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = AcceptAnyCertificate {
-            provider: Arc::clone(&provider),
+        let verifier = BackendCertificates {
+            provider: provider(),
+            chains: Chains::Any,
         };
         let garbage = CertificateDer::from(vec![0u8; 16]);
         let name = ServerName::try_from("comfy.invalid").expect("valid dns name");
@@ -250,7 +222,10 @@ mod tests {
 
     #[test]
     fn the_platform_roots_are_read_by_the_first_verification_only() {
-        let roots = PlatformRoots::new(provider());
+        let roots = BackendCertificates {
+            provider: provider(),
+            chains: Chains::Platform(PlatformRoots::default()),
+        };
         // Making a configuration and offering schemes (the client hello) read nothing.
         assert!(!roots.supported_verify_schemes().is_empty());
         assert!(!roots.loaded());
