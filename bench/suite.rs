@@ -11,8 +11,8 @@
 //! memory, footprint, peer, auth, redis), `--smoke` (tiny sizes under `cargo bench`),
 //! `--queued N` (the largest queue of benchmarks 1 and 4; default 1,000,000),
 //! `--markdown FILE` (also write the table there). Under `cargo bench` (with `--bench`) any
-//! other argument, or a name `--only` does not know, stops the suite before it starts; under
-//! `cargo test` the test harness's own flags pass.
+//! other argument stops the suite before it starts, as does a name `--only` does not know;
+//! under `cargo test` the test harness's own flags pass.
 //!
 //! This executable is also each baseline server: with `COMFY_BENCH_ROLE`
 //! set it serves that baseline instead of running the suite.
@@ -49,38 +49,20 @@ fn main() {
         ("redis", redis::run),
     ];
     let names: Vec<&str> = benchmarks.iter().map(|(name, _)| *name).collect();
-    if args.iter().any(|a| a == "--bench")
-        && let Err(problem) = check_args(&args, &names)
-    {
+    let options = parse_args(&args, &names).unwrap_or_else(|problem| {
         eprintln!(
             "{problem}\noptions: --only NAME[,NAME] ({}), --smoke, --queued N, --markdown FILE",
             names.join(" ")
         );
         std::process::exit(2);
-    }
-    let mode = if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--smoke") {
+    });
+    let mode = if options.bench && !options.smoke {
         Mode::Full
     } else {
         Mode::Smoke
     };
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|list| list.split(',').map(str::to_owned).collect());
-    let markdown = args
-        .iter()
-        .position(|a| a == "--markdown")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    if let Some(queued) = args
-        .iter()
-        .position(|a| a == "--queued")
-        .and_then(|i| args.get(i + 1))
-    {
-        let queued = queued
-            .parse()
-            .expect("--queued takes a number of executions");
+    let (only, markdown) = (options.only, options.markdown);
+    if let Some(queued) = options.queued {
         harness::set_queued(queued);
     }
     let selected = |name: &str| {
@@ -109,30 +91,53 @@ fn main() {
 /// One benchmark's entry point.
 type Benchmark = fn(Mode, &mut Report);
 
-/// Whether `args` (as `cargo bench` passes them) are all the suite's: its flags, each option
-/// with its value, and only benchmark names in `--only`.
-fn check_args(args: &[String], names: &[&str]) -> Result<(), String> {
+/// The suite's options.
+#[derive(Default)]
+struct Options {
+    /// `--bench`: run by `cargo bench` (full sizes unless `--smoke`).
+    bench: bool,
+    /// `--smoke`: tiny sizes under `cargo bench`.
+    smoke: bool,
+    /// `--only`: the benchmarks to run; all when `None`.
+    only: Option<Vec<String>>,
+    /// `--markdown`: where to write the table as well.
+    markdown: Option<String>,
+    /// `--queued`: the largest queue of benchmarks 1 and 4.
+    queued: Option<usize>,
+}
+
+/// Reads `args` in one pass. Under `cargo bench` (`--bench`) an argument the suite does not
+/// know is an error; under `cargo test` it is the test harness's and passes. Either way an
+/// option needs its value, `--only` names benchmarks in `names`, and `--queued` a number.
+fn parse_args(args: &[String], names: &[&str]) -> Result<Options, String> {
+    let strict = args.iter().any(|a| a == "--bench");
+    let mut options = Options::default();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
-            "--bench" | "--smoke" => {}
-            "--only" | "--queued" | "--markdown" => {
-                let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                if arg == "--only"
-                    && let Some(unknown) = value.split(',').find(|n| !names.contains(n))
-                {
+            "--bench" => options.bench = true,
+            "--smoke" => options.smoke = true,
+            "--only" => {
+                let list: Vec<String> = value()?.split(',').map(str::to_owned).collect();
+                if let Some(unknown) = list.iter().find(|n| !names.contains(&n.as_str())) {
                     return Err(format!("--only: no benchmark is called {unknown:?}"));
                 }
-                if arg == "--queued" && value.parse::<usize>().is_err() {
-                    return Err(format!(
-                        "--queued takes a number of executions, not {value:?}"
-                    ));
-                }
+                options.only = Some(list);
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            "--queued" => {
+                let value = value()?;
+                let queued = value
+                    .parse()
+                    .map_err(|_| format!("--queued takes a number of executions, not {value:?}"))?;
+                options.queued = Some(queued);
+            }
+            "--markdown" => options.markdown = Some(value()?.clone()),
+            other if strict => return Err(format!("unknown argument {other:?}")),
+            _ => {}
         }
     }
-    Ok(())
+    Ok(options)
 }
 
 /// Serves one baseline server (this process was started by the suite).
