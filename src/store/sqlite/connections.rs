@@ -11,6 +11,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use super::gathered_wal;
 use crate::config::StoreSynchronous;
 use crate::store::StoreError;
 
@@ -55,7 +56,20 @@ pub(super) fn open_writer(
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    let conn = match synchronous {
+        // Its WAL frames written a commit at a time (see `gathered_wal`): with
+        // `synchronous = NORMAL` a commit's frames are written without a sync
+        // between them. FULL syncs each commit, which costs far more than the
+        // writes, and may split a frame around a sync: the platform's VFS.
+        StoreSynchronous::Normal => {
+            let vfs = gathered_wal::register().map_err(|code| {
+                format!("cannot register the WAL-gathering VFS (SQLite error {code})")
+            })?;
+            Connection::open_with_flags_and_vfs(path, flags, vfs)
+        }
+        StoreSynchronous::Full => Connection::open_with_flags(path, flags),
+    }
+    .map_err(|e| e.to_string())?;
     let setup = || -> rusqlite::Result<String> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Only takes effect while the file has no table yet, i.e. when new.

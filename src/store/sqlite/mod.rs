@@ -30,6 +30,7 @@ mod compaction;
 mod connections;
 mod events;
 mod executions;
+mod gathered_wal;
 mod meta;
 mod options;
 mod query;
