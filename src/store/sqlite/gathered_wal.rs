@@ -9,8 +9,8 @@
 //! job). This VFS hands every file to the platform's VFS unchanged, except
 //! a WAL file, whose appended frames it keeps in a buffer until the frame
 //! that commits the transaction (the header's "database size" field is
-//! non-zero only there), then writes them in one `write` (in pieces of
-//! 128 KiB, what the platform's VFS takes in one call) before that frame's
+//! non-zero only there), then writes them in one `write` (in pieces of just
+//! under 128 KiB, what the platform's VFS takes in one call) before that frame's
 //! own write returns. SQLite publishes a commit in the WAL index (where
 //! other connections find it) only after its frames are written, and the
 //! writer answers no caller before the commit returns: what a reader, a
@@ -22,6 +22,14 @@
 //! spill's frames reach the file before they are read back, and a
 //! transaction's rewrite of frame checksums (when it wrote a page twice) is
 //! written as it comes, its last header, the commit's, directly.
+//!
+//! The database file is wrapped too, its methods the platform's but for one
+//! thing: a lock or a barrier on the WAL index first writes out what its WAL
+//! gathered. SQLite publishes a commit between two barriers and ends a write
+//! transaction by unlocking the index, so even a write pattern the rules
+//! above did not foresee (a future SQLite's) reaches the file before another
+//! connection can look for it; frames of a transaction rolled back after a
+//! spill are written out (harmlessly: never committed) as it unlocks.
 //!
 //! Only the store's write connection opens its file through this VFS
 //! ([`VFS_NAME`]), and only with `synchronous = NORMAL`, where SQLite writes
@@ -41,9 +49,10 @@ pub(super) const VFS_NAME: &CStr = c"comfy-reality-gathered-wal";
 
 /// The size of a WAL frame's header (SQLite's `WAL_FRAME_HDRSIZE`).
 const FRAME_HEADER: usize = 24;
-/// The most bytes handed to the platform's `xWrite` in one call: the unix
-/// VFS writes `amount & 0x1ffff` bytes a system call (SQLite itself never
-/// writes more than a page at once), so a larger write would come up short.
+/// The most bytes handed to the platform's `xWrite` in one call (128 KiB
+/// less one): the unix VFS writes `amount & 0x1ffff` bytes a system call
+/// (SQLite itself never writes more than a page at once), so a larger write
+/// would come up short.
 const MOST_PER_CALL: usize = 0x1ffff;
 /// Gathered bytes written out even before a commit frame (a transaction
 /// larger than this spills its frames in pieces).
@@ -95,16 +104,22 @@ unsafe impl Sync for Platform {}
 
 static PLATFORM: OnceLock<Platform> = OnceLock::new();
 
-/// An open WAL file: SQLite's file object (whose methods are
-/// [`WAL_METHODS`]), the platform's file object it wraps (in the memory
-/// right after this one), and the frames gathered for it.
+/// A file SQLite opened through [`open`]: its database file or its WAL.
+/// SQLite's file object (whose methods are [`DB_METHODS`] or
+/// [`WAL_METHODS`]), the platform's file object it wraps (in the memory right
+/// after this one), and, for a WAL, the frames gathered for it.
 #[repr(C)]
 struct Gathering {
     /// What SQLite reads: the methods. Must stay first.
     base: ffi::sqlite3_file,
     /// The platform's file, right after this struct in SQLite's allocation.
     inner: *mut ffi::sqlite3_file,
-    /// Gathered bytes, to be written at `at`.
+    /// Whether this is a WAL file (else its database's).
+    wal: bool,
+    /// The other file of the pair while both are open: a database's WAL, a
+    /// WAL's database.
+    peer: *mut Gathering,
+    /// Gathered bytes, to be written at `at` (a WAL's only).
     gathered: Vec<u8>,
     /// The file offset of `gathered`'s first byte.
     at: i64,
@@ -112,6 +127,10 @@ struct Gathering {
     /// next; and whether that header commits its transaction.
     header: Option<Commits>,
 }
+
+// The platform's file object follows a Gathering in the same allocation,
+// whose start SQLite aligns to 8 bytes.
+const _: () = assert!(size_of::<Gathering>().is_multiple_of(8));
 
 /// Whether a gathered frame header commits its transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,28 +156,48 @@ impl Gathering {
     /// [`MOST_PER_CALL`] bytes.
     fn flush(&mut self) -> c_int {
         self.header = None;
+        if self.gathered.is_empty() {
+            return ffi::SQLITE_OK;
+        }
         let Some(write) = self.methods().xWrite else {
             return ffi::SQLITE_IOERR_WRITE;
         };
+        let mut written = 0;
         let mut rc = ffi::SQLITE_OK;
-        let mut at = self.at;
         for piece in self.gathered.chunks(MOST_PER_CALL) {
             #[cfg(test)]
             tests::WRITES.with(|writes| writes.set(writes.get() + 1));
             // At most MOST_PER_CALL: fits.
             let amount = piece.len() as c_int;
+            let at = self.at + written as i64;
             // SAFETY: `inner` is an open platform file; `piece` outlives the call.
             rc = unsafe { write(self.inner, piece.as_ptr().cast(), amount, at) };
             if rc != ffi::SQLITE_OK {
                 break;
             }
-            at += piece.len() as i64;
+            written += piece.len();
+        }
+        if rc != ffi::SQLITE_OK {
+            // What was not written stays, for the next flush to try again.
+            self.gathered.drain(..written);
+            self.at += written as i64;
+            return rc;
         }
         self.gathered.clear();
         if self.gathered.capacity() > KEPT_CAPACITY {
             self.gathered.shrink_to(KEPT_CAPACITY);
         }
         rc
+    }
+
+    /// Writes out what this database's WAL gathered (nothing for a WAL).
+    fn flush_wal(&mut self) -> c_int {
+        if self.wal || self.peer.is_null() {
+            return ffi::SQLITE_OK;
+        }
+        // SAFETY: a database's peer is its open WAL (cleared when it closes),
+        // used by the same connection, on this thread.
+        unsafe { (*self.peer).flush() }
     }
 
     /// Takes SQLite's write of `data` at `offset`: gathered when it is the
@@ -213,12 +252,13 @@ impl Gathering {
     }
 }
 
-/// The [`Gathering`] of a file SQLite opened through [`open`] as a WAL file.
+/// The [`Gathering`] of a file SQLite opened through [`open`], wrapped.
 ///
 /// # Safety
-/// `file` must be a file object whose methods are [`WAL_METHODS`].
+/// `file` must be a file object whose methods are [`WAL_METHODS`] or
+/// [`DB_METHODS`].
 unsafe fn gathering<'a>(file: *mut ffi::sqlite3_file) -> &'a mut Gathering {
-    // SAFETY: only WAL files get WAL_METHODS, and their object is a Gathering.
+    // SAFETY: only wrapped files get these methods, and their object is a Gathering.
     unsafe { &mut *file.cast::<Gathering>() }
 }
 
@@ -237,9 +277,11 @@ unsafe extern "C" fn open(
     let Some(platform_open) = (unsafe { (*platform).xOpen }) else {
         return ffi::SQLITE_CANTOPEN;
     };
-    if flags & ffi::SQLITE_OPEN_WAL == 0 {
-        // Not a WAL file: the platform's file object itself, in the same
-        // (larger) allocation, with the platform's methods.
+    let wal = flags & ffi::SQLITE_OPEN_WAL != 0;
+    if !wal && flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
+        // Neither a database nor its WAL (a journal, a temporary file): the
+        // platform's file object itself, in the same (larger) allocation,
+        // with the platform's methods.
         // SAFETY: SQLite's arguments, passed on; `vfs` carries the platform's settings.
         return unsafe { platform_open(vfs, name, file, flags, out_flags) };
     }
@@ -253,16 +295,31 @@ unsafe extern "C" fn open(
         unsafe { (*file).pMethods = ptr::null() };
         return rc;
     }
+    let this = file.cast::<Gathering>();
+    let mut peer = ptr::null_mut();
+    if wal {
+        // SAFETY: SQLite opens a WAL with the name its pager made, which
+        // sqlite3_database_file_object maps to the pager's database file.
+        let db = unsafe { ffi::sqlite3_database_file_object(name) };
+        // SAFETY: the database file is open while its WAL is.
+        if !db.is_null() && ptr::eq(unsafe { (*db).pMethods }, &DB_METHODS) {
+            peer = db.cast::<Gathering>();
+            // SAFETY: a database file opened through `open`: a Gathering.
+            unsafe { (*peer).peer = this };
+        }
+    }
     // SAFETY: `file` has room for a Gathering (see above); SQLite's
     // memory is uninitialised, so it is written, not assigned.
     unsafe {
         ptr::write(
-            file.cast::<Gathering>(),
+            this,
             Gathering {
                 base: ffi::sqlite3_file {
-                    pMethods: &WAL_METHODS,
+                    pMethods: if wal { &WAL_METHODS } else { &DB_METHODS },
                 },
                 inner,
+                wal,
+                peer,
                 gathered: Vec::new(),
                 at: 0,
                 header: None,
@@ -272,14 +329,43 @@ unsafe extern "C" fn open(
     rc
 }
 
-/// The methods of a WAL file opened through [`open`]. Version 3, as the
-/// platform's (unix) are; the shared-memory and mapping methods, which
-/// SQLite calls on the database file, not on its WAL, are passed on.
+/// The methods of a WAL file opened through [`open`]: writes gathered,
+/// everything else after what is gathered is written. Version 3, as the
+/// platform's (unix) are; SQLite calls the shared-memory and mapping
+/// methods on the database file, not on its WAL.
 static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
     xRead: Some(read),
     xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
+    xShmMap: Some(shm_map),
+    xShmLock: Some(shm_lock),
+    xShmBarrier: Some(shm_barrier),
+    xShmUnmap: Some(shm_unmap),
+    xFetch: Some(fetch),
+    xUnfetch: Some(unfetch),
+};
+
+/// The methods of a database file opened through [`open`]: the platform's,
+/// except that a lock or barrier on the WAL index first writes out what its
+/// WAL gathered. SQLite publishes a commit in the WAL index between its
+/// barriers and ends a write transaction by unlocking it: whatever SQLite
+/// wrote to the WAL is in the file before another connection can see it,
+/// even a write pattern [`Gathering::write`] did not foresee.
+static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(close),
+    xRead: Some(read),
+    xWrite: Some(write_through),
     xTruncate: Some(truncate),
     xSync: Some(sync),
     xFileSize: Some(file_size),
@@ -332,6 +418,11 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: SQLite calls xClose once, with the file it opened.
     let this = unsafe { gathering(file) };
     let flushed = this.flush();
+    if !this.peer.is_null() {
+        // SAFETY: the peer is open (each unlinks the other as it closes).
+        unsafe { (*this.peer).peer = ptr::null_mut() };
+        this.peer = ptr::null_mut();
+    }
     let closed = match this.methods().xClose {
         // SAFETY: the platform's file, closed once.
         Some(platform_close) => unsafe { platform_close(this.inner) },
@@ -369,6 +460,15 @@ unsafe extern "C" fn write(
     let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
     // SAFETY: SQLite calls xWrite with the file it opened.
     unsafe { gathering(file) }.write(data, offset)
+}
+
+unsafe extern "C" fn write_through(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    passed_on!(file, xWrite, ffi::SQLITE_IOERR_WRITE, buf, amount, offset)
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
@@ -443,12 +543,22 @@ unsafe extern "C" fn shm_lock(
     n: c_int,
     flags: c_int,
 ) -> c_int {
+    // SAFETY: SQLite calls xShmLock with the file it opened.
+    let rc = unsafe { gathering(file) }.flush_wal();
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
     passed_on!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags)
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
     // SAFETY: SQLite calls xShmBarrier with the file it opened.
     let this = unsafe { gathering(file) };
+    // A barrier cannot fail. What a commit gathered was written when its
+    // commit frame was (an error there fails the commit), so this finds
+    // nothing in practice; a failed write here leaves the bytes unwritten
+    // and the error to the next write, sync or close of the WAL.
+    let _ = this.flush_wal();
     if let Some(barrier) = this.methods().xShmBarrier {
         // SAFETY: the platform's file.
         unsafe { barrier(this.inner) }
@@ -501,11 +611,7 @@ mod tests {
     /// checkpointing by itself; `cache_pages`: its page cache.
     fn gathering(path: &Path, cache_pages: i64) -> Connection {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-        let conn = if std::env::var_os("PLAIN").is_some() {
-            Connection::open_with_flags(path, flags).unwrap()
-        } else {
-            Connection::open_with_flags_and_vfs(path, flags, register().unwrap()).unwrap()
-        };
+        let conn = Connection::open_with_flags_and_vfs(path, flags, register().unwrap()).unwrap();
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
              PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = {cache_pages};
@@ -528,6 +634,8 @@ mod tests {
     /// The database and its WAL copied while `conn` (which has not
     /// checkpointed) still holds them: the files as a `kill -9` would leave
     /// them. Opening the copy recovers from the WAL, checksums checked.
+    /// Called before `conn` touches its WAL again (which would write out
+    /// anything still gathered).
     fn crashed_copy(dir: &Path, conn: &Connection) -> Connection {
         let copy = dir.join("copy.db");
         let db = conn.path().unwrap().to_owned();
@@ -543,29 +651,56 @@ mod tests {
         recovered
     }
 
-    #[test]
-    fn a_commits_frames_are_written_in_one_call_and_read_by_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = gathering(&dir.path().join("a.db"), 2000);
-        conn.execute("INSERT INTO t (id, body) VALUES (0, zeroblob(10))", [])
-            .unwrap();
-        let before = writes();
-        conn.execute_batch("BEGIN").unwrap();
-        for id in 1..=20 {
+    /// Inserts `count` rows of `bytes` random bytes from `first` on, in one
+    /// transaction unless `conn` is in one.
+    fn insert(conn: &Connection, first: i64, count: i64, bytes: i64) {
+        for id in first..first + count {
             conn.execute(
-                "INSERT INTO t (id, body) VALUES (?1, zeroblob(3000))",
-                params![id],
+                "INSERT OR REPLACE INTO t (id, body) VALUES (?1, randomblob(?2))",
+                params![id, bytes],
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn a_commits_frames_are_written_in_one_call_and_read_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let conn = gathering(&path, 2000);
+        insert(&conn, 0, 1, 10);
+        let before = writes();
+        conn.execute_batch("BEGIN").unwrap();
+        insert(&conn, 1, 20, 3000);
         conn.execute_batch("COMMIT").unwrap();
         // About 20 pages, 40 writes through the platform's VFS: one here.
         assert_eq!(writes() - before, 1);
 
-        let reader = Connection::open(dir.path().join("a.db")).unwrap();
-        assert_eq!(rows(&reader), rows(&conn));
-        assert_eq!(rows(&reader).len(), 21);
-        assert_eq!(rows(&crashed_copy(dir.path(), &conn)).len(), 21);
+        let reader = Connection::open(&path).unwrap();
+        let expected = rows(&reader);
+        assert_eq!(expected.len(), 21);
+        assert_eq!(rows(&crashed_copy(dir.path(), &conn)), expected);
+        assert_eq!(rows(&conn), expected);
+    }
+
+    #[test]
+    fn a_commit_larger_than_one_call_is_written_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large.db");
+        let conn = gathering(&path, 2000);
+        let before = writes();
+        conn.execute_batch("BEGIN").unwrap();
+        // About 400 pages, 1.6 MB: past the most gathered (written before
+        // the commit) and past the most the platform takes in one call.
+        insert(&conn, 0, 400, 3900);
+        conn.execute_batch("COMMIT").unwrap();
+        let calls = writes() - before;
+        assert!((14..=20).contains(&calls), "{calls} writes");
+
+        let reader = Connection::open(&path).unwrap();
+        let expected = rows(&reader);
+        assert_eq!(expected, (0..400).map(|id| (id, 3900)).collect::<Vec<_>>());
+        assert_eq!(rows(&crashed_copy(dir.path(), &conn)), expected);
     }
 
     #[test]
@@ -578,37 +713,26 @@ mod tests {
         let conn = gathering(&path, 10);
         let in_place = PAGES_AS_THEY_CAME.with(Cell::get);
         conn.execute_batch("BEGIN").unwrap();
-        for id in 0..300 {
-            conn.execute(
-                "INSERT INTO t (id, body) VALUES (?1, randomblob(900))",
-                params![id],
-            )
-            .unwrap();
-        }
+        insert(&conn, 0, 300, 900);
         conn.execute("UPDATE t SET body = randomblob(700) WHERE id % 7 = 0", [])
             .unwrap();
         conn.execute_batch("COMMIT").unwrap();
         assert!(PAGES_AS_THEY_CAME.with(Cell::get) > in_place);
-        // Read by others, and from the files, before the writer touches its
-        // WAL again (which would write out anything still gathered).
         let reader = Connection::open(&path).unwrap();
         let expected = rows(&reader);
         assert_eq!(expected.len(), 300);
         assert_eq!(expected.iter().filter(|(_, len)| *len == 700).count(), 43);
         assert_eq!(rows(&crashed_copy(dir.path(), &conn)), expected);
 
-        // A spill that is rolled back, then a small commit over its frames.
+        // A spill rolled back: its gathered frames are written out as the
+        // transaction lets go of the WAL index, not left for a later write.
         conn.execute_batch("BEGIN").unwrap();
-        for id in 300..400 {
-            conn.execute(
-                "INSERT INTO t (id, body) VALUES (?1, randomblob(900))",
-                params![id],
-            )
-            .unwrap();
-        }
+        insert(&conn, 300, 100, 900);
+        let before_rollback = writes();
         conn.execute_batch("ROLLBACK").unwrap();
-        conn.execute("INSERT INTO t (id, body) VALUES (1000, randomblob(5))", [])
-            .unwrap();
+        assert!(writes() > before_rollback);
+        // Then a small commit over their frames.
+        insert(&conn, 1000, 1, 5);
         let expected = rows(&reader);
         assert_eq!(expected.len(), 301);
         assert_eq!(rows(&crashed_copy(dir.path(), &conn)), expected);
@@ -618,15 +742,17 @@ mod tests {
     #[test]
     fn a_wal_started_again_after_a_checkpoint_is_written_over_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = gathering(&dir.path().join("c.db"), 2000);
+        let path = dir.path().join("c.db");
+        let conn = gathering(&path, 2000);
+        // The WAL header's checkpoint sequence: one more at each restart.
+        let restarts = || {
+            let header = std::fs::read(dir.path().join("c.db-wal")).unwrap();
+            u32::from_be_bytes(header[12..16].try_into().unwrap())
+        };
+        let mut seen = Vec::new();
         for round in 0..3 {
-            for id in 0..50 {
-                conn.execute(
-                    "INSERT OR REPLACE INTO t (id, body) VALUES (?1, randomblob(?2))",
-                    params![id, 100 + round * 200],
-                )
-                .unwrap();
-            }
+            insert(&conn, 0, 50, 100 + round * 200);
+            seen.push(restarts());
             // The next write starts the WAL again from its first frame, over
             // the frames of this round.
             let busy: i64 = conn
@@ -636,7 +762,14 @@ mod tests {
         }
         conn.execute("UPDATE t SET body = randomblob(42) WHERE id < 10", [])
             .unwrap();
-        let expected = rows(&conn);
+        seen.push(restarts());
+        assert!(
+            seen.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "{seen:?}"
+        );
+
+        let reader = Connection::open(&path).unwrap();
+        let expected = rows(&reader);
         assert_eq!(expected.iter().filter(|(_, len)| *len == 42).count(), 10);
         assert_eq!(expected.iter().filter(|(_, len)| *len == 500).count(), 40);
         assert_eq!(rows(&crashed_copy(dir.path(), &conn)), expected);
