@@ -330,30 +330,9 @@ unsafe extern "C" fn open(
 }
 
 /// The methods of a WAL file opened through [`open`]: writes gathered,
-/// everything else after what is gathered is written. Version 3, as the
-/// platform's (unix) are; SQLite calls the shared-memory and mapping
-/// methods on the database file, not on its WAL.
-static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 3,
-    xClose: Some(close),
-    xRead: Some(read),
-    xWrite: Some(write),
-    xTruncate: Some(truncate),
-    xSync: Some(sync),
-    xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
-    xFileControl: Some(file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(device_characteristics),
-    xShmMap: Some(shm_map),
-    xShmLock: Some(shm_lock),
-    xShmBarrier: Some(shm_barrier),
-    xShmUnmap: Some(shm_unmap),
-    xFetch: Some(fetch),
-    xUnfetch: Some(unfetch),
-};
+/// everything else after what is gathered is written. SQLite calls the
+/// shared-memory and mapping methods on the database file, not on its WAL.
+static WAL_METHODS: ffi::sqlite3_io_methods = methods(write);
 
 /// The methods of a database file opened through [`open`]: the platform's,
 /// except that a lock or barrier on the WAL index first writes out what its
@@ -361,27 +340,40 @@ static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 /// barriers and ends a write transaction by unlocking it: whatever SQLite
 /// wrote to the WAL is in the file before another connection can see it,
 /// even a write pattern [`Gathering::write`] did not foresee.
-static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 3,
-    xClose: Some(close),
-    xRead: Some(read),
-    xWrite: Some(write_through),
-    xTruncate: Some(truncate),
-    xSync: Some(sync),
-    xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
-    xFileControl: Some(file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(device_characteristics),
-    xShmMap: Some(shm_map),
-    xShmLock: Some(shm_lock),
-    xShmBarrier: Some(shm_barrier),
-    xShmUnmap: Some(shm_unmap),
-    xFetch: Some(fetch),
-    xUnfetch: Some(unfetch),
-};
+static DB_METHODS: ffi::sqlite3_io_methods = methods(write_through);
+
+/// The methods of a file opened through [`open`], its writes taken by
+/// `write`. Version 3, as the platform's (unix) are.
+const fn methods(
+    write: unsafe extern "C" fn(
+        *mut ffi::sqlite3_file,
+        *const c_void,
+        c_int,
+        ffi::sqlite3_int64,
+    ) -> c_int,
+) -> ffi::sqlite3_io_methods {
+    ffi::sqlite3_io_methods {
+        iVersion: 3,
+        xClose: Some(close),
+        xRead: Some(read),
+        xWrite: Some(write),
+        xTruncate: Some(truncate),
+        xSync: Some(sync),
+        xFileSize: Some(file_size),
+        xLock: Some(lock),
+        xUnlock: Some(unlock),
+        xCheckReservedLock: Some(check_reserved_lock),
+        xFileControl: Some(file_control),
+        xSectorSize: Some(sector_size),
+        xDeviceCharacteristics: Some(device_characteristics),
+        xShmMap: Some(shm_map),
+        xShmLock: Some(shm_lock),
+        xShmBarrier: Some(shm_barrier),
+        xShmUnmap: Some(shm_unmap),
+        xFetch: Some(fetch),
+        xUnfetch: Some(unfetch),
+    }
+}
 
 /// Calls the platform file's method `$method` with the arguments after
 /// writing out what `$file` gathered; a failed write is the call's result.
