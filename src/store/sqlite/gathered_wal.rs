@@ -6,10 +6,10 @@
 //! then its page. A one-node job's commits write some 25 frames, about 50
 //! calls, each paying the system call and the file system's per-call work
 //! (`pwrite64` and what runs under it were a tenth of the runtime's CPU per
-//! job). This VFS hands every file to the platform's VFS unchanged, except
-//! a WAL file, whose appended frames it keeps in a buffer until the frame
+//! job). This VFS opens every file with the platform's VFS; a WAL file's
+//! appended frames it keeps in a buffer until the frame
 //! that commits the transaction (the header's "database size" field is
-//! non-zero only there), then writes them in one `write` (in pieces of just
+//! non-zero only there), then writes them in one `pwrite` (in pieces of just
 //! under 128 KiB, what the platform's VFS takes in one call) before that frame's
 //! own write returns. SQLite publishes a commit in the WAL index (where
 //! other connections find it) only after its frames are written, and the
