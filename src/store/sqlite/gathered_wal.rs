@@ -152,6 +152,20 @@ impl Gathering {
         unsafe { &*(*self.inner).pMethods }
     }
 
+    /// Hands `data` to the platform file's `xWrite` at `offset`, as it is.
+    fn platform_write(&self, data: &[u8], offset: i64) -> c_int {
+        let Some(write) = self.methods().xWrite else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        let Ok(amount) = c_int::try_from(data.len()) else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        #[cfg(test)]
+        tests::WRITES.with(|writes| writes.set(writes.get() + 1));
+        // SAFETY: `inner` is an open platform file; `data` outlives the call.
+        unsafe { write(self.inner, data.as_ptr().cast(), amount, offset) }
+    }
+
     /// Writes out what is gathered: in one call, or in pieces of at most
     /// [`MOST_PER_CALL`] bytes.
     fn flush(&mut self) -> c_int {
@@ -159,19 +173,10 @@ impl Gathering {
         if self.gathered.is_empty() {
             return ffi::SQLITE_OK;
         }
-        let Some(write) = self.methods().xWrite else {
-            return ffi::SQLITE_IOERR_WRITE;
-        };
         let mut written = 0;
         let mut rc = ffi::SQLITE_OK;
         for piece in self.gathered.chunks(MOST_PER_CALL) {
-            #[cfg(test)]
-            tests::WRITES.with(|writes| writes.set(writes.get() + 1));
-            // At most MOST_PER_CALL: fits.
-            let amount = piece.len() as c_int;
-            let at = self.at + written as i64;
-            // SAFETY: `inner` is an open platform file; `piece` outlives the call.
-            rc = unsafe { write(self.inner, piece.as_ptr().cast(), amount, at) };
+            rc = self.platform_write(piece, self.at + written as i64);
             if rc != ffi::SQLITE_OK {
                 break;
             }
@@ -235,20 +240,11 @@ impl Gathering {
         if rc != ffi::SQLITE_OK {
             return rc;
         }
-        let Some(write) = self.methods().xWrite else {
-            return ffi::SQLITE_IOERR_WRITE;
-        };
-        let Ok(amount) = c_int::try_from(data.len()) else {
-            return ffi::SQLITE_IOERR_WRITE;
-        };
-        #[cfg(test)]
-        tests::WRITES.with(|writes| writes.set(writes.get() + 1));
         #[cfg(test)]
         if data.len() >= 512 {
             tests::PAGES_AS_THEY_CAME.with(|pages| pages.set(pages.get() + 1));
         }
-        // SAFETY: `inner` is an open platform file; `data` is SQLite's buffer.
-        unsafe { write(self.inner, data.as_ptr().cast(), amount, offset) }
+        self.platform_write(data, offset)
     }
 }
 
@@ -262,7 +258,8 @@ unsafe fn gathering<'a>(file: *mut ffi::sqlite3_file) -> &'a mut Gathering {
     unsafe { &mut *file.cast::<Gathering>() }
 }
 
-/// The VFS's `xOpen`: the platform's, and for a WAL file, wrapped.
+/// The VFS's `xOpen`: the platform's; a database file and its WAL wrapped
+/// (and linked to each other), any other file left as the platform opens it.
 unsafe extern "C" fn open(
     vfs: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
