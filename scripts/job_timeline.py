@@ -98,8 +98,17 @@ def stop(process):
     process.wait()
 
 
-async def run_jobs(address, jobs):
+async def run_jobs(address, jobs, prompt_bytes=0, seconds=0.0, steps=1):
+    """Runs `jobs` one-node jobs (a TestDelay of `seconds` in `steps` progress steps, before the
+    fake's time scale) one at a time. With `prompt_bytes`, each node also carries a text input
+    (one TestDelay does not declare, so neither the runtime's checks nor the fake read it) that
+    makes its prompt about that large, as the long text prompts and many nodes of a real
+    workflow do."""
     from comfy_reality import AsyncClient
+
+    padding = {}
+    if prompt_bytes:
+        padding["notes"] = ("a cat in a spacesuit, " * (prompt_bytes // 22 + 1))[:prompt_bytes]
 
     async with AsyncClient(address) as client:
         stream = client.events(
@@ -118,7 +127,8 @@ async def run_jobs(address, jobs):
         await asyncio.sleep(0.2)
         nonce = time.time_ns()
         for i in range(jobs):
-            workflow = {"1": {"class_type": "TestDelay", "inputs": {"seconds": 0.0, "steps": 1, "nonce": nonce + i}}}
+            inputs = {"seconds": seconds, "steps": steps, "nonce": nonce + i, **padding}
+            workflow = {"1": {"class_type": "TestDelay", "inputs": inputs}}
             execution = await client.execute(workflow)
             if execution.id not in ended:
                 done = asyncio.get_running_loop().create_future()

@@ -12,12 +12,15 @@ frames that 500 more jobs add to the WAL (its growth divided by a frame's size):
   events, the indexed tables brought up to date in one transaction every BATCH jobs (its frames
   counted apart and spread over the jobs).
 
-Row sizes follow a real one-node job (events about 550 bytes of JSON each); EVENT_BYTES=250 models
-a compact event encoding and AUTO_VACUUM=NONE a store without the pointer-map pages that
-incremental vacuum keeps. Python's own SQLite is used: page layout, not speed, is measured.
+Row sizes follow a real one-node job (events about 550 bytes of JSON each, a prompt of 100
+bytes); EVENT_BYTES=250 models a compact event encoding, AUTO_VACUUM=NONE a store without the
+pointer-map pages that incremental vacuum keeps, and PROMPT_BYTES=20000 the prompt of a real
+workflow (kept out of the execution's row past 2 KiB, written once). Python's own SQLite is
+used: page layout, not speed, is measured.
 
     python3 scripts/wal_frames.py
     EVENT_BYTES=250 AUTO_VACUUM=NONE python3 scripts/wal_frames.py
+    PROMPT_BYTES=20000 python3 scripts/wal_frames.py
 """
 
 import os
@@ -30,6 +33,9 @@ HISTORY_JOBS = 20_000
 JOBS = 500
 BATCHES = (50, 500)
 EVENT_BYTES = int(os.environ.get("EVENT_BYTES", "550"))
+PROMPT_BYTES = int(os.environ.get("PROMPT_BYTES", "100"))
+# The store's executions::PROMPT_INLINE_BYTES: a larger prompt is kept out of its execution's row.
+PROMPT_INLINE_BYTES = 2048
 AUTO_VACUUM = os.environ.get("AUTO_VACUUM", "INCREMENTAL")
 FRAME_BYTES = 4096 + 24
 
@@ -37,8 +43,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def schema():
+    """The store's migrations, in order, as one script."""
     text = open(os.path.join(ROOT, "src/store/sqlite/schema.rs"), encoding="utf-8").read()
-    return re.search(r'MIGRATIONS: \[&str; \d+\] = \[r"(.*?)"\];', text, re.S).group(1)
+    entries = re.search(r"MIGRATIONS: \[&str; \d+\] = \[(.*?)\n\];", text, re.S).group(1)
+    return "\n".join(re.findall(r'r"(.*?)"', entries, re.S))
 
 
 class Model:
@@ -70,11 +78,15 @@ class Model:
 
     def create(self, job, status):
         execution, root, node = job
+        prompt = b"p" * PROMPT_BYTES
+        inline = len(prompt) <= PROMPT_INLINE_BYTES
         self.db.execute(
             "INSERT INTO executions (id, status, workflow_id, root_task_id, updated_ms, body, prompt)"
             " VALUES (?, ?, 'inline-1', ?, 1, ?, ?)",
-            (execution, status, root, "x" * 600, b"p" * 100),
+            (execution, status, root, "x" * 600, prompt if inline else b""),
         )
+        if not inline:
+            self.db.execute("INSERT INTO execution_prompts VALUES (last_insert_rowid(), ?)", (prompt,))
         for task, kind, parent, size in ((root, "workflow", None, 750), (node, "node", root, 780)):
             self.db.execute(
                 "INSERT INTO tasks (id, status, task_type, parent_id, execution_id, tags, updated_ms,"
@@ -165,7 +177,7 @@ def fill(model):
 
 
 def main():
-    print(f"events of {EVENT_BYTES} bytes, auto_vacuum {AUTO_VACUUM}")
+    print(f"events of {EVENT_BYTES} bytes, prompts of {PROMPT_BYTES}, auto_vacuum {AUTO_VACUUM}")
     with tempfile.TemporaryDirectory() as scratch:
         model = Model(os.path.join(scratch, "store.db"))
         fill(model)

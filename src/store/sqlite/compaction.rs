@@ -174,6 +174,8 @@ fn compact_executions(
             .execute([id])? as u64;
         conn.prepare_cached("DELETE FROM execution_keys WHERE execution_id = ?1")?
             .execute([id])?;
+        conn.prepare_cached("DELETE FROM execution_prompts WHERE execution_seq = ?1")?
+            .execute([seq])?;
         conn.prepare_cached("DELETE FROM executions WHERE seq = ?1")?
             .execute([seq])?;
     }
@@ -291,6 +293,7 @@ mod tests {
     use crate::store::conformance::{
         created, created_execution, event, key, new_execution, task, task_with, workflow,
     };
+    use crate::store::sqlite::executions::PROMPT_INLINE_BYTES;
     use crate::store::sqlite::test_support::{aged, all_task_names, temp_store};
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
     use crate::store::{CreateOutcome, ExecutionFilter, Store, WorkflowFilter};
@@ -335,9 +338,10 @@ mod tests {
             ),
             None,
         );
-        // Executions: each with a root and one node.
+        // Executions: each with a root and one node, and a prompt kept out of its row.
         let execution = |status: TaskStatus, age: TimeDelta, key_name: &str| {
             let mut new = new_execution(key_name, &[], 1);
+            new.prompt = vec![b'p'; PROMPT_INLINE_BYTES + 1].into();
             let tasks = std::mem::take(&mut new.tasks);
             new.tasks = tasks
                 .into_iter()
@@ -393,6 +397,7 @@ mod tests {
         );
         assert_eq!(store.get_execution(&gone.id).unwrap(), None);
         assert_eq!(store.execution_prompt(&gone.id).unwrap(), None);
+        assert!(store.execution_prompt(&kept_running.id).unwrap().is_some());
         assert_eq!(store.execution_for_key("old-done").unwrap(), None);
         let left: Vec<String> = store
             .list_executions(&ExecutionFilter::default(), None, 10)
@@ -402,6 +407,17 @@ mod tests {
             .map(|e| e.id)
             .collect();
         assert_eq!(left, [kept_recent.id, kept_running.id]);
+        // The deleted execution's prompt went with it; the kept ones' stay.
+        let prompts: i64 = store
+            .write(|conn| {
+                Ok(
+                    conn.query_row("SELECT COUNT(*) FROM execution_prompts", [], |row| {
+                        row.get(0)
+                    })?,
+                )
+            })
+            .unwrap();
+        assert_eq!(prompts, 2);
         assert_eq!(
             store
                 .events_after(0, 100)

@@ -1,6 +1,7 @@
 //! Workflow executions in the SQLite store: their rows (kept without their
 //! tasks, which are task rows tagged with the execution id; the prompt as a
-//! blob; idempotency keys in `execution_keys`), their writes and their reads.
+//! blob, in the row or, past [`PROMPT_INLINE_BYTES`], in `execution_prompts`;
+//! idempotency keys in `execution_keys`), their writes and their reads.
 //! Deleting finished executions is compaction's job, not this module's.
 
 use std::sync::Arc;
@@ -18,6 +19,16 @@ use crate::store::Store;
 use crate::store::{
     ExecutionCreateOutcome, ExecutionFilter, IdempotencyKey, NewExecutionRecord, Page, StoreError,
 };
+
+/// The largest prompt kept in its execution's row; a larger one is kept in `execution_prompts`,
+/// under the row's `seq`, and the row's `prompt` is empty. Each change of an execution (of its
+/// state, and of its progress at most once a second while it runs) writes its whole row again:
+/// a prompt past a page's room (real workflows' often are, with their text prompts and dozens
+/// of nodes) would be written again with it, its whole chain of overflow pages, where out of
+/// the row it is written once. A small one costs nothing in the row (its page is written
+/// anyway) and a page of the other table out of it. PostgreSQL's TOAST keeps values past
+/// about 2 KiB out of line alike.
+pub(super) const PROMPT_INLINE_BYTES: usize = 2048;
 
 /// An execution encoded for its row (its `tasks` already emptied).
 pub(super) struct ExecutionRow {
@@ -145,6 +156,7 @@ fn insert(
     for task in tasks {
         insert_task(conn, task, Some(&row.id))?;
     }
+    let inline = prompt.len() <= PROMPT_INLINE_BYTES;
     conn.prepare_cached(
         "INSERT INTO executions
          (id, status, workflow_id, root_task_id, updated_ms, body, prompt)
@@ -157,8 +169,16 @@ fn insert(
         row.root_task_id,
         row.updated_ms,
         row.body,
-        prompt.as_ref()
+        if inline { prompt.as_ref() } else { &[][..] }
     ])?;
+    if !inline {
+        // Under the `seq` of the row just inserted (its tasks went in first).
+        conn.prepare_cached(
+            "INSERT INTO execution_prompts (execution_seq, prompt)
+             VALUES (last_insert_rowid(), ?1)",
+        )?
+        .execute([prompt.as_ref()])?;
+    }
     Ok(())
 }
 
@@ -273,7 +293,10 @@ pub(super) fn with_tasks(
 pub(super) fn prompt(store: &SqliteStore, id: &str) -> Result<Option<Bytes>, StoreError> {
     store.read(|conn| {
         let prompt: Option<Vec<u8>> = conn
-            .prepare_cached("SELECT prompt FROM executions WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT COALESCE(p.prompt, e.prompt) FROM executions e
+                 LEFT JOIN execution_prompts p ON p.execution_seq = e.seq WHERE e.id = ?1",
+            )?
             .query_row([id], |row| row.get(0))
             .optional()?;
         Ok(prompt.map(Bytes::from))

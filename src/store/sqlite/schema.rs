@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 /// The schema, one migration per entry, applied in order; `schema_version`
 /// holds how many have run. Never edit an entry: append a new one.
-pub(super) const MIGRATIONS: [&str; 1] = [r"
+pub(super) const MIGRATIONS: [&str; 2] = [
+    // 1: the tables.
+    r"
 CREATE TABLE tasks (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT, -- creation order, the listing cursor
     id           TEXT NOT NULL UNIQUE,
@@ -74,7 +76,22 @@ CREATE TABLE store_state (                          -- the store's own counters
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
-"];
+",
+    // 2: a prompt past 2 KiB out of the execution's row, written once, when the execution
+    // is made (see `executions::PROMPT_INLINE_BYTES`; the 2048 here stays, whatever that
+    // becomes). In the row it was part of the record that each change of the execution
+    // writes again: its whole chain of overflow pages, at each change of state, and of
+    // progress once a second while it runs.
+    r"
+CREATE TABLE execution_prompts (
+    execution_seq INTEGER PRIMARY KEY,                 -- executions.seq
+    prompt        BLOB NOT NULL                        -- the ComfyUI prompt JSON
+);
+INSERT INTO execution_prompts (execution_seq, prompt)
+    SELECT seq, prompt FROM executions WHERE length(prompt) > 2048;
+UPDATE executions SET prompt = x'' WHERE length(prompt) > 2048;
+",
+];
 
 /// Applies the migrations the file has not seen, in one transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
@@ -112,9 +129,107 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use rusqlite::Connection;
 
+    use super::MIGRATIONS;
+    use crate::store::Store;
+    use crate::store::conformance::{created_execution, new_execution};
+    use crate::store::sqlite::SqliteStore;
     use crate::store::sqlite::test_support::{open_error, temp_store};
+
+    /// The pages (WAL frames) that a change of execution `id`'s row writes: `updated_ms` and
+    /// `body` set, as each change of an execution sets them.
+    fn pages_a_change_writes(conn: &Connection, id: &str) -> i64 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        conn.execute(
+            "UPDATE executions SET updated_ms = updated_ms + 1, body = body || ' ' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_file_keeps_its_large_prompts_out_of_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        // Past a page's room: the prompt lies in a chain of overflow pages (16 of 4 KiB).
+        let large = Bytes::from(vec![b'p'; 64 * 1024]);
+        let (execution, small) = {
+            let store = SqliteStore::open(&path).unwrap();
+            let mut new = new_execution("wf", &[], 1);
+            new.prompt = large.clone();
+            let execution = created_execution(store.create_execution(new, None).unwrap());
+            let small = created_execution(
+                store
+                    .create_execution(new_execution("wf", &[], 1), None)
+                    .unwrap(),
+            );
+            (execution, small)
+        };
+        let small_prompt = new_execution("wf", &[], 1).prompt;
+        // The file as version 1 left it: every prompt in its execution's row, where each
+        // change of the execution wrote it again.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE executions SET prompt =
+                 (SELECT prompt FROM execution_prompts WHERE execution_seq = seq)
+                 WHERE seq IN (SELECT execution_seq FROM execution_prompts);
+             DROP TABLE execution_prompts;
+             UPDATE schema_version SET version = 1;",
+        )
+        .unwrap();
+        let before = pages_a_change_writes(&conn, &execution.id);
+        assert!(before >= 16, "{before} pages");
+        drop(conn);
+
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(
+                store.execution_prompt(&execution.id).unwrap(),
+                Some(large.clone())
+            );
+            assert_eq!(
+                store.execution_prompt(&small.id).unwrap(),
+                Some(small_prompt.clone())
+            );
+            assert_eq!(
+                store.get_execution(&execution.id).unwrap().as_ref(),
+                Some(&execution)
+            );
+        }
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        // Only the large prompt moved; the small one stays in its row.
+        let out_of_rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM execution_prompts", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(out_of_rows, 1);
+        let after = pages_a_change_writes(&conn, &execution.id);
+        assert!(after <= 4, "{after} pages, {before} in version 1");
+        drop(conn);
+
+        // Through the store: the execution changed, its prompt as it was.
+        let store = SqliteStore::open(&path).unwrap();
+        let mut changed = store.get_execution(&execution.id).unwrap().unwrap();
+        changed.set_progress(0.5).unwrap();
+        changed.updated_at = Some(chrono::Utc::now());
+        assert!(store.put_execution(&changed).unwrap());
+        assert_eq!(store.execution_prompt(&execution.id).unwrap(), Some(large));
+        assert_eq!(store.get_execution(&execution.id).unwrap(), Some(changed));
+        assert_eq!(
+            store.execution_prompt(&small.id).unwrap(),
+            Some(small_prompt)
+        );
+    }
 
     #[test]
     fn a_newer_schema_is_refused() {
