@@ -6,8 +6,9 @@ and a durable-store runtime on free ports (as scripts/job_timeline.py does), run
 jobs one at a time from the Python SDK to warm up, then JOBS more, and prints what each of the
 runtime's threads spent per job (user + system time from /proc/<pid>/task/<tid>/stat, in clock
 ticks: 10 ms over 1,500 jobs is 6.7 µs a job), the wall time per job and the bytes the runtime
-wrote per job (/proc/<pid>/io's wchar: its sockets, the store's WAL and the checkpoints into the
-database file). Builds take turns within a round (A B, A B, ...), so that a busy minute of a
+passed to write calls per job (/proc/<pid>/io's wchar, the bytes of write, pwrite and writev: the
+store's WAL, the checkpoints into the database file, and the socket writes that go through
+them). Builds take turns within a round (A B, A B, ...), so that a busy minute of a
 shared machine falls on both; compare the medians. The node is a TestDelay of 0 seconds in one
 step unless `--seconds` and `--steps` say otherwise; `--prompt-bytes` makes each prompt about
 that large (real workflows' run to tens of KiB).
@@ -55,7 +56,7 @@ def thread_cpu(pid):
 
 
 def written(pid):
-    """Bytes `pid` has passed to write calls so far (sockets included: /proc/<pid>/io's wchar)."""
+    """Bytes `pid` has passed to write, pwrite and writev so far (/proc/<pid>/io's wchar)."""
     with open(f"/proc/{pid}/io", encoding="utf-8") as f:
         for line in f:
             name, _, value = line.partition(":")

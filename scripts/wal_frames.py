@@ -15,8 +15,9 @@ frames that 500 more jobs add to the WAL (its growth divided by a frame's size):
 Row sizes follow a real one-node job (events about 550 bytes of JSON each, a prompt of 100
 bytes); EVENT_BYTES=250 models a compact event encoding, AUTO_VACUUM=NONE a store without the
 pointer-map pages that incremental vacuum keeps, and PROMPT_BYTES=20000 the prompt of a real
-workflow (kept out of the execution's row past 2 KiB, written once). Python's own SQLite is
-used: page layout, not speed, is measured.
+workflow (kept out of the execution's row past 2 KiB, written once; the history then takes
+20,000 times that on disk, and the journal's rows keep their sizes, so that only "current" follows
+it). Python's own SQLite is used: page layout, not speed, is measured.
 
     python3 scripts/wal_frames.py
     EVENT_BYTES=250 AUTO_VACUUM=NONE python3 scripts/wal_frames.py
@@ -46,7 +47,7 @@ def schema():
     """The store's migrations, in order, as one script."""
     text = open(os.path.join(ROOT, "src/store/sqlite/schema.rs"), encoding="utf-8").read()
     entries = re.search(r"MIGRATIONS: \[&str; \d+\] = \[(.*?)\n\];", text, re.S).group(1)
-    return "\n".join(re.findall(r'r"(.*?)"', entries, re.S))
+    return "\n".join(re.findall(r'(?m)^\s*r"(.*?)"', entries, re.S))
 
 
 class Model:

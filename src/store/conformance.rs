@@ -97,8 +97,12 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
         let answers = answers.clone();
         Box::new(move |result| answers.send((n, result.is_ok())).unwrap())
     };
-    let first = new_execution("wf", &["blue"], 1);
-    let second = new_execution("wf", &[], 0);
+    // Prompts of their own, past the size a store may keep apart from the execution's record
+    // (the SQLite store's `PROMPT_INLINE_BYTES`, 2 KiB).
+    let mut first = new_execution("wf", &["blue"], 1);
+    first.prompt = Bytes::from(vec![b'1'; 3000]);
+    let mut second = new_execution("wf", &[], 0);
+    second.prompt = Bytes::from(vec![b'2'; 3001]);
     let root = Task::clone(&first.tasks[0]);
     let mut queued = root.clone();
     queued.transition(TaskStatus::Queued).unwrap();
@@ -115,7 +119,8 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
         },
         answer(1),
     );
-    let never = new_execution("wf", &[], 0);
+    let mut never = new_execution("wf", &[], 0);
+    never.prompt = Bytes::from(vec![b'3'; 3002]);
     store.write(
         Changes {
             new_executions: vec![never.clone()],
@@ -171,7 +176,12 @@ fn new_executions_are_written_with_the_changes_after_them(store: &dyn Store) {
         by_status(TaskStatus::Pending),
         vec![second.execution.id.clone()]
     );
+    assert_eq!(
+        store.execution_prompt(&second.execution.id).unwrap(),
+        Some(second.prompt.clone())
+    );
     assert_eq!(store.get_execution(&never.execution.id).unwrap(), None);
+    assert_eq!(store.execution_prompt(&never.execution.id).unwrap(), None);
     assert_eq!(store.get_task(&never.tasks[0].id).unwrap(), None);
 }
 

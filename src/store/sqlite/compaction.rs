@@ -338,10 +338,17 @@ mod tests {
             ),
             None,
         );
-        // Executions: each with a root and one node, and a prompt kept out of its row.
+        // Executions: each with a root and one node, and a prompt of its own kept out of its row.
+        let prompt_of = |key_name: &str| {
+            let mut prompt = key_name
+                .as_bytes()
+                .repeat(PROMPT_INLINE_BYTES / key_name.len() + 1);
+            prompt.truncate(PROMPT_INLINE_BYTES + 1);
+            bytes::Bytes::from(prompt)
+        };
         let execution = |status: TaskStatus, age: TimeDelta, key_name: &str| {
             let mut new = new_execution(key_name, &[], 1);
-            new.prompt = vec![b'p'; PROMPT_INLINE_BYTES + 1].into();
+            new.prompt = prompt_of(key_name);
             let tasks = std::mem::take(&mut new.tasks);
             new.tasks = tasks
                 .into_iter()
@@ -397,7 +404,15 @@ mod tests {
         );
         assert_eq!(store.get_execution(&gone.id).unwrap(), None);
         assert_eq!(store.execution_prompt(&gone.id).unwrap(), None);
-        assert!(store.execution_prompt(&kept_running.id).unwrap().is_some());
+        for (kept, key_name) in [
+            (&kept_recent, "recent-failed"),
+            (&kept_running, "old-running"),
+        ] {
+            assert_eq!(
+                store.execution_prompt(&kept.id).unwrap(),
+                Some(prompt_of(key_name))
+            );
+        }
         assert_eq!(store.execution_for_key("old-done").unwrap(), None);
         let left: Vec<String> = store
             .list_executions(&ExecutionFilter::default(), None, 10)

@@ -21,11 +21,12 @@ use crate::store::{
 };
 
 /// The largest prompt kept in its execution's row; a larger one is kept in `execution_prompts`,
-/// under the row's `seq`, and the row's `prompt` is empty. Each change of an execution (of its
-/// state, and of its progress at most once a second while it runs) writes its whole row again:
-/// a prompt past a page's room (real workflows' often are, with their text prompts and dozens
-/// of nodes) would be written again with it, its whole chain of overflow pages, where out of
-/// the row it is written once. A small one costs nothing in the row (its page is written
+/// under the row's `seq`, and the row's `prompt` is empty. Each change of an execution (its
+/// state, backend, prompt id, outputs; its progress at most once a second while it runs) writes
+/// its row again, whole when the row's length changes, as it nearly always does: a prompt past a
+/// page's room (real workflows' often are, with their text prompts and dozens of nodes) would be
+/// written again with it, its whole chain of overflow pages, where out of the row it is written
+/// once. A small one costs nothing in the row (its page is written
 /// anyway) and a page of the other table out of it. PostgreSQL's TOAST keeps values past
 /// about 2 KiB out of line alike.
 pub(super) const PROMPT_INLINE_BYTES: usize = 2048;

@@ -79,17 +79,20 @@ CREATE TABLE store_state (                          -- the store's own counters
 ",
     // 2: a prompt past 2 KiB out of the execution's row, written once, when the execution
     // is made (see `executions::PROMPT_INLINE_BYTES`; the 2048 here stays, whatever that
-    // becomes). In the row it was part of the record that each change of the execution
-    // writes again: its whole chain of overflow pages, at each change of state, and of
-    // progress once a second while it runs.
+    // becomes). In the row it was part of the record that nearly each change of the
+    // execution writes again: its whole chain of overflow pages. Moved for the executions
+    // that can still change: a completed or cancelled one's row is not written again (a
+    // failed one's is, by a retry), and its prompt may stay where it is.
     r"
 CREATE TABLE execution_prompts (
     execution_seq INTEGER PRIMARY KEY,                 -- executions.seq
     prompt        BLOB NOT NULL                        -- the ComfyUI prompt JSON
 );
 INSERT INTO execution_prompts (execution_seq, prompt)
-    SELECT seq, prompt FROM executions WHERE length(prompt) > 2048;
-UPDATE executions SET prompt = x'' WHERE length(prompt) > 2048;
+    SELECT seq, prompt FROM executions
+    WHERE length(prompt) > 2048 AND status NOT IN ('completed', 'cancelled');
+UPDATE executions SET prompt = x''
+    WHERE seq IN (SELECT execution_seq FROM execution_prompts);
 ",
 ];
 
@@ -139,10 +142,14 @@ mod tests {
     use crate::store::sqlite::test_support::{open_error, temp_store};
 
     /// The pages (WAL frames) that a change of execution `id`'s row writes: `updated_ms` and
-    /// `body` set, as each change of an execution sets them.
+    /// `body` set, as each change of an execution sets them, the body a byte longer (as nearly
+    /// every change makes it longer or shorter: SQLite writes a record of the same length in
+    /// place, only its pages that differ).
     fn pages_a_change_writes(conn: &Connection, id: &str) -> i64 {
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
             .unwrap();
+        assert_eq!(busy, 0, "the WAL did not start over");
         conn.execute(
             "UPDATE executions SET updated_ms = updated_ms + 1, body = body || ' ' WHERE id = ?1",
             [id],
@@ -158,7 +165,8 @@ mod tests {
         let path = dir.path().join("store.db");
         // Past a page's room: the prompt lies in a chain of overflow pages (16 of 4 KiB).
         let large = Bytes::from(vec![b'p'; 64 * 1024]);
-        let (execution, small) = {
+        let finished_prompt = Bytes::from(vec![b'f'; 8 * 1024]);
+        let (execution, small, finished) = {
             let store = SqliteStore::open(&path).unwrap();
             let mut new = new_execution("wf", &[], 1);
             new.prompt = large.clone();
@@ -168,11 +176,14 @@ mod tests {
                     .create_execution(new_execution("wf", &[], 1), None)
                     .unwrap(),
             );
-            (execution, small)
+            let mut new = new_execution("wf", &[], 1);
+            new.prompt = finished_prompt.clone();
+            let finished = created_execution(store.create_execution(new, None).unwrap());
+            (execution, small, finished)
         };
         let small_prompt = new_execution("wf", &[], 1).prompt;
         // The file as version 1 left it: every prompt in its execution's row, where each
-        // change of the execution wrote it again.
+        // change of the execution wrote it again; one execution completed.
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "UPDATE executions SET prompt =
@@ -180,6 +191,11 @@ mod tests {
                  WHERE seq IN (SELECT execution_seq FROM execution_prompts);
              DROP TABLE execution_prompts;
              UPDATE schema_version SET version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE executions SET status = 'completed' WHERE id = ?1",
+            [&finished.id],
         )
         .unwrap();
         let before = pages_a_change_writes(&conn, &execution.id);
@@ -197,6 +213,10 @@ mod tests {
                 Some(small_prompt.clone())
             );
             assert_eq!(
+                store.execution_prompt(&finished.id).unwrap(),
+                Some(finished_prompt)
+            );
+            assert_eq!(
                 store.get_execution(&execution.id).unwrap().as_ref(),
                 Some(&execution)
             );
@@ -206,7 +226,8 @@ mod tests {
             .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        // Only the large prompt moved; the small one stays in its row.
+        // Only the large prompt of the execution that can still change moved: the small one
+        // and the completed execution's stay in their rows.
         let out_of_rows: i64 = conn
             .query_row("SELECT COUNT(*) FROM execution_prompts", [], |row| {
                 row.get(0)
