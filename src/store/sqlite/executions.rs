@@ -26,9 +26,8 @@ use crate::store::{
 /// its row again, whole when the row's length changes, as it nearly always does: a prompt past a
 /// page's room (real workflows' often are, with their text prompts and dozens of nodes) would be
 /// written again with it, its whole chain of overflow pages, where out of the row it is written
-/// once. A small one costs nothing in the row (its page is written
-/// anyway) and a page of the other table out of it. PostgreSQL's TOAST keeps values past
-/// about 2 KiB out of line alike.
+/// once. A small one costs nothing in the row (its page is written anyway), and a page of the
+/// other table out of it. PostgreSQL's TOAST keeps values past about 2 KiB out of line alike.
 pub(super) const PROMPT_INLINE_BYTES: usize = 2048;
 
 /// An execution encoded for its row (its `tasks` already emptied).
