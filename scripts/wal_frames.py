@@ -35,12 +35,20 @@ JOBS = 500
 BATCHES = (50, 500)
 EVENT_BYTES = int(os.environ.get("EVENT_BYTES", "550"))
 PROMPT_BYTES = int(os.environ.get("PROMPT_BYTES", "100"))
-# The store's executions::PROMPT_INLINE_BYTES: a larger prompt is kept out of its execution's row.
-PROMPT_INLINE_BYTES = 2048
 AUTO_VACUUM = os.environ.get("AUTO_VACUUM", "INCREMENTAL")
 FRAME_BYTES = 4096 + 24
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def prompt_inline_bytes():
+    """The store's `executions::PROMPT_INLINE_BYTES`: a larger prompt is kept out of its
+    execution's row."""
+    text = open(os.path.join(ROOT, "src/store/sqlite/executions.rs"), encoding="utf-8").read()
+    return int(re.search(r"const PROMPT_INLINE_BYTES: usize = ([\d_]+);", text).group(1))
+
+
+PROMPT_INLINE_BYTES = prompt_inline_bytes()
 
 
 def schema():
