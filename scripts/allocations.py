@@ -11,7 +11,12 @@ allocation path (`_mi_page_malloc_zero`, through a perf uprobe) in the runtime:
   0.005`), jobs one at a time from the Python SDK (submit, then wait for the COMPLETED event on
   a stream opened before), as `job_timeline.py` runs them;
 - per submit: a memory-store runtime whose one backend is down (nothing runs), benchmark 1's
-  1 KiB workflow submitted from the Python SDK, 16 in flight.
+  1 KiB workflow submitted from the Python SDK, 16 in flight;
+- per authenticated submit: the same against a runtime with benchmark 7's principal (an API
+  key, limits that never refuse, an audit event per call), the key on every call.
+
+With each submit count it prints how much the runtime's resident memory grew per submit (what a
+queued execution, and an authenticated one's audit event, keep).
 
 With `--sites N` it also records where a job's and a submit's allocations are made (perf's
 call chains of the probe, which need a build with frame pointers: `RUSTFLAGS="-C
@@ -38,6 +43,7 @@ and protobuf (the SDK's dependencies); the SDK itself is read from clients/pytho
 import argparse
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import signal
@@ -68,11 +74,11 @@ def submit_workflow():
         prefix += "x"
 
 
-async def run_submits(address, submits):
+async def run_submits(address, submits, api_key=None):
     from comfy_reality import AsyncClient
 
     workflow = submit_workflow()
-    async with AsyncClient(address) as client:
+    async with AsyncClient(address, api_key=api_key) as client:
         in_flight = asyncio.Semaphore(16)
 
         async def one():
@@ -132,12 +138,51 @@ def sites(pid, scratch, work, top):
     return total, places.most_common(top)
 
 
+def rss(pid):
+    """The resident memory of process `pid`, in bytes."""
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    sys.exit(f"no VmRSS for process {pid}")
+
+
 def measure(pid, scratch, run, warm_up, calls, top):
-    """`run(warm_up)` to warm the runtime `pid` up, then its allocations over `run(calls)`, and,
-    when `top`, where they are made over another `run(calls)` (see `sites`; else None)."""
+    """`run(warm_up)` to warm the runtime `pid` up, then its allocations over `run(calls)` and
+    how much its resident memory grew meanwhile, and, when `top`, where they are made over
+    another `run(calls)` (see `sites`; else None)."""
     run(warm_up)
+    before = rss(pid)
     count = counted(pid, scratch, lambda: run(calls))
-    return count, (sites(pid, scratch, lambda: run(calls), top) if top else None)
+    grown = rss(pid) - before
+    return count, grown, (sites(pid, scratch, lambda: run(calls), top) if top else None)
+
+
+def measure_submits(runtime_bin, scratch, name, down, args, extra="", api_key=None):
+    """Allocations and memory growth per submit of a memory-store runtime whose one backend is
+    `down` (the submissions stay queued), `extra` in its configuration."""
+    runtime, address = start_runtime(runtime_bin, scratch, name, "memory", down, extra)
+    try:
+        return measure(
+            runtime.pid,
+            scratch,
+            lambda n: asyncio.run(run_submits(address, n, api_key)),
+            3000,
+            args.submits,
+            args.sites,
+        )
+    finally:
+        stop(runtime)
+
+
+# Benchmark 7's principal (bench/auth.rs): an API key, limits high enough never to refuse, but
+# present (they are checked), an audit event per submit.
+KEY = "bench-key-0123456789abcdef"
+SECURED = (
+    '[auth]\nmode = "api_key"\n[limits]\nsubmits_per_second = 1000000.0\nsubmit_burst = 1000000\n'
+    'max_queued = 100000000\n[[auth.principals]]\nname = "bench"\nrole = "submitter"\n'
+    f'api_key_sha256 = ["{hashlib.sha256(KEY.encode()).hexdigest()}"]\n'
+)
 
 
 def probe_allocations(runtime, scratch):
@@ -187,7 +232,7 @@ def main():
                 args.runtime, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}"
             )
             try:
-                jobs, found = measure(
+                jobs, _, found = measure(
                     runtime.pid, scratch, lambda n: asyncio.run(run_jobs(address, n)), 200, args.jobs, args.sites
                 )
             finally:
@@ -198,16 +243,26 @@ def main():
         with socket.socket() as closed:
             closed.bind(("127.0.0.1", 0))
             down = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        runtime, address = start_runtime(args.runtime, scratch, "submits", "memory", down)
-        try:
-            submits, found_submits = measure(
-                runtime.pid, scratch, lambda n: asyncio.run(run_submits(address, n)), 3000, args.submits, args.sites
-            )
-        finally:
-            stop(runtime)
+        submits, grown, found_submits = measure_submits(args.runtime, scratch, "submits", down, args)
+        secured, secured_grown, found_secured = measure_submits(
+            args.runtime, scratch, "secured", down, args, SECURED, KEY
+        )
+        n = args.submits
         print(f"allocations per one-node job (durable store): {jobs / args.jobs:.1f} over {args.jobs} jobs")
-        print(f"allocations per submit (memory store, 1 KiB workflow): {submits / args.submits:.1f} over {args.submits}")
-        for what, found_in, calls in (("a job", found, args.jobs), ("a submit", found_submits, args.submits)):
+        print(
+            f"allocations per submit (memory store, 1 KiB workflow): {submits / n:.1f} over {n}; "
+            f"resident memory grew {grown / n:.0f} B per submit"
+        )
+        print(
+            f"allocations per authenticated submit (benchmark 7's principal): {secured / n:.1f} "
+            f"({(secured - submits) / n:+.1f}); resident memory grew {secured_grown / n:.0f} B per submit "
+            f"({(secured_grown - grown) / n:+.0f} B)"
+        )
+        for what, found_in, calls in (
+            ("a job", found, args.jobs),
+            ("a submit", found_submits, n),
+            ("an authenticated submit", found_secured, n),
+        ):
             if found_in:
                 total, places = found_in
                 print(f"where {what}'s allocations are made (per call, of {total / calls:.1f}):")

@@ -73,9 +73,9 @@ def start_fake(binary, scratch):
     return fake, port
 
 
-def start_runtime(binary, scratch, name, store, backend):
-    """A runtime on a free port, on the `store` queue type, its one backend at `backend`,
-    listening: (process, address)."""
+def start_runtime(binary, scratch, name, store, backend, extra=""):
+    """A runtime on a free port, on the `store` queue type, its one backend at `backend`, the
+    TOML `extra` appended to its configuration, listening: (process, address)."""
     port = free_port()
     config = f"{scratch}/{name}.toml"
     with open(config, "w", encoding="utf-8") as f:
@@ -84,7 +84,7 @@ def start_runtime(binary, scratch, name, store, backend):
             f'data_dir = "{scratch}/{name}-data"\n'
             f'[runtime]\nqueue_type = "{store}"\nlog_level = "warning"\n'
             f'[scheduling]\nmax_queue_len = 1000000\n'
-            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n'
+            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n{extra}'
         )
     runtime = subprocess.Popen(
         [binary, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

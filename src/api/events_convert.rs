@@ -229,6 +229,9 @@ pub fn event_to_pb(event: &Event) -> pb::Event {
         payload: Some(match &event.payload {
             EventPayload::Task(e) => Payload::TaskEvent(task_event_to_pb(e)),
             EventPayload::Runtime(e) => Payload::RuntimeEvent(runtime_event_to_pb(e)),
+            EventPayload::Audit(e) => {
+                Payload::RuntimeEvent(runtime_event_to_pb(&e.to_runtime_event()))
+            }
             EventPayload::Metric(m) => Payload::Metric(metric_to_pb(m)),
         }),
         task_id: event.context.task_id.clone(),

@@ -5,9 +5,12 @@
 //! belong to the event bus, and exporting metrics to telemetry.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::task::{TaskEvent, TaskEventType};
 use super::{
@@ -166,6 +169,141 @@ impl RuntimeEvent {
     }
 }
 
+/// `event_type` of every audit event.
+pub const AUDIT_EVENT_TYPE: &str = "audit.call";
+
+/// What an audit event records of one call: its `data`, field by field, in this order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditFacts {
+    /// The caller's name; `None` when it was not known.
+    pub principal: Option<Arc<str>>,
+    /// The caller's tenant; `None` when the caller was not known.
+    pub tenant: Option<Arc<str>>,
+    /// The full gRPC method.
+    pub method: String,
+    /// The id the call was about, when its handler named one.
+    pub target_id: Option<String>,
+    /// The outcome: a gRPC status code's name (`OK`, `PERMISSION_DENIED` ...).
+    pub outcome: &'static str,
+    /// The caller's address, when known.
+    #[serde(serialize_with = "peer_text")]
+    pub peer: Option<SocketAddr>,
+}
+
+fn peer_text<S: Serializer>(peer: &Option<SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+    match peer {
+        Some(peer) => serializer.collect_str(peer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// An audited call (category AUDIT, event type [`AUDIT_EVENT_TYPE`]), kept as its facts: a
+/// few hundred bytes instead of a [`RuntimeEvent`]'s object of six named values, its message
+/// and empty fields, about 1.5 KiB that a memory store keeps for each mutating call. What a
+/// subscriber, a store or a log line sees is the runtime event
+/// [`AuditEvent::to_runtime_event`] makes of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Unique id (a time-ordered UUID, as [`super::new_id`]'s).
+    pub id: uuid::Uuid,
+    /// Severity.
+    pub level: LogLevel,
+    /// What happened.
+    pub facts: AuditFacts,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Position in the event history, assigned by the event bus (0 until then).
+    pub sequence: u64,
+}
+
+impl AuditEvent {
+    /// An audit event of `facts` with a fresh id, stamped now: INFO when the call succeeded,
+    /// else `level`.
+    pub fn new(facts: AuditFacts, level: LogLevel) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7(),
+            level: if facts.outcome == "OK" {
+                LogLevel::Info
+            } else {
+                level
+            },
+            facts,
+            created_at: Utc::now(),
+            sequence: 0,
+        }
+    }
+
+    /// Its human-readable description: "<call|refused call> <method> by <principal>:
+    /// <outcome>".
+    pub fn message(&self) -> impl fmt::Display + '_ {
+        AuditMessage(&self.facts)
+    }
+
+    /// Its `data` as JSON text.
+    pub fn data_text(&self) -> impl fmt::Display + '_ {
+        AuditData(&self.facts)
+    }
+
+    /// The runtime event it stands for: category AUDIT, event type [`AUDIT_EVENT_TYPE`],
+    /// the facts as `data` and the principal as `user_id`.
+    pub fn to_runtime_event(&self) -> RuntimeEvent {
+        let data = match serde_json::to_value(&self.facts) {
+            Ok(serde_json::Value::Object(data)) => data,
+            _ => JsonObject::new(),
+        };
+        RuntimeEvent {
+            id: super::uuid_text(self.id),
+            category: EventCategory::Audit,
+            level: self.level,
+            event_type: AUDIT_EVENT_TYPE.to_owned(),
+            message: self.message().to_string(),
+            data,
+            task_id: None,
+            workflow_id: None,
+            user_id: self.facts.principal.as_deref().map(str::to_owned),
+            session_id: None,
+            source_module: None,
+            source_function: None,
+            source_line: None,
+            error_type: None,
+            error_message: None,
+            stack_trace: None,
+            created_at: self.created_at,
+            updated_at: None,
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// [`AuditEvent::message`].
+struct AuditMessage<'a>(&'a AuditFacts);
+
+impl fmt::Display for AuditMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let facts = self.0;
+        let call = if facts.outcome == "OK" {
+            "call"
+        } else {
+            "refused call"
+        };
+        let by = facts
+            .principal
+            .as_deref()
+            .unwrap_or("an unauthenticated caller");
+        write!(f, "{call} {} by {by}: {}", facts.method, facts.outcome)
+    }
+}
+
+/// [`AuditEvent::data_text`].
+struct AuditData<'a>(&'a AuditFacts);
+
+impl fmt::Display for AuditData<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_string(self.0).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
 /// One performance measurement (the seed's `PerformanceMetric`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerformanceMetric {
@@ -244,7 +382,7 @@ fn check_finite(errors: &mut ValidationError, value: f64) {
 }
 
 /// What an event carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum EventPayload {
     /// A task's lifecycle event.
     Task(TaskEvent),
@@ -254,6 +392,24 @@ pub enum EventPayload {
     Runtime(Box<RuntimeEvent>),
     /// A measurement (node duration, queue wait, execution time).
     Metric(PerformanceMetric),
+    /// An audited call: a runtime event to everyone who reads it (serialized as one, so a
+    /// store reads it back as [`EventPayload::Runtime`]), kept as its facts until then.
+    #[serde(skip_deserializing)]
+    Audit(Box<AuditEvent>),
+}
+
+impl Serialize for EventPayload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const NAME: &str = "EventPayload";
+        match self {
+            Self::Task(event) => serializer.serialize_newtype_variant(NAME, 0, "Task", event),
+            Self::Runtime(event) => serializer.serialize_newtype_variant(NAME, 1, "Runtime", event),
+            Self::Metric(metric) => serializer.serialize_newtype_variant(NAME, 2, "Metric", metric),
+            Self::Audit(event) => {
+                serializer.serialize_newtype_variant(NAME, 1, "Runtime", &event.to_runtime_event())
+            }
+        }
+    }
 }
 
 /// What an event is about, for filtering.
@@ -293,6 +449,7 @@ impl Event {
             EventPayload::Task(_) => EventCategory::Task,
             EventPayload::Runtime(event) => event.category,
             EventPayload::Metric(_) => EventCategory::Performance,
+            EventPayload::Audit(_) => EventCategory::Audit,
         }
     }
 
@@ -306,6 +463,7 @@ impl Event {
                 _ => LogLevel::Info,
             },
             EventPayload::Runtime(event) => event.level,
+            EventPayload::Audit(event) => event.level,
             EventPayload::Metric(_) => LogLevel::Debug,
         }
     }
@@ -314,7 +472,7 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match &self.payload {
             EventPayload::Task(_) => "task",
-            EventPayload::Runtime(_) => "runtime",
+            EventPayload::Runtime(_) | EventPayload::Audit(_) => "runtime",
             EventPayload::Metric(_) => "metric",
         }
     }
@@ -464,6 +622,106 @@ mod tests {
             let mut m = ok.clone();
             edit(&mut m);
             assert!(m.validate().unwrap_err().has_field(field), "{field}");
+        }
+    }
+
+    fn audit(outcome: &'static str, principal: Option<&str>) -> AuditEvent {
+        AuditEvent::new(
+            AuditFacts {
+                principal: principal.map(Arc::from),
+                tenant: principal.map(|p| Arc::from(format!("{p}-tenant"))),
+                method: "/comfyreality.runtime.v1.TaskService/CreateTask".into(),
+                target_id: Some("t-1".into()),
+                outcome,
+                peer: Some("127.0.0.1:4242".parse().unwrap()),
+            },
+            LogLevel::Warning,
+        )
+    }
+
+    /// An audit event reads as the runtime event it stands for: its data field by field, its
+    /// message, its level (INFO when the call succeeded), and through a store's JSON.
+    #[test]
+    fn an_audit_event_is_the_runtime_event_it_stands_for() {
+        let mut ok = audit("OK", Some("sam"));
+        ok.sequence = 7;
+        let runtime = ok.to_runtime_event();
+        assert!(runtime.validate().is_ok());
+        assert_eq!(runtime.id, crate::model::uuid_text(ok.id));
+        assert_eq!(runtime.category, EventCategory::Audit);
+        assert_eq!(runtime.level, LogLevel::Info);
+        assert_eq!(runtime.event_type, AUDIT_EVENT_TYPE);
+        assert_eq!(
+            runtime.message,
+            "call /comfyreality.runtime.v1.TaskService/CreateTask by sam: OK"
+        );
+        assert_eq!(
+            serde_json::Value::Object(runtime.data.clone()),
+            json!({
+                "principal": "sam",
+                "tenant": "sam-tenant",
+                "method": "/comfyreality.runtime.v1.TaskService/CreateTask",
+                "target_id": "t-1",
+                "outcome": "OK",
+                "peer": "127.0.0.1:4242",
+            })
+        );
+        // In that order, as the log line writes it.
+        let keys: Vec<&str> = runtime.data.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "principal",
+                "tenant",
+                "method",
+                "target_id",
+                "outcome",
+                "peer"
+            ]
+        );
+        assert_eq!(
+            ok.data_text().to_string(),
+            serde_json::to_string(&runtime.data).unwrap()
+        );
+        assert_eq!(runtime.user_id.as_deref(), Some("sam"));
+        assert_eq!((runtime.created_at, runtime.sequence), (ok.created_at, 7));
+
+        let refused = audit("PERMISSION_DENIED", None);
+        let runtime = refused.to_runtime_event();
+        assert_eq!(runtime.level, LogLevel::Warning);
+        assert_eq!(
+            runtime.message,
+            "refused call /comfyreality.runtime.v1.TaskService/CreateTask by an unauthenticated \
+             caller: PERMISSION_DENIED"
+        );
+        assert_eq!(runtime.data["principal"], serde_json::Value::Null);
+        assert_eq!(runtime.user_id, None);
+
+        // A store writes it as a runtime event and reads that back.
+        let event = Event {
+            sequence: 7,
+            timestamp: ok.created_at,
+            payload: EventPayload::Audit(Box::new(ok.clone())),
+            context: EventContext::default(),
+        };
+        assert_eq!(event.category(), EventCategory::Audit);
+        assert_eq!(event.level(), LogLevel::Info);
+        assert_eq!(event.kind(), "runtime");
+        let back: Event = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        assert_eq!(
+            back.payload,
+            EventPayload::Runtime(Box::new(ok.to_runtime_event()))
+        );
+        // The payload's other kinds read back as they were.
+        for payload in [
+            EventPayload::Runtime(Box::new(refused.to_runtime_event())),
+            EventPayload::Metric(PerformanceMetric::new("m", 1.0, "s").unwrap()),
+        ] {
+            let text = serde_json::to_string(&payload).unwrap();
+            assert_eq!(
+                serde_json::from_str::<EventPayload>(&text).unwrap(),
+                payload
+            );
         }
     }
 }

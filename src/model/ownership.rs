@@ -3,16 +3,19 @@
 //! [`Scope`] of a caller (every tenant, or one). Plain data: nothing here knows how callers
 //! authenticate.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// The principal that created a piece of work, and its tenant. Work created without
-/// authentication has none.
+/// authentication has none. The names are shared: each task, execution and event of a
+/// principal's work holds the principal's own (a copy is a count, not an allocation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ownership {
     /// The principal's name.
-    pub owner: String,
+    pub owner: Arc<str>,
     /// The principal's tenant: every principal of it sees the work.
-    pub tenant: String,
+    pub tenant: Arc<str>,
 }
 
 /// What a caller may see.
@@ -21,7 +24,7 @@ pub enum Scope {
     /// Every tenant's work (admins, and every caller without authentication).
     All,
     /// Only this tenant's work.
-    Tenant(String),
+    Tenant(Arc<str>),
 }
 
 impl Scope {
@@ -30,7 +33,7 @@ impl Scope {
     pub fn sees(&self, ownership: Option<&Ownership>) -> bool {
         match self {
             Self::All => true,
-            Self::Tenant(tenant) => ownership.is_some_and(|o| &o.tenant == tenant),
+            Self::Tenant(tenant) => ownership.is_some_and(|o| o.tenant == *tenant),
         }
     }
 

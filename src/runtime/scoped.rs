@@ -295,7 +295,7 @@ impl ScopedRuntime<'_> {
                         v.execution
                             .ownership
                             .as_ref()
-                            .is_some_and(|o| o.owner == owner)
+                            .is_some_and(|o| &*o.owner == owner)
                     })
                     .map(|v| ActiveId::new(&v.execution.id)),
             );

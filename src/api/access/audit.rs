@@ -10,17 +10,14 @@ use std::net::SocketAddr;
 use std::pin::pin;
 
 use http::{HeaderMap, Uri};
-use serde_json::Value;
 use tonic::{Code, Status};
 
 use super::identity::Principal;
 use crate::api::status::code_name;
-use crate::model::events::EventContext;
-use crate::model::{EventCategory, LogLevel, RuntimeEvent};
+use crate::model::LogLevel;
+pub use crate::model::events::AUDIT_EVENT_TYPE;
+use crate::model::events::{AuditEvent, AuditFacts, EventContext};
 use crate::runtime::Runtime;
-
-/// `event_type` of every audit event.
-pub const AUDIT_EVENT_TYPE: &str = "audit.call";
 
 tokio::task_local! {
     /// The id the current call is about, set by handlers through [`record_target`].
@@ -111,53 +108,19 @@ impl Auditor {
         code: Code,
         level: LogLevel,
     ) {
-        let name = principal.map(|p| p.name.clone());
-        // "<call|refused call> <method> by <principal>: <outcome>", sized once (every
-        // mutating call makes one).
-        let parts = [
-            if code == Code::Ok {
-                "call "
-            } else {
-                "refused call "
-            },
-            entry.uri.path(),
-            " by ",
-            name.as_deref().unwrap_or("an unauthenticated caller"),
-            ": ",
-            code_name(code),
-        ];
-        let message = parts.concat();
-        let Ok(event) = RuntimeEvent::new(EventCategory::Audit, AUDIT_EVENT_TYPE, message) else {
-            return;
+        let facts = AuditFacts {
+            principal: principal.map(|p| p.name.clone()),
+            tenant: principal.map(|p| p.tenant.clone()),
+            method: entry.uri.path().to_owned(),
+            target_id: target,
+            outcome: code_name(code),
+            peer: entry.peer,
         };
-        let mut event = event.with_level(if code == Code::Ok {
-            LogLevel::Info
-        } else {
-            level
-        });
-        let text = |v: Option<String>| v.map_or(Value::Null, Value::String);
-        // Sized once: the six fields below, without the map growing twice on the way.
-        event.data = serde_json::Map::with_capacity(6);
-        event.data.insert("principal".into(), text(name.clone()));
-        event
-            .data
-            .insert("tenant".into(), text(principal.map(|p| p.tenant.clone())));
-        event
-            .data
-            .insert("method".into(), Value::String(entry.uri.path().to_owned()));
-        event.data.insert("target_id".into(), text(target));
-        event
-            .data
-            .insert("outcome".into(), Value::String(code_name(code).to_owned()));
-        event
-            .data
-            .insert("peer".into(), text(entry.peer.map(|p| p.to_string())));
-        event.user_id = name;
         // Nobody waits for an audit event: it is held back and goes to the
         // store with the next write (usually the next call's), not as a write
         // of its own (see `EventBus::deferrable_batch`).
         let bus = self.runtime.bus();
         let _batch = bus.deferrable_batch();
-        bus.publish_runtime(event, EventContext::default());
+        bus.publish_audit(AuditEvent::new(facts, level), EventContext::default());
     }
 }

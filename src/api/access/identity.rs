@@ -35,10 +35,11 @@ pub struct PeerInfo {
 /// An authenticated caller, in request extensions as `Arc<Principal>` for the handlers.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// Its configured name (`anonymous` without authentication).
-    pub name: String,
+    /// Its configured name (`anonymous` without authentication); shared with the
+    /// [`Ownership`](crate::model::Ownership) of its work and its audit events.
+    pub name: Arc<str>,
     /// Its tenant: whose work it sees.
-    pub tenant: String,
+    pub tenant: Arc<str>,
     /// What it may do.
     pub role: Role,
     /// Whether it proved who it is (false only for the anonymous principal of
@@ -131,8 +132,8 @@ impl Authenticator {
         let mut all = Vec::new();
         for (i, p) in principals.iter().enumerate() {
             all.push(Arc::new(Principal {
-                name: p.name.clone(),
-                tenant: p.tenant().to_owned(),
+                name: p.name.as_str().into(),
+                tenant: p.tenant().into(),
                 role: p.role,
                 authenticated: true,
                 limits: Some(config.limits.with(&p.limits)),
@@ -323,19 +324,19 @@ mod tests {
                     None,
                 )
                 .unwrap();
-            assert_eq!((p.name.as_str(), p.tenant.as_str()), ("alice", "studio-a"));
+            assert_eq!((&*p.name, &*p.tenant), ("alice", "studio-a"));
         }
         let bob = auth
             .authenticate(&headers(&[("x-api-key", "bob-key")]), None)
             .unwrap();
         assert_eq!(
-            (bob.name.as_str(), bob.tenant.as_str(), bob.role),
+            (&*bob.name, &*bob.tenant, bob.role),
             ("bob", "bob", Role::Viewer)
         );
         let lower = auth
             .authenticate(&headers(&[("authorization", "bearer bob-key")]), None)
             .unwrap();
-        assert_eq!(lower.name, "bob");
+        assert_eq!(&*lower.name, "bob");
 
         for (h, failure) in [
             (headers(&[]), AuthFailure::Missing),
@@ -376,7 +377,7 @@ mod tests {
         let alice = auth
             .authenticate(&headers(&[]), Some(&peer(&["x", "alice.internal"])))
             .unwrap();
-        assert_eq!(alice.name, "alice");
+        assert_eq!(&*alice.name, "alice");
         assert_eq!(
             auth.authenticate(&headers(&[]), Some(&peer(&["mallory"])))
                 .unwrap_err(),
@@ -397,10 +398,7 @@ mod tests {
     fn none_mode_is_the_anonymous_admin_and_keys_are_fresh() {
         let auth = Authenticator::new(&Config::default());
         let p = auth.authenticate(&headers(&[]), None).unwrap();
-        assert_eq!(
-            (p.name.as_str(), p.role, p.limits),
-            (ANONYMOUS, Role::Admin, None)
-        );
+        assert_eq!((&*p.name, p.role, p.limits), (ANONYMOUS, Role::Admin, None));
         let (a, b) = (new_key().unwrap(), new_key().unwrap());
         assert_ne!(a, b);
         assert_eq!(a.len(), 46);

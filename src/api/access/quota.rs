@@ -77,7 +77,7 @@ impl Quotas {
             .filter_map(|p| {
                 let limits = p.limits?;
                 Some((
-                    p.name.clone(),
+                    p.name.to_string(),
                     Limiters {
                         submits: RateLimiter::direct(quota(
                             limits.submits_per_second,
@@ -109,7 +109,7 @@ impl Quotas {
         submit: bool,
         stream: bool,
     ) -> Result<Option<OwnedSemaphorePermit>, LimitExceeded> {
-        let Some(limiters) = self.by_name.get(&principal.name) else {
+        let Some(limiters) = self.by_name.get(&*principal.name) else {
             return Ok(None);
         };
         let (limiter, limit) = if submit {

@@ -56,6 +56,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use tokio::sync::{Notify, broadcast};
 
+use crate::model::events::{AUDIT_EVENT_TYPE, AuditEvent};
 pub use crate::model::events::{Event, EventContext, EventPayload};
 use crate::model::{LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent};
 use crate::store::{Changes, Store, StoreError};
@@ -418,6 +419,21 @@ impl std::fmt::Display for JsonText<'_> {
     }
 }
 
+/// Logs a runtime event's line at `level`.
+fn log_event(
+    level: LogLevel,
+    event_type: &str,
+    data: &dyn std::fmt::Display,
+    message: &dyn std::fmt::Display,
+) {
+    match level {
+        LogLevel::Debug => tracing::debug!(event_type, %data, "{message}"),
+        LogLevel::Info => tracing::info!(event_type, %data, "{message}"),
+        LogLevel::Warning => tracing::warn!(event_type, %data, "{message}"),
+        LogLevel::Error | LogLevel::Critical => tracing::error!(event_type, %data, "{message}"),
+    }
+}
+
 impl Default for EventBus {
     fn default() -> Self {
         Self::new(DEFAULT_HISTORY, None)
@@ -623,23 +639,27 @@ impl EventBus {
     /// Publishes a runtime event, and logs it at its level.
     pub fn publish_runtime(&self, event: RuntimeEvent, context: EventContext) -> u64 {
         // Formatted only when the line is written: a runtime event below the
-        // log level (an audit event under `log_level = "warning"`) costs no copy.
-        let data = JsonText(&event.data);
-        match event.level {
-            LogLevel::Debug => {
-                tracing::debug!(event_type = %event.event_type, %data, "{}", event.message);
-            }
-            LogLevel::Info => {
-                tracing::info!(event_type = %event.event_type, %data, "{}", event.message);
-            }
-            LogLevel::Warning => {
-                tracing::warn!(event_type = %event.event_type, %data, "{}", event.message);
-            }
-            LogLevel::Error | LogLevel::Critical => {
-                tracing::error!(event_type = %event.event_type, %data, "{}", event.message);
-            }
-        }
+        // log level costs no copy.
+        log_event(
+            event.level,
+            &event.event_type,
+            &JsonText(&event.data),
+            &event.message,
+        );
         self.publish(EventPayload::Runtime(Box::new(event)), context)
+    }
+
+    /// Publishes an audit event, and logs it at its level as the runtime event it stands for
+    /// (its message and data written only when the line is: not for a call that succeeded,
+    /// under `log_level = "warning"`).
+    pub fn publish_audit(&self, event: AuditEvent, context: EventContext) -> u64 {
+        log_event(
+            event.level,
+            AUDIT_EVENT_TYPE,
+            &event.data_text(),
+            &event.message(),
+        );
+        self.publish(EventPayload::Audit(Box::new(event)), context)
     }
 
     /// Publishes a performance metric, and logs it at debug level.

@@ -121,6 +121,7 @@ impl Inner {
                 match &mut payload {
                     EventPayload::Task(event) => event.sequence = sequence,
                     EventPayload::Runtime(event) => event.sequence = sequence,
+                    EventPayload::Audit(event) => event.sequence = sequence,
                     EventPayload::Metric(_) => {}
                 }
                 Arc::new(SharedEvent::new(Arc::new(Event {
