@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Instructions the runtime executes per submit and per one-node job, counted, not timed.
+
+CPU time on a shared two-core machine moves by 10-20% between windows of the same build, more
+than most single changes to the job path save; benchmark 7's pairs, for one, read 0.90x-1.57x
+for one build in one hour. The number of instructions the runtime executes for the same work
+barely moves (0.1% between runs of one build): an A/B of two builds needs one run each. This
+script runs the runtime under Valgrind's callgrind, instrumentation off while it starts and
+warms up, on for the measured calls only, and prints the instructions per call:
+
+- per submit: a memory-store runtime whose one backend is down (nothing runs), benchmark 1's
+  1 KiB workflow submitted from the Python SDK, 16 in flight (as `allocations.py` does);
+- per authenticated submit: the same against benchmark 7's principal (an API key, limits that
+  never refuse, an audit event per call), and its difference from the first;
+- per one-node job: a durable-store runtime in front of the fake ComfyUI (`--time-scale
+  0.005`), jobs one at a time from the Python SDK, as `job_timeline.py` runs them.
+
+What it does not count: the kernel's work (system calls, page faults: the memory a submit keeps
+is `allocations.py`'s figure) and cache misses. Read it beside the timed benchmarks, not instead
+of them. Under Valgrind the runtime runs some 50 times slower, its threads one at a time: the
+job path's batching (writes gathered while another commits) differs from a native run.
+
+    .tools/venv/bin/python scripts/instructions.py [--submits N] [--jobs N] [--fake BIN]
+        BIN [BIN ...]
+
+Needs `valgrind` (with `callgrind_control`) on the PATH and a Python with grpcio and protobuf
+(the SDK's dependencies); the SDK itself is read from clients/python. Any build works, stripped
+or not; `--dump DIR` keeps each run's callgrind file (named after the build and the workload)
+for `callgrind_annotate`, which needs a build with symbols to name functions.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import allocations
+from job_timeline import ROOT, free_port, run_jobs, start_fake, stop, wait_port
+
+
+def totals(path):
+    """The instruction count a callgrind file records."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1])
+    sys.exit(f"{path} has no totals")
+
+
+def counted(binary, scratch, name, store, backend, extra, warm_up, calls, run, dump):
+    """Instructions `binary` executes over `run(calls)`, after `run(warm_up)` with the
+    instrumentation off; the runtime on `store`, its backend at `backend`, `extra` in its
+    configuration."""
+    port = free_port()
+    config = f"{scratch}/{name}.toml"
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(
+            f'[service]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\n'
+            f'data_dir = "{scratch}/{name}-data"\n'
+            f'[runtime]\nqueue_type = "{store}"\nlog_level = "warning"\n'
+            f'[scheduling]\nmax_queue_len = 1000000\n'
+            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n{extra}'
+        )
+    out = f"{scratch}/{name}.callgrind"
+    runtime = subprocess.Popen(
+        [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            binary, "--config", config, "serve",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, "the runtime under valgrind")
+        address = f"127.0.0.1:{port}"
+        run(address, warm_up)
+        control = ["callgrind_control", "--instr=on", str(runtime.pid)]
+        subprocess.run(control, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        run(address, calls)
+        # The first dump holds what ran since the instrumentation went on.
+        subprocess.run(
+            ["callgrind_control", "--dump", str(runtime.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+        )
+    finally:
+        stop(runtime)
+    count = totals(f"{out}.1")
+    if dump:
+        shutil.copy(f"{out}.1", os.path.join(dump, f"{os.path.basename(binary)}-{name}.callgrind"))
+    return count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("binaries", nargs="+", help="runtime binaries to compare")
+    parser.add_argument("--submits", type=int, default=3000)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--fake", default=os.path.join(ROOT, "target/release/comfy-reality-fake-comfyui"))
+    parser.add_argument("--dump", help="a directory to keep each run's callgrind file in")
+    args = parser.parse_args()
+    for binary in (*args.binaries, args.fake):
+        if not os.path.exists(binary):
+            sys.exit(f"{binary} not found")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("valgrind and callgrind_control are needed on the PATH")
+    # A backend nothing listens on: the submissions stay queued.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+    def submits(key):
+        return lambda address, n: asyncio.run(allocations.run_submits(address, n, key))
+
+    def jobs(address, n):
+        asyncio.run(run_jobs(address, n))
+
+    rows = []
+    for binary in args.binaries:
+        scratch = tempfile.mkdtemp(prefix="instructions-")
+        try:
+            plain = counted(binary, scratch, "submits", "memory", down, "", 300, args.submits, submits(None), args.dump)
+            secured = counted(
+                binary, scratch, "secured", "memory", down, allocations.SECURED, 300, args.submits,
+                submits(allocations.KEY), args.dump,
+            )
+            fake, fake_port = start_fake(args.fake, scratch)
+            try:
+                job = counted(
+                    binary, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}", "", 50, args.jobs,
+                    jobs, args.dump,
+                )
+            finally:
+                stop(fake)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        rows.append((binary, plain / args.submits, secured / args.submits, job / args.jobs))
+    print(f"instructions per call ({args.submits} submits, {args.jobs} one-node jobs per build):")
+    base = rows[0]
+    for binary, plain, secured, job in rows:
+        vs = ""
+        if binary is not base[0]:
+            vs = f"  (vs the first: submit {plain / base[1]:.3f}x, job {job / base[3]:.3f}x)"
+        print(
+            f"  {binary}: submit {plain:,.0f}; authenticated submit {secured:,.0f} "
+            f"({secured / plain:.3f}x, +{secured - plain:,.0f}); one-node job {job:,.0f}{vs}"
+        )
+
+
+if __name__ == "__main__":
+    main()
