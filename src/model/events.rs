@@ -233,8 +233,8 @@ impl AuditEvent {
         }
     }
 
-    /// Its human-readable description: "<call|refused call> <method> by <principal>:
-    /// <outcome>".
+    /// Its human-readable description: `"<call|refused call> <method> by <principal>:
+    /// <outcome>"`.
     pub fn message(&self) -> impl fmt::Display + '_ {
         AuditMessage(&self.facts)
     }
