@@ -4,7 +4,8 @@
 CPU time on a shared two-core machine moves by 10-20% between windows of the same build, more
 than most single changes to the job path save; benchmark 7's pairs, for one, read 0.90x-1.57x
 for one build in one hour. The number of instructions the runtime executes for the same work
-barely moves (0.1% between runs of one build): an A/B of two builds needs one run each. This
+barely moves (0.2% between runs of one build for a submit, 1.5% for a one-node job, whose
+batching varies): an A/B of two builds needs one run each. This
 script runs the runtime under Valgrind's callgrind, instrumentation off while it starts and
 warms up, on for the measured calls only, and prints the instructions per call:
 
@@ -16,8 +17,9 @@ warms up, on for the measured calls only, and prints the instructions per call:
   0.005`), jobs one at a time from the Python SDK, as `job_timeline.py` runs them.
 
 What it does not count: the kernel's work (system calls, page faults: the memory a submit keeps
-is `allocations.py`'s figure) and cache misses. Read it beside the timed benchmarks, not instead
-of them. Under Valgrind the runtime runs some 50 times slower, its threads one at a time: the
+is `allocations.py`'s figure) and cache misses, and it counts a `rep movsb` or `rep stosb`
+(glibc's `memcpy` and `memset` of larger blocks) once per byte: their share reads larger than
+their cost. Read it beside the timed benchmarks, not instead of them. Under Valgrind the runtime runs some 50 times slower, its threads one at a time: the
 job path's batching (writes gathered while another commits) differs from a native run.
 
     .tools/venv/bin/python scripts/instructions.py [--submits N] [--jobs N] [--fake BIN]
@@ -25,8 +27,9 @@ job path's batching (writes gathered while another commits) differs from a nativ
 
 Needs `valgrind` (with `callgrind_control`) on the PATH and a Python with grpcio and protobuf
 (the SDK's dependencies); the SDK itself is read from clients/python. Any build works, stripped
-or not; `--dump DIR` keeps each run's callgrind file (named after the build and the workload)
-for `callgrind_annotate`, which needs a build with symbols to name functions.
+or not; `--dump DIR` keeps each run's callgrind file (named after the build's place in the
+command line, its file name and the workload) for `callgrind_annotate`, which needs a build with
+symbols to name functions.
 """
 
 import argparse
@@ -54,7 +57,7 @@ def totals(path):
 def counted(binary, scratch, name, store, backend, extra, warm_up, calls, run, dump):
     """Instructions `binary` executes over `run(calls)`, after `run(warm_up)` with the
     instrumentation off; the runtime on `store`, its backend at `backend`, `extra` in its
-    configuration."""
+    configuration. `dump` is None or (directory, file name prefix) for its callgrind file."""
     port = free_port()
     config = f"{scratch}/{name}.toml"
     with open(config, "w", encoding="utf-8") as f:
@@ -75,7 +78,8 @@ def counted(binary, scratch, name, store, backend, extra, warm_up, calls, run, d
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_port(port, "the runtime under valgrind")
+        # A runtime under valgrind takes seconds to start.
+        wait_port(port, "the runtime under valgrind", deadline=60.0)
         address = f"127.0.0.1:{port}"
         run(address, warm_up)
         control = ["callgrind_control", "--instr=on", str(runtime.pid)]
@@ -90,7 +94,8 @@ def counted(binary, scratch, name, store, backend, extra, warm_up, calls, run, d
         stop(runtime)
     count = totals(f"{out}.1")
     if dump:
-        shutil.copy(f"{out}.1", os.path.join(dump, f"{os.path.basename(binary)}-{name}.callgrind"))
+        directory, prefix = dump
+        shutil.copy(f"{out}.1", os.path.join(directory, f"{prefix}-{name}.callgrind"))
     return count
 
 
@@ -119,19 +124,20 @@ def main():
         asyncio.run(run_jobs(address, n))
 
     rows = []
-    for binary in args.binaries:
+    for place, binary in enumerate(args.binaries, start=1):
+        dump = (args.dump, f"{place}-{os.path.basename(binary)}") if args.dump else None
         scratch = tempfile.mkdtemp(prefix="instructions-")
         try:
-            plain = counted(binary, scratch, "submits", "memory", down, "", 300, args.submits, submits(None), args.dump)
+            plain = counted(binary, scratch, "submits", "memory", down, "", 300, args.submits, submits(None), dump)
             secured = counted(
                 binary, scratch, "secured", "memory", down, allocations.SECURED, 300, args.submits,
-                submits(allocations.KEY), args.dump,
+                submits(allocations.KEY), dump,
             )
             fake, fake_port = start_fake(args.fake, scratch)
             try:
                 job = counted(
                     binary, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}", "", 50, args.jobs,
-                    jobs, args.dump,
+                    jobs, dump,
                 )
             finally:
                 stop(fake)
@@ -140,10 +146,13 @@ def main():
         rows.append((binary, plain / args.submits, secured / args.submits, job / args.jobs))
     print(f"instructions per call ({args.submits} submits, {args.jobs} one-node jobs per build):")
     base = rows[0]
-    for binary, plain, secured, job in rows:
+    for place, (binary, plain, secured, job) in enumerate(rows):
         vs = ""
-        if binary is not base[0]:
-            vs = f"  (vs the first: submit {plain / base[1]:.3f}x, job {job / base[3]:.3f}x)"
+        if place > 0:
+            vs = (
+                f"  (vs the first: submit {plain / base[1]:.3f}x, authenticated submit "
+                f"{secured / base[2]:.3f}x, job {job / base[3]:.3f}x)"
+            )
         print(
             f"  {binary}: submit {plain:,.0f}; authenticated submit {secured:,.0f} "
             f"({secured / plain:.3f}x, +{secured - plain:,.0f}); one-node job {job:,.0f}{vs}"

@@ -275,6 +275,77 @@ impl AuditEvent {
     }
 }
 
+impl AuditEvent {
+    /// What serializes as [`AuditEvent::to_runtime_event`] does, borrowed: a store's JSON of
+    /// the event without the runtime event and its object made first.
+    fn as_json(&self) -> RuntimeEventJson<'_> {
+        RuntimeEventJson {
+            id: self.id,
+            category: EventCategory::Audit,
+            level: self.level,
+            event_type: AUDIT_EVENT_TYPE,
+            message: AuditMessage(&self.facts),
+            data: &self.facts,
+            task_id: None,
+            workflow_id: None,
+            user_id: self.facts.principal.as_deref(),
+            session_id: None,
+            source_module: None,
+            source_function: None,
+            source_line: None,
+            error_type: None,
+            error_message: None,
+            stack_trace: None,
+            created_at: self.created_at,
+            updated_at: None,
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// [`RuntimeEvent`]'s fields in its order, each as its derive writes it (see
+/// [`AuditEvent::as_json`]).
+#[derive(Serialize)]
+struct RuntimeEventJson<'a> {
+    #[serde(serialize_with = "uuid_as_id")]
+    id: uuid::Uuid,
+    category: EventCategory,
+    level: LogLevel,
+    event_type: &'static str,
+    #[serde(serialize_with = "display_text")]
+    message: AuditMessage<'a>,
+    data: &'a AuditFacts,
+    task_id: Option<&'a str>,
+    workflow_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    source_module: Option<&'a str>,
+    source_function: Option<&'a str>,
+    source_line: Option<u32>,
+    error_type: Option<&'a str>,
+    error_message: Option<&'a str>,
+    stack_trace: Option<&'a str>,
+    #[serde(serialize_with = "crate::model::timestamp::serialize")]
+    created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::model::timestamp::serialize_option")]
+    updated_at: Option<DateTime<Utc>>,
+    sequence: u64,
+}
+
+/// A UUID as an id's text ([`super::uuid_text`]'s), without a `String` on the way.
+fn uuid_as_id<S: Serializer>(id: &uuid::Uuid, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut text = uuid::Uuid::encode_buffer();
+    serializer.serialize_str(id.hyphenated().encode_lower(&mut text))
+}
+
+/// A value's `Display` as a string.
+fn display_text<S: Serializer>(
+    value: &impl fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
 /// [`AuditEvent::message`].
 struct AuditMessage<'a>(&'a AuditFacts);
 
@@ -406,7 +477,7 @@ impl Serialize for EventPayload {
             Self::Runtime(event) => serializer.serialize_newtype_variant(NAME, 1, "Runtime", event),
             Self::Metric(metric) => serializer.serialize_newtype_variant(NAME, 2, "Metric", metric),
             Self::Audit(event) => {
-                serializer.serialize_newtype_variant(NAME, 1, "Runtime", &event.to_runtime_event())
+                serializer.serialize_newtype_variant(NAME, 1, "Runtime", &event.as_json())
             }
         }
     }
@@ -707,7 +778,14 @@ mod tests {
         assert_eq!(event.category(), EventCategory::Audit);
         assert_eq!(event.level(), LogLevel::Info);
         assert_eq!(event.kind(), "runtime");
-        let back: Event = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        // Written as the runtime event's derive writes it, field for field.
+        let text = serde_json::to_string(&event).unwrap();
+        let as_runtime = Event {
+            payload: EventPayload::Runtime(Box::new(ok.to_runtime_event())),
+            ..event.clone()
+        };
+        assert_eq!(text, serde_json::to_string(&as_runtime).unwrap());
+        let back: Event = serde_json::from_str(&text).unwrap();
         assert_eq!(
             back.payload,
             EventPayload::Runtime(Box::new(ok.to_runtime_event()))

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// The principal that created a piece of work, and its tenant. Work created without
-/// authentication has none. The names are shared: each task, execution and event of a
-/// principal's work holds the principal's own (a copy is a count, not an allocation).
+/// authentication has none. The names are shared: the tasks and executions a principal's calls
+/// make hold the principal's own (a copy is a count, not an allocation); one read back from a
+/// store holds names of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ownership {
     /// The principal's name.

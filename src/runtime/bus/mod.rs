@@ -419,7 +419,8 @@ impl std::fmt::Display for JsonText<'_> {
     }
 }
 
-/// Logs a runtime event's line at `level`.
+/// Logs a runtime event's line at `level` (`event_type` through `Display`, as a text line has
+/// always written it: unquoted).
 fn log_event(
     level: LogLevel,
     event_type: &str,
@@ -427,10 +428,12 @@ fn log_event(
     message: &dyn std::fmt::Display,
 ) {
     match level {
-        LogLevel::Debug => tracing::debug!(event_type, %data, "{message}"),
-        LogLevel::Info => tracing::info!(event_type, %data, "{message}"),
-        LogLevel::Warning => tracing::warn!(event_type, %data, "{message}"),
-        LogLevel::Error | LogLevel::Critical => tracing::error!(event_type, %data, "{message}"),
+        LogLevel::Debug => tracing::debug!(event_type = %event_type, %data, "{message}"),
+        LogLevel::Info => tracing::info!(event_type = %event_type, %data, "{message}"),
+        LogLevel::Warning => tracing::warn!(event_type = %event_type, %data, "{message}"),
+        LogLevel::Error | LogLevel::Critical => {
+            tracing::error!(event_type = %event_type, %data, "{message}")
+        }
     }
 }
 
