@@ -42,7 +42,7 @@ import sys
 import tempfile
 
 import allocations
-from job_timeline import ROOT, free_port, run_jobs, start_fake, stop, wait_port
+from job_timeline import ROOT, run_jobs, start_fake, start_runtime, stop
 
 
 def totals(path):
@@ -58,29 +58,14 @@ def counted(binary, scratch, name, store, backend, extra, warm_up, calls, run, d
     """Instructions `binary` executes over `run(calls)`, after `run(warm_up)` with the
     instrumentation off; the runtime on `store`, its backend at `backend`, `extra` in its
     configuration. `dump` is None or (directory, file name prefix) for its callgrind file."""
-    port = free_port()
-    config = f"{scratch}/{name}.toml"
-    with open(config, "w", encoding="utf-8") as f:
-        f.write(
-            f'[service]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\n'
-            f'data_dir = "{scratch}/{name}-data"\n'
-            f'[runtime]\nqueue_type = "{store}"\nlog_level = "warning"\n'
-            f'[scheduling]\nmax_queue_len = 1000000\n'
-            f'[[servers]]\nname = "b0"\nurl = "{backend}"\n{extra}'
-        )
     out = f"{scratch}/{name}.callgrind"
-    runtime = subprocess.Popen(
-        [
-            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-            binary, "--config", config, "serve",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # Under valgrind the runtime takes seconds to start.
+    runtime, address = start_runtime(
+        binary, scratch, name, store, backend, extra,
+        wrapper=("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"),
+        deadline=60.0,
     )
     try:
-        # A runtime under valgrind takes seconds to start.
-        wait_port(port, "the runtime under valgrind", deadline=60.0)
-        address = f"127.0.0.1:{port}"
         run(address, warm_up)
         control = ["callgrind_control", "--instr=on", str(runtime.pid)]
         subprocess.run(control, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)

@@ -73,9 +73,10 @@ def start_fake(binary, scratch):
     return fake, port
 
 
-def start_runtime(binary, scratch, name, store, backend, extra=""):
+def start_runtime(binary, scratch, name, store, backend, extra="", wrapper=(), deadline=10.0):
     """A runtime on a free port, on the `store` queue type, its one backend at `backend`, the
-    TOML `extra` appended to its configuration, listening: (process, address)."""
+    TOML `extra` appended to its configuration, listening within `deadline` seconds: (process,
+    address). `wrapper` is a command the runtime runs under (a profiler), if any."""
     port = free_port()
     config = f"{scratch}/{name}.toml"
     with open(config, "w", encoding="utf-8") as f:
@@ -87,9 +88,15 @@ def start_runtime(binary, scratch, name, store, backend, extra=""):
             f'[[servers]]\nname = "b0"\nurl = "{backend}"\n{extra}'
         )
     runtime = subprocess.Popen(
-        [binary, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*wrapper, binary, "--config", config, "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    wait_port(port, "the runtime")
+    try:
+        wait_port(port, "the runtime", deadline)
+    except SystemExit:
+        stop(runtime)
+        raise
     return runtime, f"127.0.0.1:{port}"
 
 
