@@ -22,7 +22,9 @@ pub struct SchedulingConfig {
     /// `runtime.task_retry_delay_seconds` up to this). Default: 300. Bound: finite, > 0.
     pub retry_max_delay_seconds: f64,
     /// A running prompt with no message from its backend for this long is checked against
-    /// history, then interrupted and retried (or failed). Default: 600. Bound: finite, > 0.
+    /// history, then interrupted and retried (or failed). One found running before it was
+    /// heard to start (it may have begun an instant ago, behind another) gets one more such
+    /// wait. Default: 600. Bound: finite, > 0.
     pub stall_timeout_seconds: f64,
     /// How often each backend's health is probed, in seconds. Default: 5. Bound: finite, > 0.
     pub probe_interval_seconds: f64,

@@ -218,6 +218,8 @@ async fn follow(
     let mut interrupt_sent: Option<Instant> = None;
     let mut timed_out = false;
     let mut control_open = true;
+    // Whether a silence check found the prompt running before it was heard to start.
+    let mut found_running = false;
     loop {
         // Silence is checked whether or not the prompt was seen to start: a
         // backend silent from the first message on never reports the start.
@@ -348,7 +350,8 @@ async fn follow(
                 if let Some(stall_at) = stall_at
                     && Instant::now() >= stall_at
                 {
-                    match stalled(backend, watch.prompt_id(), stall_timeout, deadline.is_some()).await {
+                    let heard_start = deadline.is_some();
+                    match stalled(backend, watch.prompt_id(), stall_timeout, heard_start, &mut found_running).await {
                         Some(failure) => {
                             follower.interrupt_running();
                             return Some(FollowEnd::Outcome(Outcome::Failed(failure)));
@@ -370,19 +373,28 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
 }
 
 /// The stall detector's decision for a prompt silent for `silence`: `None`
-/// when history shows it finished (its terminal event is on the way), else the
-/// failure to report (after interrupting it when it still runs).
+/// when history shows it finished (its terminal event is on the way), when it
+/// waits behind another prompt, or when it was found running before it was
+/// heard to start (`found_running` false until then): it may have begun an
+/// instant ago, when the prompt ahead of it ended, its start still on the way
+/// over the socket, and gets one more silence to be heard. Else the failure to
+/// report (after interrupting it when it still runs).
 async fn stalled(
     backend: &Backend,
     prompt_id: &str,
     silence: Duration,
     started: bool,
+    found_running: &mut bool,
 ) -> Option<Failure> {
     let location = backend.client().locate(prompt_id).await;
     let detail = match location {
         Ok(PromptLocation::Finished(_)) => return None,
         // Waiting behind another prompt: as long as that one runs, no stall.
         Ok(PromptLocation::Pending(_)) if !started => return None,
+        Ok(PromptLocation::Running(_)) if !started && !*found_running => {
+            *found_running = true;
+            return None;
+        }
         Ok(PromptLocation::Running(_)) => {
             interrupt(backend, prompt_id).await;
             "it is still running there; it was interrupted"
