@@ -471,6 +471,29 @@ async fn a_silent_backend_stalls_the_execution_and_its_prompt_is_interrupted() {
 }
 
 #[tokio::test]
+async fn a_prompt_heard_late_is_not_stalled() {
+    capture_test_logs();
+    let h = harness(1, |c| {
+        c.scheduling.stall_timeout_seconds = 1.0;
+        c.servers[0].silence_timeout_seconds = 60.0;
+    })
+    .await;
+    // Every frame reaches the runtime 1.4 s after the fake sent it: the backend's queue
+    // shows the prompt running before its client hears it start (as when it begins the
+    // instant the prompt ahead of it ends). The check at 1 s finds it running, unheard;
+    // its start arrives before the next check, and a step every 0.1 s after that.
+    h.fakes[0]
+        .faults()
+        .set_lag(Some(std::time::Duration::from_millis(1400)));
+    let steady = json!({
+        "1": {"class_type": "TestDelay", "inputs": {"seconds": 2.0, "steps": 20, "nonce": 1}}
+    });
+    let e = execute_config(&h, &steady, json!({"max_retries": 0}), TaskPriority::Normal).await;
+    let done = h.wait_end(&e.id).await;
+    assert_eq!(status(&done), TaskStatus::Completed, "{done:?}");
+}
+
+#[tokio::test]
 async fn a_backend_going_silent_mid_run_stalls_the_execution() {
     capture_test_logs();
     let h = harness(1, |c| {

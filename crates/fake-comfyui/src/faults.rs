@@ -22,6 +22,8 @@ pub(crate) struct FaultState {
     silent: AtomicBool,
     /// Delay of every HTTP answer, in microseconds; 0 when off.
     slow_micros: AtomicU64,
+    /// Delay of every WebSocket frame, in microseconds; 0 when off.
+    lag_micros: AtomicU64,
     /// Every non-control HTTP route answers 500.
     http_500: AtomicBool,
     /// New TCP connections are closed at once; pooled ones die on their next request.
@@ -39,6 +41,7 @@ impl FaultState {
             drop_websockets: AtomicBool::new(false),
             silent: AtomicBool::new(false),
             slow_micros: AtomicU64::new(0),
+            lag_micros: AtomicU64::new(0),
             http_500: AtomicBool::new(false),
             refuse_connections: AtomicBool::new(false),
             drop_generation: watch::Sender::new(0),
@@ -59,6 +62,14 @@ impl FaultState {
     /// The delay added to every HTTP answer, if any.
     pub(crate) fn slow(&self) -> Option<Duration> {
         match self.slow_micros.load(Ordering::SeqCst) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// How late every WebSocket frame is sent, if at all.
+    pub(crate) fn lag(&self) -> Option<Duration> {
+        match self.lag_micros.load(Ordering::SeqCst) {
             0 => None,
             micros => Some(Duration::from_micros(micros)),
         }
@@ -101,6 +112,10 @@ impl FaultState {
             let micros = slow.map(|ms| ms.saturating_mul(1000)).unwrap_or(0);
             self.slow_micros.store(micros, Ordering::SeqCst);
         }
+        if let Some(lag) = update.lag_ms {
+            let micros = lag.map(|ms| ms.saturating_mul(1000)).unwrap_or(0);
+            self.lag_micros.store(micros, Ordering::SeqCst);
+        }
         if let Some(on) = update.http_500 {
             self.http_500.store(on, Ordering::SeqCst);
         }
@@ -118,6 +133,7 @@ impl FaultState {
             "drop_websockets": self.drop_websockets(),
             "silent": self.silent(),
             "slow_ms": self.slow().map(|d| d.as_millis() as u64),
+            "lag_ms": self.lag().map(|d| d.as_millis() as u64),
             "http_500": self.http_500(),
             "refuse_connections": self.refuse_connections(),
         })
@@ -138,6 +154,9 @@ pub(crate) struct FaultUpdate {
     /// See [`Faults::set_slow`]; `Some(None)` is an explicit `null`.
     #[serde(default, deserialize_with = "double_option")]
     pub(crate) slow_ms: Option<Option<u64>>,
+    /// See [`Faults::set_lag`]; `Some(None)` is an explicit `null`.
+    #[serde(default, deserialize_with = "double_option")]
+    pub(crate) lag_ms: Option<Option<u64>>,
     /// See [`Faults::set_http_500`].
     #[serde(default)]
     pub(crate) http_500: Option<bool>,
@@ -213,6 +232,17 @@ impl Faults {
             .store(micros.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Sends every WebSocket frame `lag` after it was made, in order (a slow
+    /// proxy or link between ComfyUI and its client); `None` removes the lag.
+    /// Prompts run and HTTP answers as before: `/queue` and `/history` can show
+    /// a prompt running or done before its client hears so.
+    pub fn set_lag(&self, lag: Option<Duration>) {
+        self.state.apply(&FaultUpdate {
+            lag_ms: Some(lag.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
+            ..FaultUpdate::default()
+        });
+    }
+
     /// `true`: every HTTP route (control routes aside, the WebSocket
     /// handshake included) answers `500 Internal Server Error` in
     /// `text/plain`, like aiohttp does for an unhandled exception.
@@ -241,6 +271,7 @@ impl Faults {
             drop_websockets: Some(false),
             silent: Some(false),
             slow_ms: Some(None),
+            lag_ms: Some(None),
             http_500: Some(false),
             refuse_connections: Some(false),
         });

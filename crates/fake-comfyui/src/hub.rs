@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::faults::FaultState;
@@ -79,8 +80,8 @@ impl Frame {
 /// A registered socket.
 #[derive(Debug)]
 struct Entry {
-    /// Its outgoing queue.
-    tx: mpsc::Sender<Frame>,
+    /// Its outgoing queue, each frame with when it was made.
+    tx: mpsc::Sender<(Instant, Frame)>,
     /// Cut the socket (queue overflow).
     kill: CancellationToken,
     /// What the client announced in its `feature_flags` message.
@@ -106,8 +107,8 @@ struct Registry {
 pub(crate) struct Registration {
     /// Its client id (`sid`).
     sid: String,
-    /// Its outgoing queue.
-    rx: mpsc::Receiver<Frame>,
+    /// Its outgoing queue, each frame with when it was made.
+    rx: mpsc::Receiver<(Instant, Frame)>,
     /// Fires when the hub cuts it.
     kill: CancellationToken,
     /// The registry epoch it belongs to.
@@ -286,8 +287,9 @@ impl Hub {
 
 /// Queues `frame` for the sockets `target` names; a full queue cuts its socket.
 fn deliver(registry: &Registry, frame: Frame, target: &Target) {
+    let made = Instant::now();
     let send = |entry: &Entry, frame: Frame| {
-        if let Err(mpsc::error::TrySendError::Full(_)) = entry.tx.try_send(frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = entry.tx.try_send((made, frame)) {
             tracing::warn!("fake comfyui: websocket queue full, cutting the socket");
             entry.kill.cancel();
         }
@@ -340,7 +342,16 @@ pub(crate) async fn run_socket(
             _ = kill.cancelled() => break End::Cut,
             _ = drops.changed() => break End::Cut,
             frame = rx.recv(), if rx_open => match frame {
-                Some(frame) => {
+                Some((made, frame)) => {
+                    // The `lag` fault: sent that long after it was made, in order.
+                    if let Some(lag) = hub.faults.lag() {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(made + lag) => {}
+                            _ = shutdown.cancelled() => break End::Shutdown,
+                            _ = kill.cancelled() => break End::Cut,
+                            _ = drops.changed() => break End::Cut,
+                        }
+                    }
                     tokio::select! {
                         sent = ws.send(frame.into_message()) => if sent.is_err() { break End::Client },
                         _ = shutdown.cancelled() => break End::Shutdown,

@@ -29,8 +29,9 @@
 //!
 //! - `POST /__fake/faults` with a JSON object
 //!   `{"drop_websockets": bool, "silent": bool, "slow_ms": u64 | null,
-//!   "http_500": bool, "refuse_connections": bool}`: only the fields given
-//!   change (`"slow_ms": null` turns the delay off). Answers the current
+//!   "lag_ms": u64 | null, "http_500": bool, "refuse_connections": bool}`:
+//!   only the fields given change (`"slow_ms": null` turns the delay off,
+//!   `"lag_ms": null` the WebSocket's lag). Answers the current
 //!   switches; `GET /__fake/faults` reads them. See [`Faults`] for what each
 //!   switch does.
 //! - `POST /__fake/restart`: the same as [`FakeComfy::restart`].

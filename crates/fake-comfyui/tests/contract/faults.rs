@@ -76,6 +76,52 @@ async fn silent_runs_prompts_without_any_frame() {
 }
 
 #[tokio::test]
+async fn lag_sends_every_frame_late_and_in_order() {
+    let fake = fake(0.05).await;
+    let http = Http::new(&fake.base_url());
+    let lag = Duration::from_millis(400);
+    fake.faults().set_lag(Some(lag));
+    let started = tokio::time::Instant::now();
+    let socket = Socket::connect(&fake.base_url(), "/ws?clientId=l").await;
+    // The socket's first frame, made as it connected, comes the lag later.
+    let first = socket.wait_count(1).await;
+    assert_eq!(first[0].kind(), "status");
+    assert!(started.elapsed() >= lag, "{:?}", started.elapsed());
+    // A prompt runs and is done in /history while its client has heard nothing of it yet.
+    let reply = http
+        .post("/prompt", &json!({"client_id": "l", "prompt": {"1": {"class_type": "TestDelay", "inputs": {"seconds": 0.2, "steps": 2, "nonce": 1}}}}))
+        .await;
+    let posted = tokio::time::Instant::now();
+    let id = reply.json()["prompt_id"].as_str().expect("id").to_owned();
+    let history = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let history = http.get(&format!("/history/{id}")).await.json();
+            if history.get(id.as_str()).is_some() {
+                return history;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("prompt finished");
+    assert_eq!(history[id.as_str()]["status"]["status_str"], "success");
+    if posted.elapsed() < lag {
+        assert_eq!(socket.snapshot().len(), 1, "a frame came before the lag");
+    }
+    // Every frame comes, in the order it was made, the lag after.
+    let frames = socket.wait_done(&id).await;
+    assert!(posted.elapsed() >= lag, "{:?}", posted.elapsed());
+    let kinds: Vec<String> = frames.iter().map(|f| f.kind()).collect();
+    let start = kinds.iter().position(|k| *k == "execution_start");
+    let success = kinds.iter().position(|k| *k == "execution_success");
+    assert!(start.is_some() && start < success, "{kinds:?}");
+    // Off over HTTP.
+    let reply = http.post("/__fake/faults", &json!({"lag_ms": null})).await;
+    assert_eq!(reply.json()["lag_ms"], serde_json::Value::Null);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn slow_delays_answers_but_not_control_routes() {
     let fake = fake(0.05).await;
     let impatient = reqwest::Client::builder()
