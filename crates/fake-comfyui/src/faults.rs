@@ -232,15 +232,23 @@ impl Faults {
             .store(micros.unwrap_or(0), Ordering::SeqCst);
     }
 
-    /// Sends every WebSocket frame `lag` after it was made, in order (a slow
-    /// proxy or link between ComfyUI and its client); `None` removes the lag.
-    /// Prompts run and HTTP answers as before: `/queue` and `/history` can show
-    /// a prompt running or done before its client hears so.
+    /// Sends every WebSocket frame `lag` after it was made (real time, not
+    /// scaled by the fake's time scale), in order, as over a slow proxy or link
+    /// between ComfyUI and its client; `None` removes the lag. Prompts run and
+    /// HTTP answers as before: `/queue` and `/history` can show a prompt
+    /// running or done before its client hears so. A socket waiting out a
+    /// frame's lag reads nothing from its client meanwhile, and a frame already
+    /// waiting keeps the lag it was taken with.
     pub fn set_lag(&self, lag: Option<Duration>) {
-        self.state.apply(&FaultUpdate {
-            lag_ms: Some(lag.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
-            ..FaultUpdate::default()
-        });
+        let micros = lag.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let _guard = self
+            .state
+            .update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.state
+            .lag_micros
+            .store(micros.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// `true`: every HTTP route (control routes aside, the WebSocket

@@ -224,7 +224,8 @@ async fn follow(
         // Silence is checked whether or not the prompt was seen to start: a
         // backend silent from the first message on never reports the start.
         // `stalled` tells a prompt waiting in the backend's queue (no stall)
-        // from one running there unheard.
+        // from one running there unheard, which gets one more silence when it
+        // was not heard to start (it may have begun an instant ago).
         let stall_at = Some(last_event + stall_timeout);
         let wake = [
             interrupt_sent.map(|sent| sent + INTERRUPT_GRACE),
