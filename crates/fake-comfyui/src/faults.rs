@@ -221,15 +221,7 @@ impl Faults {
     /// is handled first and only its answer waits, so a client that gives
     /// up may still have queued its prompt.
     pub fn set_slow(&self, delay: Option<Duration>) {
-        let micros = delay.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let _guard = self
-            .state
-            .update
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.state
-            .slow_micros
-            .store(micros.unwrap_or(0), Ordering::SeqCst);
+        self.set_delay(&self.state.slow_micros, delay);
     }
 
     /// Sends every WebSocket frame `lag` after it was made (real time, not
@@ -240,15 +232,19 @@ impl Faults {
     /// frame's lag reads nothing from its client meanwhile, and a frame already
     /// waiting keeps the lag it was taken with.
     pub fn set_lag(&self, lag: Option<Duration>) {
-        let micros = lag.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.set_delay(&self.state.lag_micros, lag);
+    }
+
+    /// Stores `delay` in microseconds (0: none) into `slot`, one of the state's
+    /// delays, as an update (serialized with the others).
+    fn set_delay(&self, slot: &AtomicU64, delay: Option<Duration>) {
+        let micros = delay.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let _guard = self
             .state
             .update
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.state
-            .lag_micros
-            .store(micros.unwrap_or(0), Ordering::SeqCst);
+        slot.store(micros, Ordering::SeqCst);
     }
 
     /// `true`: every HTTP route (control routes aside, the WebSocket
