@@ -5,9 +5,10 @@ use std::collections::HashSet;
 
 use prost::Message as _;
 
+use crate::model::events::{AUDIT_EVENT_TYPE, AuditEvent};
 use crate::model::{
     EventCategory, LogLevel, PerformanceMetric, RuntimeEvent, TaskEvent, TaskEventType,
-    ValidationError,
+    ValidationError, uuid_text,
 };
 use crate::pb;
 use crate::pb::watch_execution_response::Update;
@@ -208,6 +209,23 @@ fn runtime_event_to_pb(e: &RuntimeEvent) -> pb::RuntimeEvent {
     }
 }
 
+/// An audit event as the runtime event it stands for, from its facts: its data written as text
+/// once (no JSON object made first, then written).
+fn audit_event_to_pb(e: &AuditEvent) -> pb::RuntimeEvent {
+    pb::RuntimeEvent {
+        id: uuid_text(e.id),
+        category: category_to_pb(EventCategory::Audit).into(),
+        level: level_to_pb(e.level).into(),
+        event_type: AUDIT_EVENT_TYPE.to_owned(),
+        message: e.message().to_string(),
+        data: e.data_text().to_string(),
+        user_id: e.facts.principal.as_deref().map(str::to_owned),
+        created_at: Some(timestamp(e.created_at)),
+        sequence: e.sequence,
+        ..pb::RuntimeEvent::default()
+    }
+}
+
 fn metric_to_pb(m: &PerformanceMetric) -> pb::PerformanceMetric {
     pb::PerformanceMetric {
         name: m.name.clone(),
@@ -229,9 +247,7 @@ pub fn event_to_pb(event: &Event) -> pb::Event {
         payload: Some(match &event.payload {
             EventPayload::Task(e) => Payload::TaskEvent(task_event_to_pb(e)),
             EventPayload::Runtime(e) => Payload::RuntimeEvent(runtime_event_to_pb(e)),
-            EventPayload::Audit(e) => {
-                Payload::RuntimeEvent(runtime_event_to_pb(&e.to_runtime_event()))
-            }
+            EventPayload::Audit(e) => Payload::RuntimeEvent(audit_event_to_pb(e)),
             EventPayload::Metric(m) => Payload::Metric(metric_to_pb(m)),
         }),
         task_id: event.context.task_id.clone(),
@@ -329,5 +345,47 @@ pub fn watch_update_to_pb(update: WatchUpdate) -> Update {
             max: step.max,
             execution_progress: step.execution_progress,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::model::LogLevel;
+    use crate::model::events::{AuditEvent, AuditFacts, EventContext};
+    use crate::runtime::bus::{Event, EventPayload};
+
+    use super::event_to_pb;
+
+    /// A subscriber gets an audit event as the protobuf of the runtime event it stands for.
+    #[test]
+    fn an_audit_event_goes_out_as_its_runtime_event() {
+        for (outcome, principal) in [("OK", Some("sam")), ("PERMISSION_DENIED", None)] {
+            let mut audit = AuditEvent::new(
+                AuditFacts {
+                    principal: principal.map(Arc::from),
+                    tenant: principal.map(Arc::from),
+                    method: "/comfyreality.runtime.v1.TaskService/CreateTask".into(),
+                    target_id: principal.map(|_| "t-1".to_owned()),
+                    outcome,
+                    peer: Some("127.0.0.1:4242".parse().unwrap()),
+                },
+                LogLevel::Warning,
+            );
+            audit.sequence = 9;
+            let event = |payload| Event {
+                sequence: 9,
+                timestamp: audit.created_at,
+                payload,
+                context: EventContext::default(),
+            };
+            assert_eq!(
+                event_to_pb(&event(EventPayload::Audit(Box::new(audit.clone())))),
+                event_to_pb(&event(EventPayload::Runtime(Box::new(
+                    audit.to_runtime_event()
+                )))),
+            );
+        }
     }
 }

@@ -199,9 +199,11 @@ fn peer_text<S: Serializer>(peer: &Option<SocketAddr>, serializer: S) -> Result<
 
 /// An audited call (category AUDIT, event type [`AUDIT_EVENT_TYPE`]), kept as its facts: a
 /// few hundred bytes instead of a [`RuntimeEvent`]'s object of six named values, its message
-/// and empty fields, about 1.5 KiB that a memory store keeps for each mutating call. What a
-/// subscriber, a store or a log line sees is the runtime event
-/// [`AuditEvent::to_runtime_event`] makes of it.
+/// and empty fields, about 1.5 KiB that a memory store keeps for each mutating call. A
+/// subscriber, a store or a log line sees the runtime event it stands for (category AUDIT,
+/// event type [`AUDIT_EVENT_TYPE`], the facts as `data` in their order, the principal as
+/// `user_id`), each written from the facts: the protobuf conversion (`api::events_convert`),
+/// [`EventPayload`]'s JSON and the log line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
     /// Unique id (a time-ordered UUID, as [`super::new_id`]'s).
@@ -244,9 +246,10 @@ impl AuditEvent {
         AuditData(&self.facts)
     }
 
-    /// The runtime event it stands for: category AUDIT, event type [`AUDIT_EVENT_TYPE`],
-    /// the facts as `data` and the principal as `user_id`.
-    pub fn to_runtime_event(&self) -> RuntimeEvent {
+    /// The runtime event it stands for, made whole: what the tests compare each way of
+    /// writing an audit event with.
+    #[cfg(test)]
+    pub(crate) fn to_runtime_event(&self) -> RuntimeEvent {
         let data = match serde_json::to_value(&self.facts) {
             Ok(serde_json::Value::Object(data)) => data,
             _ => JsonObject::new(),
@@ -276,7 +279,7 @@ impl AuditEvent {
 }
 
 impl AuditEvent {
-    /// What serializes as [`AuditEvent::to_runtime_event`] does, borrowed: a store's JSON of
+    /// What serializes as the runtime event it stands for does, borrowed: a store's JSON of
     /// the event without the runtime event and its object made first.
     fn as_json(&self) -> RuntimeEventJson<'_> {
         RuntimeEventJson {
