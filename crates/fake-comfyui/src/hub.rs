@@ -344,16 +344,15 @@ pub(crate) async fn run_socket(
             frame = rx.recv(), if rx_open => match frame {
                 Some((made, frame)) => {
                     // The `lag` fault: sent that long after it was made, in order.
-                    if let Some(lag) = hub.faults.lag() {
-                        tokio::select! {
-                            () = tokio::time::sleep_until(made + lag) => {}
-                            _ = shutdown.cancelled() => break End::Shutdown,
-                            _ = kill.cancelled() => break End::Cut,
-                            _ = drops.changed() => break End::Cut,
+                    let lag = hub.faults.lag();
+                    let send = async {
+                        if let Some(lag) = lag {
+                            tokio::time::sleep_until(made + lag).await;
                         }
-                    }
+                        ws.send(frame.into_message()).await
+                    };
                     tokio::select! {
-                        sent = ws.send(frame.into_message()) => if sent.is_err() { break End::Client },
+                        sent = send => if sent.is_err() { break End::Client },
                         _ = shutdown.cancelled() => break End::Shutdown,
                         _ = kill.cancelled() => break End::Cut,
                         _ = drops.changed() => break End::Cut,
