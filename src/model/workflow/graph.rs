@@ -18,21 +18,42 @@ use super::node::{ComfyNode, WORKFLOW_JSON};
 pub const NO_OUTPUT_NODE: &str =
     "workflow has no output node (a node such as SaveImage or PreviewImage)";
 
-/// Orders node ids: numeric ids numerically (then by text, so `01` and `1`
-/// stay distinct), before all other ids, which sort as text.
-fn node_id_order(a: &str, b: &str) -> Ordering {
-    let numeric = |s: &str| {
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse::<u64>().ok()
+/// A node id, with its number read once, as node ids are ordered: numeric ids
+/// numerically (then by text, so `01` and `1` stay distinct), before all other
+/// ids, which sort as text. A sort and the cycle check's searches compare each
+/// id many times; its number is not read again at each comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeKey<'a> {
+    /// The id's value when it is all ASCII digits and fits a `u64`.
+    number: Option<u64>,
+    id: &'a str,
+}
+
+impl<'a> NodeKey<'a> {
+    fn of(id: &'a str) -> Self {
+        let number = if id.bytes().all(|c| c.is_ascii_digit()) {
+            id.parse::<u64>().ok()
         } else {
             None
+        };
+        Self { number, id }
+    }
+}
+
+impl Ord for NodeKey<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self.number, other.number) {
+            (Some(x), Some(y)) => x.cmp(&y).then_with(|| self.id.cmp(other.id)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => self.id.cmp(other.id),
         }
-    };
-    match (numeric(a), numeric(b)) {
-        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.cmp(b)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => a.cmp(b),
+    }
+}
+
+impl PartialOrd for NodeKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -119,13 +140,17 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
     let mut problems = Vec::new();
     // Room for every link at once (a vector grown from empty reallocates at 4, 8, 16 ...).
     let links = nodes.values().map(|node| node.links().count()).sum();
-    let mut edges: Vec<(&str, &str)> = Vec::with_capacity(links);
+    let mut edges: Vec<(NodeKey<'a>, NodeKey<'a>)> = Vec::with_capacity(links);
     let mut consumed: Vec<(&str, u64)> = Vec::with_capacity(links);
-    let mut ordered: Vec<&str> = nodes.keys().map(String::as_str).collect();
-    ordered.sort_by(|a, b| node_id_order(a, b));
+    // Each id's number read once, here, not at every comparison below.
+    let mut ordered: Vec<(NodeKey<'a>, &'a ComfyNode)> = nodes
+        .iter()
+        .map(|(id, node)| (NodeKey::of(id), node))
+        .collect();
+    ordered.sort_unstable_by_key(|&(key, _)| key);
 
-    for id in &ordered {
-        let Some(node) = nodes.get(*id) else { continue };
+    for &(key, node) in &ordered {
+        let id = key.id;
         // Built only for a problem: most graphs have none.
         let inputs = || format!("{}.inputs", key_path(base, id));
         for (input, src, idx) in node.links() {
@@ -156,18 +181,19 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
                 });
                 continue;
             }
-            edges.push((src, *id));
+            edges.push((NodeKey::of(src), key));
             consumed.push((src, slot));
         }
     }
-    // `node_id_order` ties only equal ids, so this leaves one of each pair.
-    edges.sort_unstable_by(|a, b| node_id_order(a.0, b.0).then_with(|| node_id_order(a.1, b.1)));
+    // `NodeKey`s tie only equal ids, so this leaves one of each pair.
+    edges.sort_unstable();
     edges.dedup();
     consumed.sort_unstable();
     consumed.dedup();
 
+    let keys: Vec<NodeKey<'_>> = ordered.iter().map(|&(key, _)| key).collect();
     problems.extend(
-        cycle_errors(&ordered, &edges)
+        cycle_errors(&keys, &edges)
             .into_iter()
             .map(|message| GraphProblem::whole_graph(GraphProblemKind::Cycle, message)),
     );
@@ -181,7 +207,7 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
     GraphAnalysis {
         edges: edges
             .into_iter()
-            .map(|(from, to)| (from.to_owned(), to.to_owned()))
+            .map(|(from, to)| (from.id.to_owned(), to.id.to_owned()))
             .collect(),
         consumed,
         problems,
@@ -191,13 +217,9 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
 /// One message per cycle: each strongly connected component with more than
 /// one node, or a node linked to itself. Names a concrete cycle through the
 /// component's first node, and the whole component when it is larger.
-/// `edges` are sorted by `node_id_order`, as `ordered` is.
-fn cycle_errors(ordered: &[&str], edges: &[(&str, &str)]) -> Vec<String> {
-    let index = |id: &str| {
-        ordered
-            .binary_search_by(|probe| node_id_order(probe, id))
-            .ok()
-    };
+/// `ordered` and `edges` are sorted.
+fn cycle_errors(ordered: &[NodeKey<'_>], edges: &[(NodeKey<'_>, NodeKey<'_>)]) -> Vec<String> {
+    let index = |key: &NodeKey<'_>| ordered.binary_search(key).ok();
     // Sorted by source, then target: `ordered` and `edges` sort alike.
     let mut links: Vec<(usize, usize)> = Vec::with_capacity(edges.len());
     links.extend(
@@ -227,7 +249,7 @@ fn cycle_errors(ordered: &[&str], edges: &[(&str, &str)]) -> Vec<String> {
             continue;
         }
         let path = shortest_cycle(&adjacency, &component, first);
-        let mut names: Vec<String> = path.iter().map(|&i| shown(ordered[i])).collect();
+        let mut names: Vec<String> = path.iter().map(|&i| shown(ordered[i].id)).collect();
         // Long cycles show their two ends; the count says how much is left out.
         const ENDS: usize = 10;
         if names.len() > 2 * ENDS + 1 {
@@ -243,7 +265,7 @@ fn cycle_errors(ordered: &[&str], edges: &[(&str, &str)]) -> Vec<String> {
             let mut members: Vec<String> = component
                 .iter()
                 .take(LISTED)
-                .map(|&i| shown(ordered[i]))
+                .map(|&i| shown(ordered[i].id))
                 .collect();
             if component.len() > LISTED {
                 members.push(format!("and {} more", component.len() - LISTED));
@@ -635,7 +657,7 @@ mod tests {
     #[test]
     fn node_id_order_is_numeric_first() {
         let mut ids = vec!["b", "10", "2", "a", "01", "1"];
-        ids.sort_by(|a, b| node_id_order(a, b));
+        ids.sort_by_key(|id| NodeKey::of(id));
         assert_eq!(ids, ["01", "1", "2", "10", "a", "b"]);
     }
 }

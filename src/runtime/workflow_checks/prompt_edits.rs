@@ -161,8 +161,12 @@ pub(crate) fn filename_prefixes(prompt: &JsonObject) -> Vec<(String, String)> {
 pub(super) fn sanitize_path(raw: &str) -> String {
     let unsafe_char = |c: char| c == '\\' || c == ':' || c.is_control();
     // Most prefixes are already clean: one scan (by byte when ASCII), one copy.
+    // The byte scan has no early exit, so it runs many bytes at once: a long
+    // clean prefix (the usual case) is read to its end either way.
     let has_unsafe = if raw.is_ascii() {
-        raw.bytes().any(|b| unsafe_char(char::from(b)))
+        raw.bytes().fold(false, |found, b| {
+            found | (b < 0x20) | (b == 0x7f) | (b == b'\\') | (b == b':')
+        })
     } else {
         raw.chars().any(unsafe_char)
     };
