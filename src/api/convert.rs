@@ -92,10 +92,10 @@ pub fn parse_json_value(field: &str, text: &str) -> Result<serde_json::Value, Va
         .map_err(|e| ValidationError::single(field, format!("is not valid JSON: {e}")))
 }
 
-/// A JSON object as its text, written from the map in place (no copy of it).
+/// A JSON object as its text, written from the map in place (no copy of it; see
+/// [`json_text`](crate::model::json_text)).
 pub(super) fn json_object_text(map: &JsonObject) -> String {
-    // A map of string keys always serializes.
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+    crate::model::json_text::object_text(map)
 }
 
 pub(super) fn tag_set(

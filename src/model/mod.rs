@@ -80,6 +80,7 @@ macro_rules! string_enum {
 }
 
 pub mod events;
+pub mod json_text;
 pub mod ownership;
 pub mod task;
 mod timestamp;

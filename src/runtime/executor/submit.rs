@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::model::json_text;
 use crate::model::workflow::GraphProblemKind;
 use crate::model::{
     DependencyType, JsonObject, NewExecution, NewTask, Task, TaskStatus, TaskType, ValidationError,
@@ -435,17 +436,13 @@ impl Executor {
         })?;
         execution.ownership = request.ownership.clone();
         let prompt_value = Value::Object(prepared.prompt);
-        // Written into a byte buffer: `to_string` goes through `Display`, a
-        // formatter call per token (3.8% of a submit's CPU for a 1 KiB graph).
-        // (A JSON value always encodes; the error is for form's sake.)
-        // Its exact length (the encoder doubles its buffer as it goes): the actor may hold it
-        // until the execution is dispatched, and the memory store keeps it.
-        // Room for about what the workflow's text held, and the rewritten prefixes: written
-        // without growing the buffer from 128 bytes by doubling on the way.
+        // Written into a byte buffer (`to_string` goes through `Display`, a formatter call per
+        // token), each string that needs no escape copied whole (`json_text`). Its exact
+        // length (a boxed slice): the actor may hold it until the execution is dispatched, and
+        // the memory store keeps it. Room for about what the workflow's text held, and the
+        // rewritten prefixes: written without growing the buffer by doubling on the way.
         let mut encoded = Vec::with_capacity(workflow.workflow_json.len() + 64 * nodes);
-        serde_json::to_writer(&mut encoded, &prompt_value).map_err(|error| {
-            ValidationError::single(WORKFLOW_FIELD, format!("cannot be encoded: {error}"))
-        })?;
+        json_text::write_value(&mut encoded, &prompt_value);
         let prompt = Bytes::from(encoded.into_boxed_slice());
         let key = request
             .idempotency_key
