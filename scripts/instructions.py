@@ -25,6 +25,8 @@ job path's batching (writes gathered while another commits) differs from a nativ
     .tools/venv/bin/python scripts/instructions.py [--submits N] [--jobs N] [--fake BIN]
         BIN [BIN ...]
 
+`--submits 0` or `--jobs 0` leaves that workload out.
+
 Needs `valgrind` (with `callgrind_control`) on the PATH and a Python with grpcio and protobuf
 (the SDK's dependencies); the SDK itself is read from clients/python. Any build works, stripped
 or not; `--dump DIR` keeps each run's callgrind file (named after the build's place in the
@@ -112,37 +114,44 @@ def main():
     for place, binary in enumerate(args.binaries, start=1):
         dump = (args.dump, f"{place}-{os.path.basename(binary)}") if args.dump else None
         scratch = tempfile.mkdtemp(prefix="instructions-")
+        # A workload of no calls is not run (`--submits 0` or `--jobs 0`).
+        plain = secured = job = None
         try:
-            plain = counted(binary, scratch, "submits", "memory", down, "", 300, args.submits, submits(None), dump)
-            secured = counted(
-                binary, scratch, "secured", "memory", down, allocations.SECURED, 300, args.submits,
-                submits(allocations.KEY), dump,
-            )
-            fake, fake_port = start_fake(args.fake, scratch)
-            try:
-                job = counted(
-                    binary, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}", "", 50, args.jobs,
-                    jobs, dump,
-                )
-            finally:
-                stop(fake)
+            if args.submits:
+                plain = counted(
+                    binary, scratch, "submits", "memory", down, "", 300, args.submits, submits(None), dump,
+                ) / args.submits
+                secured = counted(
+                    binary, scratch, "secured", "memory", down, allocations.SECURED, 300, args.submits,
+                    submits(allocations.KEY), dump,
+                ) / args.submits
+            if args.jobs:
+                fake, fake_port = start_fake(args.fake, scratch)
+                try:
+                    job = counted(
+                        binary, scratch, "jobs", "sqlite", f"http://127.0.0.1:{fake_port}", "", 50, args.jobs,
+                        jobs, dump,
+                    ) / args.jobs
+                finally:
+                    stop(fake)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        rows.append((binary, plain / args.submits, secured / args.submits, job / args.jobs))
+        rows.append((binary, plain, secured, job))
     print(f"instructions per call ({args.submits} submits, {args.jobs} one-node jobs per build):")
     base = rows[0]
     for place, (binary, plain, secured, job) in enumerate(rows):
-        vs = ""
-        if place > 0:
-            vs = (
-                f"  (vs the first: submit {plain / base[1]:.3f}x, authenticated submit "
-                f"{secured / base[2]:.3f}x, job {job / base[3]:.3f}x)"
+        parts, vs = [], []
+        if plain is not None:
+            parts.append(
+                f"submit {plain:,.0f}; authenticated submit {secured:,.0f} "
+                f"({secured / plain:.3f}x, +{secured - plain:,.0f})"
             )
-        print(
-            f"  {binary}: submit {plain:,.0f}; authenticated submit {secured:,.0f} "
-            f"({secured / plain:.3f}x, +{secured - plain:,.0f}); one-node job {job:,.0f}{vs}"
-        )
-
+            vs.append(f"submit {plain / base[1]:.3f}x, authenticated submit {secured / base[2]:.3f}x")
+        if job is not None:
+            parts.append(f"one-node job {job:,.0f}")
+            vs.append(f"job {job / base[3]:.3f}x")
+        against = f"  (vs the first: {', '.join(vs)})" if place > 0 else ""
+        print(f"  {binary}: {'; '.join(parts)}{against}")
 
 if __name__ == "__main__":
     main()
