@@ -94,7 +94,12 @@ def main():
     parser.add_argument("--fake", default=os.path.join(ROOT, "target/release/comfy-reality-fake-comfyui"))
     parser.add_argument("--dump", help="a directory to keep each run's callgrind file in")
     args = parser.parse_args()
-    for binary in (*args.binaries, args.fake):
+    if args.submits < 0 or args.jobs < 0:
+        parser.error("--submits and --jobs count calls: 0 or more")
+    if args.submits == 0 and args.jobs == 0:
+        parser.error("nothing to count: --submits and --jobs are both 0")
+    # The fake ComfyUI runs the jobs only.
+    for binary in (*args.binaries, *((args.fake,) if args.jobs else ())):
         if not os.path.exists(binary):
             sys.exit(f"{binary} not found")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -152,6 +157,7 @@ def main():
             vs.append(f"job {job / base[3]:.3f}x")
         against = f"  (vs the first: {', '.join(vs)})" if place > 0 else ""
         print(f"  {binary}: {'; '.join(parts)}{against}")
+
 
 if __name__ == "__main__":
     main()
