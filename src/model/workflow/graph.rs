@@ -142,7 +142,8 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
     let links = nodes.values().map(|node| node.links().count()).sum();
     let mut edges: Vec<(NodeKey<'a>, NodeKey<'a>)> = Vec::with_capacity(links);
     let mut consumed: Vec<(&str, u64)> = Vec::with_capacity(links);
-    // Each id's number read once, here, not at every comparison below.
+    // Each id's number read once per node (here) and once per link (below), not at
+    // every comparison.
     let mut ordered: Vec<(NodeKey<'a>, &'a ComfyNode)> = nodes
         .iter()
         .map(|(id, node)| (NodeKey::of(id), node))
@@ -191,9 +192,8 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
     consumed.sort_unstable();
     consumed.dedup();
 
-    let keys: Vec<NodeKey<'_>> = ordered.iter().map(|&(key, _)| key).collect();
     problems.extend(
-        cycle_errors(&keys, &edges)
+        cycle_errors(&ordered, &edges)
             .into_iter()
             .map(|message| GraphProblem::whole_graph(GraphProblemKind::Cycle, message)),
     );
@@ -217,9 +217,12 @@ pub(super) fn analyze<'a>(nodes: &'a BTreeMap<String, ComfyNode>, base: &str) ->
 /// One message per cycle: each strongly connected component with more than
 /// one node, or a node linked to itself. Names a concrete cycle through the
 /// component's first node, and the whole component when it is larger.
-/// `ordered` and `edges` are sorted.
-fn cycle_errors(ordered: &[NodeKey<'_>], edges: &[(NodeKey<'_>, NodeKey<'_>)]) -> Vec<String> {
-    let index = |key: &NodeKey<'_>| ordered.binary_search(key).ok();
+/// `ordered` (the nodes) and `edges` are sorted by their keys.
+fn cycle_errors(
+    ordered: &[(NodeKey<'_>, &ComfyNode)],
+    edges: &[(NodeKey<'_>, NodeKey<'_>)],
+) -> Vec<String> {
+    let index = |key: &NodeKey<'_>| ordered.binary_search_by_key(key, |&(k, _)| k).ok();
     // Sorted by source, then target: `ordered` and `edges` sort alike.
     let mut links: Vec<(usize, usize)> = Vec::with_capacity(edges.len());
     links.extend(
@@ -249,7 +252,7 @@ fn cycle_errors(ordered: &[NodeKey<'_>], edges: &[(NodeKey<'_>, NodeKey<'_>)]) -
             continue;
         }
         let path = shortest_cycle(&adjacency, &component, first);
-        let mut names: Vec<String> = path.iter().map(|&i| shown(ordered[i].id)).collect();
+        let mut names: Vec<String> = path.iter().map(|&i| shown(ordered[i].0.id)).collect();
         // Long cycles show their two ends; the count says how much is left out.
         const ENDS: usize = 10;
         if names.len() > 2 * ENDS + 1 {
@@ -265,7 +268,7 @@ fn cycle_errors(ordered: &[NodeKey<'_>], edges: &[(NodeKey<'_>, NodeKey<'_>)]) -
             let mut members: Vec<String> = component
                 .iter()
                 .take(LISTED)
-                .map(|&i| shown(ordered[i].id))
+                .map(|&i| shown(ordered[i].0.id))
                 .collect();
             if component.len() > LISTED {
                 members.push(format!("and {} more", component.len() - LISTED));
@@ -655,9 +658,13 @@ mod tests {
     }
 
     #[test]
-    fn node_id_order_is_numeric_first() {
-        let mut ids = vec!["b", "10", "2", "a", "01", "1"];
+    fn node_keys_order_numeric_ids_first() {
+        // An all-digit id too large for a u64 sorts as text, after every number.
+        let mut ids = vec!["b", "10", "2", "a", "01", "1", "", "18446744073709551616"];
         ids.sort_by_key(|id| NodeKey::of(id));
-        assert_eq!(ids, ["01", "1", "2", "10", "a", "b"]);
+        assert_eq!(
+            ids,
+            ["01", "1", "2", "10", "", "18446744073709551616", "a", "b"]
+        );
     }
 }

@@ -160,9 +160,10 @@ pub(crate) fn filename_prefixes(prompt: &JsonObject) -> Vec<(String, String)> {
 /// backslash, no control character and no `:`.
 pub(super) fn sanitize_path(raw: &str) -> String {
     let unsafe_char = |c: char| c == '\\' || c == ':' || c.is_control();
-    // Most prefixes are already clean: one scan (by byte when ASCII), one copy.
-    // The byte scan has no early exit, so it runs many bytes at once: a long
-    // clean prefix (the usual case) is read to its end either way.
+    // Most prefixes are already clean: a scan (by byte when ASCII), one copy. The
+    // byte scan is `unsafe_char` for ASCII (its control characters are the bytes
+    // below 0x20 and DEL) without an early exit, so it runs many bytes at once: a
+    // long clean prefix (the usual case) is read to its end either way.
     let has_unsafe = if raw.is_ascii() {
         raw.bytes().fold(false, |found, b| {
             found | (b < 0x20) | (b == 0x7f) | (b == b'\\') | (b == b':')

@@ -620,7 +620,7 @@ proptest! {
     /// A clean path comes back as it is, without the split; any other is rebuilt part by
     /// part, as before the shortcut.
     #[test]
-    fn sanitized_paths_match_a_part_by_part_rebuild(raw in "[a-z./\\\\:\\n\u{85}é]{0,12}") {
+    fn sanitized_paths_match_a_part_by_part_rebuild(raw in "[a-z./\\\\:\\n\\x00\\x1f\\x7f\u{85}é]{0,12}") {
         let rebuilt = raw
             .split(['/', '\\'])
             .filter(|part| !part.is_empty() && *part != "." && *part != "..")
