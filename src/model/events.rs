@@ -246,39 +246,15 @@ impl AuditEvent {
         AuditData(&self.facts)
     }
 
-    /// The runtime event it stands for, made whole: what the tests compare each way of
-    /// writing an audit event with.
+    /// The runtime event it stands for, made whole (read back from the store's JSON of it,
+    /// [`AuditEvent::as_json`]): what the tests compare each way of writing an audit event with.
     #[cfg(test)]
     pub(crate) fn to_runtime_event(&self) -> RuntimeEvent {
-        let data = match serde_json::to_value(&self.facts) {
-            Ok(serde_json::Value::Object(data)) => data,
-            _ => JsonObject::new(),
-        };
-        RuntimeEvent {
-            id: super::uuid_text(self.id),
-            category: EventCategory::Audit,
-            level: self.level,
-            event_type: AUDIT_EVENT_TYPE.to_owned(),
-            message: self.message().to_string(),
-            data,
-            task_id: None,
-            workflow_id: None,
-            user_id: self.facts.principal.as_deref().map(str::to_owned),
-            session_id: None,
-            source_module: None,
-            source_function: None,
-            source_line: None,
-            error_type: None,
-            error_message: None,
-            stack_trace: None,
-            created_at: self.created_at,
-            updated_at: None,
-            sequence: self.sequence,
-        }
+        serde_json::to_value(self.as_json())
+            .and_then(serde_json::from_value)
+            .expect("an audit event's JSON is a runtime event's")
     }
-}
 
-impl AuditEvent {
     /// What serializes as the runtime event it stands for does, borrowed: a store's JSON of
     /// the event without the runtime event and its object made first.
     fn as_json(&self) -> RuntimeEventJson<'_> {

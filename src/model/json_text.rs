@@ -17,65 +17,65 @@ use serde_json::Value;
 
 use super::JsonObject;
 
-/// Appends `value` to `out` as compact JSON: the bytes `serde_json::to_writer` would write.
-pub fn write_value(out: &mut Vec<u8>, value: &Value) {
+/// Appends `value` to `out` as compact JSON: the text `serde_json::to_writer` would write.
+pub fn write_value(out: &mut String, value: &Value) {
     match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => out.extend_from_slice(number.as_str().as_bytes()),
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(number) => out.push_str(number.as_str()),
         Value::String(text) => write_str(out, text),
         Value::Array(items) => {
-            out.push(b'[');
+            out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 write_value(out, item);
             }
-            out.push(b']');
+            out.push(']');
         }
         Value::Object(object) => write_object(out, object),
     }
 }
 
 /// Appends `object` to `out` as compact JSON (see [`write_value`]).
-pub fn write_object(out: &mut Vec<u8>, object: &JsonObject) {
-    out.push(b'{');
+pub fn write_object(out: &mut String, object: &JsonObject) {
+    out.push('{');
     for (i, (key, item)) in object.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         write_str(out, key);
-        out.push(b':');
+        out.push(':');
         write_value(out, item);
     }
-    out.push(b'}');
+    out.push('}');
 }
 
 /// `object` as compact JSON text (see [`write_value`]).
 pub fn object_text(object: &JsonObject) -> String {
-    let mut out = Vec::with_capacity(64);
+    let mut out = String::with_capacity(64);
     write_object(&mut out, object);
-    // Only whole UTF-8 strings and ASCII were written, so the lossy branch never runs; it is
-    // there instead of a panic on a request's path.
-    String::from_utf8(out).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into())
+    out
 }
 
 /// Appends `text` as a JSON string: copied whole between its quotes when no byte of it needs
 /// an escape, else escaped by serde_json.
-fn write_str(out: &mut Vec<u8>, text: &str) {
+fn write_str(out: &mut String, text: &str) {
     let needs_escape = text.bytes().fold(false, |found, b| {
         found | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
     if needs_escape {
-        // Writing into a vector cannot fail.
-        let _ = serde_json::to_writer(&mut *out, text);
+        // A string always encodes.
+        if let Ok(escaped) = serde_json::to_string(text) {
+            out.push_str(&escaped);
+        }
     } else {
         out.reserve(text.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
     }
 }
 
@@ -87,9 +87,9 @@ mod tests {
     use super::{object_text, write_value};
 
     fn written(value: &Value) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = String::new();
         write_value(&mut out, value);
-        out
+        out.into_bytes()
     }
 
     #[test]

@@ -409,13 +409,12 @@ use writes::{BATCH, Gathered, Numbered, Waiter, Write, flush_thread_batch, gathe
 #[cfg(test)]
 mod tests;
 
-/// A JSON object written as its JSON text, for a log field.
+/// A JSON object written as its JSON text, for a log field (as the API writes it).
 struct JsonText<'a>(&'a crate::model::JsonObject);
 
 impl std::fmt::Display for JsonText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = serde_json::to_string(self.0).map_err(|_| std::fmt::Error)?;
-        f.write_str(&text)
+        f.write_str(&crate::model::json_text::object_text(self.0))
     }
 }
 

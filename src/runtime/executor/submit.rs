@@ -441,9 +441,9 @@ impl Executor {
         // length (a boxed slice): the actor may hold it until the execution is dispatched, and
         // the memory store keeps it. Room for about what the workflow's text held, and the
         // rewritten prefixes: written without growing the buffer by doubling on the way.
-        let mut encoded = Vec::with_capacity(workflow.workflow_json.len() + 64 * nodes);
+        let mut encoded = String::with_capacity(workflow.workflow_json.len() + 64 * nodes);
         json_text::write_value(&mut encoded, &prompt_value);
-        let prompt = Bytes::from(encoded.into_boxed_slice());
+        let prompt = Bytes::from(encoded.into_bytes().into_boxed_slice());
         let key = request
             .idempotency_key
             .zip(fingerprint)
