@@ -48,6 +48,7 @@ use crate::config::ServerConfig;
 
 pub use error::ComfyError;
 pub use queue::PromptLocation;
+pub use submit::{PromptJson, PromptText};
 
 use request::error_chain;
 

@@ -7,14 +7,14 @@
 //! sends `front` or `number`.
 
 use backon::BackoffBuilder;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{ComfyClient, ComfyError, PromptLocation};
-use crate::comfy::wire::{self, PromptRequest, PromptResponse, ValidationErrorBody};
+use crate::comfy::wire::{self, PromptResponse, ValidationErrorBody};
 
 impl ComfyClient {
     /// `POST /prompt` with a client-chosen `prompt_id` (sent lowercase), never with `front` or
@@ -28,11 +28,14 @@ impl ComfyClient {
     /// servers that ignore client ids an ambiguous failure is returned as is.
     ///
     /// A 400 is [`ComfyError::Validation`] with every node's errors.
-    pub async fn submit_prompt(
+    ///
+    /// The prompt is a JSON tree ([`Value`]) or the text of one ([`PromptText`], posted as it
+    /// is, with no tree built to write it again).
+    pub async fn submit_prompt<P: PromptJson + ?Sized>(
         &self,
         prompt_id: Uuid,
         client_id: &str,
-        prompt: &Value,
+        prompt: &P,
         extra_data: Option<&Value>,
     ) -> Result<PromptResponse, ComfyError> {
         if !prompt.is_object() {
@@ -55,19 +58,12 @@ impl ComfyClient {
         }
         let capabilities = self.capabilities().await?;
         let id = prompt_id.hyphenated().to_string();
-        let body = Bytes::from(
-            serde_json::to_vec(&PromptRequest {
-                prompt,
-                client_id,
-                prompt_id: Some(&id),
-                extra_data,
-                partial_execution_targets: None,
-            })
-            .map_err(|e| ComfyError::InvalidArgument {
+        let body = prompt_body(prompt, client_id, &id, extra_data).map_err(|e| {
+            ComfyError::InvalidArgument {
                 field: "prompt",
                 message: e.to_string(),
-            })?,
-        );
+            }
+        })?;
 
         let mut delays = self.backoff().build();
         let mut resubmission = false;
@@ -158,6 +154,96 @@ impl ComfyClient {
     }
 }
 
+/// A prompt as [`ComfyClient::submit_prompt`] posts it: a JSON object of nodes, as a tree or as
+/// its text.
+pub trait PromptJson: Sync {
+    /// Whether it is a JSON object (ComfyUI takes no other prompt).
+    fn is_object(&self) -> bool;
+
+    /// Appends its JSON text to `out`.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+
+    /// Its text's length when known without writing it (the body is made that much larger
+    /// at once).
+    fn text_len(&self) -> usize {
+        0
+    }
+}
+
+impl PromptJson for Value {
+    fn is_object(&self) -> bool {
+        Value::is_object(self)
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
+    }
+}
+
+/// A prompt's JSON text, posted as it is: for a prompt written once already (the runtime
+/// writes each to its store when it is submitted), with no tree to build and write again.
+///
+/// [`PromptText::new`] checks its shape only (an object's braces, no bytes after the closing
+/// one that are not white space), not the text between: a caller that has not parsed it gets
+/// ComfyUI's 400 for a malformed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptText(Bytes);
+
+impl PromptText {
+    /// `text` as a prompt, when it starts with `{` and ends with `}` (white space around
+    /// them aside); `None` otherwise.
+    pub fn new(text: Bytes) -> Option<Self> {
+        let inner = text.trim_ascii();
+        (inner.len() >= 2 && inner.starts_with(b"{") && inner.ends_with(b"}")).then_some(Self(text))
+    }
+
+    /// The text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PromptJson for PromptText {
+    fn is_object(&self) -> bool {
+        // Checked when it was made.
+        true
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
+
+    fn text_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The body of `POST /prompt`: what serde_json writes for a [`PromptRequest`] without
+/// `partial_execution_targets`, byte for byte (a test holds the two together), with the prompt
+/// written by `prompt` itself.
+fn prompt_body<P: PromptJson + ?Sized>(
+    prompt: &P,
+    client_id: &str,
+    prompt_id: &str,
+    extra_data: Option<&Value>,
+) -> Result<Bytes, serde_json::Error> {
+    // Room for the request's other fields: the ids, a client id up to about 70 bytes.
+    let mut body = Vec::with_capacity(prompt.text_len() + 128);
+    body.put_slice(br#"{"prompt":"#);
+    prompt.write_json(&mut body)?;
+    body.put_slice(br#","client_id":"#);
+    serde_json::to_writer(&mut body, client_id)?;
+    body.put_slice(br#","prompt_id":"#);
+    serde_json::to_writer(&mut body, prompt_id)?;
+    if let Some(extra_data) = extra_data {
+        body.put_slice(br#","extra_data":"#);
+        serde_json::to_writer(&mut body, extra_data)?;
+    }
+    body.put_u8(b'}');
+    Ok(Bytes::from(body))
+}
+
 /// The answer to a submission found in the queue or history after an ambiguous failure.
 fn accepted_response(prompt_id: &str, found: &PromptLocation) -> PromptResponse {
     let number = match found {
@@ -169,5 +255,76 @@ fn accepted_response(prompt_id: &str, found: &PromptLocation) -> PromptResponse 
         prompt_id: prompt_id.to_owned(),
         number,
         node_errors: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::comfy::wire::PromptRequest;
+    use crate::comfy::wire::test_support::arb_json;
+
+    /// What serde_json writes for the request.
+    fn serialized(
+        prompt: &Value,
+        client_id: &str,
+        prompt_id: &str,
+        extra: Option<&Value>,
+    ) -> Vec<u8> {
+        serde_json::to_vec(&PromptRequest {
+            prompt,
+            client_id,
+            prompt_id: Some(prompt_id),
+            extra_data: extra,
+            partial_execution_targets: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn prompt_text_takes_an_object_only() {
+        for text in [&b"{}"[..], b" {\"1\": {}}\n", b"{\"a\":1}"] {
+            assert!(
+                PromptText::new(Bytes::from_static(text)).is_some(),
+                "{text:?}"
+            );
+        }
+        for text in [
+            &b""[..],
+            b"{",
+            b"}",
+            b"[]",
+            b"null",
+            b"\"{}\"",
+            b"{} x",
+            b"x {}",
+        ] {
+            assert!(
+                PromptText::new(Bytes::from_static(text)).is_none(),
+                "{text:?}"
+            );
+        }
+    }
+
+    proptest! {
+        /// The body written by hand is serde_json's for the request, byte for byte, for a
+        /// tree and for its text alike.
+        #[test]
+        fn the_body_is_the_requests_serialization(
+            prompt in arb_json(),
+            client_id in "\\PC{0,12}",
+            extra in proptest::option::of(arb_json()),
+        ) {
+            let prompt = Value::Object([("1".to_owned(), prompt)].into_iter().collect());
+            let id = "0190c0de-0000-4000-8000-000000000001";
+            let want = serialized(&prompt, &client_id, id, extra.as_ref());
+            let tree = prompt_body(&prompt, &client_id, id, extra.as_ref()).unwrap();
+            prop_assert_eq!(&tree[..], &want[..]);
+            let text = PromptText::new(Bytes::from(serde_json::to_vec(&prompt).unwrap())).unwrap();
+            let text = prompt_body(&text, &client_id, id, extra.as_ref()).unwrap();
+            prop_assert_eq!(&text[..], &want[..]);
+        }
     }
 }

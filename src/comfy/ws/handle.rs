@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::counters::CountersSnapshot;
 use super::events::PromptEvent;
 use super::task::{Command, Shared};
-use crate::comfy::client::{ComfyClient, ComfyError};
+use crate::comfy::client::{ComfyClient, ComfyError, PromptJson};
 use crate::comfy::wire::PromptResponse;
 
 /// The handle of a backend's socket task. Cheap to clone.
@@ -83,10 +83,10 @@ impl BackendSocketHandle {
 
     /// Watches, then submits (`POST /prompt` with this socket's clientId), then confirms: the
     /// safe order. On a submission error nothing stays registered.
-    pub async fn submit(
+    pub async fn submit<P: PromptJson + ?Sized>(
         &self,
         prompt_id: Uuid,
-        prompt: &Value,
+        prompt: &P,
         extra_data: Option<&Value>,
     ) -> Result<(PromptWatch, PromptResponse), ComfyError> {
         let watch = self.watch(&prompt_id.hyphenated().to_string()).await?;
@@ -97,11 +97,11 @@ impl BackendSocketHandle {
     /// through [`watch`](Self::watch)): posts it with this socket's clientId, then confirms.
     /// For a caller with something else to wait for in between, so that the socket task's
     /// round trip for the watch is not left for after it.
-    pub async fn post(
+    pub async fn post<P: PromptJson + ?Sized>(
         &self,
         mut watch: PromptWatch,
         prompt_id: Uuid,
-        prompt: &Value,
+        prompt: &P,
         extra_data: Option<&Value>,
     ) -> Result<(PromptWatch, PromptResponse), ComfyError> {
         let client_id = self.client_id();

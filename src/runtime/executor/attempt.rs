@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::comfy::client::{ComfyError, PromptLocation};
+use crate::comfy::client::{ComfyError, PromptLocation, PromptText};
 use crate::comfy::wire::{NodeId, NodeOutput};
 use crate::comfy::ws::{Completion, PromptEvent, PromptWatch};
 use crate::model::{JsonObject, TaskStatus};
@@ -62,11 +62,8 @@ pub(crate) struct AttemptSpec {
     pub execution_id: String,
     /// The prompt id to post with.
     pub prompt_id: Uuid,
-    /// Set when the prompt is already on the backend (found there after a
-    /// restart of the runtime): follow it under this id instead of posting.
-    pub attach: Option<String>,
-    /// The prompt, as POST /prompt takes it.
-    pub prompt: Value,
+    /// The prompt to post, or the one to follow.
+    pub target: Target,
     /// Node id -> its NODE task id, in the prompt's order.
     pub node_tasks: Arc<NodeTasks>,
     /// Longest running time, from the backend's execution_start.
@@ -74,6 +71,15 @@ pub(crate) struct AttemptSpec {
     /// The write that records the prompt id; the prompt is posted once it
     /// is durable.
     pub recorded: Option<Commit>,
+}
+
+/// What an attempt does on its backend.
+pub(crate) enum Target {
+    /// Posts this prompt (its JSON text, as the execution's record holds it).
+    Post(PromptText),
+    /// Follows the prompt already on the backend under this id (found there
+    /// after a restart of the runtime) instead of posting.
+    Attach(String),
 }
 
 /// Follows a prompt already on the backend. Its earlier messages went to a
@@ -115,10 +121,13 @@ pub(crate) async fn run(
             // Messages for a clientId without a socket are dropped by ComfyUI:
             // wait (briefly) for the socket; reconciliation covers the rest.
             let _ = tokio::time::timeout(SOCKET_WAIT, backend.socket.wait_connected()).await;
-            if let Some(prompt_id) = &spec.attach {
-                stored(recorded, &spec.execution_id).await;
-                return attach(&backend, prompt_id).await;
-            }
+            let prompt = match &spec.target {
+                Target::Post(prompt) => prompt,
+                Target::Attach(prompt_id) => {
+                    stored(recorded, &spec.execution_id).await;
+                    return attach(&backend, prompt_id).await;
+                }
+            };
             // Watched before the post (a fast prompt must not finish unseen) and
             // while the write that records the prompt id commits: the socket
             // task's round trip is not left for after it, when only the post is.
@@ -127,7 +136,7 @@ pub(crate) async fn run(
                 .watch(&spec.prompt_id.hyphenated().to_string())
                 .await?;
             stored(recorded, &spec.execution_id).await;
-            backend.socket.post(watch, spec.prompt_id, &spec.prompt, None).await
+            backend.socket.post(watch, spec.prompt_id, prompt, None).await
         } => result,
         () = abandon.cancelled() => return,
     };

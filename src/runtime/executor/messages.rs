@@ -36,10 +36,9 @@ pub(crate) struct Admitted {
     pub(crate) unstored: Option<NewExecutionRecord>,
     /// The node classes it needs.
     pub(crate) required: Vec<String>,
-    /// The prompt as stored (for a dispatch in the same turn).
-    pub(crate) prompt: serde_json::Value,
-    /// The prompt as stored, encoded (held while it waits for a later dispatch).
-    pub(crate) encoded_prompt: bytes::Bytes,
+    /// The prompt's JSON text, as stored (posted as it is; held while it waits for a later
+    /// dispatch).
+    pub(crate) prompt: bytes::Bytes,
 }
 
 /// What the actor made of a submitted execution in the turn that admitted

@@ -26,8 +26,8 @@
 //! submit -> mod (the handle) -> actor -> attempt -> shared -> pool -> messages -> failure
 //! ```
 //!
-//! Each module imports only modules to its right (`deps` is a leaf beside
-//! them): what several tasks share lives in [`messages`] (what they send each
+//! Each module imports only modules to its right (`deps` and `prompt_nodes`,
+//! the nodes read from a queued prompt's text, are leaves beside them): what several tasks share lives in [`messages`] (what they send each
 //! other), [`failure`] (why an attempt failed) and [`shared`] (state and
 //! helpers), below every task that uses it. [`submit`] holds the submission
 //! checks, more of [`Executor`]'s `impl`; this file imports nothing from it.
@@ -38,6 +38,7 @@ mod deps;
 mod failure;
 mod messages;
 mod pool;
+mod prompt_nodes;
 mod shared;
 mod submit;
 

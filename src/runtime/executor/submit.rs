@@ -435,14 +435,13 @@ impl Executor {
             workflow_version: registered.then(|| workflow.version.clone()),
         })?;
         execution.ownership = request.ownership.clone();
-        let prompt_value = Value::Object(prepared.prompt);
         // Written into a byte buffer (`to_string` goes through `Display`, a formatter call per
         // token), each string that needs no escape copied whole (`json_text`). Its exact
         // length (a boxed slice): the actor may hold it until the execution is dispatched, and
         // the memory store keeps it. Room for about what the workflow's text held, and the
         // rewritten prefixes: written without growing the buffer by doubling on the way.
         let mut encoded = String::with_capacity(workflow.workflow_json.len() + 64 * nodes);
-        json_text::write_value(&mut encoded, &prompt_value);
+        json_text::write_object(&mut encoded, &prepared.prompt);
         let prompt = Bytes::from(encoded.into_bytes().into_boxed_slice());
         let key = request
             .idempotency_key
@@ -489,8 +488,7 @@ impl Executor {
             root,
             unstored,
             required: prepared.required,
-            prompt: prompt_value,
-            encoded_prompt,
+            prompt: encoded_prompt,
         };
         if let Creation::New(_) = &outcome {
             let (execution, root) = (&admitted.execution, &admitted.root);

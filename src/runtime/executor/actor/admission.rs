@@ -8,7 +8,6 @@
 //! actor's state from its parent and the executor's lower modules, never
 //! another part.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::model::{DependencyType, Task, TaskStatus};
 use crate::runtime::RuntimeError;
 use crate::runtime::executor::messages::{Admitted, NodeTasks, Submitted};
+use crate::runtime::executor::prompt_nodes::prompt_nodes;
 use crate::runtime::scheduler::{ExecutionId, RequiredClasses};
 
 use super::{Actor, Admission, Answer, Live, Phase};
@@ -52,7 +52,6 @@ impl Actor {
             unstored,
             required,
             prompt,
-            encoded_prompt,
         } = admitted;
         // Stored by the handle before this actor's recovery read the store (a submit that
         // arrived while a runtime taking over was still starting): recovery admitted it
@@ -91,11 +90,11 @@ impl Actor {
             &root,
             Admission::Fresh,
         );
-        // Parsed, kept for a dispatch in this turn only; encoded, held (within a budget) for a
-        // later one, which then does not read the store.
+        // Kept for a dispatch in this turn (its writes are not handed to the store yet); held
+        // (within a budget) for a later one, which then does not read the store.
         if self.live.contains_key(&sched) {
-            self.fresh_prompts.push((sched, prompt));
-            self.held_prompts.hold(sched, encoded_prompt);
+            self.fresh_prompts.push((sched, prompt.clone()));
+            self.held_prompts.hold(sched, prompt);
         }
         self.answers.push(Answer {
             sched,
@@ -352,12 +351,18 @@ impl Actor {
                 node_tasks.insert(node.to_owned(), task.id.clone());
             }
         }
-        let classes: Vec<String> = match self.shared.execution_prompt(execution_id)? {
-            Some(prompt) => serde_json::from_slice::<HashMap<String, PromptNode>>(&prompt)
-                .map(|nodes| nodes.into_values().map(|node| node.class_type).collect())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let classes: Vec<String> = self
+            .shared
+            .execution_prompt(execution_id)?
+            .and_then(|prompt| prompt_nodes(&prompt))
+            .map(|nodes| {
+                nodes
+                    .into_values()
+                    .map(|node| node.class_type)
+                    .filter(|class| !class.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let required = self.intern(RequiredClasses::new(classes));
         Ok(Some((root_id, required, node_tasks, root)))
     }
@@ -376,10 +381,3 @@ impl Actor {
 /// A stored execution as the actor loads it: root task id, required classes,
 /// node id -> NODE task id, and the root task.
 type Loaded = (String, RequiredClasses, NodeTasks, Arc<Task>);
-
-/// The part of a stored prompt's node that admission reads.
-#[derive(serde::Deserialize)]
-struct PromptNode {
-    /// The node's class.
-    class_type: String,
-}

@@ -14,11 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::comfy::client::PromptLocation;
+use crate::comfy::client::{PromptLocation, PromptText};
 use crate::model::{JsonObject, NewTask, Task, TaskStatus, TaskType};
-use crate::runtime::executor::attempt::{self, AttemptSpec};
+use crate::runtime::executor::attempt::{self, AttemptSpec, Target};
 use crate::runtime::executor::failure::{Failure, FailureKind};
 use crate::runtime::executor::messages::{Control, Msg, NodeTasks};
+use crate::runtime::executor::prompt_nodes::{PromptNodes, prompt_nodes};
 use crate::runtime::executor::shared::LoadSnapshot;
 use crate::runtime::scheduler::{
     Action, BackendId, ExecutionId, ExecutionKey, SchedulerError, TakenBackOutcome,
@@ -125,22 +126,23 @@ impl Actor {
             .iter()
             .position(|(id, _)| *id == sched)
             .map(|at| self.fresh_prompts.swap_remove(at).1);
+        // The prompt's text, as it was written when it was submitted: posted as it is. Read
+        // for its nodes only (their ids, classes and titles), not built into a tree.
         let prompt = match (fresh, held) {
             // Submitted in this turn: the handle's copy, not read back.
-            (Some(prompt), _) => Ok(prompt),
-            (None, Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
+            (Some(prompt), _) | (None, Some(prompt)) => Some(prompt),
             (None, None) => match self.shared.execution_prompt(&live.id) {
-                Ok(Some(bytes)) => serde_json::from_slice::<Value>(&bytes),
-                Ok(None) => Ok(Value::Null),
+                Ok(prompt) => prompt,
                 Err(error) => {
                     tracing::error!(execution_id = %live.id, %error, "prompt could not be read");
-                    Ok(Value::Null)
+                    None
                 }
             },
         };
-        let prompt = match prompt {
-            Ok(prompt) if prompt.is_object() => prompt,
-            _ => {
+        let read = prompt.and_then(|text| Some((prompt_nodes(&text)?, PromptText::new(text)?)));
+        let (nodes, prompt) = match read {
+            Some(read) => read,
+            None => {
                 let _ = self.scheduler.prompt_finished(backend_id, sched);
                 let failure = Failure::permanent(
                     FailureKind::Rejected,
@@ -150,7 +152,7 @@ impl Actor {
                 return;
             }
         };
-        self.ensure_node_tasks(sched, &prompt);
+        self.ensure_node_tasks(sched, &nodes);
         let Some(live) = self.live.get_mut(&sched) else {
             return;
         };
@@ -172,8 +174,7 @@ impl Actor {
             attempt: live.attempt,
             execution_id: live.id.to_string(),
             prompt_id,
-            attach: None,
-            prompt,
+            target: Target::Post(prompt),
             node_tasks: Arc::clone(&live.node_tasks),
             timeout: live.timeout,
             recorded: None,
@@ -410,16 +411,13 @@ impl Actor {
     /// Creates the NODE tasks of an execution about to be dispatched for
     /// the first time, from its prompt; the tasks are stored and announced
     /// before the prompt is posted, so a restart finds them.
-    fn ensure_node_tasks(&mut self, sched: ExecutionId, prompt: &Value) {
+    fn ensure_node_tasks(&mut self, sched: ExecutionId, prompt: &PromptNodes) {
         let Some(live) = self.live.get(&sched) else {
             return;
         };
         if !live.node_tasks.is_empty() {
             return;
         }
-        let Some(prompt) = prompt.as_object() else {
-            return;
-        };
         let root = match self.shared.tasks.latest(&live.root) {
             Ok(Some(root)) => root,
             Ok(None) => return,
@@ -451,7 +449,7 @@ impl Actor {
 /// (in the prompt's order), children of `root`: named by the node's
 /// `_meta.title` (or class) and id, with the root's priority, tags and
 /// retry limit. A node whose task cannot be built is skipped and logged.
-fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task> {
+fn node_tasks(root: &Task, execution_id: &str, prompt: &PromptNodes) -> Vec<Task> {
     let workflow_id = root
         .metadata
         .get("workflow_id")
@@ -459,14 +457,10 @@ fn node_tasks(root: &Task, execution_id: &str, prompt: &JsonObject) -> Vec<Task>
         .unwrap_or(Value::Null);
     let mut tasks = Vec::with_capacity(prompt.len());
     for (node_id, node) in prompt {
-        let class_type = node
-            .get("class_type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let class_type = node.class_type.as_str();
         let title = node
-            .get("_meta")
-            .and_then(|meta| meta.get("title"))
-            .and_then(Value::as_str)
+            .title
+            .as_deref()
             .filter(|t| !t.trim().is_empty())
             .unwrap_or(class_type);
         // Sized: kept with the task (grown an entry at a time, four would have room for seven).

@@ -157,7 +157,7 @@ pub(crate) struct Actor {
     no_nodes: Arc<NodeTasks>,
     /// The prompts of executions submitted in this turn, for a dispatch in
     /// the same turn; emptied when it ends.
-    fresh_prompts: Vec<(ExecutionId, serde_json::Value)>,
+    fresh_prompts: Vec<(ExecutionId, bytes::Bytes)>,
     /// The encoded prompts of executions waiting for their first dispatch.
     held_prompts: HeldPrompts,
     /// The executions submitted in this turn, answered when it ends.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::comfy::client::PromptLocation;
 use crate::model::{EventCategory, JsonObject, LogLevel, TaskStatus};
 use crate::runtime::bus::EventContext;
-use crate::runtime::executor::attempt::{self, AttemptSpec};
+use crate::runtime::executor::attempt::{self, AttemptSpec, Target};
 use crate::runtime::executor::failure::{Failure, FailureKind};
 use crate::runtime::executor::messages::{Found, Msg, Outcome};
 use crate::runtime::executor::pool::Backend;
@@ -279,8 +279,7 @@ impl Actor {
             attempt: live.attempt,
             execution_id: live.id.to_string(),
             prompt_id: Uuid::new_v4(),
-            attach: Some(prompt_id),
-            prompt: Value::Null,
+            target: Target::Attach(prompt_id),
             node_tasks: Arc::clone(&live.node_tasks),
             timeout: live.timeout,
             recorded: None,
