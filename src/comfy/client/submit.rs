@@ -155,8 +155,8 @@ impl ComfyClient {
 }
 
 /// A prompt as [`ComfyClient::submit_prompt`] posts it: a JSON object of nodes, as a tree or as
-/// its text.
-pub trait PromptJson: Sync {
+/// its text. Implemented for [`Value`] and [`PromptText`] only (sealed).
+pub trait PromptJson: Sync + sealed::Sealed {
     /// Whether it is a JSON object (ComfyUI takes no other prompt).
     fn is_object(&self) -> bool;
 
@@ -168,6 +168,14 @@ pub trait PromptJson: Sync {
     fn text_len(&self) -> usize {
         0
     }
+}
+
+mod sealed {
+    /// Keeps [`super::PromptJson`] to the two prompts whose text is known to be one JSON
+    /// object: the body is written around it.
+    pub trait Sealed {}
+    impl Sealed for serde_json::Value {}
+    impl Sealed for super::PromptText {}
 }
 
 impl PromptJson for Value {
@@ -182,19 +190,25 @@ impl PromptJson for Value {
 
 /// A prompt's JSON text, posted as it is: for a prompt written once already (the runtime
 /// writes each to its store when it is submitted), with no tree to build and write again.
-///
-/// [`PromptText::new`] checks its shape only (an object's braces, no bytes after the closing
-/// one that are not white space), not the text between: a caller that has not parsed it gets
-/// ComfyUI's 400 for a malformed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptText(Bytes);
 
 impl PromptText {
-    /// `text` as a prompt, when it starts with `{` and ends with `}` (white space around
-    /// them aside); `None` otherwise.
+    /// `text` as a prompt, when it is one JSON object (white space around it allowed, and
+    /// left out of what is posted); `None` otherwise. The text is read whole to check it.
     pub fn new(text: Bytes) -> Option<Self> {
-        let inner = text.trim_ascii();
-        (inner.len() >= 2 && inner.starts_with(b"{") && inner.ends_with(b"}")).then_some(Self(text))
+        let raw = serde_json::from_slice::<&serde_json::value::RawValue>(&text).ok()?;
+        let object = raw.get().as_bytes();
+        object
+            .starts_with(b"{")
+            .then(|| Self(text.slice_ref(object)))
+    }
+
+    /// `text` as a prompt, known to be one JSON object without white space around it: the
+    /// runtime's queued prompts, written by `json_text` and read whole by the dispatch
+    /// (`runtime/executor/prompt_nodes.rs`) before they are posted.
+    pub(crate) fn checked(text: Bytes) -> Self {
+        Self(text)
     }
 
     /// The text.

@@ -27,9 +27,10 @@
 //! ```
 //!
 //! Each module imports only modules to its right (`deps` and `prompt_nodes`,
-//! the nodes read from a queued prompt's text, are leaves beside them): what several tasks share lives in [`messages`] (what they send each
-//! other), [`failure`] (why an attempt failed) and [`shared`] (state and
-//! helpers), below every task that uses it. [`submit`] holds the submission
+//! a queued prompt's nodes read from its text, are leaves beside them): what
+//! several tasks share lives in [`messages`] (what they send each other),
+//! [`failure`] (why an attempt failed) and [`shared`] (state and helpers),
+//! below every task that uses it. [`submit`] holds the submission
 //! checks, more of [`Executor`]'s `impl`; this file imports nothing from it.
 
 mod actor;

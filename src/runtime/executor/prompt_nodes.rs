@@ -9,7 +9,7 @@
 //! not a string reads as none, a node that is not an object as a node without either, and a
 //! node id given twice as its last node in its first place.
 //!
-//! Imports point down only (serde); the actor imports this module.
+//! Imports nothing of the crate (serde, indexmap, foldhash); the actor imports this module.
 
 use std::fmt;
 
@@ -52,10 +52,13 @@ pub(crate) struct PromptNode {
 /// A prompt's nodes by id, in the prompt's order.
 pub(crate) type PromptNodes = IndexMap<String, PromptNode, foldhash::fast::RandomState>;
 
-/// The nodes of `prompt` (the text of a JSON object of nodes); `None` when it is not a JSON
-/// object. The whole text is checked as JSON.
+/// The nodes of `prompt` (the text of a JSON object of nodes); `None` when it is not one JSON
+/// object, nothing but white space after it, or not UTF-8. The whole text is read: its syntax is
+/// checked everywhere, the escapes of the strings it passes over (the inputs) are not decoded
+/// (a lone surrogate's `\ud800` there is not refused, as a tree would).
 pub(crate) fn prompt_nodes(prompt: &[u8]) -> Option<PromptNodes> {
-    serde_json::from_slice::<Nodes>(prompt)
+    let text = std::str::from_utf8(prompt).ok()?;
+    serde_json::from_str::<Nodes>(text)
         .ok()
         .map(|nodes| nodes.0)
 }

@@ -355,13 +355,7 @@ impl Actor {
             .shared
             .execution_prompt(execution_id)?
             .and_then(|prompt| prompt_nodes(&prompt))
-            .map(|nodes| {
-                nodes
-                    .into_values()
-                    .map(|node| node.class_type)
-                    .filter(|class| !class.is_empty())
-                    .collect()
-            })
+            .map(|nodes| nodes.into_values().map(|node| node.class_type).collect())
             .unwrap_or_default();
         let required = self.intern(RequiredClasses::new(classes));
         Ok(Some((root_id, required, node_tasks, root)))

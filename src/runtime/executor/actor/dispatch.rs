@@ -108,9 +108,10 @@ impl Actor {
         }
     }
 
-    /// Hands `sched` to `backend_id`: takes its prompt (parsed in this turn,
-    /// else held since its submission, else read from the store), creates its
-    /// NODE tasks on the first dispatch and spawns the attempt. RUNNING.
+    /// Hands `sched` to `backend_id`: takes its prompt's text (submitted in
+    /// this turn, else held since its submission, else read from the store),
+    /// creates its NODE tasks on the first dispatch and spawns the attempt,
+    /// which posts that text. RUNNING.
     fn dispatch(&mut self, sched: ExecutionId, backend_id: BackendId) {
         let Some(backend) = self.shared.pool.get(backend_id).cloned() else {
             let _ = self.scheduler.prompt_finished(backend_id, sched);
@@ -139,7 +140,8 @@ impl Actor {
                 }
             },
         };
-        let read = prompt.and_then(|text| Some((prompt_nodes(&text)?, PromptText::new(text)?)));
+        // Read whole by `prompt_nodes`: one JSON object, as `json_text` wrote it.
+        let read = prompt.and_then(|text| Some((prompt_nodes(&text)?, PromptText::checked(text))));
         let (nodes, prompt) = match read {
             Some(read) => read,
             None => {
