@@ -16,10 +16,12 @@ use std::fmt;
 use indexmap::IndexMap;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// The scalar `visit_*` methods of a visitor that reads any scalar as `$value`.
+/// The `visit_*` methods of a visitor that reads any array, and any scalar but a string, as
+/// `$value` (an array read to its end).
 macro_rules! other_values {
     ($value:expr) => {
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            IgnoredAny.visit_seq(seq)?;
             Ok($value)
         }
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
@@ -116,8 +118,7 @@ impl<'de> Deserialize<'de> for Node {
                 }
                 Ok(Node(node))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Node, A::Error> {
-                IgnoredAny.visit_seq(seq)?;
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Node, E> {
                 Ok(Node(PromptNode::default()))
             }
             other_values!(Node(PromptNode::default()));
@@ -148,8 +149,7 @@ impl<'de> Deserialize<'de> for Meta {
                 }
                 Ok(Meta(title))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Meta, A::Error> {
-                IgnoredAny.visit_seq(seq)?;
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Meta, E> {
                 Ok(Meta(None))
             }
             other_values!(Meta(None));
@@ -180,25 +180,7 @@ impl<'de> Deserialize<'de> for Lenient {
                 IgnoredAny.visit_map(map)?;
                 Ok(Lenient(None))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Lenient, A::Error> {
-                IgnoredAny.visit_seq(seq)?;
-                Ok(Lenient(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Lenient, E> {
-                Ok(Lenient(None))
-            }
+            other_values!(Lenient(None));
         }
         deserializer.deserialize_any(LenientVisitor)
     }
