@@ -62,7 +62,7 @@ pub fn object_text(object: &JsonObject) -> String {
 
 /// Appends `text` as a JSON string: copied whole between its quotes when no byte of it needs
 /// an escape, else escaped by serde_json.
-fn write_str(out: &mut String, text: &str) {
+pub fn write_str(out: &mut String, text: &str) {
     let needs_escape = text.bytes().fold(false, |found, b| {
         found | (b < 0x20) | (b == b'"') | (b == b'\\')
     });

@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::json_text;
 use crate::model::task::strip_optional;
 use crate::model::{
     JsonObject, ValidationError, index_path, validate_id, validate_name, validate_semver,
@@ -336,15 +337,36 @@ impl WorkflowDefinition {
             .collect()
     }
 
-    /// [`to_api_prompt`](Self::to_api_prompt), moving the nodes into it
-    /// instead of copying them: the definition is left without nodes (for a
-    /// caller done with them, as a submit is once it has its prompt).
-    pub fn take_api_prompt(&mut self) -> JsonObject {
+    /// The nodes, moved out: the definition is left without them (for a
+    /// caller done with them, as a submit is once it has them to check, edit
+    /// and write as its prompt with [`write_api_prompt`]).
+    pub fn take_nodes(&mut self) -> BTreeMap<String, ComfyNode> {
         std::mem::take(&mut self.nodes)
-            .into_iter()
-            .map(|(id, node)| (id, api_entry(node.class_type, node.inputs, node.metadata)))
-            .collect()
     }
+}
+
+/// Appends `nodes` to `out` as a POST /prompt `prompt` object in compact JSON:
+/// the text of [`WorkflowDefinition::to_api_prompt`] of a definition with
+/// these nodes, byte for byte, written from the nodes without building that
+/// object.
+pub fn write_api_prompt(out: &mut String, nodes: &BTreeMap<String, ComfyNode>) {
+    out.push('{');
+    for (i, (id, node)) in nodes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_text::write_str(out, id);
+        out.push_str(r#":{"class_type":"#);
+        json_text::write_str(out, &node.class_type);
+        out.push_str(r#","inputs":"#);
+        json_text::write_object(out, &node.inputs);
+        if !node.metadata.is_empty() {
+            out.push_str(r#","_meta":"#);
+            json_text::write_object(out, &node.metadata);
+        }
+        out.push('}');
+    }
+    out.push('}');
 }
 
 /// One node of a POST /prompt `prompt` object.
@@ -485,6 +507,53 @@ mod tests {
         let back: WorkflowDefinition = serde_json::from_str(&stored).unwrap();
         assert_eq!(back, wf);
         assert_eq!(WorkflowDefinition::restore(wf.to_record()).unwrap(), wf);
+    }
+
+    /// Nodes with any ids, classes, inputs and `_meta` (empty or not).
+    fn arb_nodes() -> impl proptest::strategy::Strategy<Value = BTreeMap<String, ComfyNode>> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,6}|[\\x00-\\x7f]{0,6}".prop_map(Value::from),
+            ("[a-z0-9]{1,2}", 0u8..3).prop_map(|(id, slot)| json!([id, slot])),
+        ];
+        let object = prop::collection::vec(("\\PC{0,4}|[\\x00-\\x7f]{0,4}", value), 0..4)
+            .prop_map(|entries| entries.into_iter().collect::<JsonObject>());
+        let node = ("\\PC{0,8}|[\\x00-\\x7f]{0,8}", object.clone(), object).prop_map(
+            |(class_type, inputs, metadata)| ComfyNode {
+                id: String::new(),
+                class_type,
+                inputs,
+                outputs: Vec::new(),
+                metadata,
+            },
+        );
+        prop::collection::btree_map("\\PC{0,4}|[\\x00-\\x7f]{0,4}", node, 0..5)
+    }
+
+    proptest::proptest! {
+        /// The prompt written from the nodes is the text of `to_api_prompt`'s object.
+        #[test]
+        fn the_api_prompt_written_from_nodes_is_its_objects_text(nodes in arb_nodes()) {
+            let object: JsonObject = nodes
+                .iter()
+                .map(|(id, node)| {
+                    let entry = api_entry(
+                        node.class_type.clone(),
+                        node.inputs.clone(),
+                        node.metadata.clone(),
+                    );
+                    (id.clone(), entry)
+                })
+                .collect();
+            let mut written = String::new();
+            write_api_prompt(&mut written, &nodes);
+            proptest::prop_assert_eq!(written, serde_json::to_string(&object).unwrap());
+        }
     }
 
     #[test]

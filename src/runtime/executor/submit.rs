@@ -6,7 +6,7 @@
 //! More of [`Executor`]'s `impl`: it imports the handle's types from its
 //! parent and the executor's lower modules; the parent imports nothing from it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,16 +14,15 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::model::json_text;
-use crate::model::workflow::GraphProblemKind;
+use crate::model::workflow::{GraphProblemKind, write_api_prompt};
 use crate::model::{
-    DependencyType, JsonObject, NewExecution, NewTask, Task, TaskStatus, TaskType, ValidationError,
-    WorkflowDefinition, WorkflowExecution,
+    ComfyNode, DependencyType, JsonObject, NewExecution, NewTask, Task, TaskStatus, TaskType,
+    ValidationError, WorkflowDefinition, WorkflowExecution,
 };
 use crate::runtime::fingerprint::Fingerprint;
 use crate::runtime::workflow_checks::{
-    OVERRIDES_FIELD, ObjectInfoCatalogue, WORKFLOW_FIELD, apply_overrides,
-    check_prompt_against_object_info, rewrite_filename_prefixes,
+    OVERRIDES_FIELD, ObjectInfoCatalogue, WORKFLOW_FIELD, apply_node_overrides,
+    check_nodes_against_object_info, rewrite_node_filename_prefixes,
 };
 use crate::runtime::{ObjectKind, RuntimeError};
 use crate::store::{ExecutionCreateOutcome, IdempotencyKey, NewExecutionRecord};
@@ -90,8 +89,8 @@ fn name_overridden_inputs(mut errors: ValidationError, overrides: &JsonObject) -
 
 /// The prepared prompt and what the checks learnt.
 struct Prepared {
-    /// The prompt to post: overrides applied, filename prefixes rewritten.
-    prompt: JsonObject,
+    /// The prompt's nodes: overrides applied, filename prefixes rewritten.
+    nodes: BTreeMap<String, ComfyNode>,
     /// The per-execution options.
     options: ExecutionOptions,
     /// The node classes it needs, sorted.
@@ -125,7 +124,7 @@ impl Executor {
     fn prepare(
         &self,
         workflow: &WorkflowDefinition,
-        mut prompt: JsonObject,
+        mut nodes: BTreeMap<String, ComfyNode>,
         options: &ExecutionOptions,
         execution_id: &str,
     ) -> Result<Prepared, ValidationError> {
@@ -141,12 +140,12 @@ impl Executor {
                 ),
             );
         }
-        if prompt.len() > settings.max_workflow_nodes {
+        if nodes.len() > settings.max_workflow_nodes {
             errors.push(
                 WORKFLOW_FIELD,
                 format!(
                     "has {} nodes; at most {} are accepted",
-                    prompt.len(),
+                    nodes.len(),
                     settings.max_workflow_nodes
                 ),
             );
@@ -162,17 +161,17 @@ impl Executor {
         }
         check_options(options, &mut errors);
         // Before the overrides, which change inputs only.
-        let required: Vec<String> = prompt
+        let required: Vec<String> = nodes
             .values()
-            .filter_map(|node| node.get("class_type").and_then(Value::as_str))
+            .map(|node| node.class_type.as_str())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .map(str::to_owned)
             .collect();
-        if let Err(e) = apply_overrides(&mut prompt, &options.overrides) {
+        if let Err(e) = apply_node_overrides(&mut nodes, &options.overrides) {
             errors.extend(e);
         }
-        rewrite_filename_prefixes(&mut prompt, execution_id);
+        rewrite_node_filename_prefixes(&mut nodes, execution_id);
         let backends: Vec<String> = catalogues
             .iter()
             .filter(|(_, up, c)| *up && required.iter().all(|class| c.contains(class)))
@@ -183,7 +182,7 @@ impl Executor {
             // backend that has the most of the required classes.
             let mut best: Option<(usize, ValidationError)> = None;
             for (_, _, catalogue) in &catalogues {
-                match check_prompt_against_object_info(&prompt, catalogue, WORKFLOW_FIELD) {
+                match check_nodes_against_object_info(&nodes, catalogue) {
                     Ok(()) => {
                         best = None;
                         break;
@@ -202,7 +201,7 @@ impl Executor {
         }
         if errors.is_empty() {
             Ok(Prepared {
-                prompt,
+                nodes,
                 options: options.clone(),
                 required,
                 backends,
@@ -226,7 +225,7 @@ impl Executor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        match self.prepare(workflow, workflow.to_api_prompt(), options, "validation") {
+        match self.prepare(workflow, workflow.nodes.clone(), options, "validation") {
             Ok(prepared) => ValidationReport {
                 problems: ValidationError::new(),
                 required_classes: prepared.required,
@@ -280,10 +279,10 @@ impl Executor {
             };
         }
         let mut errors = ValidationError::new();
-        // The nodes move into the prompt (the checks read them there): the
-        // definition is used for its name, id and version from here on.
-        let prompt = workflow.take_api_prompt();
-        let prepared = match self.prepare(&workflow, prompt, &request.options, &execution_id) {
+        // The nodes move out to be checked, edited and written as the prompt:
+        // the definition is used for its name, id and version from here on.
+        let nodes = workflow.take_nodes();
+        let prepared = match self.prepare(&workflow, nodes, &request.options, &execution_id) {
             Ok(prepared) => Some(prepared),
             Err(e) => {
                 errors.extend(e);
@@ -388,7 +387,7 @@ impl Executor {
         execution_id: String,
         fingerprint: Option<String>,
     ) -> Result<(Creation, Admitted), RuntimeError> {
-        let nodes = prepared.prompt.len();
+        let nodes = prepared.nodes.len();
         let max_retries = prepared
             .options
             .max_retries
@@ -441,7 +440,7 @@ impl Executor {
         // the memory store keeps it. Room for about what the workflow's text held, and the
         // rewritten prefixes: written without growing the buffer by doubling on the way.
         let mut encoded = String::with_capacity(workflow.workflow_json.len() + 64 * nodes);
-        json_text::write_object(&mut encoded, &prepared.prompt);
+        write_api_prompt(&mut encoded, &prepared.nodes);
         let prompt = Bytes::from(encoded.into_bytes().into_boxed_slice());
         let key = request
             .idempotency_key

@@ -17,7 +17,9 @@ use serde_json::{Number, Value};
 
 use crate::comfy::wire::{self, InputSpec, NodeInfo, WireError};
 use crate::model::workflow::{MAX_REPORTED_PROBLEMS, shown};
-use crate::model::{JsonObject, ValidationError, WorkflowDefinition, join_path, key_path};
+use crate::model::{
+    ComfyNode, JsonObject, ValidationError, WorkflowDefinition, join_path, key_path,
+};
 
 mod numbers;
 mod prompt_edits;
@@ -27,7 +29,10 @@ mod tests;
 use numbers::{exact_order, json_equal, parse_decimal};
 #[cfg(test)]
 pub(crate) use prompt_edits::filename_prefixes;
-pub use prompt_edits::{apply_overrides, rewrite_filename_prefixes};
+pub use prompt_edits::{
+    apply_node_overrides, apply_overrides, rewrite_filename_prefixes,
+    rewrite_node_filename_prefixes,
+};
 
 /// Field path under which [`check_against_object_info`] reports problems of a
 /// workflow's graph.
@@ -121,8 +126,16 @@ pub fn check_against_object_info(
     workflow: &WorkflowDefinition,
     catalogue: &ObjectInfoCatalogue,
 ) -> Result<(), ValidationError> {
-    let nodes = workflow
-        .nodes
+    check_nodes_against_object_info(&workflow.nodes, catalogue)
+}
+
+/// [`check_against_object_info`] on a workflow's nodes (a submit's prompt,
+/// after [`apply_node_overrides`], before it is written as JSON).
+pub fn check_nodes_against_object_info(
+    nodes: &BTreeMap<String, ComfyNode>,
+    catalogue: &ObjectInfoCatalogue,
+) -> Result<(), ValidationError> {
+    let nodes = nodes
         .iter()
         .map(|(id, node)| {
             let view = NodeView {

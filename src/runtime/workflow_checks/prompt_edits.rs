@@ -2,10 +2,12 @@
 //! overrides, and the `filename_prefix` rewrite that keeps every execution's outputs in a
 //! folder of its own.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::{DEFAULT_FILENAME_PREFIX, OUTPUT_ROOT, OVERRIDES_FIELD, quoted};
-use crate::model::{JsonObject, ValidationError, key_path};
+use crate::model::{ComfyNode, JsonObject, ValidationError, key_path};
 
 // ---------------------------------------------------------------------------------------------
 // Overrides
@@ -33,10 +35,48 @@ pub fn apply_overrides(
     prompt: &mut JsonObject,
     overrides: &JsonObject,
 ) -> Result<(), ValidationError> {
+    check_overrides(overrides, |id| {
+        prompt
+            .get(id)
+            .map(|node| node.get("inputs").and_then(Value::as_object))
+    })?;
+    for (id, values) in overrides {
+        if let Some(inputs) = prompt
+            .get_mut(id)
+            .and_then(|node| node.get_mut("inputs"))
+            .and_then(Value::as_object_mut)
+        {
+            set_inputs(inputs, values);
+        }
+    }
+    Ok(())
+}
+
+/// [`apply_overrides`] on a workflow's nodes (a submit's prompt before it is
+/// written as JSON): the same rules, the same violations.
+pub fn apply_node_overrides(
+    nodes: &mut BTreeMap<String, ComfyNode>,
+    overrides: &JsonObject,
+) -> Result<(), ValidationError> {
+    check_overrides(overrides, |id| nodes.get(id).map(|node| Some(&node.inputs)))?;
+    for (id, values) in overrides {
+        if let Some(node) = nodes.get_mut(id) {
+            set_inputs(&mut node.inputs, values);
+        }
+    }
+    Ok(())
+}
+
+/// Every violation of [`apply_overrides`]' rules; `inputs_of` gives a node's
+/// inputs by id (`None`: no such node; `Some(None)`: no inputs object).
+fn check_overrides<'a>(
+    overrides: &JsonObject,
+    inputs_of: impl Fn(&str) -> Option<Option<&'a JsonObject>>,
+) -> Result<(), ValidationError> {
     let mut errors = ValidationError::new();
     for (id, values) in overrides {
         let path = key_path(OVERRIDES_FIELD, id);
-        let Some(node) = prompt.get(id) else {
+        let Some(inputs) = inputs_of(id) else {
             errors.push(path, format!("no node {} in the workflow", quoted(id)));
             continue;
         };
@@ -44,7 +84,7 @@ pub fn apply_overrides(
             errors.push(path, "must be an object of input name to value");
             continue;
         };
-        let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
+        let Some(inputs) = inputs else {
             errors.push(path, "the node has no inputs object to override");
             continue;
         };
@@ -69,20 +109,17 @@ pub fn apply_overrides(
             }
         }
     }
-    errors.into_result()?;
-    for (id, values) in overrides {
-        let Some(Value::Object(inputs)) =
-            prompt.get_mut(id).and_then(|node| node.get_mut("inputs"))
-        else {
-            continue;
-        };
-        if let Some(values) = values.as_object() {
-            for (name, value) in values {
-                inputs.insert(name.clone(), value.clone());
-            }
+    errors.into_result()
+}
+
+/// Sets one node's overrides (`values`, checked by [`check_overrides`]) on
+/// its `inputs`.
+fn set_inputs(inputs: &mut JsonObject, values: &Value) {
+    if let Some(values) = values.as_object() {
+        for (name, value) in values {
+            inputs.insert(name.clone(), value.clone());
         }
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,6 +138,26 @@ pub fn apply_overrides(
 /// already under this execution's folder is kept, so rewriting twice changes
 /// nothing. Linked `filename_prefix` inputs are left alone.
 pub fn rewrite_filename_prefixes(prompt: &mut JsonObject, execution_id: &str) {
+    rewrite_prefixes(
+        prompt
+            .values_mut()
+            .filter_map(|node| node.get_mut("inputs").and_then(Value::as_object_mut)),
+        execution_id,
+    );
+}
+
+/// [`rewrite_filename_prefixes`] on a workflow's nodes (a submit's prompt
+/// before it is written as JSON).
+pub fn rewrite_node_filename_prefixes(nodes: &mut BTreeMap<String, ComfyNode>, execution_id: &str) {
+    rewrite_prefixes(
+        nodes.values_mut().map(|node| &mut node.inputs),
+        execution_id,
+    );
+}
+
+/// Rewrites the string `filename_prefix` of each of `inputs` (see
+/// [`rewrite_filename_prefixes`]).
+fn rewrite_prefixes<'a>(inputs: impl Iterator<Item = &'a mut JsonObject>, execution_id: &str) {
     // Joined by hand, each string sized once: this runs on every submit.
     let id = sanitize_path(execution_id);
     let mut folder = String::with_capacity(OUTPUT_ROOT.len() + 1 + id.len().max(1));
@@ -112,11 +169,8 @@ pub fn rewrite_filename_prefixes(prompt: &mut JsonObject, execution_id: &str) {
         // The id is one folder, whatever separators it held.
         folder.extend(id.chars().map(|c| if c == '/' { '_' } else { c }));
     }
-    for node in prompt.values_mut() {
-        let Some(Value::String(prefix)) = node
-            .get_mut("inputs")
-            .and_then(|inputs| inputs.get_mut("filename_prefix"))
-        else {
+    for inputs in inputs {
+        let Some(Value::String(prefix)) = inputs.get_mut("filename_prefix") else {
             continue;
         };
         let sanitized = sanitize_path(prefix);

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::prompt_edits::sanitize_path;
 use super::*;
 use crate::model::NewWorkflow;
+use crate::model::workflow::write_api_prompt;
 
 /// Classes copied from the captured object_info.json, plus two custom
 /// ones for wildcard and comma-separated types and the newer COMBO form.
@@ -721,16 +722,34 @@ proptest! {
     fn checks_never_panic_on_arbitrary_graphs(graph in arb_graph(), exec in "[a-z./\\\\]{0,8}") {
         let c = embedded();
         let by_prompt = check_prompt_against_object_info(&graph, &c, WORKFLOW_FIELD);
-        if let Ok(workflow) = WorkflowDefinition::from_api_json(
+        let workflow = WorkflowDefinition::from_api_json(
             NewWorkflow::new("p"),
             &Value::Object(graph.clone()).to_string(),
-        ) {
-            // Well-formed graphs judge alike through both entry points.
-            prop_assert_eq!(check_against_object_info(&workflow, &c), by_prompt);
-        }
+        );
         let mut prompt = graph.clone();
         let _ = apply_overrides(&mut prompt, &graph);
         rewrite_filename_prefixes(&mut prompt, &exec);
+        if let Ok(mut workflow) = workflow {
+            // Well-formed graphs judge alike through both entry points.
+            prop_assert_eq!(check_against_object_info(&workflow, &c), by_prompt);
+            // And are edited alike as nodes and as a prompt object, whose text is the
+            // nodes' (the prompt object of a parsed graph is its `to_api_prompt`).
+            let mut as_object = workflow.to_api_prompt();
+            let mut nodes = workflow.take_nodes();
+            prop_assert_eq!(
+                apply_node_overrides(&mut nodes, &graph),
+                apply_overrides(&mut as_object, &graph)
+            );
+            rewrite_node_filename_prefixes(&mut nodes, &exec);
+            rewrite_filename_prefixes(&mut as_object, &exec);
+            prop_assert_eq!(
+                check_nodes_against_object_info(&nodes, &c),
+                check_prompt_against_object_info(&as_object, &c, WORKFLOW_FIELD)
+            );
+            let mut written = String::new();
+            write_api_prompt(&mut written, &nodes);
+            prop_assert_eq!(written, Value::Object(as_object).to_string());
+        }
         for (_, prefix) in filename_prefixes(&prompt) {
             prop_assert!(prefix.starts_with("comfy-reality/"));
             prop_assert!(!prefix.contains('\\'));
