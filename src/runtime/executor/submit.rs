@@ -118,9 +118,10 @@ impl Executor {
             .collect()
     }
 
-    /// Runs every check on `workflow`, whose nodes are `prompt` (its POST
-    /// /prompt form), with `options`; `execution_id` names the output folder
-    /// of the rewritten filename prefixes.
+    /// Runs every check on `workflow`, whose nodes are `nodes` (moved out of
+    /// it for a submit, a copy for a validation), with `options`, and edits
+    /// the nodes into the prompt to post; `execution_id` names the output
+    /// folder of the rewritten filename prefixes.
     fn prepare(
         &self,
         workflow: &WorkflowDefinition,

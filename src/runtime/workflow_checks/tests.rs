@@ -717,9 +717,27 @@ fn arb_graph() -> impl Strategy<Value = JsonObject> {
         .prop_map(|nodes| nodes.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
+/// Overrides for [`arb_graph`]'s nodes: of ids it uses and one it never does, input names it
+/// uses (some linked) and one it never does, values literal or lists, or not an object.
+fn arb_overrides() -> impl Strategy<Value = JsonObject> {
+    let ids = prop::sample::select(vec!["1", "2", "3", "10", "x", "9"]);
+    let names = prop::sample::select(vec!["width", "image", "images", "filename_prefix", "extra"]);
+    let values = prop_oneof![
+        4 => prop::collection::btree_map(names, arb_value(), 0..3)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        1 => arb_value(),
+    ];
+    prop::collection::btree_map(ids, values, 0..4)
+        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
 proptest! {
     #[test]
-    fn checks_never_panic_on_arbitrary_graphs(graph in arb_graph(), exec in "[a-z./\\\\]{0,8}") {
+    fn checks_never_panic_on_arbitrary_graphs(
+        graph in arb_graph(),
+        overrides in arb_overrides(),
+        exec in "[a-z./\\\\]{0,8}",
+    ) {
         let c = embedded();
         let by_prompt = check_prompt_against_object_info(&graph, &c, WORKFLOW_FIELD);
         let workflow = WorkflowDefinition::from_api_json(
@@ -732,13 +750,14 @@ proptest! {
         if let Ok(mut workflow) = workflow {
             // Well-formed graphs judge alike through both entry points.
             prop_assert_eq!(check_against_object_info(&workflow, &c), by_prompt);
-            // And are edited alike as nodes and as a prompt object, whose text is the
-            // nodes' (the prompt object of a parsed graph is its `to_api_prompt`).
+            // And are edited alike as nodes and as a prompt object (the same violations,
+            // the same inputs set), whose text is the nodes' (the prompt object of a parsed
+            // graph is its `to_api_prompt`).
             let mut as_object = workflow.to_api_prompt();
             let mut nodes = workflow.take_nodes();
             prop_assert_eq!(
-                apply_node_overrides(&mut nodes, &graph),
-                apply_overrides(&mut as_object, &graph)
+                apply_node_overrides(&mut nodes, &overrides),
+                apply_overrides(&mut as_object, &overrides)
             );
             rewrite_node_filename_prefixes(&mut nodes, &exec);
             rewrite_filename_prefixes(&mut as_object, &exec);
