@@ -314,12 +314,21 @@ mod tests {
             b"\"{}\"",
             b"{} x",
             b"x {}",
+            // Two objects, or one with request fields after it: never pasted into a body.
+            b"{}{}",
+            b"{\"1\":{}},\"front\":true,\"x\":{}",
+            b"{\"1\": {\"a\": [}}",
+            // A form feed is not JSON's white space.
+            b"\x0c{}",
         ] {
             assert!(
                 PromptText::new(Bytes::from_static(text)).is_none(),
                 "{text:?}"
             );
         }
+        // White space around the object is not posted.
+        let padded = PromptText::new(Bytes::from_static(b" \n{\"a\": 1}\t")).unwrap();
+        assert_eq!(padded.as_bytes(), b"{\"a\": 1}");
     }
 
     proptest! {

@@ -308,6 +308,11 @@ mod tests {
         ] {
             assert_eq!(read(text), None, "{text}");
         }
+        // Not UTF-8, in a string it passes over.
+        assert_eq!(
+            prompt_nodes(b"{\"1\": {\"inputs\": {\"a\": \"\xff\"}}}"),
+            None
+        );
     }
 
     fn arb_node() -> impl Strategy<Value = Value> {

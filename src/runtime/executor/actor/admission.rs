@@ -90,10 +90,8 @@ impl Actor {
             &root,
             Admission::Fresh,
         );
-        // Kept for a dispatch in this turn (its writes are not handed to the store yet); held
-        // (within a budget) for a later one, which then does not read the store.
+        // Held (within a budget) for its dispatch, which then does not read the store.
         if self.live.contains_key(&sched) {
-            self.fresh_prompts.push((sched, prompt.clone()));
             self.held_prompts.hold(sched, prompt);
         }
         self.answers.push(Answer {

@@ -108,8 +108,8 @@ impl Actor {
         }
     }
 
-    /// Hands `sched` to `backend_id`: takes its prompt's text (submitted in
-    /// this turn, else held since its submission, else read from the store),
+    /// Hands `sched` to `backend_id`: takes its prompt's text (held since its
+    /// submission, else the pending write's or the store's),
     /// creates its NODE tasks on the first dispatch and spawns the attempt,
     /// which posts that text. RUNNING.
     fn dispatch(&mut self, sched: ExecutionId, backend_id: BackendId) {
@@ -121,18 +121,13 @@ impl Actor {
             let _ = self.scheduler.prompt_finished(backend_id, sched);
             return;
         };
-        let held = self.held_prompts.take(sched);
-        let fresh = self
-            .fresh_prompts
-            .iter()
-            .position(|(id, _)| *id == sched)
-            .map(|at| self.fresh_prompts.swap_remove(at).1);
         // The prompt's text, as it was written when it was submitted: posted as it is. Read
         // for its nodes only (their ids, classes and titles), not built into a tree.
-        let prompt = match (fresh, held) {
-            // Submitted in this turn: the handle's copy, not read back.
-            (Some(prompt), _) | (None, Some(prompt)) => Some(prompt),
-            (None, None) => match self.shared.execution_prompt(&live.id) {
+        let prompt = match self.held_prompts.take(sched) {
+            Some(prompt) => Some(prompt),
+            // Past the held prompts' budget, a retry or a recovered execution: the write
+            // still pending (a submit of this turn), else the store.
+            None => match self.shared.execution_prompt(&live.id) {
                 Ok(prompt) => prompt,
                 Err(error) => {
                     tracing::error!(execution_id = %live.id, %error, "prompt could not be read");

@@ -155,9 +155,6 @@ pub(crate) struct Actor {
     interned: HashSet<RequiredClasses>,
     /// The empty NODE task map every never-dispatched execution shares.
     no_nodes: Arc<NodeTasks>,
-    /// The prompts of executions submitted in this turn, for a dispatch in
-    /// the same turn; emptied when it ends.
-    fresh_prompts: Vec<(ExecutionId, bytes::Bytes)>,
     /// The encoded prompts of executions waiting for their first dispatch.
     held_prompts: HeldPrompts,
     /// The executions submitted in this turn, answered when it ends.
@@ -268,7 +265,6 @@ impl Actor {
             deferred_starts: Vec::new(),
             interned: HashSet::new(),
             no_nodes: Arc::new(NodeTasks::new()),
-            fresh_prompts: Vec::new(),
             held_prompts: HeldPrompts::default(),
             answers: Vec::new(),
             published: PublishedLoad::default(),
@@ -328,7 +324,6 @@ impl Actor {
                 }
             }
             self.pump();
-            self.fresh_prompts.clear();
             let owed = self.end_turn(batch, reports_only);
             if owed.as_ref().is_some_and(|owed| !owed.is_empty()) {
                 // The attempts spawned in this turn post their prompts (see `end_turn`).
